@@ -1,0 +1,199 @@
+"""Service settings: read once from the environment into one typed, validated object.
+
+`ENV_VARS` lists every variable the service reads; `infra/` renders the Deployment's
+env from the same names and a test holds the two to each other.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+SERVICE_PORT = 18789
+QUANTIZATIONS = ("nf4", "int8", "none")
+APP_ENVS = ("production", "development")
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; the message names the variable and the value."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer between {lo} and {hi}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between {lo} and {hi}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _cidrs(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(f"{name} must be a comma-separated list of CIDRs, got {part!r}") from None
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str = "production"
+    host: str = "0.0.0.0"
+    port: int = SERVICE_PORT
+    model_path: str = EMBEDDED_MODEL
+    model_name: str = "clawbot"
+    quantization: str = "none"
+    max_tokens: int = 2048
+    max_batch_size: int = 32
+    batch_wait_ms: int = 10
+    max_queue: int = 256
+    data_dir: Path = Path("/app/data")
+    api_key_path: Path | None = None
+    kek_path: Path | None = None
+    dev_api_key: str | None = None
+    redis_url: str | None = None
+    allowed_cidrs: tuple[str, ...] = ()
+    blocked_cidrs: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    jwt_ttl_s: int = 3600
+    jwt_audience: str = "clawbot"
+    rate_limit_per_key: int = 600
+    rate_limit_per_ip: int = 1200
+    abnormal_key_per_minute: int = 1000
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 256
+    max_message_chars: int = 32_768
+    generation_timeout_s: float = 120.0
+    cache_ttl_s: int = 3600
+    cache_max_entries: int = 10_000
+    retention_days: int = 30
+    warmup_prompts: tuple[str, ...] = ("Hello!",)
+    torch_threads: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def development(self) -> bool:
+        return self.app_env == "development"
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+ENV_VARS: dict[str, str] = {
+    "APP_ENV": "app_env",
+    "HOST": "host",
+    "PORT": "port",
+    "MODEL_PATH": "model_path",
+    "MODEL_NAME": "model_name",
+    "QUANTIZATION": "quantization",
+    "MAX_TOKENS": "max_tokens",
+    "MAX_BATCH_SIZE": "max_batch_size",
+    "BATCH_WAIT_MS": "batch_wait_ms",
+    "MAX_QUEUE": "max_queue",
+    "DATA_DIR": "data_dir",
+    "API_KEY_PATH": "api_key_path",
+    "KEK_PATH": "kek_path",
+    "DEV_API_KEY": "dev_api_key",
+    "REDIS_URL": "redis_url",
+    "ALLOWED_CIDRS": "allowed_cidrs",
+    "BLOCKED_CIDRS": "blocked_cidrs",
+    "TRUSTED_PROXIES": "trusted_proxies",
+    "JWT_TTL_SECONDS": "jwt_ttl_s",
+    "JWT_AUDIENCE": "jwt_audience",
+    "RATE_LIMIT_PER_KEY": "rate_limit_per_key",
+    "RATE_LIMIT_PER_IP": "rate_limit_per_ip",
+    "ABNORMAL_KEY_PER_MINUTE": "abnormal_key_per_minute",
+    "MAX_BODY_BYTES": "max_body_bytes",
+    "MAX_MESSAGES": "max_messages",
+    "MAX_MESSAGE_CHARS": "max_message_chars",
+    "GENERATION_TIMEOUT_SECONDS": "generation_timeout_s",
+    "CACHE_TTL_SECONDS": "cache_ttl_s",
+    "CACHE_MAX_ENTRIES": "cache_max_entries",
+    "RETENTION_DAYS": "retention_days",
+    "WARMUP_PROMPTS": "warmup_prompts",
+    "TORCH_THREADS": "torch_threads",
+}
+assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: os.environ). Raises SettingsError naming the variable."""
+    env = os.environ if env is None else env
+    app_env = _choice(env, "APP_ENV", "production", APP_ENVS)
+    optional_path = lambda name: Path(env[name]) if env.get(name) else None  # noqa: E731
+    s = Settings(
+        app_env=app_env,
+        host=env.get("HOST") or "0.0.0.0",
+        port=_int(env, "PORT", SERVICE_PORT, 1, 65535),
+        model_path=env.get("MODEL_PATH") or EMBEDDED_MODEL,
+        model_name=env.get("MODEL_NAME") or "clawbot",
+        quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
+        max_tokens=_int(env, "MAX_TOKENS", 2048, 1, 8192),
+        max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),
+        batch_wait_ms=_int(env, "BATCH_WAIT_MS", 10, 0, 10_000),
+        max_queue=_int(env, "MAX_QUEUE", 256, 1, 100_000),
+        data_dir=Path(env.get("DATA_DIR") or "/app/data"),
+        api_key_path=optional_path("API_KEY_PATH"),
+        kek_path=optional_path("KEK_PATH"),
+        dev_api_key=env.get("DEV_API_KEY") or None,
+        redis_url=env.get("REDIS_URL") or None,
+        allowed_cidrs=_cidrs(env, "ALLOWED_CIDRS"),
+        blocked_cidrs=_cidrs(env, "BLOCKED_CIDRS"),
+        trusted_proxies=_cidrs(env, "TRUSTED_PROXIES"),
+        jwt_ttl_s=_int(env, "JWT_TTL_SECONDS", 3600, 30, 3600),
+        jwt_audience=env.get("JWT_AUDIENCE") or "clawbot",
+        rate_limit_per_key=_int(env, "RATE_LIMIT_PER_KEY", 600, 1, 1_000_000),
+        rate_limit_per_ip=_int(env, "RATE_LIMIT_PER_IP", 1200, 1, 1_000_000),
+        abnormal_key_per_minute=_int(env, "ABNORMAL_KEY_PER_MINUTE", 1000, 1, 1_000_000),
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
+        max_messages=_int(env, "MAX_MESSAGES", 256, 1, 10_000),
+        max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 32_768, 1, 1_000_000),
+        generation_timeout_s=_float(env, "GENERATION_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
+        cache_ttl_s=_int(env, "CACHE_TTL_SECONDS", 3600, 0, 30 * 86400),
+        cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
+        retention_days=_int(env, "RETENTION_DAYS", 30, 1, 3650),
+        warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
+        torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
+    )
+    if not s.development:
+        missing = [n for n, v in (("API_KEY_PATH", s.api_key_path), ("KEK_PATH", s.kek_path)) if v is None]
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} must be set in production (APP_ENV=production); "
+                "set APP_ENV=development to run with a local key"
+            )
+        if s.dev_api_key:
+            raise SettingsError("DEV_API_KEY is only accepted with APP_ENV=development")
+    return s
