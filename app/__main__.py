@@ -1,0 +1,59 @@
+"""`python -m app`: serve the chat service with settings from the environment (one worker per pod, by design)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import uvicorn
+
+from app.logs import configure_logging
+from app.main import create_app
+from app.settings import SettingsError, load_settings
+
+GRACEFUL_SHUTDOWN_S = 25  # under the pod's terminationGracePeriodSeconds
+
+
+def main() -> int:
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"clawbot: configuration error: {exc}", file=sys.stderr)
+        return 2
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app = create_app(settings, on_fatal=on_fatal)
+    if settings.development:
+        host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+        print(
+            f"clawbot: serving on http://{host}:{settings.port} (model loads in the background; GET /readyz says when).\n"
+            f"  curl -s http://{host}:{settings.port}/api/auth -H 'Content-Type: application/json' -d '{{\"api_key\": \"'$KEY'\"}}'\n"
+            f"  curl -s http://{host}:{settings.port}/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
+            f"-H 'Content-Type: application/json' -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
+            flush=True,
+        )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is honoured only from TRUSTED_PROXIES, by app.netrules
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    if fatal:
+        logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP routes of the chat service, one module per API surface."""

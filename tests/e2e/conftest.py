@@ -1,0 +1,27 @@
+"""One real server process shared by the end-to-end API tests."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.server import Server, start_server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(Path(tmp_path_factory.mktemp("e2e-data")))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def token(server: Server) -> str:
+    with server.client() as c:
+        r = c.post("/api/auth", json={"api_key": server.api_key})
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
