@@ -57,6 +57,11 @@ class RequestObserver:
         self.metrics.requests.labels(route=route, status=str(status)).inc()
         self.metrics.request_duration.labels(route=route).observe(elapsed)
         principal = state.get("principal")
+        if principal is not None and not state.get("audited"):
+            # Refusals are audited where they are decided (app.security); here every other call a key made.
+            security = getattr(getattr(scope.get("app"), "state", None), "security", None)
+            if security is not None:
+                security.audit.log(principal, route, status, state.get("client_ip"))
         tokens = state.get("tokens") or {}
         client = state.get("client_ip") or (scope.get("client") or ("", 0))[0]
         log.info(

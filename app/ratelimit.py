@@ -1,0 +1,225 @@
+"""Rate limits per API key and per client address (token buckets), shared through Redis when REDIS_URL is set.
+
+Also home of `RedisLink`, the one Redis connection the limiter and the response cache share:
+when Redis fails, each caller falls back to in-process state, the failure is counted
+(`clawbot_redis_errors`) and logged once per outage, and Redis is tried again a second later.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from app.metrics import Metrics
+
+log = logging.getLogger("clawbot.ratelimit")
+T = TypeVar("T")
+
+REDIS_RETRY_S = 1.0
+REDIS_SOCKET_TIMEOUT_S = 0.5
+REDIS_PREFIX = "clawbot:"
+LOCAL_PRUNE_AT = 50_000  # buckets; above this, full (idle) buckets are dropped
+
+# Token bucket in one round trip. Tokens come back as a string: Lua numbers reply as truncated integers.
+_BUCKET_LUA = """
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local s = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(s[1])
+local ts = tonumber(s[2])
+if tokens == nil or ts == nil then tokens = cap; ts = now end
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(math.max(now, ts)))
+redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+
+class RedisDown(Exception):
+    """Redis is not usable right now; the caller uses its in-process state."""
+
+
+class RedisLink:
+    """A redis.asyncio client that fails fast and tells callers to fall back instead of raising into a request."""
+
+    def __init__(self, url: str, metrics: Metrics, *, client: Any = None, retry_s: float | None = None) -> None:
+        import redis.asyncio as aioredis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self._connection_error = RedisConnectionError
+        self.metrics = metrics
+        self.retry_s = REDIS_RETRY_S if retry_s is None else retry_s
+        self.client = client or aioredis.from_url(
+            url,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self.up = False
+        self._logged_down = False
+        self._retry_at = 0.0
+
+    async def start(self) -> None:
+        """Ping once. Failure is logged and leaves the link down; it is retried on use, never fatal."""
+        try:
+            await self.client.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not now", never a crash
+            self._failed(exc)
+            return
+        self.up = True
+        self._retry_at = 0.0
+        log.info("redis connected; rate limits and the response cache are shared across replicas")
+
+    def _failed(self, exc: BaseException) -> None:
+        self.metrics.redis_errors.inc()
+        self._retry_at = time.monotonic() + self.retry_s
+        if not self._logged_down:
+            # The URL may carry a password: log the error type, never the URL or the message.
+            log.warning("redis unavailable; using in-process state until it returns", extra={"error_type": type(exc).__name__})
+            self._logged_down = True
+        self.up = False
+
+    async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `fn(client)`; raise RedisDown (after counting and logging) if Redis cannot serve it."""
+        if not self.up and time.monotonic() < self._retry_at:
+            raise RedisDown()
+        try:
+            try:
+                result = await fn(self.client)
+            except self._connection_error:
+                # A pooled connection that a restarted server closed fails once; a fresh one may not.
+                result = await fn(self.client)
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeout, reset, script error: all fall back
+            self._failed(exc)
+            raise RedisDown() from None
+        if not self.up:
+            self.up = True
+            self._logged_down = False
+            log.info("redis reachable again; shared state resumed")
+        return result
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except Exception:  # noqa: BLE001 - closing a dead connection is not an error worth surfacing
+            pass
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: int  # seconds until the bucket is full again
+    retry_after_s: int  # 0 when allowed
+
+    def headers(self) -> dict[str, str]:
+        h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining), "X-RateLimit-Reset": str(self.reset_s)}
+        if not self.allowed:
+            h["Retry-After"] = str(self.retry_after_s)
+        return h
+
+
+def _decision(allowed: bool, tokens: float, limit: int) -> Decision:
+    rate = limit / 60.0
+    return Decision(
+        allowed=allowed,
+        limit=limit,
+        remaining=max(int(math.floor(tokens)), 0),
+        reset_s=int(math.ceil(max(limit - tokens, 0.0) / rate)),
+        retry_after_s=0 if allowed else max(int(math.ceil((1.0 - tokens) / rate)), 1),
+    )
+
+
+class RateLimiter:
+    """`hit(scope, ident, per_minute)` takes one token; `note_key_call` flags keys above the abnormal rate."""
+
+    def __init__(self, metrics: Metrics, link: RedisLink | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.metrics = metrics
+        self.link = link
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._minute_counts: dict[tuple[str, int], int] = {}
+        self._script: Any = None
+
+    # -- token buckets -----------------------------------------------------------------------
+    async def hit(self, scope: str, ident: str, per_minute: int) -> Decision:
+        name = f"{REDIS_PREFIX}rl:{scope}:{ident}"
+        now = self.clock()
+        if self.link is not None:
+            try:
+                allowed, tokens = await self.link.call(lambda r: self._redis_take(r, name, per_minute, now))
+                # Mirror the shared count locally so a Redis outage starts from where the fleet was.
+                self._buckets[name] = (tokens, now)
+                if len(self._buckets) > LOCAL_PRUNE_AT:
+                    self._prune(now)
+                return self._count(scope, _decision(allowed, tokens, per_minute))
+            except RedisDown:
+                pass
+        return self._count(scope, self._local_take(name, per_minute, now))
+
+    async def _redis_take(self, r: Any, name: str, per_minute: int, now: float) -> tuple[bool, float]:
+        if self._script is None:
+            self._script = r.register_script(_BUCKET_LUA)
+        allowed, tokens = await self._script(keys=[name], args=[per_minute, per_minute / 60.0, f"{now:.6f}"])
+        return bool(int(allowed)), float(tokens)
+
+    def _local_take(self, name: str, per_minute: int, now: float) -> Decision:
+        rate = per_minute / 60.0
+        tokens, ts = self._buckets.get(name, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + max(0.0, now - ts) * rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[name] = (tokens, max(now, ts))
+        if len(self._buckets) > LOCAL_PRUNE_AT:
+            self._prune(now)
+        return _decision(allowed, tokens, per_minute)
+
+    def _prune(self, now: float) -> None:
+        # A bucket idle for a minute is full again, the same as a missing one.
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
+
+    def _count(self, scope: str, d: Decision) -> Decision:
+        if not d.allowed:
+            self.metrics.rate_limited.labels(scope=scope).inc()
+        return d
+
+    # -- abnormal usage ----------------------------------------------------------------------
+    async def note_key_call(self, key_id: str, threshold: int) -> bool:
+        """Count one call (allowed or not) in this minute; True (and metric + log) when the key first passes `threshold`."""
+        minute = int(self.clock() // 60)
+        count: int | None = None
+        if self.link is not None:
+            name = f"{REDIS_PREFIX}abn:{key_id}:{minute}"
+            try:
+                count = await self.link.call(lambda r: self._redis_incr(r, name))
+            except RedisDown:
+                count = None
+        if count is None:
+            slot = (key_id, minute)
+            count = self._minute_counts.get(slot, 0) + 1
+            self._minute_counts[slot] = count
+            if len(self._minute_counts) > 1024:
+                self._minute_counts = {k: v for k, v in self._minute_counts.items() if k[1] >= minute - 1}
+        if count == threshold + 1:
+            self.metrics.abnormal_keys.labels(key_id=key_id).inc()
+            log.warning(
+                "abnormal key usage",
+                extra={"key_id": key_id, "calls_this_minute": count, "threshold_per_minute": threshold},
+            )
+            return True
+        return False
+
+    async def _redis_incr(self, r: Any, name: str) -> int:
+        pipe = r.pipeline(transaction=True)
+        pipe.incr(name)
+        pipe.expire(name, 120)
+        count, _ = await pipe.execute()
+        return int(count)

@@ -1,0 +1,334 @@
+"""The security facade the routes use: who is calling (IP rules, API key or JWT), at what rate, and what gets kept.
+
+One `Security` per app, made in the lifespan by `Security.create`. It owns the key ring, the
+token service, the rate limiter, the response cache, the conversation store and the audit
+log. Every refusal is an `ApiError` in the contract's shape, counted in
+`clawbot_auth_failures{reason}` or `clawbot_rate_limited{scope}` and written to the audit
+trail; no credential ever reaches an error body, a log line or a metric label.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fastapi import Request
+
+from app.audit import AuditLog
+from app.conversations import ConversationStore
+from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, KeyFileError, now_iso, open_keyring, seal_keyring
+from app.errors import ApiError
+from app.keyring import ApiKeyEntry, KeyRing, digest, format_time, read_kek, write_private
+from app.keys import new_api_key, new_secret
+from app.metrics import Metrics
+from app.netrules import NetRules
+from app.ratelimit import Decision, RateLimiter, RedisLink
+from app.response_cache import ResponseCache
+from app.settings import Settings
+from app.tokens import TokenError, TokenService
+
+log = logging.getLogger("clawbot.security")
+
+DEV_KEY_ID = "dev"
+DEV_SCOPES = ("chat", "admin")
+PURGE_INTERVAL_S = 3600.0
+# Same labels as the token checks use, so one alert covers both ways in.
+_KEY_STATE_REASONS = {"revoked": "revoked_key", "expired": "key_expired", "not_yet_valid": "key_not_yet_valid"}
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clawbot"'}
+
+
+class SecurityStartupError(RuntimeError):
+    """The key material cannot be loaded; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[str]
+    via: str  # "jwt" | "api_key"
+
+
+# -- key material at start -----------------------------------------------------------------------
+def _production_ring(settings: Settings) -> KeyRing:
+    if settings.api_key_path is None or settings.kek_path is None:
+        raise SecurityStartupError("API_KEY_PATH and KEK_PATH must be set in production (APP_ENV=production)")
+    for name, path in (("API_KEY_PATH", settings.api_key_path), ("KEK_PATH", settings.kek_path)):
+        if not path.is_file():
+            raise SecurityStartupError(f"{name} {str(path)!r} does not exist or is not a file")
+    try:
+        return KeyRing(settings.api_key_path, settings.kek_path, strict=True)
+    except KeyFileError as exc:
+        raise SecurityStartupError(str(exc)) from None
+
+
+def _dev_ring(settings: Settings) -> KeyRing:
+    """Development: the configured files if they exist, else a local KEK and key file under DATA_DIR/dev-keys/."""
+    if settings.api_key_path and settings.kek_path and settings.api_key_path.is_file() and settings.kek_path.is_file():
+        return KeyRing(settings.api_key_path, settings.kek_path, strict=False)
+    dev_dir = settings.data_dir / "dev-keys"
+    dev_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kek_path, key_path = dev_dir / "kek", dev_dir / "keys.json"
+    if not kek_path.exists():
+        write_private(kek_path, new_secret() + "\n")
+    kek = read_kek(kek_path, strict=False)
+    ring = Keyring()
+    if key_path.exists():
+        try:
+            ring = open_keyring(key_path.read_text(), kek)
+        except KeyFileError as exc:
+            log.warning("development key file unreadable; making a new one", extra={"path": str(key_path), "error": str(exc)})
+    changed = False
+    printed: str | None = None
+    if settings.dev_api_key:
+        wanted = digest(settings.dev_api_key)
+        if not any(hmac.compare_digest(wanted, digest(k.secret)) and not k.revoked for k in ring.api_keys):
+            others = tuple(k for k in ring.api_keys if k.id != DEV_KEY_ID)
+            dev = ApiKeyRecord(id=DEV_KEY_ID, secret=settings.dev_api_key, scopes=DEV_SCOPES, not_before=now_iso(-60))
+            ring = replace(ring, api_keys=(*others, dev))
+            changed = True
+    elif not any(not k.revoked for k in ring.api_keys):
+        printed = new_api_key()
+        others = tuple(k for k in ring.api_keys if k.id != DEV_KEY_ID)
+        ring = replace(ring, api_keys=(*others, ApiKeyRecord(id=DEV_KEY_ID, secret=printed, scopes=DEV_SCOPES, not_before=now_iso(-60))))
+        changed = True
+    if not ring.jwt_keys:
+        ring = replace(ring, jwt_keys=(JwtKeyRecord(kid="dev-jwt-1", secret=new_secret(), not_before=now_iso(-60)),))
+        changed = True
+    if changed:
+        write_private(key_path, seal_keyring(ring, kek))
+    if printed is not None:
+        # stdout, once, on creation: the one place a secret is shown. It is never logged.
+        print(
+            f"clawbot: development API key (shown once; stored encrypted in {key_path}):\n  KEY={printed}",
+            file=sys.stdout,
+            flush=True,
+        )
+    elif not settings.dev_api_key and not changed:
+        log.info("development keys loaded", extra={"path": str(key_path), "hint": "python -m app.keys rotate --id dev"})
+    return KeyRing(key_path, kek_path, strict=False)
+
+
+class Security:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        ring: KeyRing,
+        link: RedisLink | None,
+        conversations: ConversationStore,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ring = ring
+        self.link = link
+        self.tokens = TokenService(ring, audience=settings.jwt_audience, ttl_s=settings.jwt_ttl_s)
+        self.netrules = NetRules(
+            allowed_cidrs=settings.allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=settings.trusted_proxies
+        )
+        self.limiter = RateLimiter(metrics, link)
+        self.cache = ResponseCache(metrics, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, link=link)
+        self.conversations = conversations
+        self.audit = AuditLog()
+        self._purge_task: asyncio.Task[None] | None = None
+        self._sighup_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    async def create(cls, settings: Settings, metrics: Metrics) -> "Security":
+        ring = _dev_ring(settings) if settings.development else _production_ring(settings)
+        link: RedisLink | None = None
+        if settings.redis_url:
+            link = RedisLink(settings.redis_url, metrics)
+            await link.start()
+        conversations = await asyncio.to_thread(ConversationStore, settings.data_dir, retention_days=settings.retention_days)
+        self = cls(settings, metrics, ring=ring, link=link, conversations=conversations)
+        self._install_sighup()
+        self._purge_task = asyncio.create_task(self._purge_forever(), name="conversation-retention")
+        log.info(
+            "security ready",
+            extra={"api_key_ids": [k.id for k in ring.api_keys], "redis": link is not None, "app_env": settings.app_env},
+        )
+        return self
+
+    def _install_sighup(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.ring.request_reload)
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+            # Not the main thread (a test client's loop) or no SIGHUP here: mtime polling still reloads.
+            return
+        self._sighup_loop = loop
+
+    async def _purge_forever(self) -> None:
+        while True:
+            try:
+                await self.conversations.purge()
+            except Exception as exc:  # noqa: BLE001 - a failed purge is retried next hour, never fatal
+                log.error("conversation retention purge failed", extra={"error_type": type(exc).__name__})
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    async def close(self) -> None:
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._purge_task
+        if self._sighup_loop is not None:
+            with contextlib.suppress(Exception):
+                self._sighup_loop.remove_signal_handler(signal.SIGHUP)
+        if self.link is not None:
+            await self.link.close()
+        await asyncio.to_thread(self.conversations.close)
+
+    @property
+    def hub_token(self) -> str | None:
+        return self.ring.hub_token
+
+    # -- helpers -----------------------------------------------------------------------------
+    def client_address(self, request: Request) -> str:
+        cached = getattr(request.state, "client_ip", None)
+        if isinstance(cached, str):
+            return cached
+        peer = request.client.host if request.client else None
+        address = self.netrules.client_address(peer, request.headers.getlist("x-forwarded-for"))
+        request.state.client_ip = address
+        return address
+
+    @staticmethod
+    def _route(request: Request) -> str:
+        route = request.scope.get("route")
+        path = getattr(route, "path", None)
+        return path if isinstance(path, str) else request.url.path
+
+    def _refuse(
+        self, request: Request, status: int, code: str, message: str, reason: str, headers: dict[str, str] | None = None
+    ) -> ApiError:
+        if status in (401, 403):
+            self.metrics.auth_failures.labels(reason=reason).inc()
+        self.audit.log(getattr(request.state, "principal", None), self._route(request), status, self.client_address(request), reason=reason)
+        request.state.audited = True
+        return ApiError(status, code, message, headers=headers)
+
+    async def _admit_address(self, request: Request) -> str:
+        client = self.client_address(request)
+        verdict = self.netrules.check(client)
+        if not verdict.allowed:
+            raise self._refuse(
+                request, 403, "address_not_allowed", f"requests from {client or 'this address'} are not allowed", f"ip_{verdict.reason}"
+            )
+        decision = await self.limiter.hit("ip", client, self.settings.rate_limit_per_ip)
+        request.state.ip_rate_limit = decision
+        if not decision.allowed:
+            raise self._too_many(request, decision, "ip", "this address")
+        return client
+
+    def _too_many(self, request: Request, decision: Decision, scope: str, who: str) -> ApiError:
+        return self._refuse(
+            request,
+            429,
+            "rate_limited",
+            f"rate limit for {who} is {decision.limit} requests per minute; retry in {decision.retry_after_s} s",
+            f"rate_limited_{scope}",
+            headers=decision.headers(),
+        )
+
+    async def _admit_key(self, request: Request, principal: Principal) -> None:
+        request.state.principal = principal
+        self.metrics.key_requests.labels(key_id=principal.key_id).inc()
+        self.ring.mark_used(principal.key_id)
+        await self.limiter.note_key_call(principal.key_id, self.settings.abnormal_key_per_minute)
+        decision = await self.limiter.hit("key", principal.key_id, self.settings.rate_limit_per_key)
+        request.state.rate_limit = decision
+        if not decision.allowed:
+            raise self._too_many(request, decision, "key", f"key {principal.key_id!r}")
+
+    def _check_api_key(self, request: Request, raw: str) -> ApiKeyEntry:
+        entry, state = self.ring.verify(raw)
+        if entry is None or state != "active":
+            # One message for unknown, revoked and expired keys: a caller learns nothing about which keys exist.
+            raise self._refuse(
+                request, 401, "invalid_api_key", "the API key is invalid, expired or revoked",
+                _KEY_STATE_REASONS.get(state, state) if entry is not None else "unknown_key", headers=_BEARER_CHALLENGE,
+            )
+        return entry
+
+    # -- the interface the routes use --------------------------------------------------------
+    async def issue_token(self, api_key: str, request: Request) -> dict[str, Any]:
+        await self._admit_address(request)
+        entry = self._check_api_key(request, api_key)
+        principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
+        await self._admit_key(request, principal)
+        try:
+            token, expires_in = self.tokens.issue(entry)
+        except KeyFileError:
+            log.error("no current JWT signing key; /api/auth cannot issue tokens")
+            raise ApiError(503, "no_signing_key", "the service has no current token signing key; tell its operator") from None
+        return {"token": token, "token_type": "bearer", "expires_in": expires_in}
+
+    async def authenticate(self, request: Request, *, allow_api_key: bool) -> Principal:
+        await self._admit_address(request)
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            what = "a bearer token from POST /api/auth" + (" or an API key" if allow_api_key else "")
+            raise self._refuse(
+                request, 401, "missing_credentials", f"send `Authorization: Bearer <token>` with {what}", "missing_credentials",
+                headers=_BEARER_CHALLENGE,
+            )
+        principal: Principal | None = None
+        if allow_api_key:
+            entry, state = self.ring.verify(credential)
+            if entry is not None:
+                if state != "active":
+                    self._check_api_key(request, credential)  # raises with the same message as /api/auth
+                principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
+        if principal is None:
+            if credential.count(".") != 2:
+                message = "the API key is invalid, expired or revoked" if allow_api_key else (
+                    "this route takes a bearer token from POST /api/auth, not an API key"
+                )
+                raise self._refuse(request, 401, "invalid_api_key" if allow_api_key else "invalid_token", message,
+                                   "unknown_key" if allow_api_key else "malformed_token", headers=_BEARER_CHALLENGE)
+            try:
+                claims = self.tokens.verify(credential)
+            except TokenError as exc:
+                code = "token_expired" if exc.reason == "token_expired" else "invalid_token"
+                raise self._refuse(request, 401, code, exc.message, exc.reason, headers=_BEARER_CHALLENGE) from None
+            principal = Principal(key_id=claims.key_id, scopes=claims.scopes, via="jwt")
+        await self._admit_key(request, principal)
+        return principal
+
+    def require_scope(self, request: Request, principal: Principal, scope: str) -> None:
+        if scope not in principal.scopes:
+            raise self._refuse(
+                request, 403, "insufficient_scope", f"this route needs the {scope!r} scope; key {principal.key_id!r} lacks it",
+                f"missing_scope_{scope}",
+            )
+
+    def rate_limit_headers(self, request: Request) -> dict[str, str]:
+        decision: Decision | None = getattr(request.state, "rate_limit", None) or getattr(request.state, "ip_rate_limit", None)
+        if decision is None:
+            return {}
+        headers = decision.headers()
+        headers.pop("Retry-After", None)
+        return headers
+
+    def key_listing(self) -> list[dict[str, Any]]:
+        now = self.ring.clock()
+        return [
+            {
+                "id": k.id,
+                "scopes": sorted(k.scopes),
+                "not_before": format_time(k.not_before),
+                "expires_at": format_time(k.expires_at),
+                "status": k.state(now),
+                "last_used": format_time(self.ring.last_used.get(k.id)),
+            }
+            for k in self.ring.api_keys
+        ]
+

@@ -1,0 +1,157 @@
+"""Fixtures for the access-control and data tests: real key files, a real redis-server, a small app wired to Security."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.auth import ApiPrincipal, CurrentPrincipal
+from app.body_limit import BodyLimitMiddleware
+from app.routes import admin
+from app.security import Security
+from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, now_iso, seal_keyring
+from app.errors import install_error_handlers
+from app.keyring import write_private
+from app.keys import new_api_key, new_secret
+from app.metrics import Metrics, build_metrics
+from app.settings import Settings
+from tests.redis_server import RedisServer
+
+
+@dataclass
+class KeyFiles:
+    """A KEK and a key file on disk, with the raw keys the test may present (the service never sees these)."""
+
+    key_path: Path
+    kek_path: Path
+    kek: str
+    raw: dict[str, str] = field(default_factory=dict)
+    records: dict[str, ApiKeyRecord] = field(default_factory=dict)
+    jwt: list[JwtKeyRecord] = field(default_factory=list)
+
+    def write(self) -> None:
+        ring = Keyring(api_keys=tuple(self.records.values()), jwt_keys=tuple(self.jwt))
+        write_private(self.key_path, seal_keyring(ring, self.kek))
+
+    def add(self, key_id: str, scopes: tuple[str, ...] = ("chat",), **kw: Any) -> str:
+        raw = new_api_key()
+        self.raw[key_id] = raw
+        self.records[key_id] = ApiKeyRecord(id=key_id, secret=raw, scopes=scopes, not_before=kw.pop("not_before", now_iso(-60)), **kw)
+        return raw
+
+    def revoke(self, key_id: str) -> None:
+        rec = self.records[key_id]
+        self.records[key_id] = ApiKeyRecord(rec.id, rec.secret, rec.scopes, rec.not_before, rec.expires_at, revoked=True)
+
+    def jwt_secret(self, kid: str) -> str:
+        return next(k.secret for k in self.jwt if k.kid == kid)
+
+
+@pytest.fixture
+def keyfiles(tmp_path: Path) -> KeyFiles:
+    kf = KeyFiles(key_path=tmp_path / "secrets" / "keys.json", kek_path=tmp_path / "secrets" / "kek", kek=new_secret())
+    write_private(kf.kek_path, kf.kek + "\n")
+    kf.add("alice", ("chat",))
+    kf.add("root", ("chat", "admin"))
+    kf.add("gone", ("chat",))
+    kf.revoke("gone")
+    kf.add("stale", ("chat",), expires_at=now_iso(-3600))
+    kf.add("later", ("chat",), not_before=now_iso(3600))
+    kf.jwt.append(JwtKeyRecord(kid="jwt-1", secret=new_secret(), not_before=now_iso(-60)))
+    kf.write()
+    return kf
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, keyfiles: KeyFiles) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        base = Settings(
+            app_env="production",
+            data_dir=tmp_path / "data",
+            api_key_path=keyfiles.key_path,
+            kek_path=keyfiles.kek_path,
+        )
+        return base.with_overrides(**overrides)
+
+    return build
+
+
+@pytest.fixture
+def instant_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check the key file's mtime on every use instead of at most once a second."""
+    from app import keyring as keyring_module
+
+    monkeypatch.setattr(keyring_module, "RELOAD_CHECK_INTERVAL_S", 0.0)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return build_metrics()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return float(value or 0.0)
+
+
+class AuthBody(BaseModel):
+    api_key: str
+
+
+def build_security_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    """The service's auth surface without a model: /api/auth, a JWT route, an API route, and the admin router."""
+    m = metrics or build_metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.security = await Security.create(settings, m)
+        try:
+            yield
+        finally:
+            await app.state.security.close()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = m
+    app.state.security = None
+    install_error_handlers(app)
+
+    @app.post("/api/auth")
+    async def auth(body: AuthBody, request: Request) -> dict:
+        token: dict = await request.app.state.security.issue_token(body.api_key, request)
+        return token
+
+    @app.post("/api/chat")
+    async def chat(request: Request, principal: CurrentPrincipal) -> Any:
+        body = await request.json()
+        return JSONResponse(
+            {"key_id": principal.key_id, "via": principal.via, "scopes": sorted(principal.scopes), "echo": body},
+            headers=request.app.state.security.rate_limit_headers(request),
+        )
+
+    @app.get("/v1/models")
+    async def models(request: Request, principal: ApiPrincipal) -> dict:
+        return {"key_id": principal.key_id, "via": principal.via, "client": request.state.client_ip}
+
+    app.include_router(admin.router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
