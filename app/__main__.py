@@ -15,6 +15,20 @@ from app.settings import SettingsError, load_settings
 GRACEFUL_SHUTDOWN_S = 25  # under the pod's terminationGracePeriodSeconds
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a signal that started a graceful shutdown is not re-raised afterwards.
+
+    uvicorn re-raises SIGTERM once it has drained, so the process would die "by signal" (143) and
+    the status main() returns (0 after a clean drain, 1 after a failed model load) would be lost.
+    """
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
 def main() -> int:
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
     try:
@@ -38,7 +52,7 @@ def main() -> int:
             f"-H 'Content-Type: application/json' -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
             flush=True,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -49,6 +63,7 @@ def main() -> int:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    _Server(config).run()
     if fatal:
         logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
         return 1

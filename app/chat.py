@@ -175,6 +175,7 @@ class ChatRunner:
             return self.engine.submit(job.prompt_ids, job.params)
         except QueueFullError as exc:
             retry = str(getattr(exc, "retry_after_s", RETRY_AFTER_BUSY_S))
+            self.metrics.rate_limited.labels(scope="queue").inc()
             raise ApiError(429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": retry}) from None
         except EngineClosedError:
             raise ApiError(

@@ -106,7 +106,9 @@ def test_bad_chat_input_is_a_400_that_says_why(server: Server, payload: dict, ne
 
 
 def test_prompt_longer_than_the_context_window_is_refused(server: Server) -> None:
-    huge = [{"role": "user", "content": "Paris is lovely. " * 2000}]
+    # Each message under MAX_MESSAGE_CHARS; together far over the model's 8192-token window.
+    huge = [{"role": "user", "content": "Paris is lovely. " * 1800}, {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "Paris is lovely. " * 1800}]
     with server.client() as c:
         r = c.post("/v1/chat/completions", json={"messages": huge}, headers={"Authorization": f"Bearer {server.api_key}"})
     err = assert_error(r, 400, "context_length_exceeded")
@@ -165,3 +167,8 @@ def test_request_log_is_json_without_prompt_text(server: Server, token: str) -> 
     mine = [d for d in lines if d.get("request_id") == "trace-42"]
     assert mine and mine[-1]["route"] == "/api/chat" and mine[-1]["status"] == 200
     assert mine[-1]["completion_tokens"] > 0 and mine[-1]["latency_ms"] > 0
+    # The audit trail has the successful use too (refusals are covered in tests/app/test_audit.py).
+    audit = [d["audit"] for d in lines if d.get("logger") == "clawbot.audit"]
+    assert {"event": "key_usage", "key_id": "dev", "via": "jwt", "route": "/api/chat", "status": 200} in [
+        {k: a[k] for k in ("event", "key_id", "via", "route", "status")} for a in audit
+    ], audit[-3:]

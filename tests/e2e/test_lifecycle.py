@@ -49,6 +49,7 @@ def test_unloadable_model_exits_non_zero_and_says_why(tmp_path: Path) -> None:
         code = srv.proc.wait(120)
     finally:
         srv.stop(signal.SIGKILL)
-    assert code != 0
+    assert code == 1, srv.log()[-2000:]
+    assert "exiting: model failed to load" in srv.log()
     assert "no-such-model" in srv.log()
     assert "Traceback" not in srv.log()
