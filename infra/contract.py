@@ -1,0 +1,28 @@
+"""What infra/ and app/ agree on: port, probe paths, mount paths, file names and the chat pods' labels."""
+from __future__ import annotations
+
+from app.settings import SERVICE_PORT
+
+PORT = SERVICE_PORT
+PORT_NAME = "http"
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+
+DATA_DIR = "/app/data"
+TMP_DIR = "/tmp"
+KEK_DIR = "/var/run/clawbot/kek"
+KEK_FILE = "kek"
+KEYS_DIR = "/var/run/clawbot/keys"
+KEYS_FILE = "keys.json"
+KEK_PATH = f"{KEK_DIR}/{KEK_FILE}"
+API_KEY_PATH = f"{KEYS_DIR}/{KEYS_FILE}"
+
+CONTAINER_NAME = "chat"
+APP_UID = 10001
+REDIS_PORT = 6379
+
+APP_NAME = "clawbot"
+CHAT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "chat"}
+REDIS_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "redis"}
+COMMON_LABELS = {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"}

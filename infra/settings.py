@@ -1,0 +1,543 @@
+"""Stack configuration: every `clawbot:*` key read once into one frozen, validated StackSettings.
+
+`CONFIG_KEYS` is the single table of keys (type, default, description); `Pulumi.yaml`'s
+config schema is held to it by a test. Components never call `pulumi.Config` themselves.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pulumi
+
+from app.settings import QUANTIZATIONS
+
+PROJECT = "clawbot"
+ENVIRONMENTS = ("production", "development")
+SERVICE_TYPES = ("LoadBalancer", "ClusterIP")
+GPU_MODES = ("karpenter", "existing", "none")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
+PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
+OPEN_CIDRS = ("0.0.0.0/0", "::/0")
+
+
+class ConfigError(pulumi.RunError, ValueError):
+    """A stack config value is missing or out of range; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    type: str  # the Pulumi.yaml schema type: string, integer, boolean or array (of strings)
+    default: Any
+    description: str
+
+
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("environment", "string", "development", "production or development: production refuses open ingress and requires mounted key files"),
+    ConfigKey("namespace", "string", "clawbot", "Kubernetes namespace for the chat service, its secrets and policies"),
+    ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
+    ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
+    ConfigKey("modelPath", "string", "embedded:smollm2-135m-instruct", "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
+    ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
+    ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
+    ConfigKey("maxBatchSize", "integer", 32, "MAX_BATCH_SIZE: rows the batching engine decodes together (1..256)"),
+    ConfigKey("jwtTtlSeconds", "integer", 3600, "JWT_TTL_SECONDS: lifetime of tokens issued by /api/auth (30..3600)"),
+    ConfigKey("rateLimitPerKey", "integer", 600, "RATE_LIMIT_PER_KEY: requests per minute one API key may make"),
+    ConfigKey("modelHubAuth", "boolean", False, "Read a model-hub token from the secret config key hubToken (config set --secret) and seal it in the key file"),
+    ConfigKey("minReplicas", "integer", 1, "Fewest chat pods (HPA minimum; the replica count when minReplicas == maxReplicas)"),
+    ConfigKey("maxReplicas", "integer", 1, "Most chat pods (HPA maximum); equal to minReplicas disables the HPA"),
+    ConfigKey("cpuRequest", "string", "1", "CPU request of the chat container"),
+    ConfigKey("cpuLimit", "string", "2", "CPU limit of the chat container"),
+    ConfigKey("memoryRequest", "string", "2Gi", "Memory request of the chat container"),
+    ConfigKey("memoryLimit", "string", "4Gi", "Memory limit of the chat container"),
+    ConfigKey("dataVolumeSize", "string", "100Gi", "Size of the PVC mounted at /app/data (model cache and conversations)"),
+    ConfigKey("dataAccessMode", "string", "ReadWriteOnce", "Access mode of the data PVC: ReadWriteOnce (one node) or ReadWriteMany (needed when replicas may land on several nodes)"),
+    ConfigKey("storageClass", "string", "", "StorageClass of the data PVC (an SSD class such as gp3); empty uses the cluster default"),
+    ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200)"),
+    ConfigKey("terminationGraceSeconds", "integer", 60, "Grace period for in-flight generations on shutdown (30..600)"),
+    ConfigKey("serviceType", "string", "ClusterIP", "LoadBalancer (reachable from allowedCidrs) or ClusterIP (in-cluster only)"),
+    ConfigKey("allowedCidrs", "array", [], "CIDRs allowed to reach TCP 18789 (NetworkPolicy, loadBalancerSourceRanges, ALLOWED_CIDRS)"),
+    ConfigKey("allowPublicIngress", "boolean", False, "Set true on purpose to allow 0.0.0.0/0 or ::/0 in allowedCidrs of a production stack"),
+    ConfigKey("trustedProxies", "array", [], "TRUSTED_PROXIES: CIDRs of proxies whose X-Forwarded-For the service believes"),
+    ConfigKey("monitoringNamespace", "string", "monitoring", "Namespace of Prometheus; it alone may scrape /metrics besides allowedCidrs"),
+    ConfigKey("modelHubEgressCidrs", "array", [], "CIDRs the chat pods may reach on TCP 443 to download a model; empty allows no internet egress"),
+    ConfigKey("redisEnabled", "boolean", False, "Run Redis for the response cache and rate limits shared across replicas (sets REDIS_URL)"),
+    ConfigKey("redisImage", "string", "redis:7.4.2-alpine", "Redis image when redisEnabled"),
+    ConfigKey("gpuMode", "string", "none", "karpenter (a NodePool for GPU nodes), existing (GPU nodes already in the cluster) or none (CPU)"),
+    ConfigKey("gpusPerPod", "integer", 1, "nvidia.com/gpu limit of each chat pod when gpuMode is not none"),
+    ConfigKey("gpuInstanceFamilies", "array", ["g5", "g6"], "Karpenter: EC2 instance families for GPU nodes"),
+    ConfigKey("gpuInstanceTypes", "array", [], "Karpenter: exact instance types (empty allows any size of the families)"),
+    ConfigKey("gpuCapacityTypes", "array", ["on-demand"], "Karpenter: on-demand, spot and/or reserved"),
+    ConfigKey("gpuLimit", "integer", 10, "Karpenter: most GPUs the NodePool may provision in total"),
+    ConfigKey("gpuTaintKey", "string", "nvidia.com/gpu", "Taint key on GPU nodes (the chat pods get the matching toleration)"),
+    ConfigKey("gpuTaintValue", "string", "true", "Taint value on GPU nodes"),
+    ConfigKey("gpuTaintEffect", "string", "NoSchedule", "Taint effect on GPU nodes: NoSchedule, PreferNoSchedule or NoExecute"),
+    ConfigKey("gpuNodeLabels", "array", ["clawbot.dev/accelerator=nvidia"], "key=value labels of GPU nodes; chat pods require them via node affinity"),
+    ConfigKey("gpuOperator", "boolean", False, "true when the NVIDIA GPU operator already runs the device plugin (no DaemonSet is created)"),
+    ConfigKey("devicePluginImage", "string", "nvcr.io/nvidia/k8s-device-plugin:v0.17.2", "Image of the NVIDIA device plugin DaemonSet"),
+    ConfigKey("nodeClassName", "string", "", "Karpenter: name of an existing EC2NodeClass to use; empty creates one from nodeClassRole"),
+    ConfigKey("nodeClassRole", "string", "", "Karpenter: IAM role of the nodes of the created EC2NodeClass"),
+    ConfigKey("nodeClassSubnetTags", "array", [], "Karpenter: key=value tags selecting the subnets of the created EC2NodeClass"),
+    ConfigKey("nodeClassSecurityGroupTags", "array", [], "Karpenter: key=value tags selecting the security groups of the created EC2NodeClass"),
+    ConfigKey("nodeClassAmiAlias", "string", "al2023@latest", "Karpenter: AMI alias of the created EC2NodeClass (the GPU variant is picked for GPU instances)"),
+    ConfigKey("nodeVolumeSize", "string", "200Gi", "Karpenter: root volume of GPU nodes (container images with CUDA are large)"),
+    ConfigKey("consolidationPolicy", "string", "WhenEmpty", "Karpenter: WhenEmpty or WhenEmptyOrUnderutilized"),
+    ConfigKey("consolidateAfter", "string", "10m", "Karpenter: how long a node stays empty/underused before it is consolidated"),
+    ConfigKey("nodeExpireAfter", "string", "720h", "Karpenter: node lifetime before replacement"),
+    ConfigKey("disruptionBudget", "string", "1", "Karpenter: nodes (or a percentage) that may be disrupted at once"),
+    ConfigKey("hpaCpuPercent", "integer", 70, "HPA: target average CPU utilization (10..100)"),
+    ConfigKey("hpaInflightPerPod", "integer", 0, "HPA: target clawbot_inflight_requests per pod (needs a custom metrics adapter); 0 disables"),
+    ConfigKey("scaleDownStabilizationSeconds", "integer", 300, "HPA: how long load must stay low before pods are removed"),
+    ConfigKey("alertsEnabled", "boolean", False, "Create the ServiceMonitor, PrometheusRule and AlertmanagerConfig (needs the Prometheus operator)"),
+    ConfigKey("alertEmail", "string", "", "Address alerts are mailed to (required when alertsEnabled)"),
+    ConfigKey("alertEmailFrom", "string", "clawbot-alerts@localhost", "Sender address of alert mail"),
+    ConfigKey("alertSmarthost", "string", "smtp.localhost:587", "SMTP relay host:port for alert mail"),
+    ConfigKey("alertSmtpUsername", "string", "", "SMTP user; its password is the secret config key alertSmtpPassword"),
+    ConfigKey("alertCpuPercent", "integer", 85, "Alert when a pod uses more than this % of its CPU limit for 5m"),
+    ConfigKey("alertMemoryPercent", "integer", 90, "Alert when a pod uses more than this % of its memory limit for 1m"),
+    ConfigKey("alertLatencyP95Ms", "integer", 2000, "Alert when p95 inference latency exceeds this many milliseconds"),
+    ConfigKey("alertErrorRatePercent", "integer", 5, "Alert when more than this % of requests fail (5xx) over 10m"),
+    ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this"),
+    ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this"),
+    ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
+)
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
+SECRET_KEYS = ("hubToken", "alertSmtpPassword")
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: str
+    gpus_per_pod: int
+    instance_families: tuple[str, ...]
+    instance_types: tuple[str, ...]
+    capacity_types: tuple[str, ...]
+    gpu_limit: int
+    taint: Taint
+    node_labels: tuple[tuple[str, str], ...]
+    gpu_operator: bool
+    device_plugin_image: str
+    node_class_name: str
+    node_class_role: str
+    subnet_tags: tuple[tuple[str, str], ...]
+    security_group_tags: tuple[tuple[str, str], ...]
+    ami_alias: str
+    node_volume_size: str
+    consolidation_policy: str
+    consolidate_after: str
+    expire_after: str
+    disruption_budget: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    service_type: str
+    allowed_cidrs: tuple[str, ...]
+    allow_public_ingress: bool
+    trusted_proxies: tuple[str, ...]
+    monitoring_namespace: str
+    model_hub_egress_cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    min_replicas: int
+    max_replicas: int
+    cpu_percent: int
+    inflight_per_pod: int
+    scale_down_stabilization_seconds: int
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas > self.min_replicas
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    enabled: bool
+    email: str
+    email_from: str
+    smarthost: str
+    smtp_username: str
+    cpu_percent: int
+    memory_percent: int
+    latency_p95_ms: int
+    error_rate_percent: int
+    key_requests_per_minute: int
+    queue_depth: int
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    stack: str
+    environment: str
+    namespace: str
+    image: str
+    image_pull_policy: str
+    model_path: str
+    quantization: str
+    max_tokens: int
+    max_batch_size: int
+    jwt_ttl_seconds: int
+    rate_limit_per_key: int
+    model_hub_auth: bool
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    data_volume_size: str
+    data_access_mode: str
+    storage_class: str
+    startup_timeout_seconds: int
+    termination_grace_seconds: int
+    redis_enabled: bool
+    redis_image: str
+    key_rotation_days: int
+    network: NetworkSettings
+    gpu: GpuSettings
+    scaling: ScalingSettings
+    alerts: AlertSettings
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+
+# -- validation helpers ----------------------------------------------------------------------
+
+_CPU = re.compile(r"^(\d+(\.\d+)?)(m?)$")
+_MEMORY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
+_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$|^Never$")
+_MEMORY_UNITS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _key(name: str) -> str:
+    return f"{PROJECT}:{name}"
+
+
+def _choice(raw: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    value = raw[name]
+    if value not in allowed:
+        raise ConfigError(f"{_key(name)} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _int(raw: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
+    value = raw[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise ConfigError(f"{_key(name)} must be an integer between {lo} and {hi}, got {raw[name]!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{_key(name)} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(raw: Mapping[str, Any], name: str) -> bool:
+    value = raw[name]
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise ConfigError(f"{_key(name)} must be true or false, got {value!r}")
+
+
+def _str(raw: Mapping[str, Any], name: str, *, required: bool = False) -> str:
+    value = raw[name]
+    if not isinstance(value, str):
+        raise ConfigError(f"{_key(name)} must be a string, got {value!r}")
+    if required and not value.strip():
+        raise ConfigError(f"{_key(name)} must not be empty")
+    return value
+
+
+def _strings(raw: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = raw[name]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{_key(name)} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _cidrs(raw: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in _strings(raw, name):
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(f"{_key(name)} must hold CIDRs like 192.168.1.0/24, got {item!r} ({exc})") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _pairs(raw: Mapping[str, Any], name: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for item in _strings(raw, name):
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise ConfigError(f"{_key(name)} must hold key=value pairs with Kubernetes label syntax, got {item!r}")
+        out.append((key, value))
+    return tuple(out)
+
+
+def cpu_millis(name: str, value: str) -> int:
+    m = _CPU.match(value)
+    if not m:
+        raise ConfigError(f"{_key(name)} must be a CPU quantity like 2 or 500m, got {value!r}")
+    return int(float(m.group(1))) if m.group(3) else int(float(m.group(1)) * 1000)
+
+
+def memory_bytes(name: str, value: str) -> int:
+    m = _MEMORY.match(value)
+    if not m:
+        raise ConfigError(f"{_key(name)} must be a memory quantity like 4Gi or 512Mi, got {value!r}")
+    return int(m.group(1)) * _MEMORY_UNITS[m.group(2)]
+
+
+def _duration(raw: Mapping[str, Any], name: str) -> str:
+    value = _str(raw, name, required=True)
+    if not _DURATION.match(value):
+        raise ConfigError(f"{_key(name)} must be a duration like 10m, 1h30m or 720h, got {value!r}")
+    return value
+
+
+def _ranged_quantities(raw: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    cpu_req, cpu_lim = _str(raw, "cpuRequest"), _str(raw, "cpuLimit")
+    mem_req, mem_lim = _str(raw, "memoryRequest"), _str(raw, "memoryLimit")
+    req_m, lim_m = cpu_millis("cpuRequest", cpu_req), cpu_millis("cpuLimit", cpu_lim)
+    if not 100 <= req_m <= lim_m <= 64_000:
+        raise ConfigError(
+            f"{_key('cpuRequest')} ({cpu_req}) and {_key('cpuLimit')} ({cpu_lim}) must satisfy 100m <= request <= limit <= 64"
+        )
+    req_b, lim_b = memory_bytes("memoryRequest", mem_req), memory_bytes("memoryLimit", mem_lim)
+    if not 256 * 1024**2 <= req_b <= lim_b <= 1024**4:
+        raise ConfigError(
+            f"{_key('memoryRequest')} ({mem_req}) and {_key('memoryLimit')} ({mem_lim}) must satisfy 256Mi <= request <= limit <= 1Ti"
+        )
+    return cpu_req, cpu_lim, mem_req, mem_lim
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
+    """Validate raw config values (missing keys take DEFAULTS) into StackSettings; raises ConfigError."""
+    unknown = sorted(set(values) - set(DEFAULTS) - set(SECRET_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(_key(k) for k in unknown)}; allowed keys are listed in Pulumi.yaml")
+    raw = {**DEFAULTS, **values}
+    environment = _choice(raw, "environment", ENVIRONMENTS)
+    production = environment == "production"
+
+    namespace = _str(raw, "namespace", required=True)
+    for name, value in (("namespace", namespace), ("monitoringNamespace", _str(raw, "monitoringNamespace", required=True))):
+        if not _DNS_LABEL.match(value):
+            raise ConfigError(f"{_key(name)} must be a DNS label (lowercase letters, digits and '-'), got {value!r}")
+
+    allowed = _cidrs(raw, "allowedCidrs")
+    allow_public = _bool(raw, "allowPublicIngress")
+    open_ones = [c for c in allowed if c in OPEN_CIDRS]
+    if production and open_ones and not allow_public:
+        raise ConfigError(
+            f"{_key('allowedCidrs')} contains {', '.join(open_ones)}, which opens port 18789 to the whole internet; "
+            f"a production stack allows that only with {_key('allowPublicIngress')}: true set on purpose"
+        )
+    service_type = _choice(raw, "serviceType", SERVICE_TYPES)
+    if service_type == "LoadBalancer" and not allowed:
+        raise ConfigError(
+            f"{_key('allowedCidrs')} must list at least one CIDR when {_key('serviceType')} is LoadBalancer "
+            "(an empty list would leave the load balancer open to everyone)"
+        )
+    network = NetworkSettings(
+        service_type=service_type,
+        allowed_cidrs=allowed,
+        allow_public_ingress=allow_public,
+        trusted_proxies=_cidrs(raw, "trustedProxies"),
+        monitoring_namespace=str(raw["monitoringNamespace"]),
+        model_hub_egress_cidrs=_cidrs(raw, "modelHubEgressCidrs"),
+    )
+
+    min_replicas = _int(raw, "minReplicas", 1, 100)
+    max_replicas = _int(raw, "maxReplicas", 1, 100)
+    if min_replicas > max_replicas:
+        raise ConfigError(f"{_key('minReplicas')} ({min_replicas}) must not exceed {_key('maxReplicas')} ({max_replicas})")
+    scaling = ScalingSettings(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_percent=_int(raw, "hpaCpuPercent", 10, 100),
+        inflight_per_pod=_int(raw, "hpaInflightPerPod", 0, 10_000),
+        scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 0, 3600),
+    )
+
+    gpu_mode = _choice(raw, "gpuMode", GPU_MODES)
+    node_class_name = _str(raw, "nodeClassName")
+    node_class_role = _str(raw, "nodeClassRole")
+    subnet_tags, sg_tags = _pairs(raw, "nodeClassSubnetTags"), _pairs(raw, "nodeClassSecurityGroupTags")
+    if gpu_mode == "karpenter" and not node_class_name:
+        missing = [k for k, v in (("nodeClassRole", node_class_role), ("nodeClassSubnetTags", subnet_tags),
+                                  ("nodeClassSecurityGroupTags", sg_tags)) if not v]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(_key(k) for k in missing)} must be set when {_key('gpuMode')} is karpenter and no "
+                f"{_key('nodeClassName')} names an existing EC2NodeClass"
+            )
+    capacity = _strings(raw, "gpuCapacityTypes")
+    for c in capacity:
+        if c not in CAPACITY_TYPES:
+            raise ConfigError(f"{_key('gpuCapacityTypes')} entries must be one of {', '.join(CAPACITY_TYPES)}, got {c!r}")
+    families, types = _strings(raw, "gpuInstanceFamilies"), _strings(raw, "gpuInstanceTypes")
+    if gpu_mode == "karpenter" and not (families or types):
+        raise ConfigError(f"{_key('gpuInstanceFamilies')} or {_key('gpuInstanceTypes')} must name GPU instances when {_key('gpuMode')} is karpenter")
+    taint_key, taint_value = _str(raw, "gpuTaintKey", required=True), _str(raw, "gpuTaintValue")
+    if not _LABEL_KEY.match(taint_key) or not _LABEL_VALUE.match(taint_value):
+        raise ConfigError(f"{_key('gpuTaintKey')}/{_key('gpuTaintValue')} must use Kubernetes label syntax, got {taint_key!r}={taint_value!r}")
+    node_labels = _pairs(raw, "gpuNodeLabels")
+    if gpu_mode == "existing" and not node_labels:
+        raise ConfigError(f"{_key('gpuNodeLabels')} must name at least one label of the existing GPU nodes when {_key('gpuMode')} is existing")
+    budget = _str(raw, "disruptionBudget", required=True)
+    if not re.match(r"^(\d+|\d{1,3}%)$", budget):
+        raise ConfigError(f"{_key('disruptionBudget')} must be a node count like 1 or a percentage like 10%, got {budget!r}")
+    gpu = GpuSettings(
+        mode=gpu_mode,
+        gpus_per_pod=_int(raw, "gpusPerPod", 1, 8),
+        instance_families=families,
+        instance_types=types,
+        capacity_types=capacity or ("on-demand",),
+        gpu_limit=_int(raw, "gpuLimit", 1, 1000),
+        taint=Taint(taint_key, taint_value, _choice(raw, "gpuTaintEffect", TAINT_EFFECTS)),
+        node_labels=node_labels,
+        gpu_operator=_bool(raw, "gpuOperator"),
+        device_plugin_image=_str(raw, "devicePluginImage", required=True),
+        node_class_name=node_class_name,
+        node_class_role=node_class_role,
+        subnet_tags=subnet_tags,
+        security_group_tags=sg_tags,
+        ami_alias=_str(raw, "nodeClassAmiAlias", required=True),
+        node_volume_size=_str(raw, "nodeVolumeSize", required=True),
+        consolidation_policy=_choice(raw, "consolidationPolicy", CONSOLIDATION_POLICIES),
+        consolidate_after=_duration(raw, "consolidateAfter"),
+        expire_after=_duration(raw, "nodeExpireAfter"),
+        disruption_budget=budget,
+    )
+    memory_bytes("nodeVolumeSize", gpu.node_volume_size)
+    if gpu.enabled and gpu.gpus_per_pod * min_replicas > gpu.gpu_limit and gpu_mode == "karpenter":
+        raise ConfigError(
+            f"{_key('gpuLimit')} ({gpu.gpu_limit}) is below {_key('gpusPerPod')} x {_key('minReplicas')} "
+            f"({gpu.gpus_per_pod * min_replicas}); the minimum replicas could never be scheduled"
+        )
+
+    alerts_enabled = _bool(raw, "alertsEnabled")
+    email = _str(raw, "alertEmail")
+    if alerts_enabled and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", email):
+        raise ConfigError(f"{_key('alertEmail')} must be an e-mail address when {_key('alertsEnabled')} is true, got {email!r}")
+    alerts = AlertSettings(
+        enabled=alerts_enabled,
+        email=email,
+        email_from=_str(raw, "alertEmailFrom", required=True),
+        smarthost=_str(raw, "alertSmarthost", required=True),
+        smtp_username=_str(raw, "alertSmtpUsername"),
+        cpu_percent=_int(raw, "alertCpuPercent", 1, 100),
+        memory_percent=_int(raw, "alertMemoryPercent", 1, 100),
+        latency_p95_ms=_int(raw, "alertLatencyP95Ms", 10, 600_000),
+        error_rate_percent=_int(raw, "alertErrorRatePercent", 1, 100),
+        key_requests_per_minute=_int(raw, "alertKeyRequestsPerMinute", 1, 10_000_000),
+        queue_depth=_int(raw, "alertQueueDepth", 1, 100_000),
+    )
+
+    cpu_req, cpu_lim, mem_req, mem_lim = _ranged_quantities(raw)
+    data_size = _str(raw, "dataVolumeSize", required=True)
+    if memory_bytes("dataVolumeSize", data_size) < 1024**3:
+        raise ConfigError(f"{_key('dataVolumeSize')} must be at least 1Gi (the model cache lives there), got {data_size!r}")
+    access_mode = _choice(raw, "dataAccessMode", ACCESS_MODES)
+    if access_mode == "ReadWriteOnce" and max_replicas > 1:
+        raise ConfigError(
+            f"{_key('dataAccessMode')} ReadWriteOnce cannot serve {_key('maxReplicas')} {max_replicas}: pods on a second node "
+            "would wait forever for the volume; use ReadWriteMany (a shared-filesystem storageClass) or maxReplicas 1"
+        )
+    quantization = _choice(raw, "quantization", QUANTIZATIONS)
+    if quantization != "none" and not gpu.enabled:
+        raise ConfigError(
+            f"{_key('quantization')} {quantization!r} needs a GPU (bitsandbytes); set {_key('gpuMode')} to karpenter or existing, "
+            "or quantization to none"
+        )
+    image = _str(raw, "image", required=True)
+    if production and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+        raise ConfigError(f"{_key('image')} must pin a tag or digest in production, got {image!r}")
+    return StackSettings(
+        stack=stack,
+        environment=environment,
+        namespace=namespace,
+        image=image,
+        image_pull_policy=_choice(raw, "imagePullPolicy", PULL_POLICIES),
+        model_path=_str(raw, "modelPath", required=True),
+        quantization=quantization,
+        max_tokens=_int(raw, "maxTokens", 1, 8192),
+        max_batch_size=_int(raw, "maxBatchSize", 1, 256),
+        jwt_ttl_seconds=_int(raw, "jwtTtlSeconds", 30, 3600),
+        rate_limit_per_key=_int(raw, "rateLimitPerKey", 1, 1_000_000),
+        model_hub_auth=_bool(raw, "modelHubAuth"),
+        cpu_request=cpu_req,
+        cpu_limit=cpu_lim,
+        memory_request=mem_req,
+        memory_limit=mem_lim,
+        data_volume_size=data_size,
+        data_access_mode=access_mode,
+        storage_class=_str(raw, "storageClass"),
+        startup_timeout_seconds=_int(raw, "startupTimeoutSeconds", 60, 7200),
+        termination_grace_seconds=_int(raw, "terminationGraceSeconds", 30, 600),
+        redis_enabled=_bool(raw, "redisEnabled"),
+        redis_image=_str(raw, "redisImage", required=True),
+        key_rotation_days=_int(raw, "keyRotationDays", 1, 3650),
+        network=network,
+        gpu=gpu,
+        scaling=scaling,
+        alerts=alerts,
+    )
+
+
+@dataclass(frozen=True)
+class StackSecrets:
+    """Secret config values, kept as secret Outputs so they never reach state or logs in plain text."""
+
+    hub_token: pulumi.Output[str] | None
+    smtp_password: pulumi.Output[str] | None
+
+
+def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, StackSecrets]:
+    """Read every `clawbot:*` key of the current stack once; the only place that touches pulumi.Config."""
+    config = config or pulumi.Config(PROJECT)
+    values: dict[str, Any] = {}
+    for key in CONFIG_KEYS:
+        if key.type == "array":
+            got: Any = config.get_object(key.name)
+        elif key.type == "integer":
+            got = config.get_int(key.name)
+        elif key.type == "boolean":
+            got = config.get_bool(key.name)
+        else:
+            got = config.get(key.name)
+        if got is not None:
+            values[key.name] = got
+    settings = parse_settings(values, stack=pulumi.get_stack())
+    hub = config.require_secret("hubToken") if settings.model_hub_auth else None
+    smtp = config.get_secret("alertSmtpPassword") if settings.alerts.enabled else None
+    return settings, StackSecrets(hub_token=hub, smtp_password=smtp)

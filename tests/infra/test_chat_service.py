@@ -1,0 +1,110 @@
+"""The chat Deployment: env and mounts exactly what app/ reads, restricted security, probes, no secret in plain sight."""
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+from app.settings import ENV_VARS, load_settings
+from infra.synth import Synthesis
+from tests.infra.conftest import chat_container, pod_spec
+
+
+def env_of(s: Synthesis) -> dict[str, str]:
+    container = chat_container(s)
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    for source in container["envFrom"]:
+        env.update(s.one("ConfigMap", source["configMapRef"]["name"]).manifest["data"])
+    return env
+
+
+def test_every_env_name_is_one_the_app_reads(prod: Synthesis, dev: Synthesis) -> None:
+    for s in (prod, dev):
+        assert set(env_of(s)) <= set(ENV_VARS), set(env_of(s)) - set(ENV_VARS)
+
+
+def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synthesis) -> None:
+    env = env_of(prod)
+    settings = load_settings(env)
+    assert settings.app_env == "production" and settings.port == 18789 and settings.host == "0.0.0.0"
+    assert settings.quantization == "nf4" and settings.max_tokens == 2048 and settings.max_batch_size == 32
+    assert settings.redis_url == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
+    mounts = {m["mountPath"]: m for m in chat_container(prod)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(prod)["volumes"]}
+    for path in (settings.api_key_path, settings.kek_path):
+        assert path is not None
+        mount = mounts[str(PurePosixPath(path).parent)]
+        items = volumes[mount["name"]]["secret"]["items"]
+        assert [i["path"] for i in items] == [PurePosixPath(path).name]
+    assert str(settings.data_dir) in mounts and "persistentVolumeClaim" in volumes[mounts[str(settings.data_dir)]["name"]]
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_dev_env_parses_too(dev: Synthesis) -> None:
+    settings = load_settings(env_of(dev))
+    assert settings.development and settings.redis_url is None
+
+
+def test_pod_runs_restricted(prod: Synthesis) -> None:
+    pod, container = pod_spec(prod), chat_container(prod)
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    ns = prod.one("Namespace").manifest["metadata"]["labels"]
+    assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_probes_give_the_model_time_to_load(prod: Synthesis) -> None:
+    c = chat_container(prod)
+    assert c["ports"] == [{"name": "http", "containerPort": 18789, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # prod's startupTimeoutSeconds
+    assert c["command"] == ["python", "-m", "app"]
+
+
+def test_rollout_never_drops_capacity_and_consolidation_leaves_pods_alone(prod: Synthesis) -> None:
+    spec = prod.one("Deployment", "clawbot").manifest["spec"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    assert pod_spec(prod)["terminationGracePeriodSeconds"] >= 30
+    pdb = prod.one("PodDisruptionBudget").manifest["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
+def test_data_volume_is_100gi_on_the_configured_class(prod: Synthesis, dev: Synthesis) -> None:
+    pvc = prod.one("PersistentVolumeClaim").manifest["spec"]
+    assert pvc["resources"]["requests"]["storage"] == "100Gi" and pvc["storageClassName"] == "efs-sc"
+    assert pvc["accessModes"] == ["ReadWriteMany"]
+    assert dev.one("PersistentVolumeClaim").manifest["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_no_secret_value_outside_secrets(prod: Synthesis) -> None:
+    kek = prod.one("Secret", "clawbot-kek").manifest["stringData"]["kek"]
+    secrets = [kek, prod.outputs["apiKey"]]
+    plain = json.dumps([o.manifest for o in prod.objects if o.kind != "Secret"])
+    plain += json.dumps({k: v for k, v in prod.outputs.items() if k not in prod.secret_outputs})
+    for value in secrets:
+        assert value not in plain
+    for res in prod.resources:  # every random value, API and JWT keys included
+        result = res.state.get("result")
+        if result:
+            assert result not in plain
+
+
+def test_endpoint_url_is_the_load_balancer_address_on_18789(prod: Synthesis, dev: Synthesis) -> None:
+    assert prod.outputs["endpointUrl"] == "http://203.0.113.10:18789"
+    assert dev.outputs["endpointUrl"] == "http://clawbot.clawbot-dev.svc.cluster.local:18789"
+    assert prod.outputs["namespace"] == "clawbot" and dev.outputs["namespace"] == "clawbot-dev"
+
+
+def test_redis_runs_restricted_without_persistence(prod: Synthesis, dev: Synthesis) -> None:
+    redis = pod_spec(prod, "clawbot-redis")
+    (c,) = redis["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] and redis["securityContext"]["runAsNonRoot"]
+    assert "--appendonly" in c["args"]
+    assert prod.one("Service", "clawbot-redis").manifest["spec"]["type"] == "ClusterIP"
+    assert dev.find("Deployment", "clawbot-redis") == []

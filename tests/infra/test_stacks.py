@@ -1,0 +1,79 @@
+"""Both stacks end to end: the synth CLI's files, kubernetes-validate on the built-in kinds, CRD essentials."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra.synth import Synthesis
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.33.0"
+CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_builtin_kinds_validate_against_kubernetes_schemas(stack: str, request: pytest.FixtureRequest) -> None:
+    s: Synthesis = request.getfixturevalue(stack)
+    assert s.objects
+    for obj in s.objects:
+        if obj.kind in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj.manifest, K8S_VERSION, strict=True)
+
+
+def test_validation_would_catch_a_broken_manifest(prod: Synthesis) -> None:
+    broken = json.loads(json.dumps(prod.one("Deployment", "clawbot").manifest))
+    broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "eighteen"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_crd_objects_carry_their_essential_fields(prod: Synthesis) -> None:
+    found = {o.kind: o.manifest for o in prod.objects if o.kind in CRD_KINDS}
+    assert set(found) == CRD_KINDS
+    assert found["NodePool"]["apiVersion"] == "karpenter.sh/v1"
+    assert {"template", "limits", "disruption"} <= set(found["NodePool"]["spec"])
+    assert found["EC2NodeClass"]["apiVersion"] == "karpenter.k8s.aws/v1"
+    assert {"role", "amiSelectorTerms", "subnetSelectorTerms", "securityGroupSelectorTerms"} <= set(found["EC2NodeClass"]["spec"])
+    assert found["ServiceMonitor"]["apiVersion"] == found["PrometheusRule"]["apiVersion"] == "monitoring.coreos.com/v1"
+    for rule in found["PrometheusRule"]["spec"]["groups"][0]["rules"]:
+        assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule)
+
+
+def test_every_namespaced_object_lives_in_the_stack_namespace(prod: Synthesis) -> None:
+    for obj in prod.objects:
+        if obj.kind in ("Namespace", "NodePool", "EC2NodeClass"):
+            assert obj.namespace is None
+        elif obj.kind == "DaemonSet":
+            assert obj.namespace == "kube-system"
+        else:
+            assert obj.namespace == "clawbot", obj.file_name
+
+
+def test_cli_writes_one_file_per_object_a_summary_and_no_secret(tmp_path: Path, prod: Synthesis) -> None:
+    out = tmp_path / "manifests"
+    run = subprocess.run([sys.executable, "-m", "infra.synth", "--stack", "prod", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    files = sorted(p.name for p in out.glob("*.yaml"))
+    assert files == sorted(o["file"] for o in summary["objects"]) and len(files) == len(prod.objects)
+    assert summary["outputs"]["apiKey"] == "[secret]" and summary["outputs"]["endpointUrl"] == "http://203.0.113.10:18789"
+    everything = "".join(p.read_text() for p in out.iterdir())
+    assert prod.outputs["apiKey"] not in everything
+    assert prod.one("Secret", "clawbot-kek").manifest["stringData"]["kek"] not in everything
+    kek_file = yaml.safe_load((out / "secret-clawbot-clawbot-kek.yaml").read_text())
+    assert kek_file["stringData"] == {"kek": "<redacted>"}
+    assert "| Deployment | clawbot | clawbot |" in (out / "summary.md").read_text()
+
+
+def test_cli_names_an_unknown_stack(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "infra.synth", "--stack", "staging", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Pulumi.staging.yaml does not exist" in run.stderr
