@@ -1,0 +1,196 @@
+"""The GitHub workflows: valid against GitHub's schema, clean under zizmor, and wired the way the delivery flow needs."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW_DIR = ROOT / ".github" / "workflows"
+WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.yml")) + sorted(WORKFLOW_DIR.glob("*.yaml"))
+SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+
+
+def tool(name: str) -> str:
+    """A console script from the test venv (pinned in requirements-dev.txt), else from PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed; pip install it (see requirements-dev.txt)")
+    return found
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the bare key `on` as boolean True.
+    if True in doc:
+        doc["on"] = doc.pop(True)
+    return doc
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return load(WORKFLOW_DIR / name)
+
+
+def steps(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(job.get("steps") or [])
+
+
+def step_using(job: dict[str, Any], action: str, **with_: Any) -> dict[str, Any]:
+    for s in steps(job):
+        if str(s.get("uses", "")).startswith(action + "@") and all(
+            str((s.get("with") or {}).get(k)) == str(v) for k, v in with_.items()
+        ):
+            return s
+    raise AssertionError(f"no step uses {action} with {with_}: {[s.get('uses') for s in steps(job)]}")
+
+
+def all_uses(doc: dict[str, Any]) -> Iterator[str]:
+    for job in doc["jobs"].values():
+        if "uses" in job:
+            yield job["uses"]
+        for s in steps(job):
+            if "uses" in s:
+                yield s["uses"]
+
+
+def test_the_delivery_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOWS} >= {"pull-request.yml", "deploy.yml", "tests.yml"}
+
+
+# --- GitHub's workflow schema (vendored by check-jsonschema, so this runs offline) --------------------------
+
+def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_workflow_matches_the_github_workflow_schema() -> None:
+    result = check_schema(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  build:\n    steps: [{run: make}]\n    timeout: forever\n")
+    assert check_schema(bad).returncode != 0
+
+
+# --- zizmor, offline --------------------------------------------------------------------------------------
+
+def zizmor_findings(*paths: Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [tool("zizmor"), "--offline", "--persona", "auditor", "--format", "json", "--no-progress", *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )
+    # zizmor exits 0 when clean, 10-14 by the worst severity found; anything else is a crash.
+    assert result.returncode in (0, 10, 11, 12, 13, 14), result.stderr
+    return list(json.loads(result.stdout or "[]"))
+
+
+def test_zizmor_finds_no_high_severity_issue() -> None:
+    findings = zizmor_findings(*WORKFLOWS)
+    high = [(f["ident"], f["locations"][0]["symbolic"]["key"]) for f in findings
+            if f["determinations"]["severity"] == "High"]
+    assert high == []
+
+
+def test_zizmor_catches_template_injection(tmp_path: Path) -> None:
+    risky = tmp_path / "risky.yml"
+    risky.write_text(
+        "on: pull_request_target\npermissions: {}\njobs:\n  greet:\n    runs-on: ubuntu-24.04\n"
+        "    permissions: {}\n    steps:\n      - run: echo \"${{ github.event.pull_request.title }}\"\n"
+    )
+    idents = {f["ident"] for f in zizmor_findings(risky) if f["determinations"]["severity"] == "High"}
+    assert "template-injection" in idents
+
+
+# --- hardening rules a reviewer would otherwise check by eye ----------------------------------------------
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_privileged_triggers_and_least_privilege(path: Path) -> None:
+    doc = load(path)
+    triggers = doc["on"] if isinstance(doc["on"], (dict, list)) else [doc["on"]]
+    assert "pull_request_target" not in triggers and "workflow_run" not in triggers
+    assert doc.get("permissions") == {}, "default every job to no permissions, then grant per job"
+    for name, job in doc["jobs"].items():
+        perms = job.get("permissions")
+        assert isinstance(perms, dict), f"job {name} must declare its permissions"
+        writes = {k for k, v in perms.items() if v == "write"}
+        assert writes <= {"pull-requests"}, f"job {name} asks for write access to {writes}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_to_commit_shas(path: Path) -> None:
+    for uses in all_uses(load(path)):
+        assert uses.startswith("./") or SHA_PIN.match(uses), f"{uses} is not pinned to a full commit SHA"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_run_scripts_interpolate_nothing(path: Path) -> None:
+    for name, job in load(path)["jobs"].items():
+        for s in steps(job):
+            assert "${{" not in str(s.get("run", "")), f"job {name}: pass values to run: through env, not ${{{{ }}}}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_secrets_come_only_from_the_secret_store(path: Path) -> None:
+    text = path.read_text()
+    for ref in re.findall(r"secrets\.[A-Za-z_]+", text):
+        assert re.search(r"\$\{\{\s*" + re.escape(ref) + r"\s*\}\}", text), f"{ref} used outside ${{{{ }}}}"
+    assert "toJSON(secrets)" not in text and "secrets: inherit" not in text
+    for key, value in re.findall(r"^\s*([A-Z_]*(?:TOKEN|PASSWORD|KUBECONFIG_CONTENT|ACCESS_KEY)[A-Z_]*):\s*(.+)$",
+                                 text, re.M):
+        assert value.strip().startswith("${{ secrets."), f"{key} must come from secrets, got {value!r}"
+
+
+# --- the delivery flow ------------------------------------------------------------------------------------
+
+def test_pull_requests_run_tests_then_preview_both_stacks_with_the_policy_pack() -> None:
+    doc = workflow("pull-request.yml")
+    assert "pull_request" in doc["on"]
+    assert doc["jobs"]["tests"]["uses"].startswith("./.github/workflows/tests.yml")
+    preview = doc["jobs"]["preview"]
+    assert preview["needs"] == "tests"
+    assert set(preview["strategy"]["matrix"]["stack"]) == {"dev", "prod"}
+    step = step_using(preview, "pulumi/actions", command="preview", policyPacks="policy")
+    assert step["with"]["stack-name"] == "${{ matrix.stack }}"
+    assert step["with"]["comment-on-pr"] is True
+    assert step["env"]["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+    assert preview["permissions"] == {"contents": "read", "pull-requests": "write"}
+
+
+def test_the_policy_pack_venv_is_built_before_pulumi_runs() -> None:
+    for name, doc in (("pull-request.yml", workflow("pull-request.yml")), ("deploy.yml", workflow("deploy.yml"))):
+        for job_name, job in doc["jobs"].items():
+            runs = [str(s.get("run", "")) for s in steps(job)]
+            if any(s.get("with", {}).get("policyPacks") == "policy" for s in steps(job)):
+                assert any("policy/venv/bin/pip install" in r and "policy/requirements.txt" in r for r in runs), (
+                    f"{name} job {job_name} runs the policy pack without installing it")
+
+
+def test_main_builds_the_image_by_commit_sha_then_deploys_dev_then_prod_after_approval() -> None:
+    doc = workflow("deploy.yml")
+    assert doc["on"]["push"]["branches"] == ["main"]
+    jobs = doc["jobs"]
+    image = jobs["image"]
+    assert image["needs"] == "tests"
+    build = step_using(image, "docker/build-push-action")
+    assert build["with"]["push"] is True and build["with"]["tags"].endswith(":${{ github.sha }}")
+    assert "${{ github.sha }}" in image["outputs"]["image"]
+
+    dev, prod = jobs["deploy-dev"], jobs["deploy-prod"]
+    assert "image" in ([dev["needs"]] if isinstance(dev["needs"], str) else dev["needs"])
+    assert "deploy-dev" in prod["needs"] and prod["environment"] == "prod"
+    for job, stack in ((dev, "dev"), (prod, "prod")):
+        step_using(job, "pulumi/actions", command="up", **{"stack-name": stack, "policyPacks": "policy"})
+        set_image = [s for s in steps(job) if "pulumi config set" in str(s.get("run", ""))]
+        assert set_image and set_image[0]["env"]["IMAGE"] == "${{ needs.image.outputs.image }}"
+        assert f"--stack {stack}" in set_image[0]["run"]
