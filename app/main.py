@@ -137,15 +137,21 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     state.model = state.engine = state.runner = state.security = None
 
     install_error_handlers(app)
-    from app.routes import admin, health, openai_api, seed_api
+    from app.routes import admin, admin_stats, console, health, openai_api, seed_api
 
     app.include_router(health.router)
     app.include_router(seed_api.router)
     app.include_router(openai_api.router)
     app.include_router(admin.router)
+    app.include_router(admin_stats.router)
+    app.include_router(console.router)
 
     from app.body_limit import BodyLimitMiddleware
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestObserver, metrics=metrics)
+    from app.security_headers import SecurityHeadersMiddleware
+
+    # Outermost, so every response (errors from the inner layers included) carries the browser headers.
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
