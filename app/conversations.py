@@ -78,17 +78,23 @@ def _row_to_exchange(row: tuple[Any, ...]) -> Exchange:
 
 
 class ConversationStore:
-    def __init__(self, data_dir: Path, *, retention_days: int) -> None:
+    def __init__(self, data_dir: Path, *, retention_days: int, journal: str = "wal") -> None:
         if retention_days < 1:
             raise ValueError(f"RETENTION_DAYS must be at least 1, got {retention_days}")
+        if journal not in ("wal", "delete"):
+            raise ValueError(f"CONVERSATION_JOURNAL must be 'wal' or 'delete', got {journal!r}")
         self.retention_days = retention_days
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_NAME
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); DATA_DIR must be a local filesystem")
+        mode = self._db.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]
+        if str(mode).lower() != journal:
+            raise RuntimeError(
+                f"{self.path}: SQLite refused journal mode {journal!r} (got {mode!r}); "
+                "use CONVERSATION_JOURNAL=delete on a network filesystem"
+            )
+        self.journal = journal
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 

@@ -60,6 +60,13 @@ def _load(key_path: Path, kek: str, *, create: bool) -> Keyring:
         raise CliError(f"key file {str(key_path)!r}: {exc}") from None
 
 
+def _open(args: argparse.Namespace, *, create: bool = False) -> tuple[Path, str, Keyring]:
+    """The key file's path, the KEK and the decrypted ring the command works on."""
+    key_path, kek_path = _paths(args)
+    kek = read_kek(kek_path, strict=False)
+    return key_path, kek, _load(key_path, kek, create=create)
+
+
 def _save(key_path: Path, kek: str, ring: Keyring) -> None:
     write_private(key_path, seal_keyring(ring, kek))
 
@@ -110,9 +117,8 @@ def cmd_init_kek(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    key_path, kek_path = _paths(args)
-    kek = read_kek(kek_path, strict=False)
-    ring = _with_jwt_key(_load(key_path, kek, create=True))
+    key_path, kek, ring = _open(args, create=True)
+    ring = _with_jwt_key(ring)
     key_id = _check_id(args.id)
     if any(k.id == key_id for k in ring.api_keys):
         raise CliError(f"API key id {key_id!r} already exists in {str(key_path)!r}; choose another --id or use rotate")
@@ -128,9 +134,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    key_path, kek_path = _paths(args)
-    kek = read_kek(kek_path, strict=False)
-    ring = _load(key_path, kek, create=False)
+    key_path, kek, ring = _open(args)
     grace_s = args.grace_days * 86400
     if grace_s < 0:
         raise CliError(f"--grace-days must be zero or more, got {args.grace_days}")
@@ -163,9 +167,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    key_path, kek_path = _paths(args)
-    kek = read_kek(kek_path, strict=False)
-    ring = _load(key_path, kek, create=False)
+    key_path, kek, ring = _open(args)
     if not any(k.id == args.id for k in ring.api_keys):
         raise CliError(f"no API key with id {args.id!r} in {str(key_path)!r}; `python -m app.keys list` shows the ids")
     keys = tuple(replace(k, revoked=True) if k.id == args.id else k for k in ring.api_keys)
@@ -186,9 +188,7 @@ def _status(not_before: str | None, expires_at: str | None, revoked: bool, now: 
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    key_path, kek_path = _paths(args)
-    kek = read_kek(kek_path, strict=False)
-    ring = _load(key_path, kek, create=False)
+    key_path, kek, ring = _open(args)
     now = time.time()
     api = [
         {"id": k.id, "scopes": list(k.scopes), "not_before": k.not_before, "expires_at": k.expires_at,

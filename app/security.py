@@ -145,7 +145,9 @@ class Security:
         if settings.redis_url:
             link = RedisLink(settings.redis_url, metrics)
             await link.start()
-        conversations = await asyncio.to_thread(ConversationStore, settings.data_dir, retention_days=settings.retention_days)
+        conversations = await asyncio.to_thread(
+            ConversationStore, settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal
+        )
         self = cls(settings, metrics, ring=ring, link=link, conversations=conversations)
         self._install_sighup()
         self._purge_task = asyncio.create_task(self._purge_forever(), name="conversation-retention")

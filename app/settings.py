@@ -13,6 +13,9 @@ from typing import Any, Mapping
 
 SERVICE_PORT = 18789
 QUANTIZATIONS = ("nf4", "int8", "none")
+# SQLite journal of the conversation store: WAL on a local disk; the rollback journal where several pods share
+# DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
+JOURNAL_MODES = ("wal", "delete")
 APP_ENVS = ("production", "development")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -99,6 +102,7 @@ class Settings:
     cache_ttl_s: int = 3600
     cache_max_entries: int = 10_000
     retention_days: int = 30
+    conversation_journal: str = "wal"
     warmup_prompts: tuple[str, ...] = ("Hello!",)
     torch_threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -142,6 +146,7 @@ ENV_VARS: dict[str, str] = {
     "CACHE_TTL_SECONDS": "cache_ttl_s",
     "CACHE_MAX_ENTRIES": "cache_max_entries",
     "RETENTION_DAYS": "retention_days",
+    "CONVERSATION_JOURNAL": "conversation_journal",
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
 }
@@ -184,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache_ttl_s=_int(env, "CACHE_TTL_SECONDS", 3600, 0, 30 * 86400),
         cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
         retention_days=_int(env, "RETENTION_DAYS", 30, 1, 3650),
+        conversation_journal=_choice(env, "CONVERSATION_JOURNAL", "wal", JOURNAL_MODES),
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
     )

@@ -61,6 +61,10 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "ABNORMAL_KEY_PER_MINUTE": str(settings.alerts.key_requests_per_minute),
         "ALLOWED_CIDRS": ",".join(settings.network.allowed_cidrs),
     }
+    if settings.data_access_mode == "ReadWriteMany":
+        # Replicas on several nodes share /app/data: SQLite's WAL index lives in shared memory of one host,
+        # so the conversation store uses the rollback journal and file locks instead.
+        env["CONVERSATION_JOURNAL"] = "delete"
     if settings.network.trusted_proxies:
         env["TRUSTED_PROXIES"] = ",".join(settings.network.trusted_proxies)
     if redis_url:

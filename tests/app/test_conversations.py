@@ -38,6 +38,21 @@ def test_store_is_wal_with_full_sync(tmp_path: Path) -> None:
     store.close()
 
 
+def test_shared_volume_mode_uses_the_rollback_journal_and_sees_every_writer(tmp_path: Path) -> None:
+    # Two pods on one ReadWriteMany volume: two connections, each writing; each sees the other's rows.
+    a = ConversationStore(tmp_path, retention_days=30, journal="delete")
+    b = ConversationStore(tmp_path, retention_days=30, journal="delete")
+    assert a._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # noqa: SLF001
+    for i in range(6):
+        (a if i % 2 else b).record_sync(_ex(i))
+    assert a.count() == b.count() == 6
+    assert not (tmp_path / "conversations.sqlite3-wal").exists()
+    a.close()
+    b.close()
+    with pytest.raises(ValueError, match="CONVERSATION_JOURNAL must be 'wal' or 'delete', got 'memory'"):
+        ConversationStore(tmp_path, retention_days=30, journal="memory")
+
+
 def test_list_pages_newest_first_and_filters_by_key(tmp_path: Path) -> None:
     store = ConversationStore(tmp_path, retention_days=30)
 

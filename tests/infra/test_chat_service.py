@@ -108,3 +108,10 @@ def test_redis_runs_restricted_without_persistence(prod: Synthesis, dev: Synthes
     assert "--appendonly" in c["args"]
     assert prod.one("Service", "clawbot-redis").manifest["spec"]["type"] == "ClusterIP"
     assert dev.find("Deployment", "clawbot-redis") == []
+
+
+def test_a_shared_data_volume_switches_the_conversation_store_off_wal(prod: Synthesis, dev: Synthesis) -> None:
+    # prod: ReadWriteMany volume shared by replicas on several nodes; WAL's shared-memory index would not be shared.
+    assert prod.one("PersistentVolumeClaim").manifest["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert load_settings(env_of(prod)).conversation_journal == "delete"
+    assert load_settings({**env_of(dev), "APP_ENV": "development"}).conversation_journal == "wal"
