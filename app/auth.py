@@ -13,7 +13,7 @@ from app.errors import ApiError
 from app.security import Principal, Security
 
 
-def _security(request: Request) -> Security:
+def security_of(request: Request) -> Security:
     security: Security | None = getattr(request.app.state, "security", None)
     if security is None:
         # The lifespan has not run (or failed): refuse rather than let a request through unauthenticated.
@@ -22,15 +22,15 @@ def _security(request: Request) -> Security:
 
 
 async def jwt_principal(request: Request) -> Principal:
-    return await _security(request).authenticate(request, allow_api_key=False)
+    return await security_of(request).authenticate(request, allow_api_key=False)
 
 
 async def api_principal(request: Request) -> Principal:
-    return await _security(request).authenticate(request, allow_api_key=True)
+    return await security_of(request).authenticate(request, allow_api_key=True)
 
 
 async def admin_principal(request: Request) -> Principal:
-    security = _security(request)
+    security = security_of(request)
     principal = await security.authenticate(request, allow_api_key=True)
     security.require_scope(request, principal, "admin")
     return principal

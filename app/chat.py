@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 log = logging.getLogger("clawbot.chat")
-RETRY_AFTER_BUSY_S = 2
 DISCONNECT_POLL_S = 0.25
 
 
@@ -174,9 +173,10 @@ class ChatRunner:
         try:
             return self.engine.submit(job.prompt_ids, job.params)
         except QueueFullError as exc:
-            retry = str(getattr(exc, "retry_after_s", RETRY_AFTER_BUSY_S))
             self.metrics.rate_limited.labels(scope="queue").inc()
-            raise ApiError(429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": retry}) from None
+            raise ApiError(
+                429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": str(exc.retry_after_s)}
+            ) from None
         except EngineClosedError:
             raise ApiError(
                 503, "shutting_down", "the service is shutting down; retry on another replica", headers={"Retry-After": "1"}

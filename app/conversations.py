@@ -94,7 +94,6 @@ class ConversationStore:
                 f"{self.path}: SQLite refused journal mode {journal!r} (got {mode!r}); "
                 "use CONVERSATION_JOURNAL=delete on a network filesystem"
             )
-        self.journal = journal
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 

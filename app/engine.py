@@ -18,9 +18,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
 
 import torch
+from transformers import DynamicCache
 
 from app.kv_batch import KVBatch, merge, select
 
@@ -100,10 +101,6 @@ class GenerationHandle:
     async def result(self) -> Completion:
         return await asyncio.shield(self._result)
 
-    @property
-    def done(self) -> bool:
-        return self._result.done()
-
     def cancel(self) -> None:
         """Stop this generation; its batch slot is freed at the next decode step (its queue slot at once)."""
         if self.cancelled or self._result.done():
@@ -119,6 +116,11 @@ class GenerationHandle:
     def _finish(self, completion: Completion) -> None:
         if not self._result.done():
             self._result.set_result(completion)
+            self._deltas.put_nowait(_END)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._result.done():
+            self._result.set_exception(exc)
             self._deltas.put_nowait(_END)
 
 
@@ -196,7 +198,6 @@ class Engine:
         self._sampler = torch.Generator(device=self.device)
         self._sampler.seed()
         self._request_s = 5.0  # moving average of request time, for Retry-After
-        self._error: BaseException | None = None
 
     # -- public API (event loop side) ------------------------------------------------------
     async def start(self) -> None:
@@ -258,9 +259,7 @@ class Engine:
             self._cond.notify()
         if self._thread is None:
             return
-        deadline = time.perf_counter() + grace_s
-        while self._thread.is_alive() and time.perf_counter() < deadline:
-            await asyncio.sleep(0.02)
+        await asyncio.to_thread(self._thread.join, grace_s)
         if self._thread.is_alive():
             with self._cond:
                 self._stopped = True
@@ -293,7 +292,6 @@ class Engine:
                     if self._rows:
                         self._decode_step()
         except BaseException as exc:  # noqa: BLE001 - a dead worker must fail every waiter, not leave them hanging
-            self._error = exc
             self._fail_everything(exc)
             raise
 
@@ -311,7 +309,8 @@ class Engine:
                 self._cond.wait()
                 self._expire_queued(time.perf_counter())
             if self._stopped:
-                return self._cancel_all()
+                self._cancel_all()
+                return None
             room = self.max_batch_size - len(self._rows)
             if room <= 0 or not self._queue or (not self.continuous and self._rows):
                 return []
@@ -337,7 +336,7 @@ class Engine:
             self._gauges()
             self._deliver([], expired)
 
-    def _cancel_all(self) -> list[_Request] | None:
+    def _cancel_all(self) -> None:
         dropped = list(self._queue) + self._rows
         self._queue.clear()
         self._rows, self._batch = [], None
@@ -345,7 +344,6 @@ class Engine:
             request.finish_reason = "cancelled"
         self._gauges()
         self._deliver([], dropped)
-        return None
 
     def _prefill(self, group: list[_Request]) -> None:
         """Run the admitted prompts as one left-padded forward pass, sample their first token, join the batch."""
@@ -357,8 +355,6 @@ class Engine:
             mask[i, width - len(r.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        from transformers import DynamicCache
-
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -486,8 +482,6 @@ class Engine:
         completions = [(r.handle, self._completion(r)) for r in finished]
         if not deltas and not completions:
             return
-        loop = self._loop
-        assert loop is not None
 
         def on_loop() -> None:
             for handle, delta in deltas:
@@ -495,8 +489,14 @@ class Engine:
             for handle, completion in completions:
                 handle._finish(completion)
 
+        self._on_loop(on_loop)
+
+    def _on_loop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop (from any thread)."""
+        if self._loop is None:
+            return
         try:
-            loop.call_soon_threadsafe(on_loop)
+            self._loop.call_soon_threadsafe(callback)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 
@@ -521,20 +521,12 @@ class Engine:
             dropped = list(self._queue) + self._rows
             self._queue.clear()
             self._rows, self._batch = [], None
-        loop = self._loop
-        if loop is None:
-            return
 
         def on_loop() -> None:
             for request in dropped:
-                if not request.handle._result.done():
-                    request.handle._result.set_exception(RuntimeError(f"the generation engine failed: {exc!r}"))
-                    request.handle._deltas.put_nowait(_END)
+                request.handle._fail(RuntimeError(f"the generation engine failed: {exc!r}"))
 
-        try:
-            loop.call_soon_threadsafe(on_loop)
-        except RuntimeError:
-            pass
+        self._on_loop(on_loop)
 
 
 def _first_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:

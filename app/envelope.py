@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -99,8 +99,6 @@ class Keyring:
     api_keys: tuple[ApiKeyRecord, ...] = ()
     jwt_keys: tuple[JwtKeyRecord, ...] = ()
     hub_token: str | None = None
-    kek_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seal_keyring(keyring: Keyring, kek: str, *, dek: str | None = None, iv_seed: bytes | None = None) -> str:
@@ -176,9 +174,13 @@ def open_keyring(text: str, kek: str) -> Keyring:
         api_keys=api,
         jwt_keys=jwt,
         hub_token=_decrypt(data_key, hub["ciphertext"], "hub token") if hub else None,
-        kek_id=str(doc.get("kek_id", "")),
     )
 
 
+def iso_time(epoch: float) -> str:
+    """Epoch seconds as the key file writes times: `2026-01-01T00:00:00Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 def now_iso(offset_s: float = 0) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
+    return iso_time(time.time() + offset_s)

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from app.envelope import MIN_KEK_LENGTH, KeyFileError, Keyring, open_keyring
+from app.envelope import MIN_KEK_LENGTH, KeyFileError, Keyring, iso_time, open_keyring
 
 log = logging.getLogger("clawbot.keyring")
 
@@ -25,6 +25,8 @@ RELOAD_CHECK_INTERVAL_S = 1.0
 # Words that mark a value copied from an example rather than generated; refused outside development.
 PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace-me", "todo", "xxxxxxxx")
 MIN_DISTINCT_CHARS = 8
+# Metric label (`clawbot_auth_failures{reason}`) for each refused key state, whether the key came bare or behind a JWT.
+KEY_STATE_REASONS = {"revoked": "revoked_key", "expired": "key_expired", "not_yet_valid": "key_not_yet_valid"}
 
 
 def parse_time(value: str | None, what: str) -> float | None:
@@ -41,13 +43,22 @@ def parse_time(value: str | None, what: str) -> float | None:
 
 
 def format_time(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if epoch is None else iso_time(epoch)
 
 
 def digest(raw_key: str) -> bytes:
     return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_state(revoked: bool, not_before: float | None, expires_at: float | None, now: float) -> str:
+    """'active', 'revoked', 'expired' or 'not_yet_valid'."""
+    if revoked:
+        return "revoked"
+    if not_before is not None and now < not_before:
+        return "not_yet_valid"
+    if expires_at is not None and now >= expires_at:
+        return "expired"
+    return "active"
 
 
 def looks_like_placeholder(secret: str) -> bool:
@@ -67,14 +78,7 @@ class ApiKeyEntry:
     digest: bytes
 
     def state(self, now: float) -> str:
-        """'active', 'revoked', 'expired' or 'not_yet_valid'."""
-        if self.revoked:
-            return "revoked"
-        if self.not_before is not None and now < self.not_before:
-            return "not_yet_valid"
-        if self.expires_at is not None and now >= self.expires_at:
-            return "expired"
-        return "active"
+        return key_state(self.revoked, self.not_before, self.expires_at, now)
 
 
 @dataclass(frozen=True)
@@ -282,9 +286,6 @@ class KeyRing:
             if k.kid == kid and k.current(now):
                 return k
         return None
-
-    def jwt_kids(self) -> Iterable[str]:
-        return [k.kid for k in self._contents.jwt_keys]
 
 
 def write_private(path: Path, text: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, KeyFileError, now_iso, open_keyring, seal_keyring
-from app.keyring import SCOPES, parse_time, read_kek, write_private
+from app.keyring import SCOPES, key_state, parse_time, read_kek, write_private
 
 KEY_PREFIX = "ck-"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -39,14 +39,18 @@ def new_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    key_file = args.key_file or os.environ.get("API_KEY_PATH")
+def _kek_path(args: argparse.Namespace) -> Path:
     kek_file = args.kek_file or os.environ.get("KEK_PATH")
-    if not key_file:
-        raise CliError("the key file is not set: pass --key-file or set API_KEY_PATH")
     if not kek_file:
         raise CliError("the KEK file is not set: pass --kek-file or set KEK_PATH")
-    return Path(key_file), Path(kek_file)
+    return Path(kek_file)
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    key_file = args.key_file or os.environ.get("API_KEY_PATH")
+    if not key_file:
+        raise CliError("the key file is not set: pass --key-file or set API_KEY_PATH")
+    return Path(key_file), _kek_path(args)
 
 
 def _load(key_path: Path, kek: str, *, create: bool) -> Keyring:
@@ -105,10 +109,7 @@ def _with_jwt_key(ring: Keyring) -> Keyring:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_init_kek(args: argparse.Namespace) -> int:
-    kek_file = args.kek_file or os.environ.get("KEK_PATH")
-    if not kek_file:
-        raise CliError("the KEK file is not set: pass --kek-file or set KEK_PATH")
-    path = Path(kek_file)
+    path = _kek_path(args)
     if path.exists() and not args.force:
         raise CliError(f"{str(path)!r} already exists; every key file sealed under it would become unreadable. Pass --force to replace it")
     write_private(path, new_secret() + "\n")
@@ -179,12 +180,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def _status(not_before: str | None, expires_at: str | None, revoked: bool, now: float) -> str:
     if revoked:
         return "revoked"
-    nb, exp = parse_time(not_before, "not_before"), parse_time(expires_at, "expires_at")
-    if nb is not None and now < nb:
-        return "not_yet_valid"
-    if exp is not None and now >= exp:
-        return "expired"
-    return "active"
+    return key_state(False, parse_time(not_before, "not_before"), parse_time(expires_at, "expires_at"), now)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -23,10 +23,6 @@ class KVBatch:
     attention_mask: torch.Tensor
 
     @property
-    def rows(self) -> int:
-        return int(self.attention_mask.shape[0])
-
-    @property
     def length(self) -> int:
         return int(self.attention_mask.shape[1])
 

@@ -160,7 +160,6 @@ def _build_cache(target: Path, fingerprint: str, source: str, build: Any) -> Pat
     if target.exists() and not (target / CACHE_MARKER).is_file() and any(target.iterdir()):
         # Only a directory this loader made is ever replaced; anything else may be someone's files.
         raise ModelLoadError(f"{target} exists, is not empty and is not a model cache made by this loader; choose another directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{target.name}.lock"):
         if _cached(target, fingerprint):  # another process built it while we waited
             return target
@@ -206,7 +205,6 @@ def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
         bar.update()
-    del model
 
 
 def _convert_cached(gguf: Path, target: Path, *, progress: bool) -> Path:

@@ -15,7 +15,7 @@ log = logging.getLogger("clawbot.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def _route_of(scope: Scope) -> str:
+def route_of(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     # Unmatched paths share one label so a scanner cannot blow up metric cardinality.
@@ -53,7 +53,7 @@ class RequestObserver:
             self._record(scope, state, request_id, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed: float) -> None:
-        route = _route_of(scope)
+        route = route_of(scope)
         self.metrics.requests.labels(route=route, status=str(status)).inc()
         self.metrics.request_duration.labels(route=route).observe(elapsed)
         principal = state.get("principal")

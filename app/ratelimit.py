@@ -21,8 +21,10 @@ REDIS_RETRY_S = 1.0
 REDIS_SOCKET_TIMEOUT_S = 0.5
 REDIS_PREFIX = "clawbot:"
 LOCAL_PRUNE_AT = 50_000  # buckets; above this, full (idle) buckets are dropped
+ABNORMAL_COUNT_TTL_S = 120
 
 # Token bucket in one round trip. Tokens come back as a string: Lua numbers reply as truncated integers.
+# With a second key, also counts one call there (the abnormal-usage count), so a key's request needs one trip, not two.
 _BUCKET_LUA = """
 local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -36,7 +38,12 @@ local allowed = 0
 if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(math.max(now, ts)))
 redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 1000)
-return {allowed, tostring(tokens)}
+local count = 0
+if KEYS[2] then
+  count = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return {allowed, tostring(tokens), count}
 """
 
 
@@ -138,7 +145,8 @@ def _decision(allowed: bool, tokens: float, limit: int) -> Decision:
 
 
 class RateLimiter:
-    """`hit(scope, ident, per_minute)` takes one token; `note_key_call` flags keys above the abnormal rate."""
+    """`hit(scope, ident, per_minute)` takes one token; `note_key_call` flags keys above the abnormal rate;
+    `hit_key` does both for an API key."""
 
     def __init__(self, metrics: Metrics, link: RedisLink | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
@@ -150,25 +158,41 @@ class RateLimiter:
 
     # -- token buckets -----------------------------------------------------------------------
     async def hit(self, scope: str, ident: str, per_minute: int) -> Decision:
+        return (await self._take(scope, ident, per_minute))[0]
+
+    async def hit_key(self, key_id: str, per_minute: int, abnormal_threshold: int) -> Decision:
+        """`note_key_call(key_id, abnormal_threshold)` then `hit("key", key_id, per_minute)`, in one Redis round trip."""
+        minute = int(self.clock() // 60)
+        decision, count = await self._take("key", key_id, per_minute, counter=self._abnormal_name(key_id, minute))
+        self._note(key_id, minute, count, abnormal_threshold)
+        return decision
+
+    async def _take(self, scope: str, ident: str, per_minute: int, counter: str | None = None) -> tuple[Decision, int | None]:
+        """Take a token; with `counter`, also count a call there. The count is None when Redis did not answer."""
         name = f"{REDIS_PREFIX}rl:{scope}:{ident}"
         now = self.clock()
         if self.link is not None:
             try:
-                allowed, tokens = await self.link.call(lambda r: self._redis_take(r, name, per_minute, now))
+                allowed, tokens, count = await self.link.call(lambda r: self._redis_take(r, name, per_minute, now, counter))
                 # Mirror the shared count locally so a Redis outage starts from where the fleet was.
                 self._buckets[name] = (tokens, now)
                 if len(self._buckets) > LOCAL_PRUNE_AT:
                     self._prune(now)
-                return self._count(scope, _decision(allowed, tokens, per_minute))
+                return self._count(scope, _decision(allowed, tokens, per_minute)), count
             except RedisDown:
                 pass
-        return self._count(scope, self._local_take(name, per_minute, now))
+        return self._count(scope, self._local_take(name, per_minute, now)), None
 
-    async def _redis_take(self, r: Any, name: str, per_minute: int, now: float) -> tuple[bool, float]:
+    async def _redis_take(
+        self, r: Any, name: str, per_minute: int, now: float, counter: str | None
+    ) -> tuple[bool, float, int | None]:
         if self._script is None:
             self._script = r.register_script(_BUCKET_LUA)
-        allowed, tokens = await self._script(keys=[name], args=[per_minute, per_minute / 60.0, f"{now:.6f}"])
-        return bool(int(allowed)), float(tokens)
+        keys = [name] if counter is None else [name, counter]
+        allowed, tokens, count = await self._script(
+            keys=keys, args=[per_minute, per_minute / 60.0, f"{now:.6f}", ABNORMAL_COUNT_TTL_S]
+        )
+        return bool(int(allowed)), float(tokens), None if counter is None else int(count)
 
     def _local_take(self, name: str, per_minute: int, now: float) -> Decision:
         rate = per_minute / 60.0
@@ -197,11 +221,19 @@ class RateLimiter:
         minute = int(self.clock() // 60)
         count: int | None = None
         if self.link is not None:
-            name = f"{REDIS_PREFIX}abn:{key_id}:{minute}"
+            name = self._abnormal_name(key_id, minute)
             try:
                 count = await self.link.call(lambda r: self._redis_incr(r, name))
             except RedisDown:
                 count = None
+        return self._note(key_id, minute, count, threshold)
+
+    @staticmethod
+    def _abnormal_name(key_id: str, minute: int) -> str:
+        return f"{REDIS_PREFIX}abn:{key_id}:{minute}"
+
+    def _note(self, key_id: str, minute: int, count: int | None, threshold: int) -> bool:
+        """Flag the key if this call, the `count`th of the minute (None: count it in process), first passes `threshold`."""
         if count is None:
             slot = (key_id, minute)
             count = self._minute_counts.get(slot, 0) + 1
@@ -220,6 +252,6 @@ class RateLimiter:
     async def _redis_incr(self, r: Any, name: str) -> int:
         pipe = r.pipeline(transaction=True)
         pipe.incr(name)
-        pipe.expire(name, 120)
+        pipe.expire(name, ABNORMAL_COUNT_TTL_S)
         count, _ = await pipe.execute()
         return int(count)

@@ -23,10 +23,11 @@ from app.audit import AuditLog
 from app.conversations import ConversationStore
 from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, KeyFileError, now_iso, open_keyring, seal_keyring
 from app.errors import ApiError
-from app.keyring import ApiKeyEntry, KeyRing, digest, format_time, read_kek, write_private
+from app.keyring import KEY_STATE_REASONS, ApiKeyEntry, KeyRing, digest, format_time, read_kek, write_private
 from app.keys import new_api_key, new_secret
 from app.metrics import Metrics
 from app.netrules import NetRules
+from app.observability import route_of
 from app.ratelimit import Decision, RateLimiter, RedisLink
 from app.response_cache import ResponseCache
 from app.settings import Settings
@@ -37,8 +38,6 @@ log = logging.getLogger("clawbot.security")
 DEV_KEY_ID = "dev"
 DEV_SCOPES = ("chat", "admin")
 PURGE_INTERVAL_S = 3600.0
-# Same labels as the token checks use, so one alert covers both ways in.
-_KEY_STATE_REASONS = {"revoked": "revoked_key", "expired": "key_expired", "not_yet_valid": "key_not_yet_valid"}
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clawbot"'}
 
 
@@ -200,18 +199,12 @@ class Security:
         request.state.client_ip = address
         return address
 
-    @staticmethod
-    def _route(request: Request) -> str:
-        route = request.scope.get("route")
-        path = getattr(route, "path", None)
-        return path if isinstance(path, str) else request.url.path
-
     def _refuse(
         self, request: Request, status: int, code: str, message: str, reason: str, headers: dict[str, str] | None = None
     ) -> ApiError:
         if status in (401, 403):
             self.metrics.auth_failures.labels(reason=reason).inc()
-        self.audit.log(getattr(request.state, "principal", None), self._route(request), status, self.client_address(request), reason=reason)
+        self.audit.log(getattr(request.state, "principal", None), route_of(request.scope), status, self.client_address(request), reason=reason)
         request.state.audited = True
         return ApiError(status, code, message, headers=headers)
 
@@ -242,20 +235,22 @@ class Security:
         request.state.principal = principal
         self.metrics.key_requests.labels(key_id=principal.key_id).inc()
         self.ring.mark_used(principal.key_id)
-        await self.limiter.note_key_call(principal.key_id, self.settings.abnormal_key_per_minute)
-        decision = await self.limiter.hit("key", principal.key_id, self.settings.rate_limit_per_key)
+        decision = await self.limiter.hit_key(principal.key_id, self.settings.rate_limit_per_key, self.settings.abnormal_key_per_minute)
         request.state.rate_limit = decision
         if not decision.allowed:
             raise self._too_many(request, decision, "key", f"key {principal.key_id!r}")
 
+    def _key_refused(self, request: Request, state: str) -> ApiError:
+        # One message for unknown, revoked and expired keys: a caller learns nothing about which keys exist.
+        return self._refuse(
+            request, 401, "invalid_api_key", "the API key is invalid, expired or revoked",
+            KEY_STATE_REASONS.get(state, state), headers=_BEARER_CHALLENGE,
+        )
+
     def _check_api_key(self, request: Request, raw: str) -> ApiKeyEntry:
         entry, state = self.ring.verify(raw)
         if entry is None or state != "active":
-            # One message for unknown, revoked and expired keys: a caller learns nothing about which keys exist.
-            raise self._refuse(
-                request, 401, "invalid_api_key", "the API key is invalid, expired or revoked",
-                _KEY_STATE_REASONS.get(state, state) if entry is not None else "unknown_key", headers=_BEARER_CHALLENGE,
-            )
+            raise self._key_refused(request, state)
         return entry
 
     # -- the interface the routes use --------------------------------------------------------
@@ -287,15 +282,14 @@ class Security:
             entry, state = self.ring.verify(credential)
             if entry is not None:
                 if state != "active":
-                    self._check_api_key(request, credential)  # raises with the same message as /api/auth
+                    raise self._key_refused(request, state)  # the same answer as /api/auth gives
                 principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
         if principal is None:
             if credential.count(".") != 2:
-                message = "the API key is invalid, expired or revoked" if allow_api_key else (
-                    "this route takes a bearer token from POST /api/auth, not an API key"
-                )
-                raise self._refuse(request, 401, "invalid_api_key" if allow_api_key else "invalid_token", message,
-                                   "unknown_key" if allow_api_key else "malformed_token", headers=_BEARER_CHALLENGE)
+                if allow_api_key:
+                    raise self._key_refused(request, "unknown_key")
+                raise self._refuse(request, 401, "invalid_token", "this route takes a bearer token from POST /api/auth, not an API key",
+                                   "malformed_token", headers=_BEARER_CHALLENGE)
             try:
                 claims = self.tokens.verify(credential)
             except TokenError as exc:

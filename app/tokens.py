@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import jwt
 
-from app.keyring import ApiKeyEntry, KeyRing
+from app.keyring import KEY_STATE_REASONS, ApiKeyEntry, KeyRing
 
 ALGORITHM = "HS256"
 MAX_TTL_S = 3600
@@ -118,8 +118,7 @@ class TokenService:
             raise TokenError("revoked_key", "the API key behind this token no longer exists")
         state = entry.state(self.clock())
         if state != "active":
-            reason = {"revoked": "revoked_key", "expired": "key_expired"}.get(state, "key_not_yet_valid")
-            raise TokenError(reason, f"the API key behind this token is {state.replace('_', ' ')}")
+            raise TokenError(KEY_STATE_REASONS[state], f"the API key behind this token is {state.replace('_', ' ')}")
         raw_scopes = claims.get("scopes", [])
         if not isinstance(raw_scopes, list) or not all(isinstance(s, str) for s in raw_scopes):
             raise TokenError("malformed_token", "the bearer token's scopes claim must be a list of strings")

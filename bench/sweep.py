@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 # The server helpers are throughput.py's, so both benchmarks start and stop the service the same way.
 from bench.throughput import (  # noqa: E402
     DEV_KEY,
+    RESULTS_DIR,
     bench_settings,
     percentile,
     start_server,
@@ -38,7 +39,6 @@ from bench.throughput import (  # noqa: E402
     wait_ready,
 )
 
-RESULTS = ROOT / "bench" / "results"
 DATA_DIR = ROOT / "build" / "bench-data"  # shared with throughput.py: the model is converted once
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)
 # A sweep is one client hammering on purpose: the limits meant for tenants would cut it off.
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per level (at least the concurrency)")
     p.add_argument("--max-tokens", type=int, default=32, help="max_tokens per request")
     p.add_argument("--max-batch-size", type=int, default=32, help="MAX_BATCH_SIZE of a self-started server")
-    p.add_argument("--out", type=Path, default=RESULTS, help="directory for sweep.json and sweep.png")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for sweep.json and sweep.png")
     args = p.parse_args(argv)
     levels = parse_levels(args.concurrency)
     if args.requests < 1 or args.max_tokens < 1:

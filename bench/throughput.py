@@ -54,14 +54,6 @@ def bench_settings(data_dir: Path) -> Settings:
     return load_settings(env)
 
 
-def load(settings: Settings) -> Any:
-    from app.model_loader import load_model
-
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    return load_model(settings.model_path, settings.data_dir, settings.quantization)
-
-
 def render(tokenizer: Any, i: int) -> list[int]:
     encoded = tokenizer.apply_chat_template(messages_for(i), add_generation_prompt=True, tokenize=True, return_dict=True)
     return list(encoded["input_ids"])
@@ -268,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = bench_settings(args.data_dir)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
-    loaded = load(settings)
+    from app.main import _load
+
+    loaded = _load(settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
         "model": settings.model_path, "quantization": settings.quantization, "device": str(loaded.device),
         "torch_threads": torch.get_num_threads(), "concurrency": args.concurrency, "requests": requests,

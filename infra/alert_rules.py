@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.contract import CHAT_LABELS, COMMON_LABELS, CONTAINER_NAME, METRICS_PATH, PORT_NAME
+from infra.contract import APP_LABELS, APP_NAME, CHAT_LABELS, CONTAINER_NAME, METRICS_PATH, PORT_NAME
 from infra.settings import AlertSettings
 
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -34,7 +34,7 @@ class Alert:
             "alert": self.name,
             "expr": self.expr,
             "for": self.for_,
-            "labels": {"severity": self.severity, "service": "clawbot"},
+            "labels": {"severity": self.severity, "service": APP_NAME},
             "annotations": {"summary": self.summary},
         }
 
@@ -122,29 +122,31 @@ class AlertRules(pulumi.ComponentResource):
     def __init__(self, name: str, args: AlertRulesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("clawbot:infra:AlertRules", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        prefix, labels = args.name_prefix, {**COMMON_LABELS, "app.kubernetes.io/name": "clawbot"}
+        prefix = args.name_prefix
         alerts = alert_list(args.namespace_name, args.service_name, args.deployment_name, args.alerts)
         self.alert_names = [a.name for a in alerts]
 
-        self.service_monitor = k8s.apiextensions.CustomResource(
-            f"{name}-servicemonitor",
-            api_version=MONITORING_API,
-            kind="ServiceMonitor",
-            metadata={"name": prefix, "namespace": args.namespace, "labels": labels},
-            spec={
+        def custom(api_version: str, kind: str, spec: dict[str, Any], opts: pulumi.ResourceOptions = child) -> k8s.apiextensions.CustomResource:
+            return k8s.apiextensions.CustomResource(
+                f"{name}-{kind.lower()}",
+                api_version=api_version,
+                kind=kind,
+                metadata={"name": prefix, "namespace": args.namespace, "labels": APP_LABELS},
+                spec=spec,
+                opts=opts,
+            )
+
+        self.service_monitor = custom(
+            MONITORING_API,
+            "ServiceMonitor",
+            {
                 "selector": {"matchLabels": dict(CHAT_LABELS)},
                 "namespaceSelector": {"matchNames": [args.namespace_name]},
                 "endpoints": [{"port": PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scrapeTimeout": "10s"}],
             },
-            opts=child,
         )
-        self.prometheus_rule = k8s.apiextensions.CustomResource(
-            f"{name}-prometheusrule",
-            api_version=MONITORING_API,
-            kind="PrometheusRule",
-            metadata={"name": prefix, "namespace": args.namespace, "labels": labels},
-            spec={"groups": [{"name": "clawbot.rules", "rules": [a.rule() for a in alerts]}]},
-            opts=child,
+        self.prometheus_rule = custom(
+            MONITORING_API, "PrometheusRule", {"groups": [{"name": "clawbot.rules", "rules": [a.rule() for a in alerts]}]}
         )
 
         email: dict[str, Any] = {
@@ -159,28 +161,28 @@ class AlertRules(pulumi.ComponentResource):
         if args.alerts.smtp_username:
             email["authUsername"] = args.alerts.smtp_username
         if args.smtp_password is not None:
+            smtp_secret_name = f"{prefix}-alert-smtp"
             self.smtp_secret = k8s.core.v1.Secret(
                 f"{name}-smtp",
-                metadata={"name": f"{prefix}-alert-smtp", "namespace": args.namespace, "labels": labels},
+                metadata={"name": smtp_secret_name, "namespace": args.namespace, "labels": APP_LABELS},
                 type="Opaque",
                 string_data={SMTP_SECRET_KEY: args.smtp_password},
                 opts=child,
             )
-            email["authPassword"] = {"name": f"{prefix}-alert-smtp", "key": SMTP_SECRET_KEY}
+            email["authPassword"] = {"name": smtp_secret_name, "key": SMTP_SECRET_KEY}
             depends.append(self.smtp_secret)
-        self.alertmanager_config = k8s.apiextensions.CustomResource(
-            f"{name}-alertmanagerconfig",
-            api_version=ALERTMANAGER_CONFIG_API,
-            kind="AlertmanagerConfig",
-            metadata={"name": prefix, "namespace": args.namespace, "labels": labels},
-            spec={
+        self.alertmanager_config = custom(
+            ALERTMANAGER_CONFIG_API,
+            "AlertmanagerConfig",
+            {
                 "route": {
                     "receiver": "email",
                     "groupBy": ["alertname", "pod"],
                     "groupWait": "30s",
                     "groupInterval": "5m",
                     "repeatInterval": "4h",
-                    "matchers": [{"name": "service", "value": "clawbot", "matchType": "="}],
+                    # Routes exactly the rules above: each carries this service label.
+                    "matchers": [{"name": "service", "value": APP_NAME, "matchType": "="}],
                 },
                 "receivers": [{"name": "email", "emailConfigs": [email]}],
             },

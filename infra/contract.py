@@ -26,3 +26,5 @@ APP_NAME = "clawbot"
 CHAT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "chat"}
 REDIS_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "redis"}
 COMMON_LABELS = {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"}
+# Objects of the app that belong to no one component (the key Secrets, the monitoring objects).
+APP_LABELS = {"app.kubernetes.io/name": APP_NAME, **COMMON_LABELS}

@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, seal_keyring
-from infra.contract import COMMON_LABELS, KEK_FILE, KEYS_FILE
+from infra.contract import APP_LABELS, KEK_FILE, KEYS_FILE
 
 DAY_S = 86_400
 API_KEY_SCOPES = ("chat", "admin")
@@ -32,6 +32,10 @@ class Slot:
     @property
     def key_id(self) -> str:
         return f"key-{self.name}{self.generation}"
+
+    @property
+    def jwt_kid(self) -> str:
+        return f"jwt-{self.name}{self.generation}"
 
 
 @dataclass(frozen=True)
@@ -106,18 +110,16 @@ class SecretStore(pulumi.ComponentResource):
         dek = random.RandomBytes(f"{name}-dek", length=32, keepers=epoch_keepers, opts=child)
         iv_seed = random.RandomBytes(f"{name}-iv-seed", length=32, keepers=epoch_keepers, opts=child)
         slots = sorted((schedule.primary, schedule.secondary), key=lambda s: s.name)
-        api = {
-            s.name: random.RandomPassword(
-                f"{name}-api-key-{s.name}", length=48, special=False, keepers={"generation": str(s.generation)}, opts=child
-            )
-            for s in slots
-        }
-        jwt = {
-            s.name: random.RandomPassword(
-                f"{name}-jwt-key-{s.name}", length=64, special=False, keepers={"generation": str(s.generation)}, opts=child
-            )
-            for s in slots
-        }
+
+        def slot_keys(kind: str, length: int) -> dict[str, random.RandomPassword]:
+            return {
+                s.name: random.RandomPassword(
+                    f"{name}-{kind}-key-{s.name}", length=length, special=False, keepers={"generation": str(s.generation)}, opts=child
+                )
+                for s in slots
+            }
+
+        api, jwt = slot_keys("api", 48), slot_keys("jwt", 64)
         primary, secondary = schedule.primary, schedule.secondary
         hub: pulumi.Output[str | None] = args.hub_token if args.hub_token is not None else pulumi.Output.from_input(None)
 
@@ -134,9 +136,9 @@ class SecretStore(pulumi.ComponentResource):
                     ),
                 ),
                 jwt_keys=(
-                    JwtKeyRecord(kid=f"jwt-{primary.name}{primary.generation}", secret=jwt_p, not_before=_iso(primary.starts_at)),
+                    JwtKeyRecord(kid=primary.jwt_kid, secret=jwt_p, not_before=_iso(primary.starts_at)),
                     # No expiry: tokens signed before the rotation keep verifying until this slot rotates again.
-                    JwtKeyRecord(kid=f"jwt-{secondary.name}{secondary.generation}", secret=jwt_s, not_before=_iso(secondary.starts_at)),
+                    JwtKeyRecord(kid=secondary.jwt_kid, secret=jwt_s, not_before=_iso(secondary.starts_at)),
                 ),
                 hub_token=hub_v,
             )
@@ -153,19 +155,15 @@ class SecretStore(pulumi.ComponentResource):
         self.api_key = pulumi.Output.secret(api[primary.name].result)
         self.api_key_ids = pulumi.Output.from_input([primary.key_id, secondary.key_id])
 
-        labels = {"app.kubernetes.io/name": "clawbot", **COMMON_LABELS}
-        self.kek_secret = k8s.core.v1.Secret(
-            f"{name}-kek-secret",
-            metadata={"name": self.names.kek, "namespace": args.namespace, "labels": labels},
-            type="Opaque",
-            string_data={KEK_FILE: self.kek},
-            opts=child,
-        )
-        self.keys_secret = k8s.core.v1.Secret(
-            f"{name}-keys-secret",
-            metadata={"name": self.names.keys, "namespace": args.namespace, "labels": labels},
-            type="Opaque",
-            string_data={KEYS_FILE: self.key_file},
-            opts=child,
-        )
+        def secret(suffix: str, secret_name: str, file_name: str, value: pulumi.Output[str]) -> k8s.core.v1.Secret:
+            return k8s.core.v1.Secret(
+                f"{name}-{suffix}-secret",
+                metadata={"name": secret_name, "namespace": args.namespace, "labels": APP_LABELS},
+                type="Opaque",
+                string_data={file_name: value},
+                opts=child,
+            )
+
+        self.kek_secret = secret("kek", self.names.kek, KEK_FILE, self.kek)
+        self.keys_secret = secret("keys", self.names.keys, KEYS_FILE, self.key_file)
         self.register_outputs({"apiKeyIds": self.api_key_ids, "kekSecret": self.names.kek, "keysSecret": self.names.keys})

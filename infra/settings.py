@@ -12,10 +12,9 @@ from typing import Any, Mapping
 
 import pulumi
 
-from app.settings import QUANTIZATIONS
+from app.settings import APP_ENVS, EMBEDDED_MODEL, QUANTIZATIONS
 
 PROJECT = "clawbot"
-ENVIRONMENTS = ("production", "development")
 SERVICE_TYPES = ("LoadBalancer", "ClusterIP")
 GPU_MODES = ("karpenter", "existing", "none")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -43,7 +42,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("namespace", "string", "clawbot", "Kubernetes namespace for the chat service, its secrets and policies"),
     ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
     ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
-    ConfigKey("modelPath", "string", "embedded:smollm2-135m-instruct", "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
+    ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
     ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
     ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
     ConfigKey("maxBatchSize", "integer", 32, "MAX_BATCH_SIZE: rows the batching engine decodes together (1..256)"),
@@ -150,7 +149,6 @@ class GpuSettings:
 class NetworkSettings:
     service_type: str
     allowed_cidrs: tuple[str, ...]
-    allow_public_ingress: bool
     trusted_proxies: tuple[str, ...]
     monitoring_namespace: str
     model_hub_egress_cidrs: tuple[str, ...]
@@ -345,11 +343,12 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(_key(k) for k in unknown)}; allowed keys are listed in Pulumi.yaml")
     raw = {**DEFAULTS, **values}
-    environment = _choice(raw, "environment", ENVIRONMENTS)
+    environment = _choice(raw, "environment", APP_ENVS)  # the stack environment is the app's APP_ENV
     production = environment == "production"
 
     namespace = _str(raw, "namespace", required=True)
-    for name, value in (("namespace", namespace), ("monitoringNamespace", _str(raw, "monitoringNamespace", required=True))):
+    monitoring_namespace = _str(raw, "monitoringNamespace", required=True)
+    for name, value in (("namespace", namespace), ("monitoringNamespace", monitoring_namespace)):
         if not _DNS_LABEL.match(value):
             raise ConfigError(f"{_key(name)} must be a DNS label (lowercase letters, digits and '-'), got {value!r}")
 
@@ -370,9 +369,8 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     network = NetworkSettings(
         service_type=service_type,
         allowed_cidrs=allowed,
-        allow_public_ingress=allow_public,
         trusted_proxies=_cidrs(raw, "trustedProxies"),
-        monitoring_namespace=str(raw["monitoringNamespace"]),
+        monitoring_namespace=monitoring_namespace,
         model_hub_egress_cidrs=_cidrs(raw, "modelHubEgressCidrs"),
     )
 
@@ -439,7 +437,7 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         disruption_budget=budget,
     )
     memory_bytes("nodeVolumeSize", gpu.node_volume_size)
-    if gpu.enabled and gpu.gpus_per_pod * min_replicas > gpu.gpu_limit and gpu_mode == "karpenter":
+    if gpu_mode == "karpenter" and gpu.gpus_per_pod * min_replicas > gpu.gpu_limit:
         raise ConfigError(
             f"{_key('gpuLimit')} ({gpu.gpu_limit}) is below {_key('gpusPerPod')} x {_key('minReplicas')} "
             f"({gpu.gpus_per_pod * min_replicas}); the minimum replicas could never be scheduled"

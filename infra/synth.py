@@ -162,6 +162,8 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
                 namespace=meta.get("namespace"), manifest=ordered, resource_name=res.name,
             )
         )
+    # Registration order depends on how the program's outputs resolve; a fixed order keeps summaries diffable.
+    objects.sort(key=lambda o: o.file_name)
     return Synthesis(stack=stack, config=values, objects=objects, outputs=resolved, secret_outputs=secret_outputs,
                      resources=list(mocks.resources), stand_ins=stand_ins)
 

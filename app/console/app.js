@@ -53,12 +53,6 @@
     }
   }
 
-  function scopesOf(claims) {
-    const raw = claims.scopes ?? claims.scope ?? [];
-    if (Array.isArray(raw)) return raw.map(String);
-    return String(raw).split(/[\s,]+/).filter(Boolean);
-  }
-
   /** Reads the one error shape {"error": {"type","message","code"}}; falls back to the status text. */
   async function errorOf(resp) {
     let error = {};
@@ -122,8 +116,8 @@
   }
 
   function fmtDate(value) {
-    if (value === null || value === undefined || value === "") return "never";
-    const date = typeof value === "number" ? new Date(value < 1e12 ? value * 1000 : value) : new Date(value);
+    if (!value) return "never";
+    const date = new Date(value);
     return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
   }
 
@@ -190,8 +184,8 @@
       session = {
         token: String(body.token),
         expiresAt: claims.exp ? claims.exp * 1000 : expiresIn ? Date.now() + expiresIn * 1000 : 0,
-        scopes: scopesOf(claims),
-        keyId: String(claims.kid ?? claims.key_id ?? claims.sub ?? ""),
+        scopes: Array.isArray(claims.scopes) ? claims.scopes.map(String) : [],
+        keyId: String(claims.sub ?? ""),
       };
       $("api-key").value = "";
       clearMessage(message);
@@ -471,16 +465,10 @@
     body.replaceChildren(tr);
   }
 
-  function itemsOf(payload, ...names) {
-    if (Array.isArray(payload)) return payload;
-    for (const name of names) if (Array.isArray(payload?.[name])) return payload[name];
-    return [];
-  }
-
   async function loadKeys() {
     const payload = await adminGet("/admin/keys");
     if (!payload) return;
-    const keys = itemsOf(payload, "keys", "items", "data");
+    const keys = payload.keys || [];
     const body = $("keys-body");
     if (!keys.length) {
       emptyRow(body, 5, "No keys.");
@@ -489,13 +477,12 @@
     body.replaceChildren(
       ...keys.map((k) => {
         const tr = document.createElement("tr");
-        const scopes = Array.isArray(k.scopes) ? k.scopes.join(", ") : String(k.scopes ?? "");
         tr.append(
-          cell(String(k.key_id ?? k.id ?? ""), "nowrap"),
-          cell(scopes),
-          cell(fmtDate(k.not_before ?? k.created_at)),
-          cell(k.expires_at ?? k.expires ? fmtDate(k.expires_at ?? k.expires) : "–"),
-          cell(fmtDate(k.last_used ?? k.last_used_at)),
+          cell(String(k.id), "nowrap"),
+          cell(k.scopes.join(", ")),
+          cell(fmtDate(k.not_before)),
+          cell(k.expires_at ? fmtDate(k.expires_at) : "–"),
+          cell(fmtDate(k.last_used)),
         );
         return tr;
       }),
@@ -515,7 +502,7 @@
     if (convKey) params.set("key_id", convKey);
     const payload = await adminGet(`/admin/conversations?${params}`);
     if (!payload) return;
-    const rows = itemsOf(payload, "items", "conversations", "data");
+    const rows = payload.items || [];
     const body = $("conv-body");
     if (!rows.length) {
       emptyRow(body, 6, convKey ? `No conversations for key ${convKey}.` : "No conversations yet.");
@@ -523,17 +510,15 @@
       body.replaceChildren(
         ...rows.map((c) => {
           const tr = document.createElement("tr");
-          const question = c.question ?? c.prompt ?? lastOf(c.messages, "user");
-          const reply = c.answer ?? c.response ?? c.completion ?? lastOf(c.messages, "assistant");
           const usage = c.usage || {};
-          const prompt = c.prompt_tokens ?? usage.prompt_tokens;
-          const completion = c.completion_tokens ?? usage.completion_tokens;
+          const prompt = usage.prompt_tokens;
+          const completion = usage.completion_tokens;
           tr.append(
-            cell(fmtDate(c.created_at ?? c.timestamp ?? c.ts ?? c.time), "nowrap"),
-            cell(String(c.key_id ?? ""), "nowrap"),
-            cell(String(c.route ?? "")),
-            cell(String(question), "clip"),
-            cell(String(reply), "clip"),
+            cell(fmtDate(c.created_at), "nowrap"),
+            cell(String(c.key_id), "nowrap"),
+            cell(String(c.route)),
+            cell(lastOf(c.messages, "user"), "clip"),
+            cell(String(c.answer), "clip"),
             cell(prompt === undefined && completion === undefined ? "–" : `${prompt ?? "?"} + ${completion ?? "?"}`),
           );
           return tr;

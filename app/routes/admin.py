@@ -7,18 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.auth import AdminPrincipal
+from app.auth import AdminPrincipal, security_of
 from app.conversations import MAX_PAGE_SIZE
-from app.security import Security
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 KeyIdFilter = Query(default=None, min_length=1, max_length=64, description="only this API key's exchanges")
-
-
-def _security(request: Request) -> Security:
-    security: Security = request.app.state.security
-    return security
 
 
 @router.get("/conversations", summary="Stored exchanges, newest first, paged")
@@ -29,7 +23,7 @@ async def conversations(
     page_size: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
     key_id: str | None = KeyIdFilter,
 ) -> dict[str, Any]:
-    result = await _security(request).conversations.list(page=page, page_size=page_size, key_id=key_id)
+    result = await security_of(request).conversations.list(page=page, page_size=page_size, key_id=key_id)
     return {
         "items": [ex.to_json() for ex in result.items],
         "total": result.total,
@@ -40,7 +34,7 @@ async def conversations(
 
 @router.get("/conversations/export", summary="Every stored exchange as NDJSON, oldest first")
 async def export(request: Request, principal: AdminPrincipal, key_id: str | None = KeyIdFilter) -> StreamingResponse:
-    lines = _security(request).conversations.export_lines(key_id=key_id)
+    lines = security_of(request).conversations.export_lines(key_id=key_id)
     safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", key_id) if key_id else None  # the filename goes in a header
     name = f"conversations-{safe_id}.ndjson" if safe_id else "conversations.ndjson"
     return StreamingResponse(
@@ -52,4 +46,4 @@ async def export(request: Request, principal: AdminPrincipal, key_id: str | None
 
 @router.get("/keys", summary="API key ids, scopes and dates (never the keys)")
 async def keys(request: Request, principal: AdminPrincipal) -> dict[str, Any]:
-    return {"keys": _security(request).key_listing()}
+    return {"keys": security_of(request).key_listing()}

@@ -115,6 +115,8 @@ def collect_stats(metrics: Metrics, *, model: str, ready: bool, started_at: floa
     by_status = [(s.labels["route"], s.labels["status"], s.value) for s in _samples(metrics.requests, "_total")]
     lookups = _total(metrics.cache_lookups)
     batches = _total(metrics.batch_size, "_count")
+    client_errors = int(sum(v for _, status, v in by_status if status.startswith("4")))
+    server_errors = int(sum(v for _, status, v in by_status if status.startswith("5")))
     return AdminStats(
         model=model,
         ready=ready,
@@ -122,9 +124,9 @@ def collect_stats(metrics: Metrics, *, model: str, ready: bool, started_at: floa
         requests=RequestCounts(
             total=int(sum(v for _, _, v in by_status)),
             chat=int(sum(v for route, _, v in by_status if route in CHAT_ROUTES)),
-            errors=int(sum(v for _, status, v in by_status if status[:1] in ("4", "5"))),
-            client_errors=int(sum(v for _, status, v in by_status if status.startswith("4"))),
-            server_errors=int(sum(v for _, status, v in by_status if status.startswith("5"))),
+            errors=client_errors + server_errors,
+            client_errors=client_errors,
+            server_errors=server_errors,
             rate_limited=int(_total(metrics.rate_limited)),
         ),
         latency_seconds=_percentiles(metrics.request_duration, CHAT_ROUTES),

@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import pytest
-
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 if str(POLICY_DIR) not in sys.path:
     sys.path.insert(0, str(POLICY_DIR))
@@ -39,19 +37,24 @@ def policy_options() -> PolicyResourceOptions:
     return PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
 
 
+def token_of(kind: str) -> str:
+    """The type token of a kind named in TOKENS; a full token (`kubernetes:apps/v1:Deployment`) is kept as it is."""
+    return kind if ":" in kind else TOKENS[kind]
+
+
 def urn(kind: str, name: str) -> str:
-    return f"urn:pulumi:dev::clawbot::{TOKENS[kind]}::{name}"
+    return f"urn:pulumi:dev::clawbot::{token_of(kind)}::{name}"
 
 
 def resource_args(kind: str, props: Mapping[str, Any], config: Mapping[str, Any] | None = None,
                   name: str = "res") -> ResourceValidationArgs:
     """What the engine hands a resource policy: the props behind the SDK's unknown-checking proxy."""
-    return ResourceValidationArgs(TOKENS[kind], unknown_checking_proxy(dict(props)), urn(kind, name), name,
+    return ResourceValidationArgs(token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name,
                                   policy_options(), None, config)
 
 
 def stack_resource(kind: str, props: Mapping[str, Any], name: str = "res") -> PolicyResource:
-    return PolicyResource(TOKENS[kind], unknown_checking_proxy(dict(props)), urn(kind, name), name, policy_options(),
+    return PolicyResource(token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name, policy_options(),
                           None, None, [], {})
 
 
@@ -68,8 +71,3 @@ class Violations(list[tuple[str, str | None]]):
     @property
     def messages(self) -> list[str]:
         return [m for m, _ in self]
-
-
-@pytest.fixture
-def violations() -> Violations:
-    return Violations()

@@ -7,16 +7,10 @@ from typing import Any
 
 import pytest
 from guardrails import POLICIES
-from pulumi_policy import (
-    PolicyResource,
-    ResourceValidationArgs,
-    ResourceValidationPolicy,
-    StackValidationArgs,
-    StackValidationPolicy,
-)
-from pulumi_policy.proxy import unknown_checking_proxy
+from infra.synth import synthesize
+from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
-from .conftest import Violations, policy_options
+from .conftest import Violations, resource_args, stack_args, stack_resource
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "policy" / "config"
 
@@ -56,8 +50,7 @@ def test_type_token_matches_pulumi_kubernetes() -> None:
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def stack(request: pytest.FixtureRequest) -> tuple[str, list[tuple[str, str, dict[str, Any]]]]:
-    synth = pytest.importorskip("infra.synth", reason="infra/synth.py is not in this checkout")
-    result = synth.synthesize(request.param)  # in memory: Secret values are real here, not redacted
+    result = synthesize(request.param)  # in memory: Secret values are real here, not redacted
     return request.param, [(type_token(o.api_version, o.kind), o.resource_name, o.manifest) for o in result.objects]
 
 
@@ -72,12 +65,8 @@ def test_the_stack_passes_every_guardrail(stack: tuple[str, list[tuple[str, str,
         v = Violations()
         if isinstance(policy, ResourceValidationPolicy):
             for token, resource_name, manifest in objects:
-                urn = f"urn:pulumi:{name}::clawbot::{token}::{resource_name}"
-                policy.validate(ResourceValidationArgs(token, unknown_checking_proxy(dict(manifest)), urn,
-                                                       resource_name, policy_options(), None), v)
+                policy.validate(resource_args(token, manifest, name=resource_name), v)
         elif isinstance(policy, StackValidationPolicy):
-            resources = [PolicyResource(token, unknown_checking_proxy(dict(m)), f"urn:{n}", n, policy_options(), None, None,
-                                        [], {}) for token, n, m in objects]
-            policy.validate(StackValidationArgs(resources), v)
+            policy.validate(stack_args(*(stack_resource(token, m, name=n) for token, n, m in objects)), v)
         found += [f"{policy.name}: {message}" for message in v.messages]
     assert found == [], f"stack {name} would be stopped by the policy pack:\n" + "\n".join(found)

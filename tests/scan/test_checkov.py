@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,17 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.synth import synthesize, write
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = ROOT / ".venv-scan" / "bin" / "checkov"
-INSTALL = "python3 -m venv .venv-scan && .venv-scan/bin/pip install checkov==3.3.30"
 SKIP_FILE = Path(__file__).with_name("checkov-skips.yaml")
 STACKS = ("dev", "prod")
+# Scanned in the same checkov run as the stacks: proof that the scan as configured catches a privileged root pod.
+CANARY = "canary"
+CANARY_POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "clawbot"},
+              "spec": {"containers": [{"name": "c", "image": "busybox@sha256:" + "0" * 64,
+                                       "securityContext": {"privileged": True, "runAsUser": 0}}]}}
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,13 @@ class Finding:
 
     def __str__(self) -> str:
         return f"[{self.stack}] {self.check_id} {self.resource} ({self.file}): {self.check_name}"
+
+
+@dataclass(frozen=True)
+class Scan:
+    report: dict[str, Any]
+    findings: list[Finding]  # the stacks'
+    canary: list[Finding]
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ def load_skips() -> list[Skip]:
 
 def checkov(directory: Path) -> dict[str, Any]:
     if not CHECKOV.exists():
-        pytest.fail(f"checkov is not installed in its own virtualenv; run: {INSTALL}")
+        pytest.fail("checkov is not installed in its own virtualenv (.venv-scan); run: scripts/setup dev")
     # Offline: no call home for guideline mappings, no policy download.
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
     # One directory per run: with several -d checkov prints one JSON document per directory.
@@ -74,25 +86,18 @@ def findings_of(report: dict[str, Any], stack_of: dict[Path, str]) -> list[Findi
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def scan(tmp_path_factory: pytest.TempPathFactory) -> Scan:
+    """One checkov run over what infra.synth writes for each stack (base/<stack>/) and the canary (base/canary/)."""
     base = tmp_path_factory.mktemp("manifests")
-    out = {}
     for stack in STACKS:
         target = base / stack
-        result = subprocess.run([sys.executable, "-m", "infra.synth", "--stack", stack, "--out", str(target)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"infra.synth --stack {stack} failed:\n{result.stderr[-4000:]}"
+        write(synthesize(stack), target)
         assert list(target.rglob("*.y*ml")), f"infra.synth --stack {stack} wrote no manifests"
-        out[stack] = target
-    return out
-
-
-@pytest.fixture(scope="module")
-def scan(manifests: dict[str, Path]) -> tuple[dict[str, Any], list[Finding]]:
-    parents = {d.parent for d in manifests.values()}
-    assert len(parents) == 1
-    report = checkov(parents.pop())
-    return report, findings_of(report, {d.resolve(): s for s, d in manifests.items()})
+    (base / CANARY).mkdir()
+    (base / CANARY / "pod.yaml").write_text(yaml.safe_dump(CANARY_POD))
+    report = checkov(base)
+    findings = findings_of(report, {(base / d).resolve(): d for d in (*STACKS, CANARY)})
+    return Scan(report, [f for f in findings if f.stack != CANARY], [f for f in findings if f.stack == CANARY])
 
 
 def test_skip_file_entries_name_a_check_and_give_a_one_line_reason() -> None:
@@ -101,32 +106,27 @@ def test_skip_file_entries_name_a_check_and_give_a_one_line_reason() -> None:
         assert s.reason.strip() and "\n" not in s.reason.strip(), f"{s.check} needs a one-line reason"
 
 
-def test_checkov_reads_every_workload_of_both_stacks(scan: tuple[dict[str, Any], list[Finding]]) -> None:
-    report, _ = scan
-    summary = report["summary"]
+def test_checkov_reads_every_workload_of_both_stacks(scan: Scan) -> None:
+    summary = scan.report["summary"]
     assert summary["parsing_errors"] == 0
     assert summary["resource_count"] > 0 and summary["passed"] > 0
 
 
-def test_no_failed_check_outside_the_skip_file(scan: tuple[dict[str, Any], list[Finding]]) -> None:
-    _, findings = scan
+def test_no_failed_check_outside_the_skip_file(scan: Scan) -> None:
+    findings = scan.findings
     skips = load_skips()
     new = sorted({str(f) for f in findings if not any(s.covers(f) for s in skips)})
     assert not new, "checkov findings not in tests/scan/checkov-skips.yaml:\n" + "\n".join(new)
 
 
-def test_every_skip_still_matches_a_finding(scan: tuple[dict[str, Any], list[Finding]]) -> None:
-    _, findings = scan
+def test_every_skip_still_matches_a_finding(scan: Scan) -> None:
+    findings = scan.findings
     stale = [f"{s.check} {s.resources}" for s in load_skips() if not any(s.covers(f) for f in findings)]
     assert not stale, f"skips that match nothing any more, remove them: {stale}"
 
 
-def test_a_privileged_root_pod_would_be_caught(tmp_path: Path) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "clawbot"},
-           "spec": {"containers": [{"name": "c", "image": "busybox@sha256:" + "0" * 64,
-                                    "securityContext": {"privileged": True, "runAsUser": 0}}]}}
-    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
-    findings = findings_of(checkov(tmp_path), {tmp_path.resolve(): "fixture"})
+def test_a_privileged_root_pod_would_be_caught(scan: Scan) -> None:
+    findings = scan.canary
     skips = load_skips()
     caught = {f.check_id for f in findings if not any(s.covers(f) for s in skips)}
     assert "CKV_K8S_16" in caught  # "Container should not be privileged"
