@@ -8,8 +8,8 @@ import sys
 
 import uvicorn
 
-from app.logs import configure_logging
-from app.main import create_app
+from app.observability.logs import configure_logging
+from app.factory import create_app
 from app.settings import SettingsError, load_settings
 
 GRACEFUL_SHUTDOWN_S = 25  # under the pod's terminationGracePeriodSeconds
@@ -59,7 +59,7 @@ def main() -> int:
         workers=1,
         log_config=None,
         access_log=False,
-        proxy_headers=False,  # X-Forwarded-For is honoured only from TRUSTED_PROXIES, by app.netrules
+        proxy_headers=False,  # X-Forwarded-For is honoured only from TRUSTED_PROXIES, by app.access.netrules
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )

@@ -90,7 +90,7 @@ def in_thread(fn: Any, *args: Any) -> Any:
 async def engine_run(
     loaded: Any, settings: Settings, prompts: list[list[int]], max_tokens: list[int], *, continuous: bool, concurrency: int
 ) -> dict[str, Any]:
-    from app.engine import Engine, SamplingParams
+    from app.inference.engine import Engine, SamplingParams
 
     engine = Engine(
         loaded.model, loaded.tokenizer, device=loaded.device, max_batch_size=settings.max_batch_size,
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = bench_settings(args.data_dir)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
-    from app.main import _load
+    from app.factory import _load
 
     loaded = _load(settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """Observability objects for the Prometheus operator: ServiceMonitor, PrometheusRule and e-mail routing.
 
-Every `clawbot_*` series an expression names comes from app.metrics (a test holds them to
+Every `clawbot_*` series an expression names comes from app.observability.metrics (a test holds them to
 METRIC_NAMES); the rest come from cAdvisor and kube-state-metrics.
 """
 from __future__ import annotations

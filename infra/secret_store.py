@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, seal_keyring
+from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, seal_key_file
 from infra.contract import APP_LABELS, KEK_FILE, KEYS_FILE
 
 DAY_S = 86_400
@@ -126,7 +126,7 @@ class SecretStore(pulumi.ComponentResource):
         def seal(values: list[object]) -> str:
             kek_v, dek_v, iv_v, api_p, api_s, jwt_p, jwt_s, hub_v = (str(v) if v is not None else None for v in values)
             assert kek_v and dek_v and iv_v and api_p and api_s and jwt_p and jwt_s
-            ring = Keyring(
+            ring = KeyFile(
                 api_keys=(
                     ApiKeyRecord(id=primary.key_id, secret=api_p, scopes=API_KEY_SCOPES, not_before=_iso(primary.starts_at)),
                     # The old key stays valid to the end of this period: clients have one period to switch.
@@ -142,7 +142,7 @@ class SecretStore(pulumi.ComponentResource):
                 ),
                 hub_token=hub_v,
             )
-            return seal_keyring(ring, kek_v, dek=fernet_key_from_base64(dek_v), iv_seed=base64.b64decode(iv_v))
+            return seal_key_file(ring, kek_v, dek=fernet_key_from_base64(dek_v), iv_seed=base64.b64decode(iv_v))
 
         # Computing the file is all that happens in the apply; the Secret holding it is declared outside.
         key_file = pulumi.Output.all(

@@ -1,4 +1,4 @@
-"""Fixtures for the access-control and data tests: real key files, a real redis-server, a small app wired to Security."""
+"""Fixtures for the access-control and data tests: real key files, a real redis-server, a small app wired to AccessControl and Storage."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,15 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.auth import ApiPrincipal, CurrentPrincipal
-from app.body_limit import BodyLimitMiddleware
-from app.routes import admin
-from app.security import Security
-from app.envelope import ApiKeyRecord, JwtKeyRecord, Keyring, now_iso, seal_keyring
-from app.errors import install_error_handlers
-from app.keyring import write_private
-from app.keys import new_api_key, new_secret
-from app.metrics import Metrics, build_metrics
+from app.api.auth import ApiPrincipal, CurrentPrincipal
+from app.api.middleware.body_limit import BodyLimitMiddleware
+from app.api.routes import admin
+from app.access.control import AccessControl
+from app.storage.stores import Storage
+from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, now_iso, seal_key_file
+from app.api.errors import install_error_handlers
+from app.access.keyring import write_private
+from app.access.keyfile import new_api_key, new_secret
+from app.observability.metrics import Metrics, build_metrics
 from app.settings import Settings
 from tests.redis_server import RedisServer
 
@@ -38,8 +39,8 @@ class KeyFiles:
     jwt: list[JwtKeyRecord] = field(default_factory=list)
 
     def write(self) -> None:
-        ring = Keyring(api_keys=tuple(self.records.values()), jwt_keys=tuple(self.jwt))
-        write_private(self.key_path, seal_keyring(ring, self.kek))
+        ring = KeyFile(api_keys=tuple(self.records.values()), jwt_keys=tuple(self.jwt))
+        write_private(self.key_path, seal_key_file(ring, self.kek))
 
     def add(self, key_id: str, scopes: tuple[str, ...] = ("chat",), **kw: Any) -> str:
         raw = new_api_key()
@@ -87,7 +88,7 @@ def make_settings(tmp_path: Path, keyfiles: KeyFiles) -> Callable[..., Settings]
 @pytest.fixture
 def instant_reload(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check the key file's mtime on every use instead of at most once a second."""
-    from app import keyring as keyring_module
+    from app.access import keyring as keyring_module
 
     monkeypatch.setattr(keyring_module, "RELOAD_CHECK_INTERVAL_S", 0.0)
 
@@ -122,21 +123,23 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.security = await Security.create(settings, m)
+        app.state.storage = await Storage.open(settings, m)
+        app.state.access = await AccessControl.create(settings, m, app.state.storage.link)
         try:
             yield
         finally:
-            await app.state.security.close()
+            await app.state.access.close()
+            await app.state.storage.close()
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = m
-    app.state.security = None
+    app.state.access = app.state.storage = None
     install_error_handlers(app)
 
     @app.post("/api/auth")
     async def auth(body: AuthBody, request: Request) -> dict:
-        token: dict = await request.app.state.security.issue_token(body.api_key, request)
+        token: dict = await request.app.state.access.issue_token(body.api_key, request)
         return token
 
     @app.post("/api/chat")
@@ -144,7 +147,7 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
         body = await request.json()
         return JSONResponse(
             {"key_id": principal.key_id, "via": principal.via, "scopes": sorted(principal.scopes), "echo": body},
-            headers=request.app.state.security.rate_limit_headers(request),
+            headers=request.app.state.access.rate_limit_headers(request),
         )
 
     @app.get("/v1/models")

@@ -167,7 +167,7 @@ def test_request_log_is_json_without_prompt_text(server: Server, token: str) -> 
     mine = [d for d in lines if d.get("request_id") == "trace-42"]
     assert mine and mine[-1]["route"] == "/api/chat" and mine[-1]["status"] == 200
     assert mine[-1]["completion_tokens"] > 0 and mine[-1]["latency_ms"] > 0
-    # The audit trail has the successful use too (refusals are covered in tests/app/test_audit.py).
+    # The audit trail has the successful use too (refusals are covered in tests/app/access/test_audit.py).
     audit = [d["audit"] for d in lines if d.get("logger") == "clawbot.audit"]
     assert {"event": "key_usage", "key_id": "dev", "via": "jwt", "route": "/api/chat", "status": 200} in [
         {k: a[k] for k in ("event", "key_id", "via", "route", "status")} for a in audit

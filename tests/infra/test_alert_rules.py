@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from app.metrics import METRIC_NAMES
+from app.observability.metrics import METRIC_NAMES
 from infra.alert_rules import metric_names
 from infra.synth import Synthesis, synthesize
 

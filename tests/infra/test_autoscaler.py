@@ -1,7 +1,7 @@
 """The HPA: bounds and targets from config, in-flight requests named as the app exports them."""
 from __future__ import annotations
 
-from app.metrics import METRIC_NAMES
+from app.observability.metrics import METRIC_NAMES
 from infra.synth import Synthesis, synthesize
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from app.metrics import METRIC_NAMES
+from app.observability.metrics import METRIC_NAMES
 from infra.mocks import fresh_event_loop
 from infra.dashboard import (
     DASHBOARD_PATH,

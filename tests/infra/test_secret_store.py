@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from app.envelope import KeyFileError, open_keyring
-from app.keyring import contents_of, digest, parse_time
+from app.access.keyfile import KeyFileError, open_key_file
+from app.access.keyring import contents_of, digest, parse_time
 from infra.secret_store import DAY_S, rotation_schedule
 from infra.synth import Synthesis, synthesize
 
@@ -17,7 +17,7 @@ def secret_file(s: Synthesis, secret: str, key: str) -> str:
 
 def test_key_file_decrypts_with_the_kek_and_holds_the_output_api_key(prod: Synthesis) -> None:
     kek = secret_file(prod, "clawbot-kek", "kek")
-    ring = open_keyring(secret_file(prod, "clawbot-keys", "keys.json"), kek)
+    ring = open_key_file(secret_file(prod, "clawbot-keys", "keys.json"), kek)
     api_key = prod.outputs["apiKey"]
     assert api_key in {k.secret for k in ring.api_keys}
     assert [k.id for k in ring.api_keys] == prod.outputs["apiKeyIds"]
@@ -29,7 +29,7 @@ def test_key_file_decrypts_with_the_kek_and_holds_the_output_api_key(prod: Synth
 
 def test_the_key_file_refuses_another_kek(prod: Synthesis) -> None:
     with pytest.raises(KeyFileError, match="sealed under KEK"):
-        open_keyring(secret_file(prod, "clawbot-keys", "keys.json"), "another-key-encryption-key-of-48-characters-xyz")
+        open_key_file(secret_file(prod, "clawbot-keys", "keys.json"), "another-key-encryption-key-of-48-characters-xyz")
 
 
 def test_raw_keys_appear_only_as_secret_output(prod: Synthesis) -> None:
@@ -56,7 +56,7 @@ def test_secrets_are_mounted_read_only_at_the_paths_the_app_reads(prod: Synthesi
 
 def test_hub_token_is_sealed_when_model_hub_auth_is_on() -> None:
     s = synthesize("prod", overrides={"modelHubAuth": True, "hubToken": "hf_sEcReTtOkEn1234567890"})
-    ring = open_keyring(secret_file(s, "clawbot-keys", "keys.json"), secret_file(s, "clawbot-kek", "kek"))
+    ring = open_key_file(secret_file(s, "clawbot-keys", "keys.json"), secret_file(s, "clawbot-kek", "kek"))
     assert ring.hub_token == "hf_sEcReTtOkEn1234567890"
     assert "hf_sEcReTtOkEn1234567890" not in json.dumps([o.manifest for o in s.objects if o.kind != "Secret"])
 
@@ -74,7 +74,7 @@ def test_rotation_replaces_one_slot_per_period_and_keeps_the_old_key_one_period(
 
 
 def test_secondary_key_expires_at_the_end_of_the_period(prod: Synthesis) -> None:
-    ring = open_keyring(secret_file(prod, "clawbot-keys", "keys.json"), secret_file(prod, "clawbot-kek", "kek"))
+    ring = open_key_file(secret_file(prod, "clawbot-keys", "keys.json"), secret_file(prod, "clawbot-kek", "kek"))
     primary, secondary = ring.api_keys
     assert primary.expires_at is None
     assert parse_time(secondary.expires_at, "expires_at") == pytest.approx(

@@ -1,0 +1,305 @@
+"""The live key ring: API-key hashes and JWT signing keys decrypted from the key file, reloaded when it changes.
+
+Only SHA-256 digests of API keys stay in memory; the raw keys are dropped as soon as the
+file is decrypted. A reload that fails keeps the ring that was working and logs why.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from app.access.keyfile import MIN_KEK_LENGTH, KeyFileError, KeyFile, iso_time, open_key_file
+
+log = logging.getLogger("clawbot.keyring")
+
+SCOPES: frozenset[str] = frozenset({"chat", "admin"})
+RELOAD_CHECK_INTERVAL_S = 1.0
+# Words that mark a value copied from an example rather than generated; refused outside development.
+PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace-me", "todo", "xxxxxxxx")
+MIN_DISTINCT_CHARS = 8
+# Metric label (`clawbot_auth_failures{reason}`) for each refused key state, whether the key came bare or behind a JWT.
+KEY_STATE_REASONS = {"revoked": "revoked_key", "expired": "key_expired", "not_yet_valid": "key_not_yet_valid"}
+
+
+def parse_time(value: str | None, what: str) -> float | None:
+    """ISO-8601 (`2026-01-01T00:00:00Z`) to epoch seconds; None stays None."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        raise KeyFileError(f"{what} must be an ISO-8601 time like 2026-01-01T00:00:00Z, got {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def format_time(epoch: float | None) -> str | None:
+    return None if epoch is None else iso_time(epoch)
+
+
+def digest(raw_key: str) -> bytes:
+    return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).digest()
+
+
+def key_state(revoked: bool, not_before: float | None, expires_at: float | None, now: float) -> str:
+    """'active', 'revoked', 'expired' or 'not_yet_valid'."""
+    if revoked:
+        return "revoked"
+    if not_before is not None and now < not_before:
+        return "not_yet_valid"
+    if expires_at is not None and now >= expires_at:
+        return "expired"
+    return "active"
+
+
+def looks_like_placeholder(secret: str) -> bool:
+    lowered = secret.lower()
+    return any(marker in lowered for marker in PLACEHOLDER_MARKERS) or len(set(secret)) < MIN_DISTINCT_CHARS
+
+
+@dataclass(frozen=True)
+class ApiKeyEntry:
+    """One API key as the service holds it: metadata and the SHA-256 digest, never the key."""
+
+    id: str
+    scopes: frozenset[str]
+    not_before: float | None
+    expires_at: float | None
+    revoked: bool
+    digest: bytes
+
+    def state(self, now: float) -> str:
+        return key_state(self.revoked, self.not_before, self.expires_at, now)
+
+
+@dataclass(frozen=True)
+class JwtKey:
+    kid: str
+    secret: bytes
+    not_before: float | None
+    expires_at: float | None
+
+    def current(self, now: float) -> bool:
+        return (self.not_before is None or self.not_before <= now) and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class RingContents:
+    api_keys: tuple[ApiKeyEntry, ...]
+    jwt_keys: tuple[JwtKey, ...]
+    hub_token: str | None
+
+
+def contents_of(keyring: KeyFile, *, source: str, strict: bool) -> RingContents:
+    """Validate a decrypted key file and keep only what the service needs. `strict` refuses placeholders."""
+    api: list[ApiKeyEntry] = []
+    seen: set[str] = set()
+    for rec in keyring.api_keys:
+        if rec.id in seen:
+            raise KeyFileError(f"{source}: API key id {rec.id!r} appears twice; ids must be unique")
+        seen.add(rec.id)
+        bad_scopes = set(rec.scopes) - SCOPES
+        if bad_scopes:
+            raise KeyFileError(
+                f"{source}: API key {rec.id!r} has unknown scope(s) {sorted(bad_scopes)}; allowed: {sorted(SCOPES)}"
+            )
+        if strict and looks_like_placeholder(rec.secret):
+            raise KeyFileError(f"{source}: API key {rec.id!r} looks like a placeholder; generate one with `python -m app.keys add`")
+        api.append(
+            ApiKeyEntry(
+                id=rec.id,
+                scopes=frozenset(rec.scopes),
+                not_before=parse_time(rec.not_before, f"{source}: not_before of API key {rec.id!r}"),
+                expires_at=parse_time(rec.expires_at, f"{source}: expires_at of API key {rec.id!r}"),
+                revoked=rec.revoked,
+                digest=digest(rec.secret),
+            )
+        )
+    jwt: list[JwtKey] = []
+    for jrec in keyring.jwt_keys:
+        if len(jrec.secret) < MIN_KEK_LENGTH:
+            raise KeyFileError(f"{source}: JWT key {jrec.kid!r} must be at least {MIN_KEK_LENGTH} characters, got {len(jrec.secret)}")
+        if strict and looks_like_placeholder(jrec.secret):
+            raise KeyFileError(f"{source}: JWT key {jrec.kid!r} looks like a placeholder")
+        jwt.append(
+            JwtKey(
+                kid=jrec.kid,
+                secret=jrec.secret.encode(),
+                not_before=parse_time(jrec.not_before, f"{source}: not_before of JWT key {jrec.kid!r}"),
+                expires_at=parse_time(jrec.expires_at, f"{source}: expires_at of JWT key {jrec.kid!r}"),
+            )
+        )
+    if not api:
+        raise KeyFileError(f"{source} holds no API keys; add one with `python -m app.keys add`")
+    if not jwt:
+        raise KeyFileError(f"{source} holds no JWT signing keys; add one with `python -m app.keys rotate --jwt`")
+    return RingContents(api_keys=tuple(api), jwt_keys=tuple(jwt), hub_token=keyring.hub_token)
+
+
+def read_kek(path: Path, *, strict: bool) -> str:
+    try:
+        kek = path.read_text().strip()
+    except OSError as exc:
+        raise KeyFileError(f"KEK_PATH {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    if len(kek) < MIN_KEK_LENGTH:
+        raise KeyFileError(f"KEK_PATH {str(path)!r} must hold at least {MIN_KEK_LENGTH} characters, got {len(kek)}")
+    if strict and looks_like_placeholder(kek):
+        raise KeyFileError(f"KEK_PATH {str(path)!r} holds a placeholder; create a real one with `python -m app.keys init-kek`")
+    return kek
+
+
+def load_contents(key_path: Path, kek_path: Path, *, strict: bool) -> RingContents:
+    kek = read_kek(kek_path, strict=strict)
+    try:
+        text = key_path.read_text()
+    except OSError as exc:
+        raise KeyFileError(f"API_KEY_PATH {str(key_path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        ring = open_key_file(text, kek)
+    except KeyFileError as exc:
+        raise KeyFileError(f"API_KEY_PATH {str(key_path)!r}: {exc}") from None
+    return contents_of(ring, source=f"API_KEY_PATH {str(key_path)!r}", strict=strict)
+
+
+class KeyRing:
+    """Verifies API keys and hands out JWT keys; follows the key file as it changes."""
+
+    def __init__(
+        self,
+        key_path: Path,
+        kek_path: Path,
+        *,
+        strict: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.key_path = key_path
+        self.kek_path = kek_path
+        self.strict = strict
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._reload_requested = False
+        self._next_check = 0.0
+        self._mtime = self._stat()
+        self._contents = load_contents(key_path, kek_path, strict=strict)  # a startup failure is fatal: raise it
+        self.last_used: dict[str, float] = {}
+
+    def _stat(self) -> tuple[float, int, int] | None:
+        try:
+            st = self.key_path.stat()
+            kst = self.kek_path.stat()
+        except OSError:
+            return None
+        # Size and the KEK's mtime too: a rewrite within one mtime tick, or a new KEK, is still a change.
+        return (st.st_mtime_ns, st.st_size, kst.st_mtime_ns)
+
+    # -- reloading ---------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Called from the SIGHUP handler: reload on the next use, whatever the mtime says."""
+        self._reload_requested = True
+
+    def reload(self) -> bool:
+        """Re-read the key file now. On failure keep the current ring, log, and return False."""
+        stamp = self._stat()
+        try:
+            contents = load_contents(self.key_path, self.kek_path, strict=self.strict)
+        except KeyFileError as exc:
+            log.error("key file reload failed; keeping the keys loaded before", extra={"error": str(exc)})
+            self._mtime = stamp  # do not retry a broken file on every request; the next change retries
+            return False
+        with self._lock:
+            self._contents = contents
+            self._mtime = stamp
+        log.info(
+            "key file reloaded",
+            extra={"api_key_ids": [k.id for k in contents.api_keys], "jwt_kids": [k.kid for k in contents.jwt_keys]},
+        )
+        return True
+
+    def maybe_reload(self) -> None:
+        now = time.monotonic()
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+            return
+        if now < self._next_check:
+            return
+        self._next_check = now + RELOAD_CHECK_INTERVAL_S
+        if self._stat() != self._mtime:
+            self.reload()
+
+    # -- API keys ----------------------------------------------------------------------------
+    @property
+    def api_keys(self) -> tuple[ApiKeyEntry, ...]:
+        self.maybe_reload()
+        return self._contents.api_keys
+
+    @property
+    def hub_token(self) -> str | None:
+        return self._contents.hub_token
+
+    def verify(self, raw_key: str) -> tuple[ApiKeyEntry | None, str]:
+        """Find the key whose digest matches. Returns (entry, state); entry is None for an unknown key.
+
+        Every stored digest is compared, match or not, so the time taken does not say which key matched.
+        """
+        presented = digest(raw_key)
+        found: ApiKeyEntry | None = None
+        for entry in self.api_keys:
+            if hmac.compare_digest(presented, entry.digest):
+                found = entry
+        if found is None:
+            return None, "unknown_key"
+        return found, found.state(self.clock())
+
+    def entry(self, key_id: str) -> ApiKeyEntry | None:
+        for e in self.api_keys:
+            if e.id == key_id:
+                return e
+        return None
+
+    def mark_used(self, key_id: str) -> None:
+        self.last_used[key_id] = self.clock()
+
+    # -- JWT keys ----------------------------------------------------------------------------
+    def signing_key(self) -> JwtKey:
+        """The newest current key: latest not_before, then latest in the file."""
+        self.maybe_reload()
+        now = self.clock()
+        current = [(k.not_before or 0.0, i, k) for i, k in enumerate(self._contents.jwt_keys) if k.current(now)]
+        if not current:
+            raise KeyFileError("no JWT signing key is currently valid; add one with `python -m app.keys rotate --jwt`")
+        return max(current, key=lambda t: (t[0], t[1]))[2]
+
+    def verifying_key(self, kid: str) -> JwtKey | None:
+        self.maybe_reload()
+        now = self.clock()
+        for k in self._contents.jwt_keys:
+            if k.kid == kid and k.current(now):
+                return k
+        return None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically with mode 0600, so a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

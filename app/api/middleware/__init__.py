@@ -1,0 +1,1 @@
+"""Pure ASGI middleware: body cap, browser security headers, per-request metrics and logs."""

@@ -1,0 +1,249 @@
+"""From a validated chat request to an answer: prompt rendering, limits, cache, engine, conversation record."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from app.api.errors import ApiError
+from app.api.schemas import ChatMessage, GenerationFields
+
+if TYPE_CHECKING:
+    from app.inference.engine import Completion, Engine, GenerationHandle, SamplingParams
+    from app.observability.metrics import Metrics
+    from app.access.control import Principal
+    from app.storage.stores import Storage
+    from app.settings import Settings
+
+log = logging.getLogger("clawbot.chat")
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class ChatJob:
+    request_id: str
+    route: str
+    key_id: str
+    messages: list[dict[str, str]]
+    prompt_ids: list[int]
+    params: "SamplingParams"
+    cache_key: str | None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool = False
+
+
+class ChatRunner:
+    """Turns chat messages into engine work; owns the rules both APIs share."""
+
+    def __init__(
+        self,
+        *,
+        settings: "Settings",
+        metrics: "Metrics",
+        engine: "Engine",
+        tokenizer: Any,
+        model_name: str,
+        context_window: int,
+        storage: "Storage | None",
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.context_window = context_window
+        self.storage = storage
+
+    # -- validation and prompt -------------------------------------------------------------
+    def _check_messages(self, messages: list[ChatMessage]) -> list[dict[str, str]]:
+        if not messages:
+            raise ApiError(400, "invalid_messages", "messages must contain at least one message")
+        if len(messages) > self.settings.max_messages:
+            raise ApiError(
+                400, "too_many_messages", f"messages has {len(messages)} entries; at most {self.settings.max_messages} are allowed"
+            )
+        out = []
+        for i, m in enumerate(messages):
+            text = m.text()
+            if len(text) > self.settings.max_message_chars:
+                raise ApiError(
+                    400,
+                    "message_too_long",
+                    f"messages[{i}].content is {len(text)} characters; at most {self.settings.max_message_chars} are allowed",
+                )
+            out.append({"role": m.role, "content": text})
+        if all(m["role"] != "user" for m in out):
+            raise ApiError(400, "invalid_messages", "messages must contain at least one message with role 'user'")
+        return out
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return list(ids)
+
+    def prepare(
+        self,
+        route: str,
+        principal: "Principal",
+        messages: list[ChatMessage],
+        gen: GenerationFields,
+        *,
+        max_tokens: int | None,
+        ignore_eos: bool = False,
+        request_id: str | None = None,
+    ) -> ChatJob:
+        from app.inference.engine import SamplingParams
+
+        plain = self._check_messages(messages)
+        cap = self.settings.max_tokens
+        if max_tokens is not None and not 1 <= max_tokens <= cap:
+            raise ApiError(400, "invalid_max_tokens", f"max_tokens must be between 1 and {cap}, got {max_tokens}")
+        prompt_ids = self.render(plain)
+        room = self.context_window - len(prompt_ids)
+        if room < 1:
+            raise ApiError(
+                400,
+                "context_length_exceeded",
+                f"the prompt is {len(prompt_ids)} tokens; the model's context window is {self.context_window} tokens",
+            )
+        if max_tokens is not None and max_tokens > room:
+            raise ApiError(
+                400,
+                "context_length_exceeded",
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
+                f"the model's context window of {self.context_window} tokens",
+            )
+        params = SamplingParams(
+            max_tokens=min(max_tokens or cap, room),
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            stop=gen.stop_tuple(),
+            seed=gen.seed,
+            ignore_eos=ignore_eos,
+            timeout_s=self.settings.generation_timeout_s,
+        )
+        cache_key = None
+        if self.storage is not None and not ignore_eos:
+            cache_key = self.storage.cache.key_for(
+                self.model_name,
+                plain,
+                {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                 "stop": list(params.stop), "seed": params.seed},
+            )
+        return ChatJob(
+            request_id=request_id or f"chatcmpl-{uuid.uuid4().hex}",
+            route=route,
+            key_id=principal.key_id,
+            messages=plain,
+            prompt_ids=prompt_ids,
+            params=params,
+            cache_key=cache_key,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+    async def cached(self, job: ChatJob) -> Answer | None:
+        if job.cache_key is None or self.storage is None:
+            return None
+        hit = await self.storage.cache.get(job.cache_key)
+        if hit is None:
+            return None
+        return Answer(
+            text=hit["text"],
+            finish_reason=hit["finish_reason"],
+            prompt_tokens=len(job.prompt_ids),
+            completion_tokens=int(hit["completion_tokens"]),
+            cached=True,
+        )
+
+    def submit(self, job: ChatJob) -> "GenerationHandle":
+        from app.inference.engine import EngineClosedError, QueueFullError
+
+        try:
+            return self.engine.submit(job.prompt_ids, job.params)
+        except QueueFullError as exc:
+            self.metrics.rate_limited.labels(scope="queue").inc()
+            raise ApiError(
+                429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": str(exc.retry_after_s)}
+            ) from None
+        except EngineClosedError:
+            raise ApiError(
+                503, "shutting_down", "the service is shutting down; retry on another replica", headers={"Retry-After": "1"}
+            ) from None
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+
+    async def wait(self, handle: "GenerationHandle", request: Request) -> "Completion":
+        """Wait for the result, cancelling the generation if the client goes away."""
+        result = asyncio.ensure_future(handle.result())
+        try:
+            while True:
+                done, _ = await asyncio.wait({result}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return result.result()
+                if await request.is_disconnected():
+                    handle.cancel()
+                    raise asyncio.CancelledError("client disconnected")
+        finally:
+            if not result.done():
+                handle.cancel()
+                result.cancel()
+
+    def answer_of(self, job: ChatJob, completion: "Completion") -> Answer:
+        if completion.finish_reason == "timeout":
+            self.metrics.generation_timeouts.inc()
+            raise ApiError(
+                504, "generation_timeout", f"generation took longer than {self.settings.generation_timeout_s:g} seconds"
+            )
+        return Answer(
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        )
+
+    async def finish(self, job: ChatJob, answer: Answer, request: Request) -> None:
+        """Record the exchange durably (and fill the cache) before the response completes."""
+        request.state.tokens = {"prompt": answer.prompt_tokens, "completion": answer.completion_tokens, "cached": answer.cached}
+        if self.storage is None:
+            return
+        if job.cache_key is not None and not answer.cached and answer.finish_reason in ("stop", "length"):
+            await self.storage.cache.put(
+                job.cache_key,
+                {"text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.completion_tokens},
+            )
+        from app.storage.conversations import Exchange
+
+        await self.storage.conversations.record(
+            Exchange(
+                request_id=job.request_id,
+                key_id=job.key_id,
+                route=job.route,
+                messages=job.messages,
+                answer=answer.text,
+                usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                       "cached": answer.cached},
+                latency_s=time.perf_counter() - job.started,
+                created_at=time.time(),
+            )
+        )
+
+    async def complete(self, job: ChatJob, request: Request) -> Answer:
+        answer = await self.cached(job)
+        if answer is None:
+            handle = self.submit(job)
+            answer = self.answer_of(job, await self.wait(handle, request))
+        await self.finish(job, answer, request)
+        return answer

@@ -1,0 +1,57 @@
+"""A request's view of its generation: stream text deltas, await the result, or cancel it (event loop side)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable
+
+from app.inference.requests import Completion
+
+_END = object()  # closes a handle's delta stream
+
+
+class GenerationHandle:
+    """One request's view of its generation: stream the text deltas, await the result, or cancel it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[["GenerationHandle"], None]) -> None:
+        self._loop = loop
+        self._on_cancel = on_cancel
+        self._deltas: asyncio.Queue[Any] = asyncio.Queue()
+        self._result: asyncio.Future[Completion] = loop.create_future()
+        # Read by the worker thread at every step; a plain bool is enough (set once, never cleared).
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[str]:
+        while True:
+            item = await self._deltas.get()
+            if item is _END:
+                self._deltas.put_nowait(_END)  # a second iteration ends at once instead of hanging
+                return
+            yield item
+
+    async def result(self) -> Completion:
+        return await asyncio.shield(self._result)
+
+    def cancel(self) -> None:
+        """Stop this generation; its batch slot is freed at the next decode step (its queue slot at once)."""
+        if self.cancelled or self._result.done():
+            return
+        self.cancelled = True
+        self._on_cancel(self)
+
+    # Called on the event loop only (through call_soon_threadsafe from the worker).
+    def _push(self, delta: str) -> None:
+        if delta:
+            self._deltas.put_nowait(delta)
+
+    def _finish(self, completion: Completion) -> None:
+        if not self._result.done():
+            self._result.set_result(completion)
+            self._deltas.put_nowait(_END)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._result.done():
+            self._result.set_exception(exc)
+            self._deltas.put_nowait(_END)

@@ -1,0 +1,82 @@
+"""What the engine is asked for and what it answers: sampling parameters, completions, per-row state, refusals."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from app.inference.handle import GenerationHandle
+
+FINISH_REASONS = ("stop", "length", "cancelled", "timeout")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int  # already capped by the API; the engine also caps to its own max_tokens and the context window
+    temperature: float = 0.0  # 0 => greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # output is truncated before the first stop string
+    seed: int | None = None  # reproducible sampling per request
+    ignore_eos: bool = False  # vLLM-style: generate exactly max_tokens (the benchmark relies on it)
+    timeout_s: float | None = None  # generation deadline; finish_reason "timeout" when hit
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled" | "timeout"
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float | None
+
+
+class QueueFullError(Exception):
+    """The request queue is at MAX_QUEUE; the client should retry after `retry_after_s` seconds."""
+
+    def __init__(self, max_queue: int, retry_after_s: int) -> None:
+        super().__init__(f"the request queue is full ({max_queue} waiting); retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosedError(Exception):
+    """The engine is shutting down (or was never started) and takes no new work."""
+
+
+@dataclass(eq=False)
+class Row:
+    """One generation as the worker tracks it, from the queue through the running batch."""
+
+    handle: "GenerationHandle"
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new: int
+    submitted_at: float
+    deadline: float | None
+    generator: torch.Generator | None = None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already handed to the client
+    prefix_offset: int = 0  # incremental detokenization window over `generated` (vLLM/TGI scheme)
+    read_offset: int = 0
+    first_token_at: float | None = None
+    finish_reason: str | None = None
+
+    @property
+    def position(self) -> int:
+        """Position id of the next input token (prompt plus generated so far, minus the token being fed)."""
+        return len(self.prompt_ids) + len(self.generated) - 1

@@ -1,0 +1,1 @@
+"""Metrics and structured logs: the names infra/ alerts and dashboards rely on."""

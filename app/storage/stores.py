@@ -1,0 +1,56 @@
+"""The stores one app holds: the Redis link, the response cache, and the conversation store with its retention job."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app.observability.metrics import Metrics
+from app.settings import Settings
+from app.storage.conversations import ConversationStore
+from app.storage.redis_link import RedisLink
+from app.storage.response_cache import ResponseCache
+
+log = logging.getLogger("clawbot.storage")
+
+PURGE_INTERVAL_S = 3600.0
+
+
+class Storage:
+    def __init__(self, *, link: RedisLink | None, cache: ResponseCache, conversations: ConversationStore) -> None:
+        self.link = link
+        self.cache = cache
+        self.conversations = conversations
+        self._purge_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics) -> "Storage":
+        link: RedisLink | None = None
+        if settings.redis_url:
+            link = RedisLink(settings.redis_url, metrics)
+            await link.start()
+        cache = ResponseCache(metrics, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, link=link)
+        conversations = await asyncio.to_thread(
+            ConversationStore, settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal
+        )
+        self = cls(link=link, cache=cache, conversations=conversations)
+        self._purge_task = asyncio.create_task(self._purge_forever(), name="conversation-retention")
+        log.info("storage ready", extra={"redis": link is not None, "conversations": str(conversations.path)})
+        return self
+
+    async def _purge_forever(self) -> None:
+        while True:
+            try:
+                await self.conversations.purge()
+            except Exception as exc:  # noqa: BLE001 - a failed purge is retried next hour, never fatal
+                log.error("conversation retention purge failed", extra={"error_type": type(exc).__name__})
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
+    async def close(self) -> None:
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._purge_task
+        if self.link is not None:
+            await self.link.close()
+        await asyncio.to_thread(self.conversations.close)

@@ -1,0 +1,430 @@
+"""The batching engine: ordering, batch limits, cancellation, caps, stop strings, sampling, the queue bound, shutdown.
+
+Most tests drive a tiny random Llama (2 layers, hidden 64) with a byte-level toy tokenizer,
+so they run in seconds; one test checks batched == unbatched greedy output on the real
+embedded model through app.inference.loader.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from app.inference.engine import Completion, Engine, EngineClosedError, QueueFullError, SamplingParams
+from app.observability.metrics import build_metrics
+
+T = TypeVar("T")
+PAD, EOS, FIRST_BYTE = 0, 1, 2
+VOCAB = FIRST_BYTE + 256
+
+
+class ByteTokenizer:
+    """Token i >= 2 is the byte i-2; 0 is padding, 1 is EOS. Decoding is UTF-8 with replacement, like real BPE."""
+
+    pad_token_id = PAD
+    eos_token_id = EOS
+
+    def encode(self, text: str) -> list[int]:
+        return [b + FIRST_BYTE for b in text.encode()]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        raw = bytes(i - FIRST_BYTE for i in ids if i >= FIRST_BYTE)
+        return raw.decode("utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=None,
+        # Peaky logits: with the default 0.02 init every logit is a near-tie and greedy decoding means little.
+        initializer_range=0.3,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = EOS
+    model.generation_config.pad_token_id = PAD
+    return model
+
+
+tok = ByteTokenizer()
+
+
+def run(make: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(asyncio.wait_for(make(), timeout=120))
+
+
+def engine_for(model: Any, tokenizer: Any = tok, **kwargs: Any) -> Engine:
+    kwargs.setdefault("batch_wait_ms", 0)
+    kwargs.setdefault("context_window", 512)
+    return Engine(model, tokenizer, device="cpu", **kwargs)
+
+
+def reference(model: Any, prompt: list[int], n: int) -> list[int]:
+    """model.generate on the prompt alone (no padding), greedy, exactly n new tokens."""
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=PAD,
+        )
+    return out[0, len(prompt):].tolist()
+
+
+class Spy:
+    """Wraps a model: records the batch size of every forward pass, optionally forces the argmax token per row.
+
+    `script(row_prompt_len, step) -> token` picks the token a row emits at generation step `step`.
+    """
+
+    def __init__(
+        self, model: Any, script: Callable[[int], int] | None = None, prompt_len: int | None = None, delay_s: float = 0.0
+    ) -> None:
+        self.model = model
+        self.delay_s = delay_s
+        self.generation_config = model.generation_config
+        self.batch_sizes: list[int] = []
+        self.script = script
+        self.prompt_len = prompt_len
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.batch_sizes.append(int(kwargs["input_ids"].shape[0]))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = self.model(**kwargs)
+        if self.script is not None:
+            assert self.prompt_len is not None
+            steps = kwargs["position_ids"][:, -1] - (self.prompt_len - 1)
+            forced = torch.full_like(out.logits[:, -1:, :], -1e9)
+            for row, step in enumerate(steps.tolist()):
+                forced[row, 0, self.script(step)] = 0.0
+            out.logits = forced
+        return out
+
+
+def text_script(text: str, then: int = EOS) -> Callable[[int], int]:
+    ids = tok.encode(text)
+    return lambda step: ids[step] if step < len(ids) else then
+
+
+async def collect(handle: Any) -> tuple[list[str], Completion]:
+    deltas = [d async for d in handle]
+    return deltas, await handle.result()
+
+
+PROMPTS = [tok.encode(p) for p in ("Hello there", "A", "The capital of France is", "xyz" * 7, "??")]
+
+
+def test_greedy_batched_output_equals_generate_alone_while_requests_join_and_leave(tiny: LlamaForCausalLM) -> None:
+    lengths = [12, 3, 20, 7, 15]
+    expected = [reference(tiny, p, n) for p, n in zip(PROMPTS, lengths)]
+
+    async def go() -> list[Completion]:
+        engine = engine_for(tiny, max_batch_size=4)
+        await engine.start()
+        handles = []
+        for i, (prompt, n) in enumerate(zip(PROMPTS, lengths)):
+            handles.append(engine.submit(prompt, SamplingParams(max_tokens=n, ignore_eos=True)))
+            if i in (1, 3):
+                await asyncio.sleep(0.05)  # later requests join a batch that is already decoding
+        results = [await h.result() for h in handles]
+        await engine.shutdown()
+        return results
+
+    results = run(go)
+    for got, want, n in zip(results, expected, lengths):
+        assert got.completion_tokens == n
+        assert got.finish_reason == "length"
+        assert got.text == tok.decode(want)
+
+
+def test_admission_is_fifo(tiny: LlamaForCausalLM) -> None:
+    async def go() -> list[int]:
+        engine = engine_for(tiny, max_batch_size=1)
+        await engine.start()
+        order: list[int] = []
+        handles = [engine.submit(PROMPTS[0], SamplingParams(max_tokens=3, ignore_eos=True)) for _ in range(5)]
+        for i, h in enumerate(handles):
+            h._result.add_done_callback(lambda _, n=i: order.append(n))  # type: ignore[misc]
+        await asyncio.gather(*(h.result() for h in handles))
+        await engine.shutdown()
+        return order
+
+    assert run(go) == [0, 1, 2, 3, 4]
+
+
+def test_batch_never_exceeds_max_batch_size_and_metrics_see_it(tiny: LlamaForCausalLM) -> None:
+    spy = Spy(tiny)
+    metrics = build_metrics()
+
+    async def go() -> list[Completion]:
+        engine = engine_for(spy, max_batch_size=3, metrics=metrics, batch_wait_ms=50)
+        await engine.start()
+        handles = [engine.submit(p, SamplingParams(max_tokens=4 + i, ignore_eos=True)) for i, p in enumerate(PROMPTS * 2)]
+        results = await asyncio.gather(*(h.result() for h in handles))
+        await engine.shutdown()
+        return list(results)
+
+    results = run(go)
+    assert all(r.finish_reason == "length" for r in results)
+    assert max(spy.batch_sizes) == 3
+    registry = metrics.registry
+    small_steps = registry.get_sample_value("clawbot_batch_size_bucket", {"le": "2.0"})
+    assert small_steps is not None and small_steps < (registry.get_sample_value("clawbot_batch_size_count") or 0)
+    assert registry.get_sample_value("clawbot_generated_tokens_total") == sum(r.completion_tokens for r in results)
+    assert registry.get_sample_value("clawbot_prompt_tokens_total") == sum(len(p) for p in PROMPTS * 2)
+    assert registry.get_sample_value("clawbot_time_to_first_token_seconds_count") == len(results)
+    assert registry.get_sample_value("clawbot_inflight_requests") == 0
+    assert registry.get_sample_value("clawbot_queue_depth") == 0
+
+
+def test_cancelling_a_running_request_frees_its_slot_for_a_queued_one(tiny: LlamaForCausalLM) -> None:
+    async def go() -> tuple[Completion, Completion, int]:
+        engine = engine_for(tiny, max_batch_size=1)
+        await engine.start()
+        long = engine.submit(PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True))
+        waiting = engine.submit(PROMPTS[1], SamplingParams(max_tokens=5, ignore_eos=True))
+        async for _ in long:
+            break  # it is running now
+        assert engine.queue_depth == 1
+        long.cancel()
+        done = await waiting.result()
+        cancelled = await long.result()
+        await engine.shutdown()
+        return cancelled, done, engine.active
+
+    cancelled, done, active = run(go)
+    assert cancelled.finish_reason == "cancelled"
+    assert cancelled.completion_tokens < 400
+    assert done.finish_reason == "length" and done.completion_tokens == 5
+    assert active == 0
+
+
+def test_full_queue_raises_without_growing_and_a_cancelled_queued_request_frees_its_place(
+    tiny: LlamaForCausalLM,
+) -> None:
+    async def go() -> None:
+        engine = engine_for(tiny, max_batch_size=1, max_queue=2)
+        await engine.start()
+        running = engine.submit(PROMPTS[0], SamplingParams(max_tokens=300, ignore_eos=True))
+        async for _ in running:
+            break
+        queued = [engine.submit(PROMPTS[1], SamplingParams(max_tokens=2)) for _ in range(2)]
+        for _ in range(3):
+            with pytest.raises(QueueFullError) as info:
+                engine.submit(PROMPTS[1], SamplingParams(max_tokens=2))
+            assert info.value.retry_after_s >= 1
+            assert "queue is full (2 waiting)" in str(info.value)
+        assert engine.queue_depth == 2
+        queued[0].cancel()
+        assert (await queued[0].result()).finish_reason == "cancelled"
+        assert engine.queue_depth == 1
+        again = engine.submit(PROMPTS[1], SamplingParams(max_tokens=2))
+        running.cancel()
+        assert (await again.result()).completion_tokens >= 1
+        await engine.shutdown()
+
+    run(go)
+
+
+def test_max_tokens_is_capped_by_the_engine_and_the_context_window(tiny: LlamaForCausalLM) -> None:
+    async def go() -> tuple[Completion, Completion]:
+        engine = engine_for(tiny, max_tokens=6, context_window=30)
+        await engine.start()
+        capped = await engine.submit(PROMPTS[0], SamplingParams(max_tokens=50, ignore_eos=True)).result()
+        prompt = tok.encode("x" * 27)
+        window = await engine.submit(prompt, SamplingParams(max_tokens=6, ignore_eos=True)).result()
+        with pytest.raises(ValueError, match="the prompt is 30 tokens; the context window is 30 tokens"):
+            engine.submit(tok.encode("x" * 30), SamplingParams(max_tokens=1))
+        with pytest.raises(ValueError, match="max_tokens must be at least 1, got 0"):
+            engine.submit(prompt, SamplingParams(max_tokens=0))
+        with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 1.5"):
+            engine.submit(prompt, SamplingParams(max_tokens=1, top_p=1.5))
+        await engine.shutdown()
+        return capped, window
+
+    capped, window = run(go)
+    assert (capped.completion_tokens, capped.finish_reason) == (6, "length")
+    assert (window.completion_tokens, window.finish_reason, window.prompt_tokens) == (3, "length", 27)
+
+
+def test_stop_string_truncates_output_and_is_never_streamed(tiny: LlamaForCausalLM) -> None:
+    prompt = tok.encode("Q:")
+    spy = Spy(tiny, text_script("Paris is nice. END of the answer"), prompt_len=len(prompt))
+
+    async def go() -> tuple[list[str], Completion]:
+        engine = engine_for(spy)
+        await engine.start()
+        got = await collect(engine.submit(prompt, SamplingParams(max_tokens=100, stop=("ENDS", "END"))))
+        await engine.shutdown()
+        return got
+
+    deltas, result = run(go)
+    assert result.text == "Paris is nice. "
+    assert result.finish_reason == "stop"
+    assert "".join(deltas) == "Paris is nice. "
+    assert not any("E" in d for d in deltas)  # "E" could have started "END": it was held back, then dropped
+
+
+def test_eos_ends_a_row_unless_ignore_eos(tiny: LlamaForCausalLM) -> None:
+    prompt = tok.encode("Q:")
+    spy = Spy(tiny, text_script("Hi"), prompt_len=len(prompt))
+
+    async def go() -> tuple[Completion, Completion]:
+        engine = engine_for(spy)
+        await engine.start()
+        stopped = await engine.submit(prompt, SamplingParams(max_tokens=10)).result()
+        forced = await engine.submit(prompt, SamplingParams(max_tokens=10, ignore_eos=True)).result()
+        await engine.shutdown()
+        return stopped, forced
+
+    stopped, forced = run(go)
+    assert (stopped.text, stopped.finish_reason, stopped.completion_tokens) == ("Hi", "stop", 3)
+    assert (forced.text, forced.finish_reason, forced.completion_tokens) == ("Hi", "length", 10)
+
+
+def test_streamed_deltas_never_split_a_utf8_character(tiny: LlamaForCausalLM) -> None:
+    prompt = tok.encode("Q:")
+    text = "Café 🙂 – 東京"
+    spy = Spy(tiny, text_script(text), prompt_len=len(prompt))
+
+    async def go() -> tuple[list[str], Completion]:
+        engine = engine_for(spy)
+        await engine.start()
+        got = await collect(engine.submit(prompt, SamplingParams(max_tokens=100)))
+        await engine.shutdown()
+        return got
+
+    deltas, result = run(go)
+    assert result.text == text
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+    assert "🙂" in deltas  # four byte-tokens came out as one whole character
+
+
+def test_seeded_sampling_is_reproducible_alone_or_in_a_batch(tiny: LlamaForCausalLM) -> None:
+    sampled = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True)
+
+    async def go() -> tuple[str, str, str, list[str]]:
+        engine = engine_for(tiny, max_batch_size=8)
+        await engine.start()
+        alone = (await engine.submit(PROMPTS[2], sampled).result()).text
+        others = [engine.submit(p, SamplingParams(max_tokens=10, temperature=0.8, ignore_eos=True)) for p in PROMPTS]
+        batched = (await engine.submit(PROMPTS[2], sampled).result()).text
+        other_seed = (await engine.submit(PROMPTS[2], SamplingParams(**{**sampled.__dict__, "seed": 99})).result()).text
+        rest = [(await h.result()).text for h in others]
+        await engine.shutdown()
+        return alone, batched, other_seed, rest
+
+    alone, batched, other_seed, rest = run(go)
+    assert alone == batched
+    assert other_seed != alone
+    assert len(set(rest)) > 1  # unseeded rows really sample
+
+
+def test_timeout_ends_running_and_queued_generations(tiny: LlamaForCausalLM) -> None:
+    slow = Spy(tiny, delay_s=0.02)  # a model that cannot finish 400 tokens within the 0.3 s deadline
+
+    async def go() -> tuple[Completion, Completion]:
+        engine = engine_for(slow, max_batch_size=1)
+        await engine.start()
+        running = engine.submit(PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True, timeout_s=0.3))
+        queued = engine.submit(PROMPTS[1], SamplingParams(max_tokens=5, timeout_s=0.1))
+        results = await running.result(), await queued.result()
+        await engine.shutdown()
+        return results
+
+    running, queued = run(go)
+    assert running.finish_reason == "timeout"
+    assert 1 <= running.completion_tokens < 400
+    assert running.text  # the text so far is kept
+    assert (queued.finish_reason, queued.completion_tokens, queued.time_to_first_token_s) == ("timeout", 0, None)
+
+
+def test_shutdown_drains_in_flight_work_and_refuses_new_requests(tiny: LlamaForCausalLM) -> None:
+    async def go() -> list[Completion]:
+        engine = engine_for(tiny, max_batch_size=2)
+        await engine.start()
+        handles = [engine.submit(p, SamplingParams(max_tokens=8, ignore_eos=True)) for p in PROMPTS]
+        closing = asyncio.create_task(engine.shutdown(grace_s=60))
+        await asyncio.sleep(0)
+        with pytest.raises(EngineClosedError):
+            engine.submit(PROMPTS[0], SamplingParams(max_tokens=1))
+        await closing
+        return [await h.result() for h in handles]
+
+    results = run(go)
+    assert [r.finish_reason for r in results] == ["length"] * len(PROMPTS)
+    assert all(r.completion_tokens == 8 for r in results)
+
+
+def test_shutdown_cancels_what_the_grace_period_does_not_cover(tiny: LlamaForCausalLM) -> None:
+    async def go() -> list[Completion]:
+        engine = engine_for(tiny, max_batch_size=1)
+        await engine.start()
+        handles = [engine.submit(PROMPTS[0], SamplingParams(max_tokens=480, ignore_eos=True)) for _ in range(3)]
+        async for _ in handles[0]:
+            break
+        await engine.shutdown(grace_s=0)
+        return [await h.result() for h in handles]
+
+    results = run(go)
+    assert [r.finish_reason for r in results] == ["cancelled"] * 3
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from app.inference.loader import load_model
+
+    # The same converted-model cache as the end-to-end tests (tests/e2e/server.py), so the GGUF is converted once.
+    cache = Path(__file__).resolve().parents[3] / "build" / "test-models"
+    cache.mkdir(parents=True, exist_ok=True)
+    data_dir = tmp_path_factory.mktemp("engine-data")
+    (data_dir / "models").symlink_to(cache, target_is_directory=True)
+    return load_model("embedded:smollm2-135m-instruct", data_dir, "none", progress=False)
+
+
+def test_embedded_model_greedy_output_is_the_same_batched_as_alone(embedded: Any) -> None:
+    questions = ["What is the capital of France?", "Name three colours.", "hi", "Write a haiku about the sea, please."]
+    tokenizer = embedded.tokenizer
+    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                   tokenize=True, return_dict=True)["input_ids"]) for q in questions]
+    n = 16
+    expected = []
+    for prompt in prompts:
+        with torch.inference_mode():
+            out = embedded.model.generate(
+                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                do_sample=False, max_new_tokens=n, pad_token_id=tokenizer.pad_token_id,
+            )
+        ids = out[0, len(prompt):].tolist()
+        expected.append(tokenizer.decode(ids, skip_special_tokens=True))
+
+    async def go() -> list[Completion]:
+        engine = Engine(embedded.model, tokenizer, device=embedded.device, max_batch_size=3, batch_wait_ms=0,
+                        context_window=embedded.context_window)
+        await engine.start()
+        handles = [engine.submit(prompts[0], SamplingParams(max_tokens=n)),
+                   engine.submit(prompts[1], SamplingParams(max_tokens=n))]
+        async for _ in handles[0]:
+            break  # the next two join a batch that is already decoding; the 4th waits for a free row
+        handles += [engine.submit(p, SamplingParams(max_tokens=n)) for p in prompts[2:]]
+        results = [await h.result() for h in handles]
+        await engine.shutdown()
+        return results
+
+    results = run(go)
+    assert [r.text for r in results] == expected
+    assert "Paris" in results[0].text
