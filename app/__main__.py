@@ -1,19 +1,20 @@
 """`python -m app`: serve the chat service with settings from the environment (one worker per pod, by design)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from typing import Iterator
 
 import uvicorn
 
 from app.observability.logs import configure_logging
+from app.api.metrics_app import create_metrics_app
 from app.factory import create_app
 from app.settings import SettingsError, load_settings
-
-GRACEFUL_SHUTDOWN_S = 25  # under the pod's terminationGracePeriodSeconds
-
 
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal that started a graceful shutdown is not re-raised afterwards.
@@ -27,6 +28,23 @@ class _Server(uvicorn.Server):
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+
+
+class _SideServer(uvicorn.Server):
+    """A second listener in the same event loop (the metrics port): the main server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(main_server: uvicorn.Server, metrics_server: uvicorn.Server) -> None:
+    side = asyncio.create_task(metrics_server.serve(), name="metrics-listener")
+    try:
+        await main_server.serve()
+    finally:
+        metrics_server.should_exit = True
+        await side
 
 
 def main() -> int:
@@ -61,9 +79,13 @@ def main() -> int:
         access_log=False,
         proxy_headers=False,  # X-Forwarded-For is honoured only from TRUSTED_PROXIES, by app.access.netrules
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
-    _Server(config).run()
+    metrics_config = uvicorn.Config(
+        create_metrics_app(app.state.metrics), host=settings.host, port=settings.metrics_port, workers=1,
+        log_config=None, access_log=False, server_header=False, lifespan="off",
+    )
+    asyncio.run(_serve(_Server(config), _SideServer(metrics_config)))
     if fatal:
         logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
         return 1

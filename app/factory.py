@@ -20,7 +20,6 @@ from app.settings import Settings
 
 log = logging.getLogger("clawbot.app")
 WARMUP_MAX_TOKENS = 8
-SHUTDOWN_GRACE_S = 20.0
 
 
 def _load(settings: Settings, hub_token: str | None) -> Any:
@@ -116,7 +115,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await bring_up
             if state.engine is not None:
-                await state.engine.shutdown(grace_s=SHUTDOWN_GRACE_S)
+                await state.engine.shutdown(grace_s=settings.shutdown_grace_s)
             await state.access.close()
             await state.storage.close()
             state.runner = state.engine = state.model = None

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 SERVICE_PORT = 18789
+# /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
+METRICS_PORT = 9464
 QUANTIZATIONS = ("nf4", "int8", "none")
 # SQLite journal of the conversation store: WAL on a local disk; the rollback journal where several pods share
 # DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
@@ -75,6 +77,7 @@ class Settings:
     app_env: str = "production"
     host: str = "0.0.0.0"
     port: int = SERVICE_PORT
+    metrics_port: int = METRICS_PORT
     model_path: str = EMBEDDED_MODEL
     model_name: str = "clawbot"
     quantization: str = "none"
@@ -105,6 +108,8 @@ class Settings:
     conversation_journal: str = "wal"
     warmup_prompts: tuple[str, ...] = ("Hello!",)
     torch_threads: int = 0
+    # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
+    shutdown_grace_s: float = 25.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -119,6 +124,7 @@ ENV_VARS: dict[str, str] = {
     "APP_ENV": "app_env",
     "HOST": "host",
     "PORT": "port",
+    "METRICS_PORT": "metrics_port",
     "MODEL_PATH": "model_path",
     "MODEL_NAME": "model_name",
     "QUANTIZATION": "quantization",
@@ -149,6 +155,7 @@ ENV_VARS: dict[str, str] = {
     "CONVERSATION_JOURNAL": "conversation_journal",
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
+    "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -162,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         app_env=app_env,
         host=env.get("HOST") or "0.0.0.0",
         port=_int(env, "PORT", SERVICE_PORT, 1, 65535),
+        metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 1, 65535),
         model_path=env.get("MODEL_PATH") or EMBEDDED_MODEL,
         model_name=env.get("MODEL_NAME") or "clawbot",
         quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
@@ -192,7 +200,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         conversation_journal=_choice(env, "CONVERSATION_JOURNAL", "wal", JOURNAL_MODES),
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
+        shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),
     )
+    if s.metrics_port == s.port:
+        raise SettingsError(f"METRICS_PORT must differ from PORT ({s.port}): /metrics is served on a port of its own")
     if not s.development:
         missing = [n for n, v in (("API_KEY_PATH", s.api_key_path), ("KEK_PATH", s.kek_path)) if v is None]
         if missing:

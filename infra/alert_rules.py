@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.contract import APP_LABELS, APP_NAME, CHAT_LABELS, CONTAINER_NAME, METRICS_PATH, PORT_NAME
+from infra.contract import APP_LABELS, APP_NAME, CONTAINER_NAME, METRICS_PATH, METRICS_PORT_NAME, METRICS_SERVICE_LABELS
 from infra.settings import AlertSettings
 
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -140,9 +140,9 @@ class AlertRules(pulumi.ComponentResource):
             MONITORING_API,
             "ServiceMonitor",
             {
-                "selector": {"matchLabels": dict(CHAT_LABELS)},
+                "selector": {"matchLabels": dict(METRICS_SERVICE_LABELS)},
                 "namespaceSelector": {"matchNames": [args.namespace_name]},
-                "endpoints": [{"port": PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scrapeTimeout": "10s"}],
+                "endpoints": [{"port": METRICS_PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scrapeTimeout": "10s"}],
             },
         )
         self.prometheus_rule = custom(

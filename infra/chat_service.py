@@ -20,6 +20,9 @@ from infra.contract import (
     KEK_PATH,
     KEYS_DIR,
     KEYS_FILE,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    METRICS_SERVICE_LABELS,
     PORT,
     PORT_NAME,
     READY_PATH,
@@ -48,6 +51,7 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "APP_ENV": settings.environment,
         "HOST": "0.0.0.0",
         "PORT": str(PORT),
+        "METRICS_PORT": str(METRICS_PORT),
         "MODEL_PATH": settings.model_path,
         "QUANTIZATION": settings.quantization,
         "MAX_TOKENS": str(settings.max_tokens),
@@ -158,6 +162,18 @@ class ChatService(pulumi.ComponentResource):
             opts=in_ns,
         )
 
+        # Prometheus scrapes this ClusterIP Service; the LoadBalancer above never carries the metrics port.
+        self.metrics_service = k8s.core.v1.Service(
+            f"{name}-metrics-service",
+            metadata={"name": f"{prefix}-metrics", "namespace": ns_name, "labels": {**COMMON_LABELS, **METRICS_SERVICE_LABELS}},
+            spec={
+                "type": "ClusterIP",
+                "selector": dict(CHAT_LABELS),
+                "ports": [{"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
+            },
+            opts=in_ns,
+        )
+
         # maxUnavailable 1 lets a node drain proceed with one replica and never takes two away at once.
         self.pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
@@ -215,7 +231,10 @@ def _deployment_spec(s: StackSettings, args: ChatServiceArgs, labels: dict[str, 
         "image": s.image,
         "imagePullPolicy": s.image_pull_policy,
         "command": ["python", "-m", "app"],
-        "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "envFrom": [{"configMapRef": {"name": f"{args.name_prefix}-config"}}],
         "resources": {"limits": limits, "requests": requests},
         # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.

@@ -1,6 +1,7 @@
 """What infra/ and app/ agree on: port, probe paths, mount paths, file names and the chat pods' labels."""
 from __future__ import annotations
 
+from app.settings import METRICS_PORT as APP_METRICS_PORT
 from app.settings import SERVICE_PORT
 
 PORT = SERVICE_PORT
@@ -8,6 +9,9 @@ PORT_NAME = "http"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+# /metrics has its own port: the LoadBalancer Service carries PORT only, a ClusterIP Service carries this one.
+METRICS_PORT = APP_METRICS_PORT
+METRICS_PORT_NAME = "metrics"
 
 DATA_DIR = "/app/data"
 TMP_DIR = "/tmp"
@@ -24,6 +28,7 @@ REDIS_PORT = 6379
 
 APP_NAME = "clawbot"
 CHAT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "chat"}
+METRICS_SERVICE_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "metrics"}
 REDIS_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "redis"}
 COMMON_LABELS = {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"}
 # Objects of the app that belong to no one component (the key Secrets, the monitoring objects).

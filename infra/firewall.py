@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.contract import CHAT_LABELS, COMMON_LABELS, PORT, REDIS_LABELS, REDIS_PORT
+from infra.contract import CHAT_LABELS, COMMON_LABELS, METRICS_PORT, PORT, REDIS_LABELS, REDIS_PORT
 
 # Egress "to the internet" never includes private ranges or the cloud metadata service.
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
@@ -41,11 +41,11 @@ def chat_ingress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     if args.allowed_cidrs:
         rules.append({"from": [{"ipBlock": {"cidr": c}} for c in args.allowed_cidrs], "ports": [{"protocol": "TCP", "port": PORT}]})
-    # Prometheus scrapes /metrics on the same port from its own namespace.
+    # Prometheus scrapes /metrics on its own port, from its own namespace only.
     rules.append(
         {
             "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}}],
-            "ports": [{"protocol": "TCP", "port": PORT}],
+            "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
         }
     )
     return rules

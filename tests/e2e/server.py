@@ -27,6 +27,7 @@ def free_port() -> int:
 class Server:
     proc: subprocess.Popen[bytes]
     port: int
+    metrics_port: int
     data_dir: Path
     log_path: Path
     api_key: str = DEV_KEY
@@ -35,6 +36,13 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        return httpx.get(self.metrics_url, timeout=10).text
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -72,7 +80,7 @@ def start_server(data_dir: Path, **env_overrides: str) -> Server:
     models = data_dir / "models"
     if not models.exists():
         models.symlink_to(MODEL_CACHE, target_is_directory=True)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "MODEL_", "REDIS_"))},
         "APP_ENV": "development",
@@ -80,6 +88,7 @@ def start_server(data_dir: Path, **env_overrides: str) -> Server:
         "DATA_DIR": str(data_dir),
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        "METRICS_PORT": str(metrics_port),
         "MAX_TOKENS": "256",
         "PYTHONUNBUFFERED": "1",
         **env_overrides,
@@ -87,4 +96,4 @@ def start_server(data_dir: Path, **env_overrides: str) -> Server:
     log_path = data_dir / f"server-{port}.log"
     out = log_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(proc=proc, port=port, data_dir=data_dir, log_path=log_path, env=env)
+    return Server(proc=proc, port=port, metrics_port=metrics_port, data_dir=data_dir, log_path=log_path, env=env)

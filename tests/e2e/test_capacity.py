@@ -36,7 +36,7 @@ def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
         for r in refused:
             assert r.json()["error"]["code"] == "queue_full"
             assert int(r.headers["retry-after"]) >= 1
-        metrics = httpx.get(srv.url + "/metrics").text
+        metrics = srv.metrics()
         assert f'clawbot_rate_limited_total{{scope="queue"}} {float(len(refused))}' in metrics
     finally:
         srv.stop(signal.SIGKILL)

@@ -31,7 +31,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
             futures = [pool.submit(_chat, srv.url, srv.api_key) for _ in range(8)]
             deadline = time.time() + 60
             while time.time() < deadline:  # wait until generation is really under way
-                metrics = httpx.get(srv.url + "/metrics").text
+                metrics = srv.metrics()
                 if "clawbot_generated_tokens_total 0.0" not in metrics and "clawbot_generated_tokens_total" in metrics:
                     break
                 time.sleep(0.1)

@@ -82,11 +82,18 @@ def test_smtp_password_goes_to_a_secret_reference() -> None:
     assert s.one("Secret", "clawbot-alert-smtp").manifest["stringData"]["password"] == "smtp-pass-Zk39fQ"
 
 
-def test_service_monitor_scrapes_metrics_on_the_http_port(prod: Synthesis) -> None:
+def test_service_monitor_scrapes_the_metrics_service_and_not_the_load_balancer(prod: Synthesis) -> None:
     sm = prod.one("ServiceMonitor").manifest["spec"]
-    svc = prod.one("Service", "clawbot").manifest
-    assert sm["endpoints"][0]["port"] == "http" and sm["endpoints"][0]["path"] == "/metrics"
-    assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["selector"]["matchLabels"].items())
+    metrics_svc = prod.one("Service", "clawbot-metrics").manifest
+    public_svc = prod.one("Service", "clawbot").manifest
+    assert sm["endpoints"][0]["port"] == "metrics" and sm["endpoints"][0]["path"] == "/metrics"
+    selects = lambda svc: all(svc["metadata"]["labels"].get(k) == v for k, v in sm["selector"]["matchLabels"].items())  # noqa: E731
+    assert selects(metrics_svc) and not selects(public_svc)
+    assert metrics_svc["spec"]["type"] == "ClusterIP"
+    assert metrics_svc["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
+    assert [p["port"] for p in public_svc["spec"]["ports"]] == [18789]
+    container = prod.one("Deployment", "clawbot").manifest["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
 
 
 def test_alert_rules_output_lists_them_and_dev_has_none(prod: Synthesis, dev: Synthesis) -> None:

@@ -57,7 +57,7 @@ def test_pod_runs_restricted(prod: Synthesis) -> None:
 
 def test_probes_give_the_model_time_to_load(prod: Synthesis) -> None:
     c = chat_container(prod)
-    assert c["ports"] == [{"name": "http", "containerPort": 18789, "protocol": "TCP"}]
+    assert c["ports"][0] == {"name": "http", "containerPort": 18789, "protocol": "TCP"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     startup = c["startupProbe"]

@@ -15,18 +15,19 @@ def test_default_deny_covers_every_pod_in_both_directions(prod: Synthesis) -> No
     assert "ingress" not in deny and "egress" not in deny
 
 
-def test_chat_ingress_is_port_18789_from_the_allowed_cidrs_and_monitoring_only(prod: Synthesis) -> None:
+def test_chat_ingress_is_port_18789_from_the_allowed_cidrs_and_metrics_from_monitoring_only(prod: Synthesis) -> None:
     ingress = policies(prod)["clawbot-chat-ingress"]
     assert ingress["podSelector"] == {"matchLabels": CHAT_LABELS}
-    sources: list[dict] = []
+    by_port: dict[int, list[dict]] = {}
     for rule in ingress["ingress"]:
-        assert rule["ports"] == [{"protocol": "TCP", "port": 18789}]
-        sources += rule["from"]
-    cidrs = [src["ipBlock"]["cidr"] for src in sources if "ipBlock" in src]
-    assert cidrs == ["192.168.1.0/24", "10.8.0.0/16"]
-    assert all("except" not in src.get("ipBlock", {}) for src in sources)
-    others = [src for src in sources if "ipBlock" not in src]
-    assert others == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        [port] = rule["ports"]
+        assert port["protocol"] == "TCP"
+        by_port.setdefault(port["port"], []).extend(rule["from"])
+    assert set(by_port) == {18789, 9464}
+    assert [src["ipBlock"]["cidr"] for src in by_port[18789]] == ["192.168.1.0/24", "10.8.0.0/16"]
+    assert all("except" not in src["ipBlock"] for src in by_port[18789])
+    # The metrics port takes Prometheus' namespace and nothing else; the API port takes no namespace at all.
+    assert by_port[9464] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
 def test_load_balancer_source_ranges_are_the_same_cidrs(prod: Synthesis) -> None:

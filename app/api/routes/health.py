@@ -1,9 +1,8 @@
-"""Probes and metrics: /healthz (alive), /readyz (model loaded and warmed), /metrics (Prometheus)."""
+"""Probes: /healthz (alive), /readyz (model loaded and warmed). /metrics is on its own port (app.api.metrics_app)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.errors import error_body
 
@@ -23,8 +22,3 @@ async def readyz(request: Request) -> JSONResponse:
     reason = "draining" if state.draining else ("model failed to load" if state.load_error else "model loading")
     body = error_body(503, "not_ready", reason)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-
-
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
