@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
+from pathlib import Path
 from typing import Iterator
 
 import uvicorn
@@ -14,7 +16,10 @@ import uvicorn
 from app.observability.logs import configure_logging
 from app.api.metrics_app import create_metrics_app
 from app.factory import create_app
-from app.settings import SettingsError, load_settings
+from app.settings import Settings, SettingsError, load_settings
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
+
 
 class _Server(uvicorn.Server):
     """uvicorn's server, but a signal that started a graceful shutdown is not re-raised afterwards.
@@ -38,13 +43,57 @@ class _SideServer(uvicorn.Server):
         yield
 
 
-async def _serve(main_server: uvicorn.Server, metrics_server: uvicorn.Server) -> None:
+def _file_version(*paths: Path) -> tuple[tuple[int, int, int], ...]:
+    """What changes when a file is replaced: the kubelet swaps a Secret volume's files in by symlink."""
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            return ()
+        out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+async def _reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, every_s: float) -> None:
+    """Load a renewed certificate into the live context: new handshakes present it, open connections keep theirs."""
+    log = logging.getLogger("clawbot")
+    seen = _file_version(cert, key)
+    while True:
+        await asyncio.sleep(every_s)
+        now = _file_version(cert, key)
+        if not now or now == seen:
+            continue
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:  # a half-written pair: keep serving the old one, try again next time
+            log.warning("TLS certificate reload failed; keeping the current one", extra={"error": str(exc)})
+            continue
+        seen = now
+        log.info("TLS certificate reloaded", extra={"cert_file": str(cert)})
+
+
+async def _serve(main_server: uvicorn.Server, metrics_server: uvicorn.Server, reload: asyncio.Future[None] | None = None) -> None:
     side = asyncio.create_task(metrics_server.serve(), name="metrics-listener")
     try:
         await main_server.serve()
     finally:
         metrics_server.should_exit = True
         await side
+        if reload is not None:
+            reload.cancel()
+
+
+async def _run(settings: Settings, config: uvicorn.Config, metrics_config: uvicorn.Config) -> None:
+    reload = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        config.load()  # builds config.ssl, the context the listener serves with
+        assert config.ssl is not None
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+        reload = asyncio.ensure_future(
+            _reload_certificate(config.ssl, settings.tls_cert_file, settings.tls_key_file, settings.tls_reload_s)
+        )
+    await _serve(_Server(config), _SideServer(metrics_config), reload)
 
 
 def main() -> int:
@@ -61,12 +110,13 @@ def main() -> int:
         os.kill(os.getpid(), signal.SIGTERM)
 
     app = create_app(settings, on_fatal=on_fatal)
+    scheme = "https" if settings.tls_cert_file else "http"
     if settings.development:
         host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
         print(
-            f"clawbot: serving on http://{host}:{settings.port} (model loads in the background; GET /readyz says when).\n"
-            f"  curl -s http://{host}:{settings.port}/api/auth -H 'Content-Type: application/json' -d '{{\"api_key\": \"'$KEY'\"}}'\n"
-            f"  curl -s http://{host}:{settings.port}/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
+            f"clawbot: serving on {scheme}://{host}:{settings.port} (model loads in the background; GET /readyz says when).\n"
+            f"  curl -s {scheme}://{host}:{settings.port}/api/auth -H 'Content-Type: application/json' -d '{{\"api_key\": \"'$KEY'\"}}'\n"
+            f"  curl -s {scheme}://{host}:{settings.port}/v1/chat/completions -H \"Authorization: Bearer $KEY\" "
             f"-H 'Content-Type: application/json' -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
             flush=True,
         )
@@ -80,12 +130,16 @@ def main() -> int:
         proxy_headers=False,  # X-Forwarded-For is honoured only from TRUSTED_PROXIES, by app.access.netrules
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") leaves TLS 1.2 without AEAD suites
     )
+    # The metrics listener stays plain HTTP: only the monitoring namespace reaches it, inside the cluster.
     metrics_config = uvicorn.Config(
         create_metrics_app(app.state.metrics), host=settings.host, port=settings.metrics_port, workers=1,
         log_config=None, access_log=False, server_header=False, lifespan="off",
     )
-    asyncio.run(_serve(_Server(config), _SideServer(metrics_config)))
+    asyncio.run(_run(settings, config, metrics_config))
     if fatal:
         logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
         return 1

@@ -110,6 +110,11 @@ class Settings:
     torch_threads: int = 0
     # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
     shutdown_grace_s: float = 25.0
+    # HTTPS on PORT when both are set (PEM files); the metrics port stays plain HTTP inside the cluster.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # How often the certificate files are checked for a renewal (cert-manager rewrites the mounted Secret).
+    tls_reload_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -156,8 +161,20 @@ ENV_VARS: dict[str, str] = {
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
+    "TLS_CERT_FILE": "tls_cert_file",
+    "TLS_KEY_FILE": "tls_key_file",
+    "TLS_RELOAD_SECONDS": "tls_reload_s",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
+
+
+def _check_tls(s: Settings) -> None:
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        have, lack = ("TLS_CERT_FILE", "TLS_KEY_FILE") if s.tls_cert_file else ("TLS_KEY_FILE", "TLS_CERT_FILE")
+        raise SettingsError(f"{have} is set but {lack} is not; HTTPS needs both the certificate and its key (or neither)")
+    for name, path in (("TLS_CERT_FILE", s.tls_cert_file), ("TLS_KEY_FILE", s.tls_key_file)):
+        if path is not None and not path.is_file():
+            raise SettingsError(f"{name} must name a readable PEM file, got {str(path)!r} (no such file)")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -201,7 +218,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),
+        tls_cert_file=optional_path("TLS_CERT_FILE"),
+        tls_key_file=optional_path("TLS_KEY_FILE"),
+        tls_reload_s=_float(env, "TLS_RELOAD_SECONDS", 60.0, 1.0, 86400.0),
     )
+    _check_tls(s)
     if s.metrics_port == s.port:
         raise SettingsError(f"METRICS_PORT must differ from PORT ({s.port}): /metrics is served on a port of its own")
     if not s.development:

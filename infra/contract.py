@@ -21,6 +21,10 @@ KEYS_DIR = "/var/run/clawbot/keys"
 KEYS_FILE = "keys.json"
 KEK_PATH = f"{KEK_DIR}/{KEK_FILE}"
 API_KEY_PATH = f"{KEYS_DIR}/{KEYS_FILE}"
+# A kubernetes.io/tls Secret (cert-manager writes one) mounted whole, so renewals reach the pod and the app reloads.
+TLS_DIR = "/var/run/clawbot/tls"
+TLS_CERT_PATH = f"{TLS_DIR}/tls.crt"
+TLS_KEY_PATH = f"{TLS_DIR}/tls.key"
 
 CONTAINER_NAME = "chat"
 APP_UID = 10001
