@@ -9,6 +9,7 @@ from infra.chat_service import ChatService, ChatServiceArgs
 from infra.dashboard import Dashboard, DashboardArgs
 from infra.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from infra.namespace import AppNamespace, AppNamespaceArgs
 from infra.secret_store import SecretStore, SecretStoreArgs, secret_names
 from infra.settings import load_settings
 
@@ -16,24 +17,36 @@ PREFIX = "clawbot"
 
 settings, secrets = load_settings()
 
+# This stack's own outputs from its last update: which API and JWT key generations are live.
+previous = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+
 gpu = GpuNodePool("gpu", GpuNodePoolArgs(gpu=settings.gpu, name_prefix=PREFIX))
-chat = ChatService(
-    "chat",
-    ChatServiceArgs(settings=settings, placement=gpu.placement, secrets=secret_names(PREFIX), name_prefix=PREFIX),
-    opts=pulumi.ResourceOptions(depends_on=[gpu]),
+lb = settings.network.load_balancer
+namespace = AppNamespace(
+    "namespace",
+    AppNamespaceArgs(name=settings.namespace,
+                     load_balancer_readiness_gates=settings.network.load_balanced and lb.target_type == "ip"),
 )
 store = SecretStore(
     "secrets",
-    SecretStoreArgs(namespace=chat.namespace, rotation_days=settings.key_rotation_days, hub_token=secrets.hub_token, name_prefix=PREFIX),
+    SecretStoreArgs(namespace=namespace.name, rotation_days=settings.key_rotation_days, hub_token=secrets.hub_token,
+                    previous_rotation=previous.get_output("keyRotation"), name_prefix=PREFIX),
+)
+chat = ChatService(
+    "chat",
+    ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
+                    key_secrets=store.secrets, secrets_digest=store.content_digest, name_prefix=PREFIX),
+    opts=pulumi.ResourceOptions(depends_on=[gpu]),
 )
 ServiceFirewall(
     "firewall",
     ServiceFirewallArgs(
-        namespace=chat.namespace,
+        namespace=namespace.name,
         allowed_cidrs=settings.network.allowed_cidrs,
         monitoring_namespace=settings.network.monitoring_namespace,
         redis_enabled=settings.redis_enabled,
         model_hub_egress_cidrs=settings.network.model_hub_egress_cidrs,
+        health_check_cidrs=settings.network.health_check_cidrs,
         name_prefix=PREFIX,
     ),
 )
@@ -41,7 +54,7 @@ if settings.scaling.autoscaled:
     Autoscaler(
         "autoscaler",
         AutoscalerArgs(
-            namespace=chat.namespace,
+            namespace=namespace.name,
             deployment_name=chat.deployment_name,
             min_replicas=settings.scaling.min_replicas,
             max_replicas=settings.scaling.max_replicas,
@@ -56,7 +69,7 @@ if settings.alerts.enabled:
     alerts = AlertRules(
         "alerts",
         AlertRulesArgs(
-            namespace=chat.namespace,
+            namespace=namespace.name,
             namespace_name=settings.namespace,
             service_name=PREFIX,
             deployment_name=PREFIX,
@@ -68,10 +81,12 @@ if settings.alerts.enabled:
     alert_names = alerts.alert_names
     # The Grafana dashboard rides with the alerts: both need the Prometheus stack. Its sidecar must watch this
     # namespace (kube-prometheus-stack: grafana.sidecar.dashboards.searchNamespace=ALL).
-    Dashboard(PREFIX, DashboardArgs(namespace=chat.namespace, labels={"app.kubernetes.io/part-of": PREFIX}))
+    Dashboard(PREFIX, DashboardArgs(namespace=namespace.name, labels={"app.kubernetes.io/part-of": PREFIX}))
 
 pulumi.export("endpointUrl", chat.endpoint_url)
-pulumi.export("namespace", chat.namespace)
+pulumi.export("loadBalancerHostname", chat.load_balancer_hostname)  # point endpointHostname's DNS record here
+pulumi.export("namespace", namespace.name)
 pulumi.export("apiKeyIds", store.api_key_ids)
 pulumi.export("apiKey", store.api_key)  # secret: `pulumi stack output apiKey --show-secrets`
+pulumi.export("keyRotation", store.rotation)  # read back by the next update (above); ids and times only
 pulumi.export("alertRules", alert_names)

@@ -1,48 +1,38 @@
-"""The chat service on Kubernetes: namespace, ConfigMap, data volume, Deployment, Service :18789, PDB and optional Redis."""
+"""The chat service on Kubernetes: ConfigMap, data volume, Deployment, Service :18789, metrics Service, PDB, Redis, TLS."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.chat_pod import CONTAINER_SECURITY, PodInputs, config_checksum, deployment_spec
 from infra.contract import (
     API_KEY_PATH,
-    APP_UID,
     CHAT_LABELS,
     COMMON_LABELS,
-    CONTAINER_NAME,
     DATA_DIR,
-    HEALTH_PATH,
-    KEK_DIR,
-    KEK_FILE,
     KEK_PATH,
-    KEYS_DIR,
-    KEYS_FILE,
     METRICS_PORT,
     METRICS_PORT_NAME,
     METRICS_SERVICE_LABELS,
     PORT,
     PORT_NAME,
-    READY_PATH,
     REDIS_LABELS,
     REDIS_PORT,
-    TMP_DIR,
+    TLS_CERT_PATH,
+    TLS_KEY_PATH,
 )
 from infra.gpu_node_pool import PodPlacement
+from infra.load_balancer import endpoint_url, load_balancer_hostname, load_balancer_spec, service_annotations
 from infra.secret_store import SecretNames
 from infra.settings import StackSettings
 
-PROBE_PERIOD_S = 10
-# Restricted Pod Security for every container we run: the namespace enforces it too.
-CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+CERT_MANAGER_API = "cert-manager.io/v1"
+# What a first rollout needs beyond the startup probe's budget: Karpenter launching a GPU node, the CUDA image
+# pull, and the NLB registering the pod. Pulumi's default 10-minute await is far below a first prod rollout.
+PROVISIONING_BUDGET_S = 1200
 
 
 def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str]:
@@ -64,7 +54,11 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         # The app flags a key as abnormal at the same rate the alert fires on.
         "ABNORMAL_KEY_PER_MINUTE": str(settings.alerts.key_requests_per_minute),
         "ALLOWED_CIDRS": ",".join(settings.network.allowed_cidrs),
+        "SHUTDOWN_GRACE_SECONDS": str(settings.shutdown_grace_seconds),
     }
+    if settings.tls.in_pod:
+        env["TLS_CERT_FILE"] = TLS_CERT_PATH
+        env["TLS_KEY_FILE"] = TLS_KEY_PATH
     if settings.data_access_mode == "ReadWriteMany":
         # Replicas on several nodes share /app/data: SQLite's WAL index lives in shared memory of one host,
         # so the conversation store uses the rollback journal and file locks instead.
@@ -76,11 +70,21 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
     return env
 
 
+def rollout_timeouts(settings: StackSettings) -> pulumi.CustomTimeouts:
+    """How long `pulumi up` waits for the Deployment and its Service: the startup probe's budget plus provisioning."""
+    wait = f"{settings.startup_timeout_seconds + PROVISIONING_BUDGET_S}s"
+    return pulumi.CustomTimeouts(create=wait, update=wait)
+
+
 @dataclass
 class ChatServiceArgs:
     settings: StackSettings
+    namespace: pulumi.Input[str]
     placement: PodPlacement
     secrets: SecretNames
+    # The key Secrets the pods mount, and a digest of their content: the Deployment waits for them and rolls on change.
+    key_secrets: Sequence[pulumi.Resource] = field(default_factory=tuple)
+    secrets_digest: pulumi.Input[str] = ""
     name_prefix: str = "clawbot"
 
 
@@ -89,27 +93,13 @@ class ChatService(pulumi.ComponentResource):
     deployment_name: pulumi.Output[str]
     service_name: pulumi.Output[str]
     endpoint_url: pulumi.Output[str]
+    load_balancer_hostname: pulumi.Output[str]
 
     def __init__(self, name: str, args: ChatServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("clawbot:infra:ChatService", name, None, opts)
-        s, prefix = args.settings, args.name_prefix
-        child = pulumi.ResourceOptions(parent=self)
+        s, prefix, ns_name = args.settings, args.name_prefix, args.namespace
         labels = {**CHAT_LABELS, **COMMON_LABELS}
-
-        self.ns = k8s.core.v1.Namespace(
-            f"{name}-namespace",
-            metadata={
-                "name": s.namespace,
-                "labels": {
-                    **COMMON_LABELS,
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
-            },
-            opts=child,
-        )
-        ns_name = self.ns.metadata["name"]
-        in_ns = pulumi.ResourceOptions(parent=self, depends_on=[self.ns])
+        in_ns = pulumi.ResourceOptions(parent=self)
 
         redis_url = None
         self.redis_deployment = self.redis_service = None
@@ -125,41 +115,52 @@ class ChatService(pulumi.ComponentResource):
             opts=in_ns,
         )
 
-        pvc_spec: dict[str, Any] = {
-            "accessModes": [s.data_access_mode],
-            "resources": {"requests": {"storage": s.data_volume_size}},
-        }
-        if s.storage_class:
-            pvc_spec["storageClassName"] = s.storage_class
         self.pvc = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-data",
             metadata={"name": f"{prefix}-data", "namespace": ns_name, "labels": labels},
-            spec=pvc_spec,
-            opts=in_ns,
+            spec={
+                "accessModes": [s.data_access_mode],
+                "storageClassName": s.storage_class,
+                "resources": {"requests": {"storage": s.data_volume_size}},
+            },
+            # The model cache and the conversations: `pulumi destroy` leaves the claim, and production refuses to
+            # delete it at all until someone runs `pulumi state unprotect` on purpose.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=s.production),
         )
 
+        self.certificate = None
+        tls_secret = None
+        if s.tls.pod_secret:
+            tls_secret = s.tls.pod_secret
+        elif s.tls.pod_issuer_name:
+            tls_secret = f"{prefix}-tls"
+            self.certificate = _certificate(name, prefix, s, ns_name, tls_secret, in_ns)
+
+        pod = PodInputs(settings=s, placement=args.placement, secrets=args.secrets, config_map_name=f"{prefix}-config",
+                        claim_name=f"{prefix}-data", tls_secret_name=tls_secret)
+        waits_for: list[pulumi.Resource] = [self.config_map, self.pvc, *args.key_secrets]
+        if self.certificate is not None:
+            waits_for.append(self.certificate)
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={"name": prefix, "namespace": ns_name, "labels": labels},
-            spec=_deployment_spec(s, args, labels),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ns, self.config_map, self.pvc]),
+            spec=deployment_spec(pod, labels, config_checksum(self.env, args.secrets_digest)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for, custom_timeouts=rollout_timeouts(s)),
         )
 
-        service_spec: dict[str, Any] = {
-            "type": s.network.service_type,
-            "selector": dict(CHAT_LABELS),
-            "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
-        }
-        if s.network.service_type == "LoadBalancer":
-            # The load balancer drops other sources before they reach a node; the NetworkPolicy is the second wall.
-            service_spec["loadBalancerSourceRanges"] = list(s.network.allowed_cidrs)
-            # Local keeps the client's source address, so the NetworkPolicy ipBlocks and ALLOWED_CIDRS see it (Cluster would SNAT it).
-            service_spec["externalTrafficPolicy"] = "Local"
         self.service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={"name": prefix, "namespace": ns_name, "labels": labels},
-            spec=service_spec,
-            opts=in_ns,
+            metadata={"name": prefix, "namespace": ns_name, "labels": labels, "annotations": service_annotations(s)},
+            spec={
+                "type": s.network.service_type,
+                "selector": dict(CHAT_LABELS),
+                "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+                **load_balancer_spec(s),
+            },
+            # Pulumi waits for the load balancer's address and a ready endpoint, i.e. the first pod's model load.
+            # loadBalancerClass cannot change in place.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=rollout_timeouts(s),
+                                        replace_on_changes=["spec.loadBalancerClass"]),
         )
 
         # Prometheus scrapes this ClusterIP Service; the LoadBalancer above never carries the metrics port.
@@ -182,127 +183,37 @@ class ChatService(pulumi.ComponentResource):
             opts=in_ns,
         )
 
-        self.namespace = ns_name
+        self.namespace = pulumi.Output.from_input(ns_name)
         self.deployment_name = self.deployment.metadata["name"]
         self.service_name = self.service.metadata["name"]
-        self.endpoint_url = _endpoint_url(self.service, s)
+        self.endpoint_url = endpoint_url(self.service, s)
+        self.load_balancer_hostname = load_balancer_hostname(self.service, s)
         self.register_outputs({"namespace": self.namespace, "endpointUrl": self.endpoint_url})
 
 
-def _endpoint_url(service: k8s.core.v1.Service, s: StackSettings) -> pulumi.Output[str]:
-    if s.network.service_type != "LoadBalancer":
-        return pulumi.Output.concat("http://", service.metadata["name"], f".{s.namespace}.svc.cluster.local:{PORT}")
-
-    def from_status(status: Any) -> str:
-        ingress = ((status or {}).get("load_balancer") or (status or {}).get("loadBalancer") or {}).get("ingress") or []
-        if not ingress:
-            return "pending: the load balancer has no address yet"
-        address = ingress[0].get("ip") or ingress[0].get("hostname")
-        return f"http://{address}:{PORT}"
-
-    return service.status.apply(lambda st: from_status(_plain(st)))
-
-
-def _plain(value: Any) -> Any:
-    """Service status arrives as typed output objects from the provider and as dicts from mocks."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return {k: _plain(getattr(value, k)) for k in dir(value) if not k.startswith("_") and not callable(getattr(value, k))}
-
-
-def _probe(path: str, *, period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": timeout,
-        "failureThreshold": failures,
-    }
-
-
-def _deployment_spec(s: StackSettings, args: ChatServiceArgs, labels: dict[str, str]) -> dict[str, Any]:
-    limits = {"cpu": s.cpu_limit, "memory": s.memory_limit, **args.placement.limits}
-    requests = {"cpu": s.cpu_request, "memory": s.memory_request, **args.placement.limits}
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": s.image,
-        "imagePullPolicy": s.image_pull_policy,
-        "command": ["python", "-m", "app"],
-        "ports": [
-            {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
-            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
-        ],
-        "envFrom": [{"configMapRef": {"name": f"{args.name_prefix}-config"}}],
-        "resources": {"limits": limits, "requests": requests},
-        # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
-        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, s.startup_timeout_seconds // PROBE_PERIOD_S)),
-        "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3),
-        "readinessProbe": _probe(READY_PATH, period=5, failures=2),
-        "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
-        "volumeMounts": [
-            {"name": "data", "mountPath": DATA_DIR},
-            {"name": "tmp", "mountPath": TMP_DIR},
-            # Whole-directory mounts (no subPath) so the kubelet swaps in rotated keys and the app reloads them.
-            {"name": "kek", "mountPath": KEK_DIR, "readOnly": True},
-            {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
-        ],
-        # Stop taking new requests before SIGTERM; the Service needs a moment to drop the endpoint.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
-    }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": s.termination_grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": APP_UID,
-            "runAsGroup": APP_UID,
-            "fsGroup": APP_UID,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
+def _certificate(
+    name: str, prefix: str, s: StackSettings, ns_name: pulumi.Input[str], secret_name: str, opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource:
+    """A cert-manager Certificate for the Service's names (and endpointHostname); cert-manager renews it, the app reloads."""
+    dns_names = [f"{prefix}.{s.namespace}.svc", f"{prefix}.{s.namespace}.svc.cluster.local"]
+    if s.tls.endpoint_hostname:
+        dns_names.insert(0, s.tls.endpoint_hostname)
+    return k8s.apiextensions.CustomResource(
+        f"{name}-certificate",
+        api_version=CERT_MANAGER_API,
+        kind="Certificate",
+        metadata={"name": f"{prefix}-tls", "namespace": ns_name, "labels": {**CHAT_LABELS, **COMMON_LABELS}},
+        spec={
+            "secretName": secret_name,
+            "issuerRef": {"group": "cert-manager.io", "kind": s.tls.pod_issuer_kind, "name": s.tls.pod_issuer_name},
+            "dnsNames": dns_names,
+            "duration": "2160h",
+            "renewBefore": "720h",
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["server auth", "digital signature"],
         },
-        "containers": [container],
-        "volumes": [
-            {"name": "data", "persistentVolumeClaim": {"claimName": f"{args.name_prefix}-data"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-            {"name": "kek", "secret": {"secretName": args.secrets.kek, "defaultMode": 0o440, "items": [{"key": KEK_FILE, "path": KEK_FILE}]}},
-            {"name": "keys", "secret": {"secretName": args.secrets.keys, "defaultMode": 0o440, "items": [{"key": KEYS_FILE, "path": KEYS_FILE}]}},
-        ],
-        # Spread replicas so one node loss takes one replica.
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": dict(CHAT_LABELS)},
-            }
-        ],
-    }
-    if args.placement.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in args.placement.tolerations]
-    affinity = args.placement.affinity()
-    if affinity:
-        pod_spec["affinity"] = affinity
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": dict(CHAT_LABELS)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "revisionHistoryLimit": 5,
-        "template": {
-            "metadata": {
-                "labels": labels,
-                # Consolidation must not evict a pod mid-generation; the PDB governs voluntary drains instead.
-                "annotations": {"karpenter.sh/do-not-disrupt": "true"},
-            },
-            "spec": pod_spec,
-        },
-    }
-    # With an HPA the replica count belongs to it; a fixed count here would fight it on every `pulumi up`.
-    if not s.scaling.autoscaled:
-        spec["replicas"] = s.scaling.min_replicas
-    return spec
+        opts=opts,
+    )
 
 
 # A high UID so it cannot collide with a host account (checkov CKV_K8S_40); redis runs as any UID, and /data

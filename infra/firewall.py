@@ -25,6 +25,8 @@ class ServiceFirewallArgs:
     monitoring_namespace: str = "monitoring"
     redis_enabled: bool = False
     model_hub_egress_cidrs: tuple[str, ...] = field(default_factory=tuple)
+    # The NLB's own subnets (ip targets): its health checks come from there, not from the clients.
+    health_check_cidrs: tuple[str, ...] = field(default_factory=tuple)
     name_prefix: str = "clawbot"
 
 
@@ -41,6 +43,11 @@ def chat_ingress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     if args.allowed_cidrs:
         rules.append({"from": [{"ipBlock": {"cidr": c}} for c in args.allowed_cidrs], "ports": [{"protocol": "TCP", "port": PORT}]})
+    health_checkers = [c for c in args.health_check_cidrs if c not in args.allowed_cidrs]
+    if health_checkers:
+        # Without this every target is unhealthy and the NLB sends nothing. The app still applies ALLOWED_CIDRS to
+        # the API routes, so from these addresses only the unauthenticated probes and pages answer.
+        rules.append({"from": [{"ipBlock": {"cidr": c}} for c in health_checkers], "ports": [{"protocol": "TCP", "port": PORT}]})
     # Prometheus scrapes /metrics on its own port, from its own namespace only.
     rules.append(
         {
@@ -109,4 +116,5 @@ class ServiceFirewall(pulumi.ComponentResource):
             )
             policies.append(self.redis_ingress)
         self.policy_names = pulumi.Output.all(*[p.metadata["name"] for p in policies])  # type: ignore[assignment]
-        self.register_outputs({"policies": self.policy_names, "allowedCidrs": list(args.allowed_cidrs)})
+        self.register_outputs({"policies": self.policy_names, "allowedCidrs": list(args.allowed_cidrs),
+                               "healthCheckCidrs": list(args.health_check_cidrs)})

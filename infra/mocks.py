@@ -2,7 +2,8 @@
 
 Used by the offline synth and the unit tests. Random values are derived from the resource
 name and its keepers, so a changed keeper (a new rotation epoch) gives a new value, as
-`pulumi-random` would.
+`pulumi-random` would. `RecordingMonitor` keeps the resource options the engine would get
+(timeouts, protect, retainOnDelete, dependencies), which Pulumi's own mocks drop.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
-LOAD_BALANCER_IP = "203.0.113.10"  # TEST-NET-3: never a real address
+LOAD_BALANCER_HOSTNAME = "clawbot-0123456789abcdef.elb.us-east-1.amazonaws.com"  # an NLB gets a DNS name, no IP
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -33,11 +36,23 @@ def fresh_event_loop() -> asyncio.AbstractEventLoop:
 
 
 @dataclass(frozen=True)
+class ResourceOptionsSeen:
+    """The options of one registration, as the engine receives them."""
+
+    protect: bool = False
+    retain_on_delete: bool = False
+    custom_timeouts: dict[str, str] | None = None  # create/update/delete as duration strings
+    dependencies: tuple[str, ...] = ()  # URNs
+    replace_on_changes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MockedResource:
     type: str
     name: str
     inputs: dict[str, Any]
     state: dict[str, Any]
+    options: ResourceOptionsSeen = ResourceOptionsSeen()
 
 
 _SIG_KEY = rpc._special_sig_key  # noqa: SLF001  (how pulumi marks a serialized secret)
@@ -66,9 +81,11 @@ def _stream(seed: str, n: int) -> bytes:
 
 
 class ClawbotMocks(pulumi.runtime.Mocks):
-    def __init__(self, salt: str = "") -> None:
+    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None) -> None:
         self.salt = salt
         self.resources: list[MockedResource] = []
+        self.stack_outputs = dict(stack_outputs or {})  # what a StackReference to this stack reads: its last outputs
+        self.pending_options: dict[tuple[str, str], ResourceOptionsSeen] = {}
 
     def _seed(self, args: pulumi.runtime.MockResourceArgs) -> str:
         return f"{self.salt}|{args.typ}|{args.name}|{json.dumps(plain(args.inputs.get('keepers') or {}), sort_keys=True)}"
@@ -86,10 +103,35 @@ class ClawbotMocks(pulumi.runtime.Mocks):
         elif args.typ == "kubernetes:core/v1:Service":
             spec = args.inputs.get("spec") or {}
             if spec.get("type") == "LoadBalancer":
-                state["status"] = {"loadBalancer": {"ingress": [{"ip": LOAD_BALANCER_IP}]}}
+                state["status"] = {"loadBalancer": {"ingress": [{"hostname": LOAD_BALANCER_HOSTNAME}]}}
             state.setdefault("spec", {})["clusterIP"] = "10.96.0.20"
-        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state)))
+        elif args.typ == STACK_REFERENCE:
+            state["outputs"] = copy.deepcopy(self.stack_outputs)
+            state["secretOutputNames"] = []
+        options = self.pending_options.pop((args.typ, args.name), ResourceOptionsSeen())
+        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options))
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         return {}, None
+
+
+class RecordingMonitor(MockMonitor):
+    """Pulumi's mock monitor, keeping each registration's options for ClawbotMocks to attach to the resource."""
+
+    def __init__(self, mocks: ClawbotMocks) -> None:
+        super().__init__(mocks)
+        self.clawbot_mocks = mocks
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method name)
+        timeouts = request.customTimeouts
+        seen = ResourceOptionsSeen(
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+            custom_timeouts={k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v}
+            or None,
+            dependencies=tuple(request.dependencies),
+            replace_on_changes=tuple(request.replaceOnChanges),
+        )
+        self.clawbot_mocks.pending_options[(request.type, request.name)] = seen
+        return super().RegisterResource(request)

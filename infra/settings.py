@@ -23,6 +23,12 @@ CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 OPEN_CIDRS = ("0.0.0.0/0", "::/0")
+# The AWS Load Balancer Controller's class: the only one whose annotations this program writes.
+LOAD_BALANCER_CLASSES = ("service.k8s.aws/nlb",)
+LOAD_BALANCER_SCHEMES = ("internal", "internet-facing")
+LOAD_BALANCER_TARGET_TYPES = ("ip", "instance")
+# Oldest Kubernetes minor the manifests need: lifecycle.preStop.sleep is on by default from 1.30 (beta; GA 1.34).
+MIN_KUBERNETES = (1, 30)
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -57,12 +63,24 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("memoryLimit", "string", "4Gi", "Memory limit of the chat container"),
     ConfigKey("dataVolumeSize", "string", "100Gi", "Size of the PVC mounted at /app/data (model cache and conversations)"),
     ConfigKey("dataAccessMode", "string", "ReadWriteOnce", "Access mode of the data PVC: ReadWriteOnce (one node) or ReadWriteMany (needed when replicas may land on several nodes)"),
-    ConfigKey("storageClass", "string", "", "StorageClass of the data PVC (an SSD class such as gp3); empty uses the cluster default"),
-    ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200)"),
-    ConfigKey("terminationGraceSeconds", "integer", 60, "Grace period for in-flight generations on shutdown (30..600)"),
+    ConfigKey("storageClass", "string", "", "StorageClass of the data PVC, required (EKS clusters made at 1.30+ have no default class): an EBS class such as gp3 for ReadWriteOnce, an EFS class such as efs-sc for ReadWriteMany"),
+    ConfigKey("kubernetesVersion", "string", "1.30", "Kubernetes minor version of the cluster, e.g. 1.33 (kubectl version); 1.30 is the oldest supported"),
+    ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200); pulumi up waits this long plus node and image time"),
+    ConfigKey("shutdownGraceSeconds", "integer", 25, "SHUTDOWN_GRACE_SECONDS: how long SIGTERM lets accepted requests finish (5..600)"),
+    ConfigKey("preStopSleepSeconds", "integer", 5, "Seconds a stopping pod keeps serving before SIGTERM, while the Service and load balancer drop it (0..120)"),
     ConfigKey("serviceType", "string", "ClusterIP", "LoadBalancer (reachable from allowedCidrs) or ClusterIP (in-cluster only)"),
     ConfigKey("allowedCidrs", "array", [], "CIDRs allowed to reach TCP 18789 (NetworkPolicy, loadBalancerSourceRanges, ALLOWED_CIDRS)"),
     ConfigKey("allowPublicIngress", "boolean", False, "Set true on purpose to allow 0.0.0.0/0 or ::/0 in allowedCidrs of a production stack"),
+    ConfigKey("loadBalancerClass", "string", "service.k8s.aws/nlb", "LoadBalancer: spec.loadBalancerClass; service.k8s.aws/nlb is the AWS Load Balancer Controller's NLB"),
+    ConfigKey("loadBalancerScheme", "string", "internal", "LoadBalancer: internal (VPC only) or internet-facing (set on purpose)"),
+    ConfigKey("loadBalancerTargetType", "string", "ip", "LoadBalancer: ip (pods are targets) or instance (nodes are targets)"),
+    ConfigKey("preserveClientIp", "boolean", True, "LoadBalancer: pass the client address to the pods, so the NetworkPolicy and ALLOWED_CIDRS see it"),
+    ConfigKey("loadBalancerSubnetCidrs", "array", [], "LoadBalancer with ip targets: CIDRs of the subnets the NLB sits in (e.g. the VPC CIDR); its health checks come from there"),
+    ConfigKey("tlsCertificateArn", "string", "", "TLS at the load balancer: ACM certificate ARN for a TLS listener on 18789"),
+    ConfigKey("endpointHostname", "string", "", "DNS name clients use (the certificate's name); endpointUrl uses it; point it at the loadBalancerHostname output"),
+    ConfigKey("podTlsSecret", "string", "", "TLS in the pod: an existing kubernetes.io/tls Secret in the namespace to serve 18789 with"),
+    ConfigKey("podTlsIssuer", "string", "", "TLS in the pod: a cert-manager issuer as ClusterIssuer/NAME or Issuer/NAME; a Certificate is created"),
+    ConfigKey("allowPlaintext", "boolean", False, "Set true on purpose to run a production stack without TLS"),
     ConfigKey("trustedProxies", "array", [], "TRUSTED_PROXIES: CIDRs of proxies whose X-Forwarded-For the service believes"),
     ConfigKey("monitoringNamespace", "string", "monitoring", "Namespace of Prometheus; it alone may scrape /metrics besides allowedCidrs"),
     ConfigKey("modelHubEgressCidrs", "array", [], "CIDRs the chat pods may reach on TCP 443 to download a model; empty allows no internet egress"),
@@ -91,13 +109,14 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("nodeExpireAfter", "string", "720h", "Karpenter: node lifetime before replacement"),
     ConfigKey("disruptionBudget", "string", "1", "Karpenter: nodes (or a percentage) that may be disrupted at once"),
     ConfigKey("hpaCpuPercent", "integer", 70, "HPA: target average CPU utilization (10..100)"),
-    ConfigKey("hpaInflightPerPod", "integer", 0, "HPA: target clawbot_inflight_requests per pod (needs a custom metrics adapter); 0 disables"),
+    ConfigKey("hpaInflightPerPod", "integer", 0, "HPA: target clawbot_inflight_requests per pod (needs customMetricsAdapter); 0 disables"),
+    ConfigKey("customMetricsAdapter", "boolean", False, "true when prometheus-adapter serves clawbot_inflight_requests on custom.metrics.k8s.io"),
     ConfigKey("scaleDownStabilizationSeconds", "integer", 300, "HPA: how long load must stay low before pods are removed"),
     ConfigKey("alertsEnabled", "boolean", False, "Create the ServiceMonitor, PrometheusRule and AlertmanagerConfig (needs the Prometheus operator)"),
     ConfigKey("alertEmail", "string", "", "Address alerts are mailed to (required when alertsEnabled)"),
     ConfigKey("alertEmailFrom", "string", "clawbot-alerts@localhost", "Sender address of alert mail"),
     ConfigKey("alertSmarthost", "string", "smtp.localhost:587", "SMTP relay host:port for alert mail"),
-    ConfigKey("alertSmtpUsername", "string", "", "SMTP user; its password is the secret config key alertSmtpPassword"),
+    ConfigKey("alertSmtpUsername", "string", "", "SMTP user; needs the secret config key alertSmtpPassword"),
     ConfigKey("alertCpuPercent", "integer", 85, "Alert when a pod uses more than this % of its CPU limit for 5m"),
     ConfigKey("alertMemoryPercent", "integer", 90, "Alert when a pod uses more than this % of its memory limit for 1m"),
     ConfigKey("alertLatencyP95Ms", "integer", 2000, "Alert when p95 inference latency exceeds this many milliseconds"),
@@ -107,7 +126,12 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
 )
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
-SECRET_KEYS = ("hubToken", "alertSmtpPassword")
+# Declared in Pulumi.yaml with `secret: true` and no default (a secret cannot have a plain one), so the CLI refuses
+# a stack that lacks them or holds them in plain text; an empty value means "none".
+SECRET_KEYS: dict[str, str] = {
+    "hubToken": "Model-hub read token (used when modelHubAuth is true); empty for none",
+    "alertSmtpPassword": "SMTP password of alertSmtpUsername; empty when the relay needs no login",
+}
 
 
 @dataclass(frozen=True)
@@ -146,12 +170,54 @@ class GpuSettings:
 
 
 @dataclass(frozen=True)
+class LoadBalancerSettings:
+    load_balancer_class: str
+    scheme: str
+    target_type: str
+    preserve_client_ip: bool
+    subnet_cidrs: tuple[str, ...]  # where the NLB's health checks come from (ip targets)
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     service_type: str
     allowed_cidrs: tuple[str, ...]
     trusted_proxies: tuple[str, ...]
     monitoring_namespace: str
     model_hub_egress_cidrs: tuple[str, ...]
+    load_balancer: LoadBalancerSettings
+
+    @property
+    def load_balanced(self) -> bool:
+        return self.service_type == "LoadBalancer"
+
+    @property
+    def health_check_cidrs(self) -> tuple[str, ...]:
+        """Sources of the NLB's health checks: its own subnets with ip targets; the node (kube-proxy) otherwise."""
+        lb = self.load_balancer
+        return lb.subnet_cidrs if self.load_balanced and lb.target_type == "ip" else ()
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    certificate_arn: str  # TLS listener at the NLB
+    endpoint_hostname: str
+    pod_secret: str  # an existing kubernetes.io/tls Secret
+    pod_issuer_kind: str  # cert-manager issuer for a Certificate
+    pod_issuer_name: str
+    allow_plaintext: bool
+
+    @property
+    def at_load_balancer(self) -> bool:
+        return bool(self.certificate_arn)
+
+    @property
+    def in_pod(self) -> bool:
+        return bool(self.pod_secret or self.pod_issuer_name)
+
+    @property
+    def enabled(self) -> bool:
+        return self.at_load_balancer or self.in_pod
 
 
 @dataclass(frozen=True)
@@ -159,7 +225,7 @@ class ScalingSettings:
     min_replicas: int
     max_replicas: int
     cpu_percent: int
-    inflight_per_pod: int
+    inflight_per_pod: int  # 0 unless customMetricsAdapter says an adapter serves the metric
     scale_down_stabilization_seconds: int
 
     @property
@@ -203,12 +269,15 @@ class StackSettings:
     data_volume_size: str
     data_access_mode: str
     storage_class: str
+    kubernetes_version: tuple[int, int]
     startup_timeout_seconds: int
-    termination_grace_seconds: int
+    shutdown_grace_seconds: int
+    pre_stop_sleep_seconds: int
     redis_enabled: bool
     redis_image: str
     key_rotation_days: int
     network: NetworkSettings
+    tls: TlsSettings
     gpu: GpuSettings
     scaling: ScalingSettings
     alerts: AlertSettings
@@ -216,6 +285,15 @@ class StackSettings:
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """preStop sleep, then SHUTDOWN_GRACE_SECONDS for accepted requests, then a margin for the process to exit."""
+        return self.pre_stop_sleep_seconds + self.shutdown_grace_seconds + TERMINATION_MARGIN_S
+
+
+# After the drain, uvicorn closes its listeners, the engine thread stops and the process exits.
+TERMINATION_MARGIN_S = 10
 
 
 # -- validation helpers ----------------------------------------------------------------------
@@ -227,6 +305,11 @@ _MEMORY_UNITS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ACM_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
+_ISSUER = re.compile(r"^(ClusterIssuer|Issuer)/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)\+?$")
+ROLLOUT_SURGE = 1  # the Deployment's maxSurge
 
 
 def _key(name: str) -> str:
@@ -334,6 +417,83 @@ def _ranged_quantities(raw: Mapping[str, Any]) -> tuple[str, str, str, str]:
     return cpu_req, cpu_lim, mem_req, mem_lim
 
 
+def _kubernetes_version(raw: Mapping[str, Any]) -> tuple[int, int]:
+    text = _str(raw, "kubernetesVersion", required=True).strip()
+    m = _VERSION.match(text)
+    if not m:
+        raise ConfigError(f"{_key('kubernetesVersion')} must be a minor version like 1.33, got {text!r}")
+    version = (int(m.group(1)), int(m.group(2)))
+    if version < MIN_KUBERNETES:
+        raise ConfigError(
+            f"{_key('kubernetesVersion')} {text} is older than the oldest supported, {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}: "
+            "the chat pods stop with a lifecycle.preStop.sleep hook, which needs 1.30; upgrade the cluster"
+        )
+    return version
+
+
+def _load_balancer(raw: Mapping[str, Any], service_type: str, allowed: tuple[str, ...]) -> LoadBalancerSettings:
+    lb = LoadBalancerSettings(
+        load_balancer_class=_choice(raw, "loadBalancerClass", LOAD_BALANCER_CLASSES),
+        scheme=_choice(raw, "loadBalancerScheme", LOAD_BALANCER_SCHEMES),
+        target_type=_choice(raw, "loadBalancerTargetType", LOAD_BALANCER_TARGET_TYPES),
+        preserve_client_ip=_bool(raw, "preserveClientIp"),
+        subnet_cidrs=_cidrs(raw, "loadBalancerSubnetCidrs"),
+    )
+    if service_type != "LoadBalancer":
+        return lb
+    if not lb.preserve_client_ip and not all(c in OPEN_CIDRS for c in allowed):
+        # Without it the pods see the NLB's own addresses: the ipBlocks drop every client, ALLOWED_CIDRS refuses
+        # them, and the controller ignores loadBalancerSourceRanges.
+        raise ConfigError(
+            f"{_key('preserveClientIp')} false cannot work with {_key('allowedCidrs')} {list(allowed)}: the pods would see "
+            f"the load balancer's addresses instead of the clients', so the NetworkPolicy and ALLOWED_CIDRS would refuse "
+            f"every client and the controller ignores loadBalancerSourceRanges; set {_key('preserveClientIp')}: true"
+        )
+    if lb.target_type == "ip" and not lb.subnet_cidrs:
+        raise ConfigError(
+            f"{_key('loadBalancerSubnetCidrs')} must list the CIDRs of the subnets the NLB sits in (e.g. the VPC CIDR) when "
+            f"{_key('loadBalancerTargetType')} is ip: its health checks come from there and the NetworkPolicy must admit them"
+        )
+    return lb
+
+
+def _tls(raw: Mapping[str, Any], network: NetworkSettings, production: bool) -> TlsSettings:
+    arn = _str(raw, "tlsCertificateArn").strip()
+    hostname = _str(raw, "endpointHostname").strip().lower()
+    secret = _str(raw, "podTlsSecret").strip()
+    issuer = _str(raw, "podTlsIssuer").strip()
+    if arn and not _ACM_ARN.match(arn):
+        raise ConfigError(f"{_key('tlsCertificateArn')} must be an ACM certificate ARN like "
+                          f"arn:aws:acm:us-east-1:123456789012:certificate/<uuid>, got {arn!r}")
+    if arn and not network.load_balanced:
+        raise ConfigError(f"{_key('tlsCertificateArn')} needs {_key('serviceType')} LoadBalancer (it is the NLB's listener "
+                          f"certificate); for TLS inside the cluster use {_key('podTlsIssuer')} or {_key('podTlsSecret')}")
+    if arn and not hostname:
+        raise ConfigError(f"{_key('endpointHostname')} must name the DNS name on the certificate of {_key('tlsCertificateArn')}: "
+                          "clients verify it, and the NLB's own *.elb.amazonaws.com name is not on an ACM certificate")
+    if hostname and not _DNS_SUBDOMAIN.match(hostname):
+        raise ConfigError(f"{_key('endpointHostname')} must be a DNS name like chat.example.com, got {hostname!r}")
+    if secret and issuer:
+        raise ConfigError(f"{_key('podTlsSecret')} and {_key('podTlsIssuer')} are two sources of the pod certificate; set one")
+    if secret and not _DNS_SUBDOMAIN.match(secret):
+        raise ConfigError(f"{_key('podTlsSecret')} must be a Secret name, got {secret!r}")
+    issuer_match = _ISSUER.match(issuer) if issuer else None
+    if issuer and not issuer_match:
+        raise ConfigError(f"{_key('podTlsIssuer')} must be ClusterIssuer/NAME or Issuer/NAME, got {issuer!r}")
+    tls = TlsSettings(
+        certificate_arn=arn, endpoint_hostname=hostname, pod_secret=secret,
+        pod_issuer_kind=issuer_match.group(1) if issuer_match else "", pod_issuer_name=issuer_match.group(2) if issuer_match else "",
+        allow_plaintext=_bool(raw, "allowPlaintext"),
+    )
+    if production and not tls.enabled and not tls.allow_plaintext:
+        raise ConfigError(
+            f"a production stack must serve TLS: API keys and tokens cross the network. Set {_key('tlsCertificateArn')} "
+            f"(TLS at the load balancer) or {_key('podTlsIssuer')}/{_key('podTlsSecret')} (TLS in the pod), or set "
+            f"{_key('allowPlaintext')}: true on purpose"
+        )
+    return tls
+
+
 # -- parsing ----------------------------------------------------------------------------------
 
 
@@ -372,17 +532,27 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         trusted_proxies=_cidrs(raw, "trustedProxies"),
         monitoring_namespace=monitoring_namespace,
         model_hub_egress_cidrs=_cidrs(raw, "modelHubEgressCidrs"),
+        load_balancer=_load_balancer(raw, service_type, allowed),
     )
+    tls = _tls(raw, network, production)
 
     min_replicas = _int(raw, "minReplicas", 1, 100)
     max_replicas = _int(raw, "maxReplicas", 1, 100)
     if min_replicas > max_replicas:
         raise ConfigError(f"{_key('minReplicas')} ({min_replicas}) must not exceed {_key('maxReplicas')} ({max_replicas})")
+    inflight_per_pod = _int(raw, "hpaInflightPerPod", 0, 10_000)
+    if inflight_per_pod and not _bool(raw, "customMetricsAdapter"):
+        # Without an adapter the HPA cannot read the metric, and with one metric missing it never scales down.
+        raise ConfigError(
+            f"{_key('hpaInflightPerPod')} {inflight_per_pod} needs a custom-metrics adapter serving clawbot_inflight_requests "
+            f"(prometheus-adapter, see the README); install it and set {_key('customMetricsAdapter')}: true, or set "
+            f"{_key('hpaInflightPerPod')} to 0 to scale on CPU only"
+        )
     scaling = ScalingSettings(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         cpu_percent=_int(raw, "hpaCpuPercent", 10, 100),
-        inflight_per_pod=_int(raw, "hpaInflightPerPod", 0, 10_000),
+        inflight_per_pod=inflight_per_pod,
         scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 0, 3600),
     )
 
@@ -437,10 +607,14 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         disruption_budget=budget,
     )
     memory_bytes("nodeVolumeSize", gpu.node_volume_size)
-    if gpu_mode == "karpenter" and gpu.gpus_per_pod * min_replicas > gpu.gpu_limit:
+    # A rolling update adds one pod (maxSurge 1) before it removes one; at maxReplicas that pod needs GPUs beyond
+    # the replicas', or it stays Pending and the rollout never finishes.
+    rollout_gpus = gpu.gpus_per_pod * (max_replicas + ROLLOUT_SURGE)
+    if gpu_mode == "karpenter" and rollout_gpus > gpu.gpu_limit:
         raise ConfigError(
-            f"{_key('gpuLimit')} ({gpu.gpu_limit}) is below {_key('gpusPerPod')} x {_key('minReplicas')} "
-            f"({gpu.gpus_per_pod * min_replicas}); the minimum replicas could never be scheduled"
+            f"{_key('gpuLimit')} ({gpu.gpu_limit}) is below {_key('gpusPerPod')} x ({_key('maxReplicas')} + {ROLLOUT_SURGE} "
+            f"rollout surge pod) = {rollout_gpus}; a rollout at {max_replicas} replicas would wait forever for a GPU. "
+            f"Raise {_key('gpuLimit')} to {rollout_gpus} or lower {_key('maxReplicas')}"
         )
 
     alerts_enabled = _bool(raw, "alertsEnabled")
@@ -477,6 +651,13 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
             f"{_key('quantization')} {quantization!r} needs a GPU (bitsandbytes); set {_key('gpuMode')} to karpenter or existing, "
             "or quantization to none"
         )
+    storage_class = _str(raw, "storageClass")
+    if not _DNS_SUBDOMAIN.match(storage_class):
+        raise ConfigError(
+            f"{_key('storageClass')} must name a StorageClass (EKS clusters created at 1.30+ have no default class, so an "
+            f"unnamed claim stays Pending), got {storage_class!r}; e.g. gp3 (EBS CSI, ReadWriteOnce) or efs-sc (EFS CSI, ReadWriteMany)"
+        )
+    kubernetes_version = _kubernetes_version(raw)
     image = _str(raw, "image", required=True)
     if production and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] and "@" not in image):
         raise ConfigError(f"{_key('image')} must pin a tag or digest in production, got {image!r}")
@@ -499,13 +680,16 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         memory_limit=mem_lim,
         data_volume_size=data_size,
         data_access_mode=access_mode,
-        storage_class=_str(raw, "storageClass"),
+        storage_class=storage_class,
+        kubernetes_version=kubernetes_version,
         startup_timeout_seconds=_int(raw, "startupTimeoutSeconds", 60, 7200),
-        termination_grace_seconds=_int(raw, "terminationGraceSeconds", 30, 600),
+        shutdown_grace_seconds=_int(raw, "shutdownGraceSeconds", 5, 600),
+        pre_stop_sleep_seconds=_int(raw, "preStopSleepSeconds", 0, 120),
         redis_enabled=_bool(raw, "redisEnabled"),
         redis_image=_str(raw, "redisImage", required=True),
         key_rotation_days=_int(raw, "keyRotationDays", 1, 3650),
         network=network,
+        tls=tls,
         gpu=gpu,
         scaling=scaling,
         alerts=alerts,
@@ -536,6 +720,33 @@ def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, S
         if got is not None:
             values[key.name] = got
     settings = parse_settings(values, stack=pulumi.get_stack())
-    hub = config.require_secret("hubToken") if settings.model_hub_auth else None
-    smtp = config.get_secret("alertSmtpPassword") if settings.alerts.enabled else None
-    return settings, StackSecrets(hub_token=hub, smtp_password=smtp)
+    hub, smtp = _secret(config, "hubToken"), _secret(config, "alertSmtpPassword")
+    if settings.model_hub_auth and hub is None:
+        raise ConfigError(f"{_key('modelHubAuth')} is true but the secret {_key('hubToken')} is empty; "
+                          "set it with `pulumi config set --secret hubToken`")
+    return settings, StackSecrets(
+        hub_token=hub if settings.model_hub_auth else None,
+        smtp_password=_smtp_password(settings, smtp),
+    )
+
+
+def _secret(config: pulumi.Config, name: str) -> pulumi.Output[str] | None:
+    """A secret config value as a secret Output, or None when it is unset or empty (empty means "none")."""
+    raw = pulumi.runtime.get_config(f"{config.name}:{name}")
+    return pulumi.Output.secret(raw) if raw else None
+
+
+def _smtp_password(settings: StackSettings, password: pulumi.Output[str] | None) -> pulumi.Output[str] | None:
+    """Username and password come as a pair: one without the other fails only when the first alert is mailed."""
+    if not settings.alerts.enabled:
+        return None
+    if settings.alerts.smtp_username and password is None:
+        raise ConfigError(
+            f"{_key('alertSmtpUsername')} is {settings.alerts.smtp_username!r} but the secret {_key('alertSmtpPassword')} is "
+            "empty, so Alertmanager would fail to log in when it mails the first alert; set it with "
+            f"`pulumi config set --secret alertSmtpPassword`, or clear {_key('alertSmtpUsername')} for a relay without login"
+        )
+    if password is not None and not settings.alerts.smtp_username:
+        raise ConfigError(f"the secret {_key('alertSmtpPassword')} is set but {_key('alertSmtpUsername')} is empty; "
+                          "set the user it belongs to, or set the password to ''")
+    return password

@@ -5,6 +5,10 @@
 Writes one YAML file per object (`<kind>-<namespace>-<name>.yaml`), `summary.json` and
 `summary.md`. Secret values are redacted in the files; the in-memory `Synthesis` keeps them
 so tests can decrypt the key file. No Pulumi CLI, cloud or cluster is needed.
+
+What the CLI checks before the program runs is checked here too: a key that Pulumi.yaml
+declares `secret: true` must be encrypted in the stack file. Declared secrets a stack file
+does not hold (a `pulumi config set --secret` away) are stood in for, and listed.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from infra.mocks import ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "clawbot"
@@ -37,6 +43,12 @@ class K8sObject:
     namespace: str | None
     manifest: dict[str, Any]
     resource_name: str  # the Pulumi resource name (logical name), e.g. "chat-deployment"
+    options: ResourceOptionsSeen = ResourceOptionsSeen()
+
+    @property
+    def depends_on(self) -> set[str]:
+        """The Pulumi resource names this object waits for (explicit dependencies and inputs' sources)."""
+        return {urn.rsplit("::", 1)[-1] for urn in self.options.dependencies}
 
     @property
     def file_name(self) -> str:
@@ -51,7 +63,7 @@ class Synthesis:
     objects: list[K8sObject]
     outputs: dict[str, Any]
     secret_outputs: set[str]
-    resources: list[Any] = field(default_factory=list)  # every MockedResource, random ones included
+    resources: list[MockedResource] = field(default_factory=list)  # every registration, random ones included
     stand_ins: list[str] = field(default_factory=list)  # secret keys synth filled with SECRET_PLACEHOLDER
 
     def find(self, kind: str, name: str | None = None) -> list[K8sObject]:
@@ -96,42 +108,55 @@ def _strip_none(value: Any) -> Any:
     return value
 
 
-def _prepare_config(values: Mapping[str, Any]) -> tuple[dict[str, str], list[str], list[str]]:
+def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], stack: str) -> tuple[dict[str, str], list[str], list[str]]:
     from infra.settings import SECRET_KEYS
 
+    for name in SECRET_KEYS:  # the CLI refuses these before the program starts
+        value = file_values.get(name)
+        if name in file_values and not (isinstance(value, dict) and "secure" in value):
+            raise SynthError(f"Stack '{stack}' with configuration key '{name}' must be encrypted as it's secret "
+                             f"(Pulumi.yaml declares it secret: use `pulumi config set --secret {name}`)")
+    values = {**file_values, **overrides}
     config: dict[str, str] = {}
-    secret_keys: list[str] = []
     stand_ins: list[str] = []
     for name, value in values.items():
         if isinstance(value, dict) and "secure" in value:
             value = SECRET_PLACEHOLDER
             stand_ins.append(name)
         config[f"{PROJECT}:{name}"] = _config_value(value)
-        if name in SECRET_KEYS:
-            secret_keys.append(f"{PROJECT}:{name}")
-    if str(values.get("modelHubAuth", "false")).lower() == "true" and "hubToken" not in values:
-        config[f"{PROJECT}:hubToken"] = SECRET_PLACEHOLDER
-        secret_keys.append(f"{PROJECT}:hubToken")
-        stand_ins.append("hubToken")
-    return config, secret_keys, stand_ins
+    # Declared secrets the stack file lacks: what `pulumi config set --secret` would give, as its comments say.
+    needed = {
+        "hubToken": str(values.get("modelHubAuth", "false")).lower() == "true",
+        "alertSmtpPassword": bool(values.get("alertSmtpUsername")) and str(values.get("alertsEnabled", "false")).lower() == "true",
+    }
+    for name in SECRET_KEYS:
+        if name not in values:
+            config[f"{PROJECT}:{name}"] = SECRET_PLACEHOLDER if needed.get(name) else ""
+            stand_ins.append(name)
+    return config, [f"{PROJECT}:{name}" for name in SECRET_KEYS], stand_ins
 
 
-def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT) -> Synthesis:
-    """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares."""
+def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
+               stack_outputs: Mapping[str, Any] | None = None) -> Synthesis:
+    """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
+
+    `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
+    """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
     from pulumi.runtime.stack import run_pulumi_func
     from pulumi.runtime.sync_await import _sync_await
 
-    from infra.mocks import ClawbotMocks, fresh_event_loop
-
     fresh_event_loop()
-    values = {**read_stack_config(stack, project_dir), **(overrides or {})}
-    config, secret_keys, stand_ins = _prepare_config(values)
+    file_values = read_stack_config(stack, project_dir)
+    values = {**file_values, **(overrides or {})}
+    config, secret_keys, stand_ins = _prepare_config(file_values, overrides or {}, stack)
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
-    mocks = ClawbotMocks(salt=stack)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}))
+    # "organization" is what a DIY backend calls every stack's organization.
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
+                             organization="organization")
     root = runtime_settings.get_root_resource()
     resolved: dict[str, Any] = {}
     secret_outputs: set[str] = set()
@@ -159,7 +184,7 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
         objects.append(
             K8sObject(
                 api_version=ordered["apiVersion"], kind=ordered["kind"], name=str(meta.get("name", res.name)),
-                namespace=meta.get("namespace"), manifest=ordered, resource_name=res.name,
+                namespace=meta.get("namespace"), manifest=ordered, resource_name=res.name, options=res.options,
             )
         )
     # Registration order depends on how the program's outputs resolve; a fixed order keeps summaries diffable.
@@ -190,7 +215,8 @@ def write(synthesis: Synthesis, out_dir: Path) -> list[Path]:
     summary = {
         "stack": synthesis.stack,
         "objects": [
-            {"apiVersion": o.api_version, "kind": o.kind, "namespace": o.namespace, "name": o.name, "file": o.file_name}
+            {"apiVersion": o.api_version, "kind": o.kind, "namespace": o.namespace, "name": o.name, "file": o.file_name,
+             **_options_summary(o.options)}
             for o in synthesis.objects
         ],
         "counts": _counts(synthesis),
@@ -215,6 +241,18 @@ def write(synthesis: Synthesis, out_dir: Path) -> list[Path]:
         lines += ["", f"Secret config stood in for (not decryptable offline): {', '.join(synthesis.stand_ins)}"]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
     return written
+
+
+def _options_summary(options: ResourceOptionsSeen) -> dict[str, Any]:
+    """The options a reviewer of a plan cares about: what `pulumi destroy` leaves and how long `up` waits."""
+    out: dict[str, Any] = {}
+    if options.protect:
+        out["protect"] = True
+    if options.retain_on_delete:
+        out["retainOnDelete"] = True
+    if options.custom_timeouts:
+        out["customTimeouts"] = options.custom_timeouts
+    return out
 
 
 def _counts(synthesis: Synthesis) -> dict[str, int]:

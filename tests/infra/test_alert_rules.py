@@ -72,7 +72,9 @@ def test_alerts_mail_the_configured_address(prod: Synthesis) -> None:
     assert amc["spec"]["route"]["receiver"] == receiver["name"]
     (email,) = receiver["emailConfigs"]
     assert email["to"] == "oncall@example.com" and email["smarthost"] == "smtp.example.com:587"
-    assert "authPassword" not in email  # no alertSmtpPassword set in the stack file
+    # The stack names an SMTP user, so its password (a declared secret, stood in by synth) rides along as a reference.
+    assert email["authUsername"] == "clawbot-alerts"
+    assert email["authPassword"] == {"name": "clawbot-alert-smtp", "key": "password"}
 
 
 def test_smtp_password_goes_to_a_secret_reference() -> None:

@@ -5,6 +5,7 @@ import json
 from pathlib import PurePosixPath
 
 from app.settings import ENV_VARS, load_settings
+from infra.mocks import LOAD_BALANCER_HOSTNAME
 from infra.synth import Synthesis
 from tests.infra.conftest import chat_container, pod_spec
 
@@ -58,8 +59,8 @@ def test_pod_runs_restricted(prod: Synthesis) -> None:
 def test_probes_give_the_model_time_to_load(prod: Synthesis) -> None:
     c = chat_container(prod)
     assert c["ports"][0] == {"name": "http", "containerPort": 18789, "protocol": "TCP"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     startup = c["startupProbe"]
     assert startup["httpGet"]["path"] == "/healthz"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # prod's startupTimeoutSeconds
@@ -95,9 +96,11 @@ def test_no_secret_value_outside_secrets(prod: Synthesis) -> None:
             assert result not in plain
 
 
-def test_endpoint_url_is_the_load_balancer_address_on_18789(prod: Synthesis, dev: Synthesis) -> None:
-    assert prod.outputs["endpointUrl"] == "http://203.0.113.10:18789"
+def test_endpoint_url_is_the_tls_hostname_on_18789_and_names_the_load_balancer(prod: Synthesis, dev: Synthesis) -> None:
+    assert prod.outputs["endpointUrl"] == "https://chat.example.com:18789"
+    assert prod.outputs["loadBalancerHostname"] == LOAD_BALANCER_HOSTNAME  # where chat.example.com's record points
     assert dev.outputs["endpointUrl"] == "http://clawbot.clawbot-dev.svc.cluster.local:18789"
+    assert dev.outputs["loadBalancerHostname"] == ""
     assert prod.outputs["namespace"] == "clawbot" and dev.outputs["namespace"] == "clawbot-dev"
 
 

@@ -24,7 +24,8 @@ def test_chat_ingress_is_port_18789_from_the_allowed_cidrs_and_metrics_from_moni
         assert port["protocol"] == "TCP"
         by_port.setdefault(port["port"], []).extend(rule["from"])
     assert set(by_port) == {18789, 9464}
-    assert [src["ipBlock"]["cidr"] for src in by_port[18789]] == ["192.168.1.0/24", "10.8.0.0/16"]
+    # The clients, then the NLB's subnets: its health checks to /readyz come from its own addresses.
+    assert [src["ipBlock"]["cidr"] for src in by_port[18789]] == ["192.168.1.0/24", "10.8.0.0/16", "10.0.0.0/16"]
     assert all("except" not in src["ipBlock"] for src in by_port[18789])
     # The metrics port takes Prometheus' namespace and nothing else; the API port takes no namespace at all.
     assert by_port[9464] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.settings import CONFIG_KEYS, ConfigError, parse_settings
+from infra.settings import CONFIG_KEYS, SECRET_KEYS, ConfigError, parse_settings
 from infra.synth import SynthError, read_stack_config, synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_preview_of_prod_stops_on_open_cidr() -> None:
 
 
 def test_dev_stack_may_use_an_open_cidr() -> None:
-    s = parse_settings({"allowedCidrs": ["0.0.0.0/0"]}, stack="dev")
+    s = parse_settings({"allowedCidrs": ["0.0.0.0/0"], "storageClass": "gp3"}, stack="dev")
     assert s.network.allowed_cidrs == ("0.0.0.0/0",)
 
 
@@ -88,12 +88,13 @@ def test_pulumi_yaml_schema_declares_every_key_with_type_default_and_description
     assert doc["name"] == "clawbot"
     assert doc["runtime"]["name"] == "python" and doc["runtime"]["options"]["virtualenv"] == ".venv"
     schema = doc["config"]
-    assert set(schema) == {k.name for k in CONFIG_KEYS}
+    assert set(schema) == {k.name for k in CONFIG_KEYS} | set(SECRET_KEYS)
     for key in CONFIG_KEYS:
         entry = schema[key.name]
         assert entry["type"] == key.type, key.name
         assert entry["default"] == key.default, key.name
         assert entry["description"] == key.description, key.name
+        assert not entry.get("secret"), key.name
 
 
 def test_stack_files_use_only_declared_keys_and_no_plain_secrets() -> None:

@@ -64,7 +64,7 @@ def test_cli_writes_one_file_per_object_a_summary_and_no_secret(tmp_path: Path, 
     summary = json.loads((out / "summary.json").read_text())
     files = sorted(p.name for p in out.glob("*.yaml"))
     assert files == sorted(o["file"] for o in summary["objects"]) and len(files) == len(prod.objects)
-    assert summary["outputs"]["apiKey"] == "[secret]" and summary["outputs"]["endpointUrl"] == "http://203.0.113.10:18789"
+    assert summary["outputs"]["apiKey"] == "[secret]" and summary["outputs"]["endpointUrl"] == "https://chat.example.com:18789"
     everything = "".join(p.read_text() for p in out.iterdir())
     assert prod.outputs["apiKey"] not in everything
     assert prod.one("Secret", "clawbot-kek").manifest["stringData"]["kek"] not in everything

@@ -1,0 +1,177 @@
+"""The chat Deployment's spec: container, probes, mounts, drain timing, placement and the checksum that rolls pods."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pulumi
+
+from infra.contract import (
+    APP_UID,
+    CHAT_LABELS,
+    CONTAINER_NAME,
+    DATA_DIR,
+    HEALTH_PATH,
+    KEK_DIR,
+    KEK_FILE,
+    KEYS_DIR,
+    KEYS_FILE,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    PORT,
+    PORT_NAME,
+    READY_PATH,
+    TLS_DIR,
+    TMP_DIR,
+)
+from infra.gpu_node_pool import PodPlacement
+from infra.secret_store import SecretNames
+from infra.settings import ROLLOUT_SURGE, StackSettings
+
+PROBE_PERIOD_S = 10
+# Restricted Pod Security for every container we run: the namespace enforces it too.
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# The pod template carries this hash of the ConfigMap data and the key Secrets: a change to either is a new
+# template, so the Deployment rolls its pods (the ConfigMap is read once, at start, through envFrom).
+CHECKSUM_ANNOTATION = "clawbot.dev/config-checksum"
+
+
+@dataclass(frozen=True)
+class PodInputs:
+    settings: StackSettings
+    placement: PodPlacement
+    secrets: SecretNames
+    config_map_name: str
+    claim_name: str
+    tls_secret_name: str | None  # the kubernetes.io/tls Secret served on PORT, when TLS is in the pod
+
+
+def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:
+    """SHA-256 over the container's environment and the key Secrets' digest."""
+    def digest(secrets: str) -> str:
+        return hashlib.sha256(json.dumps({"env": dict(env), "secrets": secrets}, sort_keys=True).encode()).hexdigest()
+
+    return pulumi.Output.from_input(secrets_digest).apply(digest)
+
+
+def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int = 3) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTPS" if https else "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _container(p: PodInputs) -> dict[str, Any]:
+    s = p.settings
+    https = p.tls_secret_name is not None
+    limits = {"cpu": s.cpu_limit, "memory": s.memory_limit, **p.placement.limits}
+    requests = {"cpu": s.cpu_request, "memory": s.memory_request, **p.placement.limits}
+    mounts = [
+        {"name": "data", "mountPath": DATA_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        # Whole-directory mounts (no subPath) so the kubelet swaps in rotated keys and renewed certificates.
+        {"name": "kek", "mountPath": KEK_DIR, "readOnly": True},
+        {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
+    ]
+    if https:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": ["python", "-m", "app"],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "envFrom": [{"configMapRef": {"name": p.config_map_name}}],
+        "resources": {"limits": limits, "requests": requests},
+        # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
+        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, s.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
+        "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3, https=https),
+        "readinessProbe": _probe(READY_PATH, period=5, failures=2, https=https),
+        "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
+        "volumeMounts": mounts,
+    }
+    if s.pre_stop_sleep_seconds:
+        # Keep serving while the endpoint leaves the Service and the NLB target group; SIGTERM comes after.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": s.pre_stop_sleep_seconds}}}
+    return container
+
+
+def _volumes(p: PodInputs) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": p.claim_name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+        {"name": "kek", "secret": {"secretName": p.secrets.kek, "defaultMode": 0o440, "items": [{"key": KEK_FILE, "path": KEK_FILE}]}},
+        {"name": "keys", "secret": {"secretName": p.secrets.keys, "defaultMode": 0o440, "items": [{"key": KEYS_FILE, "path": KEYS_FILE}]}},
+    ]
+    if p.tls_secret_name is not None:
+        volumes.append({"name": "tls", "secret": {"secretName": p.tls_secret_name, "defaultMode": 0o440,
+                                                   "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+    return volumes
+
+
+def deployment_spec(p: PodInputs, labels: Mapping[str, str], checksum: pulumi.Input[str]) -> dict[str, Any]:
+    s = p.settings
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # preStop sleep + SHUTDOWN_GRACE_SECONDS + a margin: the kubelet never kills a pod that is still draining.
+        "terminationGracePeriodSeconds": s.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": APP_UID,
+            "runAsGroup": APP_UID,
+            "fsGroup": APP_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(p)],
+        "volumes": _volumes(p),
+        # Spread replicas so one node loss takes one replica.
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(CHAT_LABELS)},
+            }
+        ],
+    }
+    if p.placement.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in p.placement.tolerations]
+    affinity = p.placement.affinity()
+    if affinity:
+        pod_spec["affinity"] = affinity
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": dict(CHAT_LABELS)},
+        # One extra pod at a time and none taken away first: settings hold gpuLimit to maxReplicas + this surge.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}},
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {
+                "labels": dict(labels),
+                "annotations": {
+                    # Consolidation must not evict a pod mid-generation; the PDB governs voluntary drains instead.
+                    "karpenter.sh/do-not-disrupt": "true",
+                    CHECKSUM_ANNOTATION: checksum,
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    # With an HPA the replica count belongs to it; a fixed count here would fight it on every `pulumi up`.
+    if not s.scaling.autoscaled:
+        spec["replicas"] = s.scaling.min_replicas
+    return spec
