@@ -10,21 +10,43 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra.synth import Synthesis
+from infra.settings import MIN_KUBERNETES, parse_settings
+from infra.synth import Synthesis, synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S_VERSION = "1.33.0"
-CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
+OLDEST = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}.0"  # the oldest the README supports
+NEWEST = kubernetes_validate.latest_version()  # the newest kubernetes-validate knows
+K8S_VERSION = NEWEST
+CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig", "Certificate"}
 
 
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_builtin_kinds_validate_against_kubernetes_schemas(stack: str, request: pytest.FixtureRequest) -> None:
+def test_builtin_kinds_validate_strictly_at_the_oldest_and_newest_kubernetes(stack: str, version: str,
+                                                                            request: pytest.FixtureRequest) -> None:
     s: Synthesis = request.getfixturevalue(stack)
     assert s.objects
+    major, minor = parse_settings(s.config, stack=stack).kubernetes_version
+    for v in {version, f"{major}.{minor}.0"}:  # and the version the stack says its cluster runs
+        for obj in s.objects:
+            if obj.kind in CRD_KINDS:
+                continue
+            kubernetes_validate.validate(obj.manifest, v, strict=True)
+
+
+def test_pod_tls_variant_validates_too() -> None:
+    s = synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/clawbot-ca"})
     for obj in s.objects:
-        if obj.kind in CRD_KINDS:
-            continue
-        kubernetes_validate.validate(obj.manifest, K8S_VERSION, strict=True)
+        if obj.kind not in CRD_KINDS:
+            for v in (OLDEST, NEWEST):
+                kubernetes_validate.validate(obj.manifest, v, strict=True)
+
+
+def test_readme_states_the_supported_kubernetes_range_the_code_enforces() -> None:
+    readme = (ROOT / "README.md").read_text()
+    minimum = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}"
+    assert f"Kubernetes {minimum} or newer" in readme
+    assert "1.29+" not in readme
 
 
 def test_validation_would_catch_a_broken_manifest(prod: Synthesis) -> None:
@@ -36,7 +58,7 @@ def test_validation_would_catch_a_broken_manifest(prod: Synthesis) -> None:
 
 def test_crd_objects_carry_their_essential_fields(prod: Synthesis) -> None:
     found = {o.kind: o.manifest for o in prod.objects if o.kind in CRD_KINDS}
-    assert set(found) == CRD_KINDS
+    assert set(found) == CRD_KINDS - {"Certificate"}  # prod terminates TLS at the NLB, no cert-manager
     assert found["NodePool"]["apiVersion"] == "karpenter.sh/v1"
     assert {"template", "limits", "disruption"} <= set(found["NodePool"]["spec"])
     assert found["EC2NodeClass"]["apiVersion"] == "karpenter.k8s.aws/v1"
