@@ -6,6 +6,7 @@ from pulumi_policy import Policy
 from .ingress import no_public_ingress
 from .observability import has_autoscaler, has_prometheus_rule
 from .secrets import no_plaintext_secrets
+from .tls import encrypted_endpoint
 from .workloads import (
     chat_readiness,
     gpu_scheduling,
@@ -22,6 +23,7 @@ POLICIES: list[Policy] = [
     gpu_scheduling,
     chat_readiness,
     no_plaintext_secrets,
+    encrypted_endpoint,
     has_prometheus_rule,
     has_autoscaler,
 ]

@@ -18,9 +18,10 @@ def test_pack_covers_each_guardrail_of_the_issue() -> None:
     names = {p.name for p in POLICIES}
     assert {"no-public-ingress", "containers-run-as-non-root", "containers-unprivileged", "containers-have-limits",
             "gpu-pods-tolerate-and-limit", "chat-deployment-has-readiness-probe",
-            "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler"} <= names
+            "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler",
+            "production-endpoint-uses-tls"} <= names
     assert {p.name for p in POLICIES if isinstance(p, StackValidationPolicy)} == {
-        "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler"}
+        "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler", "production-endpoint-uses-tls"}
 
 
 def test_pulumi_policy_manifest_and_requirements() -> None:
