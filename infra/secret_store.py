@@ -13,7 +13,7 @@ import base64
 import hashlib
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s

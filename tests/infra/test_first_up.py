@@ -12,7 +12,7 @@ from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
 from infra.load_balancer import AWS_LB
 from infra.secret_store import DAY_S, next_schedule, rotation_schedule
 from infra.settings import TERMINATION_MARGIN_S, ConfigError, parse_settings
-from infra.synth import K8sObject, Synthesis, SynthError, read_stack_config, synthesize
+from infra.synth import Synthesis, SynthError, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 PROD = read_stack_config("prod")
@@ -34,10 +34,6 @@ def annotations(s: Synthesis) -> dict[str, str]:
 
 def template_checksum(s: Synthesis) -> str:
     return s.one("Deployment", "clawbot").manifest["spec"]["template"]["metadata"]["annotations"][CHECKSUM_ANNOTATION]
-
-
-def resource(s: Synthesis, kind: str, name: str) -> K8sObject:
-    return s.one(kind, name)
 
 
 # -- 1. the load balancer and client addresses ------------------------------------------------------------------
