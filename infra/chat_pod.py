@@ -13,6 +13,7 @@ import pulumi
 from infra.contract import (
     APP_UID,
     CANARY,
+    CANARY_WEIGHT_ANNOTATION,
     CHAT_LABELS,
     COMMON_LABELS,
     CONTAINER_NAME,
@@ -74,6 +75,7 @@ class Release:
     track: str
     image: str
     replicas: int | None
+    weight_percent: int | None = None  # the canary's requested share of requests
 
     @property
     def selector(self) -> dict[str, str]:
@@ -83,6 +85,10 @@ class Release:
     def labels(self) -> dict[str, str]:
         return {**self.selector, **COMMON_LABELS, VERSION_LABEL: parse_image(self.image).version_label}
 
+    @property
+    def annotations(self) -> dict[str, str]:
+        return {} if self.weight_percent is None else {CANARY_WEIGHT_ANNOTATION: str(self.weight_percent)}
+
 
 def stable_release(s: StackSettings) -> Release:
     # With an HPA the replica count belongs to it; a fixed count would fight it on every `pulumi up`.
@@ -90,7 +96,7 @@ def stable_release(s: StackSettings) -> Release:
 
 
 def canary_release(s: StackSettings) -> Release | None:
-    return Release(CANARY, s.canary.image, s.canary.replicas) if s.canary else None
+    return Release(CANARY, s.canary.image, s.canary.replicas, s.canary.weight_percent) if s.canary else None
 
 
 def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:

@@ -105,6 +105,7 @@ class ChatServiceArgs:
 class ChatService(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     deployment_name: pulumi.Output[str]
+    data_claim_name: str
     database_secret_name: str | None
     service_name: pulumi.Output[str]
     endpoint_url: pulumi.Output[str]
@@ -142,6 +143,23 @@ class ChatService(pulumi.ComponentResource):
             # delete it at all until someone runs `pulumi state unprotect` on purpose.
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=s.production),
         )
+        # A restore makes a new claim from a snapshot and points the pods at it; the original claim stays as it was.
+        self.data_claim_name = s.backups.data_claim(f"{prefix}-data")
+        self.restored_pvc = None
+        if s.backups.restore_snapshot:
+            self.restored_pvc = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-data-restored",
+                metadata={"name": self.data_claim_name, "namespace": ns_name, "labels": labels},
+                spec={
+                    "accessModes": [s.data_access_mode],
+                    "storageClassName": s.storage_class,
+                    "resources": {"requests": {"storage": s.data_volume_size}},
+                    "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                   "name": s.backups.restore_snapshot},
+                },
+                # Restoring from another snapshot later leaves this claim in the cluster, as destroy does.
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
 
         self.certificate = None
         tls_secret = None
@@ -152,6 +170,8 @@ class ChatService(pulumi.ComponentResource):
             self.certificate = _certificate(name, prefix, s, ns_name, tls_secret, in_ns)
 
         waits_for: list[pulumi.Resource] = [self.config_map, self.pvc, *args.key_secrets]
+        if self.restored_pvc is not None:
+            waits_for.append(self.restored_pvc)
         if self.certificate is not None:
             waits_for.append(self.certificate)
         self.database_secret = None
@@ -171,13 +191,14 @@ class ChatService(pulumi.ComponentResource):
             secrets_digest = database_digest(args.secrets_digest, args.digest_key, args.database_url)
 
         pod = PodInputs(settings=s, placement=args.placement, secrets=args.secrets, config_map_name=f"{prefix}-config",
-                        claim_name=f"{prefix}-data", tls_secret_name=tls_secret, database_secret_name=self.database_secret_name)
+                        claim_name=self.data_claim_name, tls_secret_name=tls_secret, database_secret_name=self.database_secret_name)
         checksum = config_checksum(self.env, secrets_digest)
 
         def deployment(suffix: str, deployment_name: str, release: Release) -> k8s.apps.v1.Deployment:
             return k8s.apps.v1.Deployment(
                 f"{name}-{suffix}",
-                metadata={"name": deployment_name, "namespace": ns_name, "labels": release.labels},
+                metadata={"name": deployment_name, "namespace": ns_name, "labels": release.labels,
+                          **({"annotations": release.annotations} if release.annotations else {})},
                 spec=deployment_spec(pod, release, checksum),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for, custom_timeouts=rollout_timeouts(s)),
             )

@@ -41,6 +41,8 @@ TRACK_LABEL = "track"
 STABLE, CANARY = "stable", "canary"
 VERSION_LABEL = "app.kubernetes.io/version"
 RELEASE_LABELS = (TRACK_LABEL, VERSION_LABEL)
+# The weight an operator asked for, on the canary Deployment: the policy pack holds it to a ceiling per stack.
+CANARY_WEIGHT_ANNOTATION = "clawbot.dev/canary-weight-percent"
 # The conversation database URL reaches the container from this Secret key, never through the ConfigMap.
 DATABASE_URL_ENV = "CONVERSATION_DATABASE_URL"
 DATABASE_SECRET_KEY = "url"

@@ -25,6 +25,7 @@ _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 class BackupSettings:
     schedule: str  # cron, in the controller's time zone (UTC on EKS)
     snapshot_class: str  # VolumeSnapshotClass of the data volume's CSI driver; '' takes no snapshots
+    restore_snapshot: str  # a VolumeSnapshot the data volume is restored from; '' mounts the original claim
     retention: int  # snapshots and dumps kept
     image: str  # runs the snapshot job (Python, standard library only)
     database_image: str  # runs pg_dump
@@ -34,6 +35,10 @@ class BackupSettings:
     @property
     def snapshots(self) -> bool:
         return bool(self.snapshot_class)
+
+    def data_claim(self, original: str) -> str:
+        """The claim the chat pods mount: the original, or the one restored from `restore_snapshot`."""
+        return f"{self.restore_snapshot}-restored" if self.restore_snapshot else original
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,17 @@ def parse_backups(raw: Mapping[str, Any], production: bool) -> BackupSettings:
     snapshot_class = _str(raw, "backupSnapshotClass").strip()
     if snapshot_class and not _DNS_SUBDOMAIN.match(snapshot_class):
         raise ConfigError(f"{_key('backupSnapshotClass')} must name a VolumeSnapshotClass, got {snapshot_class!r}")
+    restore = _str(raw, "dataRestoreSnapshot").strip()
+    if restore and not _DNS_SUBDOMAIN.match(f"{restore}-restored"):
+        raise ConfigError(f"{_key('dataRestoreSnapshot')} must name a VolumeSnapshot in the namespace (kubectl get "
+                          f"volumesnapshots), got {restore!r}")
     size = _str(raw, "databaseBackupVolumeSize", required=True)
     if memory_bytes("databaseBackupVolumeSize", size) < 1024**3:
         raise ConfigError(f"{_key('databaseBackupVolumeSize')} must be at least 1Gi, got {size!r}")
     return BackupSettings(
         schedule=schedule,
         snapshot_class=snapshot_class,
+        restore_snapshot=restore,
         retention=_int(raw, "backupRetention", 1, 90),
         image=image_setting("backupImage", raw["backupImage"], production),
         database_image=image_setting("databaseBackupImage", raw["databaseBackupImage"], production),

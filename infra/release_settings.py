@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from infra.images import ImageReferenceError, parse_image
-from infra.settings import ConfigError, ScalingSettings, _bool, _int, _key
+from infra.settings import ConfigError, ScalingSettings, _int, _key
 
 CANARY_KEY = "canary"
-CANARY_FIELDS = ("image", "weight", "promote")
+CANARY_FIELDS = ("image", "weight")
 DEFAULT_CANARY_WEIGHT = 10
 # Above half, the "canary" serves more than the release it is meant to be checked against.
 MAX_CANARY_WEIGHT = 50
 STRUCTURED_KEYS: dict[str, str] = {
-    CANARY_KEY: "Canary release: {image: <ref>, weight: 1..50 (percent, default 10), promote: false}; absent for none",
+    CANARY_KEY: "Canary release: {image: <ref>, weight: 1..50 (percent, default 10)}; absent for none",
 }
 
 
@@ -51,13 +51,14 @@ def image_setting(name: str, value: Any, production: bool) -> str:
     return value
 
 
-def parse_release(raw: Any, stable_image: str, scaling: ScalingSettings, production: bool) -> tuple[str, CanarySettings | None]:
-    """(the image the stable Deployment runs, the canary or None) from the `canary` block.
+def parse_canary(raw: Any, stable_image: str, scaling: ScalingSettings, production: bool) -> CanarySettings | None:
+    """The canary beside the stable set, from the `canary` block; None without one.
 
-    `promote: true` is the one-change promotion: the stable set takes the canary's image and the canary goes.
+    Promoting is one change of config (README: Promote): `image` takes the canary's image and the block goes, so
+    nothing is left behind that a later rollback of `image` would have to know about.
     """
     if raw is None:
-        return stable_image, None
+        return None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{_key(CANARY_KEY)} must be an object like {{image: <ref>, weight: 10}}, got {raw!r}")
     unknown = sorted(set(raw) - set(CANARY_FIELDS))
@@ -69,14 +70,10 @@ def parse_release(raw: Any, stable_image: str, scaling: ScalingSettings, product
                           "`pulumi config set --path canary.image ghcr.io/acme/clawbot:<sha>@sha256:<digest>`")
     image = image_setting(f"{CANARY_KEY}.image", fields[f"{CANARY_KEY}.image"], production)
     fields.setdefault(f"{CANARY_KEY}.weight", DEFAULT_CANARY_WEIGHT)
-    fields.setdefault(f"{CANARY_KEY}.promote", False)
     weight = _int(fields, f"{CANARY_KEY}.weight", 1, MAX_CANARY_WEIGHT)
-    promote = _bool(fields, f"{CANARY_KEY}.promote")
-    if image == stable_image and not promote:
+    if image == stable_image:
         raise ConfigError(
             f"{_key(CANARY_KEY)}.image is {image!r}, the image the stable set runs already, so there is nothing to compare; "
             f"set it to the new release, or remove the block (`pulumi config rm {CANARY_KEY}`)"
         )
-    if promote:
-        return image, None
-    return stable_image, CanarySettings(image=image, weight_percent=weight, replicas=canary_replicas(weight, scaling.min_replicas))
+    return CanarySettings(image=image, weight_percent=weight, replicas=canary_replicas(weight, scaling.min_replicas))

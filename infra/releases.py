@@ -21,7 +21,7 @@ def history_output(previous: pulumi.Input[Any], settings: StackSettings) -> pulu
 
 
 def canary_output(settings: StackSettings) -> dict[str, Any] | None:
-    """The canary as operators and the deploy workflow read it; None when there is none (or it was promoted)."""
+    """The canary as operators and the deploy workflow read it; None when there is none."""
     c = settings.canary
     if c is None:
         return None

@@ -132,6 +132,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
     ConfigKey("backupSchedule", "string", "17 3 * * *", "Cron schedule (UTC) of the data-volume snapshot and the database dump"),
     ConfigKey("backupSnapshotClass", "string", "", "VolumeSnapshotClass for daily snapshots of the data volume (its CSI driver must support snapshots; EFS does not); empty takes none"),
+    ConfigKey("dataRestoreSnapshot", "string", "", "Restore: a VolumeSnapshot of the data volume; the chat pods then mount a new claim made from it (<snapshot>-restored)"),
     ConfigKey("backupRetention", "integer", 7, "How many snapshots and database dumps are kept (1..90); older ones are deleted"),
     ConfigKey("backupImage", "string", "python:3.13-alpine", "Image of the snapshot job (runs a standard-library Python script against the Kubernetes API)"),
     ConfigKey("databaseBackupImage", "string", "postgres:17-alpine", "Image of the database dump job (pg_dump; its major version must be at least the server's)"),
@@ -517,7 +518,7 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     """Validate raw config values (missing keys take DEFAULTS) into StackSettings; raises ConfigError."""
     # These build on this module's helpers, so they are imported once it is loaded.
     from infra.data_settings import parse_backups, parse_database
-    from infra.release_settings import CANARY_KEY, STRUCTURED_KEYS, image_setting, parse_release
+    from infra.release_settings import CANARY_KEY, STRUCTURED_KEYS, image_setting, parse_canary
 
     unknown = sorted(set(values) - set(DEFAULTS) - set(SECRET_KEYS) - set(STRUCTURED_KEYS))
     if unknown:
@@ -575,7 +576,8 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         inflight_per_pod=inflight_per_pod,
         scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 0, 3600),
     )
-    image, canary = parse_release(raw.get(CANARY_KEY), image_setting("image", raw["image"], production), scaling, production)
+    image = image_setting("image", raw["image"], production)
+    canary = parse_canary(raw.get(CANARY_KEY), image, scaling, production)
     canary_pods = canary.replicas if canary else 0
 
     gpu_mode = _choice(raw, "gpuMode", GPU_MODES)
