@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.chat_pod import CONTAINER_SECURITY
-from infra.contract import APP_NAME, APP_UID, COMMON_LABELS, DATABASE_SECRET_KEY, DATABASE_URL_ENV
+from infra.contract import APP_NAME, APP_UID, COMMON_LABELS, DATABASE_SECRET_KEY
 from infra.data_settings import BackupSettings, DatabaseSettings
 from infra.firewall import DNS_EGRESS
 
@@ -25,6 +25,8 @@ SNAPSHOT_SCRIPT = "volume_snapshot.py"
 DUMP_SCRIPT = "database_dump.sh"
 SCRIPTS_DIR = "/opt/clawbot"
 BACKUPS_DIR = "/backups"
+# The dump job reads the database URL from a file: unlike an env var, it is not in the process environment.
+DATABASE_URL_DIR = "/var/run/clawbot/database"
 SNAPSHOT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "backup"}
 DUMP_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "database-backup"}
 # A first EBS snapshot of a large volume takes a while to complete; the job waits this long for readyToUse.
@@ -188,7 +190,7 @@ class Backups(pulumi.ComponentResource):
             "imagePullPolicy": "IfNotPresent",
             "command": ["sh", f"{SCRIPTS_DIR}/{DUMP_SCRIPT}"],
             "env": [
-                {"name": DATABASE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": database_secret, "key": DATABASE_SECRET_KEY}}},
+                {"name": "DATABASE_URL_FILE", "value": f"{DATABASE_URL_DIR}/{DATABASE_SECRET_KEY}"},
                 {"name": "BACKUP_DIR", "value": BACKUPS_DIR},
                 {"name": "RETENTION", "value": str(b.retention)},
                 {"name": "PGCONNECT_TIMEOUT", "value": "30"},
@@ -197,10 +199,13 @@ class Backups(pulumi.ComponentResource):
             "volumeMounts": [
                 {"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True},
                 {"name": "backups", "mountPath": BACKUPS_DIR},
+                {"name": "database", "mountPath": DATABASE_URL_DIR, "readOnly": True},
             ],
         }
         volumes = [_scripts_volume(self.scripts_name, DUMP_SCRIPT),
-                   {"name": "backups", "persistentVolumeClaim": {"claimName": object_name}}]
+                   {"name": "backups", "persistentVolumeClaim": {"claimName": object_name}},
+                   {"name": "database", "secret": {"secretName": database_secret, "defaultMode": 0o440,
+                                                   "items": [{"key": DATABASE_SECRET_KEY, "path": DATABASE_SECRET_KEY}]}}]
         self.cron_jobs.append(k8s.batch.v1.CronJob(
             f"{self.name}-database-dumps",
             metadata=self._meta(object_name, DUMP_LABELS),

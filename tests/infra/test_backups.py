@@ -77,19 +77,22 @@ def test_a_daily_snapshot_job_runs_restricted_with_a_role_that_allows_only_snaps
     assert [sorted(p["port"] for p in rule["ports"]) for rule in egress["egress"]] == [[53, 53], [443, 6443]]
 
 
-def test_a_daily_database_dump_gets_the_url_from_the_secret_and_no_kubernetes_credentials(prod: Synthesis) -> None:
+def test_a_daily_database_dump_reads_the_url_from_the_secret_and_has_no_kubernetes_credentials(prod: Synthesis) -> None:
     pod = cron_pod(prod, "clawbot-database-backups")
     (c,) = pod["containers"]
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
     assert c["image"] == "postgres:17-alpine" and c["command"] == ["sh", "/opt/clawbot/database_dump.sh"]
     env = env_of(c)
-    assert env["CONVERSATION_DATABASE_URL"] == {"secretKeyRef": {"name": "clawbot-database", "key": "url"}}
-    assert (env["BACKUP_DIR"], env["RETENTION"]) == ("/backups", "14")
+    assert (env["DATABASE_URL_FILE"], env["BACKUP_DIR"], env["RETENTION"]) == ("/var/run/clawbot/database/url", "/backups", "14")
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
     claim = prod.one("PersistentVolumeClaim", "clawbot-database-backups")
     assert claim.options.protect and claim.options.retain_on_delete  # production: dumps outlive destroy
     volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert volumes["backups"]["persistentVolumeClaim"]["claimName"] == "clawbot-database-backups"
+    assert volumes["database"]["secret"] == {"secretName": "clawbot-database", "defaultMode": 0o440,
+                                             "items": [{"key": "url", "path": "url"}]}
+    assert mounts["database"] == "/var/run/clawbot/database"
     egress = prod.one("NetworkPolicy", "clawbot-database-backups-egress").manifest["spec"]
     assert egress["podSelector"]["matchLabels"] == DUMP_LABELS
     assert egress["egress"][1] == {"to": [{"ipBlock": {"cidr": "10.0.64.0/20"}}], "ports": [{"protocol": "TCP", "port": 5432}]}
@@ -323,8 +326,10 @@ def postgres() -> Iterator[tuple[str, Path]]:
 
 
 def dump_job(url: str, backups: Path, bin_dir: Path, retention: int = 2) -> subprocess.CompletedProcess[str]:
+    url_file = backups.parent / "url"  # as the Secret is mounted
+    url_file.write_text(url)
     return subprocess.run(["sh", str(JOBS_DIR / "database_dump.sh")], capture_output=True, text=True, timeout=120,
-                          env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "CONVERSATION_DATABASE_URL": url,
+                          env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "DATABASE_URL_FILE": str(url_file),
                                "BACKUP_DIR": str(backups), "RETENTION": str(retention), "PGCONNECT_TIMEOUT": "5"})
 
 
