@@ -57,8 +57,8 @@ ServiceFirewall(
 )
 Backups(
     "backups",
-    BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database, data_claim_name=chat.data_claim_name,
-                storage_class=settings.storage_class, production=settings.production,
+    BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
+                data_claim_name=chat.data_claim_name, storage_class=settings.storage_class, production=settings.production,
                 database_secret_name=chat.database_secret_name, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[chat]),
 )

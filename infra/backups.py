@@ -97,7 +97,8 @@ def cron_job_spec(schedule: str, deadline_s: int, labels: dict[str, str], pod: d
 
 
 def _scripts_volume(config_map: str, script: str) -> dict[str, Any]:
-    return {"name": "scripts", "configMap": {"name": config_map, "defaultMode": 0o444, "items": [{"key": script, "path": script}]}}
+    return {"name": "scripts",
+            "configMap": {"name": config_map, "defaultMode": 0o444, "items": [{"key": script, "path": script}]}}
 
 
 class Backups(pulumi.ComponentResource):
@@ -113,9 +114,8 @@ class Backups(pulumi.ComponentResource):
             scripts[DUMP_SCRIPT] = (JOBS_DIR / DUMP_SCRIPT).read_text()
         self.cron_jobs: list[k8s.batch.v1.CronJob] = []
         if scripts:
-            self.scripts = k8s.core.v1.ConfigMap(
-                f"{name}-scripts", metadata=self._meta(f"{prefix}-backup-scripts", SNAPSHOT_LABELS), data=scripts, opts=self.child,
-            )
+            self.scripts = k8s.core.v1.ConfigMap(f"{name}-scripts", metadata=self._meta(self.scripts_name, SNAPSHOT_LABELS),
+                                                 data=scripts, opts=self.child)
         if args.backups.snapshots:
             self._snapshots(f"{prefix}-snapshots")
         if args.database_secret_name:
@@ -213,7 +213,8 @@ class Backups(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[claim, self.scripts]),
         ))
         to = [{"ipBlock": {"cidr": c}} for c in a.database.egress_cidrs]
-        self._egress("database-backups", object_name, DUMP_LABELS, {"to": to, "ports": [{"protocol": "TCP", "port": a.database.port}]})
+        self._egress("database-backups", object_name, DUMP_LABELS,
+                     {"to": to, "ports": [{"protocol": "TCP", "port": a.database.port}]})
 
     @property
     def scripts_name(self) -> str:

@@ -66,7 +66,8 @@ def canary_ready(namespace: str) -> tuple[int, int]:
 
 def canary_restarts(namespace: str) -> dict[str, int]:
     pods = kubectl("-n", namespace, "get", "pods", "-l", CANARY_PODS, "-o", "json")["items"]
-    return {p["metadata"]["name"]: sum(int(c.get("restartCount", 0)) for c in (p.get("status") or {}).get("containerStatuses") or [])
+    return {p["metadata"]["name"]: sum(int(c.get("restartCount", 0))
+                                       for c in (p.get("status") or {}).get("containerStatuses") or [])
             for p in pods}
 
 
@@ -134,7 +135,8 @@ def soak(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.canary_check", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m infra.canary_check",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--soak-seconds", type=int, default=900)
     parser.add_argument("--interval", type=float, default=30)

@@ -57,7 +57,8 @@ def test_one_replica_keeps_sqlite_by_default(dev: Synthesis) -> None:
 @pytest.mark.parametrize(
     "url, changes, message",
     [
-        ("mysql://clawbot:s3cret-Pa55word@db:3306/x", {}, "must be a postgresql://USER:PASSWORD@HOST:5432/DB URL, got scheme 'mysql'"),
+        ("mysql://clawbot:s3cret-Pa55word@db:3306/x", {},
+         "must be a postgresql://USER:PASSWORD@HOST:5432/DB URL, got scheme 'mysql'"),
         ("s3cret-Pa55word", {}, "got a value without a scheme"),
         ("postgresql://clawbot:s3cret-Pa55word@db:99999/x", {}, "has a port that is not a number 1..65535"),
         (URL, {"databaseEgressCidrs": []}, "clawbot:databaseEgressCidrs must list the CIDRs the database listens on"),

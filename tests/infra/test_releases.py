@@ -54,7 +54,8 @@ def test_the_canary_is_a_second_deployment_of_the_new_image_behind_the_same_serv
     assert (stable_pods["track"], canary_pods["track"]) == ("stable", "canary")
     assert (stable_pods[VERSION_LABEL], canary_pods[VERSION_LABEL]) == ("aaa111", "ddd444")  # the commit tags CI pushes
     # One Service (and the metrics Service, the PDB, the firewall) selects both; each Deployment only its own pods.
-    for selector in (s.one("Service", "clawbot").manifest["spec"]["selector"], s.one("Service", "clawbot-metrics").manifest["spec"]["selector"],
+    for selector in (s.one("Service", "clawbot").manifest["spec"]["selector"],
+                     s.one("Service", "clawbot-metrics").manifest["spec"]["selector"],
                      s.one("NetworkPolicy", "clawbot-chat-ingress").manifest["spec"]["podSelector"]["matchLabels"]):
         assert selector.items() <= stable_pods.items() and selector.items() <= canary_pods.items()
     assert stable["spec"]["selector"]["matchLabels"] == {**CHAT_LABELS, "track": "stable"}

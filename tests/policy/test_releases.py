@@ -61,8 +61,9 @@ def test_a_canary_of_several_pods_is_held_to_its_share_at_the_stable_floor() -> 
     (message,) = check([("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)],
                        {"maxWeightPercent": 25})
     assert "runs 3 pods beside a floor of 4 stable pods, so it takes 43% of the requests" in message
-    canary["spec"]["replicas"] = 1
-    assert check([("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)], {"maxWeightPercent": 25}) == []
+    canary["spec"]["replicas"] = 1  # one pod is the least a canary can be: held to its asked-for weight only
+    assert check([("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)],
+                 {"maxWeightPercent": 25}) == []
 
 
 def test_without_a_canary_or_a_ceiling_nothing_is_refused() -> None:
