@@ -64,36 +64,36 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_CLUSTER", str(world))
 
-    def run(state: dict[str, Any], *extra: str) -> tuple[int, str]:
+    def run(state: dict[str, Any], *extra: str) -> int:
         world.write_text(json.dumps(state))
-        code = canary_check.main(["--namespace", "clawbot", "--interval", "0", *extra])
-        return code, ""
+        return canary_check.main(["--namespace", "clawbot", "--interval", "0", *extra])
 
     return run
 
 
 def test_a_healthy_canary_with_traffic_may_be_promoted(cluster, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    code, _ = cluster({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 200, "stable": 1800},
+    code = cluster({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 200, "stable": 1800},
                        "errors": {"canary": 1, "stable": 9}}, "--soak-seconds", "0")
     assert code == 0 and "canary-check: promote: canary: 0.5% 5xx of 200 requests" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    "state, reason",
+    "state, soak, reason",
     [
         ({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 200, "stable": 1800},
-          "errors": {"canary": 30, "stable": 9}}, "answered 15.0% of 200 requests with 5xx, above 5.0%"),
+          "errors": {"canary": 30, "stable": 9}}, 0, "answered 15.0% of 200 requests with 5xx, above 5.0%"),
         ({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 5, "stable": 1800}, "errors": {}},
-         "served 5 requests during the soak, fewer than 20"),
+         0, "served 5 requests during the soak, fewer than 20"),
+        # A long soak, cut short by the restart the second look sees.
         ({"deployment": deployment(1), "pods": [pods(0), pods(1)], "requests": {}, "errors": {}},
-         "canary pod(s) restarted during the soak: clawbot-canary-0"),
+         3600, "canary pod(s) restarted during the soak: clawbot-canary-0"),
         ({"deployment": deployment(0), "pods": [pods(0)], "requests": {}, "errors": {}},
-         "the canary had 0 of 1 pods ready after 0s"),
+         3600, "the canary had 0 of 1 pods ready after 0s"),
     ],
     ids=["errors", "idle", "restart", "never-ready"],
 )
-def test_a_canary_that_fails_the_soak_is_not_promoted(cluster, capsys, state: dict[str, Any], reason: str) -> None:  # type: ignore[no-untyped-def]
-    code, _ = cluster(state, "--soak-seconds", "60", "--ready-timeout", "0")
+def test_a_canary_that_fails_the_soak_is_not_promoted(cluster, capsys, state: dict[str, Any], soak: int, reason: str) -> None:  # type: ignore[no-untyped-def]
+    code = cluster(state, "--soak-seconds", str(soak), "--ready-timeout", "0")
     assert code == 1 and reason in capsys.readouterr().out
 
 
