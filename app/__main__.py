@@ -82,7 +82,7 @@ def main() -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     metrics_config = uvicorn.Config(
-        create_metrics_app(app.state.metrics), host=settings.host, port=settings.metrics_port, workers=1,
+        create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
         log_config=None, access_log=False, server_header=False, lifespan="off",
     )
     asyncio.run(_serve(_Server(config), _SideServer(metrics_config)))

@@ -90,35 +90,33 @@ def test_redis_stopping_mid_run_falls_back_then_reconnects(redis_server: RedisSe
     asyncio.run(run())
 
 
+def _flag_counts(limiters: list[RateLimiter], key_id: str, threshold: int) -> list[float]:
+    """Send one call per limiter in turn; after each, how often the key has been flagged so far."""
+    async def run() -> list[float]:
+        counts = []
+        for limiter in limiters:
+            await limiter.hit_key(key_id, 1000, threshold)
+            counts.append(metric_value(limiter.metrics, "clawbot_abnormal_key_usage_total", key_id=key_id))
+        return counts
+
+    return asyncio.run(run())
+
+
 def test_abnormal_key_is_flagged_once_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     metrics, clock = build_metrics(), Clock()
     limiter = RateLimiter(metrics, clock=clock)
-
-    async def run() -> list[bool]:
-        return [await limiter.note_key_call("alice", 3) for _ in range(6)]
-
     with caplog.at_level(logging.WARNING, logger="clawbot.ratelimit"):
-        flags = asyncio.run(run())
-    assert flags == [False, False, False, True, False, False]
-    assert metric_value(metrics, "clawbot_abnormal_key_usage_total", key_id="alice") == 1
+        assert _flag_counts([limiter] * 6, "alice", 3) == [0, 0, 0, 1, 1, 1]
     lines = [r for r in caplog.records if r.getMessage() == "abnormal key usage"]
     assert len(lines) == 1 and lines[0].key_id == "alice" and lines[0].threshold_per_minute == 3  # type: ignore[attr-defined]
     clock.t += 60
-    assert asyncio.run(run()) == [False, False, False, True, False, False]  # a new minute, a new count
+    assert _flag_counts([limiter] * 6, "alice", 3) == [1, 1, 1, 2, 2, 2]  # a new minute, a new count
 
 
 def test_abnormal_count_is_fleet_wide_with_redis(redis_server: RedisServer) -> None:
-    async def run() -> list[bool]:
-        m = build_metrics()
-        a, b = RateLimiter(m, RedisLink(redis_server.url, m)), RateLimiter(m, RedisLink(redis_server.url, m))
-        flags = []
-        for limiter in (a, b, a, b, a):
-            flags.append(await limiter.note_key_call("bot", 3))
-        for limiter in (a, b):
-            await limiter.link.close()  # type: ignore[union-attr]
-        return flags
-
-    assert asyncio.run(run()) == [False, False, False, True, False]
+    m = build_metrics()
+    a, b = RateLimiter(m, RedisLink(redis_server.url, m)), RateLimiter(m, RedisLink(redis_server.url, m))
+    assert _flag_counts([a, b, a, b, a], "bot", 3) == [0, 0, 0, 1, 1]
 
 
 def test_service_answers_429_with_headers_per_key(make_settings: Callable[..., Settings], keyfiles: KeyFiles, metrics: Metrics) -> None:
