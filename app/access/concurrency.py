@@ -45,10 +45,6 @@ class KeySlots:
         self._local: dict[str, int] = {}
         self._script: Any = None
 
-    def held(self, key_id: str) -> int:
-        """Slots this process counts for `key_id` (Redis-held ones are not counted here)."""
-        return self._local.get(key_id, 0)
-
     async def acquire(self, key_id: str, limit: int) -> Lease | None:
         """A lease on one of the key's `limit` slots, or None when all are taken. Release it with `release`."""
         lease_id = secrets.token_hex(12)

@@ -8,7 +8,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
 from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file

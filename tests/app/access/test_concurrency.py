@@ -9,7 +9,6 @@ from typing import Callable
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.testclient import TestClient
 
 from app.access.concurrency import KeySlots
 from app.access.control import AccessControl, Principal
