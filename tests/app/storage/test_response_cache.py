@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import torch
 
+from app.inference.loader import LoadedModel, model_identity
 from app.observability.metrics import build_metrics
 from app.storage.redis_link import RedisLink
 from app.storage.response_cache import ResponseCache
@@ -122,3 +125,21 @@ def test_redis_holds_at_most_max_entries(redis_server: RedisServer) -> None:
         return stored
 
     assert asyncio.run(run()) == 3
+
+
+def test_the_model_identity_follows_the_weights_not_the_display_name(tmp_path: Path) -> None:
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"model_type": "llama"}')
+    (weights / "model.safetensors").write_bytes(b"\x01" * 4096)
+
+    def identity(quantization: str = "none", name: str = "clawbot") -> str:
+        loaded = LoadedModel(model=None, tokenizer=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
+                             quantization=quantization, memory_bytes=0, source=weights, context_window=8192, name=name)
+        return model_identity(loaded)
+
+    first = identity()
+    assert identity(name="renamed-by-MODEL_NAME") == first
+    assert identity(quantization="nf4") != first
+    (weights / "model.safetensors").write_bytes(b"\x02" * 4096)  # a new revision: same size, other weights
+    assert identity() != first
