@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.auth import ApiPrincipal
+from app.api.auth import Caller
 from app.api.serving import Answer, ChatJob, ChatRunner
 from app.api.errors import ApiError, error_body
 from app.api.deps import JsonBody, Runner
@@ -18,14 +18,14 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 
 
 @router.get("/models", summary="The served model")
-async def models(request: Request, principal: ApiPrincipal) -> dict[str, Any]:
+async def models(request: Request, principal: Caller) -> dict[str, Any]:
     state = request.app.state
     return {"object": "list", "data": [model_card(state.model_name, state.started_at)]}
 
 
 @router.post("/chat/completions", dependencies=[JsonBody], summary="Chat completion, optionally streamed as SSE")
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, principal: ApiPrincipal, runner: Runner
+    body: ChatCompletionRequest, request: Request, principal: Caller, runner: Runner
 ) -> Any:
     if body.model not in (None, "", runner.model_name):
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; GET /v1/models lists {runner.model_name!r}")
