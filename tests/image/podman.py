@@ -29,6 +29,8 @@ REDIS_CONTAINERFILE = Path(__file__).with_name("redis.Containerfile")
 TOOLS = ("podman", "buildah", "runc", "debootstrap", "podman-compose")
 BUILD_TIMEOUT_S = 1800.0
 UID = 10001  # the image's user; mounted key files and data directories must be its own
+PARIS = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32,
+         "temperature": 0}
 
 # crun fails on this kernel's hybrid cgroup layout, and podman's default ulimits (nofile 1048576) are above the hard
 # limits here, so every podman call the tests make reads this instead of the distribution's defaults.
@@ -251,3 +253,10 @@ def own_by_service_user(*paths: Path) -> None:
     """Mounted files keep their host owner: hand them to the image's UID (as a Secret's fsGroup does on Kubernetes)."""
     for path in paths:
         os.chown(path, UID, UID)
+
+
+def printed_key(output: str) -> str:
+    """The API key `python -m app.keys add` prints once."""
+    keys = re.findall(r"^(ck-\S+)$", output, re.M)
+    assert keys, output
+    return keys[-1]

@@ -2,7 +2,6 @@
 keys made by the image's own CLI, answering a chat request with Redis beside it."""
 from __future__ import annotations
 
-import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -12,9 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.server import free_port
-from tests.image.podman import ROOT, BuiltImage, Container, Podman, own_by_service_user
-
-PARIS = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32, "temperature": 0}
+from tests.image.podman import PARIS, ROOT, BuiltImage, Container, Podman, own_by_service_user, printed_key
 
 
 def make_keys(pm: Podman, image: str, keys: Path) -> str:
@@ -24,10 +21,8 @@ def make_keys(pm: Podman, image: str, keys: Path) -> str:
     cli = ["run", "--rm", "--read-only", "--network", "none", "--volume", f"{keys}:/keys", image, "python", "-m",
            "app.keys"]
     pm(*cli, "init-kek", "--kek-file", "/keys/kek")
-    added = pm(*cli, "add", "--id", "ops", "--key-file", "/keys/api-keys", "--kek-file", "/keys/kek").stdout
-    key = re.findall(r"^(ck-\S+)$", added, re.M)
-    assert key, added
-    return key[-1]
+    added = pm(*cli, "add", "--id", "ops", "--key-file", "/keys/api-keys", "--kek-file", "/keys/kek")
+    return printed_key(added.stdout)
 
 
 class Compose:
@@ -39,7 +34,8 @@ class Compose:
         result = subprocess.run(["podman-compose", "--project-name", self.project, "--file",
                                  str(ROOT / "compose.yaml"), *args],
                                 env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        output = result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{output}"
         return result
 
     def container(self, service: str) -> str:

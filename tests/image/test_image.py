@@ -14,11 +14,11 @@ import httpx
 import pytest
 
 from tests.e2e.server import free_port
-from tests.image.podman import CACHE, ROOT, BuiltImage, Container, Podman, own_by_service_user
+from tests.image.podman import (CACHE, PARIS, ROOT, BuiltImage, Container, Podman, own_by_service_user,
+                                printed_key)
 
 KEYS_IN_CONTAINER = "/run/clawbot/keys"
 EMBEDDED = "embedded:smollm2-135m-instruct"
-PARIS = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     subprocess.run([*cli, "init-kek", "--kek-file", str(keys / "kek")], cwd=ROOT, check=True, capture_output=True)
     added = subprocess.run([*cli, "add", "--id", "image-test", "--key-file", str(keys / "api-keys"),
                             "--kek-file", str(keys / "kek")], cwd=ROOT, check=True, capture_output=True, text=True)
-    key = re.findall(r"^(ck-\S+)$", added.stdout, re.M)
-    assert key, added.stdout
     keys.chmod(0o700)
     own_by_service_user(keys, keys / "kek", keys / "api-keys")
-    return keys, key[-1]
+    return keys, printed_key(added.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,8 @@ def data_dir(pm: Podman, image: BuiltImage, tmp_path_factory: pytest.TempPathFac
 
 def start(pm: Podman, image: BuiltImage, keys: Path, data: Path, *env: str) -> Container:
     c = Container(pm, f"clawbot-image-test-{uuid.uuid4().hex[:8]}", free_port())
-    settings = [f"API_KEY_PATH={KEYS_IN_CONTAINER}/api-keys", f"KEK_PATH={KEYS_IN_CONTAINER}/kek", "MAX_TOKENS=256", *env]
+    settings = [f"API_KEY_PATH={KEYS_IN_CONTAINER}/api-keys", f"KEK_PATH={KEYS_IN_CONTAINER}/kek", "MAX_TOKENS=256",
+                *env]
     pm("run", "--detach", "--name", c.name, "--read-only", "--publish", f"127.0.0.1:{c.port}:18789",
        "--volume", f"{keys}:{KEYS_IN_CONTAINER}:ro", "--volume", f"{data}:/app/data",
        *(arg for setting in settings for arg in ("--env", setting)), image.tag)
