@@ -230,7 +230,8 @@ def _deployment_spec(s: StackSettings, args: ChatServiceArgs, labels: dict[str, 
         "name": CONTAINER_NAME,
         "image": s.image,
         "imagePullPolicy": s.image_pull_policy,
-        "command": ["python", "-m", "app"],
+        # args, not command: the image's ENTRYPOINT (tini, PID 1) stays and forwards SIGTERM to the server.
+        "args": ["python", "-m", "app"],
         "ports": [
             {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
