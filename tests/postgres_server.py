@@ -2,7 +2,7 @@
 
 The server listens on a loopback port only (no Unix socket), with password authentication, fsync and
 synchronous_commit as in production, so durability tests mean something. `kill9()` kills the postmaster and every
-backend at once (SIGKILL to its process group): the next `start()` runs crash recovery, as after a real crash.
+backend at once (SIGKILL to each): the next `start()` runs crash recovery, as after a real crash.
 
 `scripts/setup dev` installs it (`apt-get install postgresql`); a test that needs it fails, rather than skips, when
 it is absent. initdb and postgres refuse to run as root, so under root they run as the `postgres` user, with a data
@@ -13,6 +13,7 @@ Every module then shares one server (the singleton below), started on first use 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -49,6 +50,26 @@ def _bin_dir() -> Path:
         "PostgreSQL is not installed; the test command installs it (scripts/setup runs "
         "`apt-get install postgresql`). Install it and run the tests again."
     )
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state_and_ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(state_and_ppid[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped; a zombie has let go of everything, shared memory included."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class PostgresServer:
@@ -102,7 +123,6 @@ class PostgresServer:
              "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200",
              "-c", "fsync=on", "-c", "synchronous_commit=on"],
             user=self._as_user, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so kill9() reaches every backend
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -130,18 +150,22 @@ class PostgresServer:
         self.proc = None
 
     def kill9(self) -> None:
-        """SIGKILL to the postmaster and all its backends at once: nothing is flushed that was not already."""
+        """SIGKILL to the postmaster and every backend at once: nothing is flushed that was not already.
+
+        Backends call setsid(), so they are not in the postmaster's process group: they are found by parent pid,
+        with the postmaster stopped first so that it forks no new one meanwhile.
+        """
         if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        victims = [self.proc.pid, *_children_of(self.proc.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        # Backends are in the same group; wait until none is left, or the next start finds shared memory in use.
+        # The next start refuses while any of them still holds the shared memory.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                break
+        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.proc = None
 

@@ -34,6 +34,13 @@ log = logging.getLogger("clawbot.conversations")
 T = TypeVar("T")
 
 RETRY_WINDOW_S = 15.0
+# The pool retries a lost connection with backoff (1 s, 2 s, 4 s...); giving an attempt up after this long lets the
+# next request start a fresh one, so after an outage the pool is back within seconds of the server, however long
+# the server was away.
+RECONNECT_TIMEOUT_S = 5.0
+# How long one try waits for a pooled connection. Each new try asks the pool again, and asking is what makes a pool
+# that gave up reconnecting start over; a single long wait would sit in the queue until the window closed.
+POOL_WAIT_S = 2.0
 PURGE_BATCH = 1000
 
 _COLUMNS = "request_id, key_id, route, messages, answer, usage, latency_s, extract(epoch FROM created_at)::float8, created_at"
@@ -89,6 +96,7 @@ class PostgresConversationStore:
             # A connection the server dropped (restart, failover) is noticed and replaced before it is handed out.
             check=ConnectionPool.check_connection,
             name="conversations",
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             open=False,
         )
         try:
@@ -111,15 +119,15 @@ class PostgresConversationStore:
         delay = 0.05
         while True:
             try:
-                with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
+                with self._pool.connection(timeout=max(0.1, min(POOL_WAIT_S, deadline - time.monotonic()))) as conn:
                     return work(conn)
-            except psycopg.OperationalError as exc:  # connection lost, server starting up, pool timeout
+            except psycopg.OperationalError as exc:  # connection lost, server starting up, no connection free in time
                 if time.monotonic() + delay >= deadline:
                     log.error("conversation database unreachable", extra={"operation": operation, "error_type": type(exc).__name__})
                     raise StoreUnavailable(
                         f"conversation database {self._location} unreachable for {self.retry_window_s:g} s ({operation})"
                     ) from exc
-                log.warning("conversation database unreachable, retrying", extra={"operation": operation, "error_type": type(exc).__name__})
+                log.warning("conversation database unreachable or busy, retrying", extra={"operation": operation, "error_type": type(exc).__name__})
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,9 +20,9 @@ import pytest
 from app.settings import Settings
 from app.storage.conversations import ConversationStore, Exchange
 from app.storage.stores import open_conversation_store
+from tests.app.storage.conversation_writer import kill_and_drain, read_acknowledged, start_writer
 from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[3]
 KINDS = ["sqlite", "postgres"]
 
 
@@ -215,57 +211,6 @@ def test_a_waiting_write_never_blocks_the_event_loop(store_settings: Settings, o
         finally:
             watchdog.cancel()
     assert store.count() == 1
-
-
-WRITER = """
-import asyncio, os, time
-from pathlib import Path
-from app.settings import Settings
-from app.storage.conversations import Exchange
-from app.storage.stores import open_conversation_store
-
-async def main():
-    url = os.environ.get("CONVERSATION_DATABASE_URL") or None
-    store = open_conversation_store(Settings(data_dir=Path(os.environ["DATA_DIR"]), conversation_database_url=url))
-    i = 0
-    while True:
-        ex = Exchange(f"req-{i}", "alice", "/api/chat", [{"role": "user", "content": "q" * 200}], "a" * 500,
-                      {"prompt_tokens": 1}, 0.1, time.time())
-        await store.record(ex)
-        print(ex.request_id, flush=True)  # only after record() returned: the client would now get its answer
-        i += 1
-
-asyncio.run(main())
-"""
-
-
-def start_writer(settings: Settings) -> subprocess.Popen[str]:
-    """A process recording exchanges as fast as it can, printing each request_id once record() has returned."""
-    env = {**os.environ, "DATA_DIR": str(settings.data_dir), "CONVERSATION_DATABASE_URL": settings.conversation_database_url or ""}
-    return subprocess.Popen(
-        [sys.executable, "-c", WRITER], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def read_acknowledged(proc: subprocess.Popen[str], count: int, timeout_s: float = 60) -> list[str]:
-    assert proc.stdout is not None
-    acknowledged: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while len(acknowledged) < count and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        acknowledged.append(line.strip())
-    return acknowledged
-
-
-def kill_and_drain(proc: subprocess.Popen[str], acknowledged: list[str]) -> None:
-    """kill -9, then collect what it printed before dying: those records had returned too."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.stdout is not None
-    acknowledged.extend(line.strip() for line in proc.stdout.read().splitlines() if line.strip())
 
 
 def test_every_recorded_exchange_survives_kill_9(store_settings: Settings, open_store: Callable[..., ConversationStore]) -> None:
