@@ -1,0 +1,99 @@
+"""Two replicas on one PostgreSQL conversation store, as in production: real `python -m app` servers under load,
+PostgreSQL crashing and restarting under them, and a replica killed with -9. Nothing answered is ever lost."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from tests.e2e.load import Load
+from tests.e2e.server import Server, start_server
+from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401  (fixture)
+
+CLIENTS = 16
+ANSWERS_BEFORE_KILL = 40  # as in test_crash.py
+ANSWERS_SHARED = 20  # over both replicas
+ANSWERS_AROUND_CRASH = 10  # before the database crashes, and again after it is back
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server: PostgresServer) -> Iterator[str]:
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    if postgres_server.proc is None:
+        postgres_server.start()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    """Two servers started together on an empty database: they migrate it once, under the lock, and share it."""
+    servers = [
+        # One torch thread each: two servers on a small machine, each spinning a thread per core, crawl.
+        start_server(Path(tmp_path_factory.mktemp(f"replica-{i}")), CONVERSATION_DATABASE_URL=database,
+                     RATE_LIMIT_PER_KEY="100000", RATE_LIMIT_PER_IP="100000", TORCH_THREADS="1")
+        for i in range(2)
+    ]
+    try:
+        for srv in servers:
+            srv.wait_ready()
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def stored_ids(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT request_id FROM exchanges")]
+
+
+def test_two_replicas_writing_at_once_lose_nothing_and_duplicate_nothing(replicas: list[Server], database: str) -> None:
+    load = Load([srv.url for srv in replicas], replicas[0].api_key, CLIENTS).start()
+    try:
+        assert load.wait_for(ANSWERS_SHARED), f"only {len(load.answered)} answers:\n{replicas[0].log()[-3000:]}"
+    finally:
+        load.stop()
+    assert load.refused == []
+    assert all(load.answered_by[srv.url] > 0 for srv in replicas), load.answered_by
+    ids = stored_ids(database)
+    assert sorted(ids) == sorted(load.answered)  # every answer stored once, and nothing stored that was not answered
+    assert not any((srv.data_dir / "conversations.sqlite3").exists() for srv in replicas)
+
+
+def test_postgres_crashing_under_load_loses_no_answered_exchange(
+    replicas: list[Server], database: str, postgres_server: PostgresServer
+) -> None:
+    load = Load([srv.url for srv in replicas], replicas[0].api_key, CLIENTS).start()
+    try:
+        assert load.wait_for(ANSWERS_AROUND_CRASH)
+        postgres_server.kill9()  # the database dies mid-write, with requests in flight on both replicas
+        postgres_server.start()  # and comes back through crash recovery
+        answered_before_recovery = len(load.answered)
+        assert load.wait_for(answered_before_recovery + ANSWERS_AROUND_CRASH), "the replicas did not recover"
+    finally:
+        load.stop()
+    # A request that could not be recorded during the outage was refused with a clear 503, never answered.
+    for status, body in load.refused:
+        assert status == 503 and json.loads(body)["error"]["code"] == "conversation_store_unavailable", body
+    stored = set(stored_ids(database))
+    missing = [rid for rid in load.answered if rid not in stored]
+    assert missing == [], f"{len(missing)} of {len(load.answered)} answered exchanges lost to the database's crash"
+
+
+def test_kill_9_of_a_replica_under_load_loses_no_answered_exchange(replicas: list[Server], database: str) -> None:
+    victim = replicas[0]
+    load = Load([victim.url], victim.api_key, CLIENTS).start()
+    try:
+        assert load.wait_for(ANSWERS_BEFORE_KILL), f"only {len(load.answered)} answers:\n{victim.log()[-3000:]}"
+        victim.proc.send_signal(signal.SIGKILL)  # mid-load: other requests are still being generated and written
+        victim.proc.wait(30)
+    finally:
+        load.stop()
+    stored = set(stored_ids(database))
+    missing = [rid for rid in load.answered if rid not in stored]
+    assert missing == [], f"{len(missing)} of {len(load.answered)} answered exchanges are not in PostgreSQL: {missing[:5]}"
