@@ -121,6 +121,8 @@ class Settings:
     # PostgreSQL for the conversation store (several replicas); it carries a password, so it is kept out of repr.
     conversation_database_url: str | None = field(default=None, repr=False)
     conversation_database_pool_size: int = 8
+    # How long a request waits for an unreachable conversation database (retrying) before it is answered 503.
+    conversation_database_wait_s: float = 15.0
     warmup_prompts: tuple[str, ...] = ("Hello!",)
     torch_threads: int = 0
     # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
@@ -170,6 +172,7 @@ ENV_VARS: dict[str, str] = {
     "CONVERSATION_JOURNAL": "conversation_journal",
     "CONVERSATION_DATABASE_URL": "conversation_database_url",
     "CONVERSATION_DATABASE_POOL_SIZE": "conversation_database_pool_size",
+    "CONVERSATION_DATABASE_WAIT_SECONDS": "conversation_database_wait_s",
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
@@ -217,6 +220,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         conversation_journal=_choice(env, "CONVERSATION_JOURNAL", "wal", JOURNAL_MODES),
         conversation_database_url=_database_url(env, "CONVERSATION_DATABASE_URL"),
         conversation_database_pool_size=_int(env, "CONVERSATION_DATABASE_POOL_SIZE", 8, 1, 100),
+        conversation_database_wait_s=_float(env, "CONVERSATION_DATABASE_WAIT_SECONDS", 15.0, 1.0, 300.0),
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),

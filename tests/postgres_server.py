@@ -8,8 +8,8 @@ backend at once (SIGKILL to each): the next `start()` runs crash recovery, as af
 it is absent. initdb and postgres refuse to run as root, so under root they run as the `postgres` user, with a data
 directory that user owns (outside pytest's tmp directories, which only root may enter).
 
-Test modules import the fixtures: `from tests.postgres_server import postgres_server, postgres_url  # noqa: F401`.
-Every module then shares one server (the singleton below), started on first use and stopped at the session's end.
+A conftest.py imports the fixtures (`from tests.postgres_server import postgres_server, postgres_url`); every
+directory that does shares one server (the singleton below), started on first use, stopped at the session's end.
 """
 from __future__ import annotations
 

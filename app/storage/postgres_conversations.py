@@ -5,7 +5,7 @@ exchange a client was answered for survives kill -9 of the app and PostgreSQL's 
 write keyed by request_id replaces the row (ON CONFLICT DO UPDATE, as SQLite's INSERT OR REPLACE), so retrying
 after a lost acknowledgement never duplicates. Resilient: a bounded pool checks each connection before handing it
 out, so the pool reconnects after the server restarts; an operation that meets a dead connection or an absent
-server is retried for RETRY_WINDOW_S, then fails with StoreUnavailable (the API answers 503).
+server is retried for CONVERSATION_DATABASE_WAIT_SECONDS, then fails with StoreUnavailable (the API answers 503).
 
 One synchronous pool serves both the async calls (run on an executor with one thread per connection, so the event
 loop never waits on the network and never more threads wait than there are connections) and the sync ones (the
@@ -33,7 +33,6 @@ log = logging.getLogger("clawbot.conversations")
 
 T = TypeVar("T")
 
-RETRY_WINDOW_S = 15.0
 # The pool retries a lost connection with backoff (1 s, 2 s, 4 s...); giving an attempt up after this long lets the
 # next request start a fresh one, so after an outage the pool is back within seconds of the server, however long
 # the server was away.
@@ -75,7 +74,7 @@ class PostgresConversationStore:
     export_batch = EXPORT_BATCH
     purge_batch = PURGE_BATCH
 
-    def __init__(self, url: str, *, retention_days: int, pool_size: int = 8, retry_window_s: float = RETRY_WINDOW_S) -> None:
+    def __init__(self, url: str, *, retention_days: int, pool_size: int = 8, retry_window_s: float = 15.0) -> None:
         """Connect, apply pending migrations (under the migration lock) and open the pool; raises StoreUnavailable
         when the database cannot be reached, SchemaError when its schema is not one this build can use."""
         check_retention(retention_days)
@@ -130,6 +129,9 @@ class PostgresConversationStore:
                 log.warning("conversation database unreachable or busy, retrying", extra={"operation": operation, "error_type": type(exc).__name__})
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _fetch_all(self, operation: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._run(operation, lambda conn: conn.execute(query, params).fetchall())
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
@@ -201,12 +203,10 @@ class PostgresConversationStore:
         after: tuple[datetime, str] | None = None
         while True:
             cond, params = (f"{where} AND (created_at, request_id) > (%s, %s)", (*args, *after)) if after else (where, args)
-            rows = self._run(
+            rows = self._fetch_all(
                 "export",
-                lambda conn: conn.execute(
-                    f"SELECT {_COLUMNS} FROM exchanges {cond} ORDER BY created_at, request_id LIMIT %s",
-                    (*params, self.export_batch),
-                ).fetchall(),
+                f"SELECT {_COLUMNS} FROM exchanges {cond} ORDER BY created_at, request_id LIMIT %s",
+                (*params, self.export_batch),
             )
             if not rows:
                 return

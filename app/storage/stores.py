@@ -25,6 +25,7 @@ def open_conversation_store(settings: Settings) -> ConversationStore:
             settings.conversation_database_url,
             retention_days=settings.retention_days,
             pool_size=settings.conversation_database_pool_size,
+            retry_window_s=settings.conversation_database_wait_s,
         )
     return SqliteConversationStore(settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.e2e.load import Load
 from tests.e2e.server import Server, start_server
-from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401  (fixture)
+from tests.postgres_server import PostgresServer
 
 CLIENTS = 16
 ANSWERS_BEFORE_KILL = 40  # as in test_crash.py
@@ -52,7 +53,50 @@ def stored_ids(url: str) -> list[str]:
         return [row[0] for row in conn.execute("SELECT request_id FROM exchanges")]
 
 
+def _chat(n: int, **extra: object) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": f"Outage question {n}: name a fruit."}], "max_tokens": 4,
+            "temperature": 0.8, "seed": n, **extra}
+
+
+def test_while_the_database_is_down_requests_get_a_clear_503_and_nothing_unrecorded_is_answered(
+    postgres_server: PostgresServer, database: str, tmp_path: Path
+) -> None:
+    srv = start_server(tmp_path / "data", CONVERSATION_DATABASE_URL=database, CONVERSATION_DATABASE_WAIT_SECONDS="1",
+                       TORCH_THREADS="1")
+    try:
+        srv.wait_ready()
+        with srv.client(headers={"Authorization": f"Bearer {srv.api_key}"}) as client:
+            postgres_server.stop()
+            refused = client.post("/v1/chat/completions", json=_chat(1))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "conversation_store_unavailable"
+            assert refused.headers["retry-after"] == "5"
+
+            # Streaming: the text was sent as it came, but no finish_reason follows; an error event ends the stream.
+            with client.stream("POST", "/v1/chat/completions", json=_chat(2, stream=True)) as stream:
+                events = [line[len("data: "):] for line in stream.iter_lines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            assert chunks[-1]["error"]["code"] == "conversation_store_unavailable"
+            assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+            streamed_id = chunks[0]["id"]
+
+            postgres_server.start()
+            deadline = time.monotonic() + 60
+            answered = client.post("/v1/chat/completions", json=_chat(3))
+            while answered.status_code == 503 and time.monotonic() < deadline:  # the pool reconnects within seconds
+                answered = client.post("/v1/chat/completions", json=_chat(3))
+            assert answered.status_code == 200, answered.text
+    finally:
+        srv.stop()
+        if postgres_server.proc is None:
+            postgres_server.start()
+    stored = stored_ids(database)
+    assert answered.json()["id"] in stored and streamed_id not in stored
+
+
 def test_two_replicas_writing_at_once_lose_nothing_and_duplicate_nothing(replicas: list[Server], database: str) -> None:
+    before = stored_ids(database)
     load = Load([srv.url for srv in replicas], replicas[0].api_key, CLIENTS).start()
     try:
         assert load.wait_for(ANSWERS_SHARED), f"only {len(load.answered)} answers:\n{replicas[0].log()[-3000:]}"
@@ -60,8 +104,8 @@ def test_two_replicas_writing_at_once_lose_nothing_and_duplicate_nothing(replica
         load.stop()
     assert load.refused == []
     assert all(load.answered_by[srv.url] > 0 for srv in replicas), load.answered_by
-    ids = stored_ids(database)
-    assert sorted(ids) == sorted(load.answered)  # every answer stored once, and nothing stored that was not answered
+    added = set(stored_ids(database)) - set(before)
+    assert sorted(added) == sorted(load.answered)  # every answer stored once, and nothing stored that was not answered
     assert not any((srv.data_dir / "conversations.sqlite3").exists() for srv in replicas)
 
 

@@ -21,7 +21,6 @@ from app.settings import Settings
 from app.storage.conversations import ConversationStore, Exchange
 from app.storage.stores import open_conversation_store
 from tests.app.storage.conversation_writer import kill_and_drain, read_acknowledged, start_writer
-from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 KINDS = ["sqlite", "postgres"]
 

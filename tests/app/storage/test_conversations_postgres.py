@@ -22,7 +22,7 @@ from app.storage.postgres_conversations import PostgresConversationStore
 from app.storage.postgres_link import MIGRATION_LOCK, PURGE_LOCK, redact_url
 from app.storage.stores import Storage
 from tests.app.storage.conversation_writer import ROOT, kill_and_drain, read_acknowledged, start_writer
-from tests.postgres_server import PostgresServer, postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.postgres_server import PostgresServer
 
 
 def _ex(i: int, at: float | None = None) -> Exchange:
@@ -61,7 +61,7 @@ def test_a_fresh_database_is_migrated_and_a_second_run_changes_nothing(postgres_
         assert apply_migrations(conn) == []
         rows = conn.execute("SELECT version, name, checksum FROM schema_migrations").fetchall()
         assert rows == [(1, "initial", known_migrations()[0].checksum)]
-        columns = dict(conn.execute(
+        columns: dict[str, str] = dict(conn.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'exchanges'"
         ).fetchall())
     assert columns["messages"] == "json" and columns["created_at"] == "timestamp with time zone"
