@@ -107,6 +107,13 @@ def test_two_replicas_writing_at_once_lose_nothing_and_duplicate_nothing(replica
     added = set(stored_ids(database)) - set(before)
     assert sorted(added) == sorted(load.answered)  # every answer stored once, and nothing stored that was not answered
     assert not any((srv.data_dir / "conversations.sqlite3").exists() for srv in replicas)
+    for srv in replicas:  # an admin on either replica sees what both wrote
+        with srv.client(headers={"Authorization": f"Bearer {srv.api_key}"}) as admin:
+            export = admin.get("/admin/conversations/export")
+            listed = admin.get("/admin/conversations", params={"page_size": 1}).json()
+        assert export.status_code == 200
+        assert set(load.answered) <= {json.loads(line)["request_id"] for line in export.text.splitlines()}
+        assert listed["total"] == len(before) + len(load.answered)
 
 
 def test_postgres_crashing_under_load_loses_no_answered_exchange(
