@@ -59,6 +59,18 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
+def _database_url(env: Mapping[str, str], name: str) -> str | None:
+    """A postgresql:// URL; an error names the scheme it got, never the URL (it holds a password)."""
+    raw = env.get(name) or None
+    if raw is None:
+        return None
+    scheme = raw.split("://", 1)[0] if "://" in raw else ""
+    if scheme not in ("postgresql", "postgres"):
+        got = f"scheme {scheme!r}" if scheme else "a value without a scheme"
+        raise SettingsError(f"{name} must be a postgresql:// URL (postgresql://USER:PASSWORD@HOST:5432/DB), got {got}")
+    return raw
+
+
 def _cidrs(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     out = []
@@ -115,6 +127,11 @@ class Settings:
     cache_max_entries: int = 10_000
     retention_days: int = 30
     conversation_journal: str = "wal"
+    # PostgreSQL for the conversation store (several replicas); it carries a password, so it is kept out of repr.
+    conversation_database_url: str | None = field(default=None, repr=False)
+    conversation_database_pool_size: int = 8
+    # How long a request waits for an unreachable conversation database (retrying) before it is answered 503.
+    conversation_database_wait_s: float = 15.0
     warmup_prompts: tuple[str, ...] = ("Hello!",)
     torch_threads: int = 0
     # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
@@ -171,6 +188,9 @@ ENV_VARS: dict[str, str] = {
     "CACHE_MAX_ENTRIES": "cache_max_entries",
     "RETENTION_DAYS": "retention_days",
     "CONVERSATION_JOURNAL": "conversation_journal",
+    "CONVERSATION_DATABASE_URL": "conversation_database_url",
+    "CONVERSATION_DATABASE_POOL_SIZE": "conversation_database_pool_size",
+    "CONVERSATION_DATABASE_WAIT_SECONDS": "conversation_database_wait_s",
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
@@ -232,6 +252,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
         retention_days=_int(env, "RETENTION_DAYS", 30, 1, 3650),
         conversation_journal=_choice(env, "CONVERSATION_JOURNAL", "wal", JOURNAL_MODES),
+        conversation_database_url=_database_url(env, "CONVERSATION_DATABASE_URL"),
+        conversation_database_pool_size=_int(env, "CONVERSATION_DATABASE_POOL_SIZE", 8, 1, 100),
+        conversation_database_wait_s=_float(env, "CONVERSATION_DATABASE_WAIT_SECONDS", 15.0, 1.0, 300.0),
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),

@@ -234,21 +234,29 @@ class ChatRunner:
                 job.cache_key,
                 {"text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.completion_tokens},
             )
-        from app.storage.conversations import Exchange
+        from app.storage.conversations import Exchange, StoreUnavailable
 
-        await self.storage.conversations.record(
-            Exchange(
-                request_id=job.request_id,
-                key_id=job.key_id,
-                route=job.route,
-                messages=job.messages,
-                answer=answer.text,
-                usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                       "cached": answer.cached},
-                latency_s=time.perf_counter() - job.started,
-                created_at=time.time(),
-            )
+        exchange = Exchange(
+            request_id=job.request_id,
+            key_id=job.key_id,
+            route=job.route,
+            messages=job.messages,
+            answer=answer.text,
+            usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens, "cached": answer.cached},
+            latency_s=time.perf_counter() - job.started,
+            created_at=time.time(),
         )
+        try:
+            await self.storage.conversations.record(exchange)
+        except StoreUnavailable as exc:
+            # Nothing is answered that is not stored: the client gets a 503 and may retry (the same prompt may
+            # then come from the response cache, and is recorded then).
+            log.error("exchange not recorded", extra={"request_id": job.request_id, "error": str(exc)})
+            raise ApiError(
+                503, "conversation_store_unavailable",
+                "the conversation store is unreachable, so the answer was not recorded; retry the request",
+                headers={"Retry-After": "5"},
+            ) from exc
 
     async def complete(self, job: ChatJob, request: Request) -> Answer:
         answer = await self.cached(job)

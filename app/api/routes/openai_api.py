@@ -82,19 +82,18 @@ async def _sse(
     try:
         yield chunk({"role": "assistant", "content": ""})
         if cached is not None:
-            answer = cached
             yield chunk({"content": cached.text})
         else:
             async for delta in handle:
                 if delta:
                     yield chunk({"content": delta})
-            try:
-                answer = runner.answer_of(job, await handle.result())
-            except ApiError as exc:
-                yield _event(error_body(exc.status, exc.code, exc.message))
-                yield _event("[DONE]")
-                return
-        await runner.finish(job, answer, request)
+        try:
+            answer = cached if cached is not None else runner.answer_of(job, await handle.result())
+            await runner.finish(job, answer, request)
+        except ApiError as exc:  # a timeout, or a store that cannot record the answer: no finish_reason follows
+            yield _event(error_body(exc.status, exc.code, exc.message))
+            yield _event("[DONE]")
+            return
         yield chunk({}, openai_finish_reason(answer.finish_reason))
         if include_usage:
             yield _event({**base, "choices": [], "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens)})
