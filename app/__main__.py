@@ -136,7 +136,7 @@ def main() -> int:
     )
     # The metrics listener stays plain HTTP: only the monitoring namespace reaches it, inside the cluster.
     metrics_config = uvicorn.Config(
-        create_metrics_app(app.state.metrics), host=settings.host, port=settings.metrics_port, workers=1,
+        create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
         log_config=None, access_log=False, server_header=False, lifespan="off",
     )
     asyncio.run(_run(settings, config, metrics_config))

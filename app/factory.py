@@ -12,8 +12,12 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from app.access.netrules import NetRules
+from app.api.auth import RouteGuard, check_route_rules
 from app.api.serving import ChatRunner
 from app.api.errors import install_error_handlers
+from app.api.middleware.network_rules import PROBE_PATHS, NetworkRulesMiddleware
+from app.api.openapi import install_openapi
 from app.observability.metrics import Metrics, build_metrics
 from app.api.middleware.request_log import RequestObserver
 from app.settings import Settings
@@ -43,6 +47,7 @@ async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:
 
 async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal: Callable[[str], None] | None) -> None:
     from app.inference.engine import Engine
+    from app.inference.loader import model_identity
 
     state = app.state
     try:
@@ -71,6 +76,7 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             # The engine thread decodes with its tokenizer; a copy keeps encode and decode from sharing Rust state.
             tokenizer=copy.deepcopy(loaded.tokenizer),
             model_name=state.model_name,
+            model_identity=await asyncio.to_thread(model_identity, loaded),
             context_window=loaded.context_window,
             storage=state.storage,
         )
@@ -127,6 +133,10 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         version="1.0.0",
         summary="Private quantized-LLM chat service: seed API and OpenAI-compatible API on port 18789.",
         lifespan=lifespan,
+        # Every route gets its rule from app.api.auth.ROUTE_RULES, so none can forget its credentials or scope.
+        dependencies=[RouteGuard],
+        # A slash redirect builds its Location from the client's Host header: a forged Host would be echoed back.
+        redirect_slashes=False,
     )
     state = app.state
     state.settings = settings
@@ -147,10 +157,14 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(admin.router)
     app.include_router(admin_stats.router)
     app.include_router(console.router)
+    check_route_rules(app)
+    install_openapi(app)
 
     from app.api.middleware.body_limit import BodyLimitMiddleware
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outside the body limit (a refused address's body is never read), inside the observer (refusals are counted).
+    app.add_middleware(NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=metrics, exempt_paths=PROBE_PATHS)
     app.add_middleware(RequestObserver, metrics=metrics)
     from app.api.middleware.security_headers import SecurityHeadersMiddleware
 

@@ -105,10 +105,19 @@ class Settings:
     allowed_cidrs: tuple[str, ...] = ()
     blocked_cidrs: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    # Who may scrape METRICS_PORT; empty leaves it to the NetworkPolicy (BLOCKED_CIDRS still apply).
+    metrics_allowed_cidrs: tuple[str, ...] = ()
     jwt_ttl_s: int = 3600
     jwt_audience: str = "clawbot"
     rate_limit_per_key: int = 600
     rate_limit_per_ip: int = 1200
+    # Prompt + completion tokens a key may use per minute, alongside its requests per minute.
+    rate_limit_tokens_per_key: int = 200_000
+    # Requests one key may have queued or in flight at once (all replicas together when REDIS_URL is set);
+    # below MAX_QUEUE, one key cannot fill the shared queue and lock the other keys out.
+    max_concurrent_per_key: int = 32
+    # Failed authentications per minute from one address (IPv6 by /64) before its auth attempts get 429.
+    auth_failures_per_minute: int = 30
     abnormal_key_per_minute: int = 1000
     max_body_bytes: int = 1_048_576
     max_messages: int = 256
@@ -121,6 +130,8 @@ class Settings:
     # PostgreSQL for the conversation store (several replicas); it carries a password, so it is kept out of repr.
     conversation_database_url: str | None = field(default=None, repr=False)
     conversation_database_pool_size: int = 8
+    # How long a request waits for an unreachable conversation database (retrying) before it is answered 503.
+    conversation_database_wait_s: float = 15.0
     warmup_prompts: tuple[str, ...] = ("Hello!",)
     torch_threads: int = 0
     # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
@@ -160,10 +171,14 @@ ENV_VARS: dict[str, str] = {
     "ALLOWED_CIDRS": "allowed_cidrs",
     "BLOCKED_CIDRS": "blocked_cidrs",
     "TRUSTED_PROXIES": "trusted_proxies",
+    "METRICS_ALLOWED_CIDRS": "metrics_allowed_cidrs",
     "JWT_TTL_SECONDS": "jwt_ttl_s",
     "JWT_AUDIENCE": "jwt_audience",
     "RATE_LIMIT_PER_KEY": "rate_limit_per_key",
     "RATE_LIMIT_PER_IP": "rate_limit_per_ip",
+    "RATE_LIMIT_TOKENS_PER_KEY": "rate_limit_tokens_per_key",
+    "MAX_CONCURRENT_PER_KEY": "max_concurrent_per_key",
+    "AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
     "ABNORMAL_KEY_PER_MINUTE": "abnormal_key_per_minute",
     "MAX_BODY_BYTES": "max_body_bytes",
     "MAX_MESSAGES": "max_messages",
@@ -175,6 +190,7 @@ ENV_VARS: dict[str, str] = {
     "CONVERSATION_JOURNAL": "conversation_journal",
     "CONVERSATION_DATABASE_URL": "conversation_database_url",
     "CONVERSATION_DATABASE_POOL_SIZE": "conversation_database_pool_size",
+    "CONVERSATION_DATABASE_WAIT_SECONDS": "conversation_database_wait_s",
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
@@ -219,10 +235,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_cidrs=_cidrs(env, "ALLOWED_CIDRS"),
         blocked_cidrs=_cidrs(env, "BLOCKED_CIDRS"),
         trusted_proxies=_cidrs(env, "TRUSTED_PROXIES"),
+        metrics_allowed_cidrs=_cidrs(env, "METRICS_ALLOWED_CIDRS"),
         jwt_ttl_s=_int(env, "JWT_TTL_SECONDS", 3600, 30, 3600),
         jwt_audience=env.get("JWT_AUDIENCE") or "clawbot",
         rate_limit_per_key=_int(env, "RATE_LIMIT_PER_KEY", 600, 1, 1_000_000),
         rate_limit_per_ip=_int(env, "RATE_LIMIT_PER_IP", 1200, 1, 1_000_000),
+        rate_limit_tokens_per_key=_int(env, "RATE_LIMIT_TOKENS_PER_KEY", 200_000, 1, 1_000_000_000),
+        max_concurrent_per_key=_int(env, "MAX_CONCURRENT_PER_KEY", 32, 1, 100_000),
+        auth_failures_per_minute=_int(env, "AUTH_FAILURES_PER_MINUTE", 30, 1, 1_000_000),
         abnormal_key_per_minute=_int(env, "ABNORMAL_KEY_PER_MINUTE", 1000, 1, 1_000_000),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
         max_messages=_int(env, "MAX_MESSAGES", 256, 1, 10_000),
@@ -234,6 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         conversation_journal=_choice(env, "CONVERSATION_JOURNAL", "wal", JOURNAL_MODES),
         conversation_database_url=_database_url(env, "CONVERSATION_DATABASE_URL"),
         conversation_database_pool_size=_int(env, "CONVERSATION_DATABASE_POOL_SIZE", 8, 1, 100),
+        conversation_database_wait_s=_float(env, "CONVERSATION_DATABASE_WAIT_SECONDS", 15.0, 1.0, 300.0),
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),

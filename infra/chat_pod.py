@@ -145,7 +145,7 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": s.image_pull_policy,
-        "command": ["python", "-m", "app"],
+        "args": ["python", "-m", "app"],  # args, not command: the image's ENTRYPOINT (tini) stays PID 1
         "ports": [
             {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},

@@ -1,10 +1,11 @@
-"""Access control the routes use: who is calling (IP rules, API key or JWT), at what rate, and the audit trail.
+"""Access control the routes use: who is calling (API key or JWT), at what rate and concurrency, and the audit trail.
 
 One `AccessControl` per app, made in the lifespan by `AccessControl.create`. It owns the key
-ring, the token service, the network rules, the rate limiter and the audit log. Every refusal
-is an `ApiError` in the contract's shape, counted in `clawbot_auth_failures{reason}` or
-`clawbot_rate_limited{scope}` and written to the audit trail; no credential ever reaches an
-error body, a log line or a metric label.
+ring, the token service, the rate limiter, the per-key concurrency slots and the audit log.
+Whether an address may connect at all is decided before any route, by
+app.api.middleware.network_rules. Every refusal is an `ApiError` in the contract's shape,
+counted in `clawbot_auth_failures{reason}` or `clawbot_rate_limited{scope}` and written to the
+audit trail; no credential ever reaches an error body, a log line or a metric label.
 """
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import contextlib
 import asyncio
 import logging
 import signal
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator, Callable, TypeVar
 
+import anyio
 from fastapi import Request
 
 from app.access.audit import AuditLog
+from app.access.concurrency import LEASE_MARGIN_S, KeySlots
 from app.access.key_material import open_key_ring
 from app.access.keyfile import KeyFileError
 from app.access.keyring import KEY_STATE_REASONS, ApiKeyEntry, KeyRing, format_time
-from app.access.netrules import NetRules
+from app.access.netrules import NetRules, address_group
 from app.access.ratelimit import Decision, RateLimiter
 from app.access.tokens import TokenError, TokenService
 from app.api.errors import ApiError
@@ -30,6 +34,7 @@ from app.settings import Settings
 from app.storage.redis_link import RedisLink
 
 log = logging.getLogger("clawbot.access")
+T = TypeVar("T")
 
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clawbot"'}
 
@@ -47,10 +52,9 @@ class AccessControl:
         self.metrics = metrics
         self.ring = ring
         self.tokens = TokenService(ring, audience=settings.jwt_audience, ttl_s=settings.jwt_ttl_s)
-        self.netrules = NetRules(
-            allowed_cidrs=settings.allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=settings.trusted_proxies
-        )
+        self.netrules = NetRules.for_api(settings)
         self.limiter = RateLimiter(metrics, link)
+        self.slots = KeySlots(link, lease_s=settings.generation_timeout_s + LEASE_MARGIN_S)
         self.audit = AuditLog()
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
 
@@ -82,6 +86,7 @@ class AccessControl:
 
     # -- helpers -----------------------------------------------------------------------------
     def client_address(self, request: Request) -> str:
+        """The client's address, as the network-rules middleware decided it (computed here for an app without it)."""
         cached = getattr(request.state, "client_ip", None)
         if isinstance(cached, str):
             return cached
@@ -100,17 +105,33 @@ class AccessControl:
         return ApiError(status, code, message, headers=headers)
 
     async def _admit_address(self, request: Request) -> str:
-        client = self.client_address(request)
-        verdict = self.netrules.check(client)
-        if not verdict.allowed:
-            raise self._refuse(
-                request, 403, "address_not_allowed", f"requests from {client or 'this address'} are not allowed", f"ip_{verdict.reason}"
-            )
-        decision = await self.limiter.hit("ip", client, self.settings.rate_limit_per_ip)
+        """Take a token from the address's bucket and refuse an address that failed authentication too often.
+
+        Returns the address group (an IPv6 client counts by its /64) that failed authentications are charged to.
+        """
+        group = address_group(self.client_address(request))
+        decision = await self.limiter.hit("ip", group, self.settings.rate_limit_per_ip)
         request.state.ip_rate_limit = decision
         if not decision.allowed:
             raise self._too_many(request, decision, "ip", "this address")
-        return client
+        failures = await self.limiter.check("auth_failures", group, self.settings.auth_failures_per_minute)
+        if not failures.allowed:
+            raise self._refuse(
+                request, 429, "too_many_auth_failures",
+                f"too many failed authentications from this address (at most {failures.limit} a minute); "
+                f"retry in {failures.retry_after_s} s",
+                "too_many_auth_failures", headers={"Retry-After": str(failures.retry_after_s)},
+            )
+        return group
+
+    async def _identified(self, group: str, identify: Callable[[], T]) -> T:
+        """`identify()`, charging a refusal (401) to the address group's failed-authentication budget."""
+        try:
+            return identify()
+        except ApiError as exc:
+            if exc.status == 401:
+                await self.limiter.charge("auth_failures", group, self.settings.auth_failures_per_minute, 1)
+            raise
 
     def _too_many(self, request: Request, decision: Decision, scope: str, who: str) -> ApiError:
         return self._refuse(
@@ -144,21 +165,7 @@ class AccessControl:
             raise self._key_refused(request, state)
         return entry
 
-    # -- the interface the routes use --------------------------------------------------------
-    async def issue_token(self, api_key: str, request: Request) -> dict[str, Any]:
-        await self._admit_address(request)
-        entry = self._check_api_key(request, api_key)
-        principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
-        await self._admit_key(request, principal)
-        try:
-            token, expires_in = self.tokens.issue(entry)
-        except KeyFileError:
-            log.error("no current JWT signing key; /api/auth cannot issue tokens")
-            raise ApiError(503, "no_signing_key", "the service has no current token signing key; tell its operator") from None
-        return {"token": token, "token_type": "bearer", "expires_in": expires_in}
-
-    async def authenticate(self, request: Request, *, allow_api_key: bool) -> Principal:
-        await self._admit_address(request)
+    def _bearer_principal(self, request: Request, allow_api_key: bool) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
@@ -168,25 +175,39 @@ class AccessControl:
                 request, 401, "missing_credentials", f"send `Authorization: Bearer <token>` with {what}", "missing_credentials",
                 headers=_BEARER_CHALLENGE,
             )
-        principal: Principal | None = None
         if allow_api_key:
             entry, state = self.ring.verify(credential)
             if entry is not None:
                 if state != "active":
                     raise self._key_refused(request, state)  # the same answer as /api/auth gives
-                principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
-        if principal is None:
-            if credential.count(".") != 2:
-                if allow_api_key:
-                    raise self._key_refused(request, "unknown_key")
-                raise self._refuse(request, 401, "invalid_token", "this route takes a bearer token from POST /api/auth, not an API key",
-                                   "malformed_token", headers=_BEARER_CHALLENGE)
-            try:
-                claims = self.tokens.verify(credential)
-            except TokenError as exc:
-                code = "token_expired" if exc.reason == "token_expired" else "invalid_token"
-                raise self._refuse(request, 401, code, exc.message, exc.reason, headers=_BEARER_CHALLENGE) from None
-            principal = Principal(key_id=claims.key_id, scopes=claims.scopes, via="jwt")
+                return Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
+        if credential.count(".") != 2:
+            if allow_api_key:
+                raise self._key_refused(request, "unknown_key")
+            raise self._refuse(request, 401, "invalid_token", "this route takes a bearer token from POST /api/auth, not an API key",
+                               "malformed_token", headers=_BEARER_CHALLENGE)
+        try:
+            claims = self.tokens.verify(credential)
+        except TokenError as exc:
+            code = "token_expired" if exc.reason == "token_expired" else "invalid_token"
+            raise self._refuse(request, 401, code, exc.message, exc.reason, headers=_BEARER_CHALLENGE) from None
+        return Principal(key_id=claims.key_id, scopes=claims.scopes, via="jwt")
+
+    # -- the interface the routes use --------------------------------------------------------
+    async def issue_token(self, api_key: str, request: Request) -> dict[str, Any]:
+        group = await self._admit_address(request)
+        entry = await self._identified(group, lambda: self._check_api_key(request, api_key))
+        await self._admit_key(request, Principal(key_id=entry.id, scopes=entry.scopes, via="api_key"))
+        try:
+            token, expires_in = self.tokens.issue(entry)
+        except KeyFileError:
+            log.error("no current JWT signing key; /api/auth cannot issue tokens")
+            raise ApiError(503, "no_signing_key", "the service has no current token signing key; tell its operator") from None
+        return {"token": token, "token_type": "bearer", "expires_in": expires_in}
+
+    async def authenticate(self, request: Request, *, allow_api_key: bool) -> Principal:
+        group = await self._admit_address(request)
+        principal = await self._identified(group, lambda: self._bearer_principal(request, allow_api_key))
         await self._admit_key(request, principal)
         return principal
 
@@ -196,6 +217,42 @@ class AccessControl:
                 request, 403, "insufficient_scope", f"this route needs the {scope!r} scope; key {principal.key_id!r} lacks it",
                 f"missing_scope_{scope}",
             )
+
+    @asynccontextmanager
+    async def key_usage(self, request: Request, principal: Principal) -> AsyncIterator[None]:
+        """Hold one of the key's MAX_CONCURRENT_PER_KEY slots while the request is queued, generating and streaming.
+
+        Refuses (429) while the key's token budget is spent. The tokens the answer used (`request.state.tokens`,
+        prompt + completion) are charged when the request ends, so a key may overdraw by what its requests in
+        flight use and then waits until its budget refills.
+        """
+        key_id, settings = principal.key_id, self.settings
+        budget = await self.limiter.check("tokens", key_id, settings.rate_limit_tokens_per_key)
+        if not budget.allowed:
+            raise self._refuse(
+                request, 429, "token_budget_exceeded",
+                f"key {key_id!r} has used its {budget.limit} tokens a minute; retry in {budget.retry_after_s} s",
+                "token_budget_exceeded", headers={"Retry-After": str(budget.retry_after_s)},
+            )
+        lease = await self.slots.acquire(key_id, settings.max_concurrent_per_key)
+        if lease is None:
+            self.metrics.rate_limited.labels(scope="key_concurrency").inc()
+            raise self._refuse(
+                request, 429, "key_concurrency_limit",
+                f"key {key_id!r} already has {settings.max_concurrent_per_key} requests queued or in flight; "
+                "retry when one has finished",
+                "key_concurrency_limit", headers={"Retry-After": "1"},
+            )
+        try:
+            yield
+        finally:
+            # Shielded: a client that went away cancels the request, but its slot and its tokens are still settled.
+            with anyio.CancelScope(shield=True):
+                await self.slots.release(lease)
+                used = getattr(request.state, "tokens", None) or {}
+                spent = int(used.get("prompt") or 0) + int(used.get("completion") or 0)
+                if spent:
+                    await self.limiter.charge("tokens", key_id, settings.rate_limit_tokens_per_key, spent)
 
     def rate_limit_headers(self, request: Request) -> dict[str, str]:
         decision: Decision | None = getattr(request.state, "rate_limit", None) or getattr(request.state, "ip_rate_limit", None)

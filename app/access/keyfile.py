@@ -18,6 +18,7 @@ Envelope encryption, KMS style:
       ],
       "jwt_keys": [
         {"kid": "jwt-1", "not_before": "...", "expires_at": null,
+         "retired_at": "...",   # only once rotated out: it signs nothing after this, verifies until expires_at
          "ciphertext": "<Fernet(DEK) token of the HS256 signing secret>"}
       ],
       "hub_token": {"ciphertext": "..."} | null
@@ -94,6 +95,7 @@ class JwtKeyRecord:
     secret: str
     not_before: str | None = None
     expires_at: str | None = None
+    retired_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ def seal_key_file(keyring: KeyFile, kek: str, *, dek: str | None = None, iv_seed
                 "kid": k.kid,
                 "not_before": k.not_before,
                 "expires_at": k.expires_at,
+                # Written only once set, so files sealed before rotation kept the field are unchanged byte for byte.
+                **({"retired_at": k.retired_at} if k.retired_at else {}),
                 "ciphertext": _encrypt(data_key, k.secret, iv_seed),
             }
             for k in keyring.jwt_keys
@@ -168,6 +172,7 @@ def open_key_file(text: str, kek: str) -> KeyFile:
                 secret=_decrypt(data_key, k["ciphertext"], f"JWT key {k['kid']!r}"),
                 not_before=k.get("not_before"),
                 expires_at=k.get("expires_at"),
+                retired_at=k.get("retired_at"),
             )
             for k in doc.get("jwt_keys", [])
         )

@@ -20,7 +20,10 @@ from app.access.keyfile import MIN_KEK_LENGTH, KeyFileError, KeyFile, iso_time, 
 
 log = logging.getLogger("clawbot.keyring")
 
-SCOPES: frozenset[str] = frozenset({"chat", "admin"})
+# chat: the chat routes and /v1/models; admin: the /admin routes; benchmark: `ignore_eos` (fixed-length generations).
+SCOPES: frozenset[str] = frozenset({"chat", "admin", "benchmark"})
+# Keys that may ask for `ignore_eos`: it makes every request run to max_tokens, a cost only load tests need.
+IGNORE_EOS_SCOPES: frozenset[str] = frozenset({"benchmark", "admin"})
 RELOAD_CHECK_INTERVAL_S = 1.0
 # Words that mark a value copied from an example rather than generated; refused outside development.
 PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace-me", "todo", "xxxxxxxx")
@@ -87,9 +90,14 @@ class JwtKey:
     secret: bytes
     not_before: float | None
     expires_at: float | None
+    # Set when a rotation replaced it: it signs nothing more, and verifies only tokens issued before this time.
+    retired_at: float | None = None
 
     def current(self, now: float) -> bool:
         return (self.not_before is None or self.not_before <= now) and (self.expires_at is None or now < self.expires_at)
+
+    def retired(self, now: float) -> bool:
+        return self.retired_at is not None and self.retired_at <= now
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ def contents_of(keyring: KeyFile, *, source: str, strict: bool) -> RingContents:
                 secret=jrec.secret.encode(),
                 not_before=parse_time(jrec.not_before, f"{source}: not_before of JWT key {jrec.kid!r}"),
                 expires_at=parse_time(jrec.expires_at, f"{source}: expires_at of JWT key {jrec.kid!r}"),
+                retired_at=parse_time(jrec.retired_at, f"{source}: retired_at of JWT key {jrec.kid!r}"),
             )
         )
     if not api:
@@ -271,10 +280,12 @@ class KeyRing:
 
     # -- JWT keys ----------------------------------------------------------------------------
     def signing_key(self) -> JwtKey:
-        """The newest current key: latest not_before, then latest in the file."""
+        """The newest current key that is not retired: latest not_before, then latest in the file."""
         self.maybe_reload()
         now = self.clock()
-        current = [(k.not_before or 0.0, i, k) for i, k in enumerate(self._contents.jwt_keys) if k.current(now)]
+        current = [
+            (k.not_before or 0.0, i, k) for i, k in enumerate(self._contents.jwt_keys) if k.current(now) and not k.retired(now)
+        ]
         if not current:
             raise KeyFileError("no JWT signing key is currently valid; add one with `python -m app.keys rotate --jwt`")
         return max(current, key=lambda t: (t[0], t[1]))[2]

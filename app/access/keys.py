@@ -25,6 +25,9 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_GRACE_DAYS = 7.0
 # A retired JWT key must keep verifying for at least one token lifetime (JWT_TTL_SECONDS is at most 3600).
 MIN_JWT_GRACE_S = 3600
+# How long a rotated-out JWT key may still sign: replicas read the new key file when the mounted Secret
+# updates (the kubelet's sync period, up to about two minutes); until then they sign with the old key.
+JWT_RETIRE_DELAY_S = 120
 
 
 class CliError(Exception):
@@ -126,17 +129,35 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _earlier(a: str | None, b: str) -> str:
+    """The earlier of two key-file times; `a` may be unset."""
+    return a if a is not None and (parse_time(a, "a key time") or 0.0) <= (parse_time(b, "a key time") or 0.0) else b
+
+
+def _retire_jwt_key(key: JwtKeyRecord, retire_at: str, expire_at: str) -> JwtKeyRecord:
+    """`key` rotated out: it signs nothing after `retire_at` and verifies nothing after `expire_at` (earlier times kept)."""
+    return replace(key, retired_at=_earlier(key.retired_at, retire_at), expires_at=_earlier(key.expires_at, expire_at))
+
+
 def cmd_rotate(args: argparse.Namespace) -> int:
     key_path, kek, ring = _open(args)
-    grace_s = args.grace_days * 86400
+    grace_s = 0.0 if args.now else args.grace_days * 86400
     if grace_s < 0:
         raise CliError(f"--grace-days must be zero or more, got {args.grace_days}")
     if args.jwt:
-        retire_at = now_iso(max(grace_s, MIN_JWT_GRACE_S))
-        kept = tuple(k if k.expires_at else replace(k, expires_at=retire_at) for k in ring.jwt_keys)
         fresh = JwtKeyRecord(kid=f"jwt-{int(time.time() * 1000)}", secret=new_secret(), not_before=now_iso())
+        if args.now:
+            retire_at = expire_at = now_iso()
+        else:
+            retire_at, expire_at = now_iso(JWT_RETIRE_DELAY_S), now_iso(max(grace_s, MIN_JWT_GRACE_S))
+        kept = tuple(_retire_jwt_key(k, retire_at, expire_at) for k in ring.jwt_keys)
         _save(key_path, kek, replace(ring, jwt_keys=(*kept, fresh)))
-        print(f"new JWT signing key {fresh.kid!r}; older keys keep verifying until {retire_at}")
+        if args.now:
+            print(f"new JWT signing key {fresh.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
+                  "the service reloads the key file (within a second, or on SIGHUP)")
+        else:
+            print(f"new JWT signing key {fresh.kid!r}; older keys sign nothing after {retire_at} and verify the tokens "
+                  f"they issued before it until {expire_at}")
         return 0
     if not args.id:
         raise CliError("rotate needs --id KEY_ID (or --jwt to rotate the token signing key)")
@@ -184,19 +205,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         for k in ring.api_keys
     ]
     jwt = [
-        {"kid": k.kid, "not_before": k.not_before, "expires_at": k.expires_at,
+        {"kid": k.kid, "not_before": k.not_before, "expires_at": k.expires_at, "retired_at": k.retired_at,
          "status": _status(k.not_before, k.expires_at, False, now)}
         for k in ring.jwt_keys
     ]
     if args.json:
         print(json.dumps({"api_keys": api, "jwt_keys": jwt}, indent=2))
         return 0
-    print(f"{'ID':<32} {'SCOPES':<12} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
+    print(f"{'ID':<32} {'SCOPES':<22} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
     for a in api:
-        print(f"{a['id']:<32} {','.join(a['scopes']):<12} {a['status']:<14} {a['not_before'] or '-':<21} {a['expires_at'] or 'never'}")
-    print(f"\n{'JWT KID':<32} {'':<12} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
+        print(f"{a['id']:<32} {','.join(a['scopes']):<22} {a['status']:<14} {a['not_before'] or '-':<21} {a['expires_at'] or 'never'}")
+    print(f"\n{'JWT KID':<32} {'':<22} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
     for j in jwt:
-        print(f"{j['kid']:<32} {'':<12} {j['status']:<14} {j['not_before'] or '-':<21} {j['expires_at'] or 'never'}")
+        print(f"{j['kid']:<32} {'':<22} {j['status']:<14} {j['not_before'] or '-':<21} {j['expires_at'] or 'never'}")
     return 0
 
 
@@ -217,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add", help="add an API key and print it once (creates the key file if needed)")
     files(p)
     p.add_argument("--id", required=True, help="the key id: shown in logs, metrics and the admin API")
-    p.add_argument("--scopes", default="chat", help="comma-separated: chat, admin (default: chat)")
+    p.add_argument("--scopes", default="chat", help="comma-separated: chat, admin, benchmark (default: chat)")
     p.add_argument("--not-before", help="ISO-8601 time the key starts working (default: now)")
     p.add_argument("--expires-at", help="ISO-8601 expiry")
     p.add_argument("--expires-in-days", type=float, help="expiry relative to now")
@@ -231,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-at", help="ISO-8601 expiry of the new key")
     p.add_argument("--expires-in-days", type=float, help="expiry of the new key relative to now")
     p.add_argument("--jwt", action="store_true", help="rotate the JWT signing key instead")
+    p.add_argument("--now", action="store_true",
+                   help="emergency: retire the old key at once (no grace; with --jwt, its tokens stop verifying on reload)")
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("revoke", help="revoke an API key (its tokens stop working too)")

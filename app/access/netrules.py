@@ -9,6 +9,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Union
 
+from app.settings import Settings
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -27,6 +29,18 @@ def parse_ip(value: str) -> IPAddress | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+def address_group(address: str) -> str:
+    """What per-address limits count against: an IPv4 address (/32), or the /64 an IPv6 address is in.
+
+    A /64 is what one subscriber or host is handed, and a client can pick any address inside it,
+    so counting IPv6 per address would give one client 2**64 separate budgets.
+    """
+    addr = parse_ip(address)
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    return str(addr) if addr is not None else address
 
 
 def _networks(cidrs: Iterable[str], name: str) -> tuple[IPNetwork, ...]:
@@ -54,6 +68,17 @@ class NetRules:
         self.allowed = _networks(allowed_cidrs, "ALLOWED_CIDRS")
         self.blocked = _networks(blocked_cidrs, "BLOCKED_CIDRS")
         self.trusted = _networks(trusted_proxies, "TRUSTED_PROXIES")
+
+    @classmethod
+    def for_api(cls, settings: Settings) -> "NetRules":
+        """The API port's rules: ALLOWED_CIDRS and BLOCKED_CIDRS, X-Forwarded-For from TRUSTED_PROXIES."""
+        return cls(allowed_cidrs=settings.allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=settings.trusted_proxies)
+
+    @classmethod
+    def for_metrics(cls, settings: Settings) -> "NetRules":
+        """The metrics port's rules: METRICS_ALLOWED_CIDRS (Prometheus, not the API's clients) and BLOCKED_CIDRS.
+        Scrapers connect directly, so no proxy is trusted there."""
+        return cls(allowed_cidrs=settings.metrics_allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=())
 
     def client_address(self, peer: str | None, forwarded_for: list[str]) -> str:
         """The client's address. `forwarded_for`: every X-Forwarded-For header value, in order."""

@@ -1,8 +1,10 @@
 """Short-lived HS256 bearer tokens: issued for a verified API key, checked strictly on every request.
 
 Signed with the key ring's newest JWT key (named by the `kid` header); any current JWT key
-verifies, so tokens signed before a rotation keep working until they expire. A token whose
-API key was revoked or expired since issue is refused.
+verifies, so tokens signed before a rotation keep working until they expire. A rotated-out key
+verifies only tokens issued before its retirement: one it signs later (a leaked key minting
+tokens during the grace window) is refused. A token whose API key was revoked or expired since
+issue is refused.
 """
 from __future__ import annotations
 
@@ -103,7 +105,11 @@ class TokenService:
             raise TokenError("bad_signature", "the bearer token's signature does not verify") from None
         except jwt.PyJWTError:
             raise TokenError("malformed_token", "the bearer token is not a valid JWT") from None
-        return self._check_claims(claims)
+        checked = self._check_claims(claims)
+        if key.retired_at is not None and claims["iat"] > key.retired_at + LEEWAY_S:
+            # A backdated iat cannot get round this for long: exp - iat is capped at MAX_TTL_S.
+            raise TokenError("signed_after_retirement", "the bearer token was signed with a retired key; get a new one from POST /api/auth")
+        return checked
 
     def _check_claims(self, claims: dict[str, Any]) -> TokenClaims:
         sub, exp, iat, jti = claims.get("sub"), claims.get("exp"), claims.get("iat"), claims.get("jti")

@@ -1,16 +1,77 @@
-"""FastAPI dependencies that put a caller's identity on a route: the one seam between the routes and app.access.control.
+"""Who may call which route: the one table of route rules, and the dependency that enforces it on every route.
 
-`CurrentPrincipal` (seed API): a JWT from POST /api/auth. `ApiPrincipal` (/v1/*): a JWT or the
-API key itself, as OpenAI clients send it. `AdminPrincipal`: either, with the `admin` scope.
+`ROUTE_RULES` names, for every route of the API listener, the scope a caller needs, how the caller
+proves who it is, whether the request holds one of its key's concurrency slots, and the errors
+particular to the route (for the OpenAPI schema). `route_caller` runs on every route (create_app
+installs it as an app-wide dependency) and looks the rule up by the matched route, so a route cannot
+forget its check; create_app refuses to build an app with a route the table does not name.
+Handlers that need the caller take `principal: Caller` (the same dependency, run once per request).
 """
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, AsyncIterator, Literal
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import iter_route_contexts
 
-from app.api.errors import ApiError
 from app.access.control import AccessControl, Principal
+from app.api.errors import ApiError
+
+# none: no credentials; api_key_in_body: POST /api/auth checks the key itself; jwt: a token from /api/auth;
+# jwt_or_key: a token or the API key itself, as OpenAI clients send it.
+Credentials = Literal["none", "api_key_in_body", "jwt", "jwt_or_key"]
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    scope: str | None = None  # the scope the key needs; None with credentials "none" or "api_key_in_body"
+    credentials: Credentials = "none"
+    key_slot: bool = False  # counts against MAX_CONCURRENT_PER_KEY and the key's token budget while it runs
+    errors: tuple[int, ...] = ()  # statuses only this route answers (documented in the OpenAPI schema)
+
+
+PUBLIC = RouteRule()
+ADMIN = RouteRule(scope="admin", credentials="jwt_or_key")
+
+ROUTE_RULES: dict[str, RouteRule] = {
+    "/healthz": PUBLIC,
+    "/readyz": RouteRule(errors=(503,)),
+    "/": PUBLIC,
+    "/console/{asset}": RouteRule(errors=(404,)),
+    "/openapi.json": PUBLIC,
+    "/docs": PUBLIC,
+    "/docs/oauth2-redirect": PUBLIC,
+    "/redoc": PUBLIC,
+    "/api/auth": RouteRule(credentials="api_key_in_body"),
+    "/api/chat": RouteRule(scope="chat", credentials="jwt", key_slot=True, errors=(503, 504)),
+    "/v1/chat/completions": RouteRule(scope="chat", credentials="jwt_or_key", key_slot=True, errors=(404, 503, 504)),
+    "/v1/models": RouteRule(scope="chat", credentials="jwt_or_key"),
+    "/admin/conversations": ADMIN,
+    "/admin/conversations/export": ADMIN,
+    "/admin/keys": ADMIN,
+    "/admin/stats": ADMIN,
+}
+
+
+def route_paths(app: FastAPI) -> set[str]:
+    """Every route path the app serves, routers included."""
+    return {str(rc.path) for rc in iter_route_contexts(app.routes) if rc.path is not None}
+
+
+def check_route_rules(app: FastAPI) -> None:
+    """Refuse an app with a route that has no rule: an unlisted route would be refused on every call."""
+    missing = sorted(route_paths(app) - set(ROUTE_RULES))
+    if missing:
+        raise RuntimeError(f"routes without an access rule in app.api.auth.ROUTE_RULES: {', '.join(missing)}")
+
+
+def rule_of(request: Request) -> RouteRule:
+    path = getattr(request.scope.get("route"), "path", None)
+    rule = ROUTE_RULES.get(path) if isinstance(path, str) else None
+    if rule is None:
+        raise LookupError(f"route {path!r} has no rule in app.api.auth.ROUTE_RULES")  # refused (500), never let through
+    return rule
 
 
 def access_of(request: Request) -> AccessControl:
@@ -21,21 +82,21 @@ def access_of(request: Request) -> AccessControl:
     return access
 
 
-async def jwt_principal(request: Request) -> Principal:
-    return await access_of(request).authenticate(request, allow_api_key=False)
-
-
-async def api_principal(request: Request) -> Principal:
-    return await access_of(request).authenticate(request, allow_api_key=True)
-
-
-async def admin_principal(request: Request) -> Principal:
+async def route_caller(request: Request) -> AsyncIterator[Principal | None]:
+    """Apply the route's rule: authenticate, check the scope, and hold a key slot until the response has been sent."""
+    rule = rule_of(request)
+    if rule.scope is None:
+        yield None
+        return
     access = access_of(request)
-    principal = await access.authenticate(request, allow_api_key=True)
-    access.require_scope(request, principal, "admin")
-    return principal
+    principal = await access.authenticate(request, allow_api_key=rule.credentials == "jwt_or_key")
+    access.require_scope(request, principal, rule.scope)
+    if not rule.key_slot:
+        yield principal
+        return
+    async with access.key_usage(request, principal):
+        yield principal
 
 
-CurrentPrincipal = Annotated[Principal, Depends(jwt_principal)]
-ApiPrincipal = Annotated[Principal, Depends(api_principal)]
-AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
+RouteGuard = Depends(route_caller)
+Caller = Annotated[Principal, RouteGuard]

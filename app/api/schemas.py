@@ -1,16 +1,49 @@
-"""Request and response bodies of the seed API and the OpenAI-compatible API."""
+"""Request and response bodies of the seed API and the OpenAI-compatible API, and the error shape every route shares."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Role = Literal["system", "user", "assistant"]
+
+
+def encodable(text: str, what: str) -> str:
+    """`text` unchanged, or ValueError when it cannot be UTF-8 (a lone surrogate sent as a JSON escape like \\ud800).
+
+    Such text would fail later, in the tokenizer, the conversation store or a JSON response, as a 500.
+    The message names the position and the code point, never the character itself (it cannot be encoded either).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode text: it holds a lone surrogate (\\u{ord(text[exc.start]):04x}) at character "
+            f"{exc.start}; send UTF-8 text"
+        ) from None
+    return text
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="error class, e.g. invalid_request_error, authentication_error, rate_limit_error")
+    message: str = Field(description="what went wrong and what is allowed, safe to show a user")
+    code: str = Field(description="machine-readable reason, e.g. invalid_api_key, rate_limited, queue_full")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorDetail
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        return encodable(value, "text")
 
 
 class ChatMessage(BaseModel):
@@ -24,6 +57,13 @@ class ChatMessage(BaseModel):
     def _known_role(cls, value: str) -> str:
         if value not in ("system", "user", "assistant"):
             raise ValueError(f"role must be one of system, user, assistant; got {value!r}")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _encodable_content(cls, value: str | list[TextPart]) -> str | list[TextPart]:
+        if isinstance(value, str):
+            encodable(value, "content")
         return value
 
     def text(self) -> str:
@@ -49,6 +89,8 @@ class GenerationFields(BaseModel):
             raise ValueError(f"stop accepts at most 4 sequences, got {len(items)}")
         if any(not s for s in items):
             raise ValueError("stop sequences must not be empty")
+        for s in items:
+            encodable(s, "a stop sequence")
         return value
 
     def stop_tuple(self) -> tuple[str, ...]:
@@ -79,11 +121,17 @@ class ChatCompletionRequest(GenerationFields):
     ignore_eos: bool = False
     user: str | None = None
 
+    @field_validator("model", "user")
+    @classmethod
+    def _encodable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value if value is None else encodable(value, str(info.field_name))
+
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
 class AuthRequest(BaseModel):
+    # With a length bound, pydantic itself refuses text that is not valid Unicode (a 400 like any bad field).
     api_key: str = Field(min_length=1, max_length=512)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from app.access.keyring import IGNORE_EOS_SCOPES
 from app.api.errors import ApiError
 from app.api.schemas import ChatMessage, GenerationFields
 
@@ -56,6 +57,7 @@ class ChatRunner:
         engine: "Engine",
         tokenizer: Any,
         model_name: str,
+        model_identity: str,
         context_window: int,
         storage: "Storage | None",
     ) -> None:
@@ -64,6 +66,7 @@ class ChatRunner:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.model_identity = model_identity  # what the cache keys on: MODEL_NAME is only a display name
         self.context_window = context_window
         self.storage = storage
 
@@ -107,6 +110,12 @@ class ChatRunner:
     ) -> ChatJob:
         from app.inference.engine import SamplingParams
 
+        if ignore_eos and not principal.scopes & IGNORE_EOS_SCOPES:
+            raise ApiError(
+                403, "insufficient_scope",
+                f"ignore_eos needs a key with the {' or '.join(repr(s) for s in sorted(IGNORE_EOS_SCOPES))} scope; "
+                f"key {principal.key_id!r} has neither",
+            )
         plain = self._check_messages(messages)
         cap = self.settings.max_tokens
         if max_tokens is not None and not 1 <= max_tokens <= cap:
@@ -138,10 +147,11 @@ class ChatRunner:
         cache_key = None
         if self.storage is not None and not ignore_eos:
             cache_key = self.storage.cache.key_for(
-                self.model_name,
-                plain,
-                {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
-                 "stop": list(params.stop), "seed": params.seed},
+                owner=principal.key_id,
+                model=self.model_identity,
+                prompt_ids=prompt_ids,
+                params={"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                        "stop": list(params.stop), "seed": params.seed},
             )
         return ChatJob(
             request_id=request_id or f"chatcmpl-{uuid.uuid4().hex}",
@@ -224,21 +234,29 @@ class ChatRunner:
                 job.cache_key,
                 {"text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.completion_tokens},
             )
-        from app.storage.conversations import Exchange
+        from app.storage.conversations import Exchange, StoreUnavailable
 
-        await self.storage.conversations.record(
-            Exchange(
-                request_id=job.request_id,
-                key_id=job.key_id,
-                route=job.route,
-                messages=job.messages,
-                answer=answer.text,
-                usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                       "cached": answer.cached},
-                latency_s=time.perf_counter() - job.started,
-                created_at=time.time(),
-            )
+        exchange = Exchange(
+            request_id=job.request_id,
+            key_id=job.key_id,
+            route=job.route,
+            messages=job.messages,
+            answer=answer.text,
+            usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens, "cached": answer.cached},
+            latency_s=time.perf_counter() - job.started,
+            created_at=time.time(),
         )
+        try:
+            await self.storage.conversations.record(exchange)
+        except StoreUnavailable as exc:
+            # Nothing is answered that is not stored: the client gets a 503 and may retry (the same prompt may
+            # then come from the response cache, and is recorded then).
+            log.error("exchange not recorded", extra={"request_id": job.request_id, "error": str(exc)})
+            raise ApiError(
+                503, "conversation_store_unavailable",
+                "the conversation store is unreachable, so the answer was not recorded; retry the request",
+                headers={"Retry-After": "5"},
+            ) from exc
 
     async def complete(self, job: ChatJob, request: Request) -> Answer:
         answer = await self.cached(job)

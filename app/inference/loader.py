@@ -108,7 +108,7 @@ def _is_hf_dir(path: Path) -> bool:
     )
 
 
-def _gguf_fingerprint(path: Path) -> str:
+def _file_fingerprint(path: Path) -> str:
     """Content fingerprint from the size plus the first and last MiB: cheap even for multi-GB files, and
     unlike mtime it survives copying the file and its cache to another machine."""
     size = path.stat().st_size
@@ -118,6 +118,16 @@ def _gguf_fingerprint(path: Path) -> str:
         if size > _FINGERPRINT_CHUNK:
             fh.seek(max(size - _FINGERPRINT_CHUNK, _FINGERPRINT_CHUNK))
             digest.update(fh.read(_FINGERPRINT_CHUNK))
+    return digest.hexdigest()
+
+
+def model_identity(loaded: LoadedModel) -> str:
+    """What the served model is, for keys of anything derived from its output (the response cache): the directory
+    loaded, every file in it by content fingerprint (a new revision or a re-conversion changes it), the quantization
+    and the dtype. Unlike MODEL_NAME, a display name, it changes whenever the answers can."""
+    digest = hashlib.sha256(f"{loaded.source.resolve()}|{loaded.quantization}|{loaded.dtype}".encode())
+    for path in sorted(p for p in loaded.source.iterdir() if p.is_file()):
+        digest.update(f"|{path.name}:{_file_fingerprint(path)}".encode())
     return digest.hexdigest()
 
 
@@ -211,7 +221,7 @@ def _convert_cached(gguf: Path, target: Path, *, progress: bool) -> Path:
     with gguf.open("rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise ModelLoadError(f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}")
-    fingerprint = _gguf_fingerprint(gguf)
+    fingerprint = _file_fingerprint(gguf)
 
     def build(staging: Path) -> None:
         started = time.perf_counter()

@@ -1,41 +1,19 @@
-"""The conversation store: every answered exchange, durably in SQLite under DATA_DIR, listed and exported by admins.
+"""What a conversation store is: the Exchange it keeps, the Page it lists, and the ConversationStore interface.
 
-WAL mode with synchronous=FULL: a record() that has returned is on disk, so `kill -9` (or a
-power cut) loses no exchange the client was answered for. Writes run in a worker thread so
-the event loop never waits on fsync; one lock serializes them on one connection.
+Two implementations: SQLite under DATA_DIR (sqlite_conversations.py, the embedded default for one replica and
+local runs) and PostgreSQL (postgres_conversations.py, chosen when CONVERSATION_DATABASE_URL is set, for
+several replicas). Both promise the same things, and tests/app/storage/test_conversations_contract.py holds
+both to them: a record() that returned survives kill -9; writing the same request_id twice keeps one row; the
+async calls never block the event loop.
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
-log = logging.getLogger("clawbot.conversations")
-
-DB_NAME = "conversations.sqlite3"
 MAX_PAGE_SIZE = 500
 EXPORT_BATCH = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS exchanges (
-    request_id TEXT PRIMARY KEY,
-    key_id     TEXT NOT NULL,
-    route      TEXT NOT NULL,
-    messages   TEXT NOT NULL,
-    answer     TEXT NOT NULL,
-    usage      TEXT NOT NULL,
-    latency_s  REAL NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exchanges_created ON exchanges (created_at);
-CREATE INDEX IF NOT EXISTS exchanges_key_created ON exchanges (key_id, created_at);
-"""
 
 
 @dataclass(frozen=True)
@@ -64,106 +42,54 @@ class Page:
     page_size: int
 
 
-def _row_to_exchange(row: tuple[Any, ...]) -> Exchange:
-    return Exchange(
-        request_id=row[0],
-        key_id=row[1],
-        route=row[2],
-        messages=json.loads(row[3]),
-        answer=row[4],
-        usage=json.loads(row[5]),
-        latency_s=row[6],
-        created_at=row[7],
-    )
+class StoreUnavailable(RuntimeError):
+    """The store could not be reached in time; the exchange was not recorded, so the client must not get its answer."""
 
 
-class ConversationStore:
-    def __init__(self, data_dir: Path, *, retention_days: int, journal: str = "wal") -> None:
-        if retention_days < 1:
-            raise ValueError(f"RETENTION_DAYS must be at least 1, got {retention_days}")
-        if journal not in ("wal", "delete"):
-            raise ValueError(f"CONVERSATION_JOURNAL must be 'wal' or 'delete', got {journal!r}")
-        self.retention_days = retention_days
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / DB_NAME
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        mode = self._db.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]
-        if str(mode).lower() != journal:
-            raise RuntimeError(
-                f"{self.path}: SQLite refused journal mode {journal!r} (got {mode!r}); "
-                "use CONVERSATION_JOURNAL=delete on a network filesystem"
-            )
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+def check_page(page: int, page_size: int) -> None:
+    if page < 1:
+        raise ValueError(f"page must be 1 or more, got {page}")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
 
-    # -- writing -----------------------------------------------------------------------------
+
+def check_retention(retention_days: int) -> None:
+    if retention_days < 1:
+        raise ValueError(f"RETENTION_DAYS must be at least 1, got {retention_days}")
+
+
+class ConversationStore(Protocol):
+    retention_days: int
+    # Rows per query when exporting; small in tests to cross batch boundaries.
+    export_batch: int
+
+    @property
+    def location(self) -> str:
+        """Where the rows live, safe to log: a file path, or a database URL without its password."""
+
     def record_sync(self, ex: Exchange) -> None:
-        row = (
-            ex.request_id, ex.key_id, ex.route, json.dumps(ex.messages, ensure_ascii=False), ex.answer,
-            json.dumps(ex.usage), float(ex.latency_s), float(ex.created_at),
-        )
-        with self._lock:
-            # Autocommit (isolation_level=None): the INSERT is its own transaction, committed and fsynced here.
-            self._db.execute("INSERT OR REPLACE INTO exchanges VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        """Store `ex` (replacing a row with the same request_id); when this returns, it survives a crash."""
 
     async def record(self, ex: Exchange) -> None:
-        """Store `ex`; when this returns, the exchange survives a crash."""
-        await asyncio.to_thread(self.record_sync, ex)
-
-    def purge_sync(self, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - self.retention_days * 86400
-        with self._lock:
-            removed = self._db.execute("DELETE FROM exchanges WHERE created_at < ?", (cutoff,)).rowcount
-        if removed:
-            log.info("conversation retention purge", extra={"removed": removed, "retention_days": self.retention_days})
-        return int(removed)
-
-    async def purge(self, now: float | None = None) -> int:
-        """Delete exchanges older than RETENTION_DAYS. Returns how many went."""
-        return await asyncio.to_thread(self.purge_sync, now)
-
-    # -- reading -----------------------------------------------------------------------------
-    def _where(self, key_id: str | None) -> tuple[str, tuple[Any, ...]]:
-        return ("WHERE key_id = ?", (key_id,)) if key_id else ("", ())
+        """record_sync off the event loop."""
 
     def list_sync(self, *, page: int = 1, page_size: int = 50, key_id: str | None = None) -> Page:
-        if page < 1:
-            raise ValueError(f"page must be 1 or more, got {page}")
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
-        where, args = self._where(key_id)
-        with self._lock:
-            total = self._db.execute(f"SELECT COUNT(*) FROM exchanges {where}", args).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT * FROM exchanges {where} ORDER BY created_at DESC, request_id LIMIT ? OFFSET ?",
-                (*args, page_size, (page - 1) * page_size),
-            ).fetchall()
-        return Page(items=[_row_to_exchange(r) for r in rows], total=int(total), page=page, page_size=page_size)
+        """Newest first; `total` counts every row matching `key_id`."""
 
     async def list(self, *, page: int = 1, page_size: int = 50, key_id: str | None = None) -> Page:
-        return await asyncio.to_thread(self.list_sync, page=page, page_size=page_size, key_id=key_id)
+        """list_sync off the event loop."""
 
     def export_lines(self, *, key_id: str | None = None) -> Iterator[str]:
-        """NDJSON, oldest first, read in batches so a large store is never held in memory at once."""
-        where, args = self._where(key_id)
-        after: tuple[float, str] = (-1.0, "")
-        while True:
-            cond = f"{where} {'AND' if where else 'WHERE'} (created_at, request_id) > (?, ?)"
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT * FROM exchanges {cond} ORDER BY created_at, request_id LIMIT ?", (*args, *after, EXPORT_BATCH)
-                ).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield json.dumps(_row_to_exchange(r).to_json(), ensure_ascii=False) + "\n"
-            after = (rows[-1][7], rows[-1][0])
+        """NDJSON, oldest first, read in batches of export_batch rows (a sync iterator: callers run it in a thread)."""
+
+    def purge_sync(self, now: float | None = None) -> int:
+        """Delete exchanges older than retention_days; returns how many went."""
+
+    async def purge(self, now: float | None = None) -> int:
+        """purge_sync off the event loop."""
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+        """Every stored exchange."""
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Release connections and files; the store is unusable afterwards."""

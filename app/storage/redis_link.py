@@ -65,7 +65,12 @@ class RedisLink:
         self.up = False
 
     async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `fn(client)`; raise RedisDown (after counting and logging) if Redis cannot serve it."""
+        """Run `fn(client)`; raise RedisDown (after counting and logging) if Redis cannot serve it.
+
+        After a connection error `fn` runs once more, and the first run may have reached the server even though
+        its reply was lost: every `fn` must be idempotent. Reads and SETs are; the rate limiter's script carries a
+        receipt that answers a repeat with the first result, and a concurrency slot is named by its lease id.
+        """
         if not self.up and time.monotonic() < self._retry_at:
             raise RedisDown()
         try:

@@ -1,14 +1,17 @@
-"""Response cache for repeated deterministic questions: exact match on model, normalized messages and parameters.
+"""Response cache for repeated deterministic questions, per API key: exact match on the model, the prompt's tokens and the parameters.
 
-Only temperature-0 requests are cacheable (anything else is meant to vary). Entries expire
-after CACHE_TTL_SECONDS and at most CACHE_MAX_ENTRIES are kept, in Redis when REDIS_URL is
-set (shared by every replica) and always in process too, so a Redis outage keeps serving.
+An entry is keyed by the caller's key id (no key is ever answered from another key's entries,
+so the `cached` flag cannot tell one key what another asked), the model's identity (the
+weights, quantization and dtype loaded, not the MODEL_NAME shown to clients), the exact token
+sequence of the rendered prompt (no folding: different text is a different question) and the
+sampling parameters. Only temperature-0 requests are cacheable (anything else is meant to vary).
+Entries expire after CACHE_TTL_SECONDS and at most CACHE_MAX_ENTRIES are kept, in Redis when
+REDIS_URL is set (shared by every replica) and always in process too, so a Redis outage keeps serving.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence
@@ -16,9 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 from app.observability.metrics import Metrics
 from app.storage.redis_link import REDIS_PREFIX, RedisDown, RedisLink
 
-CACHE_FORMAT = 1  # part of every key: bump it when the stored value's shape changes
+CACHE_FORMAT = 2  # part of every key: bump it when the key's inputs or the stored value's shape change
 INDEX_KEY = f"{REDIS_PREFIX}cache:index"
-_SPACES = re.compile(r"\s+")
 
 # SET with TTL, then keep the index (a sorted set by insertion time) to the newest N live keys.
 _PUT_LUA = """
@@ -33,11 +35,6 @@ if excess > 0 then
 end
 return excess
 """
-
-
-def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """Role lower-cased; content with runs of whitespace folded to one space and trimmed. Case is kept: it can change the answer."""
-    return [[str(m.get("role", "")).strip().lower(), _SPACES.sub(" ", str(m.get("content", ""))).strip()] for m in messages]
 
 
 class ResponseCache:
@@ -62,15 +59,19 @@ class ResponseCache:
     def enabled(self) -> bool:
         return self.ttl_s > 0 and self.max_entries > 0
 
-    def key_for(self, model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str | None:
-        """The cache key, or None when the request is not cacheable (temperature not 0, or the cache is off)."""
+    def key_for(self, *, owner: str, model: str, prompt_ids: Sequence[int], params: Mapping[str, Any]) -> str | None:
+        """The cache key, or None when the request is not cacheable (temperature not 0, or the cache is off).
+
+        `owner`: whose entries (the API key id); `model`: the model's identity (app.inference.loader.model_identity);
+        `prompt_ids`: the rendered prompt's tokens; `params`: every sampling parameter that shapes the answer.
+        """
         if not self.enabled:
             return None
         temperature = params.get("temperature")
         if temperature is None or float(temperature) != 0.0:
             return None
         canonical = json.dumps(
-            {"v": CACHE_FORMAT, "model": model, "messages": normalize_messages(messages), "params": dict(params)},
+            {"v": CACHE_FORMAT, "owner": owner, "model": model, "prompt": list(prompt_ids), "params": dict(params)},
             sort_keys=True,
             separators=(",", ":"),
             default=str,

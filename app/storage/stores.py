@@ -8,12 +8,26 @@ import logging
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from app.storage.conversations import ConversationStore
+from app.storage.postgres_conversations import PostgresConversationStore
 from app.storage.redis_link import RedisLink
 from app.storage.response_cache import ResponseCache
+from app.storage.sqlite_conversations import SqliteConversationStore
 
 log = logging.getLogger("clawbot.storage")
 
 PURGE_INTERVAL_S = 3600.0
+
+
+def open_conversation_store(settings: Settings) -> ConversationStore:
+    """PostgreSQL when CONVERSATION_DATABASE_URL is set (several replicas), else SQLite under DATA_DIR."""
+    if settings.conversation_database_url:
+        return PostgresConversationStore(
+            settings.conversation_database_url,
+            retention_days=settings.retention_days,
+            pool_size=settings.conversation_database_pool_size,
+            retry_window_s=settings.conversation_database_wait_s,
+        )
+    return SqliteConversationStore(settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal)
 
 
 class Storage:
@@ -30,12 +44,10 @@ class Storage:
             link = RedisLink(settings.redis_url, metrics)
             await link.start()
         cache = ResponseCache(metrics, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, link=link)
-        conversations = await asyncio.to_thread(
-            ConversationStore, settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal
-        )
+        conversations = await asyncio.to_thread(open_conversation_store, settings)
         self = cls(link=link, cache=cache, conversations=conversations)
         self._purge_task = asyncio.create_task(self._purge_forever(), name="conversation-retention")
-        log.info("storage ready", extra={"redis": link is not None, "conversations": str(conversations.path)})
+        log.info("storage ready", extra={"redis": link is not None, "conversations": conversations.location})
         return self
 
     async def _purge_forever(self) -> None:

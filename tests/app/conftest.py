@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.api.auth import ApiPrincipal, CurrentPrincipal
+from app.access.netrules import NetRules
+from app.api.auth import Caller, RouteGuard
 from app.api.middleware.body_limit import BodyLimitMiddleware
+from app.api.middleware.network_rules import NetworkRulesMiddleware
 from app.api.routes import admin
 from app.access.control import AccessControl
 from app.storage.stores import Storage
@@ -118,7 +120,8 @@ class AuthBody(BaseModel):
 
 
 def build_security_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """The service's auth surface without a model: /api/auth, a JWT route, an API route, and the admin router."""
+    """The service's auth surface without a model: /api/auth, a JWT route, an API route, and the admin router,
+    behind the same route rules (app.api.auth) and network rules as the service."""
     m = metrics or build_metrics()
 
     @asynccontextmanager
@@ -131,7 +134,7 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
             await app.state.access.close()
             await app.state.storage.close()
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan, dependencies=[RouteGuard], redirect_slashes=False)
     app.state.settings = settings
     app.state.metrics = m
     app.state.access = app.state.storage = None
@@ -143,7 +146,7 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
         return token
 
     @app.post("/api/chat")
-    async def chat(request: Request, principal: CurrentPrincipal) -> Any:
+    async def chat(request: Request, principal: Caller) -> Any:
         body = await request.json()
         return JSONResponse(
             {"key_id": principal.key_id, "via": principal.via, "scopes": sorted(principal.scopes), "echo": body},
@@ -151,10 +154,11 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
         )
 
     @app.get("/v1/models")
-    async def models(request: Request, principal: ApiPrincipal) -> dict:
+    async def models(request: Request, principal: Caller) -> dict:
         return {"key_id": principal.key_id, "via": principal.via, "client": request.state.client_ip}
 
     app.include_router(admin.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=m)
     return app
 

@@ -176,15 +176,14 @@ def test_the_policy_pack_venv_is_built_before_pulumi_runs() -> None:
                     f"{name} job {job_name} runs the policy pack without installing it")
 
 
-def test_main_builds_the_image_by_commit_sha_then_deploys_dev_then_prod_after_approval() -> None:
+def test_main_builds_the_image_then_deploys_dev_then_prod_after_approval() -> None:
     doc = workflow("deploy.yml")
     assert doc["on"]["push"]["branches"] == ["main"]
     jobs = doc["jobs"]
     image = jobs["image"]
     assert image["needs"] == "tests"
-    build = step_using(image, "docker/build-push-action")
-    assert build["with"]["push"] is True and build["with"]["tags"].endswith(":${{ github.sha }}")
-    assert "${{ github.sha }}" in image["outputs"]["image"]
+    assert image["outputs"]["image"] == (
+        "${{ steps.tags.outputs.repository }}:${{ github.sha }}@${{ steps.push.outputs.digest }}")
 
     dev, prod = jobs["deploy-dev"], jobs["deploy-prod"]
     assert "image" in ([dev["needs"]] if isinstance(dev["needs"], str) else dev["needs"])
@@ -194,6 +193,89 @@ def test_main_builds_the_image_by_commit_sha_then_deploys_dev_then_prod_after_ap
         set_image = [s for s in steps(job) if "pulumi config set" in str(s.get("run", ""))]
         assert set_image and set_image[0]["env"]["IMAGE"] == "${{ needs.image.outputs.image }}"
         assert f"--stack {stack}" in set_image[0]["run"]
+
+
+# --- the image: scanned before it is pushed, both platforms, attestations, the tags the stack files name -----
+
+def image_steps() -> list[dict[str, Any]]:
+    return steps(workflow("deploy.yml")["jobs"]["image"])
+
+
+def index_of(action: str, **with_: Any) -> int:
+    return image_steps().index(step_using(workflow("deploy.yml")["jobs"]["image"], action, **with_))
+
+
+def test_the_image_is_cve_scanned_before_anything_is_pushed_and_fixable_criticals_fail_the_job() -> None:
+    scan_build = step_using(workflow("deploy.yml")["jobs"]["image"], "docker/build-push-action", load=True)
+    assert scan_build["with"]["push"] is False and scan_build["with"]["platforms"] == "linux/amd64"
+    trivy = step_using(workflow("deploy.yml")["jobs"]["image"], "aquasecurity/trivy-action")
+    assert trivy["with"]["image-ref"] == scan_build["with"]["tags"]
+    assert (trivy["with"]["severity"], trivy["with"]["ignore-unfixed"], str(trivy["with"]["exit-code"])) == (
+        "CRITICAL", True, "1")
+    assert not trivy.get("continue-on-error")
+    assert index_of("docker/build-push-action", load=True) < index_of("aquasecurity/trivy-action") < index_of(
+        "docker/build-push-action", push=True)
+
+
+def test_the_pushed_image_is_multi_arch_with_sbom_and_provenance() -> None:
+    push = step_using(workflow("deploy.yml")["jobs"]["image"], "docker/build-push-action", push=True)
+    assert set(push["with"]["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
+    assert push["with"]["sbom"] is True and push["with"]["provenance"] == "mode=max"
+    assert push["with"]["tags"] == "${{ steps.tags.outputs.tags }}"
+    tags_step = next(s for s in image_steps() if s.get("id") == "tags")
+    assert tags_step["run"] == 'scripts/image-tags "$GITHUB_SHA" >> "$GITHUB_OUTPUT"'
+    qemu = step_using(workflow("deploy.yml")["jobs"]["image"], "docker/setup-qemu-action")
+    assert "arm64" in qemu["with"]["platforms"]
+
+
+def image_tags(root: Path = ROOT, sha: str = "0" * 40) -> dict[str, Any]:
+    """scripts/image-tags' $GITHUB_OUTPUT lines, parsed: registry, repository and the list of tags."""
+    result = subprocess.run([str(root / "scripts" / "image-tags"), sha], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    tags = re.search(r"^tags<<TAGS\n(.*?)^TAGS$", out, re.M | re.S)
+    assert tags, out
+    fields = dict(re.findall(r"^(registry|repository)=(.+)$", out, re.M))
+    return {**fields, "tags": tags.group(1).split()}
+
+
+def stack_images() -> set[str]:
+    return {load(p)["config"]["clawbot:image"] for p in ROOT.glob("Pulumi.*.yaml")}
+
+
+def test_ci_pushes_exactly_the_tags_the_stack_files_name_plus_the_commit() -> None:
+    pushed = image_tags(sha="ab" * 20)
+    repository = pushed["repository"]
+    assert set(pushed["tags"]) == stack_images() | {f"{repository}:{'ab' * 20}"}
+    assert pushed["registry"] == repository.split("/")[0]
+
+
+def test_the_readme_compose_file_and_config_default_name_only_pushed_tags_and_say_how_to_pin_by_digest() -> None:
+    repository = image_tags()["repository"]
+    pushed = set(stack_images())
+    readme = (ROOT / "README.md").read_text()
+    named = {
+        "README.md": re.findall(re.escape(repository) + r":[\w.<>-]+", readme),
+        "compose.yaml": re.findall(re.escape(repository) + r":[\w.-]+", (ROOT / "compose.yaml").read_text()),
+        "Pulumi.yaml": [load(ROOT / "Pulumi.yaml")["config"]["image"]["default"]],
+    }
+    for where, refs in named.items():
+        assert refs, f"{where} names no {repository} image"
+        stray = {r for r in refs if r not in pushed and r != f"{repository}:<commit-sha>"}
+        assert not stray, f"{where} names tags CI never pushes: {stray}"
+    missing = pushed - set(named["README.md"])
+    assert not missing, f"README must name every tag CI pushes: {missing}"
+    assert re.search(re.escape(repository) + r":[\w.-]+@sha256:<digest>", readme), "README must show a digest pin"
+
+
+def test_image_tags_refuses_stacks_that_name_different_repositories(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "image-tags", tmp_path / "scripts" / "image-tags")
+    (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  clawbot:image: ghcr.io/a/clawbot:1.0\n")
+    (tmp_path / "Pulumi.prod.yaml").write_text("config:\n  clawbot:image: ghcr.io/b/clawbot:1.0\n")
+    result = subprocess.run([str(tmp_path / "scripts" / "image-tags"), "0" * 40], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode != 0 and "every stack must name" in result.stderr
 
 
 # --- releases: canary, soak, approval, promotion; keys rotated on a schedule ------------------------------

@@ -7,6 +7,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.server import Server, start_server
+from tests.postgres_server import postgres_server  # noqa: F401  (fixture: the replicas' database server)
 
 
 @pytest.fixture(scope="session")

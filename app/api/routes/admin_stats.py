@@ -15,7 +15,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.samples import Sample
 from pydantic import BaseModel, Field
 
-from app.api.auth import AdminPrincipal
+from app.api.auth import Caller
 from app.observability.metrics import Metrics
 
 # Latency percentiles cover the chat routes only: probes, scrapes and the console's own polling answer in
@@ -23,7 +23,7 @@ from app.observability.metrics import Metrics
 CHAT_ROUTES: frozenset[str] = frozenset({"/api/chat", "/v1/chat/completions"})
 QUANTILES: tuple[float, ...] = (0.5, 0.95, 0.99)
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)  # see app.api.routes.admin
 
 
 class RequestCounts(BaseModel):
@@ -140,7 +140,7 @@ def collect_stats(metrics: Metrics, *, model: str, ready: bool, started_at: floa
 
 
 @router.get("/stats", response_model=AdminStats, summary="This replica's live figures (admin scope)")
-async def admin_stats(request: Request, principal: AdminPrincipal) -> AdminStats:
+async def admin_stats(request: Request, principal: Caller) -> AdminStats:
     state = request.app.state
     return collect_stats(
         state.metrics,

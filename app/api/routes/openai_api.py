@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.auth import ApiPrincipal
+from app.api.auth import Caller
 from app.api.serving import Answer, ChatJob, ChatRunner
 from app.api.errors import ApiError, error_body
 from app.api.deps import JsonBody, Runner
@@ -18,14 +18,14 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 
 
 @router.get("/models", summary="The served model")
-async def models(request: Request, principal: ApiPrincipal) -> dict[str, Any]:
+async def models(request: Request, principal: Caller) -> dict[str, Any]:
     state = request.app.state
     return {"object": "list", "data": [model_card(state.model_name, state.started_at)]}
 
 
 @router.post("/chat/completions", dependencies=[JsonBody], summary="Chat completion, optionally streamed as SSE")
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, principal: ApiPrincipal, runner: Runner
+    body: ChatCompletionRequest, request: Request, principal: Caller, runner: Runner
 ) -> Any:
     if body.model not in (None, "", runner.model_name):
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; GET /v1/models lists {runner.model_name!r}")
@@ -82,19 +82,18 @@ async def _sse(
     try:
         yield chunk({"role": "assistant", "content": ""})
         if cached is not None:
-            answer = cached
             yield chunk({"content": cached.text})
         else:
             async for delta in handle:
                 if delta:
                     yield chunk({"content": delta})
-            try:
-                answer = runner.answer_of(job, await handle.result())
-            except ApiError as exc:
-                yield _event(error_body(exc.status, exc.code, exc.message))
-                yield _event("[DONE]")
-                return
-        await runner.finish(job, answer, request)
+        try:
+            answer = cached if cached is not None else runner.answer_of(job, await handle.result())
+            await runner.finish(job, answer, request)
+        except ApiError as exc:  # a timeout, or a store that cannot record the answer: no finish_reason follows
+            yield _event(error_body(exc.status, exc.code, exc.message))
+            yield _event("[DONE]")
+            return
         yield chunk({}, openai_finish_reason(answer.finish_reason))
         if include_usage:
             yield _event({**base, "choices": [], "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens)})

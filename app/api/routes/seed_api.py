@@ -5,7 +5,7 @@ import time
 
 from fastapi import APIRouter, Request
 
-from app.api.auth import CurrentPrincipal
+from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
 from app.api.schemas import AuthRequest, SeedChatRequest, usage_dict
 
@@ -19,7 +19,7 @@ async def auth(body: AuthRequest, request: Request) -> dict:
 
 
 @router.post("/chat", dependencies=[JsonBody], summary="Chat with the model (bearer token from /api/auth)")
-async def chat(body: SeedChatRequest, request: Request, principal: CurrentPrincipal, runner: Runner) -> dict:
+async def chat(body: SeedChatRequest, request: Request, principal: Caller, runner: Runner) -> dict:
     job = runner.prepare("/api/chat", principal, body.messages, body, max_tokens=body.max_tokens)
     answer = await runner.complete(job, request)
     return {

@@ -120,3 +120,24 @@ def test_missing_paths_are_named(capsys: pytest.CaptureFixture[str], monkeypatch
     monkeypatch.delenv("KEK_PATH", raising=False)
     code, _, err = _run(capsys, "list")
     assert code == 2 and "API_KEY_PATH" in err
+
+
+def test_jwt_rotation_retires_the_old_key_and_now_ends_it_at_once(capsys: pytest.CaptureFixture[str], files: tuple[str, str]) -> None:
+    keys, kek = files
+    _run(capsys, "init-kek", "--kek-file", kek)
+    _run(capsys, "add", "--key-file", keys, "--kek-file", kek, "--id", "a")
+    first = KeyRing(Path(keys), Path(kek), strict=True).signing_key()
+    _run(capsys, "rotate", "--jwt", "--key-file", keys, "--kek-file", kek)
+    ring = KeyRing(Path(keys), Path(kek), strict=True)
+    retired = ring.verifying_key(first.kid)
+    assert retired is not None and retired.retired_at is not None and retired.expires_at is not None
+    # It signs nothing after its retirement (soon: replicas may still be reading the new file) and verifies a while longer.
+    assert ring.clock() < retired.retired_at <= ring.clock() + 300 < retired.expires_at
+    second = ring.signing_key()
+    code, out, _ = _run(capsys, "rotate", "--jwt", "--now", "--key-file", keys, "--kek-file", kek)
+    assert code == 0 and "retired now" in out
+    ring = KeyRing(Path(keys), Path(kek), strict=True)
+    assert ring.verifying_key(first.kid) is None and ring.verifying_key(second.kid) is None
+    assert ring.signing_key().kid not in (first.kid, second.kid)
+    listed = json.loads(_run(capsys, "list", "--json", "--key-file", keys, "--kek-file", kek)[1])
+    assert [k["retired_at"] is not None for k in listed["jwt_keys"]] == [True, True, False]

@@ -24,7 +24,9 @@ AUD = "clawbot"
 
 @pytest.fixture
 def client(instant_reload: None, make_settings: Callable[..., Settings], metrics: Metrics) -> Iterator[TestClient]:
-    with TestClient(build_security_app(make_settings(jwt_ttl_s=600), metrics)) as c:
+    # These tests send dozens of forged tokens from one address on purpose: the failed-auth limit is not their subject.
+    settings = make_settings(jwt_ttl_s=600, auth_failures_per_minute=1_000_000)
+    with TestClient(build_security_app(settings, metrics)) as c:
         yield c
 
 
@@ -172,3 +174,40 @@ def test_seed_route_takes_tokens_not_raw_keys_but_v1_takes_both(client: TestClie
     missing = client.get("/v1/models")
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_credentials"
     assert missing.headers["www-authenticate"].startswith("Bearer")
+
+
+def _signed(kf: KeyFiles, kid: str, **claims: Any) -> str:
+    return jwt.encode(_claims(**claims), kf.jwt_secret(kid), algorithm="HS256", headers={"kid": kid})
+
+
+def test_a_retired_key_verifies_only_tokens_it_signed_before_its_retirement(client: TestClient, keyfiles: KeyFiles) -> None:
+    now = int(time.time())
+    # jwt-1 was rotated out ten minutes ago but is still inside its grace window; jwt-2 signs now.
+    keyfiles.jwt[0] = JwtKeyRecord(kid="jwt-1", secret=keyfiles.jwt_secret("jwt-1"), not_before=now_iso(-7200),
+                                   retired_at=now_iso(-600), expires_at=now_iso(3600))
+    keyfiles.jwt.append(JwtKeyRecord(kid="jwt-2", secret=new_secret(), not_before=now_iso(-600)))
+    keyfiles.write()
+    before = _signed(keyfiles, "jwt-1", iat=now - 900, nbf=now - 900, exp=now + 600)
+    after = _signed(keyfiles, "jwt-1", iat=now - 60, nbf=now - 60, exp=now + 600)  # a leaked key minting tokens
+    assert client.post("/api/chat", json={}, headers={"Authorization": f"Bearer {before}"}).status_code == 200
+    r = client.post("/api/chat", json={}, headers={"Authorization": f"Bearer {after}"})
+    assert r.status_code == 401 and "retired key" in r.json()["error"]["message"]
+    assert jwt.get_unverified_header(_token(client, keyfiles.raw["alice"]))["kid"] == "jwt-2"
+
+
+def test_emergency_jwt_rotation_stops_the_old_keys_tokens_in_the_running_service(
+    client: TestClient, keyfiles: KeyFiles, metrics: Metrics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.access.keys import main as keys_cli
+
+    old = _token(client, keyfiles.raw["alice"])
+    bearer = {"Authorization": f"Bearer {old}"}
+    assert client.post("/api/chat", json={}, headers=bearer).status_code == 200
+    assert keys_cli(["rotate", "--jwt", "--now", "--key-file", str(keyfiles.key_path), "--kek-file", str(keyfiles.kek_path)]) == 0
+    assert "retired now" in capsys.readouterr().out
+    r = client.post("/api/chat", json={}, headers=bearer)  # the service reloads the changed file on this request
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+    assert metric_value(metrics, "clawbot_auth_failures_total", reason="unknown_kid") == 1
+    new = _token(client, keyfiles.raw["alice"])
+    assert jwt.get_unverified_header(new)["kid"] != "jwt-1"
+    assert client.post("/api/chat", json={}, headers={"Authorization": f"Bearer {new}"}).status_code == 200

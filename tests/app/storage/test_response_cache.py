@@ -1,18 +1,26 @@
-"""The response cache: exact match on what decides the answer, temperature 0 only, bounded, shared via a real Redis."""
+"""The response cache: exact match on what decides the answer, per key, temperature 0 only, bounded, shared via a real Redis."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import torch
 
+from app.inference.loader import LoadedModel, model_identity
 from app.observability.metrics import build_metrics
 from app.storage.redis_link import RedisLink
 from app.storage.response_cache import ResponseCache
 from tests.app.conftest import metric_value
 from tests.redis_server import RedisServer
 
-Q = [{"role": "user", "content": "What is the capital of France?"}]
+Q = [1, 9690, 314, 260, 3575, 282, 4649, 47, 2]  # a rendered prompt's token ids
 P = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": [], "seed": None}
+MODEL = "sha256-of-the-loaded-weights"
+
+
+def key(cache: ResponseCache, prompt: list[int] = Q, params: dict | None = None, owner: str = "alice", model: str = MODEL) -> str | None:
+    return cache.key_for(owner=owner, model=model, prompt_ids=prompt, params=P if params is None else params)
 
 
 class Clock:
@@ -31,25 +39,24 @@ def _cache(**kw: object) -> ResponseCache:
 
 def test_key_matches_exactly_what_decides_the_answer() -> None:
     c = _cache()
-    key = c.key_for("clawbot", Q, P)
-    assert key is not None
-    assert c.key_for("clawbot", [{"role": "User", "content": "  What is the capital\n of   France? "}], P) == key  # normalized
-    assert c.key_for("clawbot", [{"role": "user", "content": "what is the capital of france?"}], P) != key  # case matters
-    assert c.key_for("other-model", Q, P) != key
-    assert c.key_for("clawbot", Q, {**P, "max_tokens": 65}) != key
-    assert c.key_for("clawbot", Q, {**P, "stop": ["\n"]}) != key
-    assert c.key_for("clawbot", [{"role": "system", "content": "Be terse."}, *Q], P) != key
-    assert c.key_for("clawbot", Q, dict(reversed(list(P.items())))) == key  # parameter order does not matter
+    k = key(c)
+    assert k is not None and key(c) == k
+    assert key(c, owner="bob") != k  # one key's entries never answer another key
+    assert key(c, model="sha256-of-another-revision") != k  # the weights, not MODEL_NAME
+    assert key(c, prompt=[*Q[:-1], 220, 2]) != k  # one token more (a space) is another question
+    assert key(c, params={**P, "max_tokens": 65}) != k
+    assert key(c, params={**P, "stop": ["\n"]}) != k
+    assert key(c, params=dict(reversed(list(P.items())))) == k  # parameter order does not matter
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0, None])
 def test_only_deterministic_requests_are_cacheable(temperature: float | None) -> None:
-    assert _cache().key_for("clawbot", Q, {**P, "temperature": temperature}) is None
+    assert key(_cache(), params={**P, "temperature": temperature}) is None
 
 
 def test_a_disabled_cache_caches_nothing() -> None:
-    assert _cache(ttl_s=0).key_for("clawbot", Q, P) is None
-    assert _cache(max_entries=0).key_for("clawbot", Q, P) is None
+    assert key(_cache(ttl_s=0)) is None
+    assert key(_cache(max_entries=0)) is None
 
 
 def test_hits_misses_ttl_and_size_bound_in_process() -> None:
@@ -57,7 +64,7 @@ def test_hits_misses_ttl_and_size_bound_in_process() -> None:
     cache = ResponseCache(build_metrics(), ttl_s=60, max_entries=2, clock=clock)
 
     async def run() -> None:
-        k1, k2, k3 = (cache.key_for("m", [{"role": "user", "content": q}], P) for q in ("a", "b", "c"))
+        k1, k2, k3 = (key(cache, prompt=[q]) for q in (1, 2, 3))
         assert k1 and k2 and k3
         assert await cache.get(k1) is None
         await cache.put(k1, {"text": "A"})
@@ -81,13 +88,13 @@ def test_replicas_share_the_cache_through_redis_and_survive_its_loss(redis_serve
         b = ResponseCache(m, ttl_s=60, max_entries=100, link=RedisLink(redis_server.url, m, retry_s=0.0))
         for c in (a, b):
             await c.link.start()  # type: ignore[union-attr]
-        key = a.key_for("clawbot", Q, P)
-        assert key is not None
-        await a.put(key, {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2})
-        assert await b.get(key) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # b never saw the put
+        paris = key(a)
+        assert paris is not None
+        await a.put(paris, {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2})
+        assert await b.get(paris) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # b never saw the put
         redis_server.stop()
-        assert await a.get(key) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # from its own copy
-        other = a.key_for("clawbot", [{"role": "user", "content": "2+2?"}], P)
+        assert await a.get(paris) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # from its own copy
+        other = key(a, prompt=[17, 18])
         assert other is not None
         await a.put(other, {"text": "4"})  # no exception while Redis is away
         assert await a.get(other) == {"text": "4"}
@@ -108,13 +115,31 @@ def test_redis_holds_at_most_max_entries(redis_server: RedisServer) -> None:
         cache = ResponseCache(m, ttl_s=60, max_entries=3, link=link)
         await link.start()
         for i in range(10):
-            key = cache.key_for("m", [{"role": "user", "content": str(i)}], P)
-            assert key is not None
-            await cache.put(key, {"text": str(i)})
+            entry = key(cache, prompt=[i])
+            assert entry is not None
+            await cache.put(entry, {"text": str(i)})
         stored = len([k async for k in link.client.scan_iter(match="clawbot:cache:*") if not k.endswith(b"index")])
-        newest = cache.key_for("m", [{"role": "user", "content": "9"}], P)
+        newest = key(cache, prompt=[9])
         assert await link.client.get(newest) is not None
         await link.close()
         return stored
 
     assert asyncio.run(run()) == 3
+
+
+def test_the_model_identity_follows_the_weights_not_the_display_name(tmp_path: Path) -> None:
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"model_type": "llama"}')
+    (weights / "model.safetensors").write_bytes(b"\x01" * 4096)
+
+    def identity(quantization: str = "none", name: str = "clawbot") -> str:
+        loaded = LoadedModel(model=None, tokenizer=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
+                             quantization=quantization, memory_bytes=0, source=weights, context_window=8192, name=name)
+        return model_identity(loaded)
+
+    first = identity()
+    assert identity(name="renamed-by-MODEL_NAME") == first
+    assert identity(quantization="nf4") != first
+    (weights / "model.safetensors").write_bytes(b"\x02" * 4096)  # a new revision: same size, other weights
+    assert identity() != first

@@ -1,0 +1,82 @@
+"""Network rules as middleware: BLOCKED_CIDRS/ALLOWED_CIDRS on every route of the API port (probes exempt, for the
+kubelet), BLOCKED_CIDRS and METRICS_ALLOWED_CIDRS on the metrics port, and no redirect towards a forged Host."""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+from fastapi.testclient import TestClient
+
+from app.api.metrics_app import create_metrics_app
+from app.api.middleware.network_rules import PROBE_PATHS
+from app.observability.metrics import build_metrics
+from app.settings import Settings
+from tests.app.conftest import KeyFiles, metric_value
+
+
+def _every_route(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, url) for every route the app serves, path parameters filled in."""
+    return [
+        (method, str(route.path).replace("{asset}", "app.js"))
+        for route in iter_route_contexts(app.routes)
+        for method in sorted((route.methods or set()) - {"HEAD"})
+    ]
+
+
+def test_a_blocked_address_is_refused_on_every_route_but_the_probes(
+    modelless_app: Callable[..., FastAPI], keyfiles: KeyFiles
+) -> None:
+    app = modelless_app(blocked_cidrs=("10.66.0.0/16",))
+    bearer = {"Authorization": f"Bearer {keyfiles.raw['root']}"}
+    with TestClient(app, client=("10.66.0.9", 5000)) as c:
+        routes = _every_route(app)
+        for method, url in routes:
+            r = c.request(method, url, headers=bearer, json={"api_key": keyfiles.raw["root"]} if method == "POST" else None)
+            if url in PROBE_PATHS:
+                assert r.status_code != 403, url  # the kubelet probes from the node's address
+            else:
+                assert r.status_code == 403 and r.json()["error"]["code"] == "address_not_allowed", (method, url, r.text)
+        assert c.get("/no/such/route").status_code == 403  # refused before routing: nothing is learnt about paths
+    refused = len(routes) - len(PROBE_PATHS) + 1
+    assert metric_value(app.state.metrics, "clawbot_auth_failures_total", reason="ip_blocked") == refused
+
+
+def test_allowed_cidrs_cover_the_console_docs_and_schema(modelless_app: Callable[..., FastAPI]) -> None:
+    app = modelless_app(allowed_cidrs=("192.168.1.0/24",))
+    with TestClient(app, client=("8.8.8.8", 5000)) as outsider, TestClient(app, client=("192.168.1.20", 5000)) as insider:
+        for url in ("/", "/console/app.js", "/docs", "/redoc", "/openapi.json"):
+            assert outsider.get(url).status_code == 403, url
+            assert insider.get(url).status_code == 200, url
+        assert outsider.get("/healthz").status_code == 200
+
+
+def test_the_metrics_port_has_its_own_allow_list_and_the_shared_block_list(make_settings: Callable[..., Settings]) -> None:
+    metrics = build_metrics()
+    settings = make_settings(
+        allowed_cidrs=("192.168.1.0/24",),  # the API's clients: Prometheus is not among them
+        blocked_cidrs=("10.66.0.0/16",),
+        trusted_proxies=("10.0.0.0/8",),  # not believed on the metrics port: scrapers connect directly
+    )
+
+    def scrape(peer: str, allow: tuple[str, ...] = (), **headers: str) -> int:
+        app = create_metrics_app(metrics, settings.with_overrides(metrics_allowed_cidrs=allow))
+        return TestClient(app, client=(peer, 5000)).get("/metrics", headers=headers).status_code
+
+    assert scrape("10.42.7.3") == 200  # no METRICS_ALLOWED_CIDRS: the NetworkPolicy decides who reaches the port
+    assert scrape("10.66.0.9") == 403  # BLOCKED_CIDRS hold on every listener
+    assert scrape("10.42.7.3", allow=("10.42.0.0/16",)) == 200
+    assert scrape("10.43.0.1", allow=("10.42.0.0/16",)) == 403
+    assert scrape("10.43.0.1", allow=("10.42.0.0/16",), **{"X-Forwarded-For": "10.42.0.1"}) == 403
+
+
+def test_no_redirect_points_at_a_forged_host(service: TestClient) -> None:
+    forged = {"Host": "evil.example"}
+    urls = [url for _, url in _every_route(service.app)]  # type: ignore[arg-type]
+    for url in [*urls, *(u.rstrip("/") + "/" for u in urls), "/v1/models/", "/docs/"]:
+        r = service.get(url, headers=forged, follow_redirects=False)
+        assert not 300 <= r.status_code < 400, (url, r.status_code, r.headers.get("location"))
+        assert "evil.example" not in r.headers.get("location", ""), url
+    metrics_app = TestClient(create_metrics_app(build_metrics(), service.app.state.settings))  # type: ignore[attr-defined]
+    r = metrics_app.get("/metrics/", headers=forged, follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers

@@ -1,0 +1,56 @@
+"""/openapi.json tells the truth: each route's error statuses in the one named error shape, no 422 the service never
+sends, no admin routes; and a route that documents 401 or 415 does answer them."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import KeyFiles
+
+ERROR_REF = "#/components/schemas/ErrorResponse"
+ALL_ERRORS = {"400", "401", "403", "413", "415", "429", "503"}
+
+
+def _errors(schema: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    responses = schema["paths"][path][method]["responses"]
+    return {status: r for status, r in responses.items() if status[0] in "45"}
+
+
+def test_each_route_documents_the_errors_it_can_answer_in_the_error_shape(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["ErrorResponse"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert set(schema["components"]["schemas"]["ErrorDetail"]["required"]) == {"type", "message", "code"}
+    for path, method in (("/api/chat", "post"), ("/v1/chat/completions", "post")):
+        assert set(_errors(schema, path, method)) == ALL_ERRORS | {"504"} | ({"404"} if path.startswith("/v1") else set()), path
+    assert set(_errors(schema, "/api/auth", "post")) == {"400", "401", "403", "413", "415", "429", "503"}
+    assert set(_errors(schema, "/v1/models", "get")) == {"401", "403", "429", "503"}
+    assert set(_errors(schema, "/readyz", "get")) == {"503"}  # probes: exempt from the network rules
+    assert set(_errors(schema, "/healthz", "get")) == set()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (path, method)  # validation errors are answered as 400
+            for status, response in _errors(schema, path, method).items():
+                assert response["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}, (path, status)
+                if status in ("429", "503"):
+                    assert "Retry-After" in response["headers"], (path, status)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def test_admin_routes_are_left_out_of_the_public_schema(service: TestClient) -> None:
+    paths = service.get("/openapi.json").json()["paths"]
+    assert not [p for p in paths if p.startswith("/admin")]
+    assert {"/api/auth", "/api/chat", "/v1/chat/completions", "/v1/models"} <= set(paths)
+
+
+def test_the_documented_401_and_415_are_what_the_routes_answer(service: TestClient, keyfiles: KeyFiles) -> None:
+    schema = service.get("/openapi.json").json()
+    token = service.post("/api/auth", json={"api_key": keyfiles.raw["alice"]}).json()["token"]
+    for path, operations in schema["paths"].items():
+        for method in operations:
+            documented = set(_errors(schema, path, method))
+            if "415" in documented:
+                headers = {"Content-Type": "text/plain", "Authorization": f"Bearer {token}"}
+                assert service.request(method, path, content=b"messages=hi", headers=headers).status_code == 415, path
+            if "401" in documented and path != "/api/auth":
+                assert service.request(method, path).status_code == 401, path

@@ -1,0 +1,136 @@
+"""Fair sharing and abuse through a real `python -m app` in production mode with several keys and the embedded model:
+the per-key concurrency cap and token budget, scopes (ignore_eos, admin-only keys), a cache that is per key and exact,
+and text that cannot be encoded."""
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
+from app.access.keyring import write_private
+from tests.e2e.server import Server, start_server
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+KEYS = {"alice": ("chat",), "bob": ("chat",), "carol": ("chat",), "ops": ("admin",), "bench": ("chat", "benchmark")}
+# Tokens a key may use a minute: below one long prompt, above what the other tests spend per key.
+TOKEN_BUDGET = 400
+WAIT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+    root = Path(tmp_path_factory.mktemp("fair-sharing"))
+    kek, raw = new_secret(), {key_id: new_api_key() for key_id in KEYS}
+    ring = KeyFile(
+        api_keys=tuple(ApiKeyRecord(id=k, secret=raw[k], scopes=KEYS[k], not_before=now_iso(-60)) for k in KEYS),
+        jwt_keys=(JwtKeyRecord(kid="jwt-1", secret=new_secret(), not_before=now_iso(-60)),),
+    )
+    write_private(root / "secrets" / "kek", kek + "\n")
+    write_private(root / "secrets" / "keys.json", seal_key_file(ring, kek))
+    srv = start_server(
+        root / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(root / "secrets" / "keys.json"),
+        KEK_PATH=str(root / "secrets" / "kek"), MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
+    )
+    try:
+        srv.wait_ready()
+        yield srv, raw
+    finally:
+        srv.stop()
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+def test_a_key_at_its_concurrency_cap_gets_429_while_other_keys_are_served(fair: tuple[Server, dict[str, str]]) -> None:
+    srv, keys = fair
+    long_stream = {"messages": [{"role": "user", "content": "Count from one to one hundred."}], "max_tokens": 60,
+                   "ignore_eos": True, "temperature": 0.7, "stream": True}
+    short = {"messages": FRANCE, "max_tokens": 1, "ignore_eos": True}
+    with ExitStack() as held:
+        streams = [
+            held.enter_context(held.enter_context(srv.client()).stream(
+                "POST", "/v1/chat/completions", json=long_stream, headers=bearer(keys["bench"])))
+            for _ in range(2)
+        ]
+        assert [s.status_code for s in streams] == [200, 200]  # headers sent: both hold one of bench's 2 slots
+        with srv.client() as c:
+            refused = c.post("/v1/chat/completions", json=short, headers=bearer(keys["bench"]))
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "key_concurrency_limit", refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            other = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 4}, headers=bearer(keys["alice"]))
+            assert other.status_code == 200, other.text
+    # The two streams were dropped mid-generation: their slots come back.
+    deadline = time.monotonic() + WAIT_S
+    with srv.client() as c:
+        while (r := c.post("/v1/chat/completions", json=short, headers=bearer(keys["bench"]))).status_code != 200:
+            assert r.json()["error"]["code"] == "key_concurrency_limit", r.text
+            assert time.monotonic() < deadline, "the slots of disconnected streams never came back"
+            time.sleep(0.2)
+    assert 'clawbot_rate_limited_total{scope="key_concurrency"}' in srv.metrics()
+
+
+def test_ignore_eos_and_chat_need_their_scopes(fair: tuple[Server, dict[str, str]]) -> None:
+    srv, keys = fair
+    with srv.client() as c:
+        r = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2, "ignore_eos": True},
+                   headers=bearer(keys["alice"]))
+        assert r.status_code == 403 and "ignore_eos" in r.json()["error"]["message"], r.text
+        for url, body in (("/v1/chat/completions", {"messages": FRANCE, "max_tokens": 2}), ("/v1/models", None)):
+            r = c.request("POST" if body else "GET", url, json=body, headers=bearer(keys["ops"]))
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (url, r.text)
+
+
+def test_a_key_past_its_token_budget_gets_429_while_other_keys_are_served(fair: tuple[Server, dict[str, str]]) -> None:
+    srv, keys = fair
+    long_prompt = {"messages": [{"role": "user", "content": "Paris is lovely. " * 200}], "max_tokens": 1, "temperature": 0.7}
+    with srv.client() as c:
+        first = c.post("/v1/chat/completions", json=long_prompt, headers=bearer(keys["carol"]))
+        assert first.status_code == 200, first.text  # admitted while the budget is positive, charged what it used
+        assert first.json()["usage"]["total_tokens"] > 2 * TOKEN_BUDGET  # a minute of refill would not cover the debt
+        refused = c.post("/v1/chat/completions", json=long_prompt, headers=bearer(keys["carol"]))
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "token_budget_exceeded", refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys["bob"])).status_code == 200
+
+
+def test_the_cache_is_per_key_and_exact(fair: tuple[Server, dict[str, str]]) -> None:
+    srv, keys = fair
+    with srv.client() as c:
+        tokens = {k: c.post("/api/auth", json={"api_key": keys[k]}).json()["token"] for k in ("alice", "bob")}
+
+        def cached(key_id: str, question: str) -> bool:
+            r = c.post("/api/chat", json={"messages": [{"role": "user", "content": question}], "max_tokens": 8},
+                       headers=bearer(tokens[key_id]))
+            assert r.status_code == 200, r.text
+            return bool(r.json()["cached"])
+
+        question = "Name one river in France."
+        assert [cached("alice", question), cached("alice", question)] == [False, True]
+        assert cached("bob", question) is False  # bob learns nothing about what alice asked
+        assert cached("alice", question.replace(" ", "  ")) is False  # other spacing is other tokens: another question
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi \\ud800 there"}]}'),
+        ("/v1/chat/completions", b'{"messages":[{"role":"user","content":[{"type":"text","text":"\\udfff"}]}]}'),
+        ("/v1/chat/completions", b'{"messages":[{"role":"user","content":"hi"}],"stop":"\\ud83d"}'),
+        ("/api/chat", b'{"messages":[{"role":"user","content":"\\ud800"}]}'),
+        ("/api/auth", b'{"api_key":"ck-\\ud800"}'),
+    ],
+)
+def test_text_that_cannot_be_encoded_is_a_400(fair: tuple[Server, dict[str, str]], url: str, body: bytes) -> None:
+    srv, keys = fair
+    with srv.client() as c:
+        credential = c.post("/api/auth", json={"api_key": keys["alice"]}).json()["token"]
+        r = c.post(url, content=body, headers={**bearer(credential), "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "surrogate" in error["message"] or "unicode" in error["message"].lower(), error
