@@ -85,7 +85,7 @@ def test_the_canary_share_follows_from_the_weight_and_the_stable_floor_and_is_re
     s = with_canary(weight=25)
     assert s.outputs["canary"] == {
         "image": D, "version": "ddd444", "weightPercent": 25, "replicas": 1,
-        # prod scales 2..10: one canary pod serves a third of the requests at the floor, a eleventh at the top.
+        # prod scales 2..10: one canary pod serves a third of the requests at the floor, an eleventh at the top.
         "shareOfRequestsPercent": {"atMinReplicas": 33.3, "atMaxReplicas": 9.1},
     }
     assert synthesize("prod").outputs["canary"] is None
