@@ -5,11 +5,13 @@ import pulumi
 
 from infra.alert_rules import AlertRules, AlertRulesArgs
 from infra.autoscaler import Autoscaler, AutoscalerArgs
+from infra.backups import Backups, BackupsArgs
 from infra.chat_service import ChatService, ChatServiceArgs
 from infra.dashboard import Dashboard, DashboardArgs
 from infra.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.namespace import AppNamespace, AppNamespaceArgs
+from infra.releases import canary_output, history_output, scrape_release_labels
 from infra.secret_store import SecretStore, SecretStoreArgs, secret_names
 from infra.settings import load_settings
 
@@ -17,7 +19,7 @@ PREFIX = "clawbot"
 
 settings, secrets = load_settings()
 
-# This stack's own outputs from its last update: which API and JWT key generations are live.
+# This stack's own outputs from its last update: which API and JWT key generations are live, which images ran.
 previous = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
 
 gpu = GpuNodePool("gpu", GpuNodePoolArgs(gpu=settings.gpu, name_prefix=PREFIX))
@@ -35,7 +37,8 @@ store = SecretStore(
 chat = ChatService(
     "chat",
     ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
-                    key_secrets=store.secrets, secrets_digest=store.content_digest, name_prefix=PREFIX),
+                    key_secrets=store.secrets, secrets_digest=store.content_digest,
+                    database_url=secrets.conversation_database_url, digest_key=store.kek, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[gpu]),
 )
 ServiceFirewall(
@@ -47,8 +50,17 @@ ServiceFirewall(
         redis_enabled=settings.redis_enabled,
         model_hub_egress_cidrs=settings.network.model_hub_egress_cidrs,
         health_check_cidrs=settings.network.health_check_cidrs,
+        database_cidrs=settings.database.egress_cidrs if settings.database.configured else (),
+        database_port=settings.database.port,
         name_prefix=PREFIX,
     ),
+)
+Backups(
+    "backups",
+    BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
+                data_claim_name=chat.data_claim_name, storage_class=settings.storage_class, production=settings.production,
+                database_secret_name=chat.database_secret_name, name_prefix=PREFIX),
+    opts=pulumi.ResourceOptions(depends_on=[chat]),
 )
 if settings.scaling.autoscaled:
     Autoscaler(
@@ -77,6 +89,8 @@ if settings.alerts.enabled:
             smtp_password=secrets.smtp_password,
             name_prefix=PREFIX,
         ),
+        # Until alert_rules.py sets podTargetLabels itself, the release labels are added to its ServiceMonitor here.
+        opts=pulumi.ResourceOptions(transformations=[scrape_release_labels]),
     )
     alert_names = alerts.alert_names
     # The Grafana dashboard rides with the alerts: both need the Prometheus stack. Its sidecar must watch this
@@ -90,3 +104,6 @@ pulumi.export("apiKeyIds", store.api_key_ids)
 pulumi.export("apiKey", store.api_key)  # secret: `pulumi stack output apiKey --show-secrets`
 pulumi.export("keyRotation", store.rotation)  # read back by the next update (above); ids and times only
 pulumi.export("alertRules", alert_names)
+# Newest first: [0] runs now, [1] is what a rollback goes back to (README: Rollback). Read back by the next update.
+pulumi.export("imageHistory", history_output(previous.get_output("imageHistory"), settings))
+pulumi.export("canary", canary_output(settings))

@@ -1,7 +1,9 @@
-"""The chat Deployment's spec: container, probes, mounts, drain timing, placement and the checksum that rolls pods."""
+"""The chat Deployments' spec: container, probes, mounts, drain timing, placement, release labels and the checksum
+that rolls pods. The stable set and a canary share all of it but the image, the track and the replica count."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -10,9 +12,14 @@ import pulumi
 
 from infra.contract import (
     APP_UID,
+    CANARY,
+    CANARY_WEIGHT_ANNOTATION,
     CHAT_LABELS,
+    COMMON_LABELS,
     CONTAINER_NAME,
     DATA_DIR,
+    DATABASE_SECRET_KEY,
+    DATABASE_URL_ENV,
     HEALTH_PATH,
     KEK_DIR,
     KEK_FILE,
@@ -23,10 +30,14 @@ from infra.contract import (
     PORT,
     PORT_NAME,
     READY_PATH,
+    STABLE,
     TLS_DIR,
     TMP_DIR,
+    TRACK_LABEL,
+    VERSION_LABEL,
 )
 from infra.gpu_node_pool import PodPlacement
+from infra.images import parse_image
 from infra.secret_store import SecretNames
 from infra.settings import ROLLOUT_SURGE, StackSettings
 
@@ -42,6 +53,8 @@ CONTAINER_SECURITY = {
 # The pod template carries this hash of the ConfigMap data and the key Secrets: a change to either is a new
 # template, so the Deployment rolls its pods (the ConfigMap is read once, at start, through envFrom).
 CHECKSUM_ANNOTATION = "clawbot.dev/config-checksum"
+# ReplicaSets kept for `kubectl rollout history`; releases themselves are rolled back through the stack (imageHistory).
+REVISION_HISTORY = 3
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,38 @@ class PodInputs:
     config_map_name: str
     claim_name: str
     tls_secret_name: str | None  # the kubernetes.io/tls Secret served on PORT, when TLS is in the pod
+    database_secret_name: str | None = None  # the Secret holding CONVERSATION_DATABASE_URL, when a database is set
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Deployment's part of the service: its track, its image and its replica count (None: the HPA's)."""
+
+    track: str
+    image: str
+    replicas: int | None
+    weight_percent: int | None = None  # the canary's requested share of requests
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {**CHAT_LABELS, TRACK_LABEL: self.track}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {**self.selector, **COMMON_LABELS, VERSION_LABEL: parse_image(self.image).version_label}
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return {} if self.weight_percent is None else {CANARY_WEIGHT_ANNOTATION: str(self.weight_percent)}
+
+
+def stable_release(s: StackSettings) -> Release:
+    # With an HPA the replica count belongs to it; a fixed count would fight it on every `pulumi up`.
+    return Release(STABLE, s.image, None if s.scaling.autoscaled else s.scaling.min_replicas)
+
+
+def canary_release(s: StackSettings) -> Release | None:
+    return Release(CANARY, s.canary.image, s.canary.replicas, s.canary.weight_percent) if s.canary else None
 
 
 def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -60,6 +105,17 @@ def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -
         return hashlib.sha256(json.dumps({"env": dict(env), "secrets": secrets}, sort_keys=True).encode()).hexdigest()
 
     return pulumi.Output.from_input(secrets_digest).apply(digest)
+
+
+def database_digest(keys_digest: pulumi.Input[str], key: pulumi.Input[str], database_url: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The key Secrets' digest extended by an HMAC of the database URL under a secret key: the URL's password may be
+    guessable, so a plain hash of it must not sit in the pod template."""
+    def digest(values: list[str]) -> str:
+        keys, hmac_key, url = values
+        tag = hmac.new(hmac_key.encode(), url.encode(), hashlib.sha256).hexdigest()
+        return hashlib.sha256(f"{keys}\n{tag}".encode()).hexdigest()
+
+    return pulumi.Output.unsecret(pulumi.Output.all(keys_digest, key, database_url).apply(digest))
 
 
 def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int = 3) -> dict[str, Any]:
@@ -71,7 +127,7 @@ def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int =
     }
 
 
-def _container(p: PodInputs) -> dict[str, Any]:
+def _container(p: PodInputs, image: str) -> dict[str, Any]:
     s = p.settings
     https = p.tls_secret_name is not None
     limits = {"cpu": s.cpu_limit, "memory": s.memory_limit, **p.placement.limits}
@@ -87,7 +143,7 @@ def _container(p: PodInputs) -> dict[str, Any]:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": s.image,
+        "image": image,
         "imagePullPolicy": s.image_pull_policy,
         "args": ["python", "-m", "app"],  # args, not command: the image's ENTRYPOINT (tini) stays PID 1
         "ports": [
@@ -95,6 +151,9 @@ def _container(p: PodInputs) -> dict[str, Any]:
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "envFrom": [{"configMapRef": {"name": p.config_map_name}}],
+        **({"env": [{"name": DATABASE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": p.database_secret_name,
+                                                                                "key": DATABASE_SECRET_KEY}}}]}
+           if p.database_secret_name else {}),
         "resources": {"limits": limits, "requests": requests},
         # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
         "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, s.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
@@ -122,7 +181,17 @@ def _volumes(p: PodInputs) -> list[dict[str, Any]]:
     return volumes
 
 
-def deployment_spec(p: PodInputs, labels: Mapping[str, str], checksum: pulumi.Input[str]) -> dict[str, Any]:
+def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
+    affinity = dict(p.placement.affinity() or {})
+    if release.track == CANARY and p.settings.data_access_mode == "ReadWriteOnce":
+        # A ReadWriteOnce volume attaches to one node: the canary must run where the stable pods mount it.
+        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}
+        ]}
+    return affinity
+
+
+def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str]) -> dict[str, Any]:
     s = p.settings
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -137,7 +206,7 @@ def deployment_spec(p: PodInputs, labels: Mapping[str, str], checksum: pulumi.In
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(p)],
+        "containers": [_container(p, release.image)],
         "volumes": _volumes(p),
         # Spread replicas so one node loss takes one replica.
         "topologySpreadConstraints": [
@@ -151,17 +220,17 @@ def deployment_spec(p: PodInputs, labels: Mapping[str, str], checksum: pulumi.In
     }
     if p.placement.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in p.placement.tolerations]
-    affinity = p.placement.affinity()
+    affinity = _affinity(p, release)
     if affinity:
         pod_spec["affinity"] = affinity
     spec: dict[str, Any] = {
-        "selector": {"matchLabels": dict(CHAT_LABELS)},
+        "selector": {"matchLabels": release.selector},
         # One extra pod at a time and none taken away first: settings hold gpuLimit to maxReplicas + this surge.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}},
-        "revisionHistoryLimit": 5,
+        "revisionHistoryLimit": REVISION_HISTORY,
         "template": {
             "metadata": {
-                "labels": dict(labels),
+                "labels": release.labels,
                 "annotations": {
                     # Consolidation must not evict a pod mid-generation; the PDB governs voluntary drains instead.
                     "karpenter.sh/do-not-disrupt": "true",
@@ -171,7 +240,6 @@ def deployment_spec(p: PodInputs, labels: Mapping[str, str], checksum: pulumi.In
             "spec": pod_spec,
         },
     }
-    # With an HPA the replica count belongs to it; a fixed count here would fight it on every `pulumi up`.
-    if not s.scaling.autoscaled:
-        spec["replicas"] = s.scaling.min_replicas
+    if release.replicas is not None:
+        spec["replicas"] = release.replicas
     return spec

@@ -1,4 +1,5 @@
-"""The chat service on Kubernetes: ConfigMap, data volume, Deployment, Service :18789, metrics Service, PDB, Redis, TLS."""
+"""The chat service on Kubernetes: ConfigMap, data volume, the stable Deployment and a canary beside it, Service :18789,
+metrics Service, PDB, Redis, TLS, and the Secret holding the conversation database URL."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,12 +8,22 @@ from typing import Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.chat_pod import CONTAINER_SECURITY, PodInputs, config_checksum, deployment_spec
+from infra.chat_pod import (
+    CONTAINER_SECURITY,
+    PodInputs,
+    Release,
+    canary_release,
+    config_checksum,
+    database_digest,
+    deployment_spec,
+    stable_release,
+)
 from infra.contract import (
     API_KEY_PATH,
     CHAT_LABELS,
     COMMON_LABELS,
     DATA_DIR,
+    DATABASE_SECRET_KEY,
     KEK_PATH,
     METRICS_PORT,
     METRICS_PORT_NAME,
@@ -59,7 +70,7 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
     if settings.tls.in_pod:
         env["TLS_CERT_FILE"] = TLS_CERT_PATH
         env["TLS_KEY_FILE"] = TLS_KEY_PATH
-    if settings.data_access_mode == "ReadWriteMany":
+    if settings.data_access_mode == "ReadWriteMany" and not settings.database.configured:
         # Replicas on several nodes share /app/data: SQLite's WAL index lives in shared memory of one host,
         # so the conversation store uses the rollback journal and file locks instead.
         env["CONVERSATION_JOURNAL"] = "delete"
@@ -85,12 +96,17 @@ class ChatServiceArgs:
     # The key Secrets the pods mount, and a digest of their content: the Deployment waits for them and rolls on change.
     key_secrets: Sequence[pulumi.Resource] = field(default_factory=tuple)
     secrets_digest: pulumi.Input[str] = ""
+    # The conversation database URL (a secret Output) when one is configured, and a secret key to digest it with.
+    database_url: pulumi.Output[str] | None = None
+    digest_key: pulumi.Input[str] = ""
     name_prefix: str = "clawbot"
 
 
 class ChatService(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     deployment_name: pulumi.Output[str]
+    data_claim_name: str
+    database_secret_name: str | None
     service_name: pulumi.Output[str]
     endpoint_url: pulumi.Output[str]
     load_balancer_hostname: pulumi.Output[str]
@@ -127,6 +143,23 @@ class ChatService(pulumi.ComponentResource):
             # delete it at all until someone runs `pulumi state unprotect` on purpose.
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=s.production),
         )
+        # A restore makes a new claim from a snapshot and points the pods at it; the original claim stays as it was.
+        self.data_claim_name = s.backups.data_claim(f"{prefix}-data")
+        self.restored_pvc = None
+        if s.backups.restore_snapshot:
+            self.restored_pvc = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-data-restored",
+                metadata={"name": self.data_claim_name, "namespace": ns_name, "labels": labels},
+                spec={
+                    "accessModes": [s.data_access_mode],
+                    "storageClassName": s.storage_class,
+                    "resources": {"requests": {"storage": s.data_volume_size}},
+                    "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                   "name": s.backups.restore_snapshot},
+                },
+                # Restoring from another snapshot later leaves this claim in the cluster, as destroy does.
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
 
         self.certificate = None
         tls_secret = None
@@ -136,17 +169,44 @@ class ChatService(pulumi.ComponentResource):
             tls_secret = f"{prefix}-tls"
             self.certificate = _certificate(name, prefix, s, ns_name, tls_secret, in_ns)
 
-        pod = PodInputs(settings=s, placement=args.placement, secrets=args.secrets, config_map_name=f"{prefix}-config",
-                        claim_name=f"{prefix}-data", tls_secret_name=tls_secret)
         waits_for: list[pulumi.Resource] = [self.config_map, self.pvc, *args.key_secrets]
+        if self.restored_pvc is not None:
+            waits_for.append(self.restored_pvc)
         if self.certificate is not None:
             waits_for.append(self.certificate)
-        self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata={"name": prefix, "namespace": ns_name, "labels": labels},
-            spec=deployment_spec(pod, labels, config_checksum(self.env, args.secrets_digest)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for, custom_timeouts=rollout_timeouts(s)),
-        )
+        self.database_secret = None
+        self.database_secret_name = None
+        secrets_digest = args.secrets_digest
+        if args.database_url is not None:
+            self.database_secret_name = f"{prefix}-database"
+            self.database_secret = k8s.core.v1.Secret(
+                f"{name}-database",
+                metadata={"name": self.database_secret_name, "namespace": ns_name, "labels": labels},
+                type="Opaque",
+                string_data={DATABASE_SECRET_KEY: args.database_url},
+                opts=in_ns,
+            )
+            waits_for.append(self.database_secret)
+            # The URL reaches the pods as env, read once at start: a new URL (a rotated password) must roll them.
+            secrets_digest = database_digest(args.secrets_digest, args.digest_key, args.database_url)
+
+        pod = PodInputs(settings=s, placement=args.placement, secrets=args.secrets, config_map_name=f"{prefix}-config",
+                        claim_name=self.data_claim_name, tls_secret_name=tls_secret, database_secret_name=self.database_secret_name)
+        checksum = config_checksum(self.env, secrets_digest)
+
+        def deployment(suffix: str, deployment_name: str, release: Release) -> k8s.apps.v1.Deployment:
+            return k8s.apps.v1.Deployment(
+                f"{name}-{suffix}",
+                metadata={"name": deployment_name, "namespace": ns_name, "labels": release.labels,
+                          **({"annotations": release.annotations} if release.annotations else {})},
+                spec=deployment_spec(pod, release, checksum),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for, custom_timeouts=rollout_timeouts(s)),
+            )
+
+        self.deployment = deployment("deployment", prefix, stable_release(s))
+        # The canary runs beside the stable set behind the same Service; the HPA scales the stable set only.
+        canary = canary_release(s)
+        self.canary_deployment = deployment("canary-deployment", f"{prefix}-canary", canary) if canary else None
 
         self.service = k8s.core.v1.Service(
             f"{name}-service",

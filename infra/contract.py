@@ -35,5 +35,16 @@ CHAT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component"
 METRICS_SERVICE_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "metrics"}
 REDIS_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "redis"}
 COMMON_LABELS = {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"}
+# Which release a chat pod runs: the stable set or the canary beside it. Both sit behind the one Service (it selects
+# CHAT_LABELS); each Deployment selects its own track. Prometheus copies both labels onto every scraped series.
+TRACK_LABEL = "track"
+STABLE, CANARY = "stable", "canary"
+VERSION_LABEL = "app.kubernetes.io/version"
+RELEASE_LABELS = (TRACK_LABEL, VERSION_LABEL)
+# The weight an operator asked for, on the canary Deployment: the policy pack holds it to a ceiling per stack.
+CANARY_WEIGHT_ANNOTATION = "clawbot.dev/canary-weight-percent"
+# The conversation database URL reaches the container from this Secret key, never through the ConfigMap.
+DATABASE_URL_ENV = "CONVERSATION_DATABASE_URL"
+DATABASE_SECRET_KEY = "url"
 # Objects of the app that belong to no one component (the key Secrets, the monitoring objects).
 APP_LABELS = {"app.kubernetes.io/name": APP_NAME, **COMMON_LABELS}

@@ -16,6 +16,16 @@ from infra.contract import CHAT_LABELS, COMMON_LABELS, METRICS_PORT, PORT, REDIS
 
 # Egress "to the internet" never includes private ranges or the cloud metadata service.
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+# Every pod that talks to anything by name needs the cluster DNS.
+DNS_EGRESS: dict[str, Any] = {
+    "to": [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
 
 
 @dataclass
@@ -27,6 +37,9 @@ class ServiceFirewallArgs:
     model_hub_egress_cidrs: tuple[str, ...] = field(default_factory=tuple)
     # The NLB's own subnets (ip targets): its health checks come from there, not from the clients.
     health_check_cidrs: tuple[str, ...] = field(default_factory=tuple)
+    # The conversation database, when one is configured: where it listens and on which port.
+    database_cidrs: tuple[str, ...] = field(default_factory=tuple)
+    database_port: int = 5432
     name_prefix: str = "clawbot"
 
 
@@ -59,17 +72,10 @@ def chat_ingress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
 
 
 def chat_egress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = [
-        {
-            "to": [
-                {
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-                }
-            ],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-        }
-    ]
+    rules: list[dict[str, Any]] = [DNS_EGRESS]
+    if args.database_cidrs:
+        rules.append({"to": [{"ipBlock": {"cidr": c}} for c in args.database_cidrs],
+                      "ports": [{"protocol": "TCP", "port": args.database_port}]})
     if args.redis_enabled:
         rules.append({"to": [{"podSelector": {"matchLabels": dict(REDIS_LABELS)}}], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
     if args.model_hub_egress_cidrs:

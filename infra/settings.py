@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pulumi
 
 from app.settings import APP_ENVS, EMBEDDED_MODEL, QUANTIZATIONS
+
+if TYPE_CHECKING:
+    from infra.data_settings import BackupSettings, DatabaseSettings
+    from infra.release_settings import CanarySettings
 
 PROJECT = "clawbot"
 SERVICE_TYPES = ("LoadBalancer", "ClusterIP")
@@ -84,6 +88,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("trustedProxies", "array", [], "TRUSTED_PROXIES: CIDRs of proxies whose X-Forwarded-For the service believes"),
     ConfigKey("monitoringNamespace", "string", "monitoring", "Namespace of Prometheus; it alone may scrape /metrics besides allowedCidrs"),
     ConfigKey("modelHubEgressCidrs", "array", [], "CIDRs the chat pods may reach on TCP 443 to download a model; empty allows no internet egress"),
+    ConfigKey("databaseEgressCidrs", "array", [], "CIDRs the conversation database listens on (e.g. the RDS subnets); required with conversationDatabaseUrl"),
+    ConfigKey("kubernetesApiCidrs", "array", [], "CIDRs of the Kubernetes API server endpoints the snapshot job may reach on 443/6443; empty allows any address"),
     ConfigKey("redisEnabled", "boolean", False, "Run Redis for the response cache and rate limits shared across replicas (sets REDIS_URL)"),
     ConfigKey("redisImage", "string", "redis:7.4.2-alpine", "Redis image when redisEnabled"),
     ConfigKey("gpuMode", "string", "none", "karpenter (a NodePool for GPU nodes), existing (GPU nodes already in the cluster) or none (CPU)"),
@@ -124,6 +130,13 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this"),
     ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this"),
     ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
+    ConfigKey("backupSchedule", "string", "17 3 * * *", "Cron schedule (UTC) of the data-volume snapshot and the database dump"),
+    ConfigKey("backupSnapshotClass", "string", "", "VolumeSnapshotClass for daily snapshots of the data volume (its CSI driver must support snapshots; EFS does not); empty takes none"),
+    ConfigKey("dataRestoreSnapshot", "string", "", "Restore: a VolumeSnapshot of the data volume; the chat pods then mount a new claim made from it (<snapshot>-restored)"),
+    ConfigKey("backupRetention", "integer", 7, "How many snapshots and database dumps are kept (1..90); older ones are deleted"),
+    ConfigKey("backupImage", "string", "python:3.13-alpine", "Image of the snapshot job (runs a standard-library Python script against the Kubernetes API)"),
+    ConfigKey("databaseBackupImage", "string", "postgres:17-alpine", "Image of the database dump job (pg_dump; its major version must be at least the server's)"),
+    ConfigKey("databaseBackupVolumeSize", "string", "20Gi", "Size of the PVC that holds the database dumps"),
 )
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
 # Declared in Pulumi.yaml with `secret: true` and no default (a secret cannot have a plain one), so the CLI refuses
@@ -131,6 +144,7 @@ DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
 SECRET_KEYS: dict[str, str] = {
     "hubToken": "Model-hub read token (used when modelHubAuth is true); empty for none",
     "alertSmtpPassword": "SMTP password of alertSmtpUsername; empty when the relay needs no login",
+    "conversationDatabaseUrl": "PostgreSQL URL of the conversation store (postgresql://USER:PASSWORD@HOST:5432/DB); empty keeps SQLite (one replica)",
 }
 
 
@@ -281,6 +295,9 @@ class StackSettings:
     gpu: GpuSettings
     scaling: ScalingSettings
     alerts: AlertSettings
+    canary: CanarySettings | None
+    backups: BackupSettings
+    database: DatabaseSettings
 
     @property
     def production(self) -> bool:
@@ -499,7 +516,11 @@ def _tls(raw: Mapping[str, Any], network: NetworkSettings, production: bool) -> 
 
 def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     """Validate raw config values (missing keys take DEFAULTS) into StackSettings; raises ConfigError."""
-    unknown = sorted(set(values) - set(DEFAULTS) - set(SECRET_KEYS))
+    # These build on this module's helpers, so they are imported once it is loaded.
+    from infra.data_settings import parse_backups, parse_database
+    from infra.release_settings import CANARY_KEY, STRUCTURED_KEYS, image_setting, parse_canary
+
+    unknown = sorted(set(values) - set(DEFAULTS) - set(SECRET_KEYS) - set(STRUCTURED_KEYS))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(_key(k) for k in unknown)}; allowed keys are listed in Pulumi.yaml")
     raw = {**DEFAULTS, **values}
@@ -555,6 +576,9 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         inflight_per_pod=inflight_per_pod,
         scale_down_stabilization_seconds=_int(raw, "scaleDownStabilizationSeconds", 0, 3600),
     )
+    image = image_setting("image", raw["image"], production)
+    canary = parse_canary(raw.get(CANARY_KEY), image, scaling, production)
+    canary_pods = canary.replicas if canary else 0
 
     gpu_mode = _choice(raw, "gpuMode", GPU_MODES)
     node_class_name = _str(raw, "nodeClassName")
@@ -609,11 +633,13 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     memory_bytes("nodeVolumeSize", gpu.node_volume_size)
     # A rolling update adds one pod (maxSurge 1) before it removes one; at maxReplicas that pod needs GPUs beyond
     # the replicas', or it stays Pending and the rollout never finishes.
-    rollout_gpus = gpu.gpus_per_pod * (max_replicas + ROLLOUT_SURGE)
+    # A canary's pods need GPUs of their own on top.
+    rollout_gpus = gpu.gpus_per_pod * (max_replicas + ROLLOUT_SURGE + canary_pods)
     if gpu_mode == "karpenter" and rollout_gpus > gpu.gpu_limit:
+        canary_part = f" + {canary_pods} {_key(CANARY_KEY)} pod{'s' if canary_pods > 1 else ''}" if canary_pods else ""
         raise ConfigError(
             f"{_key('gpuLimit')} ({gpu.gpu_limit}) is below {_key('gpusPerPod')} x ({_key('maxReplicas')} + {ROLLOUT_SURGE} "
-            f"rollout surge pod) = {rollout_gpus}; a rollout at {max_replicas} replicas would wait forever for a GPU. "
+            f"rollout surge pod{canary_part}) = {rollout_gpus}; a rollout at {max_replicas} replicas would wait forever for a GPU. "
             f"Raise {_key('gpuLimit')} to {rollout_gpus} or lower {_key('maxReplicas')}"
         )
 
@@ -658,9 +684,6 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
             f"unnamed claim stays Pending), got {storage_class!r}; e.g. gp3 (EBS CSI, ReadWriteOnce) or efs-sc (EFS CSI, ReadWriteMany)"
         )
     kubernetes_version = _kubernetes_version(raw)
-    image = _str(raw, "image", required=True)
-    if production and (image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1] and "@" not in image):
-        raise ConfigError(f"{_key('image')} must pin a tag or digest in production, got {image!r}")
     return StackSettings(
         stack=stack,
         environment=environment,
@@ -693,6 +716,9 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         gpu=gpu,
         scaling=scaling,
         alerts=alerts,
+        canary=canary,
+        backups=parse_backups(raw, production),
+        database=parse_database(raw),
     )
 
 
@@ -702,10 +728,14 @@ class StackSecrets:
 
     hub_token: pulumi.Output[str] | None
     smtp_password: pulumi.Output[str] | None
+    conversation_database_url: pulumi.Output[str] | None
 
 
 def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, StackSecrets]:
     """Read every `clawbot:*` key of the current stack once; the only place that touches pulumi.Config."""
+    from infra.data_settings import DATABASE_URL_KEY, database_connection, require_database
+    from infra.release_settings import STRUCTURED_KEYS
+
     config = config or pulumi.Config(PROJECT)
     values: dict[str, Any] = {}
     for key in CONFIG_KEYS:
@@ -719,7 +749,14 @@ def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, S
             got = config.get(key.name)
         if got is not None:
             values[key.name] = got
+    for name in STRUCTURED_KEYS:
+        if (structured := config.get_object(name)) is not None:
+            values[name] = structured
     settings = parse_settings(values, stack=pulumi.get_stack())
+    # Read in plain once, here, to check its shape and port; the program only ever holds it as a secret Output.
+    database_url = pulumi.runtime.get_config(f"{config.name}:{DATABASE_URL_KEY}") or None
+    settings = replace(settings, database=database_connection(database_url, settings.database))
+    require_database(production=settings.production, max_replicas=settings.scaling.max_replicas, database=settings.database)
     hub, smtp = _secret(config, "hubToken"), _secret(config, "alertSmtpPassword")
     if settings.model_hub_auth and hub is None:
         raise ConfigError(f"{_key('modelHubAuth')} is true but the secret {_key('hubToken')} is empty; "
@@ -727,6 +764,7 @@ def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, S
     return settings, StackSecrets(
         hub_token=hub if settings.model_hub_auth else None,
         smtp_password=_smtp_password(settings, smtp),
+        conversation_database_url=pulumi.Output.secret(database_url) if database_url else None,
     )
 
 

@@ -29,6 +29,8 @@ PROJECT = "clawbot"
 REDACTED = "<redacted>"
 # Stand-in for a `secure:` value or an unset required secret: synth cannot decrypt the stack's secrets.
 SECRET_PLACEHOLDER = "synth-stand-in-for-a-secret-Q7wZ3kN9vR2m"
+# A secret whose shape the program checks gets a stand-in of that shape.
+SHAPED_STAND_INS = {"conversationDatabaseUrl": f"postgresql://clawbot:{SECRET_PLACEHOLDER}@database.invalid:5432/clawbot"}
 
 
 class SynthError(RuntimeError):
@@ -121,17 +123,19 @@ def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any]
     stand_ins: list[str] = []
     for name, value in values.items():
         if isinstance(value, dict) and "secure" in value:
-            value = SECRET_PLACEHOLDER
+            value = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER)
             stand_ins.append(name)
         config[f"{PROJECT}:{name}"] = _config_value(value)
     # Declared secrets the stack file lacks: what `pulumi config set --secret` would give, as its comments say.
     needed = {
         "hubToken": str(values.get("modelHubAuth", "false")).lower() == "true",
         "alertSmtpPassword": bool(values.get("alertSmtpUsername")) and str(values.get("alertsEnabled", "false")).lower() == "true",
+        # Several production replicas need the conversation database (Pulumi.prod.yaml says to set it).
+        "conversationDatabaseUrl": values.get("environment") == "production" and int(str(values.get("maxReplicas", 1))) > 1,
     }
     for name in SECRET_KEYS:
         if name not in values:
-            config[f"{PROJECT}:{name}"] = SECRET_PLACEHOLDER if needed.get(name) else ""
+            config[f"{PROJECT}:{name}"] = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER) if needed.get(name) else ""
             stand_ins.append(name)
     return config, [f"{PROJECT}:{name}" for name in SECRET_KEYS], stand_ins
 

@@ -5,6 +5,7 @@ from pulumi_policy import Policy
 
 from .ingress import no_public_ingress
 from .observability import has_autoscaler, has_prometheus_rule
+from .releases import canary_weight
 from .secrets import no_plaintext_secrets
 from .tls import encrypted_endpoint
 from .workloads import (
@@ -26,6 +27,7 @@ POLICIES: list[Policy] = [
     encrypted_endpoint,
     has_prometheus_rule,
     has_autoscaler,
+    canary_weight,
 ]
 
 __all__ = ["POLICIES"]

@@ -276,3 +276,46 @@ def test_image_tags_refuses_stacks_that_name_different_repositories(tmp_path: Pa
     result = subprocess.run([str(tmp_path / "scripts" / "image-tags"), "0" * 40], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode != 0 and "every stack must name" in result.stderr
+
+
+# --- releases: canary, soak, approval, promotion; keys rotated on a schedule ------------------------------
+
+def _needs(job: dict[str, Any]) -> list[str]:
+    return [job["needs"]] if isinstance(job["needs"], str) else list(job["needs"])
+
+
+def test_prod_gets_a_canary_that_soaks_before_the_approval_that_promotes_it() -> None:
+    jobs = workflow("deploy.yml")["jobs"]
+    canary, promote = jobs["canary-prod"], jobs["deploy-prod"]
+    assert {"image", "deploy-dev"} <= set(_needs(canary)) and "canary-prod" in _needs(promote)
+    # The canary runs without a reviewer; the promotion waits for one on the `prod` environment.
+    assert canary["environment"] == "prod-unattended" and promote["environment"] == "prod"
+    runs = [str(s.get("run", "")) for s in steps(canary)]
+    start = next(r for r in runs if "canary.image" in r)
+    assert "imageHistory" in start and 'clawbot:image "$stable"' in start and '--path canary.image "$IMAGE"' in start
+    up = step_using(canary, "pulumi/actions", command="up", **{"stack-name": "prod", "policyPacks": "policy"})
+    soak = next(s for s in steps(canary) if "infra.canary_check" in str(s.get("run", "")))
+    assert steps(canary).index(up) < steps(canary).index(soak)
+    # A failed soak stops the canary again (only once its `up` went through).
+    stop = [s for s in steps(canary) if str(s.get("if", "")).startswith("failure()")]
+    assert any("pulumi config rm --stack prod canary" in str(s.get("run", "")) for s in stop)
+    assert any(s.get("with", {}).get("command") == "up" for s in stop)
+    # The promotion is the stack file from git (no canary block) with the new image: one `up`.
+    assert not any("canary" in str(s.get("run", "")) for s in steps(promote))
+
+
+def test_a_weekly_schedule_rotates_keys_and_deploys_nothing_new() -> None:
+    doc = workflow("deploy.yml")
+    (cron,) = [entry["cron"] for entry in doc["on"]["schedule"]]
+    minute, hour, day, month, weekday = cron.split()
+    assert (day, month) == ("*", "*") and weekday.isdigit()  # once a week, well inside a 90-day period
+    jobs = doc["jobs"]
+    assert jobs["image"]["if"] == "github.event_name == 'push'"  # so deploy-dev, canary and promote skip too
+    rotate = jobs["rotate-keys"]
+    assert rotate["if"] == "github.event_name == 'schedule'" and _needs(rotate) == ["tests"]
+    stacks = {m["stack"]: m["environment"] for m in rotate["strategy"]["matrix"]["include"]}
+    assert stacks == {"dev": "dev", "prod": "prod-unattended"}  # no reviewer: nobody has to be there
+    assert rotate["strategy"]["max-parallel"] == 1
+    keep = next(str(s["run"]) for s in steps(rotate) if "imageHistory" in str(s.get("run", "")))
+    assert "jq -er '.[0]'" in keep and "canary.image" in keep  # the running images stay; only keys move
+    step_using(rotate, "pulumi/actions", command="up", policyPacks="policy")

@@ -7,6 +7,7 @@ import pytest
 
 from infra.synth import Synthesis, synthesize
 from tests.infra.crd_validation import Report
+from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures: the dump job's database)
 
 # What the CRD checks could and could not evaluate, summed over the session and printed at the end.
 CRD_REPORT = Report()

@@ -6,15 +6,20 @@ from pathlib import PurePosixPath
 
 from app.settings import ENV_VARS, load_settings
 from infra.mocks import LOAD_BALANCER_HOSTNAME
-from infra.synth import Synthesis
+from infra.contract import CHAT_LABELS
+from infra.synth import Synthesis, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 
 def env_of(s: Synthesis) -> dict[str, str]:
+    """The chat container's environment as the kubelet builds it: the ConfigMap, then `env` (values or Secret keys)."""
     container = chat_container(s)
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    env: dict[str, str] = {}
     for source in container["envFrom"]:
         env.update(s.one("ConfigMap", source["configMapRef"]["name"]).manifest["data"])
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        env[e["name"]] = s.one("Secret", ref["name"]).manifest["stringData"][ref["key"]] if ref else e["value"]
     return env
 
 
@@ -73,14 +78,16 @@ def test_rollout_never_drops_capacity_and_consolidation_leaves_pods_alone(prod: 
     assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     assert pod_spec(prod)["terminationGracePeriodSeconds"] >= 30
     pdb = prod.one("PodDisruptionBudget").manifest["spec"]
-    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    # One budget over every chat pod, stable and canary alike: a drain never takes two serving pods at once.
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == CHAT_LABELS
+    assert CHAT_LABELS.items() <= spec["selector"]["matchLabels"].items()
 
 
 def test_data_volume_is_100gi_on_the_configured_class(prod: Synthesis, dev: Synthesis) -> None:
-    pvc = prod.one("PersistentVolumeClaim").manifest["spec"]
+    pvc = prod.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]
     assert pvc["resources"]["requests"]["storage"] == "100Gi" and pvc["storageClassName"] == "efs-sc"
     assert pvc["accessModes"] == ["ReadWriteMany"]
-    assert dev.one("PersistentVolumeClaim").manifest["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert dev.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
 def test_no_secret_value_outside_secrets(prod: Synthesis) -> None:
@@ -113,8 +120,10 @@ def test_redis_runs_restricted_without_persistence(prod: Synthesis, dev: Synthes
     assert dev.find("Deployment", "clawbot-redis") == []
 
 
-def test_a_shared_data_volume_switches_the_conversation_store_off_wal(prod: Synthesis, dev: Synthesis) -> None:
-    # prod: ReadWriteMany volume shared by replicas on several nodes; WAL's shared-memory index would not be shared.
-    assert prod.one("PersistentVolumeClaim").manifest["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert load_settings(env_of(prod)).conversation_journal == "delete"
+def test_a_shared_data_volume_switches_the_conversation_store_off_wal(dev: Synthesis) -> None:
+    # A ReadWriteMany volume shared by pods on several nodes, conversations in SQLite: WAL's shared-memory index
+    # would not be shared. (prod keeps its conversations in PostgreSQL: test_database.py.)
+    shared = synthesize("prod", overrides={"minReplicas": 1, "maxReplicas": 1, "conversationDatabaseUrl": ""})
+    assert shared.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert load_settings(env_of(shared)).conversation_journal == "delete"
     assert load_settings({**env_of(dev), "APP_ENV": "development"}).conversation_journal == "wal"

@@ -41,11 +41,12 @@ def test_load_balancer_source_ranges_are_the_same_cidrs(prod: Synthesis) -> None
     assert config["ALLOWED_CIDRS"] == "192.168.1.0/24,10.8.0.0/16"
 
 
-def test_chat_egress_is_dns_redis_and_https_to_public_addresses_only(prod: Synthesis) -> None:
+def test_chat_egress_is_dns_the_database_redis_and_https_to_public_addresses_only(prod: Synthesis) -> None:
     egress = policies(prod)["clawbot-chat-egress"]["egress"]
     ports = [sorted((p["protocol"], p["port"]) for p in rule["ports"]) for rule in egress]
-    assert ports == [[("TCP", 53), ("UDP", 53)], [("TCP", 6379)], [("TCP", 443)]]
-    (hub,) = egress[2]["to"]
+    assert ports == [[("TCP", 53), ("UDP", 53)], [("TCP", 5432)], [("TCP", 6379)], [("TCP", 443)]]
+    assert egress[1]["to"] == [{"ipBlock": {"cidr": "10.0.64.0/20"}}]  # databaseEgressCidrs, the port from the URL
+    (hub,) = egress[3]["to"]
     assert hub["ipBlock"]["cidr"] == "0.0.0.0/0"
     assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(hub["ipBlock"]["except"])
     redis_in = policies(prod)["clawbot-redis-ingress"]["ingress"]

@@ -199,16 +199,16 @@ def test_the_pods_metric_needs_an_adapter_the_stack_says_exists(prod: Synthesis)
 
 
 def test_both_stacks_name_their_storage_class(prod: Synthesis, dev: Synthesis) -> None:
-    assert dev.one("PersistentVolumeClaim").manifest["spec"]["storageClassName"] == "gp3"
-    assert prod.one("PersistentVolumeClaim").manifest["spec"]["storageClassName"] == "efs-sc"
+    assert dev.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["storageClassName"] == "gp3"
+    assert prod.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["storageClassName"] == "efs-sc"
     with pytest.raises(ConfigError, match="clawbot:storageClass must name a StorageClass"):
         parse_settings({}, stack="dev")
     refused("clawbot:storageClass must name a StorageClass", storageClass="EFS SC")
 
 
 def test_data_volumes_survive_destroy_and_prod_refuses_to_delete_them(prod: Synthesis, dev: Synthesis) -> None:
-    assert prod.one("PersistentVolumeClaim").options.protect and prod.one("PersistentVolumeClaim").options.retain_on_delete
-    assert dev.one("PersistentVolumeClaim").options.retain_on_delete and not dev.one("PersistentVolumeClaim").options.protect
+    assert prod.one("PersistentVolumeClaim", "clawbot-data").options.protect and prod.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
+    assert dev.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete and not dev.one("PersistentVolumeClaim", "clawbot-data").options.protect
     # Deleting the namespace would delete the claim in it, so the namespace is retained too.
     assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace").options.retain_on_delete
 

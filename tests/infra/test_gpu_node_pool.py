@@ -43,7 +43,7 @@ def test_prod_node_pool_has_gpu_families_limit_and_disruption_settings(prod: Syn
     reqs = {r["key"]: r["values"] for r in spec["template"]["spec"]["requirements"]}
     assert reqs["karpenter.k8s.aws/instance-family"] == ["g5", "g6"]
     assert reqs["karpenter.sh/capacity-type"] == ["on-demand"]
-    assert spec["limits"] == {GPU_RESOURCE: "11"}  # maxReplicas 10 + the rollout surge pod
+    assert spec["limits"] == {GPU_RESOURCE: "12"}  # maxReplicas 10 + the rollout surge pod + a canary pod
     assert spec["disruption"]["consolidationPolicy"] == "WhenEmpty" and spec["disruption"]["consolidateAfter"] == "10m"
     ref = spec["template"]["spec"]["nodeClassRef"]
     node_class = prod.one("EC2NodeClass").manifest

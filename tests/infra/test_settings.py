@@ -105,3 +105,16 @@ def test_stack_files_use_only_declared_keys_and_no_plain_secrets() -> None:
     prod_text = (ROOT / "Pulumi.prod.yaml").read_text()
     assert "pulumi config set --secret clawbot:hubToken" in prod_text
     assert "pulumi config set --secret clawbot:alertSmtpPassword" in prod_text
+
+
+def test_object_keys_the_schema_cannot_type_are_documented_in_pulumi_yaml_and_stacks_name_every_secret() -> None:
+    from infra.release_settings import STRUCTURED_KEYS
+
+    text = (ROOT / "Pulumi.yaml").read_text()
+    for name in STRUCTURED_KEYS:
+        assert f"#   {name}: {{" in text, f"Pulumi.yaml's header must describe the object key {name}"
+        assert name not in yaml.safe_load(text)["config"]
+    for stack in ("dev", "prod"):
+        stack_text = (ROOT / f"Pulumi.{stack}.yaml").read_text()
+        for secret in SECRET_KEYS:
+            assert f"--secret {'clawbot:' if stack == 'prod' else ''}{secret}" in stack_text, (stack, secret)

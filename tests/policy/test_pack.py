@@ -21,7 +21,8 @@ def test_pack_covers_each_guardrail_of_the_issue() -> None:
             "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler",
             "production-endpoint-uses-tls"} <= names
     assert {p.name for p in POLICIES if isinstance(p, StackValidationPolicy)} == {
-        "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler", "production-endpoint-uses-tls"}
+        "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler", "production-endpoint-uses-tls",
+        "canary-weight-within-ceiling"}
 
 
 def test_pulumi_policy_manifest_and_requirements() -> None:
