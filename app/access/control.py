@@ -46,6 +46,7 @@ class AccessControl:
         self.settings = settings
         self.metrics = metrics
         self.ring = ring
+        ring.reload_on_access = False  # reloaded off the event loop by `ring.refresh()` on each request instead
         self.tokens = TokenService(ring, audience=settings.jwt_audience, ttl_s=settings.jwt_ttl_s)
         self.netrules = NetRules(
             allowed_cidrs=settings.allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=settings.trusted_proxies
@@ -146,6 +147,7 @@ class AccessControl:
 
     # -- the interface the routes use --------------------------------------------------------
     async def issue_token(self, api_key: str, request: Request) -> dict[str, Any]:
+        await self.ring.refresh()
         await self._admit_address(request)
         entry = self._check_api_key(request, api_key)
         principal = Principal(key_id=entry.id, scopes=entry.scopes, via="api_key")
@@ -158,6 +160,7 @@ class AccessControl:
         return {"token": token, "token_type": "bearer", "expires_in": expires_in}
 
     async def authenticate(self, request: Request, *, allow_api_key: bool) -> Principal:
+        await self.ring.refresh()
         await self._admit_address(request)
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")

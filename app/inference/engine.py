@@ -187,7 +187,7 @@ class Engine:
             if self._failure is not None:
                 raise EngineFailedError(f"the generation engine failed ({self._failure}); this replica must restart")
             if self._closing:
-                raise EngineClosedError("the engine is shutting down and takes no new requests")
+                raise EngineClosedError("the service is shutting down and takes no new requests; retry (another replica will answer)")
             if len(self._queue) >= self.max_queue:
                 waves = 1 + len(self._queue) // self.max_batch_size
                 raise QueueFullError(self.max_queue, max(1, math.ceil(self._request_s * waves)))
