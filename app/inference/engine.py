@@ -150,7 +150,8 @@ class Engine:
 
     @property
     def active(self) -> int:
-        return len(self._rows) + (len(self._prefill.rows) if self._prefill is not None else 0)
+        job = self._prefill  # read once: the worker may clear it meanwhile (gauges are set from the loop too)
+        return len(self._rows) + (len(job.rows) if job is not None else 0)
 
     @property
     def failure(self) -> str | None:
@@ -380,8 +381,14 @@ class Engine:
             self._fail_rows(job.rows)
 
     def _decode_out_of_memory(self, exc: BaseException) -> None:
-        """Keep the older half of the batch and send the newer half back to the queue (recomputed when readmitted)."""
-        self._out_of_memory("decode", exc, self._cache_tokens() + len(self._rows))
+        """Make room for the running rows: first drop a group still being prefilled (it goes back to the queue),
+        else keep the older half of the batch and send the newer half back (recomputed when readmitted)."""
+        job = self._prefill
+        self._out_of_memory("decode", exc, self._cache_tokens() + len(self._rows) + (0 if job is None else job.cache_tokens))
+        if job is not None:
+            self._prefill = None
+            self._requeue(job.rows)
+            return
         if len(self._rows) == 1:
             alone, self._rows, self._batch = self._rows, [], None
             self._fail_rows(alone)

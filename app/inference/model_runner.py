@@ -38,6 +38,11 @@ class PrefillJob:
     def width(self) -> int:
         return int(self.ids.shape[1])
 
+    @property
+    def cache_tokens(self) -> int:
+        """Tokens its cache holds so far (rows x columns read)."""
+        return len(self.rows) * self.done
+
     def step(self, model: Any) -> torch.Tensor | None:
         """Prefill the next chunk of columns; the [rows, vocab] logits of the last column once all are in."""
         start, end = self.done, min(self.done + self.chunk, self.width)

@@ -224,3 +224,35 @@ def test_the_drain_deadline_answers_even_while_the_worker_is_stuck_in_a_step(tin
         assert run(go)  # answered by the deadline while the worker was still inside its pass
     finally:
         gate.set()
+
+
+def test_out_of_memory_in_decode_while_a_long_prompt_is_read_puts_the_prompt_back_first(tiny: LlamaForCausalLM) -> None:
+    long_prompt = tok.encode("The lighthouse keeper counted the waves. " * 3)
+    metrics = build_metrics()
+    failed: list[bool] = []
+
+    def once_mid_prefill(rows: int, columns: int) -> BaseException | None:
+        previous = spy.passes[-1] if spy.passes else (0, 0, 0)
+        if columns == 1 and previous[1] > 1 and previous[2] < len(long_prompt) and not failed:
+            failed.append(True)  # a decode step right after a chunk of the long prompt, before its last chunk
+            return oom_above(0)(rows, columns)
+        return None
+
+    spy = Spy(tiny, fail=once_mid_prefill)
+
+    async def go() -> tuple[Completion, Completion]:
+        engine = engine_for(spy, prefill_chunk_tokens=16, metrics=metrics)
+        await engine.start()
+        short = engine.submit(PROMPTS[1], greedy(40))
+        async for _ in short:
+            break
+        long = engine.submit(long_prompt, greedy(8))
+        results = await short.result(), await long.result()
+        await engine.shutdown()
+        return results
+
+    short, long = run(go)
+    assert failed
+    assert short.text == tok.decode(reference(tiny, PROMPTS[1], 40))  # the running row never left the batch
+    assert long.text == tok.decode(reference(tiny, long_prompt, 8))
+    assert metrics.registry.get_sample_value("clawbot_engine_oom_total", {"phase": "decode"}) == 1
