@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import pytest
 from transformers import LlamaForCausalLM
@@ -23,6 +24,7 @@ from app.observability.metrics import build_metrics
 from tests.app.inference.toy import Spy, engine_for, oom_above, reference, run, tok
 
 SECRET_PROMPT = tok.encode("my secret prompt text")
+LONG_PROMPT = tok.encode("The lighthouse keeper counted the waves. " * 3)
 PROMPTS = [tok.encode(p) for p in ("Hello there", "A", "The capital of France is", "xyz" * 7, "??", "one more prompt")]
 
 
@@ -152,26 +154,30 @@ def test_rows_are_admitted_by_kv_budget_not_only_by_row_count(tiny: LlamaForCaus
     assert all(rows * width <= 60 for rows, _, width in spy.passes)  # the cache never held more than the budget
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_row_keeps_decoding(tiny: LlamaForCausalLM) -> None:
-    long_prompt = tok.encode("The lighthouse keeper counted the waves. " * 3)
-    spy = Spy(tiny)
+def short_then_long(spy: Spy, **engine_kwargs: Any) -> tuple[Completion, Completion]:
+    """A short request starts decoding (40 tokens), then LONG_PROMPT (8 tokens) joins, read 16 columns at a time."""
 
     async def go() -> tuple[Completion, Completion]:
-        engine = engine_for(spy, prefill_chunk_tokens=16)
+        engine = engine_for(spy, prefill_chunk_tokens=16, **engine_kwargs)
         await engine.start()
         short = engine.submit(PROMPTS[1], greedy(40))
         async for _ in short:
             break
-        long = engine.submit(long_prompt, greedy(8))
-        results = await long.result(), await short.result()
+        long = engine.submit(LONG_PROMPT, greedy(8))
+        results = await short.result(), await long.result()
         await engine.shutdown()
         return results
 
-    long, short = run(go)
-    assert long.text == tok.decode(reference(tiny, long_prompt, 8))
+    return run(go)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_row_keeps_decoding(tiny: LlamaForCausalLM) -> None:
+    spy = Spy(tiny)
+    short, long = short_then_long(spy)
+    assert long.text == tok.decode(reference(tiny, LONG_PROMPT, 8))
     assert short.text == tok.decode(reference(tiny, PROMPTS[1], 40))
     prefill_chunks = [columns for rows, columns, _ in spy.passes if columns > 1]
-    assert len(prefill_chunks) >= len(long_prompt) // 16 and max(prefill_chunks) <= 16
+    assert len(prefill_chunks) >= len(LONG_PROMPT) // 16 and max(prefill_chunks) <= 16
     # Between the long prompt's first and last chunk the running row was still decoding.
     kinds = ["prefill" if columns > 1 else "decode" for _, columns, _ in spy.passes]
     first, last = kinds.index("prefill"), len(kinds) - 1 - kinds[::-1].index("prefill")
@@ -227,32 +233,20 @@ def test_the_drain_deadline_answers_even_while_the_worker_is_stuck_in_a_step(tin
 
 
 def test_out_of_memory_in_decode_while_a_long_prompt_is_read_puts_the_prompt_back_first(tiny: LlamaForCausalLM) -> None:
-    long_prompt = tok.encode("The lighthouse keeper counted the waves. " * 3)
     metrics = build_metrics()
     failed: list[bool] = []
 
     def once_mid_prefill(rows: int, columns: int) -> BaseException | None:
         previous = spy.passes[-1] if spy.passes else (0, 0, 0)
-        if columns == 1 and previous[1] > 1 and previous[2] < len(long_prompt) and not failed:
+        if columns == 1 and previous[1] > 1 and previous[2] < len(LONG_PROMPT) and not failed:
             failed.append(True)  # a decode step right after a chunk of the long prompt, before its last chunk
             return oom_above(0)(rows, columns)
         return None
 
     spy = Spy(tiny, fail=once_mid_prefill)
 
-    async def go() -> tuple[Completion, Completion]:
-        engine = engine_for(spy, prefill_chunk_tokens=16, metrics=metrics)
-        await engine.start()
-        short = engine.submit(PROMPTS[1], greedy(40))
-        async for _ in short:
-            break
-        long = engine.submit(long_prompt, greedy(8))
-        results = await short.result(), await long.result()
-        await engine.shutdown()
-        return results
-
-    short, long = run(go)
+    short, long = short_then_long(spy, metrics=metrics)
     assert failed
     assert short.text == tok.decode(reference(tiny, PROMPTS[1], 40))  # the running row never left the batch
-    assert long.text == tok.decode(reference(tiny, long_prompt, 8))
+    assert long.text == tok.decode(reference(tiny, LONG_PROMPT, 8))
     assert metrics.registry.get_sample_value("clawbot_engine_oom_total", {"phase": "decode"}) == 1
