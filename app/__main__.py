@@ -12,27 +12,40 @@ from pathlib import Path
 from typing import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.observability.logs import configure_logging
 from app.api.metrics_app import create_metrics_app
-from app.factory import create_app
+from app.factory import begin_draining, create_app
 from app.settings import Settings, SettingsError, load_settings
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, but a signal that started a graceful shutdown is not re-raised afterwards.
 
-    uvicorn re-raises SIGTERM once it has drained, so the process would die "by signal" (143) and
-    the status main() returns (0 after a clean drain, 1 after a failed model load) would be lost.
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus: SIGTERM starts the app's drain at once, and the signal is not re-raised afterwards.
+
+    uvicorn only stops accepting connections on SIGTERM; `begin_draining` also turns /readyz to 503 and
+    starts the engine's deadline, so requests it cannot finish are answered (503) before uvicorn's
+    graceful timeout would cancel them. uvicorn re-raises SIGTERM once it has drained, so the process
+    would die "by signal" (143) and the status main() returns (0 after a clean drain, 1 after a failed
+    model load) would be lost.
     """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.chat_app = app
+        self.serving_loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig: int, frame: object) -> None:
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+        if self.serving_loop is not None:
+            # A signal handler must not take the engine's lock (the interrupted code may hold it): hop to the loop.
+            self.serving_loop.call_soon_threadsafe(begin_draining, self.chat_app)
 
 
 class _SideServer(uvicorn.Server):
@@ -73,7 +86,8 @@ async def _reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, ev
         log.info("TLS certificate reloaded", extra={"cert_file": str(cert)})
 
 
-async def _serve(main_server: uvicorn.Server, metrics_server: uvicorn.Server, reload: asyncio.Future[None] | None = None) -> None:
+async def _serve(main_server: _Server, metrics_server: uvicorn.Server, reload: asyncio.Future[None] | None = None) -> None:
+    main_server.serving_loop = asyncio.get_running_loop()
     side = asyncio.create_task(metrics_server.serve(), name="metrics-listener")
     try:
         await main_server.serve()
@@ -84,7 +98,7 @@ async def _serve(main_server: uvicorn.Server, metrics_server: uvicorn.Server, re
             reload.cancel()
 
 
-async def _run(settings: Settings, config: uvicorn.Config, metrics_config: uvicorn.Config) -> None:
+async def _run(settings: Settings, config: uvicorn.Config, metrics_config: uvicorn.Config, app: FastAPI) -> None:
     reload = None
     if settings.tls_cert_file and settings.tls_key_file:
         config.load()  # builds config.ssl, the context the listener serves with
@@ -93,7 +107,7 @@ async def _run(settings: Settings, config: uvicorn.Config, metrics_config: uvico
         reload = asyncio.ensure_future(
             _reload_certificate(config.ssl, settings.tls_cert_file, settings.tls_key_file, settings.tls_reload_s)
         )
-    await _serve(_Server(config), _SideServer(metrics_config), reload)
+    await _serve(_Server(config, app), _SideServer(metrics_config), reload)
 
 
 def main() -> int:
@@ -139,7 +153,7 @@ def main() -> int:
         create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
         log_config=None, access_log=False, server_header=False, lifespan="off",
     )
-    asyncio.run(_run(settings, config, metrics_config))
+    asyncio.run(_run(settings, config, metrics_config, app))
     if fatal:
         logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
         return 1

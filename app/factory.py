@@ -1,9 +1,14 @@
-"""The app factory: settings in, a FastAPI app out, with the model loaded in the background by the lifespan."""
+"""The app factory: settings in, a FastAPI app out, with the model loaded in the background by the lifespan.
+
+Shutdown: `begin_draining(app)` (python -m app calls it on SIGTERM) turns /readyz and new chat
+requests to 503 at once and gives the engine SHUTDOWN_GRACE_SECONDS minus a margin to finish what
+it accepted; whatever is left then gets a 503 with Retry-After (a stream: an error event and
+[DONE]) before uvicorn's own graceful timeout would cancel the handlers into 500s.
+"""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import gc
 import logging
 import time
@@ -24,6 +29,13 @@ from app.settings import Settings
 
 log = logging.getLogger("clawbot.app")
 WARMUP_MAX_TOKENS = 8
+# The engine's drain deadline comes this long before the server's graceful timeout (at most half the grace),
+# so requests it cannot finish are answered with a 503 while their handlers still run.
+DRAIN_MARGIN_S = 2.0
+
+
+def engine_drain_s(settings: Settings) -> float:
+    return settings.shutdown_grace_s - min(DRAIN_MARGIN_S, settings.shutdown_grace_s / 2)
 
 
 def _load(settings: Settings, hub_token: str | None) -> Any:
@@ -40,7 +52,7 @@ async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:
     from app.inference.engine import SamplingParams
 
     for prompt in prompts:
-        ids = runner.render([{"role": "user", "content": prompt}])
+        ids = await runner.render([{"role": "user", "content": prompt}])
         handle = runner.engine.submit(ids, SamplingParams(max_tokens=WARMUP_MAX_TOKENS))
         await handle.result()
 
@@ -65,6 +77,8 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             max_queue=settings.max_queue,
             max_tokens=settings.max_tokens,
             context_window=loaded.context_window,
+            kv_cache_tokens=settings.kv_cache_tokens,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
             metrics=metrics,
         )
         await engine.start()
@@ -73,15 +87,14 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             settings=settings,
             metrics=metrics,
             engine=engine,
-            # The engine thread decodes with its tokenizer; a copy keeps encode and decode from sharing Rust state.
-            tokenizer=copy.deepcopy(loaded.tokenizer),
+            tokenizer=loaded.tokenizer,
             model_name=state.model_name,
             model_identity=await asyncio.to_thread(model_identity, loaded),
             context_window=loaded.context_window,
             storage=state.storage,
         )
+        state.runner = runner  # closed by the lifespan even if warm-up fails; routes wait for `ready`
         await _warm_up(runner, settings.warmup_prompts)
-        state.runner = runner
         state.ready = True
         metrics.model_ready.set(1)
         log.info(
@@ -96,6 +109,18 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         log.error("model failed to load", extra={"error": state.load_error})
         if on_fatal is not None:
             on_fatal(state.load_error)
+
+
+def begin_draining(app: FastAPI) -> None:
+    """Stop taking work (readiness and new chats answer 503) and start the engine's drain deadline. On the loop."""
+    state = app.state
+    if not state.draining:
+        log.info("draining", extra={"grace_s": state.settings.shutdown_grace_s})
+    state.draining = True
+    state.ready = False
+    state.metrics.model_ready.set(0)
+    if state.engine is not None:
+        state.engine.drain(engine_drain_s(state.settings))
 
 
 def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
@@ -114,14 +139,15 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         try:
             yield
         finally:
-            state.draining = True
-            state.ready = False
-            metrics.model_ready.set(0)
+            begin_draining(app)
             bring_up.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await bring_up
             if state.engine is not None:
-                await state.engine.shutdown(grace_s=settings.shutdown_grace_s)
+                # Keeps the earlier deadline SIGTERM set; without one (a test client), drains for the same time.
+                await state.engine.shutdown(grace_s=engine_drain_s(settings))
+            if state.runner is not None:
+                state.runner.close()
             await state.access.close()
             await state.storage.close()
             state.runner = state.engine = state.model = None

@@ -97,6 +97,10 @@ class Settings:
     max_batch_size: int = 32
     batch_wait_ms: int = 10
     max_queue: int = 256
+    # KV-cache tokens the engine admits requests against; 0 derives it (CUDA: free memory, CPU: a default).
+    kv_cache_tokens: int = 0
+    # Prompt tokens per prefill forward pass: longer prompts are read in chunks between decode steps.
+    prefill_chunk_tokens: int = 2048
     data_dir: Path = Path("/app/data")
     api_key_path: Path | None = None
     kek_path: Path | None = None
@@ -163,6 +167,8 @@ ENV_VARS: dict[str, str] = {
     "MAX_BATCH_SIZE": "max_batch_size",
     "BATCH_WAIT_MS": "batch_wait_ms",
     "MAX_QUEUE": "max_queue",
+    "KV_CACHE_TOKENS": "kv_cache_tokens",
+    "PREFILL_CHUNK_TOKENS": "prefill_chunk_tokens",
     "DATA_DIR": "data_dir",
     "API_KEY_PATH": "api_key_path",
     "KEK_PATH": "kek_path",
@@ -227,6 +233,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),
         batch_wait_ms=_int(env, "BATCH_WAIT_MS", 10, 0, 10_000),
         max_queue=_int(env, "MAX_QUEUE", 256, 1, 100_000),
+        kv_cache_tokens=_int(env, "KV_CACHE_TOKENS", 0, 0, 100_000_000),
+        prefill_chunk_tokens=_int(env, "PREFILL_CHUNK_TOKENS", 2048, 16, 1_048_576),
         data_dir=Path(env.get("DATA_DIR") or "/app/data"),
         api_key_path=optional_path("API_KEY_PATH"),
         kek_path=optional_path("KEK_PATH"),

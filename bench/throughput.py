@@ -95,7 +95,8 @@ async def engine_run(
     engine = Engine(
         loaded.model, loaded.tokenizer, device=loaded.device, max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms, max_queue=max(settings.max_queue, len(prompts)),
-        max_tokens=settings.max_tokens, context_window=loaded.context_window, continuous=continuous,
+        max_tokens=settings.max_tokens, context_window=loaded.context_window, kv_cache_tokens=settings.kv_cache_tokens,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens, continuous=continuous,
     )
     await engine.start()
     await engine.submit(prompts[0], SamplingParams(max_tokens=2)).result()  # warm-up

@@ -51,6 +51,7 @@ class AccessControl:
         self.settings = settings
         self.metrics = metrics
         self.ring = ring
+        ring.reload_on_access = False  # reloaded off the event loop by `ring.refresh()` on each request instead
         self.tokens = TokenService(ring, audience=settings.jwt_audience, ttl_s=settings.jwt_ttl_s)
         self.netrules = NetRules.for_api(settings)
         self.limiter = RateLimiter(metrics, link)
@@ -195,6 +196,7 @@ class AccessControl:
 
     # -- the interface the routes use --------------------------------------------------------
     async def issue_token(self, api_key: str, request: Request) -> dict[str, Any]:
+        await self.ring.refresh()
         group = await self._admit_address(request)
         entry = await self._identified(group, lambda: self._check_api_key(request, api_key))
         await self._admit_key(request, Principal(key_id=entry.id, scopes=entry.scopes, via="api_key"))
@@ -206,6 +208,7 @@ class AccessControl:
         return {"token": token, "token_type": "bearer", "expires_in": expires_in}
 
     async def authenticate(self, request: Request, *, allow_api_key: bool) -> Principal:
+        await self.ring.refresh()
         group = await self._admit_address(request)
         principal = await self._identified(group, lambda: self._bearer_principal(request, allow_api_key))
         await self._admit_key(request, principal)

@@ -2,9 +2,12 @@
 
 Only SHA-256 digests of API keys stay in memory; the raw keys are dropped as soon as the
 file is decrypted. A reload that fails keeps the ring that was working and logs why.
+In the service, `await ring.refresh()` does the checking and reloading in a worker thread
+(reading and decrypting the files must not stall the event loop), and the accessors only read.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -194,6 +197,8 @@ class KeyRing:
         self.kek_path = kek_path
         self.strict = strict
         self.clock = clock
+        # False where an event loop calls `refresh()` before each use (AccessControl): the accessors then never block.
+        self.reload_on_access = True
         self._lock = threading.Lock()
         self._reload_requested = False
         self._next_check = 0.0
@@ -234,21 +239,40 @@ class KeyRing:
         return True
 
     def maybe_reload(self) -> None:
-        now = time.monotonic()
+        """Reload if asked to (SIGHUP) or if the files changed; looks at most once per RELOAD_CHECK_INTERVAL_S."""
         if self._reload_requested:
             self._reload_requested = False
             self.reload()
-            return
+        elif self._check_due():
+            self._reload_if_changed()
+
+    async def refresh(self) -> None:
+        """`maybe_reload` for the event loop: the stat, read and decrypt run in a worker thread."""
+        if self._reload_requested:
+            self._reload_requested = False
+            await asyncio.to_thread(self.reload)
+        elif self._check_due():
+            await asyncio.to_thread(self._reload_if_changed)
+
+    def _check_due(self) -> bool:
+        now = time.monotonic()
         if now < self._next_check:
-            return
+            return False
         self._next_check = now + RELOAD_CHECK_INTERVAL_S
+        return True
+
+    def _reload_if_changed(self) -> None:
         if self._stat() != self._mtime:
             self.reload()
+
+    def _on_access(self) -> None:
+        if self.reload_on_access:
+            self.maybe_reload()
 
     # -- API keys ----------------------------------------------------------------------------
     @property
     def api_keys(self) -> tuple[ApiKeyEntry, ...]:
-        self.maybe_reload()
+        self._on_access()
         return self._contents.api_keys
 
     @property
@@ -281,7 +305,7 @@ class KeyRing:
     # -- JWT keys ----------------------------------------------------------------------------
     def signing_key(self) -> JwtKey:
         """The newest current key that is not retired: latest not_before, then latest in the file."""
-        self.maybe_reload()
+        self._on_access()
         now = self.clock()
         current = [
             (k.not_before or 0.0, i, k) for i, k in enumerate(self._contents.jwt_keys) if k.current(now) and not k.retired(now)
@@ -291,7 +315,7 @@ class KeyRing:
         return max(current, key=lambda t: (t[0], t[1]))[2]
 
     def verifying_key(self, kid: str) -> JwtKey | None:
-        self.maybe_reload()
+        self._on_access()
         now = self.clock()
         for k in self._contents.jwt_keys:
             if k.kid == kid and k.current(now):

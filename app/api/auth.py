@@ -35,7 +35,7 @@ PUBLIC = RouteRule()
 ADMIN = RouteRule(scope="admin", credentials="jwt_or_key")
 
 ROUTE_RULES: dict[str, RouteRule] = {
-    "/healthz": PUBLIC,
+    "/healthz": RouteRule(errors=(503,)),  # 503 only once the engine has died (liveness fails, the pod restarts)
     "/readyz": RouteRule(errors=(503,)),
     "/": PUBLIC,
     "/console/{asset}": RouteRule(errors=(404,)),

@@ -25,7 +25,8 @@ DESCRIPTIONS: dict[int, str] = {
     415: "Content-Type is not application/json",
     429: "A rate limit, the key's token budget or concurrency cap, too many failed authentications from the "
     "address, or a full queue; retry after Retry-After seconds",
-    503: "Starting, loading the model, not ready or shutting down; retry after Retry-After seconds",
+    503: "Starting, loading the model, not ready, shutting down, the engine failed, or the conversation store is "
+    "unavailable; retry after Retry-After seconds",
     504: "Generation took longer than GENERATION_TIMEOUT_SECONDS",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from app.inference.requests import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -85,12 +87,15 @@ class GenerationFields(BaseModel):
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         items = [value] if isinstance(value, str) else (value or [])
-        if len(items) > 4:
-            raise ValueError(f"stop accepts at most 4 sequences, got {len(items)}")
+        if len(items) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"stop accepts at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}")
         if any(not s for s in items):
             raise ValueError("stop sequences must not be empty")
         for s in items:
             encodable(s, "a stop sequence")
+        longest = max((len(s) for s in items), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(f"stop sequences may be at most {MAX_STOP_CHARS} characters each, got one of {longest}")
         return value
 
     def stop_tuple(self) -> tuple[str, ...]:

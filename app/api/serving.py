@@ -1,4 +1,10 @@
-"""From a validated chat request to an answer: prompt rendering, limits, cache, engine, conversation record."""
+"""From a validated chat request to an answer: prompt rendering, limits, cache, engine, conversation record.
+
+Prompts are rendered and tokenized off the event loop (`app.inference.prompts`). What the engine
+answers besides a completion becomes an ApiError here: a full queue 429, a drain or a dead engine
+503 with Retry-After. A client that goes away while it waits cancels its generation and raises
+ClientDisconnected, which the request log records as 499.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +18,9 @@ from fastapi import Request
 
 from app.access.keyring import IGNORE_EOS_SCOPES
 from app.api.errors import ApiError
+from app.api.middleware.request_log import ClientDisconnected
 from app.api.schemas import ChatMessage, GenerationFields
+from app.inference.prompts import PromptRenderer
 
 if TYPE_CHECKING:
     from app.inference.engine import Completion, Engine, GenerationHandle, SamplingParams
@@ -64,7 +72,7 @@ class ChatRunner:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine
-        self.tokenizer = tokenizer
+        self.renderer = PromptRenderer(tokenizer)
         self.model_name = model_name
         self.model_identity = model_identity  # what the cache keys on: MODEL_NAME is only a display name
         self.context_window = context_window
@@ -92,12 +100,13 @@ class ChatRunner:
             raise ApiError(400, "invalid_messages", "messages must contain at least one message with role 'user'")
         return out
 
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-        return list(ids)
+    async def render(self, messages: list[dict[str, str]]) -> list[int]:
+        return await self.renderer.render(messages)
 
-    def prepare(
+    def close(self) -> None:
+        self.renderer.close()
+
+    async def prepare(
         self,
         route: str,
         principal: "Principal",
@@ -120,7 +129,7 @@ class ChatRunner:
         cap = self.settings.max_tokens
         if max_tokens is not None and not 1 <= max_tokens <= cap:
             raise ApiError(400, "invalid_max_tokens", f"max_tokens must be between 1 and {cap}, got {max_tokens}")
-        prompt_ids = self.render(plain)
+        prompt_ids = await self.render(plain)
         room = self.context_window - len(prompt_ids)
         if room < 1:
             raise ApiError(
@@ -179,7 +188,7 @@ class ChatRunner:
         )
 
     def submit(self, job: ChatJob) -> "GenerationHandle":
-        from app.inference.engine import EngineClosedError, QueueFullError
+        from app.inference.engine import EngineClosedError, EngineFailedError, QueueFullError
 
         try:
             return self.engine.submit(job.prompt_ids, job.params)
@@ -188,24 +197,30 @@ class ChatRunner:
             raise ApiError(
                 429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": str(exc.retry_after_s)}
             ) from None
-        except EngineClosedError:
-            raise ApiError(
-                503, "shutting_down", "the service is shutting down; retry on another replica", headers={"Retry-After": "1"}
-            ) from None
+        except (EngineClosedError, EngineFailedError) as exc:
+            raise unavailable(exc) from None
         except ValueError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
 
+    async def completion(self, handle: "GenerationHandle") -> "Completion":
+        """The engine's answer; a request the engine could not finish becomes a 503 ApiError."""
+        from app.inference.engine import EngineClosedError, EngineFailedError, InsufficientMemoryError
+
+        try:
+            return await handle.result()
+        except (EngineClosedError, EngineFailedError, InsufficientMemoryError) as exc:
+            raise unavailable(exc) from None
+
     async def wait(self, handle: "GenerationHandle", request: Request) -> "Completion":
-        """Wait for the result, cancelling the generation if the client goes away."""
-        result = asyncio.ensure_future(handle.result())
+        """Wait for the result; if the client goes away, cancel the generation and raise ClientDisconnected."""
+        result = asyncio.ensure_future(self.completion(handle))
         try:
             while True:
                 done, _ = await asyncio.wait({result}, timeout=DISCONNECT_POLL_S)
                 if done:
                     return result.result()
                 if await request.is_disconnected():
-                    handle.cancel()
-                    raise asyncio.CancelledError("client disconnected")
+                    raise ClientDisconnected()
         finally:
             if not result.done():
                 handle.cancel()
@@ -265,3 +280,16 @@ class ChatRunner:
             answer = self.answer_of(job, await self.wait(handle, request))
         await self.finish(job, answer, request)
         return answer
+
+
+def unavailable(exc: Exception) -> ApiError:
+    """The 503 for a request the engine would not take or could not finish; Retry-After says when to come back."""
+    from app.inference.engine import EngineClosedError, EngineFailedError
+
+    if isinstance(exc, EngineClosedError):
+        return ApiError(503, "shutting_down", f"{exc}", headers={"Retry-After": "1"})
+    if isinstance(exc, EngineFailedError):
+        # The cause is in this replica's log; the client only needs to know to go elsewhere.
+        return ApiError(503, "engine_failed", "the generation engine failed and this replica is restarting; retry",
+                        headers={"Retry-After": "1"})
+    return ApiError(503, "insufficient_memory", f"{exc}", headers={"Retry-After": "30"})

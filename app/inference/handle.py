@@ -54,4 +54,6 @@ class GenerationHandle:
     def _fail(self, exc: BaseException) -> None:
         if not self._result.done():
             self._result.set_exception(exc)
+            # Marks the error as seen: a handle whose client left is failed too, and nobody awaits it.
+            self._result.exception()
             self._deltas.put_nowait(_END)

@@ -1,10 +1,13 @@
-"""KV-cache batch surgery for continuous batching: merge left-padded batches, drop finished rows.
+"""KV-cache batch surgery for continuous batching: merge a new group in, drop finished rows, undo a failed step.
 
 The engine keeps one running batch in an ordinary transformers `DynamicCache` whose
 layers hold `keys`/`values` of shape [batch, kv_heads, seq, head_dim], left-padded so
 that every row's newest token sits in the last column (TGI's `CausalLMBatch` layout).
-Both operations copy the whole cache, so the engine calls them only when the batch
-changes, never on a plain decode step.
+
+Memory: `merge` works one layer at a time and drops each old layer as soon as its merged
+copy exists, so the peak is the two caches plus one merged layer, never two whole copies.
+`select` compacts the kept rows inside the existing tensors and allocates nothing; the
+unused tail is released when the next decode step grows the layer.
 """
 from __future__ import annotations
 
@@ -26,9 +29,13 @@ class KVBatch:
     def length(self) -> int:
         return int(self.attention_mask.shape[1])
 
+    @property
+    def rows(self) -> int:
+        return int(self.attention_mask.shape[0])
 
-def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer; refuses layer kinds whose extra state a plain pad/select would corrupt."""
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers; refuses layer kinds whose extra state a plain pad/select would corrupt."""
     out = []
     for i, layer in enumerate(cache.layers):
         if type(layer) is not DynamicLayer:  # sliding-window and indexed layers keep more than keys/values
@@ -37,7 +44,7 @@ def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor
             )
         if not layer.is_initialized or layer.keys is None or layer.values is None or layer.keys.dim() != 4:
             raise ValueError(f"cache layer {i} is empty; prefill the batch before merging it")
-        out.append((layer.keys, layer.values))
+        out.append(layer)
     return out
 
 
@@ -50,50 +57,75 @@ def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-def merge(batches: list[KVBatch]) -> KVBatch:
-    """Stack batches row-wise, left-padding caches and masks to the longest one (rows keep their order)."""
-    if not batches:
-        raise ValueError("merge needs at least one batch")
-    if len(batches) == 1:
-        return batches[0]
-    length = max(b.length for b in batches)
-    per_batch = [_layer_tensors(b.cache) for b in batches]
-    n_layers = len(per_batch[0])
-    if any(len(layers) != n_layers for layers in per_batch):
+def _stacked(top: torch.Tensor, bottom: torch.Tensor, length: int) -> torch.Tensor:
+    """[top; bottom] along rows, each left-padded with zeros to `length` columns, in one allocation."""
+    n_top = top.shape[0]
+    out = top.new_empty((n_top + bottom.shape[0], top.shape[1], length, top.shape[3]))
+    # Padding must be zeros, not whatever the allocator left: masked positions still meet the values in a matmul.
+    out[:n_top, :, : length - top.shape[2]].zero_()
+    out[n_top:, :, : length - bottom.shape[2]].zero_()
+    out[:n_top, :, length - top.shape[2]:].copy_(top)
+    out[n_top:, :, length - bottom.shape[2]:].copy_(bottom)
+    return out
+
+
+def merge(running: KVBatch, fresh: KVBatch) -> KVBatch:
+    """Stack `fresh`'s rows under `running`'s, left-padding both to the longer one; takes over `running`'s cache.
+
+    Layer by layer: each merged layer replaces the old one before the next is built, and `fresh`'s layer is
+    dropped with it. If an allocation fails part-way (out of memory), the layers already merged are turned back
+    into views of `running`'s rows, so `running` stays a valid batch, and the error is raised.
+    """
+    old_layers, new_layers = _layers(running.cache), _layers(fresh.cache)
+    if len(old_layers) != len(new_layers):
         raise ValueError("cannot merge caches with different numbers of layers")
-    data = []
-    for i in range(n_layers):
-        keys = torch.cat([_pad_left(layers[i][0], length, 2) for layers in per_batch], dim=0)
-        values = torch.cat([_pad_left(layers[i][1], length, 2) for layers in per_batch], dim=0)
-        data.append((keys, values))
-    mask = torch.cat([_pad_left(b.attention_mask, length, 1) for b in batches], dim=0)
-    return KVBatch(cache=_cache_from(data), attention_mask=mask)
+    length = max(running.length, fresh.length)
+    n_old, old_len = running.rows, running.length
+    done = 0
+    try:
+        for old, new in zip(old_layers, new_layers):
+            keys = _stacked(old.keys, new.keys, length)
+            values = _stacked(old.values, new.values, length)
+            old.keys, old.values = keys, values
+            new.keys = new.values = None
+            done += 1
+    except BaseException:
+        for layer in old_layers[:done]:
+            layer.keys = layer.keys[:n_old, :, length - old_len:]
+            layer.values = layer.values[:n_old, :, length - old_len:]
+        raise
+    mask = torch.cat([_pad_left(running.attention_mask, length, 1), _pad_left(fresh.attention_mask, length, 1)], dim=0)
+    return KVBatch(cache=running.cache, attention_mask=mask)
 
 
 def select(batch: KVBatch, keep: list[int]) -> KVBatch:
-    """Keep only rows `keep` (in that order) and cut left columns that are padding for every kept row."""
+    """Keep only rows `keep` (ascending) and cut left columns that are padding for every kept row; in place.
+
+    Kept rows are copied down over dropped ones inside the same tensors (row keep[i] >= i, so nothing is
+    overwritten before it is read), and the result is a view: no allocation, so it cannot run out of memory.
+    """
     if not keep:
         raise ValueError("select needs at least one row to keep; drop the batch instead")
+    if any(b <= a for a, b in zip(keep, keep[1:])):
+        raise ValueError(f"select keeps rows in ascending order, got {keep}")
     index = torch.tensor(keep, dtype=torch.long, device=batch.attention_mask.device)
     mask = batch.attention_mask.index_select(0, index)
     # Rows are left-padded, so the longest kept row decides how many leading columns are still needed.
     start = batch.length - int(mask.sum(dim=1).max().item())
-    mask = mask[:, start:]
-    data = []
-    for keys, values in _layer_tensors(batch.cache):
-        index = index.to(keys.device)
-        data.append((keys.index_select(0, index)[:, :, start:, :], values.index_select(0, index)[:, :, start:, :]))
-    return KVBatch(cache=_cache_from(data), attention_mask=mask)
+    moves = [(dst, src) for dst, src in enumerate(keep) if dst != src]
+    for layer in _layers(batch.cache):
+        for tensor in (layer.keys, layer.values):
+            for dst, src in moves:
+                tensor[dst].copy_(tensor[src])
+        layer.keys = layer.keys[: len(keep), :, start:]
+        layer.values = layer.values[: len(keep), :, start:]
+    return KVBatch(cache=batch.cache, attention_mask=mask[:, start:])
 
 
-def _cache_from(data: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A DynamicCache that adopts the given tensors without another copy."""
-    cache = DynamicCache()
-    cache.layers = []
-    for keys, values in data:
-        layer = DynamicLayer()
-        layer.dtype, layer.device = keys.dtype, keys.device
-        layer.keys, layer.values = keys, values
-        layer.is_initialized = True
-        cache.layers.append(layer)
-    return cache
+def truncate(batch: KVBatch) -> None:
+    """Cut columns a failed forward pass appended to some layers, so every layer matches the mask again."""
+    for layer in _layers(batch.cache):
+        if layer.keys.shape[2] > batch.length:
+            layer.keys = layer.keys[:, :, : batch.length]
+        if layer.values.shape[2] > batch.length:
+            layer.values = layer.values[:, :, : batch.length]

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from app.inference.handle import GenerationHandle
 
 FINISH_REASONS = ("stop", "length", "cancelled", "timeout")
+# Stop strings are searched after every token, so their number and length are bounded (OpenAI allows 4).
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,13 @@ class SamplingParams:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop strings are allowed, got {len(self.stop)}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        longest = max((len(s) for s in self.stop), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters, got one of {longest}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
 
@@ -54,7 +62,15 @@ class QueueFullError(Exception):
 
 
 class EngineClosedError(Exception):
-    """The engine is shutting down (or was never started) and takes no new work."""
+    """The engine is shutting down (or was never started): it takes no new work, or could not finish this request."""
+
+
+class EngineFailedError(Exception):
+    """The engine's worker died; every request it held fails with this, and the process must be restarted."""
+
+
+class InsufficientMemoryError(Exception):
+    """This request alone does not fit in the device's memory, even with nothing else running."""
 
 
 @dataclass(eq=False)
@@ -75,6 +91,11 @@ class Row:
     read_offset: int = 0
     first_token_at: float | None = None
     finish_reason: str | None = None
+
+    @property
+    def context_ids(self) -> list[int]:
+        """What a prefill feeds: the prompt, plus what was generated before a preemption sent the row back."""
+        return self.prompt_ids + self.generated
 
     @property
     def position(self) -> int:

@@ -36,6 +36,9 @@ class Metrics:
     redis_errors: Counter
     generation_timeouts: Counter
     auth_failures: Counter
+    engine_failures: Counter
+    engine_oom: Counter
+    kv_budget_tokens: Gauge
 
 
 def build_metrics() -> Metrics:
@@ -65,6 +68,16 @@ def build_metrics() -> Metrics:
         redis_errors=Counter("clawbot_redis_errors", "Redis operations that failed and fell back to local state", registry=r),
         generation_timeouts=Counter("clawbot_generation_timeouts", "Generations stopped by the timeout", registry=r),
         auth_failures=Counter("clawbot_auth_failures", "Rejected credentials by reason", ["reason"], registry=r),
+        engine_failures=Counter(
+            "clawbot_engine_failures", "Times the generation engine's worker died, by exception type", ["reason"], registry=r
+        ),
+        engine_oom=Counter(
+            "clawbot_engine_oom", "Out-of-memory errors the engine recovered from by splitting the batch", ["phase"], registry=r
+        ),
+        kv_budget_tokens=Gauge(
+            "clawbot_kv_budget_tokens", "KV-cache tokens the engine admits requests against (lowered after out-of-memory)",
+            registry=r,
+        ),
     )
 
 

@@ -1,4 +1,9 @@
-"""Per-request bookkeeping as pure ASGI middleware: request id, metrics by route and status, one JSON log line."""
+"""Per-request bookkeeping as pure ASGI middleware: request id, metrics by route and status, one JSON log line.
+
+A client that disconnects before its response is complete is recorded with status 499 (nginx's
+"client closed request"), whether a handler noticed and raised ClientDisconnected or a stream
+was cut off mid-way: it is the client's doing, so it never counts as a 5xx.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,6 +18,11 @@ from app.observability.metrics import Metrics, route_of
 
 log = logging.getLogger("clawbot.request")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """Raised by a handler that saw its client go away: no response is sent, the request is logged as 499."""
 
 
 class RequestObserver:
@@ -31,18 +41,32 @@ class RequestObserver:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        disconnected = completed = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, completed
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except ClientDisconnected:
+            disconnected = True  # nobody is left to answer
         finally:
+            if disconnected and not completed:
+                status = CLIENT_CLOSED_REQUEST
             self._record(scope, state, request_id, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed: float) -> None:

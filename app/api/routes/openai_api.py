@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, AsyncIterator
 
@@ -15,6 +16,7 @@ from app.api.deps import JsonBody, Runner
 from app.api.schemas import ChatCompletionRequest, model_card, openai_finish_reason, usage_dict
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
+log = logging.getLogger("clawbot.chat")
 
 
 @router.get("/models", summary="The served model")
@@ -29,7 +31,7 @@ async def chat_completions(
 ) -> Any:
     if body.model not in (None, "", runner.model_name):
         raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; GET /v1/models lists {runner.model_name!r}")
-    job = runner.prepare(
+    job = await runner.prepare(
         "/v1/chat/completions", principal, body.messages, body, max_tokens=body.requested_max_tokens(),
         ignore_eos=body.ignore_eos,
     )
@@ -73,6 +75,7 @@ async def _sse(
     created: int,
     include_usage: bool,
 ) -> AsyncIterator[str]:
+    """The SSE body. Once the 200 is on the wire an error can only be an event: `{"error": ...}`, then [DONE]."""
     base = {"id": job.request_id, "object": "chat.completion.chunk", "created": created, "model": runner.model_name}
     usage_null = {"usage": None} if include_usage else {}
 
@@ -87,17 +90,17 @@ async def _sse(
             async for delta in handle:
                 if delta:
                     yield chunk({"content": delta})
-        try:
-            answer = cached if cached is not None else runner.answer_of(job, await handle.result())
-            await runner.finish(job, answer, request)
-        except ApiError as exc:  # a timeout, or a store that cannot record the answer: no finish_reason follows
-            yield _event(error_body(exc.status, exc.code, exc.message))
-            yield _event("[DONE]")
-            return
+            answer = runner.answer_of(job, await runner.completion(handle))
+        await runner.finish(job, answer, request)
         yield chunk({}, openai_finish_reason(answer.finish_reason))
         if include_usage:
             yield _event({**base, "choices": [], "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens)})
-        yield _event("[DONE]")
+    except ApiError as exc:
+        yield _event(error_body(exc.status, exc.code, exc.message, exc.type))
+    except Exception as exc:  # noqa: BLE001 - the stream must still end in a way a client can read
+        log.error("stream failed", extra={"request_id": job.request_id, "error_type": type(exc).__name__}, exc_info=exc)
+        yield _event(error_body(500, "internal_error", "internal server error"))
     finally:
         if handle is not None:
             handle.cancel()  # no-op once finished; frees the slot when the client went away
+    yield _event("[DONE]")

@@ -20,7 +20,7 @@ async def auth(body: AuthRequest, request: Request) -> dict:
 
 @router.post("/chat", dependencies=[JsonBody], summary="Chat with the model (bearer token from /api/auth)")
 async def chat(body: SeedChatRequest, request: Request, principal: Caller, runner: Runner) -> dict:
-    job = runner.prepare("/api/chat", principal, body.messages, body, max_tokens=body.max_tokens)
+    job = await runner.prepare("/api/chat", principal, body.messages, body, max_tokens=body.max_tokens)
     answer = await runner.complete(job, request)
     return {
         "id": job.request_id,

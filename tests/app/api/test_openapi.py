@@ -26,7 +26,7 @@ def test_each_route_documents_the_errors_it_can_answer_in_the_error_shape(servic
     assert set(_errors(schema, "/api/auth", "post")) == {"400", "401", "403", "413", "415", "429", "503"}
     assert set(_errors(schema, "/v1/models", "get")) == {"401", "403", "429", "503"}
     assert set(_errors(schema, "/readyz", "get")) == {"503"}  # probes: exempt from the network rules
-    assert set(_errors(schema, "/healthz", "get")) == set()
+    assert set(_errors(schema, "/healthz", "get")) == {"503"}  # a dead engine fails liveness
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert "422" not in operation["responses"], (path, method)  # validation errors are answered as 400

@@ -1,0 +1,38 @@
+"""Serve an ASGI app with a real uvicorn server on a loopback port, in a background thread, for one test.
+
+For tests that must see the service as a client does (a stalled event loop, a dropped
+connection) while still reaching into the process (a patched tokenizer, a blocked reload).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import uvicorn
+
+from tests.e2e.server import free_port
+
+START_TIMEOUT_S = 60.0
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Yields the base URL once the server listens (its lifespan has started); stops it on exit."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, server_header=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"live-server-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the test server on port {port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(START_TIMEOUT_S)
