@@ -91,7 +91,6 @@ class Daemon:
 
 @contextmanager
 def daemon(tool: str, args: list[str], port: int, workdir: Path, ready_path: str = "/-/ready") -> Iterator[Daemon]:
-    workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{tool}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen([binary(tool), *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
@@ -116,6 +115,7 @@ def daemon(tool: str, args: list[str], port: int, workdir: Path, ready_path: str
 
 @contextmanager
 def prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Daemon]:
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_path = write_yaml(workdir / "prometheus.yml", config)
     args = [f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
@@ -126,6 +126,7 @@ def prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Daemon]:
 
 @contextmanager
 def alertmanager(config: dict[str, Any], workdir: Path) -> Iterator[Daemon]:
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config_path = write_yaml(workdir / "alertmanager.yml", config)
     # An empty cluster address: a single Alertmanager that opens no gossip port.
