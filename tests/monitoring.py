@@ -11,12 +11,12 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +48,7 @@ def binary(tool: str) -> str:
 
 
 def run_tool(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([binary(tool), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([binary(tool), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def write_yaml(path: Path, doc: Any) -> Path:
@@ -90,7 +90,12 @@ class Daemon:
 
 
 @contextmanager
-def daemon(tool: str, args: list[str], port: int, workdir: Path, ready_path: str = "/-/ready") -> Iterator[Daemon]:
+def daemon(tool: str, config: dict[str, Any], workdir: Path, extra_args: list[str]) -> Iterator[Daemon]:
+    """Start `tool` with `config` on a free loopback port, wait for /-/ready, stop it on the way out."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config_path = write_yaml(workdir / f"{tool}.yml", config)
+    args = [f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}", *extra_args]
     log_path = workdir / f"{tool}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen([binary(tool), *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
@@ -101,7 +106,7 @@ def daemon(tool: str, args: list[str], port: int, workdir: Path, ready_path: str
             if proc.poll() is not None:
                 raise RuntimeError(f"{tool} exited with {proc.returncode}:\n{d.log()}")
             try:
-                if httpx.get(d.url + ready_path, timeout=2).status_code == 200:
+                if httpx.get(d.url + "/-/ready", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -113,27 +118,13 @@ def daemon(tool: str, args: list[str], port: int, workdir: Path, ready_path: str
         d.stop()
 
 
-@contextmanager
-def prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Daemon]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config_path = write_yaml(workdir / "prometheus.yml", config)
-    args = [f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}"]
-    with daemon("prometheus", args, port, workdir) as d:
-        yield d
+def prometheus(config: dict[str, Any], workdir: Path) -> AbstractContextManager[Daemon]:
+    return daemon("prometheus", config, workdir, [f"--storage.tsdb.path={workdir / 'data'}"])
 
 
-@contextmanager
-def alertmanager(config: dict[str, Any], workdir: Path) -> Iterator[Daemon]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config_path = write_yaml(workdir / "alertmanager.yml", config)
+def alertmanager(config: dict[str, Any], workdir: Path) -> AbstractContextManager[Daemon]:
     # An empty cluster address: a single Alertmanager that opens no gossip port.
-    args = [f"--config.file={config_path}", f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
-    with daemon("alertmanager", args, port, workdir) as d:
-        yield d
+    return daemon("alertmanager", config, workdir, [f"--storage.path={workdir / 'data'}", "--cluster.listen-address="])
 
 
 @dataclass
@@ -158,7 +149,7 @@ class _Collect:
     def __init__(self, box: Mailbox) -> None:
         self.box = box
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd hook name
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # aiosmtpd's hook name
         content = envelope.original_content or b""
         with self.box.lock:
             self.box.messages.append(email.message_from_bytes(content))

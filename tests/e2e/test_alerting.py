@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from infra.dashboard import DASHBOARD_PATH
 from infra.synth import synthesize
 from tests.e2e.server import Server, start_server
 from tests.infra.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config
-from tests.infra.test_dashboard import EXTERNAL_METRICS
 from tests.infra.promql import metric_names
+from tests.infra.test_dashboard import EXTERNAL_METRICS
 from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, wait_until, write_yaml
 
 NAMESPACE = "clawbot"
@@ -128,7 +129,7 @@ def drive_and_check(srv: Server, prom: Daemon, box: Mailbox) -> None:
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         assert c.post("/api/auth", json={"api_key": "ck-wrong-" + "0" * 40}).status_code == 401
     for expr in ('clawbot_key_requests_total', 'clawbot_requests_total{status="504"}', 'clawbot_auth_failures_total'):
-        wait_until(f"Prometheus to see {expr}", lambda e=expr: has_series(prom, e), WAIT_S)
+        wait_until(f"Prometheus to see {expr}", partial(has_series, prom, expr), WAIT_S)
     key_id = query(prom, "clawbot_key_requests_total")[0]["metric"]["key_id"]
 
     # Response-cache lookups for the cache panel: a miss, and a hit if the first reply beat the 1 s timeout.

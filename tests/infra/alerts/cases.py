@@ -1,8 +1,9 @@
 """The promtool unit-test files of this folder (`*.test.yaml`), read as data: which alerts fire, with which labels."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # kube-prometheus-stack's default `alertmanager.config` (its values.yaml), without inhibit rules and templates:
 # everything not routed elsewhere goes to the "null" receiver.
