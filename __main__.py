@@ -83,7 +83,6 @@ if settings.alerts.enabled:
         AlertRulesArgs(
             namespace=namespace.name,
             namespace_name=settings.namespace,
-            service_name=PREFIX,
             deployment_name=PREFIX,
             alerts=settings.alerts,
             smtp_password=secrets.smtp_password,

@@ -123,12 +123,22 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("alertEmailFrom", "string", "clawbot-alerts@localhost", "Sender address of alert mail"),
     ConfigKey("alertSmarthost", "string", "smtp.localhost:587", "SMTP relay host:port for alert mail"),
     ConfigKey("alertSmtpUsername", "string", "", "SMTP user; needs the secret config key alertSmtpPassword"),
-    ConfigKey("alertCpuPercent", "integer", 85, "Alert when a pod uses more than this % of its CPU limit for 5m"),
-    ConfigKey("alertMemoryPercent", "integer", 90, "Alert when a pod uses more than this % of its memory limit for 1m"),
-    ConfigKey("alertLatencyP95Ms", "integer", 2000, "Alert when p95 inference latency exceeds this many milliseconds"),
-    ConfigKey("alertErrorRatePercent", "integer", 5, "Alert when more than this % of requests fail (5xx) over 10m"),
-    ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this"),
-    ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this"),
+    ConfigKey("alertSmtpRequireTls", "boolean", True, "Require STARTTLS to alertSmarthost; false only for a relay on a trusted network"),
+    ConfigKey("alertSelectorLabels", "array", ["release=kube-prometheus-stack"], "key=value labels on the ServiceMonitor, PrometheusRule and AlertmanagerConfig; kube-prometheus-stack loads only objects labelled release=<its Helm release name>"),
+    ConfigKey("alertGroupWait", "string", "30s", "How long Alertmanager gathers the alerts of a new group before it sends the first mail"),
+    ConfigKey("alertCpuPercent", "integer", 85, "Alert when a pod uses more than this % of its CPU limit for alertCpuFor"),
+    ConfigKey("alertCpuFor", "string", "5m", "How long CPU must stay above alertCpuPercent before the alert fires"),
+    ConfigKey("alertMemoryPercent", "integer", 90, "Alert when a pod uses more than this % of its memory limit for alertMemoryFor"),
+    ConfigKey("alertMemoryFor", "string", "1m", "How long memory must stay above alertMemoryPercent before the alert fires"),
+    ConfigKey("alertFirstTokenMs", "integer", 2000, "Alert when p95 time to first token exceeds this many milliseconds for alertLatencyFor"),
+    ConfigKey("alertTokenLatencyMs", "integer", 250, "Alert when p95 time per output token after the first exceeds this many milliseconds for alertLatencyFor"),
+    ConfigKey("alertLatencyFor", "string", "5m", "How long a latency p95 must stay above its threshold before the alert fires"),
+    ConfigKey("alertErrorRatePercent", "integer", 5, "Alert when more than this % of requests (probes left out) fail with 5xx over alertErrorRateWindow"),
+    ConfigKey("alertErrorRateWindow", "string", "10m", "The window the 5xx share is measured over"),
+    ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this (also the app's ABNORMAL_KEY_PER_MINUTE)"),
+    ConfigKey("alertKeyWindow", "string", "1m", "The window one key's request rate is averaged over"),
+    ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this for 5m"),
+    ConfigKey("alertClockOffsetMs", "integer", 500, "Alert when a node running chat pods is more than this many ms off NTP time for 10m (JWTs tolerate 5 s of skew)"),
     ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
     ConfigKey("backupSchedule", "string", "17 3 * * *", "Cron schedule (UTC) of the data-volume snapshot and the database dump"),
     ConfigKey("backupSnapshotClass", "string", "", "VolumeSnapshotClass for daily snapshots of the data volume (its CSI driver must support snapshots; EFS does not); empty takes none"),
@@ -254,12 +264,22 @@ class AlertSettings:
     email_from: str
     smarthost: str
     smtp_username: str
+    smtp_require_tls: bool
+    selector_labels: tuple[tuple[str, str], ...]
+    group_wait: str
     cpu_percent: int
+    cpu_for: str
     memory_percent: int
-    latency_p95_ms: int
+    memory_for: str
+    first_token_ms: int
+    token_latency_ms: int
+    latency_for: str
     error_rate_percent: int
+    error_rate_window: str
     key_requests_per_minute: int
+    key_window: str
     queue_depth: int
+    clock_offset_ms: int
 
 
 @dataclass(frozen=True)
@@ -415,6 +435,22 @@ def _duration(raw: Mapping[str, Any], name: str) -> str:
     value = _str(raw, name, required=True)
     if not _DURATION.match(value):
         raise ConfigError(f"{_key(name)} must be a duration like 10m, 1h30m or 720h, got {value!r}")
+    return value
+
+
+_PROM_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def _prometheus_duration(raw: Mapping[str, Any], name: str, lo_s: int, hi_s: int) -> str:
+    """A Prometheus/Alertmanager duration such as 30s, 5m or 1h30m, between lo_s and hi_s seconds."""
+    value = _str(raw, name, required=True)
+    m = _PROM_DURATION.match(value)
+    if not m:
+        raise ConfigError(f"{_key(name)} must be a duration like 30s, 5m or 1h30m, got {value!r}")
+    h, mi, sec = (int(g or 0) for g in m.groups())
+    seconds = 3600 * h + 60 * mi + sec
+    if not lo_s <= seconds <= hi_s:
+        raise ConfigError(f"{_key(name)} must be between {lo_s}s and {hi_s}s, got {value!r}")
     return value
 
 
@@ -653,12 +689,22 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         email_from=_str(raw, "alertEmailFrom", required=True),
         smarthost=_str(raw, "alertSmarthost", required=True),
         smtp_username=_str(raw, "alertSmtpUsername"),
+        smtp_require_tls=_bool(raw, "alertSmtpRequireTls"),
+        selector_labels=_pairs(raw, "alertSelectorLabels"),
+        group_wait=_prometheus_duration(raw, "alertGroupWait", 0, 3600),
         cpu_percent=_int(raw, "alertCpuPercent", 1, 100),
+        cpu_for=_prometheus_duration(raw, "alertCpuFor", 0, 86400),
         memory_percent=_int(raw, "alertMemoryPercent", 1, 100),
-        latency_p95_ms=_int(raw, "alertLatencyP95Ms", 10, 600_000),
+        memory_for=_prometheus_duration(raw, "alertMemoryFor", 0, 86400),
+        first_token_ms=_int(raw, "alertFirstTokenMs", 10, 600_000),
+        token_latency_ms=_int(raw, "alertTokenLatencyMs", 1, 60_000),
+        latency_for=_prometheus_duration(raw, "alertLatencyFor", 0, 86400),
         error_rate_percent=_int(raw, "alertErrorRatePercent", 1, 100),
+        error_rate_window=_prometheus_duration(raw, "alertErrorRateWindow", 1, 86400),
         key_requests_per_minute=_int(raw, "alertKeyRequestsPerMinute", 1, 10_000_000),
+        key_window=_prometheus_duration(raw, "alertKeyWindow", 1, 86400),
         queue_depth=_int(raw, "alertQueueDepth", 1, 100_000),
+        clock_offset_ms=_int(raw, "alertClockOffsetMs", 1, 60_000),
     )
 
     cpu_req, cpu_lim, mem_req, mem_lim = _ranged_quantities(raw)

@@ -490,6 +490,8 @@ class Engine:
             self._gauges()
         for row in finished:
             self._request_s = 0.9 * self._request_s + 0.1 * (now - row.submitted_at)
+            if self.metrics is not None and row.first_token_at is not None and len(row.generated) > 1:
+                self.metrics.time_per_output_token.observe((now - row.first_token_at) / (len(row.generated) - 1))
 
     def _deliver(self, deltas: list[tuple[GenerationHandle, str]], finished: Iterable[Row]) -> None:
         completions = [(r.handle, self._completion(r)) for r in finished]

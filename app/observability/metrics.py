@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
 
@@ -22,6 +23,7 @@ class Metrics:
     requests: Counter
     request_duration: Histogram
     time_to_first_token: Histogram
+    time_per_output_token: Histogram
     prompt_tokens: Counter
     generated_tokens: Counter
     queue_depth: Gauge
@@ -51,6 +53,12 @@ def build_metrics() -> Metrics:
         ),
         time_to_first_token=Histogram(
             "clawbot_time_to_first_token_seconds", "Time from request admission to first generated token", buckets=TTFT_BUCKETS, registry=r
+        ),
+        time_per_output_token=Histogram(
+            "clawbot_time_per_output_token_seconds",
+            "Mean time between output tokens after the first, one observation per finished generation",
+            buckets=TPOT_BUCKETS,
+            registry=r,
         ),
         prompt_tokens=Counter("clawbot_prompt_tokens", "Prompt tokens processed", registry=r),
         generated_tokens=Counter("clawbot_generated_tokens", "Tokens generated", registry=r),

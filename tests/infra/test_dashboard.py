@@ -10,7 +10,6 @@ import pulumi
 import pytest
 
 from app.observability.metrics import METRIC_NAMES
-from infra.mocks import fresh_event_loop
 from infra.dashboard import (
     DASHBOARD_PATH,
     Dashboard,
@@ -18,28 +17,11 @@ from infra.dashboard import (
     DashboardError,
     load_dashboard,
 )
+from infra.mocks import fresh_event_loop
+from tests.infra.promql import metric_names
 
 # Series the dashboard may read that the app does not export, each with where it comes from.
 EXTERNAL_METRICS = {"DCGM_FI_DEV_GPU_UTIL": "NVIDIA dcgm-exporter"}
-
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                "offset", "inf", "nan"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """The series names a PromQL expression reads: identifiers outside strings, matchers, ranges and groupings."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
-    text = re.sub(r"\{[^}]*\}", "", text)
-    text = re.sub(r"\[[^\]]*\]", "", text)
-    text = re.sub(r"(?<![A-Za-z0-9_:])[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?", "", text)  # numbers like 1e-9
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        word = match.group(0)
-        if text[match.end():].lstrip().startswith("(") or word.lower() in PROMQL_WORDS:
-            continue  # a function call or a keyword, not a series
-        names.add(word)
-    return names
 
 
 def exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
@@ -80,6 +62,7 @@ def test_metric_name_extraction_ignores_functions_labels_and_groupings() -> None
     ("Error rate", "clawbot_requests_total"),
     ("Request latency", "clawbot_request_duration_seconds_bucket"),
     ("Time to first token", "clawbot_time_to_first_token_seconds_bucket"),
+    ("Time per output token", "clawbot_time_per_output_token_seconds_bucket"),
     ("Tokens per second", "clawbot_generated_tokens_total"),
     ("Queue depth", "clawbot_queue_depth"),
     ("Batch size", "clawbot_batch_size_sum"),
@@ -93,7 +76,7 @@ def test_each_signal_has_its_panel(dashboard: dict[str, Any], title_word: str, s
     assert any(series in metric_names(t["expr"]) for p in panels for t in p["targets"])
 
 
-@pytest.mark.parametrize("title", ["Request latency", "Time to first token"])
+@pytest.mark.parametrize("title", ["Request latency", "Time to first token", "Time per output token"])
 def test_latency_panels_show_p50_p95_p99(dashboard: dict[str, Any], title: str) -> None:
     panel = next(p for p in dashboard["panels"] if p["title"].startswith(title))
     quantiles = {re.search(r"histogram_quantile\(([0-9.]+)", t["expr"]).group(1) for t in panel["targets"]}  # type: ignore[union-attr]

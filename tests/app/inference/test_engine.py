@@ -80,6 +80,8 @@ def test_batch_never_exceeds_max_batch_size_and_metrics_see_it(tiny: LlamaForCau
     assert registry.get_sample_value("clawbot_generated_tokens_total") == sum(r.completion_tokens for r in results)
     assert registry.get_sample_value("clawbot_prompt_tokens_total") == sum(len(p) for p in PROMPTS * 2)
     assert registry.get_sample_value("clawbot_time_to_first_token_seconds_count") == len(results)
+    # every reply here has 4+ tokens, so each gives one per-token latency observation
+    assert registry.get_sample_value("clawbot_time_per_output_token_seconds_count") == len(results)
     assert registry.get_sample_value("clawbot_inflight_requests") == 0
     assert registry.get_sample_value("clawbot_queue_depth") == 0
 
