@@ -11,7 +11,7 @@ from infra.dashboard import Dashboard, DashboardArgs
 from infra.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.namespace import AppNamespace, AppNamespaceArgs
-from infra.releases import canary_output, history_output, scrape_release_labels
+from infra.releases import canary_output, history_output
 from infra.secret_store import SecretStore, SecretStoreArgs, secret_names
 from infra.settings import load_settings
 
@@ -88,8 +88,6 @@ if settings.alerts.enabled:
             smtp_password=secrets.smtp_password,
             name_prefix=PREFIX,
         ),
-        # Until alert_rules.py sets podTargetLabels itself, the release labels are added to its ServiceMonitor here.
-        opts=pulumi.ResourceOptions(transformations=[scrape_release_labels]),
     )
     alert_names = alerts.alert_names
     # The Grafana dashboard rides with the alerts: both need the Prometheus stack. Its sidecar must watch this

@@ -16,7 +16,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from app.access.tokens import LEEWAY_S
-from infra.contract import APP_LABELS, APP_NAME, CONTAINER_NAME, METRICS_PATH, METRICS_PORT_NAME, METRICS_SERVICE_LABELS
+from infra.contract import (
+    APP_LABELS, APP_NAME, CONTAINER_NAME, METRICS_PATH, METRICS_PORT_NAME, METRICS_SERVICE_LABELS, RELEASE_LABELS,
+)
 from infra.settings import AlertSettings
 
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -236,6 +238,9 @@ class AlertRules(pulumi.ComponentResource):
                 "selector": {"matchLabels": dict(METRICS_SERVICE_LABELS)},
                 "namespaceSelector": {"matchNames": [args.namespace_name]},
                 "endpoints": [{"port": METRICS_PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scrapeTimeout": "10s"}],
+                # The pods' track and version ride on every scraped series, so a query can put the canary's error
+                # rate and latency beside the stable set's (`track="canary"`, `app_kubernetes_io_version`).
+                "podTargetLabels": list(RELEASE_LABELS),
             },
         )
         self.prometheus_rule = custom(

@@ -1,4 +1,4 @@
-"""What a release leaves behind: the image history rollbacks read, the canary's stack output, its scrape labels.
+"""What a release leaves behind: the image history rollbacks read and the canary's stack output.
 
 The stack keeps its own history: each update exports `imageHistory` (the stable images it ran, newest first) and
 the next update reads it back through a reference to this same stack, as the key rotation does.
@@ -9,11 +9,8 @@ from typing import Any
 
 import pulumi
 
-from infra.contract import RELEASE_LABELS
 from infra.images import image_history, parse_image
 from infra.settings import StackSettings
-
-SERVICE_MONITOR = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
 
 
 def history_output(previous: pulumi.Input[Any], settings: StackSettings) -> pulumi.Output[list[str]]:
@@ -36,13 +33,3 @@ def canary_output(settings: StackSettings) -> dict[str, Any] | None:
             "atMaxReplicas": c.share_percent(settings.scaling.max_replicas),
         },
     }
-
-
-def scrape_release_labels(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
-    """Copy the pods' track and version labels onto every series the ServiceMonitor scrapes, so a query can put the
-    canary's error rate and latency beside the stable set's (`track="canary"`, `app_kubernetes_io_version`)."""
-    if args.type_ != SERVICE_MONITOR:
-        return None
-    spec = dict(args.props.get("spec") or {})
-    spec["podTargetLabels"] = list(dict.fromkeys([*(spec.get("podTargetLabels") or []), *RELEASE_LABELS]))
-    return pulumi.ResourceTransformationResult(props={**args.props, "spec": spec}, opts=args.opts)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,3 +155,13 @@ def alertmanager_config(
             converted["email_configs"] = [_email(e, namespace, secrets or {}) for e in receiver["emailConfigs"]]
         config["receivers"].append(converted)
     return config
+
+
+def stack_secrets(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """(namespace, name, key) -> value of every Secret manifest, as the operator would read them from the cluster."""
+    found: dict[tuple[str, str, str], str] = {}
+    for manifest in objects:
+        meta = manifest["metadata"]
+        for key, value in (manifest.get("stringData") or {}).items():
+            found[(meta["namespace"], meta["name"], key)] = value
+    return found

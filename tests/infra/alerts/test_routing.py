@@ -8,7 +8,7 @@ import pytest
 
 from infra.synth import Synthesis, synthesize
 from tests.infra.alerts.cases import firing_labels
-from tests.infra.alerts.operator import alertmanager_config
+from tests.infra.alerts.operator import alertmanager_config, stack_secrets
 from tests.monitoring import run_tool, write_yaml
 
 EMAIL = "clawbot/clawbot/email"  # <namespace>/<AlertmanagerConfig name>/<receiver>, as the operator names it
@@ -17,7 +17,12 @@ EMAIL = "clawbot/clawbot/email"  # <namespace>/<AlertmanagerConfig name>/<receiv
 @pytest.fixture(scope="module")
 def config_path(prod: Synthesis, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_yaml(tmp_path_factory.mktemp("amtool") / "alertmanager.yml",
-                      alertmanager_config(prod.one("AlertmanagerConfig").manifest))
+                      operator_config(prod))
+
+
+def operator_config(s: Synthesis) -> dict:
+    """The operator reads the SMTP password from the Secret the AlertmanagerConfig names, in its namespace."""
+    return alertmanager_config(s.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in s.find("Secret")))
 
 
 def routes_to(config: Path, labels: dict[str, str]) -> str:
@@ -32,7 +37,7 @@ def test_generated_config_passes_amtool_check_config(config_path: Path) -> None:
 
 
 def test_the_operator_scopes_the_route_to_the_namespace(prod: Synthesis) -> None:
-    config = alertmanager_config(prod.one("AlertmanagerConfig").manifest)
+    config = operator_config(prod)
     first = config["route"]["routes"][0]
     assert first["receiver"] == EMAIL and first["continue"] is True
     assert first["matchers"] == ['service="clawbot"', 'namespace="clawbot"']
