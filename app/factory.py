@@ -42,6 +42,7 @@ async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:
 
 
 async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal: Callable[[str], None] | None) -> None:
+    from app.inference.constraints import Grammars
     from app.inference.engine import Engine
 
     state = app.state
@@ -64,15 +65,19 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         )
         await engine.start()
         state.engine = engine
+        # The engine thread decodes with its tokenizer; a copy keeps encode and decode from sharing Rust state.
+        tokenizer = copy.deepcopy(loaded.tokenizer)
+        grammars = await asyncio.to_thread(Grammars, tokenizer, loaded.model.config.vocab_size, engine.eos_ids)
         runner = ChatRunner(
             settings=settings,
             metrics=metrics,
             engine=engine,
-            # The engine thread decodes with its tokenizer; a copy keeps encode and decode from sharing Rust state.
-            tokenizer=copy.deepcopy(loaded.tokenizer),
+            tokenizer=tokenizer,
             model_name=state.model_name,
             context_window=loaded.context_window,
             storage=state.storage,
+            defaults=loaded.sampling_defaults,
+            grammars=grammars,
         )
         await _warm_up(runner, settings.warmup_prompts)
         state.runner = runner
@@ -139,11 +144,12 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     state.model = state.engine = state.runner = state.access = state.storage = None
 
     install_error_handlers(app)
-    from app.api.routes import admin, admin_stats, console, health, openai_api, seed_api
+    from app.api.routes import admin, admin_stats, console, health, openai_api, responses_api, seed_api
 
     app.include_router(health.router)
     app.include_router(seed_api.router)
     app.include_router(openai_api.router)
+    app.include_router(responses_api.router)
     app.include_router(admin.router)
     app.include_router(admin_stats.router)
     app.include_router(console.router)

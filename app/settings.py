@@ -20,6 +20,8 @@ QUANTIZATIONS = ("nf4", "int8", "none")
 JOURNAL_MODES = ("wal", "delete")
 APP_ENVS = ("production", "development")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# How the model writes tool calls (app/api/tools registers one parser per name); "auto" reads the chat template.
+TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 
 
 class SettingsError(ValueError):
@@ -100,7 +102,6 @@ class Settings:
     abnormal_key_per_minute: int = 1000
     max_body_bytes: int = 1_048_576
     max_messages: int = 256
-    max_message_chars: int = 32_768
     generation_timeout_s: float = 120.0
     cache_ttl_s: int = 3600
     cache_max_entries: int = 10_000
@@ -110,6 +111,7 @@ class Settings:
     torch_threads: int = 0
     # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
     shutdown_grace_s: float = 25.0
+    tool_call_parser: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -147,7 +149,6 @@ ENV_VARS: dict[str, str] = {
     "ABNORMAL_KEY_PER_MINUTE": "abnormal_key_per_minute",
     "MAX_BODY_BYTES": "max_body_bytes",
     "MAX_MESSAGES": "max_messages",
-    "MAX_MESSAGE_CHARS": "max_message_chars",
     "GENERATION_TIMEOUT_SECONDS": "generation_timeout_s",
     "CACHE_TTL_SECONDS": "cache_ttl_s",
     "CACHE_MAX_ENTRIES": "cache_max_entries",
@@ -156,6 +157,7 @@ ENV_VARS: dict[str, str] = {
     "WARMUP_PROMPTS": "warmup_prompts",
     "TORCH_THREADS": "torch_threads",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_s",
+    "TOOL_CALL_PARSER": "tool_call_parser",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -192,7 +194,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         abnormal_key_per_minute=_int(env, "ABNORMAL_KEY_PER_MINUTE", 1000, 1, 1_000_000),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
         max_messages=_int(env, "MAX_MESSAGES", 256, 1, 10_000),
-        max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 32_768, 1, 1_000_000),
         generation_timeout_s=_float(env, "GENERATION_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
         cache_ttl_s=_int(env, "CACHE_TTL_SECONDS", 3600, 0, 30 * 86400),
         cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
@@ -201,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         warmup_prompts=tuple(p for p in (env.get("WARMUP_PROMPTS") or "Hello!").split("|") if p.strip()),
         torch_threads=_int(env, "TORCH_THREADS", 0, 0, 1024),
         shutdown_grace_s=_float(env, "SHUTDOWN_GRACE_SECONDS", 25.0, 1.0, 3600.0),
+        tool_call_parser=_choice(env, "TOOL_CALL_PARSER", "auto", TOOL_CALL_PARSERS),
     )
     if s.metrics_port == s.port:
         raise SettingsError(f"METRICS_PORT must differ from PORT ({s.port}): /metrics is served on a port of its own")

@@ -43,7 +43,8 @@ class RequestObserver:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self._record(scope, state, request_id, status, time.perf_counter() - started)
+            # A stream that fails after its 200 went out sets the status it really ended with (final_status).
+            self._record(scope, state, request_id, state.get("final_status", status), time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed: float) -> None:
         route = route_of(scope)
