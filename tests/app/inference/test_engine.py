@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pytest
@@ -382,18 +381,6 @@ def test_shutdown_cancels_what_the_grace_period_does_not_cover(tiny: LlamaForCau
 
     results = run(go)
     assert [r.finish_reason for r in results] == ["cancelled"] * 3
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from app.inference.loader import load_model
-
-    # The same converted-model cache as the end-to-end tests (tests/e2e/server.py), so the GGUF is converted once.
-    cache = Path(__file__).resolve().parents[3] / "build" / "test-models"
-    cache.mkdir(parents=True, exist_ok=True)
-    data_dir = tmp_path_factory.mktemp("engine-data")
-    (data_dir / "models").symlink_to(cache, target_is_directory=True)
-    return load_model("embedded:smollm2-135m-instruct", data_dir, "none", progress=False)
 
 
 def test_embedded_model_greedy_output_is_the_same_batched_as_alone(embedded: Any) -> None:

@@ -1,0 +1,73 @@
+"""The sampler's per-row hooks: the repetition penalty and grammar constraints touch only the rows that ask for them."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import RepetitionPenaltyLogitsProcessor
+
+from app.inference.requests import Row, SamplingParams
+from app.inference.sampler import _penalize_repeats, sample
+
+
+def row(prompt: list[int] | None = None, **params: Any) -> Row:
+    return Row(handle=None, prompt_ids=prompt or [1, 2], params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
+               max_new=8, submitted_at=0.0, deadline=None)
+
+
+class OnlyToken:
+    """A constraint that allows one token and records what it was told."""
+
+    def __init__(self, token: int) -> None:
+        self.token, self.masked, self.advanced = token, 0, []
+
+    def mask(self, logits: torch.Tensor) -> None:
+        self.masked += 1
+        keep = logits[self.token].clone()
+        logits.fill_(float("-inf"))
+        logits[self.token] = keep
+
+    def advance(self, token_id: int) -> None:
+        self.advanced.append(token_id)
+
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def test_penalty_matches_transformers_on_the_output_tokens() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(2, 50)
+    r = row(repetition_penalty=1.3)
+    r.seen = torch.zeros(50, dtype=torch.bool)
+    r.seen[[3, 7, 7, 11]] = True  # the tokens it generated so far
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[3, 7, 11]]), logits[:1].clone())
+    ours = logits.clone()
+    _penalize_repeats(ours, [r, row()])
+    assert torch.allclose(ours[0], expected[0])
+    assert torch.equal(ours[1], logits[1])  # the row without a penalty is untouched
+
+
+def test_penalty_counts_output_not_prompt_and_follows_each_choice() -> None:
+    logits = torch.zeros(1, 10)
+    logits[0, 3], logits[0, 4] = 2.0, 1.9
+    penalized = row(prompt=[3, 3, 3], repetition_penalty=1.1)
+    assert sample(logits.clone(), [penalized], GEN) == [3]  # 3 is in the prompt only: not penalized
+    assert sample(logits.clone(), [penalized], GEN) == [4]  # now it was generated: 2.0 / 1.1 < 1.9
+    plain = row(prompt=[3])
+    assert [sample(logits.clone(), [plain], GEN) for _ in range(2)] == [[3], [3]] and plain.seen is None
+
+
+def test_constraint_masks_and_advances_its_own_row_only() -> None:
+    logits = torch.zeros(3, 10)
+    logits[:, 5] = 3.0
+    constrained, free, sampled = OnlyToken(8), row(), row(temperature=0.7, seed=1)
+    rows = [row(constraint=constrained), free, sampled]
+    assert sample(logits, rows, GEN)[:2] == [8, 5]
+    assert constrained.masked == 1 and constrained.advanced == [8]
+    assert rows[1].seen is None and rows[2].params.constraint is None
+
+
+def test_sampled_rows_also_obey_the_constraint() -> None:
+    only = OnlyToken(2)
+    picks = [sample(torch.randn(1, 10), [row(temperature=1.5, top_p=0.9, constraint=only)], GEN)[0] for _ in range(20)]
+    assert set(picks) == {2} and only.advanced == [2] * 20
