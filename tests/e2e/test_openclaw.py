@@ -1,12 +1,13 @@
 """OpenClaw itself (npm `openclaw`, installed under build/openclaw by scripts/setup dev) runs one agent turn against a
 real server with the embedded model, through Chat Completions and through the Responses API, and gets an answer.
 
-OpenClaw runs with its own HOME and state directory, no update checks or downloads, and a config that points only
-at the server on 127.0.0.1: the README's config, with the URL and key of this server.
+OpenClaw runs with its own HOME and state directory, no update checks or downloads, and the README's config, which
+points only at the server on 127.0.0.1 (this server's port, its key through CLAWBOT_API_KEY).
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -20,24 +21,17 @@ OPENCLAW = ROOT / "build" / "openclaw" / "app" / "node_modules" / "openclaw" / "
 TURN_TIMEOUT_S = 540
 
 
-def openclaw_config(base_url: str, api_key: str, api: str) -> dict:
-    """A custom OpenAI-compatible provider as OpenClaw's docs describe it, sized for the embedded model."""
-    return {
-        "models": {
-            "mode": "replace",
-            "providers": {
-                "clawbot": {
-                    "baseUrl": base_url, "apiKey": api_key, "api": api, "timeoutSeconds": TURN_TIMEOUT_S,
-                    "models": [{"id": "clawbot", "name": "ClawBot", "reasoning": False, "input": ["text"],
-                                "contextWindow": 8192, "maxTokens": 32}],
-                },
-            },
-        },
-        # The full coding prompt and tool set (~30k characters) does not fit an 8192-token window; "minimal" does.
-        "tools": {"profile": "minimal"},
-        "agents": {"defaults": {"model": {"primary": "clawbot/clawbot"}}},
-        "update": {"checkOnStart": False},
-    }
+def readme_config(base_url: str, api: str) -> str:
+    """The README's OpenClaw config (JSON5), pointed at this server; a shorter answer cap keeps the turn quick."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```json5\n(.*?)```", readme[readme.index("**OpenClaw**"):], re.DOTALL)
+    assert block, "the README has no OpenClaw config block"
+    config = block.group(1)
+    for old, new in (("http://127.0.0.1:18789/v1", base_url), ('api: "openai-completions"', f'api: "{api}"'),
+                     ("maxTokens: 512", "maxTokens: 32")):
+        assert old in config, f"the README's OpenClaw config no longer has {old!r}"
+        config = config.replace(old, new)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +53,10 @@ def test_openclaw_agent_turn_gets_an_answer(claw_server: Server, tmp_path: Path,
     for d in (home, state, work):
         d.mkdir()
     config = tmp_path / "openclaw.json"
-    config.write_text(json.dumps(openclaw_config(claw_server.url + "/v1", claw_server.api_key, api), indent=2))
+    config.write_text(readme_config(claw_server.url + "/v1", api))
     env = {
         "PATH": f"{NODE.parent}:/usr/bin:/bin", "HOME": str(home), "OPENCLAW_STATE_DIR": str(state),
+        "CLAWBOT_API_KEY": claw_server.api_key,
         "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1", "OPENCLAW_DISABLE_BONJOUR": "1", "NO_COLOR": "1",
     }
     done = subprocess.run(
