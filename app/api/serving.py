@@ -209,7 +209,9 @@ class ChatRunner:
         constraint = self._constraint(plan, output)
         d = self.defaults
         # JSON repeats its quotes, colons and braces by nature: a default penalty would bend a grammar-bound output.
-        penalty = (1.0 if constraint is not None else d.repetition_penalty) if gen.repetition_penalty is None else gen.repetition_penalty
+        penalty = gen.repetition_penalty
+        if penalty is None:
+            penalty = 1.0 if constraint is not None else d.repetition_penalty
         params = SamplingParams(
             max_tokens=min(max_tokens or cap, cap, room),
             temperature=d.temperature if gen.temperature is None else gen.temperature,

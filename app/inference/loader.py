@@ -407,7 +407,7 @@ def load_model(
         raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     started = time.perf_counter()
     source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
-    embedded = model_path.strip().removeprefix(EMBEDDED_PREFIX) if model_path.strip().startswith(EMBEDDED_PREFIX) else None
+    embedded = name if model_path.strip().startswith(EMBEDDED_PREFIX) else None
     target = _target_device(device)
     if target.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -460,7 +460,8 @@ def load_model(
         extra={
             "model": loaded.name, "source": str(source), "quantization": quantization, "device": str(loaded.device),
             "dtype": str(dtype).removeprefix("torch."), "memory_bytes": loaded.memory_bytes,
-            "context_window": loaded.context_window, "sampling_defaults": loaded.sampling_defaults.source, "seconds": round(time.perf_counter() - started, 2),
+            "context_window": loaded.context_window, "sampling_defaults": loaded.sampling_defaults.source,
+            "seconds": round(time.perf_counter() - started, 2),
         },
     )
     return loaded

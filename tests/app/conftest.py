@@ -1,4 +1,5 @@
-"""Fixtures for the app tests: real key files, a real redis-server, a small app wired to AccessControl and Storage, the embedded model."""
+"""Fixtures for the app tests: real key files, a real redis-server, a small app wired to AccessControl and Storage,
+and the embedded model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

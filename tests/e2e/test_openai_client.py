@@ -24,8 +24,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 TIME = {"type": "function", "function": {"name": "get_time", "description": "Current time",
                                          "parameters": {"type": "object", "properties": {}}}}
 ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}},
-        "required": ["city", "country"]}
+CITY = {"type": "object", "required": ["city", "country"],
+        "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}}}
 
 
 @pytest.fixture()
@@ -112,7 +112,8 @@ def agent_turn() -> list[dict[str, Any]]:
         {"role": "developer", "content": "You are a weather assistant."},
         {"role": "user", "content": [{"type": "text", "text": "What is the weather in Paris?"}]},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees celsius and sunny"},
     ]
 
@@ -241,4 +242,5 @@ def test_an_error_mid_stream_is_raised_by_the_client_and_counted(hasty: Server) 
     assert 'clawbot_requests_total{route="/v1/chat/completions",status="504"} 1.0' in metrics
     assert 'clawbot_requests_total{route="/v1/responses",status="504"} 1.0' in metrics
     logged = [json.loads(line) for line in hasty.log().splitlines() if line.startswith("{")]
-    assert [d["status"] for d in logged if d.get("logger") == "clawbot.request" and d.get("route") == "/v1/chat/completions"] == [504]
+    chats = [d for d in logged if d.get("logger") == "clawbot.request" and d.get("route") == "/v1/chat/completions"]
+    assert [d["status"] for d in chats] == [504]

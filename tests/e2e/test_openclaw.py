@@ -47,7 +47,9 @@ def claw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
-@pytest.mark.parametrize(("api", "route"), [("openai-completions", "/v1/chat/completions"), ("openai-responses", "/v1/responses")])
+@pytest.mark.parametrize(
+    ("api", "route"), [("openai-completions", "/v1/chat/completions"), ("openai-responses", "/v1/responses")]
+)
 def test_openclaw_agent_turn_gets_an_answer(claw_server: Server, tmp_path: Path, api: str, route: str) -> None:
     home, state, work = tmp_path / "home", tmp_path / "state", tmp_path / "work"
     for d in (home, state, work):

@@ -88,7 +88,9 @@ def _output_request(body: ResponsesRequest) -> OutputRequest:
     tools = []
     for i, tool in enumerate(body.tools or ()):
         if tool.type != "function" or not tool.name:
-            raise ApiError(400, "unsupported_tool", f"tools[{i}] has type {tool.type!r}; only function tools with a name are served here")
+            raise ApiError(
+                400, "unsupported_tool", f"tools[{i}] has type {tool.type!r}; only function tools with a name are served here"
+            )
         function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
         tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
     choice: Any = body.tool_choice
@@ -147,7 +149,8 @@ class ResponseShape:
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
         body = self.body
         text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text else {"type": "text"}
-        tool_choice = body.tool_choice.model_dump() if body.tool_choice is not None and not isinstance(body.tool_choice, str) else (body.tool_choice or "auto")
+        choice = body.tool_choice
+        tool_choice = choice.model_dump() if choice is not None and not isinstance(choice, str) else (choice or "auto")
         return {
             "id": self.job.request_id, "object": "response", "created_at": self.created_at, "status": status,
             "error": error,
@@ -179,7 +182,8 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
 
 
 def call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call.id, "name": call.name, "arguments": arguments, "status": status}
+    return {"type": "function_call", "id": item_id, "call_id": call.id, "name": call.name, "arguments": arguments,
+            "status": status}
 
 
 @dataclass

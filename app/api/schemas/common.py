@@ -38,7 +38,8 @@ class AuthRequest(BaseModel):
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None) -> dict[str, int]:
     """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping."""
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
     if max_completion_tokens is not None:
         usage["max_completion_tokens"] = max_completion_tokens
     return usage

@@ -49,7 +49,8 @@ class ToolPlan:
         if isinstance(choice, dict):
             name = choice["function"]["name"]
             if name not in names:
-                raise ToolChoiceError(f"tool_choice names function {name!r}, which is not in tools ({', '.join(names) or 'none'})")
+                listed = ", ".join(names) or "none"
+                raise ToolChoiceError(f"tool_choice names function {name!r}, which is not in tools ({listed})")
             return cls("named", tuple(tools), parser, forced=name, parallel=False)
         if choice != "none" and not tools:
             raise ToolChoiceError(f"tool_choice {choice!r} needs at least one function in tools")

@@ -41,7 +41,9 @@ def for_native_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def for_plain_template(messages: list[dict[str, Any]], tools: list[dict[str, Any]], parser: ToolCallParser) -> list[dict[str, Any]]:
+def for_plain_template(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], parser: ToolCallParser
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if tools:
         prompt = parser.system_prompt(tools)

@@ -69,7 +69,8 @@ def test_named_call_streams_its_arguments_as_they_come() -> None:
 
 def test_required_calls_come_whole_at_the_end() -> None:
     p = plan("required")
-    deltas, parsed = stream(p, ['[{"name": "get_time", ', '"arguments": {}}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]'])
+    deltas, parsed = stream(p, ['[{"name": "get_time", ', '"arguments": {}}, ',
+                                '{"name": "get_weather", "arguments": {"city": "Oslo"}}]'])
     text, calls = reassemble(deltas)
     assert text == "" and [c["name"] for c in calls.values()] == ["get_time", "get_weather"]
     assert json.loads(calls[1]["arguments"]) == {"city": "Oslo"}
@@ -88,7 +89,7 @@ def test_auto_streams_text_and_holds_back_the_call() -> None:
 
 
 def test_auto_without_parallel_calls_keeps_the_first() -> None:
-    two = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call><tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    two = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>' * 2
     assert len(plan("auto").parse(two).calls) == 2
     assert len(plan("auto", parallel=False).parse(two).calls) == 1
 
