@@ -94,7 +94,6 @@ class Row:
     read_offset: int = 0
     first_token_at: float | None = None
     finish_reason: str | None = None
-    seen: torch.Tensor | None = None  # [vocab] bool: tokens generated so far, kept by the sampler for the penalty
 
     @property
     def position(self) -> int:

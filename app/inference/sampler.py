@@ -35,27 +35,21 @@ def sample(logits: torch.Tensor, rows: list[Row], default_generator: torch.Gener
     for row, token in zip(rows, tokens):
         if row.params.constraint is not None:
             row.params.constraint.advance(token)
-        if row.seen is not None:
-            row.seen[token] = True
     return tokens
 
 
 def _penalize_repeats(logits: torch.Tensor, rows: list[Row]) -> None:
-    """Repetition penalty (transformers' formula: a seen token's logit is divided if positive, multiplied if negative)
-    for the rows that set one, in one batched op over those rows.
+    """Repetition penalty (transformers' formula: a repeated token's logit is divided if positive, multiplied if
+    negative) for the rows that set one, on the logits of their own output tokens only.
 
     Only the tokens generated so far count, as with OpenAI's penalties: counting the prompt too would penalize the
-    words an answer must repeat from a long system prompt or question. Each such row keeps a [vocab] mask of its
-    output tokens, updated as they are chosen, so a step costs O(vocab) per row whatever the length.
+    words an answer must repeat from a long system prompt or question. A gather and a scatter over those few
+    tokens cost far less than a pass over the vocabulary; a token listed twice gets the same value twice.
     """
-    picked = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
-    if not picked:
-        return
-    for i in picked:
-        if rows[i].seen is None:
-            rows[i].seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    seen = torch.stack([rows[i].seen for i in picked])  # type: ignore[misc]
-    penalty = torch.tensor([rows[i].params.repetition_penalty for i in picked], device=logits.device).unsqueeze(1)
-    part = logits[picked]
-    penalized = torch.where(part > 0, part / penalty, part * penalty)
-    logits[picked] = torch.where(seen, penalized, part)
+    for i, row in enumerate(rows):
+        penalty = row.params.repetition_penalty
+        if penalty == 1.0 or not row.generated:
+            continue
+        ids = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
+        seen = logits[i].gather(0, ids)
+        logits[i].scatter_(0, ids, torch.where(seen > 0, seen / penalty, seen * penalty))

@@ -38,8 +38,7 @@ def test_penalty_matches_transformers_on_the_output_tokens() -> None:
     torch.manual_seed(1)
     logits = torch.randn(2, 50)
     r = row(repetition_penalty=1.3)
-    r.seen = torch.zeros(50, dtype=torch.bool)
-    r.seen[[3, 7, 7, 11]] = True  # the tokens it generated so far
+    r.generated = [3, 7, 7, 11]
     expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[3, 7, 11]]), logits[:1].clone())
     ours = logits.clone()
     _penalize_repeats(ours, [r, row()])
@@ -47,14 +46,17 @@ def test_penalty_matches_transformers_on_the_output_tokens() -> None:
     assert torch.equal(ours[1], logits[1])  # the row without a penalty is untouched
 
 
-def test_penalty_counts_output_not_prompt_and_follows_each_choice() -> None:
+def test_penalty_counts_output_not_prompt() -> None:
     logits = torch.zeros(1, 10)
     logits[0, 3], logits[0, 4] = 2.0, 1.9
-    penalized = row(prompt=[3, 3, 3], repetition_penalty=1.1)
-    assert sample(logits.clone(), [penalized], GEN) == [3]  # 3 is in the prompt only: not penalized
-    assert sample(logits.clone(), [penalized], GEN) == [4]  # now it was generated: 2.0 / 1.1 < 1.9
-    plain = row(prompt=[3])
-    assert [sample(logits.clone(), [plain], GEN) for _ in range(2)] == [[3], [3]] and plain.seen is None
+    rows = [row(prompt=[3, 3, 3], repetition_penalty=1.1), row(prompt=[3])]
+    picks = []
+    for _ in range(2):
+        picks.append(sample(logits.expand(2, 10).clone(), rows, GEN))
+        for r, token in zip(rows, picks[-1]):
+            r.generated.append(token)  # as the engine does once a token is chosen
+    # 3 is in the prompt only at first: not penalized; once generated, 2.0 / 1.1 < 1.9. The plain row keeps 3.
+    assert picks == [[3, 3], [4, 3]]
 
 
 def test_constraint_masks_and_advances_its_own_row_only() -> None:
@@ -64,7 +66,7 @@ def test_constraint_masks_and_advances_its_own_row_only() -> None:
     rows = [row(constraint=constrained), free, sampled]
     assert sample(logits, rows, GEN)[:2] == [8, 5]
     assert constrained.masked == 1 and constrained.advanced == [8]
-    assert rows[1].seen is None and rows[2].params.constraint is None
+    assert rows[2].params.constraint is None
 
 
 def test_sampled_rows_also_obey_the_constraint() -> None:
