@@ -120,13 +120,13 @@ def agent_turn() -> list[dict[str, Any]]:
 
 def test_auto_tools_accept_the_follow_up_shapes(client: OpenAI) -> None:
     done = client.chat.completions.create(
-        model="clawbot", messages=agent_turn(), tools=[WEATHER], tool_choice="auto", max_tokens=40,  # type: ignore[arg-type,list-item]
+        model="clawbot", messages=agent_turn(), tools=[WEATHER], tool_choice="auto", max_tokens=16,  # type: ignore[arg-type,list-item]
     )
     choice = done.choices[0]
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     assert choice.message.content or choice.message.tool_calls
     stream = client.chat.completions.create(
-        model="clawbot", messages=agent_turn(), tools=[WEATHER], max_tokens=40, stream=True,  # type: ignore[arg-type,list-item]
+        model="clawbot", messages=agent_turn(), tools=[WEATHER], max_tokens=16, stream=True,  # type: ignore[arg-type,list-item]
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -142,7 +142,7 @@ def test_structured_output_follows_the_json_schema(client: OpenAI) -> None:
     assert done.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(done.choices[0].message.content or ""), CITY)
     any_object = client.chat.completions.create(
-        model="clawbot", messages=[{"role": "user", "content": "Describe Paris in JSON."}], max_tokens=80,
+        model="clawbot", messages=[{"role": "user", "content": "Describe Paris in JSON."}], max_tokens=40,
         response_format={"type": "json_object"}, temperature=0,
     )
     if any_object.choices[0].finish_reason == "stop":

@@ -2,6 +2,7 @@
 defaults, the message shapes agent clients send, and the requests it refuses with a reason."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,3 +116,29 @@ def test_bad_tool_choice_and_schemas_say_why(runner: ChatRunner) -> None:
     assert "'x', which is not in tools (get_weather)" in message
     message = refused(lambda: prepare(runner, json_schema={"type": "objectx"}), "invalid_schema")
     assert message == "the response format's JSON schema cannot be enforced: Unsupported type \"objectx\""
+
+
+# The parts of Qwen 2.5's chat template that handle tools, enough to show what a template that renders tools receives.
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }} {{ c.function.arguments | tojson }}</tool_call>"
+    "{% endfor %}{% endfor %}<|assistant|>"
+)
+
+
+def test_a_template_that_renders_tools_gets_them(embedded: Any) -> None:
+    tokenizer = copy.deepcopy(embedded.tokenizer)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    native = ChatRunner(settings=Settings(), metrics=build_metrics(), engine=None,  # type: ignore[arg-type]
+                        tokenizer=tokenizer, model_name="clawbot", context_window=WINDOW, storage=None)
+    assert native.native_tools and native.parser.name == "hermes"
+    job = prepare(native, messages(
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ), tools=[WEATHER])
+    prompt = tokenizer.decode(job.prompt_ids)
+    assert prompt.startswith('<tools>{"type": "function", "function": {"name": "get_weather"')
+    assert '<tool_call>get_weather {"city": "Paris"}</tool_call><|tool|>18C<|assistant|>' in prompt
