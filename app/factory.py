@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import logging
 import time
@@ -58,6 +59,7 @@ async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:
 
 
 async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal: Callable[[str], None] | None) -> None:
+    from app.inference.constraints import Grammars
     from app.inference.engine import Engine
     from app.inference.loader import model_identity
 
@@ -83,6 +85,10 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         )
         await engine.start()
         state.engine = engine
+        # The grammar compiler reads the vocabulary off the loop; a copy keeps it from sharing the engine's Rust state.
+        grammars = await asyncio.to_thread(
+            Grammars, copy.deepcopy(loaded.tokenizer), loaded.model.config.vocab_size, engine.eos_ids
+        )
         runner = ChatRunner(
             settings=settings,
             metrics=metrics,
@@ -92,6 +98,8 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             model_identity=await asyncio.to_thread(model_identity, loaded),
             context_window=loaded.context_window,
             storage=state.storage,
+            defaults=loaded.sampling_defaults,
+            grammars=grammars,
         )
         state.runner = runner  # closed by the lifespan even if warm-up fails; routes wait for `ready`
         await _warm_up(runner, settings.warmup_prompts)
@@ -175,11 +183,12 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     state.model = state.engine = state.runner = state.access = state.storage = None
 
     install_error_handlers(app)
-    from app.api.routes import admin, admin_stats, console, health, openai_api, seed_api
+    from app.api.routes import admin, admin_stats, console, health, openai_api, responses_api, seed_api
 
     app.include_router(health.router)
     app.include_router(seed_api.router)
     app.include_router(openai_api.router)
+    app.include_router(responses_api.router)
     app.include_router(admin.router)
     app.include_router(admin_stats.router)
     app.include_router(console.router)

@@ -20,6 +20,8 @@ QUANTIZATIONS = ("nf4", "int8", "none")
 JOURNAL_MODES = ("wal", "delete")
 APP_ENVS = ("production", "development")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# How the model writes tool calls (app/api/tools registers one parser per name); "auto" reads the chat template.
+TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 
 
 class SettingsError(ValueError):
@@ -125,7 +127,6 @@ class Settings:
     abnormal_key_per_minute: int = 1000
     max_body_bytes: int = 1_048_576
     max_messages: int = 256
-    max_message_chars: int = 32_768
     generation_timeout_s: float = 120.0
     cache_ttl_s: int = 3600
     cache_max_entries: int = 10_000
@@ -145,6 +146,7 @@ class Settings:
     tls_key_file: Path | None = None
     # How often the certificate files are checked for a renewal (cert-manager rewrites the mounted Secret).
     tls_reload_s: float = 60.0
+    tool_call_parser: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -188,7 +190,6 @@ ENV_VARS: dict[str, str] = {
     "ABNORMAL_KEY_PER_MINUTE": "abnormal_key_per_minute",
     "MAX_BODY_BYTES": "max_body_bytes",
     "MAX_MESSAGES": "max_messages",
-    "MAX_MESSAGE_CHARS": "max_message_chars",
     "GENERATION_TIMEOUT_SECONDS": "generation_timeout_s",
     "CACHE_TTL_SECONDS": "cache_ttl_s",
     "CACHE_MAX_ENTRIES": "cache_max_entries",
@@ -203,6 +204,7 @@ ENV_VARS: dict[str, str] = {
     "TLS_CERT_FILE": "tls_cert_file",
     "TLS_KEY_FILE": "tls_key_file",
     "TLS_RELOAD_SECONDS": "tls_reload_s",
+    "TOOL_CALL_PARSER": "tool_call_parser",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -254,7 +256,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         abnormal_key_per_minute=_int(env, "ABNORMAL_KEY_PER_MINUTE", 1000, 1, 1_000_000),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 64 * 1_048_576),
         max_messages=_int(env, "MAX_MESSAGES", 256, 1, 10_000),
-        max_message_chars=_int(env, "MAX_MESSAGE_CHARS", 32_768, 1, 1_000_000),
         generation_timeout_s=_float(env, "GENERATION_TIMEOUT_SECONDS", 120.0, 1.0, 3600.0),
         cache_ttl_s=_int(env, "CACHE_TTL_SECONDS", 3600, 0, 30 * 86400),
         cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 10_000, 0, 10_000_000),
@@ -269,6 +270,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=optional_path("TLS_CERT_FILE"),
         tls_key_file=optional_path("TLS_KEY_FILE"),
         tls_reload_s=_float(env, "TLS_RELOAD_SECONDS", 60.0, 1.0, 86400.0),
+        tool_call_parser=_choice(env, "TOOL_CALL_PARSER", "auto", TOOL_CALL_PARSERS),
     )
     _check_tls(s)
     if s.metrics_port == s.port:

@@ -46,6 +46,7 @@ ROUTE_RULES: dict[str, RouteRule] = {
     "/api/auth": RouteRule(credentials="api_key_in_body"),
     "/api/chat": RouteRule(scope="chat", credentials="jwt", key_slot=True, errors=(503, 504)),
     "/v1/chat/completions": RouteRule(scope="chat", credentials="jwt_or_key", key_slot=True, errors=(404, 503, 504)),
+    "/v1/responses": RouteRule(scope="chat", credentials="jwt_or_key", key_slot=True, errors=(404, 503, 504)),
     "/v1/models": RouteRule(scope="chat", credentials="jwt_or_key"),
     "/admin/conversations": ADMIN,
     "/admin/conversations/export": ADMIN,

@@ -51,6 +51,43 @@ ACCEPTED = (
 )
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Sampling settings a request gets for the parameters it leaves out, and where they come from."""
+
+    temperature: float = 0.0  # 0 = greedy, which is also what model.generate() does without do_sample
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    source: str = "transformers defaults"
+
+
+# The GGUF carries no generation_config sampling settings, so the embedded model's come from its publisher.
+# The SmolLM2-Instruct model card samples with temperature 0.2 and top_p 0.9; on this 4-bit build the first token
+# of "What is the capital of France?" is a near tie ("The" 0.152 vs "L" 0.140), and sampling at 0.2 answered Paris
+# in 24 of 40 runs, so the default is greedy (the card's top_p applies once a request sets a temperature). Greedy
+# decoding makes a 135M model loop ("a canvas of endless blue, a canvas of endless blue, ..."); a 1.1 repetition
+# penalty over the output stops that without changing short factual answers.
+EMBEDDED_SAMPLING = {
+    "smollm2-135m-instruct": SamplingDefaults(
+        temperature=0.0, top_p=0.9, repetition_penalty=1.1, source="SmolLM2-Instruct model card, greedy (see loader.py)"
+    ),
+}
+
+
+def sampling_defaults(generation_config: Any, embedded: str | None = None) -> SamplingDefaults:
+    """What model.generate() would use for this model (its generation_config.json), or the embedded model's settings."""
+    if embedded in EMBEDDED_SAMPLING:
+        return EMBEDDED_SAMPLING[embedded]
+    get = lambda name, default: getattr(generation_config, name, None) or default  # noqa: E731
+    sampled = bool(getattr(generation_config, "do_sample", False))
+    return SamplingDefaults(
+        temperature=float(get("temperature", 1.0)) if sampled else 0.0,
+        top_p=float(get("top_p", 1.0)) if sampled else 1.0,
+        repetition_penalty=float(get("repetition_penalty", 1.0)),
+        source="generation_config.json",
+    )
+
+
 class ModelLoadError(ValueError):
     """MODEL_PATH or QUANTIZATION cannot be turned into a loaded model; the message names the value and what is accepted."""
 
@@ -66,6 +103,7 @@ class LoadedModel:
     source: Path  # the safetensors directory actually loaded
     context_window: int
     name: str
+    sampling_defaults: SamplingDefaults
 
 
 def embedded_gguf_path(model: str = "smollm2-135m-instruct") -> Path:
@@ -379,6 +417,7 @@ def load_model(
         raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     started = time.perf_counter()
     source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
+    embedded = name if model_path.strip().startswith(EMBEDDED_PREFIX) else None
     target = _target_device(device)
     if target.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -424,13 +463,15 @@ def load_model(
         source=source,
         context_window=int(min(window, MAX_CONTEXT_WINDOW)),
         name=name,
+        sampling_defaults=sampling_defaults(getattr(model, "generation_config", None), embedded),
     )
     log.info(
         "model loaded",
         extra={
             "model": loaded.name, "source": str(source), "quantization": quantization, "device": str(loaded.device),
             "dtype": str(dtype).removeprefix("torch."), "memory_bytes": loaded.memory_bytes,
-            "context_window": loaded.context_window, "seconds": round(time.perf_counter() - started, 2),
+            "context_window": loaded.context_window, "sampling_defaults": loaded.sampling_defaults.source,
+            "seconds": round(time.perf_counter() - started, 2),
         },
     )
     return loaded

@@ -25,17 +25,18 @@ class PromptRenderer:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clawbot-render")
 
-    def render_now(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render and tokenize in the calling thread (the pool's threads run this)."""
+    def render_now(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Render and tokenize in the calling thread (the pool's threads run this); `tools` go to the template."""
         tokenizer = getattr(self._local, "tokenizer", None)
         if tokenizer is None:
             tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
-        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        kwargs = {"tools": tools} if tools else {}
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **kwargs)
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return list(ids)
 
-    async def render(self, messages: list[dict[str, str]]) -> list[int]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.render_now, messages)
+    async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.render_now, messages, tools)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -16,6 +16,20 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 
 
+class TokenConstraint(Protocol):
+    """Per-request logits constraint (a grammar): the sampler masks a row's logits, then reports the token it chose.
+
+    Implementations keep their own state (one object per request) and are called from the engine thread only.
+    End-of-sequence tokens are allowed by `mask` only where the grammar may end.
+    """
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits of tokens the grammar forbids next to -inf, in place ([vocab] float tensor)."""
+
+    def advance(self, token_id: int) -> None:
+        """The sampler chose `token_id`; move the grammar past it."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int  # already capped by the API; the engine also caps to its own max_tokens and the context window
@@ -25,6 +39,9 @@ class SamplingParams:
     seed: int | None = None  # reproducible sampling per request
     ignore_eos: bool = False  # vLLM-style: generate exactly max_tokens (the benchmark relies on it)
     timeout_s: float | None = None  # generation deadline; finish_reason "timeout" when hit
+    # Over the output so far: a generated token's logit is divided (if > 0) or multiplied (if < 0) by it; 1 = off.
+    repetition_penalty: float = 1.0
+    constraint: TokenConstraint | None = None  # grammar for structured output / forced tool calls
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -42,6 +59,8 @@ class SamplingParams:
             raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters, got one of {longest}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Token sampling on the logits of one step: greedy rows in one argmax, sampled rows with temperature and top-p."""
+"""Token sampling on the logits of one step: repetition penalty and grammar masks where a row asks for them, then
+greedy rows in one argmax and sampled rows with temperature and top-p."""
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,15 @@ from app.inference.requests import Row
 
 
 def sample(logits: torch.Tensor, rows: list[Row], default_generator: torch.Generator) -> list[int]:
-    """One token per row of `logits` ([rows, vocab]); a row's own seeded generator wins over the shared one."""
+    """One token per row of `logits` ([rows, vocab]); a row's own seeded generator wins over the shared one.
+
+    Rows without a penalty or a constraint cost nothing extra: the batched argmax stays one call.
+    """
     logits = logits.float()
+    _penalize_repeats(logits, rows)
+    for i, row in enumerate(rows):
+        if row.params.constraint is not None:
+            row.params.constraint.mask(logits[i])
     chosen = logits.argmax(dim=-1)
     for i, row in enumerate(rows):
         p = row.params
@@ -23,4 +31,25 @@ def sample(logits: torch.Tensor, rows: list[Row], default_generator: torch.Gener
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         generator = row.generator or default_generator
         chosen[i] = torch.multinomial(probs, 1, generator=generator)[0]
-    return chosen.tolist()
+    tokens: list[int] = chosen.tolist()
+    for row, token in zip(rows, tokens):
+        if row.params.constraint is not None:
+            row.params.constraint.advance(token)
+    return tokens
+
+
+def _penalize_repeats(logits: torch.Tensor, rows: list[Row]) -> None:
+    """Repetition penalty (transformers' formula: a repeated token's logit is divided if positive, multiplied if
+    negative) for the rows that set one, on the logits of their own output tokens only.
+
+    Only the tokens generated so far count, as with OpenAI's penalties: counting the prompt too would penalize the
+    words an answer must repeat from a long system prompt or question. A gather and a scatter over those few
+    tokens cost far less than a pass over the vocabulary; a token listed twice gets the same value twice.
+    """
+    for i, row in enumerate(rows):
+        penalty = row.params.repetition_penalty
+        if penalty == 1.0 or not row.generated:
+            continue
+        ids = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
+        seen = logits[i].gather(0, ids)
+        logits[i].scatter_(0, ids, torch.where(seen > 0, seen / penalty, seen * penalty))

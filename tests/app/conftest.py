@@ -1,4 +1,5 @@
-"""Fixtures for the access-control and data tests: real key files, a real redis-server, a small app wired to AccessControl and Storage."""
+"""Fixtures for the app tests: real key files, a real redis-server, a small app wired to AccessControl and Storage,
+and the embedded model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -162,3 +163,15 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
     app.add_middleware(NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=m)
     return app
 
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The embedded model, loaded once for every test that runs it (or only needs its tokenizer)."""
+    from app.inference.loader import load_model
+
+    # The same converted-model cache as the end-to-end tests (tests/e2e/server.py), so the GGUF is converted once.
+    cache = Path(__file__).resolve().parents[2] / "build" / "test-models"
+    cache.mkdir(parents=True, exist_ok=True)
+    data_dir = tmp_path_factory.mktemp("engine-data")
+    (data_dir / "models").symlink_to(cache, target_is_directory=True)
+    return load_model("embedded:smollm2-135m-instruct", data_dir, "none", progress=False)

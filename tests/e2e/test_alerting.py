@@ -24,7 +24,7 @@ import httpx
 from infra.dashboard import DASHBOARD_PATH
 from infra.synth import synthesize
 from tests.e2e.server import Server, start_server
-from tests.infra.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config
+from tests.infra.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
 from tests.infra.promql import metric_names
 from tests.infra.test_dashboard import EXTERNAL_METRICS
 from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, wait_until, write_yaml
@@ -101,7 +101,7 @@ def test_key_abuse_and_a_burst_of_5xx_are_mailed_and_the_dashboard_has_data(tmp_
         )
         try:
             rules = write_yaml(tmp_path / "clawbot.rules.yaml", rule_file(stack.one("PrometheusRule").manifest))
-            with alertmanager(alertmanager_config(stack.one("AlertmanagerConfig").manifest), tmp_path / "am") as am:
+            with alertmanager(alertmanager_config(stack.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in stack.find("Secret"))), tmp_path / "am") as am:
                 job = scrape_config(stack.one("ServiceMonitor").manifest, stack.one("Service", "clawbot-metrics").manifest,
                                     Endpoint(f"127.0.0.1:{srv.metrics_port}", POD, "chat"), interval="1s")
                 prom_config = {

@@ -92,7 +92,6 @@ def test_models_lists_the_served_model(server: Server) -> None:
         ({"messages": [{"role": "user"}]}, "content"),
         ({"messages": "hello"}, "messages"),
         ({"messages": FRANCE, "max_tokens": 0}, "max_tokens"),
-        ({"messages": FRANCE, "max_tokens": 100000}, "max_tokens must be between 1 and 256"),
         ({"messages": FRANCE, "temperature": 7}, "temperature"),
         ({"messages": FRANCE, "n": 3}, "n"),
         ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "role 'user'"),
@@ -106,7 +105,7 @@ def test_bad_chat_input_is_a_400_that_says_why(server: Server, payload: dict, ne
 
 
 def test_prompt_longer_than_the_context_window_is_refused(server: Server) -> None:
-    # Each message under MAX_MESSAGE_CHARS; together far over the model's 8192-token window.
+    # Together far over the model's 8192-token window (the size limit is the window, counted in tokens).
     huge = [{"role": "user", "content": "Paris is lovely. " * 1800}, {"role": "assistant", "content": "Yes."},
             {"role": "user", "content": "Paris is lovely. " * 1800}]
     with server.client() as c:

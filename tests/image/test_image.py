@@ -28,7 +28,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     cli = [sys.executable, "-m", "app.keys"]
     subprocess.run([*cli, "init-kek", "--kek-file", str(keys / "kek")], cwd=ROOT, check=True, capture_output=True)
     added = subprocess.run([*cli, "add", "--id", "image-test", "--key-file", str(keys / "api-keys"),
-                            "--kek-file", str(keys / "kek")], cwd=ROOT, check=True, capture_output=True, text=True)
+                            "--kek-file", str(keys / "kek"), "--scopes", "chat,benchmark"],  # benchmark: ignore_eos
+                           cwd=ROOT, check=True, capture_output=True, text=True)
     keys.chmod(0o700)
     own_by_service_user(keys, keys / "kek", keys / "api-keys")
     return keys, printed_key(added.stdout)

@@ -67,6 +67,8 @@ class RequestObserver:
         finally:
             if disconnected and not completed:
                 status = CLIENT_CLOSED_REQUEST
+            # A stream that fails after its 200 went out sets the status it really ended with (final_status).
+            status = state.get("final_status", status)
             self._record(scope, state, request_id, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed: float) -> None:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
 from app.api.schemas import AuthRequest, SeedChatRequest, usage_dict
+from app.api.serving import MAX_TOKENS_HEADER
 
 router = APIRouter(prefix="/api", tags=["seed API"])
 
@@ -19,15 +20,16 @@ async def auth(body: AuthRequest, request: Request) -> dict:
 
 
 @router.post("/chat", dependencies=[JsonBody], summary="Chat with the model (bearer token from /api/auth)")
-async def chat(body: SeedChatRequest, request: Request, principal: Caller, runner: Runner) -> dict:
+async def chat(body: SeedChatRequest, request: Request, response: Response, principal: Caller, runner: Runner) -> dict:
     job = await runner.prepare("/api/chat", principal, body.messages, body, max_tokens=body.max_tokens)
     answer = await runner.complete(job, request)
+    response.headers[MAX_TOKENS_HEADER] = str(job.max_tokens)
     return {
         "id": job.request_id,
         "model": runner.model_name,
         "created": int(time.time()),
         "message": {"role": "assistant", "content": answer.text},
         "finish_reason": answer.finish_reason,
-        "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens),
+        "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens),
         "cached": answer.cached,
     }

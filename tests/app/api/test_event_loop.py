@@ -42,18 +42,16 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
     data_dir.mkdir()
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     (data_dir / "models").symlink_to(MODEL_CACHE, target_is_directory=True)
-    settings = make_settings(
-        data_dir=data_dir, max_message_chars=BIG_PROMPT_CHARS, max_body_bytes=8 * 1_048_576, warmup_prompts=("Hi",)
-    )
+    settings = make_settings(data_dir=data_dir, max_body_bytes=8 * 1_048_576, warmup_prompts=("Hi",))
     rendering = [0]
     lock = threading.Lock()
     render_now = PromptRenderer.render_now
 
-    def counted(self: PromptRenderer, messages: list[dict[str, str]]) -> list[int]:
+    def counted(self: PromptRenderer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         with lock:
             rendering[0] += 1
         try:
-            return render_now(self, messages)
+            return render_now(self, messages, tools)
         finally:
             with lock:
                 rendering[0] -= 1

@@ -7,7 +7,6 @@ embedded model through app.inference.loader.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,18 +279,6 @@ def test_shutdown_fails_what_the_grace_period_does_not_cover(tiny: LlamaForCausa
     # Not a "cancelled" completion: the API would turn that into a 200 with half an answer.
     assert all(isinstance(r, EngineClosedError) for r in results), results
     assert all("shutdown grace period" in str(r) for r in results)
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from app.inference.loader import load_model
-
-    # The same converted-model cache as the end-to-end tests (tests/e2e/server.py), so the GGUF is converted once.
-    cache = Path(__file__).resolve().parents[3] / "build" / "test-models"
-    cache.mkdir(parents=True, exist_ok=True)
-    data_dir = tmp_path_factory.mktemp("engine-data")
-    (data_dir / "models").symlink_to(cache, target_is_directory=True)
-    return load_model("embedded:smollm2-135m-instruct", data_dir, "none", progress=False)
 
 
 def test_embedded_model_greedy_output_is_the_same_batched_as_alone(embedded: Any) -> None:

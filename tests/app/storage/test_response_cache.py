@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.inference.loader import LoadedModel, model_identity
+from app.inference.loader import LoadedModel, SamplingDefaults, model_identity
 from app.observability.metrics import build_metrics
 from app.storage.redis_link import RedisLink
 from app.storage.response_cache import ResponseCache
@@ -135,7 +135,8 @@ def test_the_model_identity_follows_the_weights_not_the_display_name(tmp_path: P
 
     def identity(quantization: str = "none", name: str = "clawbot") -> str:
         loaded = LoadedModel(model=None, tokenizer=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
-                             quantization=quantization, memory_bytes=0, source=weights, context_window=8192, name=name)
+                             quantization=quantization, memory_bytes=0, source=weights, context_window=8192, name=name,
+                             sampling_defaults=SamplingDefaults())
         return model_identity(loaded)
 
     first = identity()

@@ -1,0 +1,153 @@
+"""The Chat Completions request: messages (with tool calls and results), tools, tool_choice, response_format."""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app.api.schemas.common import GenerationFields, encodable
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+FUNCTION_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class ContentPart(BaseModel):
+    """A part of a message's content; only text parts are served (the API turns other types into a 400)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        return value if value is None else encodable(value, "text")
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class ToolCallItem(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, value: str) -> str:
+        if value not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}; got {value!r}")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _encodable_content(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        if isinstance(value, str):
+            encodable(value, "content")
+        return value
+
+    @model_validator(mode="after")
+    def _shape_fits_role(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"content is required for a {self.role!r} message (null only for an assistant's tool_calls)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs the tool_call_id of the call it answers")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type 'json_schema' needs a json_schema object with a schema")
+        return self
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the output must match; None for plain text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        return self.json_schema.schema_ if self.type == "json_schema" and self.json_schema else None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SeedChatRequest(GenerationFields):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessage]
+
+
+class ChatCompletionRequest(GenerationFields):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    ignore_eos: bool = False
+    user: str | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("model", "user")
+    @classmethod
+    def _encodable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return value if value is None else encodable(value, str(info.field_name))
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens

@@ -1,0 +1,91 @@
+"""Fields and shapes every API shares: sampling parameters, usage, the auth body, the model card, the error shape."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.inference.requests import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+
+
+def encodable(text: str, what: str) -> str:
+    """`text` unchanged, or ValueError when it cannot be UTF-8 (a lone surrogate sent as a JSON escape like \\ud800).
+
+    Such text would fail later, in the tokenizer, the conversation store or a JSON response, as a 500.
+    The message names the position and the code point, never the character itself (it cannot be encoded either).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is not valid Unicode text: it holds a lone surrogate (\\u{ord(text[exc.start]):04x}) at character "
+            f"{exc.start}; send UTF-8 text"
+        ) from None
+    return text
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="error class, e.g. invalid_request_error, authentication_error, rate_limit_error")
+    message: str = Field(description="what went wrong and what is allowed, safe to show a user")
+    code: str = Field(description="machine-readable reason, e.g. invalid_api_key, rate_limited, queue_full")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+class GenerationFields(BaseModel):
+    """Sampling parameters; one left out (None) gets the model's default (app.inference.loader.SamplingDefaults)."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="vLLM-style extension; 1 = off")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"stop accepts at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}")
+        if any(not s for s in items):
+            raise ValueError("stop sequences must not be empty")
+        for s in items:
+            encodable(s, "a stop sequence")
+        longest = max((len(s) for s in items), default=0)
+        if longest > MAX_STOP_CHARS:
+            raise ValueError(f"stop sequences may be at most {MAX_STOP_CHARS} characters each, got one of {longest}")
+        return value
+
+    def stop_tuple(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class AuthRequest(BaseModel):
+    # With a length bound, pydantic itself refuses text that is not valid Unicode (a 400 like any bad field).
+    api_key: str = Field(min_length=1, max_length=512)
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None) -> dict[str, int]:
+    """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping."""
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    if max_completion_tokens is not None:
+        usage["max_completion_tokens"] = max_completion_tokens
+    return usage
+
+
+def model_card(name: str, created: int, context_window: int | None, max_output_tokens: int) -> dict[str, Any]:
+    """The /v1/models entry; the context window is known once the model has loaded."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "clawbot"}
+    if context_window is not None:
+        # vLLM names the window max_model_len; other clients read context_window or context_length.
+        card.update(max_model_len=context_window, context_window=context_window, context_length=context_window)
+    card["max_output_tokens"] = max_output_tokens
+    return card

@@ -1,0 +1,75 @@
+"""The sampler's per-row hooks: the repetition penalty and grammar constraints touch only the rows that ask for them."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import RepetitionPenaltyLogitsProcessor
+
+from app.inference.requests import Row, SamplingParams
+from app.inference.sampler import _penalize_repeats, sample
+
+
+def row(prompt: list[int] | None = None, **params: Any) -> Row:
+    return Row(handle=None, prompt_ids=prompt or [1, 2], params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
+               max_new=8, submitted_at=0.0, deadline=None)
+
+
+class OnlyToken:
+    """A constraint that allows one token and records what it was told."""
+
+    def __init__(self, token: int) -> None:
+        self.token, self.masked, self.advanced = token, 0, []
+
+    def mask(self, logits: torch.Tensor) -> None:
+        self.masked += 1
+        keep = logits[self.token].clone()
+        logits.fill_(float("-inf"))
+        logits[self.token] = keep
+
+    def advance(self, token_id: int) -> None:
+        self.advanced.append(token_id)
+
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def test_penalty_matches_transformers_on_the_output_tokens() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(2, 50)
+    r = row(repetition_penalty=1.3)
+    r.generated = [3, 7, 7, 11]
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[3, 7, 11]]), logits[:1].clone())
+    ours = logits.clone()
+    _penalize_repeats(ours, [r, row()])
+    assert torch.allclose(ours[0], expected[0])
+    assert torch.equal(ours[1], logits[1])  # the row without a penalty is untouched
+
+
+def test_penalty_counts_output_not_prompt() -> None:
+    logits = torch.zeros(1, 10)
+    logits[0, 3], logits[0, 4] = 2.0, 1.9
+    rows = [row(prompt=[3, 3, 3], repetition_penalty=1.1), row(prompt=[3])]
+    picks = []
+    for _ in range(2):
+        picks.append(sample(logits.expand(2, 10).clone(), rows, GEN))
+        for r, token in zip(rows, picks[-1]):
+            r.generated.append(token)  # as the engine does once a token is chosen
+    # 3 is in the prompt only at first: not penalized; once generated, 2.0 / 1.1 < 1.9. The plain row keeps 3.
+    assert picks == [[3, 3], [4, 3]]
+
+
+def test_constraint_masks_and_advances_its_own_row_only() -> None:
+    logits = torch.zeros(3, 10)
+    logits[:, 5] = 3.0
+    constrained, free, sampled = OnlyToken(8), row(), row(temperature=0.7, seed=1)
+    rows = [row(constraint=constrained), free, sampled]
+    assert sample(logits, rows, GEN)[:2] == [8, 5]
+    assert constrained.masked == 1 and constrained.advanced == [8]
+    assert rows[2].params.constraint is None
+
+
+def test_sampled_rows_also_obey_the_constraint() -> None:
+    only = OnlyToken(2)
+    picks = [sample(torch.randn(1, 10), [row(temperature=1.5, top_p=0.9, constraint=only)], GEN)[0] for _ in range(20)]
+    assert set(picks) == {2} and only.advanced == [2] * 20
