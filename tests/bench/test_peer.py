@@ -1,0 +1,77 @@
+"""bench/peer.py, bench/quality.py and bench/llama_build.py import and wire up without a server or a build."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import llama_build, peer, prompts, quality
+from bench.bandwidth import matvec_bandwidth_gb_s
+
+
+def test_both_sides_get_greedy_ignore_eos_requests_and_llama_has_its_prompt_cache_off() -> None:
+    messages = prompts.conversation(3)
+    claw = peer.clawbot_side("http://127.0.0.1:1").body(messages, 48, stream=True)
+    llama = peer.llama_side("http://127.0.0.1:2").body(messages, 48, stream=True)
+    for body in (claw, llama):
+        assert (body["max_tokens"], body["temperature"], body["ignore_eos"], body["messages"]) == (48, 0, True, messages)
+        assert body["stream_options"] == {"include_usage": True}
+    assert llama["cache_prompt"] is False and "cache_prompt" not in claw
+    # The prefix scenario turns llama's cache on for its reference figure.
+    assert peer.llama_side("http://x").body(messages, 8, stream=False, cache_prompt=True)["cache_prompt"] is True
+
+
+def test_scenarios_option_takes_a_subset_and_names_the_allowed_ones() -> None:
+    assert peer.parse_args(["--scenarios", "one,prefix"]).scenarios == ["one", "prefix"]
+    with pytest.raises(SystemExit):
+        peer.parse_args(["--scenarios", "one,warp"])
+
+
+def test_conversations_share_the_system_prompt_and_earlier_turns() -> None:
+    a, b = prompts.conversation(0), prompts.conversation(1)
+    assert a[:-1] == b[:-1] and a[-1] != b[-1]
+    assert [m["role"] for m in a] == ["system", "user", "assistant", "user", "assistant", "user"]
+
+
+def test_agent_prompt_reaches_the_requested_length_and_the_nonce_breaks_the_shared_prefix() -> None:
+    words = lambda text: len(text.split())  # noqa: E731 - a stand-in tokenizer: one token per word
+    system = prompts.agent_system_prompt(words, 500)
+    assert words(system) >= 500
+    cold = prompts.agent_request(system, "Q", nonce="abc")
+    warm = prompts.agent_request(system, "Q")
+    assert warm[0]["content"] == system and not cold[0]["content"].startswith(system[:20])
+
+
+def test_bytes_per_token_of_the_embedded_gguf_is_its_tensor_data() -> None:
+    from app.inference.loader import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    tensor_bytes = peer.gguf_tensor_bytes(gguf)
+    assert 0.9 * gguf.stat().st_size < tensor_bytes < gguf.stat().st_size  # the rest is metadata and the vocabulary
+
+
+def test_parameter_bytes_counts_storage_in_the_loaded_dtype() -> None:
+    layer = torch.nn.Linear(100, 10)  # 1,010 parameters
+    assert peer.parameter_bytes(layer) == 4040
+    assert peer.parameter_bytes(layer.to(torch.bfloat16)) == 2020
+
+
+def test_bandwidth_probe_returns_a_rate() -> None:
+    assert matvec_bandwidth_gb_s(rows=256, cols=256, repeats=2) > 0
+
+
+def test_llama_build_reuses_the_cached_binary(tmp_path: Path) -> None:
+    binary = llama_build.server_path("1.2.3", tmp_path)
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    (tmp_path / "1.2.3" / "build-seconds").write_text("600\n")
+    assert llama_build.ensure_llama_server("1.2.3", tmp_path) == binary  # found: no pip build started
+    assert llama_build.build_seconds("1.2.3", tmp_path) == 600.0
+    assert llama_build.build_seconds("9.9.9", tmp_path) is None
+
+
+def test_quality_modes_always_include_the_fp32_reference() -> None:
+    modes = quality.supported_modes()
+    assert modes[0] == "fp32" and set(modes) <= set(quality.MODES)
+    assert len(quality.PROMPTS) == 24 and quality.BATCH <= len(quality.PROMPTS)
