@@ -36,7 +36,8 @@ from bench.bandwidth import matvec_bandwidth_gb_s  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
 from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
 from bench.report import build_rows, format_table, ms_per_token, percentile  # noqa: E402
-from bench.server_process import DEV_KEY, RESULTS_DIR, bench_settings, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
+from bench.server_process import DEV_KEY, bench_settings, free_port, start_server, stop_server, wait_ready  # noqa: E402
 
 SCENARIOS = ("one", "batch", "stream", "conversations", "prefix")
 LLAMA_SLOT_CONTEXT = 2560  # tokens per llama-server slot: room for the 2,000-token prefix scenario and its answer
@@ -325,12 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(build_rows(results))
     results["table"] = table
     print("\n" + table + "\n", flush=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    paths = [RESULTS_DIR / f"peer-{time.strftime('%Y%m%d-%H%M%S')}.json"] + ([args.json] if args.json else [])
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {', '.join(str(p) for p in paths)}")
+    write_results("peer", results, args.json)
     return 0
 
 

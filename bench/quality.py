@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,19 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.raw_generate import in_thread  # noqa: E402
+from bench.raw_generate import QUESTIONS, in_thread  # noqa: E402
 from bench.report import agreement, format_quality_table  # noqa: E402
-from bench.server_process import RESULTS_DIR, bench_settings  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
+from bench.server_process import bench_settings  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Explain what a Kubernetes pod is.",
-    "Write a short poem about autumn.",
-    "Give me three tips for writing clean Python.",
-    "Why is the sky blue?",
-    "Summarise the plot of Romeo and Juliet.",
-    "What does HTTP status 429 mean?",
-    "How do I boil an egg?",
+PROMPTS = QUESTIONS + [
     "Translate 'good morning' into Spanish and German.",
     "What is 17 multiplied by 23?",
     "Write a Python function that reverses a string.",
@@ -169,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_quality_table(results["modes"])
     results["table"] = table
     print("\n" + table + "\n", flush=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {path}")
+    write_results("quality", results)
     return 0
 
 

@@ -14,7 +14,6 @@ import httpx
 from app.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
 DEV_KEY = "ck-bench-" + "0123456789abcdef" * 3
 
 

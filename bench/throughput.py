@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
 from bench.report import percentile  # noqa: E402
-from bench.server_process import DEV_KEY, RESULTS_DIR, bench_settings, start_server, stop_server, wait_ready  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
+from bench.server_process import DEV_KEY, bench_settings, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def render(tokenizer: Any, i: int) -> list[int]:
@@ -216,15 +217,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {s['streaming']['ttft_p99_s']:.2f}s ({s['streaming']['tok_s']:.1f} tok/s)", flush=True)
 
     print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in results["ratios"].items()), flush=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    paths = [RESULTS_DIR / f"throughput-{'engine' if args.engine_only else 'served'}-{stamp}.json"]
-    if args.json is not None:
-        paths.append(args.json)
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {', '.join(str(p) for p in paths)}")
+    write_results(f"throughput-{'engine' if args.engine_only else 'served'}", results, args.json)
     return 0
 
 

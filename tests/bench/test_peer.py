@@ -75,3 +75,10 @@ def test_quality_modes_always_include_the_fp32_reference() -> None:
     modes = quality.supported_modes()
     assert modes[0] == "fp32" and set(modes) <= set(quality.MODES)
     assert len(quality.PROMPTS) == 24 and quality.BATCH <= len(quality.PROMPTS)
+
+
+def test_unpacked_wheel_gets_its_library_symlinks_back(tmp_path: Path) -> None:
+    (tmp_path / "libggml.so.0.26.0").write_bytes(b"\x7fELF")
+    (tmp_path / "_symlinks.json").write_text('{"libggml.so.0": "libggml.so.0.26.0", "libggml.so": "libggml.so.0"}')
+    llama_build._restore_symlinks(tmp_path)
+    assert (tmp_path / "libggml.so").read_bytes() == b"\x7fELF"  # the soname chain resolves to the real file
