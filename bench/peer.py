@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +45,7 @@ LLAMA_SLOT_CONTEXT = 2560  # tokens per llama-server slot: room for the 2,000-to
 BENCH_ENV_DEFAULTS = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "MAX_QUEUE": "1000"}
 
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,23 @@ def _cached_tokens(usage: dict[str, Any], chunk: dict[str, Any]) -> int | None:
     return int(timings["cache_n"]) if "cache_n" in timings else None
 
 
+async def once_more_if_dropped(send: Callable[[], Awaitable[T]]) -> T:
+    """Send, and send again once if the server closed a pooled keep-alive connection before answering.
+
+    llama-server's HTTP library closes idle or long-used keep-alive connections on its own schedule; a request that
+    races such a close fails with "Server disconnected without sending a response" without ever reaching the server.
+    """
+    try:
+        return await send()
+    except httpx.RemoteProtocolError:
+        return await send()
+
+
 async def ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int, **overrides: Any) -> Answer:
+    return await once_more_if_dropped(lambda: _ask(client, side, messages, max_tokens, **overrides))
+
+
+async def _ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int, **overrides: Any) -> Answer:
     """One streaming chat request: tokens from the usage chunk, seconds to the first content chunk."""
     body = {k: v for k, v in side.body(messages, max_tokens, stream=True, **overrides).items() if v is not None}
     started = time.perf_counter()
@@ -117,6 +134,10 @@ async def ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_tok
 
 
 async def post(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int) -> int:
+    return await once_more_if_dropped(lambda: _post(client, side, messages, max_tokens))
+
+
+async def _post(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int) -> int:
     """One non-streaming chat request; its completion tokens."""
     body = {k: v for k, v in side.body(messages, max_tokens, stream=False).items() if v is not None}
     r = await client.post(side.url + "/v1/chat/completions", json=body, headers=side.headers)
@@ -319,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(c_proc, c_url, c_log)
         wait_ready(l_proc, l_url, l_log, path="/health")
         asyncio.run(run_scenarios([clawbot_side(c_url), llama_side(l_url)], args, ctx, results))
+    except (httpx.HTTPError, RuntimeError) as exc:
+        # The scenarios measured so far still make a table; the failure is recorded beside them.
+        results["failed"] = f"{type(exc).__name__}: {exc}"
+        print(f"a scenario failed, results so far follow: {results['failed']}", flush=True)
     finally:
         stop_server(c_proc)
         stop_server(l_proc)
@@ -327,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     results["table"] = table
     print("\n" + table + "\n", flush=True)
     write_results("peer", results, args.json)
-    return 0
+    return 1 if "failed" in results else 0
 
 
 if __name__ == "__main__":

@@ -82,3 +82,24 @@ def test_unpacked_wheel_gets_its_library_symlinks_back(tmp_path: Path) -> None:
     (tmp_path / "_symlinks.json").write_text('{"libggml.so.0": "libggml.so.0.26.0", "libggml.so": "libggml.so.0"}')
     llama_build._restore_symlinks(tmp_path)
     assert (tmp_path / "libggml.so").read_bytes() == b"\x7fELF"  # the soname chain resolves to the real file
+
+
+def test_a_request_dropped_by_a_closing_keep_alive_connection_is_sent_once_more() -> None:
+    import asyncio
+
+    import httpx
+
+    calls: list[int] = []
+
+    async def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return 7
+
+    async def broken() -> int:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    assert asyncio.run(peer.once_more_if_dropped(flaky)) == 7 and len(calls) == 2
+    with pytest.raises(httpx.RemoteProtocolError):
+        asyncio.run(peer.once_more_if_dropped(broken))  # a server that keeps dropping is an error, not retried forever
