@@ -122,6 +122,8 @@ async def _ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_to
             if not line.startswith("data: ") or line.strip() == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # the status line was already 200; an error after it arrives as an event
+                raise RuntimeError(f"{side.name} stream error: {json.dumps(chunk['error'])[:300]}")
             if any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
                 content_chunks += 1
                 if first is None:
@@ -129,8 +131,9 @@ async def _ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_to
             if chunk.get("usage"):
                 tokens = int(chunk["usage"].get("completion_tokens", 0))
                 cached = _cached_tokens(chunk["usage"], chunk)
-    seconds = time.perf_counter() - started
-    return Answer(tokens or content_chunks, first if first is not None else float("nan"), seconds, cached)
+    if first is None:
+        raise RuntimeError(f"{side.name} stream ended without any content")
+    return Answer(tokens or content_chunks, first, time.perf_counter() - started, cached)
 
 
 async def post(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int) -> int:

@@ -103,3 +103,43 @@ def test_a_request_dropped_by_a_closing_keep_alive_connection_is_sent_once_more(
     assert asyncio.run(peer.once_more_if_dropped(flaky)) == 7 and len(calls) == 2
     with pytest.raises(httpx.RemoteProtocolError):
         asyncio.run(peer.once_more_if_dropped(broken))  # a server that keeps dropping is an error, not retried forever
+
+
+def _sse_client(events: list[str]):  # type: ignore[no-untyped-def]
+    import httpx
+
+    body = "".join(f"data: {e}\n\n" for e in events).encode()
+    return httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body)))
+
+
+def test_stream_reader_takes_tokens_and_cached_tokens_from_the_usage_chunk() -> None:
+    import asyncio
+
+    events = [
+        '{"choices": [{"delta": {"role": "assistant"}}]}',
+        '{"choices": [{"delta": {"content": "Hi"}}]}',
+        '{"choices": [], "usage": {"completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 2048}}}',
+        "[DONE]",
+    ]
+
+    async def go() -> peer.Answer:
+        async with _sse_client(events) as client:
+            return await peer.ask(client, peer.clawbot_side("http://test"), prompts.conversation(0), 5)
+
+    answer = asyncio.run(go())
+    assert (answer.completion_tokens, answer.cached_tokens) == (5, 2048) and answer.ttft_s <= answer.seconds
+
+
+def test_an_error_event_after_a_200_status_counts_as_an_error() -> None:
+    import argparse
+    import asyncio
+
+    events = ['{"error": {"type": "timeout", "message": "generation took longer than 120s", "code": "timeout"}}']
+
+    async def go() -> dict:  # type: ignore[type-arg]
+        async with _sse_client(events) as client:
+            args = argparse.Namespace(conversations=3, conversation_tokens=4)
+            return await peer.conversations(client, peer.clawbot_side("http://test"), args, {})
+
+    result = asyncio.run(go())
+    assert result["errors"] == 3 and "stream error" in result["first_errors"][0]
