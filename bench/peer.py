@@ -111,26 +111,29 @@ async def ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_tok
 
 async def _ask(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int, **overrides: Any) -> Answer:
     """One streaming chat request: tokens from the usage chunk, seconds to the first content chunk."""
-    body = {k: v for k, v in side.body(messages, max_tokens, stream=True, **overrides).items() if v is not None}
+    body = side.body(messages, max_tokens, stream=True, **overrides)
     started = time.perf_counter()
     first: float | None = None
     tokens, content_chunks, cached = 0, 0, None
     async with client.stream("POST", side.url + "/v1/chat/completions", json=body, headers=side.headers) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{side.name} answered {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line.strip() == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:  # the status line was already 200; an error after it arrives as an event
-                raise RuntimeError(f"{side.name} stream error: {json.dumps(chunk['error'])[:300]}")
-            if any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
-                content_chunks += 1
-                if first is None:
-                    first = time.perf_counter() - started
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"].get("completion_tokens", 0))
-                cached = _cached_tokens(chunk["usage"], chunk)
+        try:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:  # the status line was already 200; an error after it arrives as an event
+                    raise RuntimeError(f"{side.name} stream error: {json.dumps(chunk['error'])[:300]}")
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
+                    content_chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - started
+                if chunk.get("usage"):
+                    tokens = int(chunk["usage"].get("completion_tokens", 0))
+                    cached = _cached_tokens(chunk["usage"], chunk)
+        except httpx.RemoteProtocolError as exc:  # broken after the answer began: an error, never sent again
+            raise RuntimeError(f"{side.name} stream broke: {exc}") from exc
     if first is None:
         raise RuntimeError(f"{side.name} stream ended without any content")
     return Answer(tokens or content_chunks, first, time.perf_counter() - started, cached)
@@ -142,7 +145,7 @@ async def post(client: httpx.AsyncClient, side: Side, messages: Messages, max_to
 
 async def _post(client: httpx.AsyncClient, side: Side, messages: Messages, max_tokens: int) -> int:
     """One non-streaming chat request; its completion tokens."""
-    body = {k: v for k, v in side.body(messages, max_tokens, stream=False).items() if v is not None}
+    body = side.body(messages, max_tokens, stream=False)
     r = await client.post(side.url + "/v1/chat/completions", json=body, headers=side.headers)
     if r.status_code != 200:
         raise RuntimeError(f"{side.name} answered {r.status_code}: {r.text[:300]}")
