@@ -28,16 +28,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The server helpers are throughput.py's, so both benchmarks start and stop the service the same way.
-from bench.throughput import (  # noqa: E402
-    DEV_KEY,
-    RESULTS_DIR,
-    bench_settings,
-    percentile,
-    start_server,
-    stop_server,
-    wait_ready,
-)
+from bench.report import percentile  # noqa: E402
+from bench.results_file import RESULTS_DIR  # noqa: E402
+from bench.server_process import DEV_KEY, bench_settings, start_server, stop_server, wait_ready  # noqa: E402
 
 DATA_DIR = ROOT / "build" / "bench-data"  # shared with throughput.py: the model is converted once
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)

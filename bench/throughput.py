@@ -12,12 +12,7 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,62 +23,16 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from app.settings import Settings, load_settings  # noqa: E402
-
-RESULTS_DIR = ROOT / "bench" / "results"
-DEV_KEY = "ck-bench-" + "0123456789abcdef" * 3
-QUESTIONS = [
-    "What is the capital of France?",
-    "Explain what a Kubernetes pod is.",
-    "Write a short poem about autumn.",
-    "Give me three tips for writing clean Python.",
-    "Why is the sky blue?",
-    "Summarise the plot of Romeo and Juliet.",
-    "What does HTTP status 429 mean?",
-    "How do I boil an egg?",
-]
-
-
-def messages_for(i: int) -> list[dict[str, str]]:
-    return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-
-
-def bench_settings(data_dir: Path) -> Settings:
-    """The server's settings (same model, quantization, batch size) with development auth and our DATA_DIR."""
-    env = {**os.environ, "APP_ENV": "development", "DEV_API_KEY": DEV_KEY, "DATA_DIR": str(data_dir)}
-    return load_settings(env)
+from app.settings import Settings  # noqa: E402
+from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
+from bench.report import percentile  # noqa: E402
+from bench.results_file import write_results  # noqa: E402
+from bench.server_process import DEV_KEY, bench_settings, start_server, stop_server, wait_ready  # noqa: E402
 
 
 def render(tokenizer: Any, i: int) -> list[int]:
     encoded = tokenizer.apply_chat_template(messages_for(i), add_generation_prompt=True, tokenize=True, return_dict=True)
     return list(encoded["input_ids"])
-
-
-# -- raw model.generate ------------------------------------------------------------------------------
-def raw_generate(loaded: Any, batch: int, max_tokens: int) -> dict[str, float]:
-    """One padded batch through model.generate, exactly max_tokens new tokens per row (greedy)."""
-    tok = loaded.tokenizer
-    texts = [tok.apply_chat_template(messages_for(i), add_generation_prompt=True, tokenize=False) for i in range(batch)]
-    inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
-    with torch.inference_mode():
-        loaded.model.generate(**inputs, do_sample=False, max_new_tokens=2, pad_token_id=tok.pad_token_id)  # warm-up
-        started = time.perf_counter()
-        out = loaded.model.generate(
-            **inputs, do_sample=False, min_new_tokens=max_tokens, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id
-        )
-        elapsed = time.perf_counter() - started
-    generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
-    return {"tokens": generated, "seconds": elapsed, "tok_s": generated / elapsed}
-
-
-def in_thread(fn: Any, *args: Any) -> Any:
-    box: list[Any] = []
-    worker = threading.Thread(target=lambda: box.append(fn(*args)), name="bench-raw")
-    worker.start()
-    worker.join()
-    if not box:
-        raise SystemExit("the raw model.generate run failed; see the traceback above")
-    return box[0]
 
 
 # -- the Engine in-process ---------------------------------------------------------------------------
@@ -118,57 +67,6 @@ async def engine_run(
         "tokens": tokens, "seconds": elapsed, "tok_s": tokens / elapsed,
         "ttft_p50_s": percentile([r[1] for r in rows], 50), "latency_p50_s": percentile([r[2] for r in rows], 50),
     }
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-# -- the HTTP server ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ, "APP_ENV": "development", "DEV_API_KEY": DEV_KEY, "DATA_DIR": str(settings.data_dir),
-        "HOST": "127.0.0.1", "PORT": str(port), "PYTHONUNBUFFERED": "1",
-    }
-    out = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server was not ready after {timeout:.0f}s; log: {log_path}")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def body(i: int, max_tokens: int, *, stream: bool) -> dict[str, Any]:
@@ -271,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print(f"raw model.generate: one batch of {args.concurrency} x {args.max_tokens} new tokens ...", flush=True)
-    # In a thread of its own, like the engine's worker: with OpenMP, a thread pool first used from the main
-    # thread measurably slows parallel regions started later from other threads, which would skew the ratio.
     results["raw_generate"] = raw = in_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
     print(f"  {raw['tok_s']:.1f} tok/s ({raw['tokens']} tokens in {raw['seconds']:.1f}s)", flush=True)
 
@@ -322,15 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {s['streaming']['ttft_p99_s']:.2f}s ({s['streaming']['tok_s']:.1f} tok/s)", flush=True)
 
     print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in results["ratios"].items()), flush=True)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    paths = [RESULTS_DIR / f"throughput-{'engine' if args.engine_only else 'served'}-{stamp}.json"]
-    if args.json is not None:
-        paths.append(args.json)
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {', '.join(str(p) for p in paths)}")
+    write_results(f"throughput-{'engine' if args.engine_only else 'served'}", results, args.json)
     return 0
 
 

@@ -1,0 +1,71 @@
+"""The ClawBot server as the benchmarks run it: `python -m app` in development mode on free loopback ports."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_KEY = "ck-bench-" + "0123456789abcdef" * 3
+
+
+def bench_settings(data_dir: Path, extra_env: dict[str, str] | None = None) -> Settings:
+    """The server's settings (same model, quantization, batch size) with development auth and our DATA_DIR."""
+    env = {**os.environ, **(extra_env or {}), "APP_ENV": "development", "DEV_API_KEY": DEV_KEY, "DATA_DIR": str(data_dir)}
+    return load_settings(env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `python -m app`; /metrics gets a free port of its own so runs beside other servers never collide on 9464."""
+    port = free_port()
+    env = {
+        **os.environ, **(extra_env or {}), "APP_ENV": "development", "DEV_API_KEY": DEV_KEY,
+        "DATA_DIR": str(settings.data_dir), "HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    out = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 600, path: str = "/readyz"
+) -> None:
+    """Poll `path` until it answers 200; fail with the log's tail if the process exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url}{path} was not ready after {timeout:.0f}s; log: {log_path}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
