@@ -81,6 +81,7 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             context_window=loaded.context_window,
             kv_cache_tokens=settings.kv_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
             metrics=metrics,
         )
         await engine.start()

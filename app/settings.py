@@ -103,6 +103,8 @@ class Settings:
     kv_cache_tokens: int = 0
     # Prompt tokens per prefill forward pass: longer prompts are read in chunks between decode steps.
     prefill_chunk_tokens: int = 2048
+    # Tokens of prompt heads whose KV is kept for reuse by later prompts that start the same way; 0 = off.
+    prefix_cache_tokens: int = 8192
     data_dir: Path = Path("/app/data")
     api_key_path: Path | None = None
     kek_path: Path | None = None
@@ -171,6 +173,7 @@ ENV_VARS: dict[str, str] = {
     "MAX_QUEUE": "max_queue",
     "KV_CACHE_TOKENS": "kv_cache_tokens",
     "PREFILL_CHUNK_TOKENS": "prefill_chunk_tokens",
+    "PREFIX_CACHE_TOKENS": "prefix_cache_tokens",
     "DATA_DIR": "data_dir",
     "API_KEY_PATH": "api_key_path",
     "KEK_PATH": "kek_path",
@@ -237,6 +240,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_queue=_int(env, "MAX_QUEUE", 256, 1, 100_000),
         kv_cache_tokens=_int(env, "KV_CACHE_TOKENS", 0, 0, 100_000_000),
         prefill_chunk_tokens=_int(env, "PREFILL_CHUNK_TOKENS", 2048, 16, 1_048_576),
+        prefix_cache_tokens=_int(env, "PREFIX_CACHE_TOKENS", 8192, 0, 100_000_000),
         data_dir=Path(env.get("DATA_DIR") or "/app/data"),
         api_key_path=optional_path("API_KEY_PATH"),
         kek_path=optional_path("KEK_PATH"),

@@ -76,7 +76,8 @@ class Answer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    cached: bool = False
+    cached: bool = False  # the whole answer came from the response cache
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 class ChatRunner:
@@ -277,7 +278,7 @@ class ChatRunner:
         from app.inference.engine import EngineClosedError, EngineFailedError, QueueFullError
 
         try:
-            return self.engine.submit(job.prompt_ids, job.params)
+            return self.engine.submit(job.prompt_ids, job.params, prefix_scope=job.key_id)
         except QueueFullError as exc:
             self.metrics.rate_limited.labels(scope="queue").inc()
             raise ApiError(
@@ -323,11 +324,13 @@ class ChatRunner:
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
+            cached_tokens=completion.cached_tokens,
         )
 
     async def finish(self, job: ChatJob, answer: Answer, request: Request) -> None:
         """Record the exchange durably (and fill the cache) before the response completes."""
-        request.state.tokens = {"prompt": answer.prompt_tokens, "completion": answer.completion_tokens, "cached": answer.cached}
+        request.state.tokens = {"prompt": answer.prompt_tokens, "completion": answer.completion_tokens, "cached": answer.cached,
+                                "cached_tokens": answer.cached_tokens}
         if self.storage is None:
             return
         if job.cache_key is not None and not answer.cached and answer.finish_reason in ("stop", "length"):

@@ -7,7 +7,9 @@ free device memory) can hold at the batch's worst-case peak. An admitted group i
 as one left-padded matrix, PREFILL_CHUNK_TOKENS at a time, interleaved with decode steps of
 the running batch (`app.inference.model_runner`); once read, it is merged into the running
 batch layer by layer (`app.inference.kv_batch`). Every step decodes one token for every row
-and drops rows that finished or were cancelled. This is TGI's `CausalLMBatch` scheme on the
+and drops rows that finished or were cancelled. A prompt whose head was read before starts its
+prefill after it, from the keys and values kept in the prefix cache (`app.inference.prefix_cache`,
+PREFIX_CACHE_TOKENS). This is TGI's `CausalLMBatch` scheme on the
 ordinary transformers KV cache. Text deltas reach the asyncio side through
 `loop.call_soon_threadsafe`, one hop per decode step.
 
@@ -43,6 +45,7 @@ from app.inference.handle import GenerationHandle
 from app.inference.kv_batch import KVBatch, merge, select, truncate
 from app.inference.memory import is_out_of_memory, kv_budget_tokens, release_cached_memory
 from app.inference.model_runner import PrefillJob, decode
+from app.inference.prefix_cache import PrefixCache
 from app.inference.requests import (
     FINISH_REASONS,
     Completion,
@@ -85,6 +88,7 @@ class Engine:
         context_window: int = 2048,
         kv_cache_tokens: int = 0,
         prefill_chunk_tokens: int = 2048,
+        prefix_cache_tokens: int = 0,
         metrics: "Metrics | None" = None,
         continuous: bool = True,
     ) -> None:
@@ -96,6 +100,7 @@ class Engine:
             ("context_window", context_window, 2),
             ("kv_cache_tokens", kv_cache_tokens, 0),
             ("prefill_chunk_tokens", prefill_chunk_tokens, 1),
+            ("prefix_cache_tokens", prefix_cache_tokens, 0),
         ):
             if value < lo:
                 raise ValueError(f"{name} must be at least {lo}, got {value}")
@@ -112,7 +117,10 @@ class Engine:
         self.continuous = continuous
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = _pad_id(tokenizer, self.eos_ids)
-        self.budget = KVBudget(kv_budget_tokens(model, self.device, kv_cache_tokens))
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        # The prefix cache's entries share the device with the running batch: a derived budget leaves them room.
+        derived = kv_budget_tokens(model, self.device, kv_cache_tokens)
+        self.budget = KVBudget(derived if kv_cache_tokens else max(1, derived - prefix_cache_tokens))
         self.scheduler = Scheduler(max_batch_size, self.budget)
         if metrics is not None:
             metrics.kv_budget_tokens.set(self.budget.tokens)
@@ -158,8 +166,10 @@ class Engine:
         """Why the worker died ("ErrorType: message"), or None while it runs (or after a clean shutdown)."""
         return self._failure
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> GenerationHandle:
-        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or ValueError for a bad prompt or params."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, *, prefix_scope: str = "") -> GenerationHandle:
+        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or ValueError for a bad prompt or params.
+
+        `prefix_scope`: prompt heads cached under this scope only are reused for it (the API passes the key id)."""
         if self._loop is None:
             raise EngineClosedError("the engine has not been started; call `await engine.start()` first")
         params.validate()
@@ -181,6 +191,7 @@ class Engine:
             max_new=min(params.max_tokens, self.max_tokens, room),
             submitted_at=now,
             deadline=None if params.timeout_s is None else now + params.timeout_s,
+            prefix_scope=prefix_scope,
         )
         if params.temperature > 0 and params.seed is not None:
             request.generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -300,7 +311,12 @@ class Engine:
         count = self.scheduler.admit([_demand(r) for r in self._rows], [_demand(r) for r in waiting])
         if count:
             group = [self._queue.popleft() for _ in range(count)]
-            self._prefill = PrefillJob(group, pad_id=self.pad_id, device=self.device, chunk_tokens=self.prefill_chunk_tokens)
+            hits = [self.prefix_cache.lookup(r.context_ids, r.prefix_scope) for r in group]
+            self._prefill = PrefillJob(group, pad_id=self.pad_id, device=self.device,
+                                       chunk_tokens=self.prefill_chunk_tokens, hits=hits)
+            for row, cached in zip(group, self._prefill.cached_tokens):
+                if not row.generated:  # a preempted row's usage keeps what its first prefill found
+                    row.cached_tokens = min(cached, len(row.prompt_ids))
             self._gauges()
 
     def _expire_queued(self, now: float) -> None:
@@ -334,6 +350,8 @@ class Engine:
             logits = job.step(self.model)
             if logits is None:
                 return
+            for i, row in enumerate(job.rows):  # before the merge, which takes the group's cache apart
+                self.prefix_cache.store(row.context_ids, job.row_kv(i), row.prefix_scope)
             fresh = job.batch()
             self._batch = fresh if self._batch is None else merge(self._batch, fresh)
         except Exception as exc:
@@ -344,6 +362,7 @@ class Engine:
         self._prefill = None
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in job.rows if not r.generated))
+            self.metrics.prompt_tokens_cached.inc(sum(r.cached_tokens for r in job.rows if not r.generated))
         first = len(self._rows)
         self._rows.extend(job.rows)
         self._advance(logits, first_row=first)
@@ -406,6 +425,7 @@ class Engine:
 
     def _out_of_memory(self, phase: str, exc: BaseException, tokens: int) -> None:
         """Count and log an out-of-memory error at a cache of `tokens`, and admit less from now on."""
+        self.prefix_cache.clear()  # stored prompt heads are the memory easiest to give back
         release_cached_memory(self.device)
         budget = self.budget.shrink(tokens)
         if self.metrics is not None:
@@ -522,6 +542,7 @@ class Engine:
             prompt_tokens=len(request.prompt_ids),
             completion_tokens=len(request.generated),
             time_to_first_token_s=None if request.first_token_at is None else request.first_token_at - request.submitted_at,
+            cached_tokens=request.cached_tokens,
         )
 
     def _gauges(self) -> None:

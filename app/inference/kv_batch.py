@@ -110,8 +110,9 @@ def select(batch: KVBatch, keep: list[int]) -> KVBatch:
         raise ValueError(f"select keeps rows in ascending order, got {keep}")
     index = torch.tensor(keep, dtype=torch.long, device=batch.attention_mask.device)
     mask = batch.attention_mask.index_select(0, index)
-    # Rows are left-padded, so the longest kept row decides how many leading columns are still needed.
-    start = batch.length - int(mask.sum(dim=1).max().item())
+    # Leading columns that are padding for every kept row can go. A row may have masked columns between a
+    # cached prompt head and the rest (model_runner.PrefillJob), so count from each row's first real column.
+    start = int(mask.argmax(dim=1).min().item())
     moves = [(dst, src) for dst, src in enumerate(keep) if dst != src]
     for layer in _layers(batch.cache):
         for tensor in (layer.keys, layer.values):

@@ -70,6 +70,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_s: float | None
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (OpenAI's prompt_tokens_details)
 
 
 class QueueFullError(Exception):
@@ -110,6 +111,8 @@ class Row:
     read_offset: int = 0
     first_token_at: float | None = None
     finish_reason: str | None = None
+    cached_tokens: int = 0  # prompt tokens the first prefill took from the prefix cache
+    prefix_scope: str = ""  # whose prefix-cache entries this row may use and add to (the API key's id)
 
     @property
     def context_ids(self) -> list[int]:

@@ -25,6 +25,7 @@ class Metrics:
     time_to_first_token: Histogram
     time_per_output_token: Histogram
     prompt_tokens: Counter
+    prompt_tokens_cached: Counter
     generated_tokens: Counter
     queue_depth: Gauge
     inflight: Gauge
@@ -61,6 +62,8 @@ def build_metrics() -> Metrics:
             registry=r,
         ),
         prompt_tokens=Counter("clawbot_prompt_tokens", "Prompt tokens processed", registry=r),
+        prompt_tokens_cached=Counter("clawbot_prompt_tokens_cached", "Prompt tokens whose KV came from the prefix cache",
+                                     registry=r),
         generated_tokens=Counter("clawbot_generated_tokens", "Tokens generated", registry=r),
         queue_depth=Gauge("clawbot_queue_depth", "Requests waiting for a batch slot", registry=r),
         inflight=Gauge("clawbot_inflight_requests", "Requests being served (queued or generating)", registry=r),

@@ -96,5 +96,6 @@ class RequestObserver:
                 "prompt_tokens": tokens.get("prompt"),
                 "completion_tokens": tokens.get("completion"),
                 "cached": tokens.get("cached"),
+                "cached_tokens": tokens.get("cached_tokens"),
             },
         )

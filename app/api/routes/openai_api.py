@@ -78,7 +78,7 @@ async def chat_completions(
             "created": created,
             "model": runner.model_name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(answer.finish_reason, parsed)}],
-            "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens),
+            "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens, answer.cached_tokens),
         }
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     cached = await runner.cached(job)
@@ -138,7 +138,7 @@ async def _sse(
         await runner.finish(job, answer, request)
         yield chunk({}, finish_reason(answer.finish_reason, parsed))
         if include_usage:
-            usage = usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens)
+            usage = usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens, answer.cached_tokens)
             yield sse_event({**base, "choices": [], "usage": usage})
     except Exception as exc:  # noqa: BLE001 - whatever broke (engine, drain, timeout, store), the client sees an error
         error = fail_stream(request, exc)

@@ -162,7 +162,7 @@ class ResponseShape:
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()], "truncation": "disabled",
             "metadata": body.metadata or {},
             "usage": None if answer is None else {
-                "input_tokens": answer.prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens": answer.prompt_tokens, "input_tokens_details": {"cached_tokens": answer.cached_tokens, "cache_write_tokens": 0},
                 "output_tokens": answer.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": answer.prompt_tokens + answer.completion_tokens,
             },

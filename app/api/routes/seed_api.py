@@ -30,6 +30,6 @@ async def chat(body: SeedChatRequest, request: Request, response: Response, prin
         "created": int(time.time()),
         "message": {"role": "assistant", "content": answer.text},
         "finish_reason": answer.finish_reason,
-        "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens),
+        "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens, answer.cached_tokens),
         "cached": answer.cached,
     }

@@ -72,10 +72,13 @@ class AuthRequest(BaseModel):
     api_key: str = Field(min_length=1, max_length=512)
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None) -> dict[str, int]:
-    """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping."""
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None,
+               cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping;
+    `cached_tokens` the prompt tokens read from the prefix cache (`prompt_tokens_details`, as OpenAI reports it)."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens,
+                             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
     if max_completion_tokens is not None:
         usage["max_completion_tokens"] = max_completion_tokens
     return usage
