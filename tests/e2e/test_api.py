@@ -172,3 +172,30 @@ def test_request_log_is_json_without_prompt_text(server: Server, token: str) -> 
     assert {"event": "key_usage", "key_id": "dev", "via": "jwt", "route": "/api/chat", "status": 200} in [
         {k: a[k] for k in ("event", "key_id", "via", "route", "status")} for a in audit
     ], audit[-3:]
+
+
+def test_a_system_prompt_sent_again_is_reported_as_cached_tokens_in_both_apis(server: Server) -> None:
+    system = "You are the travel desk of a small airline. Answer briefly and politely. " * 8  # ~130 tokens
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+
+    def chat(question: str, **extra: object) -> httpx.Response:
+        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                "max_tokens": 4, **extra}
+        return c.post("/v1/chat/completions", json=body, headers=auth)
+
+    with server.client() as c:
+        first = chat("Where do you fly?")
+        assert first.status_code == 200, first.text
+        assert first.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        again = chat("How much luggage may I take?").json()["usage"]  # another question: not the response cache
+        assert 64 <= again["prompt_tokens_details"]["cached_tokens"] < again["prompt_tokens"], again
+        with c.stream("POST", "/v1/chat/completions", headers=auth, json={
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Do you serve food?"}],
+            "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True},
+        }) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] >= 64, chunks[-1]
+        r = c.post("/v1/responses", headers=auth, json={"instructions": system, "input": "Can I bring a dog?",
+                                                         "max_output_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["input_tokens_details"]["cached_tokens"] >= 64, r.json()["usage"]
