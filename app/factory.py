@@ -46,7 +46,8 @@ def _load(settings: Settings, hub_token: str | None) -> Any:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    return load_model(settings.model_path, settings.data_dir, settings.quantization, hub_token=hub_token)
+    return load_model(settings.model_path, settings.data_dir, settings.quantization, dtype=settings.dtype,
+                      hub_token=hub_token)
 
 
 async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ SERVICE_PORT = 18789
 # /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
 METRICS_PORT = 9464
 QUANTIZATIONS = ("nf4", "int8", "none")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype; app.inference.loader.compute_dtype resolves auto
 # SQLite journal of the conversation store: WAL on a local disk; the rollback journal where several pods share
 # DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
 JOURNAL_MODES = ("wal", "delete")
@@ -95,6 +96,7 @@ class Settings:
     model_path: str = EMBEDDED_MODEL
     model_name: str = "clawbot"
     quantization: str = "none"
+    dtype: str = "auto"
     max_tokens: int = 2048
     max_batch_size: int = 32
     batch_wait_ms: int = 10
@@ -167,6 +169,7 @@ ENV_VARS: dict[str, str] = {
     "MODEL_PATH": "model_path",
     "MODEL_NAME": "model_name",
     "QUANTIZATION": "quantization",
+    "DTYPE": "dtype",
     "MAX_TOKENS": "max_tokens",
     "MAX_BATCH_SIZE": "max_batch_size",
     "BATCH_WAIT_MS": "batch_wait_ms",
@@ -234,6 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_path=env.get("MODEL_PATH") or EMBEDDED_MODEL,
         model_name=env.get("MODEL_NAME") or "clawbot",
         quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
+        dtype=_choice(env, "DTYPE", "auto", DTYPES),
         max_tokens=_int(env, "MAX_TOKENS", 2048, 1, 8192),
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),
         batch_wait_ms=_int(env, "BATCH_WAIT_MS", 10, 0, 10_000),

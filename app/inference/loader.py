@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.settings import QUANTIZATIONS
+from app.settings import DTYPES, QUANTIZATIONS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -370,9 +370,30 @@ def _target_device(device: str | None) -> torch.device:
     return target
 
 
-def _quantization_config(quantization: str, compute_dtype: torch.dtype) -> Any:
-    if quantization == "none":
-        return None
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 weights halve a decode step's reads
+    and the matmuls run at least as fast as fp32; elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compute_dtype(dtype: str, target: torch.device) -> torch.dtype:
+    """DTYPE resolved for the device: `auto` is bf16 where the hardware has it, else fp16 on CUDA and fp32 on CPU."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if target.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def _quantization_config(quantization: str, compute_dtype: torch.dtype, target: torch.device) -> Any:
+    if quantization == "none" or (quantization == "int8" and target.type == "cpu"):
+        return None  # int8 on CPU: torch's own kernel after loading (app/inference/int8_weights.py)
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
@@ -405,13 +426,15 @@ def load_model(
     quantization: str = "none",
     *,
     device: str | None = None,
+    dtype: str = "auto",
     hub_token: str | None = None,
     progress: bool = True,
 ) -> LoadedModel:
     """Resolve MODEL_PATH (converting once) and load it in eval mode with the requested quantization.
 
-    CUDA: bf16 (fp16 where bf16 is unsupported), `device_map="auto"` unless a device is named.
-    CPU: fp32, since bf16 matmuls are slower than fp32 on most CPUs; NF4/int8 run through bitsandbytes' CPU backend.
+    Compute dtype (DTYPE): `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16,
+    fp32 on other CPUs. CUDA loads with `device_map="auto"` unless a device is named. NF4 runs through
+    bitsandbytes; int8 through bitsandbytes on CUDA and torch's weight-only int8 kernel on CPU.
     """
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
@@ -419,10 +442,7 @@ def load_model(
     source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
     embedded = name if model_path.strip().startswith(EMBEDDED_PREFIX) else None
     target = _target_device(device)
-    if target.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32
+    dtype_name, dtype = dtype, compute_dtype(dtype, target)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -438,7 +458,7 @@ def load_model(
     tokenizer.padding_side = "left"
 
     kwargs: dict[str, Any] = {"dtype": dtype}
-    quant_config = _quantization_config(quantization, dtype)
+    quant_config = _quantization_config(quantization, dtype, target)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
     if target.type == "cuda":
@@ -450,6 +470,10 @@ def load_model(
             f"cannot load {source} with QUANTIZATION={quantization} on {target}: {type(exc).__name__}: {exc}"
         ) from exc
     model.eval()
+    if quantization == "int8" and target.type == "cpu":
+        from app.inference.int8_weights import quantize_linears
+
+        quantize_linears(model, dtype)
 
     config = model.config
     window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None) or 2048
@@ -469,7 +493,7 @@ def load_model(
         "model loaded",
         extra={
             "model": loaded.name, "source": str(source), "quantization": quantization, "device": str(loaded.device),
-            "dtype": str(dtype).removeprefix("torch."), "memory_bytes": loaded.memory_bytes,
+            "dtype": str(dtype).removeprefix("torch."), "dtype_setting": dtype_name, "memory_bytes": loaded.memory_bytes,
             "context_window": loaded.context_window, "sampling_defaults": loaded.sampling_defaults.source,
             "seconds": round(time.perf_counter() - started, 2),
         },

@@ -86,7 +86,7 @@ def test_full_precision_on_cpu_answers_paris(
     converted: Path, data_dir: Path, no_conversion: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="clawbot.model"):
-        loaded = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", progress=False)
+        loaded = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", dtype="float32", progress=False)
     [record] = [r for r in caplog.records if r.getMessage() == "model loaded"]
     assert record.memory_bytes == loaded.memory_bytes and record.quantization == "none"  # type: ignore[attr-defined]
     assert loaded.name == "smollm2-135m-instruct"
@@ -97,6 +97,35 @@ def test_full_precision_on_cpu_answers_paris(
     assert loaded.context_window == 8192
     # 135M fp32 parameters: about 540 MB.
     assert 400e6 < loaded.memory_bytes < 700e6
+    assert "Paris" in _answer(loaded)
+
+
+def test_auto_dtype_is_bf16_where_the_cpu_computes_it_and_fp32_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ml, "cpu_has_bf16", lambda: True)
+    assert ml.compute_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(ml, "cpu_has_bf16", lambda: False)
+    assert ml.compute_dtype("auto", cpu) == torch.float32
+    assert ml.compute_dtype("float16", cpu) == torch.float16 and ml.compute_dtype("float32", cpu) == torch.float32
+    with pytest.raises(ModelLoadError, match=r"DTYPE must be one of auto, float32, bfloat16, float16, got 'fp8'"):
+        ml.compute_dtype("fp8", cpu)
+
+
+def test_bf16_on_cpu_halves_the_weights_and_still_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:
+    loaded = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", dtype="bfloat16", progress=False)
+    assert loaded.dtype == torch.bfloat16 and loaded.model.dtype == torch.bfloat16
+    assert 200e6 < loaded.memory_bytes < 350e6
+    assert "Paris" in _answer(loaded)
+
+
+def test_int8_on_cpu_is_torchs_weight_only_kernel_and_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:
+    from app.inference.int8_weights import Int8Linear
+
+    loaded = load_model(EMBEDDED_MODEL, data_dir, "int8", device="cpu", dtype="bfloat16", progress=False)
+    int8 = [m for m in loaded.model.modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == 30 * 7 + 1  # q, k, v, o, gate, up, down in each of 30 layers, and the output head
+    assert not [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert loaded.memory_bytes < 250e6  # int8 weights plus the bf16 embedding table
     assert "Paris" in _answer(loaded)
 
 
