@@ -1,7 +1,9 @@
-"""A quick memory-bandwidth probe: how fast torch streams a matrix far larger than the caches through a mat-vec."""
+"""A quick memory-bandwidth probe (how fast torch streams a matrix far larger than the caches through a mat-vec),
+and the bytes of weights one decoded token reads."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -22,3 +24,15 @@ def matvec_bandwidth_gb_s(rows: int = 8192, cols: int = 8192, repeats: int = 12,
             torch.mv(matrix, vector)
             best = min(best, time.perf_counter() - started)
     return nbytes / best / 1e9
+
+
+def parameter_bytes(model: Any) -> int:
+    """Bytes of weights one decoded token reads: parameters and buffers as stored (packed 4-bit and int8 count as
+    stored; tied weights once), less the input embedding table when the output head does not share it (a lookup
+    reads one row of it, not the table)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    embedding = model.get_input_embeddings().weight
+    if getattr(model.get_output_embeddings(), "weight", None) is not embedding:
+        total -= embedding.numel() * embedding.element_size()
+    return total

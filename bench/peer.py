@@ -32,7 +32,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from bench import prompts  # noqa: E402
-from bench.bandwidth import matvec_bandwidth_gb_s  # noqa: E402
+from bench.bandwidth import matvec_bandwidth_gb_s, parameter_bytes  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
 from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
 from bench.report import build_rows, format_table, ms_per_token, percentile  # noqa: E402
@@ -268,11 +268,6 @@ def gguf_tensor_bytes(path: Path) -> int:
     from gguf import GGUFReader
 
     return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
-
-
-def parameter_bytes(model: Any) -> int:
-    """Bytes of the model's parameters as loaded (packed 4-bit/int8 storage counts as stored); tied weights once."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 # -- main ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.bandwidth import parameter_bytes  # noqa: E402
 from bench.raw_generate import QUESTIONS, in_thread  # noqa: E402
 from bench.report import agreement, format_quality_table  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode}: loading and answering {len(prompts)} prompts ...", flush=True)
         loaded = load(mode, settings.model_path, args.data_dir)
         figures = in_thread(evaluate, loaded, prompts, args.max_tokens)  # the engine runs the model off the main thread
-        figures["parameter_bytes"] = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        figures["parameter_bytes"] = parameter_bytes(loaded.model)
         figures["memory_bytes"] = int(loaded.model.get_memory_footprint())  # after the bf16 cast, unlike loaded.memory_bytes
         del loaded
         gc.collect()

@@ -51,10 +51,21 @@ def test_bytes_per_token_of_the_embedded_gguf_is_its_tensor_data() -> None:
     assert 0.9 * gguf.stat().st_size < tensor_bytes < gguf.stat().st_size  # the rest is metadata and the vocabulary
 
 
-def test_parameter_bytes_counts_storage_in_the_loaded_dtype() -> None:
-    layer = torch.nn.Linear(100, 10)  # 1,010 parameters
-    assert peer.parameter_bytes(layer) == 4040
-    assert peer.parameter_bytes(layer.to(torch.bfloat16)) == 2020
+def test_parameter_bytes_counts_what_a_token_reads_as_stored() -> None:
+    from app.inference.int8_weights import quantize_linears
+    from tests.app.inference.toy import make_tiny
+
+    model = make_tiny()  # its output head is not tied to the input embedding
+    embedding = model.get_input_embeddings().weight.numel()
+    weights = sum(p.numel() for p in model.parameters()) - embedding
+    def rotary() -> int:
+        return sum(b.numel() * b.element_size() for b in model.buffers())
+
+    assert peer.parameter_bytes(model) == 4 * weights + rotary()  # the embedding: one row a token, not the table
+    model.to(torch.bfloat16)
+    assert peer.parameter_bytes(model) == 2 * weights + rotary()
+    quantize_linears(model, torch.bfloat16)  # int8 weights are buffers: still counted
+    assert weights < peer.parameter_bytes(model) < 1.2 * weights
 
 
 def test_bandwidth_probe_returns_a_rate() -> None:
