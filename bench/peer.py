@@ -69,11 +69,14 @@ class Side:
 
 def clawbot_side(url: str) -> Side:
     # ignore_eos is honoured for the development key's admin scope, so every request runs to max_tokens.
-    return Side("clawbot", url, {"Authorization": f"Bearer {DEV_KEY}"}, {})
+    # repetition_penalty 1.0: plain greedy, the same work as llama-server's and raw generate's (the embedded model's
+    # default adds a penalty of 1.1 to requests that leave it out).
+    return Side("clawbot", url, {"Authorization": f"Bearer {DEV_KEY}"}, {"repetition_penalty": 1.0})
 
 
 def llama_side(url: str) -> Side:
-    # cache_prompt false: every request is prefilled from scratch, as ClawBot does today; top_k 1 makes greedy explicit.
+    # cache_prompt false: every request is prefilled from scratch (the reference for the conversation
+    # scenario; ClawBot keeps its prefix cache); top_k 1 makes greedy explicit.
     return Side("llama", url, {}, {"cache_prompt": False, "top_k": 1})
 
 

@@ -43,13 +43,20 @@ def _penalize_repeats(logits: torch.Tensor, rows: list[Row]) -> None:
     negative) for the rows that set one, on the logits of their own output tokens only.
 
     Only the tokens generated so far count, as with OpenAI's penalties: counting the prompt too would penalize the
-    words an answer must repeat from a long system prompt or question. A gather and a scatter over those few
-    tokens cost far less than a pass over the vocabulary; a token listed twice gets the same value twice.
+    words an answer must repeat from a long system prompt or question. One gather and one scatter over those few
+    tokens for all the rows together, rather than a pass over the vocabulary or a call per row; a row's ids are
+    padded with its own first token, and a token listed twice gets the same value twice.
     """
-    for i, row in enumerate(rows):
-        penalty = row.params.repetition_penalty
-        if penalty == 1.0 or not row.generated:
-            continue
-        ids = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
-        seen = logits[i].gather(0, ids)
-        logits[i].scatter_(0, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
+    penalized = [(i, row) for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0 and row.generated]
+    if not penalized:
+        return
+    width = max(len(row.generated) for _, row in penalized)
+    ids = torch.tensor([row.generated + row.generated[:1] * (width - len(row.generated)) for _, row in penalized],
+                       dtype=torch.long, device=logits.device)
+    which = torch.tensor([i for i, _ in penalized], dtype=torch.long, device=logits.device)
+    penalty = torch.tensor([[row.params.repetition_penalty] for _, row in penalized], dtype=logits.dtype,
+                           device=logits.device)
+    sub = logits.index_select(0, which)
+    seen = sub.gather(1, ids)
+    sub.scatter_(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
+    logits.index_copy_(0, which, sub)

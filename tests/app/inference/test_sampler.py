@@ -46,6 +46,19 @@ def test_penalty_matches_transformers_on_the_output_tokens() -> None:
     assert torch.equal(ours[1], logits[1])  # the row without a penalty is untouched
 
 
+def test_rows_with_other_penalties_and_lengths_each_get_their_own() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(3, 50)
+    a, b, plain = row(repetition_penalty=1.3), row(repetition_penalty=0.8), row()
+    a.generated, b.generated, plain.generated = [5, 9, 9, 20, 31], [9], [5, 9]
+    ours = logits.clone()
+    _penalize_repeats(ours, [a, plain, b])
+    for i, (r, p) in ((0, (a, 1.3)), (2, (b, 0.8))):
+        expected = RepetitionPenaltyLogitsProcessor(p)(torch.tensor([r.generated]), logits[i:i + 1].clone())
+        assert torch.allclose(ours[i], expected[0])
+    assert torch.equal(ours[1], logits[1])
+
+
 def test_penalty_counts_output_not_prompt() -> None:
     logits = torch.zeros(1, 10)
     logits[0, 3], logits[0, 4] = 2.0, 1.9
