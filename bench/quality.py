@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from app.inference.loader import cpu_has_bf16  # noqa: E402
 from bench.bandwidth import parameter_bytes  # noqa: E402
 from bench.raw_generate import QUESTIONS, in_thread  # noqa: E402
 from bench.report import agreement, format_quality_table  # noqa: E402
@@ -51,15 +52,6 @@ MODES = ("fp32", "bf16", "int8", "nf4")
 BATCH = 8
 
 
-def cpu_has_bf16() -> bool:
-    """bf16 pays on a CPU only with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def bitsandbytes_available() -> bool:
     try:
         import bitsandbytes  # noqa: F401
@@ -84,11 +76,9 @@ def load(mode: str, model_path: str, data_dir: Path) -> Any:
 
     hf_logging.disable_progress_bar()  # one progress bar per mode would bury the figures
     quantization = mode if mode in ("int8", "nf4") else "none"
-    loaded = load_model(model_path, data_dir, quantization, progress=False)
-    if mode == "bf16":
-        # The loader has no dtype setting yet (issue 11 adds one); casting the fp32 model is the same weights in bf16.
-        loaded.model.to(torch.bfloat16)
-    return loaded
+    # fp32 and bf16 name the compute dtype; int8 and nf4 compute in what DTYPE=auto picks, as the server does.
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}.get(mode, "auto")
+    return load_model(model_path, data_dir, quantization, dtype=dtype, progress=False)
 
 
 def _trim(ids: list[int], stop_ids: set[int]) -> list[int]:
@@ -149,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load(mode, settings.model_path, args.data_dir)
         figures = in_thread(evaluate, loaded, prompts, args.max_tokens)  # the engine runs the model off the main thread
         figures["parameter_bytes"] = parameter_bytes(loaded.model)
-        figures["memory_bytes"] = int(loaded.model.get_memory_footprint())  # after the bf16 cast, unlike loaded.memory_bytes
+        figures["memory_bytes"] = loaded.memory_bytes
         del loaded
         gc.collect()
         if mode == "fp32":
