@@ -42,7 +42,10 @@ from bench.server_process import DEV_KEY, bench_settings, free_port, start_serve
 SCENARIOS = ("one", "batch", "stream", "conversations", "prefix")
 LLAMA_SLOT_CONTEXT = 2560  # tokens per llama-server slot: room for the 2,000-token prefix scenario and its answer
 # A benchmark is one client sending hundreds of requests on purpose; the limits meant for tenants would cut it off.
-BENCH_ENV_DEFAULTS = {"RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "MAX_QUEUE": "1000"}
+BENCH_ENV_DEFAULTS = {
+    "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_TOKENS_PER_KEY": "100000000",
+    "MAX_CONCURRENT_PER_KEY": "1000", "MAX_QUEUE": "1000",
+}
 
 Messages = list[dict[str, str]]
 T = TypeVar("T")
