@@ -63,12 +63,14 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
     from app.inference.constraints import Grammars
     from app.inference.engine import Engine
     from app.inference.loader import model_identity
+    from app.inference.own_thread import run_in_own_thread
 
     state = app.state
     try:
         started = time.perf_counter()
         hub_token = state.access.hub_token if state.access is not None else None
-        loaded = await asyncio.to_thread(_load, settings, hub_token)
+        # Loaded in a thread that then exits, so the engine thread is the only one with an OpenMP pool (own_thread).
+        loaded = await asyncio.to_thread(run_in_own_thread, _load, settings, hub_token)
         state.model = loaded
         metrics.model_memory_bytes.set(loaded.memory_bytes)
         engine = Engine(

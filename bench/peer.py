@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gguf = embedded_gguf_path()
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
-    loaded = _load(settings, None)  # exactly as the server loads it
+    loaded = in_thread(_load, settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
         "model": settings.model_path, "gguf": str(gguf), "quantization": settings.quantization,
         "dtype": str(loaded.dtype), "device": str(loaded.device), "torch_threads": torch.get_num_threads(),

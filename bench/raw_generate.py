@@ -1,11 +1,12 @@
 """Raw `model.generate` on one padded batch: the ceiling the served engine is compared with."""
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable
 
 import torch
+
+from app.inference.own_thread import run_in_own_thread
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -40,15 +41,9 @@ def raw_generate(loaded: Any, batch: int, max_tokens: int) -> dict[str, float]:
 
 
 def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run fn in a thread of its own, as the engine's worker runs the model.
+    """Run fn in a thread of its own that exits afterwards, as the server loads its model (app.inference.own_thread).
 
-    With OpenMP, a thread pool first used from the main thread measurably slows parallel regions started later
-    from other threads, which would skew a ratio against the engine.
+    The benches load and run the model in such threads so that no OpenMP pool outlives its use: a leftover pool
+    slows every parallel region started later from another thread, which would skew a ratio against the engine.
     """
-    box: list[Any] = []
-    worker = threading.Thread(target=lambda: box.append(fn(*args)), name="bench-raw")
-    worker.start()
-    worker.join()
-    if not box:
-        raise SystemExit(f"{getattr(fn, '__name__', fn)} failed in its thread; see the traceback above")
-    return box[0]
+    return run_in_own_thread(fn, *args, name="bench-torch")

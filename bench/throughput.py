@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
     from app.factory import _load
 
-    loaded = _load(settings, None)  # exactly as the server loads it
+    loaded = in_thread(_load, settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
         "model": settings.model_path, "quantization": settings.quantization, "device": str(loaded.device),
         "torch_threads": torch.get_num_threads(), "concurrency": args.concurrency, "requests": requests,
