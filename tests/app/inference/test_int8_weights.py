@@ -29,3 +29,16 @@ def test_bf16_activations_and_every_linear_replaced() -> None:
     got = model(x)
     assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want.float(), atol=0.1, rtol=0.05)
     assert model[0].qweight.dtype == torch.int8 and model[0].qweight.abs().max() <= 127
+
+
+def test_many_rows_take_the_dequantized_path_with_the_same_outputs() -> None:
+    """From DEQUANTIZE_ROWS rows on the layer widens its weight and runs a dense matmul; each row's answer stays."""
+    from app.inference import int8_weights
+
+    torch.manual_seed(1)
+    layer = Int8Linear(nn.Linear(64, 40, bias=True), torch.float32)
+    x = torch.randn(int8_weights.DEQUANTIZE_ROWS + 5, 64)
+    together = layer(x)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])])  # one row at a time: the int8 kernel
+    widened = nn.functional.linear(x, layer.qweight.float() * layer.scale[:, None], layer.bias)
+    assert torch.allclose(together, alone, atol=1e-4) and torch.allclose(together, widened, atol=1e-4)
