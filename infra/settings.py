@@ -718,10 +718,11 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
             "would wait forever for the volume; use ReadWriteMany (a shared-filesystem storageClass) or maxReplicas 1"
         )
     quantization = _choice(raw, "quantization", QUANTIZATIONS)
-    if quantization != "none" and not gpu.enabled:
+    # int8 runs on CPU nodes too (torch's weight-only int8 kernel; the fastest one stream there); nf4 is bitsandbytes.
+    if quantization == "nf4" and not gpu.enabled:
         raise ConfigError(
             f"{_key('quantization')} {quantization!r} needs a GPU (bitsandbytes); set {_key('gpuMode')} to karpenter or existing, "
-            "or quantization to none"
+            "or quantization to int8 (CPU weight-only int8) or none"
         )
     storage_class = _str(raw, "storageClass")
     if not _DNS_SUBDOMAIN.match(storage_class):

@@ -73,6 +73,12 @@ def test_quantization_without_gpu_is_refused() -> None:
         parse_settings({"quantization": "nf4"}, stack="dev")
 
 
+def test_int8_runs_without_a_gpu() -> None:
+    """On CPU nodes QUANTIZATION=int8 uses torch's weight-only int8 kernel, no bitsandbytes and no GPU."""
+    settings = parse_settings({**read_stack_config("dev"), "quantization": "int8"}, stack="dev")
+    assert settings.quantization == "int8" and not settings.gpu.enabled
+
+
 def test_both_stack_files_parse() -> None:
     prod = parse_settings(PROD, stack="prod")
     dev = parse_settings(read_stack_config("dev"), stack="dev")
