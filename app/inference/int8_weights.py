@@ -16,6 +16,8 @@ decode batch) widening the weight to the compute dtype once and running the dens
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -51,13 +53,18 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
 
 
-def quantize_linears(module: nn.Module, compute_dtype: torch.dtype) -> int:
-    """Replace every nn.Linear under `module` (the output head included) with an Int8Linear; returns how many."""
+def replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear under `module` (the output head included) with make(linear); returns how many."""
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child, compute_dtype))
+            setattr(module, name, make(child))
             count += 1
         else:
-            count += quantize_linears(child, compute_dtype)
+            count += replace_linears(child, make)
     return count
+
+
+def quantize_linears(module: nn.Module, compute_dtype: torch.dtype) -> int:
+    """Replace every nn.Linear under `module` (the output head included) with an Int8Linear; returns how many."""
+    return replace_linears(module, lambda linear: Int8Linear(linear, compute_dtype))

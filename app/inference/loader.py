@@ -474,6 +474,11 @@ def load_model(
         from app.inference.int8_weights import quantize_linears
 
         quantize_linears(model, dtype)
+    elif quantization == "none":
+        from app.inference.packed_linear import can_pack, pack_linears
+
+        if can_pack(target, dtype):
+            pack_linears(model)  # bf16/fp16 on CPU: oneDNN's weight layout made once, not on every matmul
 
     config = model.config
     window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None) or 2048

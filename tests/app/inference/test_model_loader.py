@@ -111,11 +111,31 @@ def test_auto_dtype_is_bf16_where_the_cpu_computes_it_and_fp32_elsewhere(monkeyp
         ml.compute_dtype("fp8", cpu)
 
 
-def test_bf16_on_cpu_halves_the_weights_and_still_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:
+def test_bf16_on_cpu_halves_the_weights_and_still_answers_paris(
+    converted: Path, data_dir: Path, no_conversion: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.inference import packed_linear
+
     loaded = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", dtype="bfloat16", progress=False)
     assert loaded.dtype == torch.bfloat16 and loaded.model.dtype == torch.bfloat16
+    # Every Linear is prepacked for oneDNN; the output head gets its own copy beside the tied embedding table.
+    packed = [m for m in loaded.model.modules() if isinstance(m, packed_linear.PackedLinear)]
+    assert len(packed) == 30 * 7 + 1 and not [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
     assert 200e6 < loaded.memory_bytes < 350e6
-    assert "Paris" in _answer(loaded)
+    answer = _answer(loaded)
+    assert "Paris" in answer
+    monkeypatch.setattr(packed_linear, "can_pack", lambda device, dtype: False)
+    plain = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", dtype="bfloat16", progress=False)
+    assert not [m for m in plain.model.modules() if isinstance(m, packed_linear.PackedLinear)]
+    assert _answer(plain) == answer  # the same matmul kernel, only the weight's layout made once
+
+
+def test_fp32_on_cpu_is_not_packed(converted: Path, data_dir: Path, no_conversion: None) -> None:
+    """fp32 goes to MKL's sgemm, which reads the plain layout; only reduced-precision weights are prepacked."""
+    from app.inference.packed_linear import can_pack
+
+    assert not can_pack(torch.device("cpu"), torch.float32) and not can_pack(torch.device("meta"), torch.bfloat16)
+    assert can_pack(torch.device("cpu"), torch.bfloat16) == torch.backends.mkldnn.is_available()
 
 
 def test_int8_on_cpu_is_torchs_weight_only_kernel_and_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:
