@@ -55,6 +55,8 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "METRICS_PORT": str(METRICS_PORT),
         "MODEL_PATH": settings.model_path,
         "QUANTIZATION": settings.quantization,
+        "DTYPE": settings.dtype,
+        "PREFIX_CACHE_TOKENS": str(settings.prefix_cache_tokens),
         "MAX_TOKENS": str(settings.max_tokens),
         "MAX_BATCH_SIZE": str(settings.max_batch_size),
         "DATA_DIR": DATA_DIR,

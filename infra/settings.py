@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import pulumi
 
-from app.settings import APP_ENVS, EMBEDDED_MODEL, QUANTIZATIONS
+from app.settings import APP_ENVS, DTYPES, EMBEDDED_MODEL, QUANTIZATIONS
 
 if TYPE_CHECKING:
     from infra.data_settings import BackupSettings, DatabaseSettings
@@ -54,6 +54,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
     ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
     ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
+    ConfigKey("dtype", "string", "auto", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
+    ConfigKey("prefixCacheTokens", "integer", 8192, "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse (0 turns it off)"),
     ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
     ConfigKey("maxBatchSize", "integer", 32, "MAX_BATCH_SIZE: rows the batching engine decodes together (1..256)"),
     ConfigKey("jwtTtlSeconds", "integer", 3600, "JWT_TTL_SECONDS: lifetime of tokens issued by /api/auth (30..3600)"),
@@ -291,6 +293,8 @@ class StackSettings:
     image_pull_policy: str
     model_path: str
     quantization: str
+    dtype: str
+    prefix_cache_tokens: int
     max_tokens: int
     max_batch_size: int
     jwt_ttl_seconds: int
@@ -739,6 +743,8 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         image_pull_policy=_choice(raw, "imagePullPolicy", PULL_POLICIES),
         model_path=_str(raw, "modelPath", required=True),
         quantization=quantization,
+        dtype=_choice(raw, "dtype", DTYPES),
+        prefix_cache_tokens=_int(raw, "prefixCacheTokens", 0, 100_000_000),
         max_tokens=_int(raw, "maxTokens", 1, 8192),
         max_batch_size=_int(raw, "maxBatchSize", 1, 256),
         jwt_ttl_seconds=_int(raw, "jwtTtlSeconds", 30, 3600),

@@ -434,7 +434,8 @@ def load_model(
 
     Compute dtype (DTYPE): `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16,
     fp32 on other CPUs. CUDA loads with `device_map="auto"` unless a device is named. NF4 runs through
-    bitsandbytes; int8 through bitsandbytes on CUDA and torch's weight-only int8 kernel on CPU.
+    bitsandbytes; int8 through bitsandbytes on CUDA and torch's weight-only int8 kernel on CPU. Unquantized bf16/fp16
+    weights on CPU are prepacked for oneDNN (packed_linear). Call it from a thread that exits afterwards (own_thread).
     """
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")

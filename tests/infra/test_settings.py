@@ -51,6 +51,8 @@ def test_dev_stack_may_use_an_open_cidr() -> None:
         ({"cpuRequest": "8"}, "clawbot:cpuRequest (8) and clawbot:cpuLimit (4) must satisfy"),
         ({"memoryLimit": "8GB"}, "clawbot:memoryLimit must be a memory quantity like 4Gi or 512Mi, got '8GB'"),
         ({"quantization": "q4"}, "clawbot:quantization must be one of nf4, int8, none, got 'q4'"),
+        ({"dtype": "fp8"}, "clawbot:dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
+        ({"prefixCacheTokens": -1}, "clawbot:prefixCacheTokens must be between 0 and 100000000, got -1"),
         ({"gpuTaintEffect": "NoRun"}, "clawbot:gpuTaintEffect must be one of NoSchedule, PreferNoSchedule, NoExecute"),
         ({"allowedCidrs": []}, "must list at least one CIDR when clawbot:serviceType is LoadBalancer"),
         ({"dataAccessMode": "ReadWriteOnce"}, "ReadWriteOnce cannot serve clawbot:maxReplicas 10"),
@@ -77,6 +79,11 @@ def test_int8_runs_without_a_gpu() -> None:
     """On CPU nodes QUANTIZATION=int8 uses torch's weight-only int8 kernel, no bitsandbytes and no GPU."""
     settings = parse_settings({**read_stack_config("dev"), "quantization": "int8"}, stack="dev")
     assert settings.quantization == "int8" and not settings.gpu.enabled
+
+
+def test_dtype_and_prefix_cache_are_stack_settings() -> None:
+    settings = parse_settings({**read_stack_config("dev"), "dtype": "float32", "prefixCacheTokens": 0}, stack="dev")
+    assert (settings.dtype, settings.prefix_cache_tokens) == ("float32", 0)
 
 
 def test_both_stack_files_parse() -> None:
