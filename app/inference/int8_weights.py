@@ -16,10 +16,10 @@ decode batch) widening the weight to the compute dtype once and running the dens
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
+
+from app.inference.linear_swap import replace_linears
 
 
 # The row count from which dequantize-then-matmul beats the int8 mat-vec kernel (measured crossover: 16-32 rows).
@@ -51,18 +51,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
-
-
-def replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
-    """Replace every nn.Linear under `module` (the output head included) with make(linear); returns how many."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear):
-            setattr(module, name, make(child))
-            count += 1
-        else:
-            count += replace_linears(child, make)
-    return count
 
 
 def quantize_linears(module: nn.Module, compute_dtype: torch.dtype) -> int:

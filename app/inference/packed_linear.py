@@ -2,17 +2,18 @@
 
 For a bf16 weight, `torch.nn.functional.linear` on a CPU hands the matmul to oneDNN, which reorders the weight
 into its blocked layout on every call. For one input row (a decode step of one stream) that reorder is most of
-the work: a 1536x576 layer took 41 us through `linear` and ~15 us with the weight reordered once, on the same
-kernel and with the same results. `pack_linears` does that reorder at load time (`torch.ops.mkldnn.
-_reorder_linear_weight`, what torch.compile's CPU freezing does) and calls the prepacked matmul directly.
-fp32 weights go to MKL's sgemm, which needs no reorder, so only reduced-precision weights are packed.
+the work: a 1536x576 layer took 64 us through `linear` and 28 us with the weight reordered once (155 and 78 us
+for 32 rows), on the same kernel and with the same results. `pack_linears` does that reorder at load time
+(`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU freezing does) and calls the prepacked
+matmul directly. fp32 weights go to MKL's sgemm, which needs no reorder, so only reduced-precision weights are
+packed.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from app.inference.int8_weights import replace_linears
+from app.inference.linear_swap import replace_linears
 
 PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
