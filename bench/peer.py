@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from bench import prompts  # noqa: E402
 from bench.bandwidth import matvec_bandwidth_gb_s, parameter_bytes  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
-from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
+from app.inference.own_thread import run_in_own_thread  # noqa: E402
+from bench.raw_generate import messages_for, raw_generate  # noqa: E402
 from bench.report import build_rows, format_table, ms_per_token, percentile  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from bench.server_process import DEV_KEY, bench_settings, free_port, start_server, stop_server, wait_ready  # noqa: E402
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gguf = embedded_gguf_path()
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
-    loaded = in_thread(_load, settings, None)  # exactly as the server loads it
+    loaded = run_in_own_thread(_load, settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
         "model": settings.model_path, "gguf": str(gguf), "quantization": settings.quantization,
         "dtype": str(loaded.dtype), "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
@@ -330,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     system = prompts.agent_system_prompt(count, args.prefix_tokens)
     ctx = {"agent_system": system, "agent_system_tokens": count(system)}
 
-    results["bandwidth_gb_s"] = in_thread(matvec_bandwidth_gb_s)
+    results["bandwidth_gb_s"] = run_in_own_thread(matvec_bandwidth_gb_s)
     print(f"memory bandwidth (fp32 mat-vec): {results['bandwidth_gb_s']:.1f} GB/s", flush=True)
     if "batch" in args.scenarios:
         print(f"raw model.generate: one batch of {args.concurrency} x {args.max_tokens} new tokens ...", flush=True)
-        results["clawbot"]["raw_generate"] = raw = in_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
+        results["clawbot"]["raw_generate"] = raw = run_in_own_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
         print(f"  {raw['tok_s']:.1f} tok/s", flush=True)
     del loaded
     gc.collect()  # the server loads its own copy; ours must not hold memory or threads meanwhile

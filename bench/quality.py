@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from app.inference.loader import cpu_has_bf16  # noqa: E402
 from bench.bandwidth import parameter_bytes  # noqa: E402
-from bench.raw_generate import QUESTIONS, in_thread  # noqa: E402
+from app.inference.own_thread import run_in_own_thread  # noqa: E402
+from bench.raw_generate import QUESTIONS  # noqa: E402
 from bench.report import agreement, format_quality_table  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from bench.server_process import bench_settings  # noqa: E402
@@ -136,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     reference: list[list[int]] = []
     for mode in ["fp32"] + [m for m in modes if m != "fp32"]:
         print(f"{mode}: loading and answering {len(prompts)} prompts ...", flush=True)
-        loaded = in_thread(load, mode, settings.model_path, args.data_dir)
-        figures = in_thread(evaluate, loaded, prompts, args.max_tokens)  # the engine runs the model off the main thread
+        loaded = run_in_own_thread(load, mode, settings.model_path, args.data_dir)
+        # Off the main thread, as the engine runs the model.
+        figures = run_in_own_thread(evaluate, loaded, prompts, args.max_tokens)
         figures["parameter_bytes"] = parameter_bytes(loaded.model)
         figures["memory_bytes"] = loaded.memory_bytes
         del loaded

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
-from app.inference.own_thread import run_in_own_thread
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -38,12 +36,3 @@ def raw_generate(loaded: Any, batch: int, max_tokens: int) -> dict[str, float]:
         elapsed = time.perf_counter() - started
     generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
     return {"tokens": generated, "seconds": elapsed, "tok_s": generated / elapsed}
-
-
-def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run fn in a thread of its own that exits afterwards, as the server loads its model (app.inference.own_thread).
-
-    The benches load and run the model in such threads so that no OpenMP pool outlives its use: a leftover pool
-    slows every parallel region started later from another thread, which would skew a ratio against the engine.
-    """
-    return run_in_own_thread(fn, *args, name="bench-torch")

@@ -24,7 +24,8 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
-from bench.raw_generate import in_thread, messages_for, raw_generate  # noqa: E402
+from app.inference.own_thread import run_in_own_thread  # noqa: E402
+from bench.raw_generate import messages_for, raw_generate  # noqa: E402
 from bench.report import percentile  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from bench.server_process import DEV_KEY, bench_settings, start_server, stop_server, wait_ready  # noqa: E402
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
     from app.factory import _load
 
-    loaded = in_thread(_load, settings, None)  # exactly as the server loads it
+    loaded = run_in_own_thread(_load, settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
         "model": settings.model_path, "quantization": settings.quantization, "device": str(loaded.device),
         "torch_threads": torch.get_num_threads(), "concurrency": args.concurrency, "requests": requests,
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print(f"raw model.generate: one batch of {args.concurrency} x {args.max_tokens} new tokens ...", flush=True)
-    results["raw_generate"] = raw = in_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
+    results["raw_generate"] = raw = run_in_own_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
     print(f"  {raw['tok_s']:.1f} tok/s ({raw['tokens']} tokens in {raw['seconds']:.1f}s)", flush=True)
 
     if args.engine_only:

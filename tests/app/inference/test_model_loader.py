@@ -130,7 +130,7 @@ def test_bf16_on_cpu_halves_the_weights_and_still_answers_paris(
     assert _answer(plain) == answer  # the same matmul kernel, only the weight's layout made once
 
 
-def test_fp32_on_cpu_is_not_packed(converted: Path, data_dir: Path, no_conversion: None) -> None:
+def test_fp32_on_cpu_is_not_packed() -> None:
     """fp32 goes to MKL's sgemm, which reads the plain layout; only reduced-precision weights are prepacked."""
     from app.inference.packed_linear import can_pack
 
