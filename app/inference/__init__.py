@@ -1,1 +1,1 @@
-"""Model loading and the batching engine: scheduler, model runner, sampler and stop handling."""
+"""Model loading and the batching engine: request queue, engine core, output sink, scheduler, model runner, sampler, stops."""

@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from app.inference.kv_batch import KVBatch
 from app.inference.prefix_cache import PrefixHit
-from app.inference.requests import Row
+from app.inference.requests import RequestState
 
 
 class PrefillJob:
@@ -28,7 +28,7 @@ class PrefillJob:
     left-padded matrix.
     """
 
-    def __init__(self, rows: list[Row], *, pad_id: int, device: torch.device, chunk_tokens: int,
+    def __init__(self, rows: list[RequestState], *, pad_id: int, device: torch.device, chunk_tokens: int,
                  hits: list[PrefixHit | None] | None = None) -> None:
         self.rows = rows
         contexts = [r.context_ids for r in rows]
@@ -102,7 +102,7 @@ def _cache_of_heads(hits: list[PrefixHit | None], head_width: int, device: torch
     return DynamicCache(layers)
 
 
-def decode(model: Any, batch: KVBatch, rows: list[Row], device: torch.device) -> tuple[torch.Tensor, KVBatch]:
+def decode(model: Any, batch: KVBatch, rows: list[RequestState], device: torch.device) -> tuple[torch.Tensor, KVBatch]:
     """Feed every row its newest token; returns the [rows, vocab] logits and the batch one column longer."""
     last = torch.tensor([[r.generated[-1]] for r in rows], dtype=torch.long, device=device)
     positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=device)

@@ -1,4 +1,4 @@
-"""What the engine is asked for and what it answers: sampling parameters, completions, per-row state, refusals."""
+"""What the engine is asked for and what it answers: sampling parameters, completions, a request's state, refusals."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -120,8 +120,8 @@ class InsufficientMemoryError(Exception):
 
 
 @dataclass(eq=False)
-class Row:
-    """One generation as the worker tracks it, from the queue through the running batch."""
+class RequestState:
+    """One request as the engine tracks it, from the queue through the running batch (a row of it) to its answer."""
 
     handle: "GenerationHandle"
     prompt_ids: list[int]
@@ -139,7 +139,9 @@ class Row:
     finish_reason: str | None = None
     cached_tokens: int = 0  # prompt tokens the first prefill took from the prefix cache
     prefix_scope: str = ""  # whose prefix-cache entries this row may use and add to (the API key's id)
-    error: RequestFailedError | None = None  # set (with finish_reason "error") when this row's own step failed
+    # Set (with finish_reason "error") when this request cannot be answered: its own step failed (RequestFailedError),
+    # or it does not fit in memory even alone (InsufficientMemoryError).
+    error: Exception | None = None
 
     @property
     def context_ids(self) -> list[int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.inference.requests import Row
+from app.inference.requests import RequestState
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Sampled:
     failures: dict[int, Exception] = field(default_factory=dict)  # row index -> the error of that row's own step
 
 
-def sample(logits: torch.Tensor, rows: list[Row], default_generator: torch.Generator) -> Sampled:
+def sample(logits: torch.Tensor, rows: list[RequestState], default_generator: torch.Generator) -> Sampled:
     """One token per row of `logits` ([rows, vocab]); a row's own seeded generator wins over the shared one.
 
     Rows without a penalty or a constraint cost nothing extra: the batched argmax stays one call.
@@ -57,7 +57,7 @@ def sample(logits: torch.Tensor, rows: list[Row], default_generator: torch.Gener
     return Sampled(tokens, failures)
 
 
-def _draw(row_logits: torch.Tensor, row: Row, default_generator: torch.Generator) -> int:
+def _draw(row_logits: torch.Tensor, row: RequestState, default_generator: torch.Generator) -> int:
     """The token a row takes from its masked logits: argmax when greedy, else temperature and top-p sampling."""
     best = int(row_logits.argmax())
     if not torch.isfinite(row_logits[best]):
@@ -85,7 +85,7 @@ class StageError(Exception):
         self.__cause__ = cause
 
 
-def _penalize_repeats(logits: torch.Tensor, rows: list[Row], failures: dict[int, Exception]) -> None:
+def _penalize_repeats(logits: torch.Tensor, rows: list[RequestState], failures: dict[int, Exception]) -> None:
     """Repetition penalty (transformers' formula: a repeated token's logit is divided if positive, multiplied if
     negative) for the rows that set one, on the logits of their own output tokens only.
 
@@ -108,7 +108,7 @@ def _penalize_repeats(logits: torch.Tensor, rows: list[Row], failures: dict[int,
                 failures[i] = StageError("repetition penalty", exc)
 
 
-def _penalize(logits: torch.Tensor, penalized: list[tuple[int, Row]]) -> None:
+def _penalize(logits: torch.Tensor, penalized: list[tuple[int, RequestState]]) -> None:
     width = max(len(row.generated) for _, row in penalized)
     ids = torch.tensor([row.generated + row.generated[:1] * (width - len(row.generated)) for _, row in penalized],
                        dtype=torch.long, device=logits.device)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.inference.requests import Row
+from app.inference.requests import RequestState
 
 
-def append_token(row: Row, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> str:
+def append_token(row: RequestState, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> str:
     """Add `token` to `row`, set its finish_reason if it is done, and return the text it may emit now.
 
     Decoding follows the vLLM/TGI prefix/read-offset scheme so each step decodes a few tokens, not the

@@ -6,12 +6,12 @@ from typing import Any
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from app.inference.requests import Row, SamplingParams
+from app.inference.requests import RequestState, SamplingParams
 from app.inference.sampler import StageError, _penalize_repeats, sample
 
 
-def row(prompt: list[int] | None = None, **params: Any) -> Row:
-    return Row(handle=None, prompt_ids=prompt or [1, 2], params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
+def row(prompt: list[int] | None = None, **params: Any) -> RequestState:
+    return RequestState(handle=None, prompt_ids=prompt or [1, 2], params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
                max_new=8, submitted_at=0.0, deadline=None)
 
 
