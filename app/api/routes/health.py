@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.errors import error_body
+from app.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -18,21 +19,21 @@ def _engine_failure(request: Request) -> str | None:
     return None if engine is None else engine.failure
 
 
-@router.get("/healthz", summary="Process is alive and its engine works (never fails because of load)")
-async def healthz(request: Request) -> JSONResponse:
+@router.get("/healthz", response_model=Health, summary="Process is alive and its engine works (never fails because of load)")
+async def healthz(request: Request) -> Health | JSONResponse:
     if _engine_failure(request) is not None:
         # The cause is in the log (and clawbot_engine_failures_total); the probe only needs the verdict.
         return JSONResponse(error_body(503, "engine_failed", "the generation engine failed; restart this replica"),
                             status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ok"})
+    return Health(status="ok")
 
 
-@router.get("/readyz", summary="Model loaded and warmed up")
-async def readyz(request: Request) -> JSONResponse:
+@router.get("/readyz", response_model=Readiness, summary="Model loaded and warmed up")
+async def readyz(request: Request) -> Readiness | JSONResponse:
     state = request.app.state
     failed = _engine_failure(request) is not None
     if state.ready and not state.draining and not failed:
-        return JSONResponse({"status": "ready", "model": state.model_name})
+        return Readiness(status="ready", model=state.model_name)
     if failed:
         reason = "engine failed"
     elif state.draining:

@@ -11,21 +11,28 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
 from app.api.errors import ApiError
-from app.api.routes.openai_api import check_model, fail_stream
-from app.api.schemas import ChatMessage, GenerationFields, ResponsesRequest
-from app.api.serving import MAX_TOKENS_HEADER, Answer, ChatJob, ChatRunner, OutputRequest
-from app.api.tools import Delta, ParsedOutput, ToolCall
+from app.api.schemas import (
+    ChatMessage, FunctionCallItem, GenerationFields, MessageItem, OutputText, ResponseError, ResponseObject,
+    ResponsesRequest, ResponseUsage,
+)
+from app.api.schemas.responses_response import IncompleteDetails, InputTokensDetails, OutputTokensDetails
+from app.api.serving import ChatJob, ChatResult, OutputRequest
+from app.api.tools import Delta, ToolCall
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
+EVENT_STREAM = {
+    "description": "With `stream: true`: server-sent events (`response.created`, `response.output_text.delta`, ..., "
+    "`response.completed`), each `data:` a JSON event whose `response` is a Response object",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 
@@ -107,11 +114,12 @@ def _output_request(body: ResponsesRequest) -> OutputRequest:
     return OutputRequest(tools=tools, tool_choice=choice, parallel_tool_calls=body.parallel_tool_calls, json_schema=schema)
 
 
-@router.post("/responses", dependencies=[JsonBody], summary="Responses API (text and function tools), optionally streamed")
+@router.post("/responses", dependencies=[JsonBody], response_model=ResponseObject, response_model_exclude_unset=True,
+             responses={200: EVENT_STREAM}, summary="Responses API (text and function tools), optionally streamed")
 async def create_response(
     body: ResponsesRequest, request: Request, response: Response, principal: Caller, runner: Runner
 ) -> Any:
-    check_model(body.model, runner)
+    runner.check_model(body.model)
     if body.previous_response_id:
         raise ApiError(
             400, "unsupported_parameter",
@@ -123,17 +131,11 @@ async def create_response(
         max_tokens=body.max_output_tokens, request_id=_new_id("resp"), output=_output_request(body),
     )
     shape = ResponseShape(body, job, runner.model_name)
-    if not body.stream:
-        answer = await runner.complete(job, request)
-        response.headers[MAX_TOKENS_HEADER] = str(job.max_tokens)
-        return shape.final(answer, job.plan.parse(answer.text))
-    cached = await runner.cached(job)
-    handle = None if cached is not None else runner.submit(job)
-    return StreamingResponse(
-        _events(runner, job, request, handle, cached, shape),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", MAX_TOKENS_HEADER: str(job.max_tokens)},
-    )
+    if body.stream:
+        return await runner.stream(job, request, ResponseEvents(shape))
+    result = await runner.complete(job, request)
+    response.headers.update(result.headers)
+    return shape.final(result)
 
 
 @dataclass
@@ -145,52 +147,74 @@ class ResponseShape:
     model: str
     created_at: int = field(default_factory=lambda: int(time.time()))
 
-    def response(self, status: str, output: list[dict[str, Any]], answer: Answer | None = None,
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def response(self, status: str, output: list[MessageItem | FunctionCallItem], result: ChatResult | None = None,
+                 error: ResponseError | None = None) -> ResponseObject:
         body = self.body
         text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text else {"type": "text"}
         choice = body.tool_choice
         tool_choice = choice.model_dump() if choice is not None and not isinstance(choice, str) else (choice or "auto")
-        return {
-            "id": self.job.request_id, "object": "response", "created_at": self.created_at, "status": status,
-            "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": body.instructions, "max_output_tokens": self.job.max_tokens, "model": self.model,
-            "output": output, "parallel_tool_calls": self.job.plan.parallel, "previous_response_id": None,
-            "store": False, "temperature": self.job.params.temperature, "top_p": self.job.params.top_p,
-            "text": {"format": text_format}, "tool_choice": tool_choice,
-            "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()], "truncation": "disabled",
-            "metadata": body.metadata or {},
-            "usage": None if answer is None else {
-                "input_tokens": answer.prompt_tokens, "input_tokens_details": {"cached_tokens": answer.cached_tokens, "cache_write_tokens": 0},
-                "output_tokens": answer.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            },
-        }
+        return ResponseObject(
+            id=self.job.request_id, object="response", created_at=self.created_at, status=status,  # type: ignore[arg-type]
+            error=error,
+            incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+            instructions=body.instructions, max_output_tokens=self.job.max_tokens, model=self.model,
+            output=output, parallel_tool_calls=self.job.plan.parallel, previous_response_id=None,
+            store=False, temperature=self.job.params.temperature, top_p=self.job.params.top_p,
+            text={"format": text_format}, tool_choice=tool_choice,
+            tools=[t.model_dump(exclude_none=True) for t in body.tools or ()], truncation="disabled",
+            metadata=body.metadata or {},
+            usage=None if result is None else usage_of(result),
+        )
 
-    def final(self, answer: Answer, parsed: ParsedOutput) -> dict[str, Any]:
-        output = []
+    def final(self, result: ChatResult) -> ResponseObject:
+        parsed = result.parsed
+        output: list[MessageItem | FunctionCallItem] = []
         if parsed.content:
             output.append(message_item(_new_id("msg"), parsed.content, "completed"))
         output += [call_item(_new_id("fc"), call, call.arguments, "completed") for call in parsed.calls]
-        return self.response("incomplete" if answer.finish_reason == "length" else "completed", output, answer)
+        return self.response(status_of(result), output, result)
 
 
-def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
-    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+def status_of(result: ChatResult) -> str:
+    return "incomplete" if result.answer.finish_reason == "length" else "completed"
 
 
-def call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call.id, "name": call.name, "arguments": arguments,
-            "status": status}
+def usage_of(result: ChatResult) -> ResponseUsage:
+    answer = result.answer
+    return ResponseUsage(
+        input_tokens=answer.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=answer.cached_tokens, cache_write_tokens=0),
+        output_tokens=answer.completion_tokens, output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        total_tokens=answer.prompt_tokens + answer.completion_tokens,
+    )
+
+
+def output_text(text: str) -> OutputText:
+    return OutputText(type="output_text", text=text, annotations=[])
+
+
+def message_item(item_id: str, text: str | None, status: str) -> MessageItem:
+    content = [] if text is None else [output_text(text)]
+    return MessageItem(type="message", id=item_id, status=status, role="assistant", content=content)  # type: ignore[arg-type]
+
+
+def call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> FunctionCallItem:
+    return FunctionCallItem(type="function_call", id=item_id, call_id=call.id, name=call.name, arguments=arguments,
+                            status=status)  # type: ignore[arg-type]
+
+
+def dumped(model: Any) -> dict[str, Any]:
+    out: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True)
+    return out
 
 
 @dataclass
-class EventWriter:
-    """Numbers the events and opens and closes output items as text and call pieces arrive."""
+class ResponseEvents:
+    """A Response as Responses API events (app.api.serving.StreamFormat): numbered, opening and closing output items
+    as text and call pieces arrive."""
 
-    output: list[dict[str, Any]] = field(default_factory=list)
+    shape: ResponseShape
+    output: list[MessageItem | FunctionCallItem] = field(default_factory=list)
     sequence: int = 0
     text: str = ""  # of the open message item
     arguments: str = ""  # of the open function_call item
@@ -205,19 +229,23 @@ class EventWriter:
     def index(self) -> int:
         return len(self.output) - 1
 
+    def start(self) -> list[str]:
+        return [self.event(kind, response=dumped(self.shape.response("in_progress", [])))
+                for kind in ("response.created", "response.in_progress")]
+
     def piece(self, piece: Delta) -> list[str]:
         events = []
         if piece.call is not None or (piece.call_index is None and self.open_kind != "message"):
-            events += self.close()
+            events += self.end_of_output()
             events += self.open(piece)
         item = self.output[-1]
         if piece.call_index is None and piece.text:
             self.text += piece.text
-            events.append(self.event("response.output_text.delta", item_id=item["id"], output_index=self.index,
+            events.append(self.event("response.output_text.delta", item_id=item.id, output_index=self.index,
                                      content_index=0, delta=piece.text, logprobs=[]))
         elif piece.call_index is not None and piece.arguments:
             self.arguments += piece.arguments
-            events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
+            events.append(self.event("response.function_call_arguments.delta", item_id=item.id,
                                      output_index=self.index, delta=piece.arguments))
         return events
 
@@ -225,70 +253,46 @@ class EventWriter:
         if piece.call is not None:
             self.open_kind, self.arguments = "function_call", ""
             self.output.append(call_item(_new_id("fc"), piece.call, "", "in_progress"))
-            return [self.event("response.output_item.added", output_index=self.index, item=self.output[-1])]
+            return [self.event("response.output_item.added", output_index=self.index, item=dumped(self.output[-1]))]
         self.open_kind, self.text = "message", ""
         self.output.append(message_item(_new_id("msg"), None, "in_progress"))
-        item_id = self.output[-1]["id"]
+        item_id = self.output[-1].id
         return [
-            self.event("response.output_item.added", output_index=self.index, item=self.output[-1]),
+            self.event("response.output_item.added", output_index=self.index, item=dumped(self.output[-1])),
             self.event("response.content_part.added", item_id=item_id, output_index=self.index, content_index=0,
-                       part={"type": "output_text", "text": "", "annotations": []}),
+                       part=dumped(output_text(""))),
         ]
 
-    def close(self) -> list[str]:
+    def end_of_output(self) -> list[str]:
+        """Close the open output item, if any."""
         if self.open_kind is None:
             return []
         item, events = self.output[-1], []
-        if self.open_kind == "message":
-            part = {"type": "output_text", "text": self.text, "annotations": []}
+        if isinstance(item, MessageItem):
+            part = output_text(self.text)
             events += [
-                self.event("response.output_text.done", item_id=item["id"], output_index=self.index, content_index=0,
+                self.event("response.output_text.done", item_id=item.id, output_index=self.index, content_index=0,
                            text=self.text, logprobs=[]),
-                self.event("response.content_part.done", item_id=item["id"], output_index=self.index, content_index=0, part=part),
+                self.event("response.content_part.done", item_id=item.id, output_index=self.index, content_index=0,
+                           part=dumped(part)),
             ]
-            item.update(status="completed", content=[part])
+            item.status, item.content = "completed", [part]
         else:
-            events.append(self.event("response.function_call_arguments.done", item_id=item["id"], output_index=self.index,
-                                     name=item["name"], arguments=self.arguments))
-            item.update(status="completed", arguments=self.arguments)
-        events.append(self.event("response.output_item.done", output_index=self.index, item=item))
+            events.append(self.event("response.function_call_arguments.done", item_id=item.id, output_index=self.index,
+                                     name=item.name, arguments=self.arguments))
+            item.status, item.arguments = "completed", self.arguments
+        events.append(self.event("response.output_item.done", output_index=self.index, item=dumped(item)))
         self.open_kind = None
         return events
 
+    def finish(self, result: ChatResult) -> list[str]:
+        status = status_of(result)
+        return [self.event(f"response.{status}", response=dumped(self.shape.response(status, self.output, result)))]
 
-async def _events(
-    runner: ChatRunner, job: ChatJob, request: Request, handle: Any, cached: Answer | None, shape: ResponseShape
-) -> AsyncIterator[str]:
-    writer = EventWriter()
-    shaper = job.plan.shaper()
-    try:
-        yield writer.event("response.created", response=shape.response("in_progress", []))
-        yield writer.event("response.in_progress", response=shape.response("in_progress", []))
-        if cached is not None:
-            answer = cached
-            for piece in shaper.feed(cached.text):
-                for event in writer.piece(piece):
-                    yield event
-        else:
-            async for delta in handle:
-                for piece in shaper.feed(delta):
-                    for event in writer.piece(piece):
-                        yield event
-            answer = runner.answer_of(job, await runner.completion(handle))
-        tail, _ = shaper.finish()
-        for piece in tail:
-            for event in writer.piece(piece):
-                yield event
-        for event in writer.close():
-            yield event
-        await runner.finish(job, answer, request)
-        status = "incomplete" if answer.finish_reason == "length" else "completed"
-        yield writer.event(f"response.{status}", response=shape.response(status, writer.output, answer))
-    except Exception as exc:  # noqa: BLE001 - whatever broke (engine, drain, timeout, store), the client sees a failed response
-        error = fail_stream(request, exc)
-        yield writer.event("error", code=error.code, message=error.message, param=None)
-        failed = shape.response("failed", writer.output, error={"code": error.code, "message": error.message})
-        yield writer.event("response.failed", response=failed)
-    finally:
-        if handle is not None:
-            handle.cancel()
+    def error(self, error: ApiError) -> list[str]:
+        failed = self.shape.response("failed", self.output, error=ResponseError(code=error.code, message=error.message))
+        return [self.event("error", code=error.code, message=error.message, param=None),
+                self.event("response.failed", response=dumped(failed))]
+
+    def done(self) -> list[str]:
+        return []

@@ -7,29 +7,30 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
-from app.api.schemas import AuthRequest, SeedChatRequest, usage_dict
-from app.api.serving import MAX_TOKENS_HEADER
+from app.api.schemas import AuthRequest, AuthToken, SeedChatRequest, SeedChatResponse, SeedMessage, Usage
 
 router = APIRouter(prefix="/api", tags=["seed API"])
 
 
-@router.post("/auth", dependencies=[JsonBody], summary="Trade an API key for a short-lived bearer token")
-async def auth(body: AuthRequest, request: Request) -> dict:
-    token: dict = await request.app.state.access.issue_token(body.api_key, request)
-    return token
+@router.post("/auth", dependencies=[JsonBody], response_model=AuthToken,
+             summary="Trade an API key for a short-lived bearer token")
+async def auth(body: AuthRequest, request: Request) -> AuthToken:
+    return AuthToken(**await request.app.state.access.issue_token(body.api_key, request))
 
 
-@router.post("/chat", dependencies=[JsonBody], summary="Chat with the model (bearer token from /api/auth)")
-async def chat(body: SeedChatRequest, request: Request, response: Response, principal: Caller, runner: Runner) -> dict:
+@router.post("/chat", dependencies=[JsonBody], response_model=SeedChatResponse, response_model_exclude_unset=True,
+             summary="Chat with the model (bearer token from /api/auth)")
+async def chat(body: SeedChatRequest, request: Request, response: Response, principal: Caller, runner: Runner) -> SeedChatResponse:
     job = await runner.prepare("/api/chat", principal, body.messages, body, max_tokens=body.max_tokens)
-    answer = await runner.complete(job, request)
-    response.headers[MAX_TOKENS_HEADER] = str(job.max_tokens)
-    return {
-        "id": job.request_id,
-        "model": runner.model_name,
-        "created": int(time.time()),
-        "message": {"role": "assistant", "content": answer.text},
-        "finish_reason": answer.finish_reason,
-        "usage": usage_dict(answer.prompt_tokens, answer.completion_tokens, job.max_tokens, answer.cached_tokens),
-        "cached": answer.cached,
-    }
+    result = await runner.complete(job, request)
+    response.headers.update(result.headers)
+    answer = result.answer
+    return SeedChatResponse(
+        id=job.request_id,
+        model=runner.model_name,
+        created=int(time.time()),
+        message=SeedMessage(role="assistant", content=answer.text),
+        finish_reason=answer.finish_reason,  # type: ignore[arg-type]
+        usage=Usage.of(answer.prompt_tokens, answer.completion_tokens, job.max_tokens, answer.cached_tokens),
+        cached=answer.cached,
+    )

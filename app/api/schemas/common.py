@@ -1,7 +1,5 @@
-"""Fields and shapes every API shares: sampling parameters, usage, the auth body, the model card, the error shape."""
+"""Fields and shapes every API shares: sampling parameters, the auth body, the error shape."""
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -82,25 +80,3 @@ class GenerationFields(BaseModel):
 class AuthRequest(BaseModel):
     # With a length bound, pydantic itself refuses text that is not valid Unicode (a 400 like any bad field).
     api_key: str = Field(min_length=1, max_length=512)
-
-
-def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None,
-               cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping;
-    `cached_tokens` the prompt tokens read from the prefix cache (`prompt_tokens_details`, as OpenAI reports it)."""
-    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                             "total_tokens": prompt_tokens + completion_tokens,
-                             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-    if max_completion_tokens is not None:
-        usage["max_completion_tokens"] = max_completion_tokens
-    return usage
-
-
-def model_card(name: str, created: int, context_window: int | None, max_output_tokens: int) -> dict[str, Any]:
-    """The /v1/models entry; the context window is known once the model has loaded."""
-    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "clawbot"}
-    if context_window is not None:
-        # vLLM names the window max_model_len; other clients read context_window or context_length.
-        card.update(max_model_len=context_window, context_window=context_window, context_length=context_window)
-    card["max_output_tokens"] = max_output_tokens
-    return card

@@ -91,7 +91,7 @@ def test_agent_message_shapes_are_accepted(runner: ChatRunner) -> None:
     ), tools=[WEATHER])
     assert [m["role"] for m in job.messages] == ["system", "user", "assistant", "tool"]
     assert job.messages[1]["content"] == "Weather in Paris?"
-    prompt = runner.renderer._tokenizer.decode(job.prompt_ids)
+    prompt = runner.jobs.renderer._tokenizer.decode(job.prompt_ids)
     assert "You are terse.\n\n# Tools" in prompt and "<tool_response>\n18C\n</tool_response>" in prompt
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt
 
@@ -134,7 +134,7 @@ def test_a_template_that_renders_tools_gets_them(embedded: Any) -> None:
     native = ChatRunner(settings=Settings(), metrics=build_metrics(), engine=None,  # type: ignore[arg-type]
                         tokenizer=tokenizer, model_name="clawbot", model_identity="test-model", context_window=WINDOW,
                         storage=None)
-    assert native.native_tools and native.parser.name == "hermes"
+    assert native.jobs.native_tools and native.jobs.parser.name == "hermes"
     job = prepare(native, messages(
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [
