@@ -68,12 +68,6 @@ class Decision:
     reset_s: int  # seconds until the bucket is full again
     retry_after_s: int  # 0 when allowed
 
-    def headers(self) -> dict[str, str]:
-        h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining), "X-RateLimit-Reset": str(self.reset_s)}
-        if not self.allowed:
-            h["Retry-After"] = str(self.retry_after_s)
-        return h
-
 
 def _decision(allowed: bool, tokens: float, limit: int, need: float) -> Decision:
     rate = limit / 60.0

@@ -15,7 +15,9 @@ from typing import Annotated, AsyncIterator, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import iter_route_contexts
 
-from app.access.control import AccessControl, Principal
+from app.access.context import Principal, RequestContext
+from app.access.control import AccessControl, IssuedToken
+from app.api.context import context_of
 from app.api.errors import ApiError
 
 # none: no credentials; api_key_in_body: POST /api/auth checks the key itself; jwt: a token from /api/auth;
@@ -83,6 +85,15 @@ def access_of(request: Request) -> AccessControl:
     return access
 
 
+def caller_context(request: Request, access: AccessControl) -> RequestContext:
+    """The request's context, with the client's address (decided by the network rules, or here for an app without them)."""
+    context = context_of(request)
+    if context.client_ip is None:
+        peer = request.client.host if request.client else None
+        context.client_ip = access.netrules.client_address(peer, request.headers.getlist("x-forwarded-for"))
+    return context
+
+
 async def route_caller(request: Request) -> AsyncIterator[Principal | None]:
     """Apply the route's rule: authenticate, check the scope, and hold a key slot until the response has been sent."""
     rule = rule_of(request)
@@ -90,13 +101,22 @@ async def route_caller(request: Request) -> AsyncIterator[Principal | None]:
         yield None
         return
     access = access_of(request)
-    principal = await access.authenticate(request, allow_api_key=rule.credentials == "jwt_or_key")
-    access.require_scope(request, principal, rule.scope)
+    context = caller_context(request, access)
+    principal = await access.authenticate(
+        context, request.headers.get("authorization", ""), allow_api_key=rule.credentials == "jwt_or_key"
+    )
+    access.require_scope(principal, rule.scope)
     if not rule.key_slot:
         yield principal
         return
-    async with access.key_usage(request, principal):
+    async with access.key_usage(context, principal):
         yield principal
+
+
+async def issue_token(request: Request, api_key: str) -> IssuedToken:
+    """POST /api/auth's work: the key checked (within the address's limits) and traded for a token."""
+    access = access_of(request)
+    return await access.issue_token(api_key, caller_context(request, access))
 
 
 RouteGuard = Depends(route_caller)

@@ -1,4 +1,9 @@
-"""One error shape for every 4xx/5xx: {"error": {"type", "message", "code"}}; no stack trace leaves the process."""
+"""One error shape for every 4xx/5xx: {"error": {"type", "message", "code"}}; no stack trace leaves the process.
+
+Access control's refusals (app.access.errors) become their HTTP statuses here: not authenticated 401 (with a
+Bearer challenge), not permitted 403, rate limited 429 (with Retry-After and, for a bucket, its X-RateLimit-*
+headers), unavailable 503.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,6 +13,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.access.errors import AccessRefused, NotAuthenticated, NotPermitted, RateLimited
+from app.access.ratelimit import Decision
+from app.api.context import context_of
+from app.observability.metrics import route_of
 
 log = logging.getLogger("clawbot.errors")
 
@@ -25,6 +35,7 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clawbot"'}
 
 
 class ApiError(Exception):
@@ -49,6 +60,28 @@ def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.status, exc.code, exc.message, exc.type), status_code=exc.status, headers=exc.headers)
 
 
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """A bucket's state as headers; Retry-After only when it refused."""
+    headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining),
+               "X-RateLimit-Reset": str(decision.reset_s)}
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after_s)
+    return headers
+
+
+def refusal_error(refusal: AccessRefused) -> ApiError:
+    """The HTTP answer to an access refusal."""
+    if isinstance(refusal, NotAuthenticated):
+        return ApiError(401, refusal.code, refusal.message, headers=BEARER_CHALLENGE)
+    if isinstance(refusal, NotPermitted):
+        return ApiError(403, refusal.code, refusal.message)
+    if isinstance(refusal, RateLimited):
+        headers = rate_limit_headers(refusal.decision) if refusal.decision is not None else {}
+        headers["Retry-After"] = str(refusal.retry_after_s)
+        return ApiError(429, refusal.code, refusal.message, headers=headers)
+    return ApiError(503, refusal.code, refusal.message)
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -61,6 +94,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(AccessRefused)
+    async def _refused(request: Request, refusal: AccessRefused) -> JSONResponse:
+        error = refusal_error(refusal)
+        access = getattr(request.app.state, "access", None)
+        if access is not None:
+            access.record_refusal(context_of(request), route_of(request.scope), error.status, refusal)
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,14 +15,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.access.netrules import NetRules
-from app.api.auth import Caller, RouteGuard
+from app.api.auth import Caller, RouteGuard, issue_token
+from app.api.context import context_of
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.network_rules import NetworkRulesMiddleware
 from app.api.routes import admin
 from app.access.control import AccessControl
 from app.storage.stores import Storage
 from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, now_iso, seal_key_file
-from app.api.errors import install_error_handlers
+from app.api.errors import install_error_handlers, rate_limit_headers
 from app.access.keyring import write_private
 from app.access.keyfile import new_api_key, new_secret
 from app.observability.metrics import Metrics, build_metrics
@@ -143,25 +144,32 @@ def build_security_app(settings: Settings, metrics: Metrics | None = None) -> Fa
 
     @app.post("/api/auth")
     async def auth(body: AuthBody, request: Request) -> dict:
-        token: dict = await request.app.state.access.issue_token(body.api_key, request)
-        return token
+        issued = await issue_token(request, body.api_key)
+        return {"token": issued.token, "token_type": issued.token_type, "expires_in": issued.expires_in}
 
     @app.post("/api/chat")
     async def chat(request: Request, principal: Caller) -> Any:
         body = await request.json()
         return JSONResponse(
             {"key_id": principal.key_id, "via": principal.via, "scopes": sorted(principal.scopes), "echo": body},
-            headers=request.app.state.access.rate_limit_headers(request),
+            headers=_limit_headers(request),
         )
 
     @app.get("/v1/models")
     async def models(request: Request, principal: Caller) -> dict:
-        return {"key_id": principal.key_id, "via": principal.via, "client": request.state.client_ip}
+        return {"key_id": principal.key_id, "via": principal.via, "client": context_of(request).client_ip}
 
     app.include_router(admin.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=m)
     return app
+
+
+def _limit_headers(request: Request) -> dict[str, str]:
+    """The rate-limit headers of the bucket that admitted the request (the key's, else the address's)."""
+    context = context_of(request)
+    decision = context.key_limit or context.address_limit
+    return {} if decision is None else {k: v for k, v in rate_limit_headers(decision).items() if k != "Retry-After"}
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """ALLOWED_CIDRS / BLOCKED_CIDRS for every route of a listener, as pure ASGI middleware, before any route runs.
 
 It decides the client's address once (X-Forwarded-For only from TRUSTED_PROXIES, see app.access.netrules)
-and leaves it in the request state for the rate limits and the logs. A refused address gets 403 in the
+and leaves it in the request's context (app.api.context) for the rate limits and the logs. A refused address gets 403 in the
 contract's shape, is counted in `clawbot_auth_failures{reason}` and written to the audit trail.
 
 Kubernetes probes come from the kubelet on the node's address, which is not a client CIDR, so the API
@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.access.audit import AuditLog
 from app.access.netrules import NetRules
+from app.api.context import scope_context
 from app.api.errors import ApiError, error_response
 from app.observability.metrics import Metrics
 
@@ -34,7 +35,7 @@ class NetworkRulesMiddleware:
         peer = scope.get("client")
         forwarded = [v.decode("latin-1") for k, v in scope.get("headers") or [] if k.lower() == b"x-forwarded-for"]
         client = self.rules.client_address(peer[0] if peer else None, forwarded)
-        scope.setdefault("state", {})["client_ip"] = client
+        scope_context(scope).client_ip = client
         verdict = self.rules.check(client)
         if verdict.allowed or scope.get("path") in self.exempt_paths:
             await self.app(scope, receive, send)

@@ -10,10 +10,11 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access.context import RequestContext
+from app.api.context import scope_context
 from app.observability.metrics import Metrics, route_of
 
 log = logging.getLogger("clawbot.request")
@@ -38,8 +39,7 @@ class RequestObserver:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        context = scope_context(scope, request_id)
         status = 500
         disconnected = completed = False
 
@@ -67,35 +67,36 @@ class RequestObserver:
         finally:
             if disconnected and not completed:
                 status = CLIENT_CLOSED_REQUEST
-            # A stream that fails after its 200 went out sets the status it really ended with (final_status).
-            status = state.get("final_status", status)
-            self._record(scope, state, request_id, status, time.perf_counter() - started)
+            # A stream that fails after its 200 went out sets the status it really ended with.
+            if context.final_status is not None:
+                status = context.final_status
+            self._record(scope, context, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, state: dict[str, Any], request_id: str, status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, context: RequestContext, status: int, elapsed: float) -> None:
         route = route_of(scope)
         self.metrics.requests.labels(route=route, status=str(status)).inc()
         self.metrics.request_duration.labels(route=route).observe(elapsed)
-        principal = state.get("principal")
-        if principal is not None and not state.get("audited"):
-            # Refusals are audited where they are decided (app.access.control); here every other call a key made.
+        principal = context.principal
+        if principal is not None and not context.audited:
+            # Refusals are audited where they are answered (app.api.errors); here every other call a key made.
             access = getattr(getattr(scope.get("app"), "state", None), "access", None)
             if access is not None:
-                access.audit.log(principal, route, status, state.get("client_ip"))
-        tokens = state.get("tokens") or {}
-        client = state.get("client_ip") or (scope.get("client") or ("", 0))[0]
+                access.audit.log(principal, route, status, context.client_ip)
+        usage = context.tokens_used()
+        client = context.client_ip or (scope.get("client") or ("", 0))[0]
         log.info(
             "request",
             extra={
-                "request_id": request_id,
+                "request_id": context.request_id,
                 "method": scope.get("method"),
                 "route": route,
                 "status": status,
                 "latency_ms": round(elapsed * 1000, 1),
                 "key_id": getattr(principal, "key_id", None),
                 "client": client,
-                "prompt_tokens": tokens.get("prompt"),
-                "completion_tokens": tokens.get("completion"),
-                "cached": tokens.get("cached"),
-                "cached_tokens": tokens.get("cached_tokens"),
+                "prompt_tokens": None if usage is None else usage.prompt,
+                "completion_tokens": None if usage is None else usage.completion,
+                "cached": None if usage is None else usage.cached,
+                "cached_tokens": None if usage is None else usage.cached_tokens,
             },
         )

@@ -5,7 +5,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.auth import Caller
+from app.api.auth import Caller, issue_token
 from app.api.deps import JsonBody, Runner
 from app.api.schemas import AuthRequest, AuthToken, SeedChatRequest, SeedChatResponse, SeedMessage, Usage
 
@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api", tags=["seed API"])
 @router.post("/auth", dependencies=[JsonBody], response_model=AuthToken,
              summary="Trade an API key for a short-lived bearer token")
 async def auth(body: AuthRequest, request: Request) -> AuthToken:
-    return AuthToken(**await request.app.state.access.issue_token(body.api_key, request))
+    issued = await issue_token(request, body.api_key)
+    return AuthToken(token=issued.token, token_type="bearer", expires_in=issued.expires_in)
 
 
 @router.post("/chat", dependencies=[JsonBody], response_model=SeedChatResponse, response_model_exclude_unset=True,

@@ -21,7 +21,7 @@ from app.inference.prompts import PromptRenderer
 from app.inference.requests import SamplingParams
 
 if TYPE_CHECKING:
-    from app.access.control import Principal
+    from app.access.context import Principal
     from app.inference.constraints import Grammars
     from app.settings import Settings
     from app.storage.stores import Storage

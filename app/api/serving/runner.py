@@ -6,7 +6,7 @@
 A run looks up the response cache, submits to the engine (a full queue is a 429 before any stream starts),
 waits for the answer or streams its deltas shaped into text and tool-call pieces, notices a client that
 goes away, records the exchange in the conversation store (and the cache), and leaves the tokens used in the
-request's state for the key's token budget and the request log. A stream that fails after its 200 went out
+request's context (app.access.context) for the key's token budget and the request log. A stream that fails after its 200 went out
 ends with the format's error events, and the request is logged with the status it really ended with.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from app.access.context import TokenUsage
+from app.api.context import context_of
 from app.api.errors import ApiError
 from app.api.schemas import ChatMessage, GenerationFields
 from app.api.serving import engine_calls
@@ -28,7 +30,7 @@ from app.inference.loader import SamplingDefaults
 from app.inference.requests import Completion
 
 if TYPE_CHECKING:
-    from app.access.control import Principal
+    from app.access.context import Principal
     from app.inference.constraints import Grammars
     from app.inference.engine import Engine
     from app.inference.handle import GenerationHandle
@@ -178,7 +180,7 @@ class ChatRunner:
         if not isinstance(exc, ApiError):
             log.error("stream failed", extra={"error_type": type(exc).__name__}, exc_info=exc)
             exc = ApiError(500, "internal_error", "the generation failed; retry the request")
-        request.state.final_status = exc.status
+        context_of(request).final_status = exc.status
         return exc
 
     async def _cached(self, job: ChatJob) -> Answer | None:
@@ -211,8 +213,8 @@ class ChatRunner:
 
     async def _record(self, job: ChatJob, answer: Answer, parsed: ParsedOutput, request: Request) -> ChatResult:
         """Record the exchange durably (and fill the cache) before the response completes."""
-        request.state.tokens = {"prompt": answer.prompt_tokens, "completion": answer.completion_tokens, "cached": answer.cached,
-                                "cached_tokens": answer.cached_tokens}
+        context_of(request).usage = TokenUsage(prompt=answer.prompt_tokens, completion=answer.completion_tokens,
+                                               cached=answer.cached, cached_tokens=answer.cached_tokens)
         result = ChatResult(job=job, answer=answer, parsed=parsed)
         if self.storage is None:
             return result

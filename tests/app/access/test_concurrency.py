@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 
 from app.access.concurrency import KeySlots
 from app.access.control import AccessControl, Principal
+from app.api.context import context_of
 from app.api.errors import ApiError, install_error_handlers
 from app.observability.metrics import build_metrics
 from app.settings import Settings
@@ -74,7 +75,7 @@ def _slot_app(settings: Settings, gate: asyncio.Event, entered: list[str]) -> Fa
     async def work(key_id: str, request: Request) -> dict[str, str]:
         access: AccessControl = request.app.state.access
         principal = Principal(key_id=key_id, scopes=frozenset({"chat"}), via="api_key")
-        async with access.key_usage(request, principal):
+        async with access.key_usage(context_of(request), principal):
             entered.append(key_id)
             await gate.wait()
             if key_id == "fails":

@@ -1,0 +1,53 @@
+"""The one typed context a request carries between the layers that handle it: who called, the limits that applied,
+the tokens it used, and the status it really ended with.
+
+The API layer keeps one per request (app.api.context) and the request log reads it at the end; access
+control fills in the caller and the limits, and charges the tokens to the key's budget; the serving layer
+fills in the usage. Nothing else travels in the request's state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from app.access.ratelimit import Decision
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[str]
+    via: str  # "jwt" | "api_key"
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt: int  # prompt tokens read (the whole prompt once the answer is complete)
+    completion: int  # tokens generated
+    cached: bool = False  # the whole answer came from the response cache
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    client_ip: str | None = None  # decided once, by the network rules (X-Forwarded-For only from trusted proxies)
+    principal: Principal | None = None
+    key_limit: Decision | None = None  # the key's requests-a-minute bucket, once checked
+    address_limit: Decision | None = None  # the address's bucket, once checked
+    audited: bool = False  # a refusal was written to the audit trail where it was decided
+    usage: TokenUsage | None = None  # what the answer used, once it is complete
+    # What a generation still under way has used so far: a request that ends without an answer (its client
+    # hung up) is charged this.
+    usage_so_far: Callable[[], TokenUsage] | None = None
+    final_status: int | None = None  # the status a stream really ended with, after its 200 went out
+
+    def tokens_used(self) -> TokenUsage | None:
+        """What the request used: its answer's usage, else what its generation had used when it ended."""
+        if self.usage is not None:
+            return self.usage
+        return None if self.usage_so_far is None else self.usage_so_far()
