@@ -45,6 +45,7 @@ from app.inference.memory import kv_budget_tokens
 from app.inference.output_sink import OutputSink
 from app.inference.prefix_cache import PrefixCache
 from app.inference.request_queue import RequestQueue
+from app.inference.request_state import RequestState
 from app.inference.requests import (
     FINISH_REASONS,
     Completion,
@@ -53,7 +54,6 @@ from app.inference.requests import (
     InsufficientMemoryError,
     QueueFullError,
     RequestFailedError,
-    RequestState,
     SamplingParams,
 )
 from app.inference.scheduler import KVBudget, Scheduler

@@ -27,7 +27,8 @@ from app.inference.memory import is_out_of_memory, release_cached_memory
 from app.inference.model_runner import PrefillJob, decode
 from app.inference.output_sink import Delta
 from app.inference.prefix_cache import PrefixCache
-from app.inference.requests import InsufficientMemoryError, RequestFailedError, RequestState
+from app.inference.request_state import RequestState
+from app.inference.requests import InsufficientMemoryError, RequestFailedError
 from app.inference.sampler import sample
 from app.inference.scheduler import Demand, KVBudget
 from app.inference.stops import append_token

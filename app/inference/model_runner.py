@@ -14,7 +14,7 @@ from transformers import DynamicCache
 
 from app.inference.kv_batch import KVBatch
 from app.inference.prefix_cache import PrefixHit
-from app.inference.requests import RequestState
+from app.inference.request_state import RequestState
 
 
 class PrefillJob:

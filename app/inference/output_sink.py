@@ -11,7 +11,8 @@ import asyncio
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from app.inference.handle import GenerationHandle
-from app.inference.requests import Completion, RequestState
+from app.inference.request_state import RequestState
+from app.inference.requests import Completion
 
 if TYPE_CHECKING:
     from app.observability.metrics import Metrics

@@ -17,7 +17,8 @@ from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING, Callable
 
-from app.inference.requests import EngineClosedError, EngineFailedError, QueueFullError, RequestState
+from app.inference.request_state import RequestState
+from app.inference.requests import EngineClosedError, EngineFailedError, QueueFullError
 
 if TYPE_CHECKING:
     from app.inference.handle import GenerationHandle

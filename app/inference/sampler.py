@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.inference.requests import RequestState
+from app.inference.request_state import RequestState
 
 
 @dataclass

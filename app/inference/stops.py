@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.inference.requests import RequestState
+from app.inference.request_state import RequestState
 
 
 def append_token(row: RequestState, token: int, tokenizer: Any, eos_ids: frozenset[int]) -> str:

@@ -6,7 +6,8 @@ from typing import Any
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from app.inference.requests import RequestState, SamplingParams
+from app.inference.request_state import RequestState
+from app.inference.requests import SamplingParams
 from app.inference.sampler import StageError, _penalize_repeats, sample
 
 
