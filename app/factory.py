@@ -26,6 +26,7 @@ from app.api.middleware.network_rules import PROBE_PATHS, NetworkRulesMiddleware
 from app.api.openapi import install_openapi
 from app.observability.metrics import Metrics, build_metrics
 from app.api.middleware.request_log import RequestObserver
+from app.inference.loader import output_cap
 from app.settings import Settings
 
 log = logging.getLogger("clawbot.app")
@@ -80,7 +81,7 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             max_batch_size=settings.max_batch_size,
             batch_wait_ms=settings.batch_wait_ms,
             max_queue=settings.max_queue,
-            max_tokens=settings.max_tokens,
+            max_tokens=state.max_tokens,
             context_window=loaded.context_window,
             kv_cache_tokens=settings.kv_cache_tokens,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
@@ -104,6 +105,7 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
             storage=state.storage,
             defaults=loaded.sampling_defaults,
             grammars=grammars,
+            max_tokens=state.max_tokens,
         )
         state.runner = runner  # closed by the lifespan even if warm-up fails; routes wait for `ready`
         await _warm_up(runner, settings.warmup_prompts)
@@ -180,6 +182,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     state.settings = settings
     state.metrics = metrics
     state.model_name = settings.model_name
+    state.max_tokens = output_cap(settings.max_tokens, settings.model_path)  # known before the model loads
     state.started_at = int(time.time())
     state.ready = False
     state.draining = False

@@ -21,6 +21,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype; app.in
 JOURNAL_MODES = ("wal", "delete")
 APP_ENVS = ("production", "development")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+# The output cap when MAX_TOKENS is not set and the model has no default of its own (app.inference.loader).
+DEFAULT_MAX_TOKENS = 2048
 # How the model writes tool calls (app/api/tools registers one parser per name); "auto" reads the chat template.
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 
@@ -97,7 +99,7 @@ class Settings:
     model_name: str = "clawbot"
     quantization: str = "none"
     dtype: str = "auto"
-    max_tokens: int = 2048
+    max_tokens: int | None = None  # None: the model's own default (the embedded one's), else DEFAULT_MAX_TOKENS
     max_batch_size: int = 32
     batch_wait_ms: int = 10
     max_queue: int = 256
@@ -238,7 +240,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_name=env.get("MODEL_NAME") or "clawbot",
         quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
         dtype=_choice(env, "DTYPE", "auto", DTYPES),
-        max_tokens=_int(env, "MAX_TOKENS", 2048, 1, 8192),
+        max_tokens=_int(env, "MAX_TOKENS", 0, 1, 8192) or None,
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),
         batch_wait_ms=_int(env, "BATCH_WAIT_MS", 10, 0, 10_000),
         max_queue=_int(env, "MAX_QUEUE", 256, 1, 100_000),

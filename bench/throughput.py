@@ -41,11 +41,12 @@ async def engine_run(
     loaded: Any, settings: Settings, prompts: list[list[int]], max_tokens: list[int], *, continuous: bool, concurrency: int
 ) -> dict[str, Any]:
     from app.inference.engine import Engine, SamplingParams
+    from app.inference.loader import output_cap
 
     engine = Engine(
         loaded.model, loaded.tokenizer, device=loaded.device, max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms, max_queue=max(settings.max_queue, len(prompts)),
-        max_tokens=settings.max_tokens, context_window=loaded.context_window, kv_cache_tokens=settings.kv_cache_tokens,
+        max_tokens=output_cap(settings.max_tokens, settings.model_path), context_window=loaded.context_window, kv_cache_tokens=settings.kv_cache_tokens,
         prefill_chunk_tokens=settings.prefill_chunk_tokens, continuous=continuous,
     )
     await engine.start()

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app.api.auth import ROUTE_RULES, RouteRule
 from app.api.middleware.network_rules import PROBE_PATHS
 from app.api.schemas import ErrorResponse
+from app.api.serving import DEADLINE_HEADER, MAX_TOKENS_HEADER
 
 SCHEMA_PREFIX = "#/components/schemas/"
 DESCRIPTIONS: dict[int, str] = {
@@ -27,9 +28,18 @@ DESCRIPTIONS: dict[int, str] = {
     "address, or a full queue; retry after Retry-After seconds",
     503: "Starting, loading the model, not ready, shutting down, the engine failed, or the conversation store is "
     "unavailable; retry after Retry-After seconds",
-    504: "Generation took longer than GENERATION_TIMEOUT_SECONDS",
+    504: "GENERATION_TIMEOUT_SECONDS passed before the first token (an answer it cuts short is a 200 with "
+    "finish_reason length and X-Generation-Deadline)",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+# On the 200 of every route that generates (a key-slot route).
+GENERATION_HEADERS = {
+    MAX_TOKENS_HEADER: {"description": "the output cap that applied: max_tokens clamped to MAX_TOKENS and to the room "
+                        "the prompt leaves in the context window", "schema": {"type": "integer"}},
+    DEADLINE_HEADER: {"description": "only on an answer GENERATION_TIMEOUT_SECONDS ended (not on a stream): that deadline, "
+                      "in seconds; the answer holds what was generated, with finish_reason length",
+                      "schema": {"type": "number"}},
+}
 # FastAPI's validation-error schemas, dropped with the 422s that used them.
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
@@ -48,7 +58,7 @@ def error_statuses(path: str, operation: dict[str, Any], rule: RouteRule) -> set
 
 
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the error responses to every operation of `schema`, in place (idempotent), and return it."""
+    """Add the error responses (and the generation headers) to every operation of `schema`, in place (idempotent)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     error_schema = ErrorResponse.model_json_schema(ref_template=SCHEMA_PREFIX + "{model}")
     components.update(error_schema.pop("$defs", {}))
@@ -58,6 +68,8 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
+            if rule.key_slot and "200" in responses:
+                responses["200"]["headers"] = GENERATION_HEADERS
             for status in sorted(error_statuses(path, operation, rule)):
                 response: dict[str, Any] = {
                     "description": DESCRIPTIONS[status],

@@ -136,10 +136,10 @@ class EngineCore:
         """Prefill the next chunk of the admitted group; once it is all in, join the batch and sample first tokens."""
         job = self._prefill
         assert job is not None
-        if all(r.handle.cancelled for r in job.rows):
-            self._prefill = None  # every client went away: stop reading their prompts
+        if all(r.handle.cancelled or past_deadline(r, time.perf_counter()) for r in job.rows):
+            self._prefill = None  # every client went away, or ran out of time: stop reading their prompts
             for request in job.rows:
-                request.finish_reason = "cancelled"
+                request.finish_reason = "cancelled" if request.handle.cancelled else "timeout"
             out.finished.extend(job.rows)
             return
         try:
@@ -159,6 +159,10 @@ class EngineCore:
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in job.rows if not r.generated))
             self.metrics.prompt_tokens_cached.inc(sum(r.cached_tokens for r in job.rows if not r.generated))
+        now = time.perf_counter()
+        for request in job.rows:
+            if past_deadline(request, now):
+                request.finish_reason = "timeout"  # its deadline passed while its prompt was read: no first token
         first = len(self._running)
         self._running.extend(job.rows)
         self._advance(logits, out, first_row=first)
@@ -245,7 +249,11 @@ class EngineCore:
     def _advance(self, logits: torch.Tensor, out: StepOutput, first_row: int = 0) -> None:
         """One step's bookkeeping: sample running[first_row:], end requests that are done, shrink the batch."""
         now = time.perf_counter()
-        out.deltas.extend(self._append_tokens(logits, self._running[first_row:], now))
+        fresh = self._running[first_row:]
+        live = [i for i, r in enumerate(fresh) if r.finish_reason is None]
+        if live:
+            out.deltas.extend(self._append_tokens(logits if len(live) == len(fresh) else logits[live],
+                                                  [fresh[i] for i in live], now))
         sweep(self._running, now)
         finished = [r for r in self._running if r.finish_reason is not None]
         out.deltas.extend(flush_tails(finished))
@@ -309,8 +317,12 @@ def sweep(running: list[RequestState], now: float) -> None:
         if request.finish_reason is None:
             if request.handle.cancelled:
                 request.finish_reason = "cancelled"
-            elif request.deadline is not None and now >= request.deadline:
+            elif past_deadline(request, now):
                 request.finish_reason = "timeout"
+
+
+def past_deadline(request: RequestState, now: float) -> bool:
+    return request.deadline is not None and now >= request.deadline
 
 
 def flush_tails(finished: list[RequestState]) -> list[Delta]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.settings import DTYPES, QUANTIZATIONS
+from app.settings import DEFAULT_MAX_TOKENS, DTYPES, QUANTIZATIONS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,6 +59,7 @@ class SamplingDefaults:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     source: str = "transformers defaults"
+    max_tokens: int | None = None  # the output cap when MAX_TOKENS is not set (None: DEFAULT_MAX_TOKENS)
 
 
 # The GGUF carries no generation_config sampling settings, so the embedded model's come from its publisher.
@@ -66,12 +67,26 @@ class SamplingDefaults:
 # of "What is the capital of France?" is a near tie ("The" 0.152 vs "L" 0.140), and sampling at 0.2 answered Paris
 # in 24 of 40 runs, so the default is greedy (the card's top_p applies once a request sets a temperature). Greedy
 # decoding makes a 135M model loop ("a canvas of endless blue, a canvas of endless blue, ..."); a 1.1 repetition
-# penalty over the output stops that without changing short factual answers.
+# penalty over the output stops that without changing short factual answers. A 135M model's useful answers are short,
+# and past a couple of hundred tokens it rambles (asked in Chinese, which it was not trained on, it would write until
+# MAX_TOKENS or the generation deadline): its answers are capped at 256 tokens unless MAX_TOKENS says otherwise.
 EMBEDDED_SAMPLING = {
     "smollm2-135m-instruct": SamplingDefaults(
-        temperature=0.0, top_p=0.9, repetition_penalty=1.1, source="SmolLM2-Instruct model card, greedy (see loader.py)"
+        temperature=0.0, top_p=0.9, repetition_penalty=1.1, source="SmolLM2-Instruct model card, greedy (see loader.py)",
+        max_tokens=256,
     ),
 }
+
+
+def output_cap(max_tokens: int | None, model_path: str) -> int:
+    """The most tokens one answer may generate: MAX_TOKENS, else the embedded model's own cap, else DEFAULT_MAX_TOKENS.
+
+    Known from MODEL_PATH alone, so /v1/models reports it before the model has loaded."""
+    if max_tokens is not None:
+        return max_tokens
+    raw = model_path.strip()
+    embedded = EMBEDDED_SAMPLING.get(raw[len(EMBEDDED_PREFIX):]) if raw.startswith(EMBEDDED_PREFIX) else None
+    return (embedded.max_tokens if embedded is not None else None) or DEFAULT_MAX_TOKENS
 
 
 def sampling_defaults(generation_config: Any, embedded: str | None = None) -> SamplingDefaults:

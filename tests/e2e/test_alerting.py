@@ -2,13 +2,15 @@
 synthesized rules, a real Alertmanager with the config the Prometheus Operator would generate from the synthesized
 AlertmanagerConfig, and an SMTP sink, all on loopback.
 
-One API key is driven past the abnormal-usage threshold and generations run into their timeout (504); each alert
+One API key is driven past the abnormal-usage threshold and generations run into their timeout before their first
+token (504); each alert
 must arrive as a mail naming the key id and the namespace. Then, against the same Prometheus, every dashboard
 panel that reads the service's series must return data.
 
 Only what makes the test quick is changed, through stack config: the key threshold (which the app's
 ABNORMAL_KEY_PER_MINUTE follows), the windows, Alertmanager's group wait, plain SMTP to the sink; and, outside the
-stack, the scrape interval (1s) and the generation timeout (1s, so that a long generation is a real 504).
+stack, the scrape interval (1s), the generation timeout (1s) and the prefill chunk (256 tokens), so that a long
+prompt is a real 504: its first token cannot come within the timeout.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ NAMESPACE = "clawbot"
 POD = "clawbot-6d4f9b7c8-x2x7q"  # the name endpoints discovery would report for the one chat pod
 KEY_THRESHOLD = 20  # requests a minute
 BURST = 40  # /v1/models calls: well past the threshold within the key window
-TIMEOUTS = 6  # generations that run into the 1 s timeout
+TIMEOUTS = 6  # generations that run into the 1 s timeout before their first token
 RATE_LIMIT = 30  # per key and minute: the tail of the burst is refused, so the rate-limit panel has data too
 WAIT_S = 120.0
 
@@ -55,9 +57,15 @@ def chat(srv: Server, **body: Any) -> int:
         return c.post("/v1/chat/completions", json=payload).status_code
 
 
+# About 6,600 tokens, read 256 at a time: the 1 s timeout passes before the first token, a genuine 504. (A generation
+# the timeout cuts short once it has started is answered with what it generated.)
+LONG_PROMPT = "Tell me a long story about a lighthouse. " * 750
+
+
 def timed_out_generation(srv: Server) -> int:
-    # 512 tokens without stopping at end-of-sequence cannot finish within the 1 s timeout: a genuine 504.
-    return chat(srv, max_tokens=512, ignore_eos=True)
+    payload = {"model": "clawbot", "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 512}
+    with srv.client(headers={"Authorization": f"Bearer {srv.api_key}"}) as c:
+        return c.post("/v1/chat/completions", json=payload).status_code
 
 
 def list_models(srv: Server) -> int:
@@ -97,6 +105,7 @@ def test_key_abuse_and_a_burst_of_5xx_are_mailed_and_the_dashboard_has_data(tmp_
             ABNORMAL_KEY_PER_MINUTE=config_map["ABNORMAL_KEY_PER_MINUTE"],
             RATE_LIMIT_PER_KEY=str(RATE_LIMIT),
             GENERATION_TIMEOUT_SECONDS="1",
+            PREFILL_CHUNK_TOKENS="256",
             MAX_TOKENS="512",
         )
         try:

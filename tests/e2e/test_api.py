@@ -82,6 +82,20 @@ def test_models_lists_the_served_model(server: Server) -> None:
         r = c.get("/v1/models", headers={"Authorization": f"Bearer {server.api_key}"})
     assert r.status_code == 200
     assert [m["id"] for m in r.json()["data"]] == ["clawbot"]
+    # MAX_TOKENS is not set: the embedded model's own output cap applies, and the card says so.
+    assert r.json()["data"][0]["max_output_tokens"] == 256
+
+
+def test_the_seeds_own_request_is_answered(server: Server, token: str) -> None:
+    """The seeds' test request, in a language the English-only embedded model was not trained on: an answer within
+    the model's output cap, not a generation that runs into its deadline."""
+    with server.client() as c:
+        r = c.post("/api/chat", json={"messages": [{"role": "user", "content": "你好,介绍一下这个机器人"}]},
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["finish_reason"] in ("stop", "length") and body["message"]["content"]
+    assert 0 < body["usage"]["completion_tokens"] <= body["usage"]["max_completion_tokens"] == 256
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.server import Server
 
-MAX_TOKENS = 256  # the server's MAX_TOKENS in tests/e2e/server.py
+MAX_TOKENS = 256  # the embedded model's output cap, which the server in tests/e2e/server.py keeps
 ROUTE = "/v1/chat/completions"
 
 

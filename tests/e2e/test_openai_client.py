@@ -3,6 +3,7 @@ tool calls, structured output, the Responses API, clamped limits, the model's de
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.server import Server, start_server
+from tests.e2e.test_disconnect import metric as metric_value
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER_PARAMETERS = {
@@ -214,10 +216,14 @@ def test_client_sees_bad_key_as_authentication_error(server: Server) -> None:
         bad.chat.completions.create(model="clawbot", messages=FRANCE)  # type: ignore[arg-type]
 
 
+# About 7,200 tokens: read 256 at a time, this prompt takes longer than a 1 s deadline before its first token.
+LONG_PROMPT = "Tell me a long story about a dragon. " * 800
+
+
 @pytest.fixture(scope="module")
 def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server whose generations time out after one second, so that a stream fails after its 200 went out."""
-    srv = start_server(Path(tmp_path_factory.mktemp("hasty")), GENERATION_TIMEOUT_SECONDS="1")
+    """A server whose generations time out after one second, so that a long prompt fails after its 200 went out."""
+    srv = start_server(Path(tmp_path_factory.mktemp("hasty")), GENERATION_TIMEOUT_SECONDS="1", PREFILL_CHUNK_TOKENS="256")
     try:
         srv.wait_ready()
         yield srv
@@ -226,16 +232,15 @@ def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_an_error_mid_stream_is_raised_by_the_client_and_counted(hasty: Server) -> None:
+    """The deadline passes before the first token, after the stream's 200 went out: the client sees an error."""
     client = OpenAI(base_url=hasty.url + "/v1", api_key=hasty.api_key, max_retries=0, timeout=120)
     stream = client.chat.completions.create(
-        model="clawbot", messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=256,
-        stream=True, extra_body={"ignore_eos": True},
+        model="clawbot", messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=256, stream=True,
     )
-    with pytest.raises(openai.APIError, match="generation took longer than 1 seconds"):
+    with pytest.raises(openai.APIError, match=r"generation did not start within GENERATION_TIMEOUT_SECONDS \(1 seconds\)"):
         for _ in stream:
             pass
-    events = list(client.responses.create(model="clawbot", input="Write a long story about a dragon.",
-                                          max_output_tokens=256, stream=True))
+    events = list(client.responses.create(model="clawbot", input=LONG_PROMPT, max_output_tokens=256, stream=True))
     assert [e.type for e in events][-2:] == ["error", "response.failed"]
     assert events[-2].code == "generation_timeout"  # type: ignore[union-attr]
     metrics = hasty.metrics()
@@ -244,3 +249,66 @@ def test_an_error_mid_stream_is_raised_by_the_client_and_counted(hasty: Server) 
     logged = [json.loads(line) for line in hasty.log().splitlines() if line.startswith("{")]
     chats = [d for d in logged if d.get("logger") == "clawbot.request" and d.get("route") == "/v1/chat/completions"]
     assert [d["status"] for d in chats] == [504]
+
+
+DEADLINE_S = 20  # far longer than a first token takes on a busy machine, far shorter than 8,000 tokens take
+LONG_ANSWER = 8000
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(Path(tmp_path_factory.mktemp("patient")), GENERATION_TIMEOUT_SECONDS=str(DEADLINE_S),
+                       MAX_TOKENS="8192")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_an_answer_the_deadline_cuts_short_is_returned_with_finish_reason_length(patient: Server) -> None:
+    """8,000 tokens cannot be generated within the deadline: what was generated comes back, in every API (the four
+    requests run side by side, so the test waits for one deadline)."""
+    ask = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
+    long = {"max_tokens": LONG_ANSWER, "ignore_eos": True}
+    client = OpenAI(base_url=patient.url + "/v1", api_key=patient.api_key, max_retries=0, timeout=120)
+    with patient.client() as c:
+        token = c.post("/api/auth", json={"api_key": patient.api_key}).json()["token"]
+
+    def seed() -> Any:
+        with patient.client() as c:
+            return c.post("/api/chat", json={"messages": ask, "max_tokens": LONG_ANSWER},
+                          headers={"Authorization": f"Bearer {token}"})
+
+    with ThreadPoolExecutor(4) as pool:
+        plain = pool.submit(lambda: client.chat.completions.with_raw_response.create(
+            model="clawbot", messages=ask, extra_body=long))  # type: ignore[arg-type]
+        streamed = pool.submit(lambda: list(client.chat.completions.create(
+            model="clawbot", messages=ask, stream=True, stream_options={"include_usage": True}, extra_body=long)))  # type: ignore[arg-type]
+        seeded = pool.submit(seed)
+        responded = pool.submit(lambda: client.responses.with_raw_response.create(
+            model="clawbot", input=ask[0]["content"], max_output_tokens=LONG_ANSWER))
+
+    raw = plain.result()
+    done = raw.parse()
+    assert done.choices[0].finish_reason == "length" and done.choices[0].message.content
+    assert raw.headers["x-generation-deadline"] == str(DEADLINE_S)
+    assert raw.headers["x-max-completion-tokens"] == str(LONG_ANSWER)
+    assert done.usage is not None and 0 < done.usage.completion_tokens < LONG_ANSWER
+
+    chunks = streamed.result()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens < LONG_ANSWER
+
+    # The seed API and the Responses API take no ignore_eos: the model may stop on its own before the deadline.
+    answer = seeded.result()
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["finish_reason"] == "length") == ("x-generation-deadline" in answer.headers)
+    raw_response = responded.result()
+    response = raw_response.parse()
+    assert response.status in ("completed", "incomplete") and response.output_text
+    assert (response.status == "incomplete") == ("x-generation-deadline" in raw_response.headers)
+    if response.status == "incomplete":  # as an answer max_output_tokens cut short
+        assert response.incomplete_details is not None and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage is not None and 0 < response.usage.output_tokens < LONG_ANSWER
+    assert metric_value(patient.metrics(), "clawbot_generation_timeouts_total") >= 2

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 # The output cap that applied (after clamping to MAX_TOKENS and the context window), on every generation response.
 MAX_TOKENS_HEADER = "X-Max-Completion-Tokens"
+# On an answer the generation deadline cut short: GENERATION_TIMEOUT_SECONDS, in seconds. (A stream's headers are
+# sent before its first token; its last chunk says finish_reason "length", and its usage shows fewer tokens than
+# the cap.)
+DEADLINE_HEADER = "X-Generation-Deadline"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Answer:
     completion_tokens: int
     cached: bool = False  # the whole answer came from the response cache
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    deadline_s: float | None = None  # set when the generation deadline (this many seconds) ended the answer
 
 
 @dataclass(frozen=True)
@@ -76,4 +81,7 @@ class ChatResult:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self.job.headers
+        headers = self.job.headers
+        if self.answer.deadline_s is not None:
+            headers[DEADLINE_HEADER] = f"{self.answer.deadline_s:g}"
+        return headers

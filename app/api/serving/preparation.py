@@ -44,8 +44,10 @@ class JobBuilder:
         storage: "Storage | None",
         defaults: SamplingDefaults,
         grammars: "Grammars | None",
+        max_tokens: int,
     ) -> None:
         self.settings = settings
+        self.max_tokens = max_tokens  # the output cap
         self.renderer = PromptRenderer(tokenizer)
         self.model_name = model_name
         self.model_identity = model_identity  # what the cache keys on: MODEL_NAME is only a display name
@@ -166,7 +168,7 @@ class JobBuilder:
                 "context_length_exceeded",
                 f"the prompt is {len(prompt_ids)} tokens; the model's context window is {self.context_window} tokens",
             )
-        cap = self.settings.max_tokens
+        cap = self.max_tokens
         constraint = self._constraint(plan, output)
         d = self.defaults
         # JSON repeats its quotes, colons and braces by nature: a default penalty would bend a grammar-bound output.

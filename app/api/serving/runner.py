@@ -26,7 +26,7 @@ from app.api.serving import engine_calls
 from app.api.serving.jobs import Answer, ChatJob, ChatResult, OutputRequest
 from app.api.serving.preparation import JobBuilder
 from app.api.tools import Delta, ParsedOutput
-from app.inference.loader import SamplingDefaults
+from app.inference.loader import SamplingDefaults, output_cap
 from app.inference.requests import Completion
 
 if TYPE_CHECKING:
@@ -80,8 +80,11 @@ class ChatRunner:
         storage: "Storage | None",
         defaults: SamplingDefaults | None = None,
         grammars: "Grammars | None" = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.settings = settings
+        # The output cap: MAX_TOKENS, else the model's own (app.inference.loader.output_cap).
+        self.max_tokens = max_tokens or output_cap(settings.max_tokens, settings.model_path)
         self.metrics = metrics
         self.engine = engine
         self.model_name = model_name
@@ -89,6 +92,7 @@ class ChatRunner:
         self.jobs = JobBuilder(
             settings=settings, tokenizer=tokenizer, model_name=model_name, model_identity=model_identity,
             context_window=context_window, storage=storage, defaults=defaults or SamplingDefaults(), grammars=grammars,
+            max_tokens=self.max_tokens,
         )
 
     def close(self) -> None:
@@ -123,14 +127,14 @@ class ChatRunner:
         """Run `job` to its end and record it; a client that goes away cancels it (ClientDisconnected, a 499)."""
         answer = await self._cached(job)
         if answer is None:
-            handle = engine_calls.submit(self.engine, job, self.metrics)
+            handle = self._submit(job, request)
             answer = self._answer_of(await engine_calls.wait(handle, request))
         return await self._record(job, answer, job.plan.parse(answer.text), request)
 
     async def stream(self, job: ChatJob, request: Request, fmt: StreamFormat) -> StreamingResponse:
         """Start `job` and answer with its events as they come. A full queue is a 429 before the stream starts."""
         cached = await self._cached(job)
-        handle = None if cached is not None else engine_calls.submit(self.engine, job, self.metrics)
+        handle = None if cached is not None else self._submit(job, request)
         return StreamingResponse(
             self._events(job, request, fmt, handle, cached),
             media_type="text/event-stream",
@@ -174,6 +178,9 @@ class ChatRunner:
         for event in fmt.done():
             yield event
 
+    def _submit(self, job: ChatJob, request: Request) -> "GenerationHandle":
+        return engine_calls.submit(self.engine, job, self.metrics)
+
     @staticmethod
     def _stream_failed(request: Request, exc: Exception) -> ApiError:
         """An error after the 200 went out: it is sent as events, and logged and counted with its own status."""
@@ -198,17 +205,26 @@ class ChatRunner:
         )
 
     def _answer_of(self, completion: Completion) -> Answer:
-        if completion.finish_reason == "timeout":
+        """The engine's completion as an answer. One the generation deadline ended is what was generated until then,
+        with finish_reason "length" (an output cap, as OpenAI's clients know it); only a request the deadline reached
+        before its first token is a 504."""
+        finish_reason, deadline_s = completion.finish_reason, None
+        if finish_reason == "timeout":
             self.metrics.generation_timeouts.inc()
-            raise ApiError(
-                504, "generation_timeout", f"generation took longer than {self.settings.generation_timeout_s:g} seconds"
-            )
+            deadline_s = self.settings.generation_timeout_s
+            if not completion.completion_tokens:
+                raise ApiError(
+                    504, "generation_timeout",
+                    f"generation did not start within GENERATION_TIMEOUT_SECONDS ({deadline_s:g} seconds); retry shortly",
+                )
+            finish_reason = "length"
         return Answer(
             text=completion.text,
-            finish_reason=completion.finish_reason,
+            finish_reason=finish_reason,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             cached_tokens=completion.cached_tokens,
+            deadline_s=deadline_s,
         )
 
     async def _record(self, job: ChatJob, answer: Answer, parsed: ParsedOutput, request: Request) -> ChatResult:
@@ -218,7 +234,9 @@ class ChatRunner:
         result = ChatResult(job=job, answer=answer, parsed=parsed)
         if self.storage is None:
             return result
-        if job.cache_key is not None and not answer.cached and answer.finish_reason in ("stop", "length"):
+        # An answer the deadline cut short depends on how busy the replica was: the next ask may get further.
+        if (job.cache_key is not None and not answer.cached and answer.finish_reason in ("stop", "length")
+                and answer.deadline_s is None):
             await self.storage.cache.put(
                 job.cache_key,
                 {"text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.completion_tokens},

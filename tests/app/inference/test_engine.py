@@ -248,6 +248,24 @@ def test_timeout_ends_running_and_queued_generations(tiny: LlamaForCausalLM) -> 
     assert (queued.finish_reason, queued.completion_tokens, queued.time_to_first_token_s) == ("timeout", 0, None)
 
 
+def test_a_deadline_that_passes_while_the_prompt_is_read_ends_it_before_a_first_token(tiny: LlamaForCausalLM) -> None:
+    slow = Spy(tiny, delay_s=0.05)  # 100 prompt tokens read 8 at a time: 13 passes, far over the 0.2 s deadline
+
+    async def go() -> tuple[Completion, int]:
+        engine = engine_for(slow, prefill_chunk_tokens=8)
+        await engine.start()
+        late = await engine.submit(tok.encode("x" * 100), SamplingParams(max_tokens=5, timeout_s=0.2)).result()
+        passes = len(slow.passes)
+        after = await engine.submit(PROMPTS[0], SamplingParams(max_tokens=2, ignore_eos=True)).result()
+        assert after.completion_tokens == 2  # the engine goes on
+        await engine.shutdown()
+        return late, passes
+
+    late, passes = run(go)
+    assert (late.finish_reason, late.completion_tokens, late.text) == ("timeout", 0, "")
+    assert passes < 13  # the rest of the prompt was not read
+
+
 def test_shutdown_drains_in_flight_work_and_refuses_new_requests(tiny: LlamaForCausalLM) -> None:
     async def go() -> list[Completion]:
         engine = engine_for(tiny, max_batch_size=2)
