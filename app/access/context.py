@@ -40,14 +40,17 @@ class RequestContext:
     key_limit: Decision | None = None  # the key's requests-a-minute bucket, once checked
     address_limit: Decision | None = None  # the address's bucket, once checked
     audited: bool = False  # a refusal was written to the audit trail where it was decided
-    usage: TokenUsage | None = None  # what the answer used, once it is complete
-    # What a generation still under way has used so far: a request that ends without an answer (its client
-    # hung up) is charged this.
-    usage_so_far: Callable[[], TokenUsage] | None = None
+    usage: TokenUsage | None = None  # what the request used: its answer's usage, or set by `end()`
+    # Set by the serving layer while the request's generation may still run: stops it (nothing, once it has
+    # finished) and says what it used, the prompt tokens it read and the tokens it generated.
+    stop_generation: Callable[[], TokenUsage] | None = None
     final_status: int | None = None  # the status a stream really ended with, after its 200 went out
 
-    def tokens_used(self) -> TokenUsage | None:
-        """What the request used: its answer's usage, else what its generation had used when it ended."""
-        if self.usage is not None:
-            return self.usage
-        return None if self.usage_so_far is None else self.usage_so_far()
+    def end(self) -> None:
+        """The request is over (answered, failed, or its client hung up): a generation it leaves is stopped, and
+        a request without an answer is charged what its generation used."""
+        stop, self.stop_generation = self.stop_generation, None
+        if stop is not None:
+            used = stop()
+            if self.usage is None:
+                self.usage = used

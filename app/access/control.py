@@ -189,10 +189,10 @@ class AccessControl:
     async def key_usage(self, ctx: RequestContext, principal: Principal) -> AsyncIterator[None]:
         """Hold one of the key's MAX_CONCURRENT_PER_KEY slots while the request is queued, generating and streaming.
 
-        Refuses while the key's token budget is spent. The tokens the request used (`ctx.tokens_used()`: its
-        answer's prompt + completion, or what its generation had read and generated when its client hung up) are
-        charged when it ends, so a key may overdraw by what its requests in flight use and then waits until its
-        budget refills.
+        Refuses while the key's token budget is spent. The tokens the request used (`ctx.usage`: its answer's
+        prompt + completion, or, when its client hung up, the prompt tokens its generation had read and the tokens
+        it had generated) are charged when it ends, so a key may overdraw by what its requests in flight use and
+        then waits until its budget refills. A key whose clients always hang up meets its budget like any other.
         """
         key_id, settings = principal.key_id, self.settings
         budget = await self.limiter.check("tokens", key_id, settings.rate_limit_tokens_per_key)
@@ -217,7 +217,8 @@ class AccessControl:
             # Shielded: a client that went away cancels the request, but its slot and its tokens are still settled.
             with anyio.CancelScope(shield=True):
                 await self.slots.release(lease)
-                used = ctx.tokens_used()
+                ctx.end()
+                used = ctx.usage
                 if used is not None and used.total:
                     await self.limiter.charge("tokens", key_id, settings.rate_limit_tokens_per_key, used.total)
 

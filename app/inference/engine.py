@@ -181,7 +181,8 @@ class Engine:
                 "which leaves no room for a completion"
             )
         now = time.perf_counter()
-        handle = GenerationHandle(self._loop, self.queue.cancel)
+        # The handle reports the request's progress (its caller is charged for it if it hangs up): `request` below.
+        handle = GenerationHandle(self._loop, self.queue.cancel, lambda: request.progress())
         request = RequestState(
             handle=handle,
             prompt_ids=prompt,

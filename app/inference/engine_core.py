@@ -131,6 +131,7 @@ class EngineCore:
         for request, cached in zip(group, self._prefill.cached_tokens):
             if not request.generated:  # a preempted request's usage keeps what its first prefill found
                 request.cached_tokens = min(cached, len(request.prompt_ids))
+        self._note_prompt_read(self._prefill)
 
     def _prefill_step(self, out: StepOutput) -> None:
         """Prefill the next chunk of the admitted group; once it is all in, join the batch and sample first tokens."""
@@ -144,6 +145,7 @@ class EngineCore:
             return
         try:
             logits = job.step(self.model)
+            self._note_prompt_read(job)
             if logits is None:
                 return
             for i, request in enumerate(job.rows):  # before the merge, which takes the group's cache apart
@@ -166,6 +168,11 @@ class EngineCore:
         first = len(self._running)
         self._running.extend(job.rows)
         self._advance(logits, out, first_row=first)
+
+    @staticmethod
+    def _note_prompt_read(job: PrefillJob) -> None:
+        for i, request in enumerate(job.rows):
+            request.prompt_read = max(request.prompt_read, min(len(request.prompt_ids), job.context_read(i)))
 
     def _decode_step(self, out: StepOutput) -> None:
         assert self._batch is not None

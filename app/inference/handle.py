@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, Callable
 
-from app.inference.requests import Completion
+from app.inference.requests import Completion, Progress
 
 _END = object()  # closes a handle's delta stream
 
@@ -12,11 +12,18 @@ _END = object()  # closes a handle's delta stream
 class GenerationHandle:
     """One request's view of its generation: stream the text deltas, await the result, or cancel it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[["GenerationHandle"], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_cancel: Callable[["GenerationHandle"], None],
+        progress: Callable[[], Progress] = lambda: Progress(0, 0),
+    ) -> None:
         self._loop = loop
         self._on_cancel = on_cancel
+        self._progress = progress
         self._deltas: asyncio.Queue[Any] = asyncio.Queue()
         self._result: asyncio.Future[Completion] = loop.create_future()
+        self._progress_at_cancel: Progress | None = None
         # Read by the worker thread at every step; a plain bool is enough (set once, never cleared).
         self.cancelled = False
 
@@ -38,8 +45,18 @@ class GenerationHandle:
         """Stop this generation; its batch slot is freed at the next decode step (its queue slot at once)."""
         if self.cancelled or self._result.done():
             return
+        self._progress_at_cancel = self._progress()
         self.cancelled = True
         self._on_cancel(self)
+
+    def progress(self) -> Progress:
+        """What the generation has used: so far, or up to the moment it was cancelled."""
+        return self._progress_at_cancel or self._progress()
+
+    def stop(self) -> Progress:
+        """Cancel the generation if it still runs, and say what it used."""
+        self.cancel()
+        return self.progress()
 
     # Called on the event loop only (through call_soon_threadsafe from the worker).
     def _push(self, delta: str) -> None:

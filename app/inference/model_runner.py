@@ -54,6 +54,12 @@ class PrefillJob:
     def width(self) -> int:
         return int(self.ids.shape[1])
 
+    def context_read(self, index: int) -> int:
+        """Tokens of row `index`'s context in the cache so far: its cached head, and the columns of the rest read."""
+        head = self.cached_tokens[index]
+        rest = len(self.rows[index].context_ids) - head
+        return head + max(0, self.done - (self.width - rest))
+
     @property
     def cache_tokens(self) -> int:
         """Tokens its cache holds so far (rows x columns read)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.inference.handle import GenerationHandle
-from app.inference.requests import SamplingParams
+from app.inference.requests import Progress, SamplingParams
 
 
 @dataclass(eq=False)
@@ -28,10 +28,16 @@ class RequestState:
     first_token_at: float | None = None
     finish_reason: str | None = None
     cached_tokens: int = 0  # prompt tokens the first prefill took from the prefix cache
+    prompt_read: int = 0  # prompt tokens in the KV cache so far (cached ones included), chunk by chunk
     prefix_scope: str = ""  # whose prefix-cache entries this row may use and add to (the API key's id)
     # Set (with finish_reason "error") when this request cannot be answered: its own step failed (RequestFailedError),
     # or it does not fit in memory even alone (InsufficientMemoryError).
     error: Exception | None = None
+
+    def progress(self) -> Progress:
+        """What the request has used so far. Read from the event loop while the worker runs: each field is one read."""
+        return Progress(prompt_tokens=self.prompt_read, completion_tokens=len(self.generated),
+                        cached_tokens=self.cached_tokens)
 
     @property
     def context_ids(self) -> list[int]:

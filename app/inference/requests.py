@@ -90,6 +90,16 @@ class Completion:
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (OpenAI's prompt_tokens_details)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a generation has got: the prompt tokens read into the KV cache (cached ones included) and the tokens
+    generated. What a request that ends without an answer (its client hung up) is charged for."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
 class QueueFullError(Exception):
     """The request queue is at MAX_QUEUE; the client should retry after `retry_after_s` seconds."""
 

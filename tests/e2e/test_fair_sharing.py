@@ -1,28 +1,46 @@
-"""Fair sharing and abuse through a real `python -m app` in production mode with several keys and the embedded model:
-the per-key concurrency cap and token budget, scopes (ignore_eos, admin-only keys), a cache that is per key and exact,
-and text that cannot be encoded."""
+"""Fair sharing and abuse through a real `python -m app` in production mode with several keys, the embedded model and a
+real redis-server holding the limits: the per-key concurrency cap and token budget (hang-ups included), scopes
+(ignore_eos, admin-only keys), a cache that is per key and exact, and text that cannot be encoded."""
 from __future__ import annotations
 
+import json
+import re
+import socket
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import redis
 
 from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
 from app.access.keyring import write_private
 from tests.e2e.server import Server, start_server
+from tests.e2e.test_disconnect import metric, wait_for
+from tests.redis_server import RedisServer
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-KEYS = {"alice": ("chat",), "bob": ("chat",), "carol": ("chat",), "ops": ("admin",), "bench": ("chat", "benchmark")}
+KEYS = {"alice": ("chat",), "bob": ("chat",), "carol": ("chat",), "ops": ("admin",), "bench": ("chat", "benchmark"),
+        "dave": ("chat", "benchmark"), "erin": ("chat", "benchmark")}
 # Tokens a key may use a minute: below one long prompt, above what the other tests spend per key.
 TOKEN_BUDGET = 400
 WAIT_S = 120.0
 
 
 @pytest.fixture(scope="module")
-def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
+def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The redis-server the replica keeps its rate limits, token budgets and concurrency slots in."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("fair-redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fair(tmp_path_factory: pytest.TempPathFactory, limits: RedisServer) -> Iterator[tuple[Server, dict[str, str]]]:
     root = Path(tmp_path_factory.mktemp("fair-sharing"))
     kek, raw = new_secret(), {key_id: new_api_key() for key_id in KEYS}
     ring = KeyFile(
@@ -34,6 +52,7 @@ def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dic
     srv = start_server(
         root / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(root / "secrets" / "keys.json"),
         KEK_PATH=str(root / "secrets" / "kek"), MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
+        REDIS_URL=limits.url,
     )
     try:
         srv.wait_ready()
@@ -134,3 +153,76 @@ def test_text_that_cannot_be_encoded_is_a_400(fair: tuple[Server, dict[str, str]
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert "surrogate" in error["message"] or "unicode" in error["message"].lower(), error
+
+
+# About 280 tokens with the chat template: two hang-ups spend more than the key's minute of tokens.
+HANG_UP_PROMPT = "Tell me a long story about a lighthouse keeper and the ships he guided home. " * 14
+
+
+def hang_up(srv: Server, key: str, *, stream: bool) -> int | None:
+    """Send a long generation and hang up once it is under way (a stream: after its first token). Returns the status
+    when the request is refused instead (nothing was generated), else None once the server has counted the 499."""
+    gone = metric(srv.metrics(), "clawbot_requests_total", route="/v1/chat/completions", status="499")
+    # A first token, not any token: a generation cancelled just before may still add one.
+    started = metric(srv.metrics(), "clawbot_time_to_first_token_seconds_count")
+    body = json.dumps({"messages": [{"role": "user", "content": HANG_UP_PROMPT}], "max_tokens": 256,
+                       "ignore_eos": True, "stream": stream}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S) as sock:
+        sock.sendall(head + body)
+        if stream:
+            received = b""
+            while not re.search(rb'"content": "[^"]', received):  # a real token (the role chunk's content is "")
+                chunk = sock.recv(4096)
+                assert chunk, f"the server closed the connection: {received[:300]!r}"
+                received += chunk
+                if received.startswith(b"HTTP/1.1 4"):
+                    return int(received.split()[1])
+        else:
+            sock.settimeout(0.05)
+            deadline = time.monotonic() + WAIT_S
+            while metric(srv.metrics(), "clawbot_time_to_first_token_seconds_count") <= started:
+                try:
+                    answer = sock.recv(4096)
+                    if answer:
+                        return int(answer.split()[1])  # refused before any token
+                except TimeoutError:
+                    pass
+                assert time.monotonic() < deadline, "the generation never started"
+    wait_for(srv, "the hang-up to be counted", lambda t: metric(
+        t, "clawbot_requests_total", route="/v1/chat/completions", status="499") == gone + 1, WAIT_S)
+    return None
+
+
+@pytest.mark.parametrize("key_id, stream", [("dave", True), ("erin", False)], ids=["streams", "json"])
+def test_a_key_that_hangs_up_is_charged_what_it_used_and_meets_its_budget(
+    fair: tuple[Server, dict[str, str]], limits: RedisServer, key_id: str, stream: bool
+) -> None:
+    srv, keys = fair
+    started = time.monotonic()
+    hang_ups, refused = 0, None
+    while refused is None:
+        assert hang_ups < 8, "a key that hangs up every time was never held to its budget"
+        refused = hang_up(srv, keys[key_id], stream=stream)
+        hang_ups += refused is None
+    assert refused == 429 and hang_ups >= 2  # admitted while its budget lasted, then refused like any other key
+    with srv.client() as c:
+        again = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys[key_id]))
+        assert again.status_code == 429 and again.json()["error"]["code"] == "token_budget_exceeded", again.text
+        assert c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2},
+                      headers=bearer(keys["bob"])).status_code == 200
+
+    # Each hang-up stayed a 499 and was charged the prompt it had read and the tokens generated before it.
+    lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    gone = [d for d in lines if d.get("msg") == "request" and d.get("key_id") == key_id and d.get("status") == 499]
+    assert len(gone) == hang_ups
+    prompt = gone[0]["prompt_tokens"]
+    assert prompt > 250 and all(d["prompt_tokens"] == prompt and 1 <= d["completion_tokens"] < 256 for d in gone), gone
+    charged = sum(d["prompt_tokens"] + d["completion_tokens"] for d in gone)
+    # The charges are in Redis, where every replica reads the key's budget: what is left is the budget, less them,
+    # plus at most what refilled meanwhile.
+    bucket = float(redis.Redis.from_url(limits.url).hget(f"clawbot:rl:tokens:{key_id}", "t") or TOKEN_BUDGET)
+    refill = TOKEN_BUDGET / 60 * (time.monotonic() - started)
+    assert TOKEN_BUDGET - charged <= bucket <= TOKEN_BUDGET - charged + refill + 1
+    assert not [d for d in lines if d.get("msg") == "request" and d.get("key_id") == key_id and d["status"] >= 500]

@@ -82,7 +82,7 @@ class RequestObserver:
             access = getattr(getattr(scope.get("app"), "state", None), "access", None)
             if access is not None:
                 access.audit.log(principal, route, status, context.client_ip)
-        usage = context.tokens_used()
+        usage = context.usage
         client = context.client_ip or (scope.get("client") or ("", 0))[0]
         log.info(
             "request",

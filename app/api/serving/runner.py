@@ -179,7 +179,16 @@ class ChatRunner:
             yield event
 
     def _submit(self, job: ChatJob, request: Request) -> "GenerationHandle":
-        return engine_calls.submit(self.engine, job, self.metrics)
+        """Hand `job` to the engine. Until the request ends, its context can stop the generation and say what it used
+        (a client that hangs up is charged for the prompt read and the tokens generated)."""
+        handle = engine_calls.submit(self.engine, job, self.metrics)
+
+        def stop() -> TokenUsage:
+            used = handle.stop()
+            return TokenUsage(prompt=used.prompt_tokens, completion=used.completion_tokens, cached_tokens=used.cached_tokens)
+
+        context_of(request).stop_generation = stop
+        return handle
 
     @staticmethod
     def _stream_failed(request: Request, exc: Exception) -> ApiError:

@@ -14,6 +14,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from app.inference.engine import Completion, Engine, EngineClosedError, QueueFullError, SamplingParams
+from app.inference.requests import Progress
 from app.observability.metrics import build_metrics
 from tests.app.inference.toy import Spy, collect, engine_for, reference, run, text_script, tok
 
@@ -105,6 +106,36 @@ def test_cancelling_a_running_request_frees_its_slot_for_a_queued_one(tiny: Llam
     assert cancelled.completion_tokens < 400
     assert done.finish_reason == "length" and done.completion_tokens == 5
     assert active == 0
+
+
+def test_a_handle_reports_what_its_generation_used_up_to_its_cancellation(tiny: LlamaForCausalLM) -> None:
+    """What a client that hangs up is charged: the prompt tokens read and the tokens generated, frozen at the hang-up."""
+    slow = Spy(tiny, delay_s=0.01)
+    long_prompt = tok.encode("The lighthouse keeper counted the waves. " * 2)
+
+    async def go() -> tuple[Any, Any, Any, Any, Completion]:
+        engine = engine_for(slow, max_batch_size=1, prefill_chunk_tokens=16)
+        await engine.start()
+        running = engine.submit(PROMPTS[0], SamplingParams(max_tokens=400, ignore_eos=True))
+        waiting = engine.submit(long_prompt, SamplingParams(max_tokens=5, ignore_eos=True))
+        seen = 0
+        async for _ in running:
+            seen += 1
+            if seen == 3:
+                break
+        assert waiting.progress() == Progress(0, 0)  # queued: nothing read yet
+        stopped = running.stop()
+        after_a_while = (await running.result(), running.progress())
+        await waiting.result()
+        read = waiting.progress()
+        await engine.shutdown()
+        return stopped, after_a_while[1], read, waiting.stop(), after_a_while[0]
+
+    stopped, later, read, again, completion = run(go)
+    assert stopped.prompt_tokens == len(PROMPTS[0]) and 3 <= stopped.completion_tokens < 400
+    assert later == stopped  # tokens the engine made before it dropped the row are not the client's
+    assert completion.completion_tokens >= stopped.completion_tokens
+    assert read == again == Progress(len(long_prompt), 5)  # read in chunks; finished, stop() changes nothing
 
 
 def test_full_queue_raises_without_growing_and_a_cancelled_queued_request_frees_its_place(
