@@ -21,16 +21,14 @@ from fastapi.responses import StreamingResponse
 from app.access.context import TokenUsage
 from app.api.context import context_of
 from app.api.errors import ApiError
-from app.api.schemas import ChatMessage, GenerationFields
 from app.api.serving import engine_calls
-from app.api.serving.jobs import Answer, ChatJob, ChatResult, OutputRequest
+from app.api.serving.jobs import Answer, ChatJob, ChatResult
 from app.api.serving.preparation import JobBuilder
 from app.api.tools import Delta, ParsedOutput
 from app.inference.loader import SamplingDefaults, output_cap
 from app.inference.requests import Completion
 
 if TYPE_CHECKING:
-    from app.access.context import Principal
     from app.inference.constraints import Grammars
     from app.inference.engine import Engine
     from app.inference.handle import GenerationHandle
@@ -94,6 +92,8 @@ class ChatRunner:
             context_window=context_window, storage=storage, defaults=defaults or SamplingDefaults(), grammars=grammars,
             max_tokens=self.max_tokens,
         )
+        self.prepare = self.jobs.prepare  # route, principal, messages, generation fields, limits -> ChatJob
+        self.render = self.jobs.render
 
     def close(self) -> None:
         self.jobs.close()
@@ -102,25 +102,6 @@ class ChatRunner:
     def check_model(self, requested: str | None) -> None:
         if requested not in (None, "", self.model_name):
             raise ApiError(404, "model_not_found", f"model {requested!r} is not served here; GET /v1/models lists {self.model_name!r}")
-
-    async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> list[int]:
-        return await self.jobs.render(messages, tools)
-
-    async def prepare(
-        self,
-        route: str,
-        principal: "Principal",
-        messages: list[ChatMessage],
-        gen: GenerationFields,
-        *,
-        max_tokens: int | None,
-        ignore_eos: bool = False,
-        request_id: str | None = None,
-        output: OutputRequest | None = None,
-    ) -> ChatJob:
-        """See JobBuilder.prepare."""
-        return await self.jobs.prepare(route, principal, messages, gen, max_tokens=max_tokens, ignore_eos=ignore_eos,
-                                       request_id=request_id, output=output)
 
     # -- running -----------------------------------------------------------------------------
     async def complete(self, job: ChatJob, request: Request) -> ChatResult:
