@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from infra.dashboard import DASHBOARD_PATH
-from infra.synth import synthesize
+from infra.components.dashboard import DASHBOARD_PATH
+from infra.tools.synth import synthesize
 from tests.e2e.server import Server, start_server
 from tests.infra.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
 from tests.infra.promql import metric_names

@@ -10,7 +10,7 @@ import pytest
 
 from app.observability.metrics import METRIC_NAMES
 from infra.settings import ConfigError, parse_settings
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 from tests.infra.promql import metric_names
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from app.observability.metrics import METRIC_NAMES
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 
 
 def test_prod_hpa_scales_the_chat_deployment_between_2_and_10(prod: Synthesis) -> None:

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from infra.backups import DUMP_LABELS, JOBS_DIR, SNAPSHOT_LABELS
-from infra.synth import Synthesis, synthesize
+from infra.components.backups import DUMP_LABELS, JOBS_DIR, SNAPSHOT_LABELS
+from infra.tools.synth import Synthesis, synthesize
 from tests.e2e.test_tls import issue, make_ca
 from tests.infra.conftest import pod_spec
 from tests.infra.crd_validation import validate
@@ -116,7 +116,7 @@ def test_without_a_snapshot_class_or_a_database_there_is_nothing_to_back_up() ->
 )
 def test_bad_backup_settings_are_refused_naming_the_key(changes: dict[str, Any], message: str) -> None:
     from infra.settings import ConfigError, parse_settings
-    from infra.synth import read_stack_config
+    from infra.tools.synth import read_stack_config
 
     with pytest.raises(ConfigError) as err:
         parse_settings({**read_stack_config("prod"), **changes}, stack="prod")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from infra import canary_check
-from infra.canary_check import TrackErrors, judge
+from infra.tools import canary_check
+from infra.tools.canary_check import TrackErrors, judge
 
 KUBECTL = r'''
 import json, os, sys, urllib.parse

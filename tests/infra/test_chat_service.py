@@ -5,9 +5,9 @@ import json
 from pathlib import PurePosixPath
 
 from app.settings import ENV_VARS, load_settings
-from infra.mocks import LOAD_BALANCER_HOSTNAME
+from infra.tools.mocks import LOAD_BALANCER_HOSTNAME
 from infra.contract import CHAT_LABELS
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 

@@ -10,14 +10,14 @@ import pulumi
 import pytest
 
 from app.observability.metrics import METRIC_NAMES
-from infra.dashboard import (
+from infra.components.dashboard import (
     DASHBOARD_PATH,
     Dashboard,
     DashboardArgs,
     DashboardError,
     load_dashboard,
 )
-from infra.mocks import fresh_event_loop
+from infra.tools.mocks import fresh_event_loop
 from tests.infra.promql import metric_names
 
 # Series the dashboard may read that the app does not export, each with where it comes from.

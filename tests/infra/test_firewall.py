@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from infra.contract import CHAT_LABELS
-from infra.synth import Synthesis
+from infra.tools.synth import Synthesis
 
 
 def policies(s: Synthesis) -> dict[str, dict]:

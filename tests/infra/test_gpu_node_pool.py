@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from infra.gpu_node_pool import GPU_RESOURCE, placement_for
-from infra.settings import Taint, parse_settings
-from infra.synth import Synthesis, read_stack_config, synthesize
+from infra.components.gpu_node_pool import GPU_RESOURCE, placement_for
+from infra.settings import parse_settings
+from infra.settings.gpu import Taint
+from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from app.access.keyfile import KeyFileError, open_key_file
 from app.access.keyring import contents_of, digest, parse_time
-from infra.secret_store import DAY_S, rotation_schedule
-from infra.synth import Synthesis, synthesize
+from infra.components.secret_store import DAY_S, rotation_schedule
+from infra.tools.synth import Synthesis, synthesize
 
 
 def secret_file(s: Synthesis, secret: str, key: str) -> str:

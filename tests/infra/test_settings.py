@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from infra.settings import CONFIG_KEYS, SECRET_KEYS, ConfigError, parse_settings
-from infra.synth import SynthError, read_stack_config, synthesize
+from infra.tools.synth import SynthError, read_stack_config, synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD = read_stack_config("prod")
@@ -72,24 +72,24 @@ def test_bad_values_are_refused_with_a_message_naming_them(changes: dict[str, ob
 
 def test_quantization_without_gpu_is_refused() -> None:
     with pytest.raises(ConfigError, match="clawbot:quantization 'nf4' needs a GPU"):
-        parse_settings({"quantization": "nf4"}, stack="dev")
+        parse_settings({"quantization": "nf4", "storageClass": "gp3"}, stack="dev")
 
 
 def test_int8_runs_without_a_gpu() -> None:
     """On CPU nodes QUANTIZATION=int8 uses torch's weight-only int8 kernel, no bitsandbytes and no GPU."""
     settings = parse_settings({**read_stack_config("dev"), "quantization": "int8"}, stack="dev")
-    assert settings.quantization == "int8" and not settings.gpu.enabled
+    assert settings.model.quantization == "int8" and not settings.gpu.enabled
 
 
 def test_dtype_and_prefix_cache_are_stack_settings() -> None:
     settings = parse_settings({**read_stack_config("dev"), "dtype": "float32", "prefixCacheTokens": 0}, stack="dev")
-    assert (settings.dtype, settings.prefix_cache_tokens) == ("float32", 0)
+    assert (settings.model.dtype, settings.model.prefix_cache_tokens) == ("float32", 0)
 
 
 def test_both_stack_files_parse() -> None:
     prod = parse_settings(PROD, stack="prod")
     dev = parse_settings(read_stack_config("dev"), stack="dev")
-    assert prod.production and prod.gpu.mode == "karpenter" and prod.quantization == "nf4"
+    assert prod.production and prod.gpu.mode == "karpenter" and prod.model.quantization == "nf4"
     assert (prod.scaling.min_replicas, prod.scaling.max_replicas) == (2, 10)
     assert prod.network.allowed_cidrs == ("192.168.1.0/24", "10.8.0.0/16")
     assert not dev.production and dev.gpu.mode == "none" and dev.network.service_type == "ClusterIP"
@@ -121,7 +121,7 @@ def test_stack_files_use_only_declared_keys_and_no_plain_secrets() -> None:
 
 
 def test_object_keys_the_schema_cannot_type_are_documented_in_pulumi_yaml_and_stacks_name_every_secret() -> None:
-    from infra.release_settings import STRUCTURED_KEYS
+    from infra.settings import STRUCTURED_KEYS
 
     text = (ROOT / "Pulumi.yaml").read_text()
     for name in STRUCTURED_KEYS:

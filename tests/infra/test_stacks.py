@@ -10,8 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra.settings import MIN_KUBERNETES, parse_settings
-from infra.synth import Synthesis, synthesize
+from infra.settings import parse_settings
+from infra.settings.cluster import MIN_KUBERNETES
+from infra.tools.synth import Synthesis, synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 OLDEST = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}.0"  # the oldest the README supports

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.synth import Synthesis
+from infra.tools.synth import Synthesis
 from tests.infra.alerts.cases import RULE_FILE, TEST_FILES, checks, firing_labels
 from tests.infra.alerts.operator import rule_file
 from tests.monitoring import run_tool, write_yaml

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 from tests.infra.alerts.cases import firing_labels
 from tests.infra.alerts.operator import alertmanager_config, stack_secrets
 from tests.monitoring import run_tool, write_yaml

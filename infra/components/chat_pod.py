@@ -36,10 +36,11 @@ from infra.contract import (
     TRACK_LABEL,
     VERSION_LABEL,
 )
-from infra.gpu_node_pool import PodPlacement
+from infra.components.gpu_node_pool import PodPlacement
+from infra.components.secret_store import SecretNames
 from infra.images import parse_image
-from infra.secret_store import SecretNames
-from infra.settings import ROLLOUT_SURGE, StackSettings
+from infra.settings.pod import ROLLOUT_SURGE
+from infra.settings.stack import StackSettings
 
 PROBE_PERIOD_S = 10
 # Restricted Pod Security for every container we run: the namespace enforces it too.
@@ -92,11 +93,12 @@ class Release:
 
 def stable_release(s: StackSettings) -> Release:
     # With an HPA the replica count belongs to it; a fixed count would fight it on every `pulumi up`.
-    return Release(STABLE, s.image, None if s.scaling.autoscaled else s.scaling.min_replicas)
+    return Release(STABLE, s.release.image, None if s.scaling.autoscaled else s.scaling.min_replicas)
 
 
 def canary_release(s: StackSettings) -> Release | None:
-    return Release(CANARY, s.canary.image, s.canary.replicas, s.canary.weight_percent) if s.canary else None
+    c = s.release.canary
+    return Release(CANARY, c.image, c.replicas, c.weight_percent) if c else None
 
 
 def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -128,10 +130,10 @@ def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int =
 
 
 def _container(p: PodInputs, image: str) -> dict[str, Any]:
-    s = p.settings
+    pod = p.settings.pod
     https = p.tls_secret_name is not None
-    limits = {"cpu": s.cpu_limit, "memory": s.memory_limit, **p.placement.limits}
-    requests = {"cpu": s.cpu_request, "memory": s.memory_request, **p.placement.limits}
+    limits = {"cpu": pod.cpu_limit, "memory": pod.memory_limit, **p.placement.limits}
+    requests = {"cpu": pod.cpu_request, "memory": pod.memory_request, **p.placement.limits}
     mounts = [
         {"name": "data", "mountPath": DATA_DIR},
         {"name": "tmp", "mountPath": TMP_DIR},
@@ -144,7 +146,7 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
-        "imagePullPolicy": s.image_pull_policy,
+        "imagePullPolicy": pod.image_pull_policy,
         "args": ["python", "-m", "app"],  # args, not command: the image's ENTRYPOINT (tini) stays PID 1
         "ports": [
             {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
@@ -156,15 +158,15 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
            if p.database_secret_name else {}),
         "resources": {"limits": limits, "requests": requests},
         # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
-        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, s.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
+        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, pod.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
         "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3, https=https),
         "readinessProbe": _probe(READY_PATH, period=5, failures=2, https=https),
         "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
         "volumeMounts": mounts,
     }
-    if s.pre_stop_sleep_seconds:
+    if pod.pre_stop_sleep_seconds:
         # Keep serving while the endpoint leaves the Service and the NLB target group; SIGTERM comes after.
-        container["lifecycle"] = {"preStop": {"sleep": {"seconds": s.pre_stop_sleep_seconds}}}
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": pod.pre_stop_sleep_seconds}}}
     return container
 
 
@@ -183,7 +185,7 @@ def _volumes(p: PodInputs) -> list[dict[str, Any]]:
 
 def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
     affinity = dict(p.placement.affinity() or {})
-    if release.track == CANARY and p.settings.data_access_mode == "ReadWriteOnce":
+    if release.track == CANARY and p.settings.data_volume.access_mode == "ReadWriteOnce":
         # A ReadWriteOnce volume attaches to one node: the canary must run where the stable pods mount it.
         affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}
@@ -192,12 +194,11 @@ def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
 
 
 def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str]) -> dict[str, Any]:
-    s = p.settings
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # preStop sleep + SHUTDOWN_GRACE_SECONDS + a margin: the kubelet never kills a pod that is still draining.
-        "terminationGracePeriodSeconds": s.termination_grace_seconds,
+        "terminationGracePeriodSeconds": p.settings.pod.termination_grace_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": APP_UID,

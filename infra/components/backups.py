@@ -15,12 +15,12 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.chat_pod import CONTAINER_SECURITY
+from infra.components.chat_pod import CONTAINER_SECURITY
+from infra.components.firewall import DNS_EGRESS
 from infra.contract import APP_NAME, APP_UID, COMMON_LABELS, DATABASE_SECRET_KEY
-from infra.data_settings import BackupSettings, DatabaseSettings
-from infra.firewall import DNS_EGRESS
+from infra.settings.data import BackupSettings, DatabaseSettings
 
-JOBS_DIR = Path(__file__).with_name("jobs")
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SNAPSHOT_SCRIPT = "volume_snapshot.py"
 DUMP_SCRIPT = "database_dump.sh"
 SCRIPTS_DIR = "/opt/clawbot"

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.contract import COMMON_LABELS
-from infra.settings import GpuSettings
+from infra.settings.gpu import GpuSettings
 
 GPU_RESOURCE = "nvidia.com/gpu"
 KARPENTER_API = "karpenter.sh/v1"

@@ -10,16 +10,16 @@ from typing import Any
 import pulumi
 
 from infra.images import image_history, parse_image
-from infra.settings import StackSettings
+from infra.settings.stack import StackSettings
 
 
 def history_output(previous: pulumi.Input[Any], settings: StackSettings) -> pulumi.Output[list[str]]:
-    return pulumi.Output.from_input(previous).apply(lambda past: image_history(past, settings.image))
+    return pulumi.Output.from_input(previous).apply(lambda past: image_history(past, settings.release.image))
 
 
 def canary_output(settings: StackSettings) -> dict[str, Any] | None:
     """The canary as operators and the deploy workflow read it; None when there is none."""
-    c = settings.canary
+    c = settings.release.canary
     if c is None:
         return None
     return {

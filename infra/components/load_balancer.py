@@ -11,7 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.contract import PORT, READY_PATH
-from infra.settings import StackSettings
+from infra.settings.stack import StackSettings
 
 AWS_LB = "service.beta.kubernetes.io/aws-load-balancer-"
 # TLS 1.3 and 1.2 only, forward-secret suites.
@@ -27,7 +27,7 @@ def service_annotations(s: StackSettings) -> dict[str, str]:
     target_group = [
         f"preserve_client_ip.enabled={'true' if lb.preserve_client_ip else 'false'}",
         # In-flight requests of a deregistered pod get as long as the pod itself has to finish them.
-        f"deregistration_delay.timeout_seconds={s.termination_grace_seconds}",
+        f"deregistration_delay.timeout_seconds={s.pod.termination_grace_seconds}",
     ]
     out = {
         f"{AWS_LB}scheme": lb.scheme,

@@ -3,7 +3,7 @@
 Used by the offline synth and the unit tests. Random values are derived from the resource
 name and its keepers, so a changed keeper (a new rotation epoch) gives a new value, as
 `pulumi-random` would. `RecordingMonitor` keeps the resource options the engine would get
-(timeouts, protect, retainOnDelete, dependencies), which Pulumi's own mocks drop.
+(timeouts, protect, retainOnDelete, dependencies, aliases), which Pulumi's own mocks drop, and each resource's URN.
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class ResourceOptionsSeen:
     custom_timeouts: dict[str, str] | None = None  # create/update/delete as duration strings
     dependencies: tuple[str, ...] = ()  # URNs
     replace_on_changes: tuple[str, ...] = ()
+    urn: str = ""  # as the mock monitor makes it: the parent's type chain, this type, the name
+    aliases: tuple[str, ...] = ()  # the URNs the aliases name: where an existing stack may hold this resource
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class RecordingMonitor(MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method name)
         timeouts = request.customTimeouts
         seen = ResourceOptionsSeen(
+            urn=self.make_urn(request.parent, request.type, request.name),
+            aliases=tuple(self._alias_urn(request, alias) for alias in request.aliases),
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),
             custom_timeouts={k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v}
@@ -135,3 +139,14 @@ class RecordingMonitor(MockMonitor):
         )
         self.clawbot_mocks.pending_options[(request.type, request.name)] = seen
         return super().RegisterResource(request)
+
+    def _alias_urn(self, request: Any, alias: Any) -> str:
+        """The URN an alias names, as the engine resolves it: what the spec leaves out is the resource's own."""
+        if alias.urn:
+            return str(alias.urn)
+        spec = alias.spec
+        if spec.parentUrn:
+            parent = spec.parentUrn
+        else:
+            parent = "" if spec.noParent else request.parent
+        return self.make_urn(parent, spec.type or request.type, spec.name or request.name)

@@ -1,4 +1,5 @@
-"""Observability objects for the Prometheus operator: ServiceMonitor, PrometheusRule and e-mail routing.
+"""Alerting through the Prometheus operator: the PrometheusRule and the AlertmanagerConfig that mails the alerts
+(the ServiceMonitor that feeds them belongs to Monitoring).
 
 Every alert keeps the `namespace` label (each aggregation is `by (namespace, ...)`): the operator routes to an
 AlertmanagerConfig only the alerts whose `namespace` equals the AlertmanagerConfig's own (it adds that matcher to
@@ -16,12 +17,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from app.access.tokens import LEEWAY_S
-from infra.contract import (
-    APP_LABELS, APP_NAME, CONTAINER_NAME, METRICS_PATH, METRICS_PORT_NAME, METRICS_SERVICE_LABELS, RELEASE_LABELS,
-)
-from infra.settings import AlertSettings
+from infra.components.monitoring import MONITORING_API
+from infra.contract import APP_LABELS, APP_NAME, CONTAINER_NAME
+from infra.settings.alerts import AlertSettings
 
-MONITORING_API = "monitoring.coreos.com/v1"
 ALERTMANAGER_CONFIG_API = "monitoring.coreos.com/v1alpha1"
 SMTP_SECRET_KEY = "password"
 EMAIL_RECEIVER = "email"
@@ -231,18 +230,6 @@ class AlertRules(pulumi.ComponentResource):
                 opts=opts,
             )
 
-        self.service_monitor = custom(
-            MONITORING_API,
-            "ServiceMonitor",
-            {
-                "selector": {"matchLabels": dict(METRICS_SERVICE_LABELS)},
-                "namespaceSelector": {"matchNames": [args.namespace_name]},
-                "endpoints": [{"port": METRICS_PORT_NAME, "path": METRICS_PATH, "interval": "30s", "scrapeTimeout": "10s"}],
-                # The pods' track and version ride on every scraped series, so a query can put the canary's error
-                # rate and latency beside the stable set's (`track="canary"`, `app_kubernetes_io_version`).
-                "podTargetLabels": list(RELEASE_LABELS),
-            },
-        )
         self.prometheus_rule = custom(
             MONITORING_API, "PrometheusRule", {"groups": [{"name": "clawbot.rules", "rules": [a.rule() for a in alerts]}]}
         )

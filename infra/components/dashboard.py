@@ -9,7 +9,7 @@ from typing import Mapping
 import pulumi
 import pulumi_kubernetes as k8s
 
-DASHBOARD_PATH = Path(__file__).resolve().parents[1] / "dashboards" / "clawbot.json"
+DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "dashboards" / "clawbot.json"
 # The kube-prometheus-stack / Grafana Helm chart sidecar loads every ConfigMap carrying this label.
 SIDECAR_LABEL = ("grafana_dashboard", "1")
 # ...and files it under the folder named by this annotation (sidecar.dashboards.folderAnnotation).
