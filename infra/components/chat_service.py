@@ -40,6 +40,7 @@ from infra.contract import (
     TLS_KEY_PATH,
 )
 from infra.settings.stack import StackSettings
+
 # What a first rollout needs beyond the startup probe's budget: Karpenter launching a GPU node, the CUDA image
 # pull, and the NLB registering the pod. Pulumi's default 10-minute await is far below a first prod rollout.
 PROVISIONING_BUDGET_S = 1200
@@ -145,7 +146,7 @@ class ChatService(pulumi.ComponentResource):
         self.database_secret = self._database_secret()
         self.database_secret_name = f"{prefix}-database" if self.database_secret else None
 
-        self._deployments()
+        self.deployment, self.canary_deployment = self._deployments()
         self.service = self._service()
         # Prometheus scrapes this ClusterIP Service; the LoadBalancer above never carries the metrics port.
         self.metrics_service = k8s.core.v1.Service(
@@ -188,7 +189,7 @@ class ChatService(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _deployments(self) -> None:
+    def _deployments(self) -> tuple[k8s.apps.v1.Deployment, k8s.apps.v1.Deployment | None]:
         """The stable Deployment and, with a canary, one beside it behind the same Service (the HPA scales the
         stable set only). Both wait for everything their pods mount, and roll when the env or a secret changes."""
         a, s, prefix = self.args, self.args.settings, self.args.name_prefix
@@ -217,9 +218,9 @@ class ChatService(pulumi.ComponentResource):
                 opts=options,
             )
 
-        self.deployment = deployment("deployment", prefix, stable_release(s))
+        stable = deployment("deployment", prefix, stable_release(s))
         canary = canary_release(s)
-        self.canary_deployment = deployment("canary-deployment", f"{prefix}-canary", canary) if canary else None
+        return stable, deployment("canary-deployment", f"{prefix}-canary", canary) if canary else None
 
     def _service(self) -> k8s.core.v1.Service:
         s = self.args.settings

@@ -26,7 +26,6 @@ class DataVolumeArgs:
 
 class DataVolume(pulumi.ComponentResource):
     mounted_claim_name: str  # the claim the pods mount: the original, or the one restored from a snapshot
-    claims: list[k8s.core.v1.PersistentVolumeClaim]  # what the pods wait for
 
     def __init__(self, name: str, args: DataVolumeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("clawbot:infra:DataVolume", name, None, opts)
@@ -39,7 +38,6 @@ class DataVolume(pulumi.ComponentResource):
             # delete it at all until someone runs `pulumi state unprotect` on purpose.
             opts=pulumi.ResourceOptions(parent=self, aliases=aliases, retain_on_delete=True, protect=args.protect),
         )
-        self.claims = [self.claim]
         self.mounted_claim_name = args.claim_name
         self.restored_claim = None
         if args.restore_snapshot:
@@ -53,7 +51,6 @@ class DataVolume(pulumi.ComponentResource):
                 # Restoring from another snapshot later leaves this claim in the cluster, as destroy does.
                 opts=pulumi.ResourceOptions(parent=self, aliases=aliases, retain_on_delete=True),
             )
-            self.claims.append(self.restored_claim)
         self.register_outputs({"claimName": self.mounted_claim_name})
 
 

@@ -30,7 +30,7 @@ from tests.infra.conftest import pod_spec
 from tests.infra.crd_validation import validate
 from tests.postgres_server import PostgresServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "sa-token-for-the-snapshot-job"
 NAMESPACE = "clawbot-dev"
 SNAPSHOTS = f"/apis/snapshot.storage.k8s.io/v1/namespaces/{NAMESPACE}/volumesnapshots"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from infra.tools.synth import Synthesis, synthesize
-from tests.infra.alerts.cases import firing_labels
-from tests.infra.alerts.operator import alertmanager_config, stack_secrets
+from tests.infra.components.alerts.cases import firing_labels
+from tests.infra.components.alerts.operator import alertmanager_config, stack_secrets
 from tests.monitoring import run_tool, write_yaml
 
 EMAIL = "clawbot/clawbot/email"  # <namespace>/<AlertmanagerConfig name>/<receiver>, as the operator names it

@@ -1,5 +1,5 @@
 """Alerts as synthesized: seed thresholds and windows, config overrides, selector labels, every series real, the
-README's table in step with the rules. What the rules do is evaluated by promtool and amtool in tests/infra/alerts."""
+README's table in step with the rules. What the rules do is evaluated by promtool and amtool in tests/infra/components/alerts."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ from infra.settings import ConfigError, parse_settings
 from infra.tools.synth import Synthesis, synthesize
 from tests.infra.promql import metric_names
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Series the rules read that the app does not export, and the exporter kube-prometheus-stack runs for each.
 CLUSTER_METRICS = {
     "container_cpu_usage_seconds_total": "cAdvisor (kubelet)",

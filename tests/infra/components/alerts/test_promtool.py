@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from infra.tools.synth import Synthesis
-from tests.infra.alerts.cases import RULE_FILE, TEST_FILES, checks, firing_labels
-from tests.infra.alerts.operator import rule_file
+from tests.infra.components.alerts.cases import RULE_FILE, TEST_FILES, checks, firing_labels
+from tests.infra.components.alerts.operator import rule_file
 from tests.monitoring import run_tool, write_yaml
 
 
