@@ -1,6 +1,6 @@
 """The deploy workflow's soak: watch a canary for a while and say whether it may be promoted.
 
-    python -m infra.canary_check --namespace clawbot --soak-seconds 900
+    python -m infra.tools.canary_check --namespace clawbot --soak-seconds 900
 
 Every `--interval` seconds until the soak ends, through `kubectl` (the workflow's kubeconfig):
 
@@ -135,7 +135,7 @@ def soak(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.canary_check",
+    parser = argparse.ArgumentParser(prog="python -m infra.tools.canary_check",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--soak-seconds", type=int, default=900)

@@ -1,4 +1,4 @@
-"""The deploy workflow's soak (infra/canary_check.py) against a stand-in `kubectl` serving a cluster's answers.
+"""The deploy workflow's soak (infra/tools/canary_check.py) against a stand-in `kubectl` serving a cluster's answers.
 
 The stand-in answers what a cluster and Prometheus would: the canary Deployment, its pods (one answer per call,
 so a restart can happen mid-soak), and instant queries through the service proxy. It also checks the PromQL
