@@ -1,4 +1,4 @@
-"""A stand-in for the `pulumi` CLI, so README runbooks run against the real program under mocks.
+"""A stand-in for the `pulumi` CLI, so the documented runbooks run against the real program under mocks.
 
     FAKE_PULUMI_STATE=<dir> python -m tests.infra.fake_pulumi config set [--path] image <ref>
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infra.synth import PROJECT, synthesize, write
+from infra.tools.synth import PROJECT, synthesize, write
 
 VALUE_FLAGS = {"-s", "--stack", "--policy-pack", "--policy-pack-config", "--message", "-m"}
 
