@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from app.api.auth import ROUTE_RULES, RouteRule
 from app.api.middleware.network_rules import PROBE_PATHS
-from app.api.schemas import ErrorResponse
+from app.api.schemas import ChatCompletionChunk, ErrorResponse
 from app.api.serving import DEADLINE_HEADER, MAX_TOKENS_HEADER
 
 SCHEMA_PREFIX = "#/components/schemas/"
@@ -60,9 +60,11 @@ def error_statuses(path: str, operation: dict[str, Any], rule: RouteRule) -> set
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the error responses (and the generation headers) to every operation of `schema`, in place (idempotent)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    error_schema = ErrorResponse.model_json_schema(ref_template=SCHEMA_PREFIX + "{model}")
-    components.update(error_schema.pop("$defs", {}))
-    components[ErrorResponse.__name__] = error_schema
+    # The error shape, and the chunk a streamed chat completion's events carry (no route returns it as JSON).
+    for model in (ErrorResponse, ChatCompletionChunk):
+        model_schema = model.model_json_schema(ref_template=SCHEMA_PREFIX + "{model}", mode="serialization")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
     for path, operations in schema.get("paths", {}).items():
         rule = ROUTE_RULES[path]
         for operation in operations.values():

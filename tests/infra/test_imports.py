@@ -3,42 +3,15 @@ program never depends on its tooling (infra/tools), which only the `python -m in
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-INFRA = ROOT / "infra"
+from tests.import_graph import ROOT, ImportGraph, discover
+
 # The command the design names (`python -m infra.synth`): it starts the tool, and is itself tooling.
 ENTRY_MODULES = {"infra.synth"}
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-MODULES = {module_name(p): p for p in sorted(INFRA.rglob("*.py"))}
-
-
-def imports_of(name: str) -> set[str]:
-    """The infra modules `name` imports anywhere in its body (functions and TYPE_CHECKING blocks included)."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {m for m in found if m in MODULES and m != name}
-
-
-GRAPH = {name: imports_of(name) for name in MODULES}
+INFRA = ImportGraph.of(discover("infra"))  # the modules found on disk, every import counted (tests/import_graph.py)
+GRAPH = INFRA.edges
 
 
 def test_every_infra_module_is_seen() -> None:
@@ -47,19 +20,9 @@ def test_every_infra_module_is_seen() -> None:
 
 
 def test_no_import_cycle() -> None:
-    done: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> None:
-        if name in path:
-            pytest.fail("import cycle: " + " -> ".join(path[path.index(name):] + [name]))
-        if name in done:
-            return
-        for target in sorted(GRAPH[name]):
-            visit(target, path + [name])
-        done.add(name)
-
-    for name in sorted(GRAPH):
-        visit(name, [])
+    cycles = INFRA.cycles()
+    if cycles:
+        pytest.fail("import cycle: " + "; ".join(" -> ".join(cycle) for cycle in cycles))
 
 
 def test_the_program_never_imports_its_tooling() -> None:

@@ -94,16 +94,17 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+# Field order is the order the stream has always written them in (the arguments first, the name once).
 class FunctionCallDelta(BaseModel):
-    name: str | None = None
     arguments: str
+    name: str | None = None
 
 
 class ToolCallDelta(BaseModel):
     index: int
+    function: FunctionCallDelta
     id: str | None = None
     type: Literal["function"] | None = None
-    function: FunctionCallDelta
 
 
 class ChunkDelta(BaseModel):
