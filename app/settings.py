@@ -151,6 +151,12 @@ class Settings:
     # How often the certificate files are checked for a renewal (cert-manager rewrites the mounted Secret).
     tls_reload_s: float = 60.0
     tool_call_parser: str = "auto"
+    # Wall-clock budget of one JSON Schema's grammar compile; a schema over it is refused (400 schema_too_complex).
+    grammar_compile_timeout_s: float = 5.0
+    # Grammar compiles that may run at once (each in a process of its own, then a thread of the server).
+    grammar_compile_workers: int = 2
+    # Compiled grammars kept for schemas that come again (LRU, by their size in memory).
+    grammar_cache_bytes: int = 64 * 1_048_576
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -211,6 +217,9 @@ ENV_VARS: dict[str, str] = {
     "TLS_KEY_FILE": "tls_key_file",
     "TLS_RELOAD_SECONDS": "tls_reload_s",
     "TOOL_CALL_PARSER": "tool_call_parser",
+    "GRAMMAR_COMPILE_TIMEOUT_SECONDS": "grammar_compile_timeout_s",
+    "GRAMMAR_COMPILE_WORKERS": "grammar_compile_workers",
+    "GRAMMAR_CACHE_BYTES": "grammar_cache_bytes",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -279,6 +288,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=optional_path("TLS_KEY_FILE"),
         tls_reload_s=_float(env, "TLS_RELOAD_SECONDS", 60.0, 1.0, 86400.0),
         tool_call_parser=_choice(env, "TOOL_CALL_PARSER", "auto", TOOL_CALL_PARSERS),
+        grammar_compile_timeout_s=_float(env, "GRAMMAR_COMPILE_TIMEOUT_SECONDS", 5.0, 0.1, 600.0),
+        grammar_compile_workers=_int(env, "GRAMMAR_COMPILE_WORKERS", 2, 1, 64),
+        grammar_cache_bytes=_int(env, "GRAMMAR_CACHE_BYTES", 64 * 1_048_576, 0, 64 * 1024 * 1_048_576),
     )
     _check_tls(s)
     if s.metrics_port == s.port:
