@@ -27,8 +27,8 @@ import torch
 import xgrammar as xgr
 
 from app.inference.grammar_sandbox import (
-    CompileBudgetExceeded, CompileSandbox, CompilerUnavailable, GrammarError, compile_schema, lower_priority,
-    new_compiler,
+    CompileBudgetExceeded, CompilerCrashed, CompileSandbox, CompilerUnavailable, GrammarError, compile_schema,
+    lower_priority, new_compiler,
 )
 from app.inference.schema_limits import SchemaLimits, SchemaRefused, SchemaTooComplex, check_schema, schema_key, schema_text
 
@@ -193,6 +193,8 @@ class Grammars:
             )
             self._refused.put(key, error)
             raise error from None
+        except CompilerCrashed:
+            raise  # not remembered: the process may have died of something else (memory, a signal)
         except GrammarError as exc:
             self._refused.put(key, exc)
             raise

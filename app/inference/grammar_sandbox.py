@@ -42,6 +42,10 @@ class GrammarError(ValueError):
     """A schema xgrammar cannot compile; the message says why."""
 
 
+class CompilerCrashed(GrammarError):
+    """The compile process died on the schema (a crash, or the kernel's OOM killer); the next try gets a new one."""
+
+
 class CompileBudgetExceeded(TimeoutError):
     """The schema did not compile within the budget; its child process was killed."""
 
@@ -142,9 +146,13 @@ class _Child:
         answer: tuple[str, Any] = self.conn.recv()
         return answer
 
-    @property
     def exitcode(self) -> int | None:
-        return None if self.process is None else self.process.exitcode
+        """How the process ended (a negative number is the signal that ended it); it is given a moment to be reaped."""
+        if self.process is None:
+            return None
+        self.process.join(2)
+        code: int | None = self.process.exitcode
+        return code
 
     def kill(self) -> None:
         if self.process is not None:
@@ -200,10 +208,10 @@ class CompileSandbox:
             self._restart(child)
             raise
         except (EOFError, OSError) as exc:
-            code = child.exitcode
+            code = child.exitcode()
             log.error("grammar compile process died", extra={"error": f"{type(exc).__name__}: {exc}", "exitcode": code})
             self._restart(child)
-            raise GrammarError(f"the grammar compiler failed on this schema (its process exited with {code})") from None
+            raise CompilerCrashed(f"the grammar compiler failed on this schema (its process exited with {code})") from None
         except CompilerUnavailable:
             self._restart(child)
             raise

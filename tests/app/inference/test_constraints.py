@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from typing import Any, Iterator
 
@@ -172,5 +173,21 @@ def test_compiled_grammars_are_cached_in_bytes_and_shared(embedded: Any, monkeyp
         assert 1 < len(grammars.cache) < 25  # the oldest went out
         constraint(grammars, enum(23))
         assert len(trials) == 25  # the newest is still in
+    finally:
+        grammars.close()
+
+
+def test_a_compile_process_that_dies_fails_that_schema_alone(embedded: Any) -> None:
+    # As a compiler crash would: the process is gone when the schema reaches it.
+    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=1)
+    try:
+        constraint(grammars, {"type": "string"})
+        (child,) = grammars._sandbox._children
+        pid = child.process.pid
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not alive(pid))
+        with pytest.raises(GrammarError, match=r"the grammar compiler failed on this schema \(its process exited with -9\)"):
+            constraint(grammars, {"type": "boolean"})
+        assert constraint(grammars, {"type": "boolean"}) is not None  # not remembered as refused: a new process compiles it
     finally:
         grammars.close()
