@@ -34,11 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file  # noqa: E402
-from app.access.keyring import write_private  # noqa: E402
 from bench.report import percentile, ratio  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
-from bench.server_process import free_port, stop_server, wait_ready  # noqa: E402
+from bench.server_process import free_port, stop_server, wait_ready, write_key_files  # noqa: E402
 
 KEYS = {"hostile": ("chat",), "victim": ("chat", "benchmark")}
 HOSTILE_IN_FLIGHT = 4
@@ -65,13 +63,8 @@ def large_enum(i: int) -> dict[str, Any]:
 
 
 def start(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, dict[str, str], Path]:
-    kek, raw = new_secret(), {k: new_api_key() for k in KEYS}
-    ring = KeyFile(
-        api_keys=tuple(ApiKeyRecord(id=k, secret=raw[k], scopes=KEYS[k], not_before=now_iso(-60)) for k in KEYS),
-        jwt_keys=(JwtKeyRecord(kid="jwt-1", secret=new_secret(), not_before=now_iso(-60)),),
-    )
-    write_private(root / "secrets" / "kek", kek + "\n")
-    write_private(root / "secrets" / "keys.json", seal_key_file(ring, kek))
+    """`python -m app` in production mode with the keys of KEYS."""
+    key_env, raw = write_key_files(root / "secrets", KEYS)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     models, cache = data / "models", ROOT / "build" / "test-models"
@@ -80,8 +73,7 @@ def start(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes
         models.symlink_to(cache, target_is_directory=True)
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DEV_"))},
-        "APP_ENV": "production", "API_KEY_PATH": str(root / "secrets" / "keys.json"), "KEK_PATH": str(root / "secrets" / "kek"),
+        **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DEV_"))}, **key_env,
         "DATA_DIR": str(data), "HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1", "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_TOKENS_PER_KEY": "100000000", **env_extra,
     }

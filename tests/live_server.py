@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import httpx
 import uvicorn
 
 from tests.e2e.server import free_port
@@ -36,3 +37,13 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(START_TIMEOUT_S)
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> None:
+    """Poll /readyz until the model has loaded and warmed up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/readyz", timeout=10).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")

@@ -20,19 +20,10 @@ from app.inference.prompts import PromptRenderer
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, build_security_app
 from tests.e2e.server import MODEL_CACHE
-from tests.live_server import live_server
+from tests.live_server import live_server, wait_ready
 
 BIG_PROMPT_CHARS = 1_000_000
 HEALTHZ_P99_S = 0.050
-
-
-def _wait_ready(url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if httpx.get(url + "/readyz", timeout=10).status_code == 200:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
 def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
@@ -61,7 +52,7 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
     bearer = {"Authorization": f"Bearer {keyfiles.raw['alice']}"}
 
     with live_server(factory.create_app(settings)) as url:
-        _wait_ready(url)
+        wait_ready(url)
 
         def ask(i: int) -> httpx.Response:
             text = (f"Prompt {i}. " + sentence * (BIG_PROMPT_CHARS // len(sentence) + 1))[:BIG_PROMPT_CHARS]

@@ -17,7 +17,7 @@ from app.inference.constraints import Grammars
 from app.settings import Settings
 from tests.app.inference.test_schema_limits import BOMBS, UNENFORCEABLE
 from tests.e2e.server import MODEL_CACHE
-from tests.live_server import live_server
+from tests.live_server import live_server, wait_ready
 
 KEY = "ck-test-" + "5eed" * 12
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -33,10 +33,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(app_env="development", dev_api_key=KEY, data_dir=data_dir, warmup_prompts=("Hi",),
                         max_tokens=16, grammar_compile_timeout_s=1.0, grammar_compile_workers=2)
     with live_server(factory.create_app(settings)) as base:
-        deadline = time.monotonic() + 300
-        while httpx.get(base + "/readyz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the service did not get ready"
-            time.sleep(0.2)
+        wait_ready(base)
         yield base
 
 
