@@ -171,7 +171,7 @@ class ChatRunner:
         if self.grammars is not None:
             self.grammars.close()
 
-    async def _constraint(self, plan: ToolPlan, output: OutputRequest) -> Any:
+    async def _constraint(self, plan: ToolPlan, output: OutputRequest, owner: str) -> Any:
         """The grammar a forced tool call or response_format imposes on the output, or None."""
         schema, what = plan.schema(), "the parameters schema of the tools in tool_choice"
         if schema is None:
@@ -183,7 +183,7 @@ class ChatRunner:
         from app.inference.constraints import CompilerUnavailable, GrammarError, SchemaRefused
 
         try:
-            return await self.grammars.constraint(schema)
+            return await self.grammars.constraint(schema, owner)
         except SchemaRefused as exc:
             raise ApiError(400, exc.code, f"{what} is refused: {exc}") from None
         except GrammarError as exc:
@@ -219,7 +219,8 @@ class ChatRunner:
             plan = ToolPlan.of(output.tools, output.tool_choice, output.parallel_tool_calls, self.parser)
         except ToolChoiceError as exc:
             raise ApiError(400, "invalid_tool_choice", str(exc)) from None
-        constraint = await self._constraint(plan, output)  # a schema that will be refused is, before any tokenizing
+        # Before tokenizing: a schema that is refused costs no tokenizer work.
+        constraint = await self._constraint(plan, output, principal.key_id)
         prompt_ids = await self.render(plain, plan.tools)
         room = self.context_window - len(prompt_ids)
         if room < 1:

@@ -8,7 +8,8 @@ complete, and advances as tokens are chosen. On the way, in worker threads and n
 1. the schema is held to app.inference.schema_limits (size, depth, enums, patterns; keywords the grammar would
    drop), which refuses a bad schema before any compile;
 2. a schema not seen before is compiled in a child process under GRAMMAR_COMPILE_TIMEOUT_SECONDS, then in the server
-   (app.inference.grammar_sandbox explains why twice), by at most GRAMMAR_COMPILE_WORKERS compiles at a time;
+   (app.inference.grammar_sandbox explains why twice), by at most GRAMMAR_COMPILE_WORKERS compiles at a time, and
+   one at a time per API key, so a key that sends slow schemas holds one worker and the others get the rest;
 3. the compiled grammar is kept in an LRU cache keyed by the schema's hash and bounded by GRAMMAR_CACHE_BYTES, so a
    repeated schema costs nothing; a refused schema is remembered for a while too, so sending it again costs nothing.
 
@@ -102,11 +103,12 @@ class _Refusals:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Exception | None:
+        """A new exception like the one the schema was refused with (a stored one would collect tracebacks)."""
         with self._lock:
             item = self._items.get(key)
             if item is None or time.monotonic() - item[0] > REFUSAL_TTL_S:
                 return None
-            return item[1]
+            return type(item[1])(str(item[1]))
 
     def put(self, key: str, error: Exception) -> None:
         with self._lock:
@@ -114,6 +116,14 @@ class _Refusals:
             self._items.move_to_end(key)
             while len(self._items) > REFUSALS_KEPT:
                 self._items.popitem(last=False)
+
+
+class _Turn:
+    """The compile turn of one owner: its lock, and how many of its requests hold or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class Grammars:
@@ -140,18 +150,39 @@ class Grammars:
         self.cache = GrammarCache(cache_bytes)
         self._refused = _Refusals()
         self._pending: dict[str, asyncio.Future[xgr.CompiledGrammar]] = {}
+        self._turns: dict[str, _Turn] = {}
         self._sandbox = CompileSandbox(info.serialize_json(), workers, compile_timeout_s)
         self._compiles = ThreadPoolExecutor(workers, thread_name_prefix="grammar-compile", initializer=lower_priority)
 
-    async def constraint(self, schema: dict[str, Any]) -> GrammarConstraint:
-        """The constraint for one request; raises SchemaRefused, GrammarError or CompilerUnavailable."""
-        compiled = await self.compiled(schema)
+    async def constraint(self, schema: dict[str, Any], owner: str = "") -> GrammarConstraint:
+        """The constraint for one request of `owner` (an API key); raises SchemaRefused, GrammarError or
+        CompilerUnavailable."""
+        compiled = await self.compiled(schema, owner)
         return GrammarConstraint(compiled, self.vocab_size)
 
-    async def compiled(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
+    async def compiled(self, schema: dict[str, Any], owner: str = "") -> xgr.CompiledGrammar:
         found, key, text = await asyncio.to_thread(self._screen, schema)
         if found is not None:
             return found
+        # One new schema per owner at a time: a key that sends many slow schemas holds one compile worker, and the
+        # other keys' schemas get the rest.
+        turn = self._turns.setdefault(owner, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self._compiled_once(key, text)
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                self._turns.pop(owner, None)
+
+    async def _compiled_once(self, key: str, text: str) -> xgr.CompiledGrammar:
+        compiled = self.cache.get(key)  # compiled while this request waited for its turn
+        if compiled is not None:
+            return compiled
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise refused
         pending = self._pending.get(key)
         if pending is None:
             loop = asyncio.get_running_loop()

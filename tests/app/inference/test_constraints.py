@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -190,4 +191,34 @@ def test_a_compile_process_that_dies_fails_that_schema_alone(embedded: Any) -> N
             constraint(grammars, {"type": "boolean"})
         assert constraint(grammars, {"type": "boolean"}) is not None  # not remembered as refused: a new process compiles it
     finally:
+        grammars.close()
+
+
+def test_a_key_with_slow_schemas_holds_one_compile_worker_and_other_keys_get_the_rest(
+    embedded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=2)
+    release = threading.Event()
+    trial = grammars._sandbox.trial
+
+    def held(text: str) -> float:
+        if "slow" in text:  # the hostile key's schemas: each holds its worker until released
+            release.wait(120)
+        return trial(text)
+
+    monkeypatch.setattr(grammars._sandbox, "trial", held)
+
+    async def go() -> None:
+        hostile = [asyncio.create_task(grammars.constraint({"type": "string", "description": f"slow {i}"}, "hostile"))
+                   for i in range(3)]
+        other = asyncio.create_task(grammars.constraint({"type": "integer"}, "victim"))
+        done, _ = await asyncio.wait({other, *hostile}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {other}  # served by the second worker while the first is held by the hostile key
+        release.set()
+        await asyncio.gather(*hostile)
+
+    try:
+        asyncio.run(go())
+    finally:
+        release.set()
         grammars.close()
