@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import pulumi
 
-from infra.alert_rules import AlertRules, AlertRulesArgs
-from infra.autoscaler import Autoscaler, AutoscalerArgs
-from infra.backups import Backups, BackupsArgs
-from infra.chat_service import ChatService, ChatServiceArgs
-from infra.dashboard import Dashboard, DashboardArgs
-from infra.firewall import ServiceFirewall, ServiceFirewallArgs
-from infra.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
-from infra.namespace import AppNamespace, AppNamespaceArgs
-from infra.releases import canary_output, history_output
-from infra.secret_store import SecretStore, SecretStoreArgs, secret_names
+from infra.components.alert_rules import AlertRules, AlertRulesArgs
+from infra.components.autoscaler import Autoscaler, AutoscalerArgs
+from infra.components.backups import Backups, BackupsArgs
+from infra.components.chat_service import ChatService, ChatServiceArgs
+from infra.components.dashboard import Dashboard, DashboardArgs
+from infra.components.firewall import ServiceFirewall, ServiceFirewallArgs
+from infra.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from infra.components.monitoring import Monitoring, MonitoringArgs, service_monitor_formerly_in
+from infra.components.namespace import AppNamespace, AppNamespaceArgs
+from infra.components.secret_store import SecretStore, SecretStoreArgs, secret_names
+from infra.release_outputs import canary_output, history_output
 from infra.settings import load_settings
 
 PREFIX = "clawbot"
@@ -31,7 +32,7 @@ namespace = AppNamespace(
 )
 store = SecretStore(
     "secrets",
-    SecretStoreArgs(namespace=namespace.name, rotation_days=settings.key_rotation_days, hub_token=secrets.hub_token,
+    SecretStoreArgs(namespace=namespace.name, rotation_days=settings.access.key_rotation_days, hub_token=secrets.hub_token,
                     previous_rotation=previous.get_output("keyRotation"), name_prefix=PREFIX),
 )
 chat = ChatService(
@@ -47,7 +48,7 @@ ServiceFirewall(
         namespace=namespace.name,
         allowed_cidrs=settings.network.allowed_cidrs,
         monitoring_namespace=settings.network.monitoring_namespace,
-        redis_enabled=settings.redis_enabled,
+        redis_enabled=settings.redis.enabled,
         model_hub_egress_cidrs=settings.network.model_hub_egress_cidrs,
         health_check_cidrs=settings.network.health_check_cidrs,
         database_cidrs=settings.database.egress_cidrs if settings.database.configured else (),
@@ -58,7 +59,7 @@ ServiceFirewall(
 Backups(
     "backups",
     BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
-                data_claim_name=chat.data_claim_name, storage_class=settings.storage_class, production=settings.production,
+                data_claim_name=chat.data_claim_name, storage_class=settings.data_volume.storage_class, production=settings.production,
                 database_secret_name=chat.database_secret_name, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[chat]),
 )
@@ -75,6 +76,13 @@ if settings.scaling.autoscaled:
             scale_down_stabilization_seconds=settings.scaling.scale_down_stabilization_seconds,
             name_prefix=PREFIX,
         ),
+    )
+if settings.metrics_scraped:
+    Monitoring(
+        "monitoring",
+        MonitoringArgs(namespace=namespace.name, namespace_name=settings.namespace,
+                       selector_labels=settings.alerts.selector_labels,
+                       service_monitor_aliases=service_monitor_formerly_in("alerts"), name_prefix=PREFIX),
     )
 alert_names: list[str] = []
 if settings.alerts.enabled:

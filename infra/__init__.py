@@ -1,1 +1,2 @@
-"""The Pulumi program's building blocks: settings, one ComponentResource per module, and the offline synth."""
+"""The Pulumi program `__main__.py` composes: `settings/` (stack config by topic), `components/` (one
+ComponentResource per module), `contract.py` (what infra/ and app/ agree on), and `tools/` (synth, mocks, canary check)."""

@@ -294,7 +294,7 @@ def test_prod_gets_a_canary_that_soaks_before_the_approval_that_promotes_it() ->
     start = next(r for r in runs if "canary.image" in r)
     assert "imageHistory" in start and 'clawbot:image "$stable"' in start and '--path canary.image "$IMAGE"' in start
     up = step_using(canary, "pulumi/actions", command="up", **{"stack-name": "prod", "policyPacks": "policy"})
-    soak = next(s for s in steps(canary) if "infra.canary_check" in str(s.get("run", "")))
+    soak = next(s for s in steps(canary) if "infra.tools.canary_check" in str(s.get("run", "")))
     assert steps(canary).index(up) < steps(canary).index(soak)
     # A failed soak stops the canary again (only once its `up` went through).
     stop = [s for s in steps(canary) if str(s.get("if", "")).startswith("failure()")]

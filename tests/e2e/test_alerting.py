@@ -21,12 +21,12 @@ from typing import Any
 
 import httpx
 
-from infra.dashboard import DASHBOARD_PATH
-from infra.synth import synthesize
+from infra.components.dashboard import DASHBOARD_PATH
+from infra.tools.synth import synthesize
 from tests.e2e.server import Server, start_server
-from tests.infra.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
+from tests.infra.components.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
 from tests.infra.promql import metric_names
-from tests.infra.test_dashboard import EXTERNAL_METRICS
+from tests.infra.components.test_dashboard import EXTERNAL_METRICS
 from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, wait_until, write_yaml
 
 NAMESPACE = "clawbot"

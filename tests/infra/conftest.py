@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 from tests.infra.crd_validation import Report
 from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures: the dump job's database)
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infra.synth import PROJECT, synthesize, write
+from infra.tools.synth import PROJECT, synthesize, write
 
 VALUE_FLAGS = {"-s", "--stack", "--policy-pack", "--policy-pack-config", "--message", "-m"}
 

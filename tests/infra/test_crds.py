@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from infra.synth import Synthesis, synthesize
+from infra.tools.synth import Synthesis, synthesize
 from tests.infra.crd_validation import CRD_DIR, Report, crd_for, load_crds, validate
 
 # Stacks that between them emit every kind the program can: prod and dev as checked in, TLS in the pod from a

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from app.settings import load_settings
-from infra.chat_pod import CHECKSUM_ANNOTATION
-from infra.synth import SHAPED_STAND_INS, Synthesis, SynthError, synthesize
+from infra.components.chat_pod import CHECKSUM_ANNOTATION
+from infra.tools.synth import SHAPED_STAND_INS, Synthesis, SynthError, synthesize
 from tests.infra.conftest import chat_container
-from tests.infra.test_chat_service import env_of
+from tests.infra.components.test_chat_service import env_of
 
 URL = "postgresql://clawbot:s3cret-Pa55word@db.internal.example:6432/clawbot"
 

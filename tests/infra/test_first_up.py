@@ -6,13 +6,14 @@ from typing import Any
 
 import pytest
 
-from infra.chat_pod import CHECKSUM_ANNOTATION
-from infra.chat_service import PROVISIONING_BUDGET_S
+from infra.components.chat_pod import CHECKSUM_ANNOTATION
+from infra.components.chat_service import PROVISIONING_BUDGET_S
 from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
-from infra.load_balancer import AWS_LB
-from infra.secret_store import DAY_S, next_schedule, rotation_schedule
-from infra.settings import TERMINATION_MARGIN_S, ConfigError, parse_settings
-from infra.synth import Synthesis, SynthError, read_stack_config, synthesize
+from infra.components.load_balancer import AWS_LB
+from infra.components.secret_store import DAY_S, next_schedule, rotation_schedule
+from infra.settings import ConfigError, parse_settings
+from infra.settings.pod import TERMINATION_MARGIN_S
+from infra.tools.synth import Synthesis, SynthError, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 PROD = read_stack_config("prod")

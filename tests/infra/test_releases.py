@@ -19,9 +19,9 @@ import yaml
 
 from infra.contract import CHAT_LABELS, VERSION_LABEL
 from infra.images import ImageReferenceError, image_history, parse_image
-from infra.release_settings import canary_replicas
+from infra.settings.release import canary_replicas
 from infra.settings import ConfigError, parse_settings
-from infra.synth import Synthesis, read_stack_config, synthesize
+from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.infra.test_stacks import NEWEST, OLDEST
 
 ROOT = Path(__file__).resolve().parents[2]

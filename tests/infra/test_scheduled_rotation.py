@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-import infra.secret_store
-from infra.secret_store import DAY_S
-from infra.synth import Synthesis, synthesize
+import infra.components.secret_store
+from infra.components.secret_store import DAY_S
+from infra.tools.synth import Synthesis, synthesize
 from tests.e2e.server import start_server
 
 PERIOD_DAYS = 90  # prod's keyRotationDays
@@ -26,7 +26,7 @@ START = 20_000 * DAY_S + 3 * 3600  # a Monday-ish moment well inside some period
 
 
 def up_at(monkeypatch: pytest.MonkeyPatch, now: float, last: dict[str, Any] | None) -> Synthesis:
-    monkeypatch.setattr(infra.secret_store, "time", SimpleNamespace(time=lambda: now, strftime=time.strftime, gmtime=time.gmtime))
+    monkeypatch.setattr(infra.components.secret_store, "time", SimpleNamespace(time=lambda: now, strftime=time.strftime, gmtime=time.gmtime))
     return synthesize("prod", stack_outputs=last or {})
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from guardrails.releases import CANARY_WEIGHT_ANNOTATION, TRACK_LABEL, canary_weight
 from infra.contract import CANARY_WEIGHT_ANNOTATION as INFRA_WEIGHT_ANNOTATION
 from infra.contract import TRACK_LABEL as INFRA_TRACK_LABEL
-from infra.synth import synthesize
+from infra.tools.synth import synthesize
 from pulumi_policy import StackValidationArgs
 
 from .conftest import Violations, stack_resource

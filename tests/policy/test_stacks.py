@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from guardrails import POLICIES
-from infra.synth import synthesize
+from infra.tools.synth import synthesize
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
 from .conftest import Violations, resource_args, stack_args, stack_resource

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.synth import synthesize, write
+from infra.tools.synth import synthesize, write
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = ROOT / ".venv-scan" / "bin" / "checkov"

@@ -1,0 +1,246 @@
+"""The chat Deployments' spec: container, probes, mounts, drain timing, placement, release labels and the checksum
+that rolls pods. The stable set and a canary share all of it but the image, the track and the replica count."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pulumi
+
+from infra.contract import (
+    APP_UID,
+    CANARY,
+    CANARY_WEIGHT_ANNOTATION,
+    CHAT_LABELS,
+    COMMON_LABELS,
+    CONTAINER_NAME,
+    DATA_DIR,
+    DATABASE_SECRET_KEY,
+    DATABASE_URL_ENV,
+    HEALTH_PATH,
+    KEK_DIR,
+    KEK_FILE,
+    KEYS_DIR,
+    KEYS_FILE,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    PORT,
+    PORT_NAME,
+    READY_PATH,
+    STABLE,
+    TLS_DIR,
+    TMP_DIR,
+    TRACK_LABEL,
+    VERSION_LABEL,
+)
+from infra.components.gpu_node_pool import PodPlacement
+from infra.components.secret_store import SecretNames
+from infra.images import parse_image
+from infra.settings.pod import ROLLOUT_SURGE
+from infra.settings.stack import StackSettings
+
+PROBE_PERIOD_S = 10
+# Restricted Pod Security for every container we run: the namespace enforces it too.
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# The pod template carries this hash of the ConfigMap data and the key Secrets: a change to either is a new
+# template, so the Deployment rolls its pods (the ConfigMap is read once, at start, through envFrom).
+CHECKSUM_ANNOTATION = "clawbot.dev/config-checksum"
+# ReplicaSets kept for `kubectl rollout history`; releases themselves are rolled back through the stack (imageHistory).
+REVISION_HISTORY = 3
+
+
+@dataclass(frozen=True)
+class PodInputs:
+    settings: StackSettings
+    placement: PodPlacement
+    secrets: SecretNames
+    config_map_name: str
+    claim_name: str
+    tls_secret_name: str | None  # the kubernetes.io/tls Secret served on PORT, when TLS is in the pod
+    database_secret_name: str | None = None  # the Secret holding CONVERSATION_DATABASE_URL, when a database is set
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Deployment's part of the service: its track, its image and its replica count (None: the HPA's)."""
+
+    track: str
+    image: str
+    replicas: int | None
+    weight_percent: int | None = None  # the canary's requested share of requests
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {**CHAT_LABELS, TRACK_LABEL: self.track}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {**self.selector, **COMMON_LABELS, VERSION_LABEL: parse_image(self.image).version_label}
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return {} if self.weight_percent is None else {CANARY_WEIGHT_ANNOTATION: str(self.weight_percent)}
+
+
+def stable_release(s: StackSettings) -> Release:
+    # With an HPA the replica count belongs to it; a fixed count would fight it on every `pulumi up`.
+    return Release(STABLE, s.release.image, None if s.scaling.autoscaled else s.scaling.min_replicas)
+
+
+def canary_release(s: StackSettings) -> Release | None:
+    c = s.release.canary
+    return Release(CANARY, c.image, c.replicas, c.weight_percent) if c else None
+
+
+def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:
+    """SHA-256 over the container's environment and the key Secrets' digest."""
+    def digest(secrets: str) -> str:
+        return hashlib.sha256(json.dumps({"env": dict(env), "secrets": secrets}, sort_keys=True).encode()).hexdigest()
+
+    return pulumi.Output.from_input(secrets_digest).apply(digest)
+
+
+def database_digest(keys_digest: pulumi.Input[str], key: pulumi.Input[str], database_url: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The key Secrets' digest extended by an HMAC of the database URL under a secret key: the URL's password may be
+    guessable, so a plain hash of it must not sit in the pod template."""
+    def digest(values: list[str]) -> str:
+        keys, hmac_key, url = values
+        tag = hmac.new(hmac_key.encode(), url.encode(), hashlib.sha256).hexdigest()
+        return hashlib.sha256(f"{keys}\n{tag}".encode()).hexdigest()
+
+    return pulumi.Output.unsecret(pulumi.Output.all(keys_digest, key, database_url).apply(digest))
+
+
+def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int = 3) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTPS" if https else "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _container(p: PodInputs, image: str) -> dict[str, Any]:
+    pod = p.settings.pod
+    https = p.tls_secret_name is not None
+    limits = {"cpu": pod.cpu_limit, "memory": pod.memory_limit, **p.placement.limits}
+    requests = {"cpu": pod.cpu_request, "memory": pod.memory_request, **p.placement.limits}
+    mounts = [
+        {"name": "data", "mountPath": DATA_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        # Whole-directory mounts (no subPath) so the kubelet swaps in rotated keys and renewed certificates.
+        {"name": "kek", "mountPath": KEK_DIR, "readOnly": True},
+        {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
+    ]
+    if https:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": pod.image_pull_policy,
+        "args": ["python", "-m", "app"],  # args, not command: the image's ENTRYPOINT (tini) stays PID 1
+        "ports": [
+            {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "envFrom": [{"configMapRef": {"name": p.config_map_name}}],
+        **({"env": [{"name": DATABASE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": p.database_secret_name,
+                                                                                "key": DATABASE_SECRET_KEY}}}]}
+           if p.database_secret_name else {}),
+        "resources": {"limits": limits, "requests": requests},
+        # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
+        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, pod.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
+        "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3, https=https),
+        "readinessProbe": _probe(READY_PATH, period=5, failures=2, https=https),
+        "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
+        "volumeMounts": mounts,
+    }
+    if pod.pre_stop_sleep_seconds:
+        # Keep serving while the endpoint leaves the Service and the NLB target group; SIGTERM comes after.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": pod.pre_stop_sleep_seconds}}}
+    return container
+
+
+def _volumes(p: PodInputs) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": p.claim_name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+        {"name": "kek", "secret": {"secretName": p.secrets.kek, "defaultMode": 0o440, "items": [{"key": KEK_FILE, "path": KEK_FILE}]}},
+        {"name": "keys", "secret": {"secretName": p.secrets.keys, "defaultMode": 0o440, "items": [{"key": KEYS_FILE, "path": KEYS_FILE}]}},
+    ]
+    if p.tls_secret_name is not None:
+        volumes.append({"name": "tls", "secret": {"secretName": p.tls_secret_name, "defaultMode": 0o440,
+                                                   "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+    return volumes
+
+
+def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
+    affinity = dict(p.placement.affinity() or {})
+    if release.track == CANARY and p.settings.data_volume.access_mode == "ReadWriteOnce":
+        # A ReadWriteOnce volume attaches to one node: the canary must run where the stable pods mount it.
+        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}
+        ]}
+    return affinity
+
+
+def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str]) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # preStop sleep + SHUTDOWN_GRACE_SECONDS + a margin: the kubelet never kills a pod that is still draining.
+        "terminationGracePeriodSeconds": p.settings.pod.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": APP_UID,
+            "runAsGroup": APP_UID,
+            "fsGroup": APP_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(p, release.image)],
+        "volumes": _volumes(p),
+        # Spread replicas so one node loss takes one replica.
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(CHAT_LABELS)},
+            }
+        ],
+    }
+    if p.placement.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in p.placement.tolerations]
+    affinity = _affinity(p, release)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": release.selector},
+        # One extra pod at a time and none taken away first: settings hold gpuLimit to maxReplicas + this surge.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}},
+        "revisionHistoryLimit": REVISION_HISTORY,
+        "template": {
+            "metadata": {
+                "labels": release.labels,
+                "annotations": {
+                    # Consolidation must not evict a pod mid-generation; the PDB governs voluntary drains instead.
+                    "karpenter.sh/do-not-disrupt": "true",
+                    CHECKSUM_ANNOTATION: checksum,
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if release.replicas is not None:
+        spec["replicas"] = release.replicas
+    return spec

@@ -1,0 +1,130 @@
+"""GPU settings: where the chat pods' GPUs come from (a Karpenter NodePool, existing nodes, or none) and how the
+nodes are tainted and labelled, so the pods' tolerations and affinity can be derived from the same values."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from infra.settings.values import (
+    LABEL_KEY,
+    LABEL_VALUE,
+    ConfigError,
+    Raw,
+    boolean,
+    choice,
+    config_key,
+    duration,
+    integer,
+    label_pairs,
+    memory_bytes,
+    strings,
+    text,
+)
+
+GPU_MODES = ("karpenter", "existing", "none")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+CAPACITY_TYPES = ("on-demand", "spot", "reserved")
+CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
+_DISRUPTION_BUDGET = re.compile(r"^(\d+|\d{1,3}%)$")
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    mode: str
+    gpus_per_pod: int
+    instance_families: tuple[str, ...]
+    instance_types: tuple[str, ...]
+    capacity_types: tuple[str, ...]
+    gpu_limit: int
+    taint: Taint
+    node_labels: tuple[tuple[str, str], ...]
+    gpu_operator: bool
+    device_plugin_image: str
+    node_class_name: str
+    node_class_role: str
+    subnet_tags: tuple[tuple[str, str], ...]
+    security_group_tags: tuple[tuple[str, str], ...]
+    ami_alias: str
+    node_volume_size: str
+    consolidation_policy: str
+    consolidate_after: str
+    expire_after: str
+    disruption_budget: str
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+def parse_gpu(raw: Raw) -> GpuSettings:
+    mode = choice(raw, "gpuMode", GPU_MODES)
+    node_class_name, node_class_role = text(raw, "nodeClassName"), text(raw, "nodeClassRole")
+    subnet_tags, sg_tags = label_pairs(raw, "nodeClassSubnetTags"), label_pairs(raw, "nodeClassSecurityGroupTags")
+    if mode == "karpenter" and not node_class_name:
+        missing = [k for k, v in (("nodeClassRole", node_class_role), ("nodeClassSubnetTags", subnet_tags),
+                                  ("nodeClassSecurityGroupTags", sg_tags)) if not v]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(config_key(k) for k in missing)} must be set when {config_key('gpuMode')} is karpenter and no "
+                f"{config_key('nodeClassName')} names an existing EC2NodeClass"
+            )
+    capacity = _capacity_types(raw)
+    families, types = strings(raw, "gpuInstanceFamilies"), strings(raw, "gpuInstanceTypes")
+    if mode == "karpenter" and not (families or types):
+        raise ConfigError(f"{config_key('gpuInstanceFamilies')} or {config_key('gpuInstanceTypes')} must name GPU instances "
+                          f"when {config_key('gpuMode')} is karpenter")
+    taint = _taint(raw)
+    node_labels = label_pairs(raw, "gpuNodeLabels")
+    if mode == "existing" and not node_labels:
+        raise ConfigError(f"{config_key('gpuNodeLabels')} must name at least one label of the existing GPU nodes when "
+                          f"{config_key('gpuMode')} is existing")
+    budget = text(raw, "disruptionBudget", required=True)
+    if not _DISRUPTION_BUDGET.match(budget):
+        raise ConfigError(f"{config_key('disruptionBudget')} must be a node count like 1 or a percentage like 10%, got {budget!r}")
+    gpu = GpuSettings(
+        mode=mode,
+        gpus_per_pod=integer(raw, "gpusPerPod", 1, 8),
+        instance_families=families,
+        instance_types=types,
+        capacity_types=capacity or ("on-demand",),
+        gpu_limit=integer(raw, "gpuLimit", 1, 1000),
+        taint=taint,
+        node_labels=node_labels,
+        gpu_operator=boolean(raw, "gpuOperator"),
+        device_plugin_image=text(raw, "devicePluginImage", required=True),
+        node_class_name=node_class_name,
+        node_class_role=node_class_role,
+        subnet_tags=subnet_tags,
+        security_group_tags=sg_tags,
+        ami_alias=text(raw, "nodeClassAmiAlias", required=True),
+        node_volume_size=text(raw, "nodeVolumeSize", required=True),
+        consolidation_policy=choice(raw, "consolidationPolicy", CONSOLIDATION_POLICIES),
+        consolidate_after=duration(raw, "consolidateAfter"),
+        expire_after=duration(raw, "nodeExpireAfter"),
+        disruption_budget=budget,
+    )
+    memory_bytes("nodeVolumeSize", gpu.node_volume_size)
+    return gpu
+
+
+def _capacity_types(raw: Raw) -> tuple[str, ...]:
+    capacity = strings(raw, "gpuCapacityTypes")
+    for c in capacity:
+        if c not in CAPACITY_TYPES:
+            raise ConfigError(f"{config_key('gpuCapacityTypes')} entries must be one of {', '.join(CAPACITY_TYPES)}, got {c!r}")
+    return capacity
+
+
+def _taint(raw: Raw) -> Taint:
+    key, value = text(raw, "gpuTaintKey", required=True), text(raw, "gpuTaintValue")
+    if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
+        raise ConfigError(f"{config_key('gpuTaintKey')}/{config_key('gpuTaintValue')} must use Kubernetes label syntax, "
+                          f"got {key!r}={value!r}")
+    return Taint(key, value, choice(raw, "gpuTaintEffect", TAINT_EFFECTS))

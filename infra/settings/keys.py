@@ -1,0 +1,141 @@
+"""Every `clawbot:*` stack config key: its schema type, default and description, declared once.
+
+`Pulumi.yaml`'s config schema is held to CONFIG_KEYS by a test. The topic modules beside this one parse and check
+the values; components never read config themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.settings import EMBEDDED_MODEL
+
+PROJECT = "clawbot"
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    type: str  # the Pulumi.yaml schema type: string, integer, boolean or array (of strings)
+    default: Any
+    description: str
+
+
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey("environment", "string", "development", "production or development: production refuses open ingress and requires mounted key files"),
+    ConfigKey("namespace", "string", "clawbot", "Kubernetes namespace for the chat service, its secrets and policies"),
+    ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
+    ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
+    ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
+    ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
+    ConfigKey("dtype", "string", "auto", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
+    ConfigKey("prefixCacheTokens", "integer", 8192, "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse (0 turns it off)"),
+    ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
+    ConfigKey("maxBatchSize", "integer", 32, "MAX_BATCH_SIZE: rows the batching engine decodes together (1..256)"),
+    ConfigKey("jwtTtlSeconds", "integer", 3600, "JWT_TTL_SECONDS: lifetime of tokens issued by /api/auth (30..3600)"),
+    ConfigKey("rateLimitPerKey", "integer", 600, "RATE_LIMIT_PER_KEY: requests per minute one API key may make"),
+    ConfigKey("modelHubAuth", "boolean", False, "Read a model-hub token from the secret config key hubToken (config set --secret) and seal it in the key file"),
+    ConfigKey("minReplicas", "integer", 1, "Fewest chat pods (HPA minimum; the replica count when minReplicas == maxReplicas)"),
+    ConfigKey("maxReplicas", "integer", 1, "Most chat pods (HPA maximum); equal to minReplicas disables the HPA"),
+    ConfigKey("cpuRequest", "string", "1", "CPU request of the chat container"),
+    ConfigKey("cpuLimit", "string", "2", "CPU limit of the chat container"),
+    ConfigKey("memoryRequest", "string", "2Gi", "Memory request of the chat container"),
+    ConfigKey("memoryLimit", "string", "4Gi", "Memory limit of the chat container"),
+    ConfigKey("dataVolumeSize", "string", "100Gi", "Size of the PVC mounted at /app/data (model cache and conversations)"),
+    ConfigKey("dataAccessMode", "string", "ReadWriteOnce", "Access mode of the data PVC: ReadWriteOnce (one node) or ReadWriteMany (needed when replicas may land on several nodes)"),
+    ConfigKey("storageClass", "string", "", "StorageClass of the data PVC, required (EKS clusters made at 1.30+ have no default class): an EBS class such as gp3 for ReadWriteOnce, an EFS class such as efs-sc for ReadWriteMany"),
+    ConfigKey("kubernetesVersion", "string", "1.30", "Kubernetes minor version of the cluster, e.g. 1.33 (kubectl version); 1.30 is the oldest supported"),
+    ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200); pulumi up waits this long plus node and image time"),
+    ConfigKey("shutdownGraceSeconds", "integer", 25, "SHUTDOWN_GRACE_SECONDS: how long SIGTERM lets accepted requests finish (5..600)"),
+    ConfigKey("preStopSleepSeconds", "integer", 5, "Seconds a stopping pod keeps serving before SIGTERM, while the Service and load balancer drop it (0..120)"),
+    ConfigKey("serviceType", "string", "ClusterIP", "LoadBalancer (reachable from allowedCidrs) or ClusterIP (in-cluster only)"),
+    ConfigKey("allowedCidrs", "array", [], "CIDRs allowed to reach TCP 18789 (NetworkPolicy, loadBalancerSourceRanges, ALLOWED_CIDRS)"),
+    ConfigKey("allowPublicIngress", "boolean", False, "Set true on purpose to allow 0.0.0.0/0 or ::/0 in allowedCidrs of a production stack"),
+    ConfigKey("loadBalancerClass", "string", "service.k8s.aws/nlb", "LoadBalancer: spec.loadBalancerClass; service.k8s.aws/nlb is the AWS Load Balancer Controller's NLB"),
+    ConfigKey("loadBalancerScheme", "string", "internal", "LoadBalancer: internal (VPC only) or internet-facing (set on purpose)"),
+    ConfigKey("loadBalancerTargetType", "string", "ip", "LoadBalancer: ip (pods are targets) or instance (nodes are targets)"),
+    ConfigKey("preserveClientIp", "boolean", True, "LoadBalancer: pass the client address to the pods, so the NetworkPolicy and ALLOWED_CIDRS see it"),
+    ConfigKey("loadBalancerSubnetCidrs", "array", [], "LoadBalancer with ip targets: CIDRs of the subnets the NLB sits in (e.g. the VPC CIDR); its health checks come from there"),
+    ConfigKey("tlsCertificateArn", "string", "", "TLS at the load balancer: ACM certificate ARN for a TLS listener on 18789"),
+    ConfigKey("endpointHostname", "string", "", "DNS name clients use (the certificate's name); endpointUrl uses it; point it at the loadBalancerHostname output"),
+    ConfigKey("podTlsSecret", "string", "", "TLS in the pod: an existing kubernetes.io/tls Secret in the namespace to serve 18789 with"),
+    ConfigKey("podTlsIssuer", "string", "", "TLS in the pod: a cert-manager issuer as ClusterIssuer/NAME or Issuer/NAME; a Certificate is created"),
+    ConfigKey("allowPlaintext", "boolean", False, "Set true on purpose to run a production stack without TLS"),
+    ConfigKey("trustedProxies", "array", [], "TRUSTED_PROXIES: CIDRs of proxies whose X-Forwarded-For the service believes"),
+    ConfigKey("monitoringNamespace", "string", "monitoring", "Namespace of Prometheus; it alone may scrape /metrics besides allowedCidrs"),
+    ConfigKey("modelHubEgressCidrs", "array", [], "CIDRs the chat pods may reach on TCP 443 to download a model; empty allows no internet egress"),
+    ConfigKey("databaseEgressCidrs", "array", [], "CIDRs the conversation database listens on (e.g. the RDS subnets); required with conversationDatabaseUrl"),
+    ConfigKey("kubernetesApiCidrs", "array", [], "CIDRs of the Kubernetes API server endpoints the snapshot job may reach on 443/6443; empty allows any address"),
+    ConfigKey("redisEnabled", "boolean", False, "Run Redis for the response cache and rate limits shared across replicas (sets REDIS_URL)"),
+    ConfigKey("redisImage", "string", "redis:7.4.2-alpine", "Redis image when redisEnabled"),
+    ConfigKey("gpuMode", "string", "none", "karpenter (a NodePool for GPU nodes), existing (GPU nodes already in the cluster) or none (CPU)"),
+    ConfigKey("gpusPerPod", "integer", 1, "nvidia.com/gpu limit of each chat pod when gpuMode is not none"),
+    ConfigKey("gpuInstanceFamilies", "array", ["g5", "g6"], "Karpenter: EC2 instance families for GPU nodes"),
+    ConfigKey("gpuInstanceTypes", "array", [], "Karpenter: exact instance types (empty allows any size of the families)"),
+    ConfigKey("gpuCapacityTypes", "array", ["on-demand"], "Karpenter: on-demand, spot and/or reserved"),
+    ConfigKey("gpuLimit", "integer", 10, "Karpenter: most GPUs the NodePool may provision in total"),
+    ConfigKey("gpuTaintKey", "string", "nvidia.com/gpu", "Taint key on GPU nodes (the chat pods get the matching toleration)"),
+    ConfigKey("gpuTaintValue", "string", "true", "Taint value on GPU nodes"),
+    ConfigKey("gpuTaintEffect", "string", "NoSchedule", "Taint effect on GPU nodes: NoSchedule, PreferNoSchedule or NoExecute"),
+    ConfigKey("gpuNodeLabels", "array", ["clawbot.dev/accelerator=nvidia"], "key=value labels of GPU nodes; chat pods require them via node affinity"),
+    ConfigKey("gpuOperator", "boolean", False, "true when the NVIDIA GPU operator already runs the device plugin (no DaemonSet is created)"),
+    ConfigKey("devicePluginImage", "string", "nvcr.io/nvidia/k8s-device-plugin:v0.17.2", "Image of the NVIDIA device plugin DaemonSet"),
+    ConfigKey("nodeClassName", "string", "", "Karpenter: name of an existing EC2NodeClass to use; empty creates one from nodeClassRole"),
+    ConfigKey("nodeClassRole", "string", "", "Karpenter: IAM role of the nodes of the created EC2NodeClass"),
+    ConfigKey("nodeClassSubnetTags", "array", [], "Karpenter: key=value tags selecting the subnets of the created EC2NodeClass"),
+    ConfigKey("nodeClassSecurityGroupTags", "array", [], "Karpenter: key=value tags selecting the security groups of the created EC2NodeClass"),
+    ConfigKey("nodeClassAmiAlias", "string", "al2023@latest", "Karpenter: AMI alias of the created EC2NodeClass (the GPU variant is picked for GPU instances)"),
+    ConfigKey("nodeVolumeSize", "string", "200Gi", "Karpenter: root volume of GPU nodes (container images with CUDA are large)"),
+    ConfigKey("consolidationPolicy", "string", "WhenEmpty", "Karpenter: WhenEmpty or WhenEmptyOrUnderutilized"),
+    ConfigKey("consolidateAfter", "string", "10m", "Karpenter: how long a node stays empty/underused before it is consolidated"),
+    ConfigKey("nodeExpireAfter", "string", "720h", "Karpenter: node lifetime before replacement"),
+    ConfigKey("disruptionBudget", "string", "1", "Karpenter: nodes (or a percentage) that may be disrupted at once"),
+    ConfigKey("hpaCpuPercent", "integer", 70, "HPA: target average CPU utilization (10..100)"),
+    ConfigKey("hpaInflightPerPod", "integer", 0, "HPA: target clawbot_inflight_requests per pod (needs customMetricsAdapter); 0 disables"),
+    ConfigKey("customMetricsAdapter", "boolean", False, "true when prometheus-adapter serves clawbot_inflight_requests on custom.metrics.k8s.io"),
+    ConfigKey("scaleDownStabilizationSeconds", "integer", 300, "HPA: how long load must stay low before pods are removed"),
+    ConfigKey("alertsEnabled", "boolean", False, "Create the ServiceMonitor, PrometheusRule and AlertmanagerConfig (needs the Prometheus operator)"),
+    ConfigKey("alertEmail", "string", "", "Address alerts are mailed to (required when alertsEnabled)"),
+    ConfigKey("alertEmailFrom", "string", "clawbot-alerts@localhost", "Sender address of alert mail"),
+    ConfigKey("alertSmarthost", "string", "smtp.localhost:587", "SMTP relay host:port for alert mail"),
+    ConfigKey("alertSmtpUsername", "string", "", "SMTP user; needs the secret config key alertSmtpPassword"),
+    ConfigKey("alertSmtpRequireTls", "boolean", True, "Require STARTTLS to alertSmarthost; false only for a relay on a trusted network"),
+    ConfigKey("alertSelectorLabels", "array", ["release=kube-prometheus-stack"], "key=value labels on the ServiceMonitor, PrometheusRule and AlertmanagerConfig; kube-prometheus-stack loads only objects labelled release=<its Helm release name>"),
+    ConfigKey("alertGroupWait", "string", "30s", "How long Alertmanager gathers the alerts of a new group before it sends the first mail"),
+    ConfigKey("alertCpuPercent", "integer", 85, "Alert when a pod uses more than this % of its CPU limit for alertCpuFor"),
+    ConfigKey("alertCpuFor", "string", "5m", "How long CPU must stay above alertCpuPercent before the alert fires"),
+    ConfigKey("alertMemoryPercent", "integer", 90, "Alert when a pod uses more than this % of its memory limit for alertMemoryFor"),
+    ConfigKey("alertMemoryFor", "string", "1m", "How long memory must stay above alertMemoryPercent before the alert fires"),
+    ConfigKey("alertFirstTokenMs", "integer", 2000, "Alert when p95 time to first token exceeds this many milliseconds for alertLatencyFor"),
+    ConfigKey("alertTokenLatencyMs", "integer", 250, "Alert when p95 time per output token after the first exceeds this many milliseconds for alertLatencyFor"),
+    ConfigKey("alertLatencyFor", "string", "5m", "How long a latency p95 must stay above its threshold before the alert fires"),
+    ConfigKey("alertErrorRatePercent", "integer", 5, "Alert when more than this % of requests (probes left out) fail with 5xx over alertErrorRateWindow"),
+    ConfigKey("alertErrorRateWindow", "string", "10m", "The window the 5xx share is measured over"),
+    ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this (also the app's ABNORMAL_KEY_PER_MINUTE)"),
+    ConfigKey("alertKeyWindow", "string", "1m", "The window one key's request rate is averaged over"),
+    ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this for 5m"),
+    ConfigKey("alertClockOffsetMs", "integer", 500, "Alert when a node running chat pods is more than this many ms off NTP time for 10m (JWTs tolerate 5 s of skew)"),
+    ConfigKey("keyRotationDays", "integer", 90, "Days between rotations of the KEK, API keys and JWT keys (the epoch in the random keepers)"),
+    ConfigKey("backupSchedule", "string", "17 3 * * *", "Cron schedule (UTC) of the data-volume snapshot and the database dump"),
+    ConfigKey("backupSnapshotClass", "string", "", "VolumeSnapshotClass for daily snapshots of the data volume (its CSI driver must support snapshots; EFS does not); empty takes none"),
+    ConfigKey("dataRestoreSnapshot", "string", "", "Restore: a VolumeSnapshot of the data volume; the chat pods then mount a new claim made from it (<snapshot>-restored)"),
+    ConfigKey("backupRetention", "integer", 7, "How many snapshots and database dumps are kept (1..90); older ones are deleted"),
+    ConfigKey("backupImage", "string", "python:3.13-alpine", "Image of the snapshot job (runs a standard-library Python script against the Kubernetes API)"),
+    ConfigKey("databaseBackupImage", "string", "postgres:17-alpine", "Image of the database dump job (pg_dump; its major version must be at least the server's)"),
+    ConfigKey("databaseBackupVolumeSize", "string", "20Gi", "Size of the PVC that holds the database dumps"),
+)
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
+# Declared in Pulumi.yaml with `secret: true` and no default (a secret cannot have a plain one), so the CLI refuses
+# a stack that lacks them or holds them in plain text; an empty value means "none".
+SECRET_KEYS: dict[str, str] = {
+    "hubToken": "Model-hub read token (used when modelHubAuth is true); empty for none",
+    "alertSmtpPassword": "SMTP password of alertSmtpUsername; empty when the relay needs no login",
+    "conversationDatabaseUrl": "PostgreSQL URL of the conversation store (postgresql://USER:PASSWORD@HOST:5432/DB); empty keeps SQLite (one replica)",
+}
+
+# An object key, which Pulumi.yaml's config schema cannot type (it knows string, integer, boolean and array): it is
+# described in Pulumi.yaml's header instead and checked by infra/settings/release.py.
+CANARY_KEY = "canary"
+STRUCTURED_KEYS: dict[str, str] = {
+    CANARY_KEY: "Canary release: {image: <ref>, weight: 1..50 (percent, default 10)}; absent for none",
+}

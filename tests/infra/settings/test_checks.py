@@ -1,0 +1,78 @@
+"""The rules that tie two topics together (infra/settings/checks.py): each refuses a stack with a message naming the
+keys involved, and lets the same values through where the other topic makes them safe."""
+from __future__ import annotations
+
+import pytest
+
+from infra.settings import ConfigError, checks, parse_settings
+from infra.tools.synth import SynthError, read_stack_config, synthesize
+
+PROD = read_stack_config("prod")
+
+
+def prod_with(**changes: object) -> dict[str, object]:
+    return {**PROD, **changes}
+
+
+@pytest.mark.parametrize("open_cidr", ["0.0.0.0/0", "::/0"])
+def test_prod_refuses_open_ingress_naming_the_key_and_value(open_cidr: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(prod_with(allowedCidrs=["192.168.1.0/24", open_cidr]), stack="prod")
+    assert "clawbot:allowedCidrs" in str(err.value) and open_cidr in str(err.value)
+    assert "allowPublicIngress" in str(err.value)
+
+
+def test_prod_allows_open_ingress_only_when_asked_on_purpose() -> None:
+    s = parse_settings(prod_with(allowedCidrs=["0.0.0.0/0"], allowPublicIngress=True), stack="prod")
+    assert s.network.allowed_cidrs == ("0.0.0.0/0",)
+
+
+def test_preview_of_prod_stops_on_open_cidr() -> None:
+    with pytest.raises(SynthError, match=r"clawbot:allowedCidrs contains 0\.0\.0\.0/0"):
+        synthesize("prod", overrides={"allowedCidrs": ["0.0.0.0/0"]})
+
+
+def test_dev_stack_may_use_an_open_cidr() -> None:
+    s = parse_settings({"allowedCidrs": ["0.0.0.0/0"], "storageClass": "gp3"}, stack="dev")
+    assert s.network.allowed_cidrs == ("0.0.0.0/0",)
+
+
+def test_quantization_without_gpu_is_refused() -> None:
+    with pytest.raises(ConfigError, match="clawbot:quantization 'nf4' needs a GPU"):
+        parse_settings({"quantization": "nf4", "storageClass": "gp3"}, stack="dev")
+
+
+def test_int8_runs_without_a_gpu() -> None:
+    """On CPU nodes QUANTIZATION=int8 uses torch's weight-only int8 kernel, no bitsandbytes and no GPU."""
+    settings = parse_settings({**read_stack_config("dev"), "quantization": "int8"}, stack="dev")
+    assert settings.model.quantization == "int8" and not settings.gpu.enabled
+
+
+DEV = read_stack_config("dev")
+ARN = PROD["tlsCertificateArn"]
+# One stack per cross-topic rule that breaks that rule alone, and the keys its message must name.
+VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
+    "public_ingress_is_deliberate": (prod_with(allowedCidrs=["0.0.0.0/0"]), ("allowedCidrs", "allowPublicIngress")),
+    "load_balancer_certificate_has_a_load_balancer": (
+        {**DEV, "tlsCertificateArn": ARN, "endpointHostname": "chat.example.com"}, ("tlsCertificateArn", "serviceType")),
+    "production_serves_tls": (prod_with(tlsCertificateArn="", endpointHostname=""), ("tlsCertificateArn", "allowPlaintext")),
+    "gpu_limit_covers_a_rollout": (prod_with(gpuLimit=5), ("gpuLimit", "gpusPerPod", "maxReplicas")),
+    "data_volume_reaches_every_replica": (prod_with(dataAccessMode="ReadWriteOnce"), ("dataAccessMode", "maxReplicas")),
+    "quantization_has_a_gpu": ({**DEV, "quantization": "nf4"}, ("quantization", "gpuMode")),
+}
+
+
+def test_every_cross_topic_rule_has_a_case() -> None:
+    assert set(VIOLATIONS) == {check.__name__ for check in checks.STACK_CHECKS}
+
+
+@pytest.mark.parametrize("rule", sorted(VIOLATIONS))
+def test_each_cross_topic_rule_lives_in_checks_alone(rule: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack breaks the rule and names its keys; without that one check every topic parser accepts it."""
+    values, keys = VIOLATIONS[rule]
+    stack = "prod" if values.get("environment") == "production" else "dev"
+    with pytest.raises(ConfigError) as err:
+        parse_settings(values, stack=stack)
+    assert all(f"clawbot:{k}" in str(err.value) for k in keys), str(err.value)
+    monkeypatch.setattr(checks, "STACK_CHECKS", tuple(c for c in checks.STACK_CHECKS if c.__name__ != rule))
+    parse_settings(values, stack=stack)
