@@ -3,7 +3,6 @@ bombs, schemas the grammar would not enforce, tool-history bombs and malformed R
 error shape, and /healthz keeps answering while schema compiles are in flight."""
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from app.inference.constraints import Grammars
 from app.settings import Settings
 from tests.app.inference.test_schema_limits import BOMBS, UNENFORCEABLE
 from tests.e2e.server import MODEL_CACHE
-from tests.live_server import live_server, wait_ready
+from tests.live_server import calls_in_flight, live_server, wait_ready
 
 KEY = "ck-test-" + "5eed" * 12
 BEARER = {"Authorization": f"Bearer {KEY}"}
@@ -144,20 +143,7 @@ def test_unknown_and_malformed_responses_items_get_a_400(url: str, name: str) ->
 
 
 def test_healthz_answers_while_schema_compiles_are_in_flight(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    in_flight = [0]
-    lock = threading.Lock()
-    compile_ = Grammars._compile
-
-    def counted(self: Grammars, key: str, text: str) -> Any:
-        with lock:
-            in_flight[0] += 1
-        try:
-            return compile_(self, key, text)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    monkeypatch.setattr(Grammars, "_compile", counted)
+    in_flight = calls_in_flight(monkeypatch, Grammars, "_compile")
     # Within every limit, and seconds of compile each: four at once keep both compile workers busy past the budget.
     slow = [{"type": "object", "properties": {"s": {"type": "string", "maxLength": 150 + i}}, "required": ["s"]}
             for i in range(4)]
@@ -165,11 +151,11 @@ def test_healthz_answers_while_schema_compiles_are_in_flight(url: str, monkeypat
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(post, url, "/v1/chat/completions", as_response_format(s)) for s in slow]
         deadline = time.monotonic() + 120
-        while in_flight[0] == 0 and time.monotonic() < deadline:
+        while in_flight() == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert in_flight[0] > 0, "no compile started"
+        assert in_flight() > 0, "no compile started"
         with httpx.Client(base_url=url, timeout=30) as probe:
-            while in_flight[0] > 0 or not all(a.done() for a in answers):
+            while in_flight() > 0 or not all(a.done() for a in answers):
                 probes.append(probe.get("/healthz").status_code)
         replies = [a.result() for a in answers]
     assert probes and set(probes) == {200}
