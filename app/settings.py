@@ -206,6 +206,15 @@ class Settings:
         "auto", "How the model writes tool calls: `hermes` (`<tool_call>{json}</tool_call>`: Hermes, Qwen 2.5+), "
         "`llama3_json` (Llama 3.1-3.3); `auto` reads the chat template (Hermes where the template has no tool "
         "format)")
+    grammar_compile_timeout_s: float = described(
+        5.0, "Wall-clock budget of one JSON Schema's grammar compile, in a process of its own; a schema over it is "
+        "refused (400 `schema_too_complex`)")
+    grammar_compile_workers: int = described(
+        2, "Grammar compiles that may run at once (each in a process of its own, then a thread of the server); one "
+        "key compiles one new schema at a time")
+    grammar_cache_bytes: int = described(
+        64 * 1_048_576, "Compiled grammars kept for schemas that come again, least recently used out first, by "
+        "their size in memory")
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -266,6 +275,9 @@ ENV_VARS: dict[str, str] = {
     "TLS_KEY_FILE": "tls_key_file",
     "TLS_RELOAD_SECONDS": "tls_reload_s",
     "TOOL_CALL_PARSER": "tool_call_parser",
+    "GRAMMAR_COMPILE_TIMEOUT_SECONDS": "grammar_compile_timeout_s",
+    "GRAMMAR_COMPILE_WORKERS": "grammar_compile_workers",
+    "GRAMMAR_CACHE_BYTES": "grammar_cache_bytes",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -334,6 +346,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=optional_path("TLS_KEY_FILE"),
         tls_reload_s=_float(env, "TLS_RELOAD_SECONDS", 60.0, 1.0, 86400.0),
         tool_call_parser=_choice(env, "TOOL_CALL_PARSER", "auto", TOOL_CALL_PARSERS),
+        grammar_compile_timeout_s=_float(env, "GRAMMAR_COMPILE_TIMEOUT_SECONDS", 5.0, 0.1, 600.0),
+        grammar_compile_workers=_int(env, "GRAMMAR_COMPILE_WORKERS", 2, 1, 64),
+        grammar_cache_bytes=_int(env, "GRAMMAR_CACHE_BYTES", 64 * 1_048_576, 0, 64 * 1024 * 1_048_576),
     )
     _check_tls(s)
     if s.metrics_port == s.port:

@@ -3,7 +3,7 @@ from app.api.schemas.chat import (
     ChatCompletionRequest, ChatMessage, ChatTool, ContentPart, ResponseFormat, SeedChatRequest, StreamOptions,
 )
 from app.api.schemas.common import (
-    AuthRequest, ErrorDetail, ErrorResponse, GenerationFields, encodable,
+    AuthRequest, ErrorDetail, ErrorResponse, GenerationFields,
 )
 from app.api.schemas.chat_response import (
     AssistantMessage, AuthToken, ChatCompletion, ChatCompletionChoice, ChatCompletionChunk, ChunkChoice, ChunkDelta,
@@ -17,7 +17,7 @@ from app.api.schemas.responses_response import (
 
 __all__ = [
     "AuthRequest", "ChatCompletionRequest", "ErrorDetail", "ErrorResponse", "ChatMessage", "ChatTool", "ContentPart", "GenerationFields",
-    "ResponseFormat", "ResponsesRequest", "ResponsesTool", "SeedChatRequest", "StreamOptions", "encodable",
+    "ResponseFormat", "ResponsesRequest", "ResponsesTool", "SeedChatRequest", "StreamOptions",
     "AssistantMessage", "AuthToken", "ChatCompletion", "ChatCompletionChoice", "ChatCompletionChunk", "ChunkChoice",
     "ChunkDelta", "FunctionCallDelta", "FunctionCallItem", "FunctionCallOut", "Health", "MessageItem", "ModelCard",
     "ModelList", "OutputText", "Readiness", "ResponseError", "ResponseObject", "ResponseUsage", "SeedChatResponse",
