@@ -165,6 +165,11 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
+    # An earlier synthesis that failed midway (an error raised while resources were registering) leaves their tasks
+    # behind, bound to its closed event loop; awaiting them here would never return. Pulumi's own test decorator
+    # clears the same two.
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
     root = runtime_settings.get_root_resource()
     resolved: dict[str, Any] = {}
     secret_outputs: set[str] = set()
