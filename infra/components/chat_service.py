@@ -20,8 +20,8 @@ from infra.components.chat_pod import (
 )
 from infra.components.data_volume import DataVolume, DataVolumeArgs
 from infra.components.gpu_node_pool import PodPlacement
-from infra.components.model_download import ModelDownload, ModelDownloadArgs
 from infra.components.load_balancer import endpoint_url, load_balancer_hostname, load_balancer_spec, service_annotations
+from infra.components.model_download import ModelDownload, ModelDownloadArgs
 from infra.components.pod_certificate import PodCertificate, PodCertificateArgs
 from infra.components.redis import Redis, RedisArgs
 from infra.components.secret_store import SecretNames
