@@ -14,7 +14,8 @@ from typing import Any, Mapping
 SERVICE_PORT = 18789
 # /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
 METRICS_PORT = 9464
-QUANTIZATIONS = ("nf4", "int8", "none")
+# auto: a GGUF keeps its own 4-bit blocks (gguf); a Hugging Face directory gets nf4 on CUDA and DTYPE on CPU.
+QUANTIZATIONS = ("auto", "gguf", "nf4", "int8", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype; app.inference.loader.compute_dtype resolves auto
 # SQLite journal of the conversation store: WAL on a local disk; the rollback journal where several pods share
 # DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
@@ -95,7 +96,7 @@ class Settings:
     metrics_port: int = METRICS_PORT
     model_path: str = EMBEDDED_MODEL
     model_name: str = "clawbot"
-    quantization: str = "none"
+    quantization: str = "auto"
     dtype: str = "auto"
     max_tokens: int = 2048
     max_batch_size: int = 32
@@ -236,7 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 1, 65535),
         model_path=env.get("MODEL_PATH") or EMBEDDED_MODEL,
         model_name=env.get("MODEL_NAME") or "clawbot",
-        quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
+        quantization=_choice(env, "QUANTIZATION", "auto", QUANTIZATIONS),
         dtype=_choice(env, "DTYPE", "auto", DTYPES),
         max_tokens=_int(env, "MAX_TOKENS", 2048, 1, 8192),
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),
