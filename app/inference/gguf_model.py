@@ -34,14 +34,14 @@ from torch import nn
 
 from app.inference.gguf_blocks import PLANES, dense_rows, int4_groups, is_int4
 from app.inference.int4_linear import (
-    PACK_ROWS, FusedLinears, FusedPart, Int4Embedding, Int4Linear, can_pack, fuse,
+    PACK_ROWS, DenseLinear, FusedLinears, FusedPart, Int4Embedding, Int4Linear, can_pack, fuse,
 )
 
 log = logging.getLogger("clawbot.model")
 
 LAYOUT_FILE = "layout.json"
 # Bumped when the packed layout or the layout file changes shape, so old caches are rebuilt rather than misread.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 WEIGHTS_FILE = "model.safetensors"
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -56,6 +56,7 @@ class Placement:
 
     forms: Counter[tuple[str, str]] = field(default_factory=Counter)
     linear_types: Counter[str] = field(default_factory=Counter)
+    file_type: str | None = None  # general.file_type as llama.cpp names it (MOSTLY_Q4_K_M -> q4_k_m)
 
     def add(self, gguf_type: str, form: str, linear: bool) -> None:
         self.forms[(gguf_type, form)] += 1
@@ -64,7 +65,9 @@ class Placement:
 
     @property
     def quantization(self) -> str:
-        """The type most of the file's Linears have, lower-case (q4_1, q4_k): the mode's name says it (gguf:q4_1)."""
+        """The file's quantization as llama.cpp names it (q4_1, q4_k_m), else the type most of its Linears have."""
+        if self.file_type:
+            return self.file_type
         return self.linear_types.most_common(1)[0][0].lower() if self.linear_types else "f32"
 
     def summary(self) -> dict[str, int]:
@@ -163,7 +166,7 @@ def build(gguf: Path, config: Any, device: torch.device, dtype: torch.dtype,
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
     model = _skeleton(config, dtype)
     names = _gguf_names(model, architecture, config)
-    placement = Placement()
+    placement = Placement(file_type=_file_type(reader))
     tied = getattr(config, "tie_word_embeddings", False) and not any(t.name == "output.weight" for t in reader.tensors)
     for tensor in reader.tensors:
         hf_name = names.get(tensor.name)
@@ -194,18 +197,28 @@ def build(gguf: Path, config: Any, device: torch.device, dtype: torch.dtype,
                 setattr(parent, child, layer)
                 placement.add(qtype.name, _int4_form(qtype), True)
             else:
-                module.weight = nn.Parameter(_dense(raw, qtype, dtype, device), requires_grad=False)
-                placement.add(qtype.name, f"dense {str(dtype).removeprefix('torch.')}", True)
+                setattr(parent, child, DenseLinear(_dense(raw, qtype, torch.float32, device), kernel_dtype))
+                placement.add(qtype.name, f"dense {str(kernel_dtype).removeprefix('torch.')}", True)
             continue
         shape = [int(d) for d in reversed(tensor.shape)]  # GGUF lists dimensions innermost first
         values = dense_rows(qtype, raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw[None]).reshape(shape)
         values = processor.process(weights=values, name=tensor.name).weights
-        param = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(device=device, dtype=dtype)
+        param = torch.from_numpy(np.array(values, dtype=np.float32)).to(device=device, dtype=dtype)
         setattr(owner, attr, nn.Parameter(param, requires_grad=False))
         placement.add(qtype.name, f"dense {str(dtype).removeprefix('torch.')}", False)
     _fuse_layers(model)
     _check_materialized(model, str(gguf))
     return model, placement
+
+
+def _file_type(reader: Any) -> str | None:
+    from gguf import LlamaFileType
+
+    field_ = reader.fields.get("general.file_type")
+    try:
+        return LlamaFileType(int(field_.contents())).name.removeprefix("MOSTLY_").lower() if field_ else None
+    except ValueError:
+        return None
 
 
 def _int4_form(qtype: Any) -> str:
@@ -255,6 +268,8 @@ def layout_of(model: nn.Module) -> dict[str, Any]:
                              "planes": module.fused.planes}
         elif isinstance(module, FusedPart):
             modules[name] = {"kind": "part", "index": module.index, "owner": owners[id(module.owner)]}
+        elif isinstance(module, DenseLinear):
+            modules[name] = {"kind": "dense", "in": module.in_features, "out": module.out_features}
         elif isinstance(module, Int4Embedding):
             modules[name] = {"kind": "int4_embedding", "scale": module.scale}
         elif isinstance(module, nn.Linear) and module is model.get_output_embeddings():
@@ -280,6 +295,7 @@ def save(model: nn.Module, placement: Placement, directory: Path) -> None:
     layout["aliases"] = aliases
     layout["placement"] = [[t, form, n] for (t, form), n in placement.forms.items()]
     layout["linear_types"] = dict(placement.linear_types)
+    layout["file_type"] = placement.file_type
     (directory / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
 
 
@@ -299,6 +315,9 @@ def load(directory: Path, config: Any, device: torch.device, dtype: torch.dtype,
             bias = torch.empty(spec["out"], device=meta) if spec["bias"] else None
             setattr(parent, child, Int4Linear(spec["in"], spec["out"], spec["planes"], device, kernel_dtype, bias,
                                               empty=True))
+        elif spec["kind"] == "dense":
+            parent, child = _module(model, name)
+            setattr(parent, child, DenseLinear(torch.empty(spec["out"], spec["in"], device=meta), kernel_dtype))
         elif spec["kind"] == "linear":
             parent, child = _module(model, name)
             setattr(parent, child, nn.Linear(spec["in"], spec["out"], bias=False, device=meta, dtype=dtype))
@@ -323,7 +342,7 @@ def load(directory: Path, config: Any, device: torch.device, dtype: torch.dtype,
         source, source_attr = _module(model, first)
         setattr(owner, attr, getattr(source, source_attr))
     _check_materialized(model, str(directory / WEIGHTS_FILE))
-    placement = Placement()
+    placement = Placement(file_type=layout.get("file_type"))
     for gguf_type, form, n in layout["placement"]:
         placement.forms[(gguf_type, form)] = n
     placement.linear_types.update(layout["linear_types"])

@@ -228,6 +228,23 @@ class FusedPart(nn.Module):
         return f"part {self.index} ({self.out_features} outputs) of a fused int4 linear"
 
 
+class DenseLinear(nn.Module):
+    """A weight with no int4 form (Q6_K's 16-weight scales, Q2_K/Q3_K, F16): the gguf package's dequantized values,
+    held in the kernel dtype like the int4 layers' scales, so it costs 2 bytes a weight rather than fp32's 4."""
+
+    def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight.to(kernel_dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.linear(x if x.dtype == self.weight.dtype else x.to(self.weight.dtype), self.weight)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dense {str(self.weight.dtype).removeprefix('torch.')}"
+
+
 def fuse(parts: list[Int4Linear]) -> Int4Linear:
     """One Int4Linear whose outputs are the parts' outputs side by side (same input width and planes; CPU layout,
     whose packed rows come in blocks of at most 64, so every part but the last must have a multiple of 64 rows)."""

@@ -518,7 +518,10 @@ def _load_gguf(source: ModelSource, data_dir: Path, target: torch.device, dtype:
     config = AutoConfig.from_pretrained(cache)
     tokenizer = AutoTokenizer.from_pretrained(cache)
     model, placement = gguf_model.load(cache, config, target, dtype)
-    log.info("gguf tensors placed", extra={"source": str(gguf), "placement": placement.summary()})
+    from app.inference.lean_llama import install
+
+    lean = install(model)  # llama family: the lean forward over the fused int4 weights
+    log.info("gguf tensors placed", extra={"source": str(gguf), "placement": placement.summary(), "lean_forward": lean})
     return model, tokenizer, cache, f"gguf:{placement.quantization}"
 
 
