@@ -53,7 +53,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
     ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
     ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
-    ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
+    ConfigKey("quantization", "string", "auto", "QUANTIZATION: auto (a GGUF keeps its own 4-bit blocks, a Hugging Face model gets nf4 on GPU), gguf, nf4, int8 or none"),
     ConfigKey("dtype", "string", "auto", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
     ConfigKey("prefixCacheTokens", "integer", 8192, "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse (0 turns it off)"),
     ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
@@ -726,7 +726,7 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     if quantization == "nf4" and not gpu.enabled:
         raise ConfigError(
             f"{_key('quantization')} {quantization!r} needs a GPU (bitsandbytes); set {_key('gpuMode')} to karpenter or existing, "
-            "or quantization to int8 (CPU weight-only int8) or none"
+            "or quantization to auto or gguf (a GGUF's own 4-bit blocks), int8 (CPU weight-only int8) or none"
         )
     storage_class = _str(raw, "storageClass")
     if not _DNS_SUBDOMAIN.match(storage_class):

@@ -378,7 +378,7 @@ class _DropPerCallCast(logging.Filter):
         return not seen
 
 
-def _target_device(device: str | None) -> torch.device:
+def target_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -581,7 +581,7 @@ def load_model(
     loads with `device_map="auto"` unless a device is named. Call it from a thread that exits afterwards (own_thread).
     """
     started = time.perf_counter()
-    target = _target_device(device)
+    target = target_device(device)
     found = locate(model_path)
     mode = resolve_quantization(quantization, found, target)
     dtype_name, dtype = dtype, compute_dtype(dtype, target)
