@@ -208,7 +208,7 @@ def build(gguf: Path, config: Any, device: torch.device, dtype: torch.dtype,
         placement.add(qtype.name, f"dense {str(dtype).removeprefix('torch.')}", False)
     _fuse_layers(model)
     _check_materialized(model, str(gguf))
-    return model, placement
+    return model.to(device), placement  # the skeleton's buffers (rotary tables) were made on the CPU
 
 
 def _file_type(reader: Any) -> str | None:
@@ -342,6 +342,7 @@ def load(directory: Path, config: Any, device: torch.device, dtype: torch.dtype,
         source, source_attr = _module(model, first)
         setattr(owner, attr, getattr(source, source_attr))
     _check_materialized(model, str(directory / WEIGHTS_FILE))
+    model.to(device)  # the skeleton's buffers (rotary tables) were made on the CPU
     placement = Placement(file_type=layout.get("file_type"))
     for gguf_type, form, n in layout["placement"]:
         placement.forms[(gguf_type, form)] = n
