@@ -19,8 +19,12 @@ PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether this torch build can prepack Linear weights of this dtype on this device."""
-    return device.type == "cpu" and dtype in PACKED_DTYPES and torch.backends.mkldnn.is_available()
+    """Whether this torch build can prepack Linear weights of this dtype on this device: oneDNN's reduced-precision
+    reorder needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, and refuses on AVX2-only CPUs."""
+    if device.type != "cpu" or dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == torch.bfloat16 else torch.ops.mkldnn._is_mkldnn_fp16_supported
+    return bool(supported())
 
 
 class PackedLinear(nn.Module):

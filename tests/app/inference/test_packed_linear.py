@@ -7,7 +7,7 @@ from torch import nn
 
 from app.inference.packed_linear import PackedLinear, can_pack, pack_linears
 
-pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="torch built without oneDNN")
+pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="no oneDNN bf16 reorder here (torch without oneDNN, or an AVX2-only CPU)")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])
