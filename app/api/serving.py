@@ -290,13 +290,16 @@ class ChatRunner:
             raise ApiError(400, "invalid_request", str(exc)) from None
 
     async def completion(self, handle: "GenerationHandle") -> "Completion":
-        """The engine's answer; a request the engine could not finish becomes a 503 ApiError."""
-        from app.inference.engine import EngineClosedError, EngineFailedError, InsufficientMemoryError
+        """The engine's answer; a request the engine could not finish becomes a 503 ApiError, one whose own step
+        failed a 500 (the replica stays healthy)."""
+        from app.inference.engine import EngineClosedError, EngineFailedError, InsufficientMemoryError, RequestFailedError
 
         try:
             return await handle.result()
         except (EngineClosedError, EngineFailedError, InsufficientMemoryError) as exc:
             raise unavailable(exc) from None
+        except RequestFailedError as exc:
+            raise ApiError(500, "generation_failed", f"{exc}; retry the request or change its parameters") from None
 
     async def wait(self, handle: "GenerationHandle", request: Request) -> "Completion":
         """Wait for the result; if the client goes away, cancel the generation and raise ClientDisconnected."""

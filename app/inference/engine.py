@@ -18,7 +18,10 @@ Failure modes, each visible to the caller rather than a hang:
   the newer half of the running rows sent back to the queue and recomputed when readmitted),
   the KV budget shrinks, `clawbot_engine_oom_total` counts it; a request that cannot fit even
   alone fails with InsufficientMemoryError. The engine keeps running.
-- any other exception kills the worker: every request it held fails with EngineFailedError,
+- an exception in one request's own work (its sampling, its grammar, its detokenization and stop
+  handling) fails that request alone with RequestFailedError; the batch goes on without it, and
+  `clawbot_request_failures_total` counts it.
+- any other exception (the model's forward, the device) kills the worker: every request it held fails with EngineFailedError,
   `failure` says why (and /healthz turns 503 so the pod is restarted), `clawbot_engine_failures_total`
   counts it.
 - `drain(grace_s)` (SIGTERM): no new work; what was accepted may finish for `grace_s`, then every
@@ -53,6 +56,7 @@ from app.inference.requests import (
     EngineFailedError,
     InsufficientMemoryError,
     QueueFullError,
+    RequestFailedError,
     Row,
     SamplingParams,
 )
@@ -65,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_REASONS", "Completion", "Engine", "EngineClosedError", "EngineFailedError", "GenerationHandle",
-    "InsufficientMemoryError", "QueueFullError", "SamplingParams",
+    "InsufficientMemoryError", "QueueFullError", "RequestFailedError", "SamplingParams",
 ]
 log = logging.getLogger("clawbot.engine")
 # An exception's message goes into the log and /healthz; bounded, since some quote tensors at length.
@@ -193,7 +197,7 @@ class Engine:
             deadline=None if params.timeout_s is None else now + params.timeout_s,
             prefix_scope=prefix_scope,
         )
-        if params.temperature > 0 and params.seed is not None:
+        if not params.greedy and params.seed is not None:
             request.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         with self._cond:
             if self._failure is not None:
@@ -467,20 +471,44 @@ class Engine:
             self._drop_finished(finished, now)
 
     def _append_tokens(self, logits: torch.Tensor, rows: list[Row], now: float) -> list[tuple[GenerationHandle, str]]:
-        """Sample one token per row, detokenize it and collect the text each row may stream now."""
-        tokens = sample(logits, rows, self._sampler)
+        """Sample one token per row, detokenize it and collect the text each row may stream now.
+
+        A row whose own sampling or detokenization raises is finished with its error; the others go on."""
+        sampled = sample(logits, rows, self._sampler)
         deltas: list[tuple[GenerationHandle, str]] = []
-        for row, token in zip(rows, tokens):
+        for i, (row, token) in enumerate(zip(rows, sampled.tokens)):
             if row.first_token_at is None:
                 row.first_token_at = now
                 if self.metrics is not None:
                     self.metrics.time_to_first_token.observe(now - row.submitted_at)
-            delta = append_token(row, token, self.tokenizer, self.eos_ids)
-            if delta:
-                deltas.append((row.handle, delta))
+            failure = sampled.failures.get(i)
+            if failure is None:
+                try:
+                    delta = append_token(row, token, self.tokenizer, self.eos_ids)
+                except Exception as exc:  # noqa: BLE001 - this row's text or stop handling: its failure alone
+                    failure = exc
+                else:
+                    if delta:
+                        deltas.append((row.handle, delta))
+                    continue
+            self._fail_request(row, failure)
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(len(rows))
         return deltas
+
+    def _fail_request(self, row: Row, exc: Exception) -> None:
+        """End one row on an error of its own; it is answered with RequestFailedError when the step delivers."""
+        stage = getattr(exc, "stage", "detokenization")
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        row.error = RequestFailedError(f"this request's generation failed in its {stage}; the service is healthy")
+        row.finish_reason = "error"
+        log.error(
+            "one request's step failed; it alone is answered with an error",
+            extra={"stage": stage, "error_type": type(cause).__name__, "error": str(exc)[:MAX_FAILURE_CHARS]},
+            exc_info=cause,
+        )
+        if self.metrics is not None:
+            self.metrics.request_failures.labels(stage=stage).inc()
 
     def _sweep(self, now: float) -> None:
         """Cancellation and deadlines apply to every running row, not only the ones just sampled."""
@@ -497,7 +525,7 @@ class Engine:
         tails = []
         for row in finished:
             tail = row.text[row.emitted:]
-            if tail and row.finish_reason != "cancelled":
+            if tail and row.finish_reason not in ("cancelled", "error"):
                 tails.append((row.handle, tail))
                 row.emitted = len(row.text)
         return tails
@@ -514,8 +542,9 @@ class Engine:
                 self.metrics.time_per_output_token.observe((now - row.first_token_at) / (len(row.generated) - 1))
 
     def _deliver(self, deltas: list[tuple[GenerationHandle, str]], finished: Iterable[Row]) -> None:
-        completions = [(r.handle, self._completion(r)) for r in finished]
-        if not deltas and not completions:
+        completions = [(r.handle, self._completion(r)) for r in finished if r.error is None]
+        errors = [(r.handle, r.error) for r in finished if r.error is not None]
+        if not deltas and not completions and not errors:
             return
 
         def on_loop() -> None:
@@ -523,6 +552,8 @@ class Engine:
                 handle._push(delta)
             for handle, completion in completions:
                 handle._finish(completion)
+            for handle, error in errors:
+                handle._fail(error)
 
         self._on_loop(on_loop)
 

@@ -19,12 +19,15 @@ PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether this torch build can prepack Linear weights of this dtype on this device: oneDNN's reduced-precision
-    reorder needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, and refuses on AVX2-only CPUs."""
+    """Whether this torch build and this CPU can prepack Linear weights of this dtype.
+
+    oneDNN's reorder refuses bf16 without AVX512-BF16/AVX-NE-CONVERT and fp16 without AVX512-FP16 (an AVX2-only
+    CPU, for one): there the weights stay as they are and F.linear computes them the slow, emulated way."""
     if device.type != "cpu" or dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
         return False
-    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == torch.bfloat16 else torch.ops.mkldnn._is_mkldnn_fp16_supported
-    return bool(supported())
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
 
 
 class PackedLinear(nn.Module):

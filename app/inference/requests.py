@@ -1,7 +1,6 @@
 """What the engine is asked for and what it answers: sampling parameters, completions, per-row state, refusals."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -14,6 +13,15 @@ FINISH_REASONS = ("stop", "length", "cancelled", "timeout")
 # Stop strings are searched after every token, so their number and length are bounded (OpenAI allows 4).
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
+# Sampling parameters are bounded where they are validated, so that no accepted value can overflow the sampler's
+# float32 arithmetic. A temperature below GREEDY_TEMPERATURE is greedy, as vLLM treats it (its _SAMPLING_EPS):
+# dividing the logits by 1e-300 gives infinities, and softmax over them NaNs that torch.multinomial refuses.
+GREEDY_TEMPERATURE = 1e-5
+MAX_TEMPERATURE = 2.0
+# transformers' formula divides a repeated token's positive logit by the penalty: 0.01 turns a logit of 1e3 into
+# 1e5, far inside float32; 1e-300 rounds to 0 in float32 and divides by zero.
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 2.0
 
 
 class TokenConstraint(Protocol):
@@ -29,11 +37,15 @@ class TokenConstraint(Protocol):
     def advance(self, token_id: int) -> None:
         """The sampler chose `token_id`; move the grammar past it."""
 
+    @property
+    def finished(self) -> bool:
+        """The grammar has accepted its end: nothing may follow (the row stops even with ignore_eos)."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int  # already capped by the API; the engine also caps to its own max_tokens and the context window
-    temperature: float = 0.0  # 0 => greedy
+    temperature: float = 0.0  # below GREEDY_TEMPERATURE => greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # output is truncated before the first stop string
     seed: int | None = None  # reproducible sampling per request
@@ -46,8 +58,8 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails every comparison
+            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if len(self.stop) > MAX_STOP_SEQUENCES:
@@ -59,8 +71,16 @@ class SamplingParams:
             raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters, got one of {longest}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
-        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise ValueError(
+                f"repetition_penalty must be between {MIN_REPETITION_PENALTY:g} and {MAX_REPETITION_PENALTY:g}, "
+                f"got {self.repetition_penalty}"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the row takes the argmax: a temperature this close to 0 is greedy (see GREEDY_TEMPERATURE)."""
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,12 @@ class EngineFailedError(Exception):
     """The engine's worker died; every request it held fails with this, and the process must be restarted."""
 
 
+class RequestFailedError(Exception):
+    """This request's own step failed (its sampling, its grammar, its stop handling): it alone fails; the engine goes on.
+
+    The message names the stage and the exception type, never the request's text."""
+
+
 class InsufficientMemoryError(Exception):
     """This request alone does not fit in the device's memory, even with nothing else running."""
 
@@ -113,6 +139,7 @@ class Row:
     finish_reason: str | None = None
     cached_tokens: int = 0  # prompt tokens the first prefill took from the prefix cache
     prefix_scope: str = ""  # whose prefix-cache entries this row may use and add to (the API key's id)
+    error: RequestFailedError | None = None  # set (with finish_reason "error") when this row's own step failed
 
     @property
     def context_ids(self) -> list[int]:

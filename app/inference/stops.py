@@ -19,11 +19,13 @@ def append_token(row: Row, token: int, tokenizer: Any, eos_ids: frozenset[int]) 
         return ""  # the caller flushes what was held back
     ids = row.generated
     at_length = len(ids) >= row.max_new
+    # A grammar that took its end token allows nothing more, not even with ignore_eos (it has no mask to give).
+    ended = p.constraint is not None and p.constraint.finished
     prefix = tokenizer.decode(ids[row.prefix_offset:row.read_offset], skip_special_tokens=True)
     current = tokenizer.decode(ids[row.prefix_offset:], skip_special_tokens=True)
     # A trailing U+FFFD means a multi-byte character is still incomplete: wait for the next token,
     # unless this is the last token, since nothing will complete it then.
-    if len(current) > len(prefix) and (at_length or not current.endswith("\ufffd")):
+    if len(current) > len(prefix) and (at_length or ended or not current.endswith("\ufffd")):
         searched_from = max(0, len(row.text) - max((len(s) for s in p.stop), default=0))
         row.text += current[len(prefix):]
         row.prefix_offset, row.read_offset = row.read_offset, len(ids)
@@ -33,6 +35,9 @@ def append_token(row: Row, token: int, tokenizer: Any, eos_ids: frozenset[int]) 
                 row.text = row.text[:cut]
                 row.finish_reason = "stop"
                 return ""
+    if ended:
+        row.finish_reason = "stop"
+        return ""
     if at_length:
         row.finish_reason = "length"
         return ""

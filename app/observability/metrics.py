@@ -40,6 +40,7 @@ class Metrics:
     generation_timeouts: Counter
     auth_failures: Counter
     engine_failures: Counter
+    request_failures: Counter
     engine_oom: Counter
     kv_budget_tokens: Gauge
 
@@ -81,6 +82,11 @@ def build_metrics() -> Metrics:
         auth_failures=Counter("clawbot_auth_failures", "Rejected credentials by reason", ["reason"], registry=r),
         engine_failures=Counter(
             "clawbot_engine_failures", "Times the generation engine's worker died, by exception type", ["reason"], registry=r
+        ),
+        request_failures=Counter(
+            "clawbot_request_failures",
+            "Requests whose own step failed (sampling, grammar, detokenization) while the engine went on, by stage",
+            ["stage"], registry=r,
         ),
         engine_oom=Counter(
             "clawbot_engine_oom", "Out-of-memory errors the engine recovered from by splitting the batch", ["phase"], registry=r

@@ -5,7 +5,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from app.inference.requests import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+from app.inference.requests import (
+    GREEDY_TEMPERATURE,
+    MAX_REPETITION_PENALTY,
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+    MAX_TEMPERATURE,
+    MIN_REPETITION_PENALTY,
+)
+
+TEMPERATURE_DOC = f"0 to {MAX_TEMPERATURE:g}; below {GREEDY_TEMPERATURE:g} is greedy (the most likely token)"
 
 
 def encodable(text: str, what: str) -> str:
@@ -40,9 +49,12 @@ class GenerationFields(BaseModel):
     """Sampling parameters; one left out (None) gets the model's default (app.inference.loader.SamplingDefaults)."""
 
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="vLLM-style extension; 1 = off")
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, description=TEMPERATURE_DOC)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling mass, in (0, 1]")
+    repetition_penalty: float | None = Field(
+        default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+        description=f"vLLM-style extension, {MIN_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g}; 1 = off",
+    )
     stop: str | list[str] | None = None
     seed: int | None = None
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.schemas.chat import FUNCTION_NAME
-from app.api.schemas.common import encodable
+from app.api.schemas.common import TEMPERATURE_DOC, encodable
+from app.inference.requests import MAX_TEMPERATURE
 
 
 class ResponsesTool(BaseModel):
@@ -49,8 +50,8 @@ class ResponsesRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, description=TEMPERATURE_DOC)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling mass, in (0, 1]")
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None

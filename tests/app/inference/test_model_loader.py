@@ -118,14 +118,13 @@ def test_bf16_on_cpu_halves_the_weights_and_still_answers_paris(
 
     loaded = load_model(EMBEDDED_MODEL, data_dir, "none", device="cpu", dtype="bfloat16", progress=False)
     assert loaded.dtype == torch.bfloat16 and loaded.model.dtype == torch.bfloat16
-    # Every Linear is prepacked for oneDNN where the CPU supports it; the output head gets its own copy beside the
-    # tied embedding table.
     packed = [m for m in loaded.model.modules() if isinstance(m, packed_linear.PackedLinear)]
     if packed_linear.can_pack(torch.device("cpu"), torch.bfloat16):
+        # Every Linear is prepacked for oneDNN; the output head gets its own copy beside the tied embedding table.
         assert len(packed) == 30 * 7 + 1 and not [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
-    else:
-        assert not packed  # AVX2-only: oneDNN has no bf16 reorder here
-    assert 200e6 < loaded.memory_bytes < 350e6
+        assert 200e6 < loaded.memory_bytes < 350e6
+    else:  # a CPU without native bf16 (AVX2 only): oneDNN cannot reorder, so the plain weights stay
+        assert not packed and 200e6 < loaded.memory_bytes < 300e6
     answer = _answer(loaded)
     assert "Paris" in answer
     monkeypatch.setattr(packed_linear, "can_pack", lambda device, dtype: False)
@@ -139,8 +138,8 @@ def test_fp32_on_cpu_is_not_packed() -> None:
     from app.inference.packed_linear import can_pack
 
     assert not can_pack(torch.device("cpu"), torch.float32) and not can_pack(torch.device("meta"), torch.bfloat16)
-    assert can_pack(torch.device("cpu"), torch.bfloat16) == (
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert can_pack(torch.device("cpu"), torch.bfloat16) == (torch.backends.mkldnn.is_available() and native)
 
 
 def test_int8_on_cpu_is_torchs_weight_only_kernel_and_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:

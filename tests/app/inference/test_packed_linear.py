@@ -7,7 +7,7 @@ from torch import nn
 
 from app.inference.packed_linear import PackedLinear, can_pack, pack_linears
 
-pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="no oneDNN bf16 reorder here (torch without oneDNN, or an AVX2-only CPU)")
+pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="this CPU has no native bf16 for oneDNN to prepack (AVX512-BF16 or AVX-NE-CONVERT)")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])
