@@ -98,6 +98,19 @@ def test_embedding_rows_are_the_dequantized_rows(qtype: Q, tensors: dict[Q, np.n
     torch.testing.assert_close(scaled, 2 * reference[ids], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)
+def test_wide_inputs_take_the_dequantized_path_with_the_same_result(qtype: Q, tensors: dict[Q, np.ndarray]) -> None:
+    from app.inference.int4_linear import DEQUANTIZE_ROWS
+
+    raw = tensors[qtype]
+    reference = torch.from_numpy(quants.dequantize(raw, qtype)).float()
+    layer = Int4Linear.from_groups([int4_groups(qtype, raw)], CPU, torch.float32)
+    torch.testing.assert_close(layer.dequantize(), reference, atol=1e-6, rtol=1e-5)
+    x = torch.randn(DEQUANTIZE_ROWS, K)
+    kernel = torch._weight_int4pack_mm_for_cpu(x.repeat(1, layer.planes), layer.packed, 32, layer.scales_and_zeros)
+    torch.testing.assert_close(layer(x), kernel, atol=1e-4, rtol=1e-4)
+
+
 def test_the_cpu_layout_matches_what_torch_packs_on_this_machine() -> None:
     layout = cpu_pack_layout()
     assert layout in (CpuPackLayout(64, True), CpuPackLayout(32, True), CpuPackLayout(32, False))
