@@ -149,7 +149,8 @@ def llama_answers(gguf: Path, prompt_ids: list[list[int]], tokens: int, log_path
     from bench.peer import start_llama
     from bench.server_process import stop_server, wait_ready
 
-    proc, url = start_llama(ensure_llama_server(), gguf, peer_args(["--llama-slots", "1"]), log_path)
+    threads = str(torch.get_num_threads())  # the same threads as the ClawBot side
+    proc, url = start_llama(ensure_llama_server(), gguf, peer_args(["--llama-slots", "1", "--llama-threads", threads]), log_path)
     try:
         wait_ready(proc, url, log_path, path="/health")
         answers = []
@@ -172,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data", help="DATA_DIR (model converted once)")
     parser.add_argument("--llama", action="store_true", help="also compare each mode with llama-server on the same GGUF")
     parser.add_argument("--llama-tokens", type=int, default=64, help="tokens per answer in the llama-server comparison")
+    parser.add_argument("--threads", type=int, default=0, help="torch (and llama-server) threads; 0 keeps torch's default")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     modes = args.modes.split(",") if args.modes else supported_modes()
     if "fp32" not in modes or any(m not in MODES for m in modes):
         parser.error(f"--modes must include fp32 (the reference) and only {','.join(MODES)}, got {args.modes}")
