@@ -72,7 +72,7 @@ def quantization_has_a_gpu(s: StackSettings) -> None:
     if s.model.quantization == "nf4" and not s.gpu.enabled:
         raise ConfigError(
             f"{key('quantization')} {s.model.quantization!r} needs a GPU (bitsandbytes); set {key('gpuMode')} to karpenter "
-            "or existing, or quantization to int8 (CPU weight-only int8) or none"
+            "or existing, or quantization to auto or gguf (a GGUF's own 4-bit blocks), int8 (CPU weight-only int8) or none"
         )
 
 

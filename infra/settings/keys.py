@@ -27,7 +27,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
     ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
     ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
-    ConfigKey("quantization", "string", "none", "QUANTIZATION: nf4, int8 or none"),
+    ConfigKey("quantization", "string", "auto", "QUANTIZATION: auto (a GGUF keeps its own 4-bit blocks, a Hugging Face model gets nf4 on GPU), gguf, nf4, int8 or none"),
     ConfigKey("dtype", "string", "auto", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
     ConfigKey("prefixCacheTokens", "integer", 8192, "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse (0 turns it off)"),
     ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),

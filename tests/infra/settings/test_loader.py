@@ -24,7 +24,7 @@ def prod_with(**changes: object) -> dict[str, object]:
         ({"maxTokens": "many"}, "clawbot:maxTokens must be an integer between 1 and 8192, got 'many'"),
         ({"cpuRequest": "8"}, "clawbot:cpuRequest (8) and clawbot:cpuLimit (4) must satisfy"),
         ({"memoryLimit": "8GB"}, "clawbot:memoryLimit must be a memory quantity like 4Gi or 512Mi, got '8GB'"),
-        ({"quantization": "q4"}, "clawbot:quantization must be one of nf4, int8, none, got 'q4'"),
+        ({"quantization": "q4"}, "clawbot:quantization must be one of auto, gguf, nf4, int8, none, got 'q4'"),
         ({"dtype": "fp8"}, "clawbot:dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
         ({"prefixCacheTokens": -1}, "clawbot:prefixCacheTokens must be between 0 and 100000000, got -1"),
         ({"gpuTaintEffect": "NoRun"}, "clawbot:gpuTaintEffect must be one of NoSchedule, PreferNoSchedule, NoExecute"),
