@@ -32,7 +32,8 @@ EVENT_STREAM = {
 async def models(request: Request, principal: Caller) -> ModelList:
     state = request.app.state
     window = state.model.context_window if state.model is not None else None
-    card = ModelCard.of(state.model_name, state.started_at, window, state.max_tokens)
+    quantization = state.model.quantization if state.model is not None else None
+    card = ModelCard.of(state.model_name, state.started_at, window, state.max_tokens, quantization)
     return ModelList(object="list", data=[card])
 
 

@@ -136,6 +136,8 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    quantization: str | None = Field(
+        default=None, description="the weights' format once the model has loaded: gguf:q4_1 (the file's own blocks), nf4, int8, none")
     # vLLM names the window max_model_len; other clients read context_window or context_length.
     max_model_len: int | None = Field(default=None, description="the context window, once the model has loaded")
     context_window: int | None = None
@@ -143,9 +145,12 @@ class ModelCard(BaseModel):
     max_output_tokens: int = Field(description="MAX_TOKENS: the most tokens one answer may generate")
 
     @classmethod
-    def of(cls, name: str, created: int, context_window: int | None, max_output_tokens: int) -> "ModelCard":
-        """The /v1/models entry; the context window is known once the model has loaded."""
+    def of(cls, name: str, created: int, context_window: int | None, max_output_tokens: int,
+           quantization: str | None = None) -> "ModelCard":
+        """The /v1/models entry; the context window and the quantization are known once the model has loaded."""
         card = cls(id=name, object="model", created=created, owned_by="clawbot", max_output_tokens=max_output_tokens)
+        if quantization is not None:
+            card.quantization = quantization
         if context_window is not None:
             card.max_model_len = card.context_window = card.context_length = context_window
         return card
