@@ -54,3 +54,20 @@ def test_the_documented_401_and_415_are_what_the_routes_answer(service: TestClie
                 assert service.request(method, path, content=b"messages=hi", headers=headers).status_code == 415, path
             if "401" in documented and path != "/api/auth":
                 assert service.request(method, path).status_code == 401, path
+
+
+def test_every_200_body_is_a_named_model_and_a_stream_is_documented_as_server_sent_events(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    streams = set()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"]["200"]["content"]
+            ref = content["application/json"]["schema"].get("$ref", "")
+            assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, (path, method, content)
+            if "text/event-stream" in content:
+                streams.add(path)
+    assert streams == {"/v1/chat/completions", "/v1/responses"}
+    # What each `data:` of a chat completion stream carries is documented too.
+    assert "ChatCompletionChunk" in components and "ChatCompletionChunk" in schema["paths"]["/v1/chat/completions"][
+        "post"]["responses"]["200"]["description"]
