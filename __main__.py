@@ -5,14 +5,14 @@ import pulumi
 
 from infra.components.alert_rules import AlertRules, AlertRulesArgs
 from infra.components.autoscaler import Autoscaler, AutoscalerArgs
-from infra.components.backups import Backups, BackupsArgs
+from infra.components.backups import Backups, BackupsArgs, backups_output
 from infra.components.chat_service import ChatService, ChatServiceArgs
 from infra.components.dashboard import Dashboard, DashboardArgs
 from infra.components.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs, service_monitor_formerly_in
 from infra.components.namespace import AppNamespace, AppNamespaceArgs
-from infra.components.secret_store import SecretStore, SecretStoreArgs, secret_names
+from infra.components.secret_store import SecretStore, SecretStoreArgs, key_store_output, secret_names
 from infra.release_outputs import canary_output, history_output
 from infra.settings import load_settings
 
@@ -32,14 +32,15 @@ namespace = AppNamespace(
 )
 store = SecretStore(
     "secrets",
-    SecretStoreArgs(namespace=namespace.name, rotation_days=settings.access.key_rotation_days, hub_token=secrets.hub_token,
-                    previous_rotation=previous.get_output("keyRotation"), name_prefix=PREFIX),
+    SecretStoreArgs(namespace=namespace.name, key_store=settings.key_store, rotation_days=settings.access.key_rotation_days,
+                    hub_token=secrets.hub_token, previous_rotation=previous.get_output("keyRotation"),
+                    kubernetes_api_cidrs=settings.backups.kubernetes_api_cidrs, name_prefix=PREFIX),
 )
 chat = ChatService(
     "chat",
     ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
                     key_secrets=store.secrets, secrets_digest=store.content_digest,
-                    database_url=secrets.conversation_database_url, digest_key=store.kek, name_prefix=PREFIX),
+                    database_url=secrets.conversation_database_url, digest_key=store.digest_key, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[gpu]),
 )
 ServiceFirewall(
@@ -59,8 +60,9 @@ ServiceFirewall(
 Backups(
     "backups",
     BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
-                data_claim_name=chat.data_claim_name, storage_class=settings.data_volume.storage_class, production=settings.production,
-                database_secret_name=chat.database_secret_name, name_prefix=PREFIX),
+                data_claim_name=chat.data_claim_name, data_access_mode=settings.data_volume.access_mode,
+                storage_class=settings.data_volume.storage_class, production=settings.production,
+                database_url=secrets.conversation_database_url, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[chat]),
 )
 if settings.scaling.autoscaled:
@@ -112,3 +114,7 @@ pulumi.export("alertRules", alert_names)
 # Newest first: [0] runs now, [1] is what a rollback goes back to (README: Rollback). Read back by the next update.
 pulumi.export("imageHistory", history_output(previous.get_output("imageHistory"), settings))
 pulumi.export("canary", canary_output(settings))
+# What the program relies on but does not own: the backup bucket's lifecycle and the IAM policies of the roles
+# (docs/operations/backups.md, docs/operations/keys.md).
+pulumi.export("backups", backups_output(settings.backups, settings.namespace, PREFIX))
+pulumi.export("keyStore", key_store_output(settings.key_store, settings.namespace, PREFIX))
