@@ -24,8 +24,10 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT_S = 30
 
 
-def read_secret_key(reference: str, *, account_dir: Path = SERVICE_ACCOUNT_DIR) -> str:
-    """The value of `NAMESPACE/NAME/KEY` (a Secret's data key), read with the pod's ServiceAccount token."""
+def read_secret_key(reference: str, *, account_dir: Path | None = None) -> str:
+    """The value of `NAMESPACE/NAME/KEY` (a Secret's data key), read with the pod's ServiceAccount token (from
+    `account_dir`, else SERVICE_ACCOUNT_DIR in the environment, else where the kubelet mounts it)."""
+    account_dir = account_dir or Path(os.environ.get("SERVICE_ACCOUNT_DIR") or SERVICE_ACCOUNT_DIR)
     parts = reference.split("/")
     if len(parts) != 3 or not all(parts):
         raise KeySourceError(f"--kek-secret must be NAMESPACE/NAME/KEY, got {reference!r}")
