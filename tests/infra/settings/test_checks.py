@@ -59,6 +59,11 @@ VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
     "gpu_limit_covers_a_rollout": (prod_with(gpuLimit=5), ("gpuLimit", "gpusPerPod", "maxReplicas")),
     "data_volume_reaches_every_replica": (prod_with(dataAccessMode="ReadWriteOnce"), ("dataAccessMode", "maxReplicas")),
     "quantization_has_a_gpu": ({**DEV, "quantization": "nf4"}, ("quantization", "gpuMode")),
+    # -- the key store and backups --
+    "production_keeps_the_kek_in_kms": (prod_with(keyEncryption="namespace"), ("keyEncryption", "kmsDataKey")),
+    "production_reaches_kms_privately": (prod_with(kmsEgressCidrs=[]), ("kmsEgressCidrs", "kmsRoleArn")),
+    "production_encrypts_cluster_secrets": (prod_with(clusterSecretsKeyArn=""), ("clusterSecretsKeyArn",)),
+    "production_backups_leave_the_cluster": (prod_with(backupBucket=""), ("backupBucket", "backupBucketRegion")),
 }
 
 
