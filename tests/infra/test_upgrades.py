@@ -30,6 +30,16 @@ def removed_on_purpose(urn: str, s: Synthesis) -> bool:
     return bool(got) and (value is None or got == value)
 
 
+def known_urns(s: Synthesis) -> dict[str, str]:
+    """Each URN an existing stack may hold, mapped to the resource that answers to it now."""
+    out: dict[str, str] = {}
+    for r in s.resources:
+        for urn in (r.options.urn, *r.options.aliases):
+            if urn:
+                out.setdefault(urn, r.options.urn)
+    return out
+
+
 @pytest.mark.parametrize("variant", sorted(RECORDED))
 def test_every_resource_of_an_existing_stack_is_kept(variant: str) -> None:
     recorded = RECORDED[variant]
