@@ -158,11 +158,11 @@ def test_the_stack_reads_its_history_back_and_exports_it_with_this_image() -> No
 # -- the README's runbooks, run -------------------------------------------------------------------------------------
 
 
-def runbook(name: str) -> str:
-    """The command in the fenced block right after `<!-- runbook: NAME -->` in the README."""
-    readme = (ROOT / "README.md").read_text()
+def runbook(name: str, doc: str = "README.md") -> str:
+    """The command in the fenced block right after `<!-- runbook: NAME -->` in the README (or another doc)."""
+    readme = (ROOT / doc).read_text()
     match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", readme, re.S)
-    assert match, f"README has no runbook {name!r}"
+    assert match, f"{doc} has no runbook {name!r}"
     command = match.group(1).strip()
     assert "\n" not in command, f"runbook {name!r} must be one command"
     return command
