@@ -240,7 +240,9 @@ class SecretStore(pulumi.ComponentResource):
         # The KEK and the envelope's data key may all change at once: clients never see them. With KMS there is no
         # KEK here at all: the data key is sealed to the KMS data key's public half.
         kek = None if kms else random.RandomPassword(f"{name}-kek", length=64, special=False, keepers=epoch_keepers, opts=child)
-        dek = random.RandomBytes(f"{name}-dek", length=32, keepers=epoch_keepers, opts=child)
+        # A new data key when the key store changes too: one that sat beside a KEK in the cluster is not carried into KMS.
+        dek = random.RandomBytes(f"{name}-dek", length=32, keepers={**epoch_keepers, "keyEncryption": args.key_store.encryption},
+                                 opts=child)
         iv_seed = random.RandomBytes(f"{name}-iv-seed", length=32, keepers=epoch_keepers, opts=child)
         wrap: pulumi.Output[str | KmsDataKey] = pulumi.Output.from_input(kms.data_key) if kms else kek.result  # type: ignore[union-attr]
 
