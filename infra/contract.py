@@ -32,6 +32,11 @@ TLS_DIR = "/var/run/clawbot/tls"
 TLS_CERT_PATH = f"{TLS_DIR}/tls.crt"
 TLS_KEY_PATH = f"{TLS_DIR}/tls.key"
 
+# The API server as pods reach it: the `kubernetes` Service's port, and the endpoints' port on most clusters.
+API_SERVER_PORTS = (443, 6443)
+# IRSA: the IAM role a ServiceAccount's pods assume (EKS's pod identity webhook injects its credentials).
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+
 CONTAINER_NAME = "chat"
 APP_UID = 10001
 REDIS_PORT = 6379

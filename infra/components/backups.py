@@ -22,7 +22,9 @@ import pulumi_kubernetes as k8s
 
 from infra.components.chat_pod import CONTAINER_SECURITY
 from infra.components.firewall import DNS_EGRESS
-from infra.contract import APP_NAME, APP_UID, CHAT_LABELS, COMMON_LABELS, STABLE, TRACK_LABEL
+from infra.contract import (
+    API_SERVER_PORTS, APP_NAME, APP_UID, CHAT_LABELS, COMMON_LABELS, IRSA_ROLE_ANNOTATION, STABLE, TRACK_LABEL,
+)
 from infra.settings.data import POSTGRES_PORT, BackupSettings, BucketSettings, DatabaseSettings
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
@@ -40,11 +42,9 @@ DSN_KEY, PASSFILE_KEY = "dsn", "pgpass"
 SNAPSHOT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "backup"}
 DUMP_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "database-backup"}
 DATA_COPY_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "data-backup"}
-IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 DUMP_DEADLINE_S = 3 * 3600
 DATA_COPY_DEADLINE_S = 6 * 3600  # a first copy of a 100 GiB model cache
 DEADLINE_MARGIN_S = 600
-API_SERVER_PORTS = (443, 6443)  # the `kubernetes` Service's port, and the endpoints' port on most clusters
 HTTPS_PORT = 443
 SNAPSHOT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
 DUMP_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}

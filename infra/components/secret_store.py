@@ -29,7 +29,8 @@ import pulumi_random as random
 
 from app.access.keyfile import KMS_ENCRYPTION_CONTEXT, ApiKeyRecord, JwtKeyRecord, KeyFile, KmsDataKey, seal_key_file
 from infra.contract import (
-    API_KEY_PATH, APP_LABELS, CHAT_LABELS, COMMON_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, KEK_FILE, KEYS_FILE, SERVICE_ACCOUNT_DIR,
+    API_KEY_PATH, API_SERVER_PORTS, APP_LABELS, CHAT_LABELS, COMMON_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, IRSA_ROLE_ANNOTATION,
+    KEK_FILE, KEYS_FILE, SERVICE_ACCOUNT_DIR,
 )
 from infra.settings.key_store import KMS_PORT, POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT, KeyStoreSettings
 
@@ -124,8 +125,6 @@ def fernet_key_from_base64(std_b64: str) -> str:
     return base64.urlsafe_b64encode(base64.b64decode(std_b64)).decode()
 
 
-IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
-API_SERVER_PORTS = (443, 6443)  # the `kubernetes` Service's port, and the endpoints' port on most clusters
 # The init step's token: short-lived, for the API server, mounted in the init container only.
 READER_TOKEN_SECONDS = 600
 

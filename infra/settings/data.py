@@ -24,6 +24,7 @@ from infra.settings.values import (
     image_reference,
     integer,
     memory_bytes,
+    role_arn,
     text,
 )
 
@@ -34,7 +35,6 @@ POSTGRES_PORT = 5432
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 # Minute hour day-of-month month day-of-week, numbers with * , - / only (no names): what CronJob accepts everywhere.
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
@@ -207,10 +207,7 @@ def parse_bucket(raw: Raw) -> BucketSettings | None:
     if not _REGION.match(region):
         raise ConfigError(f"{config_key('backupBucketRegion')} must be the bucket's region, like us-east-1, when "
                           f"{config_key('backupBucket')} is set, got {region!r}")
-    role = text(raw, "backupRoleArn").strip()
-    if role and not _ROLE_ARN.match(role):
-        raise ConfigError(f"{config_key('backupRoleArn')} must be an IAM role ARN like arn:aws:iam::123456789012:role/"
-                          f"clawbot-backups, got {role!r}")
+    role = role_arn(raw, "backupRoleArn", "clawbot-backups")
     return BucketSettings(
         bucket=bucket, prefix=prefix, region=region,
         retention_days=integer(raw, "backupBucketRetentionDays", 1, 3650),

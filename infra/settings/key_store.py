@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 
 from app.access.keyfile import KeyFileError, KmsDataKey
-from infra.settings.values import ConfigError, Raw, choice, cidrs, config_key, text
+from infra.settings.values import ConfigError, Raw, choice, cidrs, config_key, role_arn, text
 
 KEY_ENCRYPTIONS = ("kms", "namespace")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/(mrk-)?[0-9a-f-]{32,36}$")
 # The EKS Pod Identity Agent serves credentials on the node's link-local addresses (port 80).
 POD_IDENTITY_AGENT_CIDRS = ("169.254.170.23/32", "fd00:ec2::23/128")
@@ -67,7 +66,11 @@ def parse_key_store(raw: Raw, namespace: str) -> KeyStoreSettings:
     encryption = choice(raw, "keyEncryption", KEY_ENCRYPTIONS)
     cluster_key = _kms_key_arn(raw, "clusterSecretsKeyArn")
     if encryption == "namespace":
-        return KeyStoreSettings(encryption, None, kek_namespace_of(namespace), cluster_key)
+        kek_namespace = kek_namespace_of(namespace)
+        if len(kek_namespace) > 63:
+            raise ConfigError(f"{config_key('keyEncryption')} namespace keeps the KEK in {kek_namespace!r}, longer than a "
+                              f"namespace may be (63); shorten {config_key('namespace')}")
+        return KeyStoreSettings(encryption, None, kek_namespace, cluster_key)
     bundle = text(raw, "kmsDataKey").strip()
     if not bundle:
         raise ConfigError(f"{config_key('keyEncryption')} kms needs {config_key('kmsDataKey')}: run `python -m app.keys "
@@ -76,9 +79,6 @@ def parse_key_store(raw: Raw, namespace: str) -> KeyStoreSettings:
         data_key = KmsDataKey.from_json(bundle)
     except KeyFileError as exc:
         raise ConfigError(f"{config_key('kmsDataKey')}: {exc}") from None
-    role = text(raw, "kmsRoleArn").strip()
-    if role and not _ROLE_ARN.match(role):
-        raise ConfigError(f"{config_key('kmsRoleArn')} must be an IAM role ARN like arn:aws:iam::123456789012:role/clawbot, "
-                          f"got {role!r}")
+    role = role_arn(raw, "kmsRoleArn", "clawbot-chat")
     kms = KmsSettings(data_key=data_key, role_arn=role, egress_cidrs=cidrs(raw, "kmsEgressCidrs"))
     return KeyStoreSettings(encryption, kms, "", cluster_key)
