@@ -12,7 +12,7 @@ from infra.components.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs, service_monitor_formerly_in
 from infra.components.namespace import AppNamespace, AppNamespaceArgs
-from infra.components.secret_store import SecretStore, SecretStoreArgs, key_store_output, secret_names
+from infra.components.secret_store import SecretStore, SecretStoreArgs, key_store_egress, key_store_output, secret_names
 from infra.release_outputs import canary_output, history_output
 from infra.settings import load_settings
 
@@ -34,15 +34,19 @@ store = SecretStore(
     "secrets",
     SecretStoreArgs(namespace=namespace.name, key_store=settings.key_store, rotation_days=settings.access.key_rotation_days,
                     hub_token=secrets.hub_token, previous_rotation=previous.get_output("keyRotation"),
-                    kubernetes_api_cidrs=settings.backups.kubernetes_api_cidrs, name_prefix=PREFIX),
+                    name_prefix=PREFIX),
 )
 chat = ChatService(
     "chat",
     ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
                     key_secrets=store.secrets, secrets_digest=store.content_digest,
-                    database_url=secrets.conversation_database_url, digest_key=store.digest_key, name_prefix=PREFIX),
+                    database_url=secrets.conversation_database_url, digest_key=store.digest_key, hub_token=secrets.hub_token,
+                    name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[gpu]),
 )
+# Services outside the cluster the chat pods call besides DNS, Redis and the database: the KMS endpoint (or, in the
+# namespace mode, the API server for the init step that reads the KEK).
+chat_egress = key_store_egress(settings.key_store, settings.backups.kubernetes_api_cidrs)
 ServiceFirewall(
     "firewall",
     ServiceFirewallArgs(
@@ -50,7 +54,8 @@ ServiceFirewall(
         allowed_cidrs=settings.network.allowed_cidrs,
         monitoring_namespace=settings.network.monitoring_namespace,
         redis_enabled=settings.redis.enabled,
-        model_hub_egress_cidrs=settings.network.model_hub_egress_cidrs,
+        model_hub=settings.network.model_hub if settings.model.from_hub else None,
+        service_egress=chat_egress,
         health_check_cidrs=settings.network.health_check_cidrs,
         database_cidrs=settings.database.egress_cidrs if settings.database.configured else (),
         database_port=settings.database.port,
@@ -111,7 +116,7 @@ pulumi.export("apiKeyIds", store.api_key_ids)
 pulumi.export("apiKey", store.api_key)  # secret: `pulumi stack output apiKey --show-secrets`
 pulumi.export("keyRotation", store.rotation)  # read back by the next update (above); ids and times only
 pulumi.export("alertRules", alert_names)
-# Newest first: [0] runs now, [1] is what a rollback goes back to (README: Rollback). Read back by the next update.
+# Newest first: [0] runs now, [1] is what a rollback goes back to (docs/operations/releases.md: Rollback). Read back by the next update.
 pulumi.export("imageHistory", history_output(previous.get_output("imageHistory"), settings))
 pulumi.export("canary", canary_output(settings))
 # What the program relies on but does not own: the backup bucket's lifecycle and the IAM policies of the roles

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pulumi
@@ -28,8 +28,9 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from app.access.keyfile import KMS_ENCRYPTION_CONTEXT, ApiKeyRecord, JwtKeyRecord, KeyFile, KmsDataKey, seal_key_file
+from infra.components.firewall import PRIVATE_RANGES, EgressTarget
 from infra.contract import (
-    API_KEY_PATH, API_SERVER_PORTS, APP_LABELS, CHAT_LABELS, COMMON_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, IRSA_ROLE_ANNOTATION,
+    API_KEY_PATH, API_SERVER_PORTS, APP_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, IRSA_ROLE_ANNOTATION,
     KEK_FILE, KEYS_FILE, SERVICE_ACCOUNT_DIR,
 )
 from infra.settings.key_store import KMS_PORT, POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT, KeyStoreSettings
@@ -125,6 +126,7 @@ def fernet_key_from_base64(std_b64: str) -> str:
     return base64.urlsafe_b64encode(base64.b64decode(std_b64)).decode()
 
 
+LINK_LOCAL = "169.254.0.0/16"
 # The init step's token: short-lived, for the API server, mounted in the init container only.
 READER_TOKEN_SECONDS = 600
 
@@ -137,8 +139,6 @@ class SecretStoreArgs:
     hub_token: pulumi.Output[str] | None = None
     # The `keyRotation` output of this stack's last update (None on the first): which key generations are live.
     previous_rotation: pulumi.Input[Any] = None
-    # keyEncryption namespace: where the init step may reach the API server (empty: any address on 443/6443).
-    kubernetes_api_cidrs: tuple[str, ...] = field(default_factory=tuple)
     name_prefix: str = "clawbot"
     now: float | None = None  # tests pin the clock; None reads it
 
@@ -192,6 +192,20 @@ def pod_key_access(key_store: KeyStoreSettings, names: SecretNames) -> PodKeyAcc
         init_mounts=({"name": "data-key", "mountPath": DATA_KEY_DIR},
                      {"name": "kek-reader-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}),
     )
+
+
+def key_store_egress(key_store: KeyStoreSettings, kubernetes_api_cidrs: tuple[str, ...]) -> tuple[EgressTarget, ...]:
+    """What the chat pods must reach to open the key file, for the firewall's chat egress: the KMS endpoint on 443 (and
+    the Pod Identity agent for credentials), or, for the namespace mode's init step, the API server."""
+    kms = key_store.kms
+    if kms is not None:
+        return (EgressTarget("kms", kms.egress_cidrs, KMS_PORT),
+                *((EgressTarget("pod-identity-agent", POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT),)
+                  if kms.pod_identity else ()))
+    # The in-cluster address of the API server leads to its endpoints inside the cluster's network (on EKS, the
+    # control plane's ENIs in the VPC): private ranges, never the internet, when kubernetesApiCidrs does not say.
+    cidrs = kubernetes_api_cidrs or tuple(c for c in PRIVATE_RANGES if c != LINK_LOCAL)  # not the metadata service
+    return tuple(EgressTarget("kubernetes-api", cidrs, port) for port in API_SERVER_PORTS)
 
 
 def kms_policy(key_store: KeyStoreSettings) -> dict[str, Any] | None:
@@ -318,7 +332,6 @@ class SecretStore(pulumi.ComponentResource):
         self.secrets: list[pulumi.Resource] = [self.keys_secret, self.service_account]
         if kek is not None:
             self.secrets += self._kek_namespace(kek.result)
-        self.egress = self._egress()
         self.register_outputs({"apiKeyIds": self.api_key_ids, "keysSecret": self.names.keys,
                                "keyEncryption": args.key_store.encryption})
 
@@ -357,24 +370,3 @@ class SecretStore(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[role, self.service_account]),
         )
         return [namespace, quota, secret, role, binding]
-
-    def _egress(self) -> k8s.networking.v1.NetworkPolicy:
-        """What the chat pods need to reach to open the key file, and nothing more: the KMS endpoint (and the Pod
-        Identity agent), or the API server for the init step."""
-        a, kms = self.args, self.args.key_store.kms
-        if kms is not None:
-            rules = [{**({"to": [{"ipBlock": {"cidr": c}} for c in kms.egress_cidrs]} if kms.egress_cidrs else {}),
-                      "ports": [{"protocol": "TCP", "port": KMS_PORT}]}]
-            if kms.pod_identity:
-                rules.append({"to": [{"ipBlock": {"cidr": c}} for c in POD_IDENTITY_AGENT_CIDRS],
-                              "ports": [{"protocol": "TCP", "port": POD_IDENTITY_AGENT_PORT}]})
-        else:
-            to = [{"ipBlock": {"cidr": c}} for c in a.kubernetes_api_cidrs]
-            rules = [{**({"to": to} if to else {}), "ports": [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]}]
-        return k8s.networking.v1.NetworkPolicy(
-            f"{self.name}-key-egress",
-            metadata={"name": f"{a.name_prefix}-key-egress", "namespace": a.namespace,
-                      "labels": {**CHAT_LABELS, **COMMON_LABELS}},
-            spec={"podSelector": {"matchLabels": dict(CHAT_LABELS)}, "policyTypes": ["Egress"], "egress": rules},
-            opts=pulumi.ResourceOptions(parent=self),
-        )

@@ -48,7 +48,7 @@ def parse_release(raw: Raw, *, production: bool, min_replicas: int) -> ReleaseSe
 def parse_canary(raw: Any, stable_image: str, min_replicas: int, production: bool) -> CanarySettings | None:
     """The canary beside the stable set, from the `canary` block; None without one.
 
-    Promoting is one change of config (README: Promote): `image` takes the canary's image and the block goes, so
+    Promoting is one change of config (docs/operations/releases.md, "Promote"): `image` takes the canary's image and the block goes, so
     nothing is left behind that a later rollback of `image` would have to know about.
     """
     if raw is None:

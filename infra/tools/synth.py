@@ -141,10 +141,13 @@ def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any]
 
 
 def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
-               stack_outputs: Mapping[str, Any] | None = None) -> Synthesis:
+               stack_outputs: Mapping[str, Any] | None = None,
+               existing: Mapping[str, Mapping[str, Any]] | None = None) -> Synthesis:
     """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
 
     `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
+    `existing` is the cluster's objects the program reads (`Kind/name`, `Kind/namespace/name`); without it every
+    object the program reads is there and Ready.
     """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
@@ -157,10 +160,16 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     config, secret_keys, stand_ins = _prepare_config(file_values, overrides or {}, stack)
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
-    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}))
+    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}),
+                         existing=None if existing is None else {k: dict(v) for k, v in existing.items()})
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
+    # An earlier synthesis that failed midway (an error raised while resources were registering) leaves their tasks
+    # behind, bound to its closed event loop; awaiting them here would never return. Pulumi's own test decorator
+    # clears the same two.
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
     root = runtime_settings.get_root_resource()
     resolved: dict[str, Any] = {}
     secret_outputs: set[str] = set()
@@ -180,8 +189,8 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     objects: list[K8sObject] = []
     for res in mocks.resources:
-        if not res.type.startswith("kubernetes:"):
-            continue
+        if not res.type.startswith("kubernetes:") or res.read:
+            continue  # a read object is the cluster's, never one the program creates
         manifest = _strip_none(res.inputs)
         meta = manifest.get("metadata") or {}
         ordered = {"apiVersion": manifest.pop("apiVersion"), "kind": manifest.pop("kind"), **manifest}

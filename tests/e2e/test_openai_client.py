@@ -42,7 +42,7 @@ def test_client_lists_and_completes(client: OpenAI) -> None:
 
 
 def test_a_request_with_no_sampling_parameters_answers_correctly(client: OpenAI) -> None:
-    # The README's first curl: no temperature, no max_tokens. The embedded model's defaults must give Paris.
+    # The README's first request: no temperature, no max_tokens. The embedded model's defaults must give Paris.
     done = client.chat.completions.with_raw_response.create(model="clawbot", messages=FRANCE)  # type: ignore[arg-type]
     assert "Paris" in (done.parse().choices[0].message.content or "")
     assert done.headers["x-max-completion-tokens"] == "256"
@@ -163,7 +163,12 @@ def test_responses_create(client: OpenAI) -> None:
     raw = client.responses.with_raw_response.create(model="clawbot", input="What is the capital of France?",
                                                     max_output_tokens=24, store=False)
     response = raw.parse()
-    assert response.status == "completed" and "Paris" in response.output_text
+    # The default 4-bit model (gguf:q4_1) may still be talking when the 24-token cap comes: then it is incomplete for
+    # that reason, and the answer is there all the same.
+    assert response.status == "completed" or (
+        response.status == "incomplete" and response.incomplete_details is not None
+        and response.incomplete_details.reason == "max_output_tokens")
+    assert "Paris" in response.output_text
     assert response.usage is not None and response.usage.output_tokens > 0 and response.store is False
     assert raw.headers["x-max-completion-tokens"] == "24"
 

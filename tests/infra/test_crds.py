@@ -15,9 +15,12 @@ VARIANTS = {
     "prod": ("prod", {}),
     "dev": ("dev", {}),
     "prod-pod-tls": ("prod", {"podTlsIssuer": "ClusterIssuer/clawbot-ca"}),
+    "prod-private-ca": ("prod", {"podTlsIssuer": "private-ca"}),
     "prod-existing-nodeclass": ("prod", {"nodeClassName": "gpu-nodes"}),
+    "prod-cilium": ("prod", {"ciliumPolicies": True, "modelHubEgressCidrs": []}),
 }
-EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate"}
+EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate", "Issuer",
+                 "CiliumNetworkPolicy"}
 BUILTIN_GROUPS = {"v1", "apps", "policy", "autoscaling", "networking.k8s.io", "batch", "rbac.authorization.k8s.io"}
 
 

@@ -453,17 +453,39 @@ def test_the_data_files_are_mirrored_and_what_a_day_removes_stays_as_a_version(a
     assert (restored / "models" / "qwen" / "model.safetensors").read_bytes() == (data / "models" / "qwen" / "model.safetensors").read_bytes()
 
 
+def dump_script(postgres_server: PostgresServer, dsn: str, backups: Path, retention: int) -> subprocess.CompletedProcess[str]:
+    """infra/jobs/database_dump.sh as the pod runs it: the URL without its password and a password file, as mounted."""
+    (backups.parent / "dsn").write_text(dsn)
+    (backups.parent / "pgpass").write_text(f"*:*:*:postgres:{postgres_server.password}\n")
+    return subprocess.run(["sh", str(JOBS_DIR / "database_dump.sh")], capture_output=True, text=True, timeout=120,
+                          env={"PATH": f"{postgres_server.bin_dir}:{os.environ['PATH']}",
+                               "DATABASE_DSN_FILE": str(backups.parent / "dsn"), "DATABASE_PASSFILE": str(backups.parent / "pgpass"),
+                               "BACKUP_DIR": str(backups), "RETENTION": str(retention), "PGCONNECT_TIMEOUT": "5",
+                               "TMPDIR": str(backups.parent)})
+
+
+def test_on_a_claim_the_dump_keeps_the_newest_and_touches_nothing_else(postgres_server: PostgresServer, postgres_url: str,
+                                                                       tmp_path: Path) -> None:
+    seed_conversations(postgres_server.bin_dir, postgres_url, rows=7)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for stamp in ("20250101T031700Z", "20250102T031700Z"):
+        (backups / f"clawbot-{stamp}.dump").write_text("an older dump")
+    (backups / "notes.txt").write_text("not a dump: never touched")
+    done = dump_script(postgres_server, postgres_url.replace(f":{postgres_server.password}", ""), backups, retention=2)
+    assert done.returncode == 0, done.stderr
+    dumps = sorted(p.name for p in backups.glob("clawbot-*.dump"))
+    assert len(dumps) == 2 and dumps[0] == "clawbot-20250102T031700Z.dump"  # the oldest went, the new one is last
+    assert (backups / "notes.txt").exists() and "removed clawbot-20250101T031700Z.dump" in done.stdout
+
+
 def test_a_failed_dump_leaves_no_file_and_the_old_dumps(postgres_server: PostgresServer, postgres_url: str,
                                                          tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
     (backups / "clawbot-20250101T031700Z.dump").write_text("an older dump")
-    (tmp_path / "dsn").write_text(postgres_url.rsplit("/", 1)[0].replace(f":{postgres_server.password}", "") + "/no_such_database")
-    (tmp_path / "pgpass").write_text(f"*:*:*:postgres:{postgres_server.password}\n")
-    done = subprocess.run(["sh", str(JOBS_DIR / "database_dump.sh")], capture_output=True, text=True, timeout=120,
-                          env={"PATH": f"{postgres_server.bin_dir}:{os.environ['PATH']}", "DATABASE_DSN_FILE": str(tmp_path / "dsn"),
-                               "DATABASE_PASSFILE": str(tmp_path / "pgpass"), "BACKUP_DIR": str(backups), "RETENTION": "1",
-                               "PGCONNECT_TIMEOUT": "5", "TMPDIR": str(tmp_path)})
+    dsn = postgres_url.rsplit("/", 1)[0].replace(f":{postgres_server.password}", "") + "/no_such_database"
+    done = dump_script(postgres_server, dsn, backups, retention=1)
     assert done.returncode != 0 and "no_such_database" in done.stderr
     assert sorted(p.name for p in backups.iterdir()) == ["clawbot-20250101T031700Z.dump"]  # no partial file either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backups", "dsn", "pgpass"]  # the private copy is gone too
@@ -506,7 +528,7 @@ def test_the_restore_runbook_brings_the_newest_dump_back_into_a_new_database(
     target_db = postgres_server.create_database()  # the docs' step before the runbook: a new, empty database
     try:
         restore_url = postgres_server.url(target_db)
-        stack.run(runbook("restore-database", "docs/operations/backups.md"),
+        stack.run(runbook("restore-database", "operations/backups.md"),
                   **aws_env, RESTORE_URL=restore_url, PATH=f"{path}:{stack.env['PATH']}")
         assert psql(bin_dir, restore_url, "SELECT count(*) FROM conversations").strip() == "43"
         # The stack now points at the restored database, and its last `up` rolled that in.

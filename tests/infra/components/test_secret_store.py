@@ -100,9 +100,10 @@ def test_kms_pods_run_as_their_own_account_with_the_iam_role_and_reach_kms_only(
     assert account["automountServiceAccountToken"] is False
     config = prod.one("ConfigMap", "clawbot-config").manifest["data"]
     assert config["KEY_ENCRYPTION"] == "kms" and "KEK_PATH" not in config and "keys" in {m["name"] for m in chat["volumeMounts"]}
-    egress = prod.one("NetworkPolicy", "clawbot-key-egress").manifest["spec"]
-    assert egress["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "clawbot", "app.kubernetes.io/component": "chat"}
-    assert egress["egress"] == [{"to": [{"ipBlock": {"cidr": "10.0.96.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}]
+    # The chat pods' egress policy opens the KMS endpoint's CIDRs on 443 (test_firewall proves what that admits).
+    egress = prod.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.0.96.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]} in egress
+    assert prod.find("NetworkPolicy", "clawbot-key-egress") == []  # no policy of its own beside the firewall's
     # The operator makes the role from the output: Decrypt on the one key, for key files only.
     policy = prod.outputs["keyStore"]["policy"]["Statement"]
     assert policy == [{"Sid": "UnwrapTheKeyFilesDataKey", "Effect": "Allow", "Action": "kms:Decrypt",
@@ -115,9 +116,9 @@ def test_kms_pods_run_as_their_own_account_with_the_iam_role_and_reach_kms_only(
 def test_with_pod_identity_the_pods_may_reach_the_node_agent_too() -> None:
     s = synthesize("prod", overrides={"kmsRoleArn": ""})
     assert "annotations" not in s.one("ServiceAccount", "clawbot").manifest["metadata"]
-    rules = s.one("NetworkPolicy", "clawbot-key-egress").manifest["spec"]["egress"]
-    assert rules[1] == {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
-                        "ports": [{"protocol": "TCP", "port": 80}]}
+    rules = s.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+            "ports": [{"protocol": "TCP", "port": 80}]} in rules
 
 
 @pytest.mark.parametrize(
@@ -174,8 +175,12 @@ def test_only_the_init_step_carries_a_token_and_the_chat_container_gets_only_the
     assert init["image"] == chat["image"] and init["securityContext"]["readOnlyRootFilesystem"]
     config = dev.one("ConfigMap", "clawbot-config").manifest["data"]
     assert (config["KEY_ENCRYPTION"], config["DATA_KEY_PATH"]) == ("data-key-file", DATA_KEY_PATH)
-    egress = dev.one("NetworkPolicy", "clawbot-key-egress").manifest["spec"]["egress"]
-    assert egress == [{"ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}]
+    # The init step reaches the API server: its ports, at private addresses (kubernetesApiCidrs unset), nothing public.
+    egress = dev.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
+    api = [r for r in egress if r["ports"][0]["port"] in (443, 6443)]
+    assert [r["ports"] for r in api] == [[{"protocol": "TCP", "port": 443}], [{"protocol": "TCP", "port": 6443}]]
+    assert all([b["ipBlock"]["cidr"] for b in r["to"]] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]
+               for r in api)
 
 
 def test_the_init_step_reads_the_kek_as_the_role_allows_and_the_service_opens_the_key_file(dev: Synthesis,
