@@ -28,7 +28,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from app.access.keyfile import KMS_ENCRYPTION_CONTEXT, ApiKeyRecord, JwtKeyRecord, KeyFile, KmsDataKey, seal_key_file
-from infra.components.firewall import PRIVATE_RANGES, EgressTarget
+from infra.components.firewall import EgressTarget
 from infra.contract import (
     API_KEY_PATH, API_SERVER_PORTS, APP_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, IRSA_ROLE_ANNOTATION,
     KEK_FILE, KEYS_FILE, SERVICE_ACCOUNT_DIR,
@@ -126,7 +126,8 @@ def fernet_key_from_base64(std_b64: str) -> str:
     return base64.urlsafe_b64encode(base64.b64decode(std_b64)).decode()
 
 
-LINK_LOCAL = "169.254.0.0/16"
+# RFC 1918: where an API server's in-cluster endpoints are (not link-local, where the instance metadata service is).
+CLUSTER_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 # The init step's token: short-lived, for the API server, mounted in the init container only.
 READER_TOKEN_SECONDS = 600
 
@@ -204,7 +205,7 @@ def key_store_egress(key_store: KeyStoreSettings, kubernetes_api_cidrs: tuple[st
                   if kms.pod_identity else ()))
     # The in-cluster address of the API server leads to its endpoints inside the cluster's network (on EKS, the
     # control plane's ENIs in the VPC): private ranges, never the internet, when kubernetesApiCidrs does not say.
-    cidrs = kubernetes_api_cidrs or tuple(c for c in PRIVATE_RANGES if c != LINK_LOCAL)  # not the metadata service
+    cidrs = kubernetes_api_cidrs or CLUSTER_NETWORKS
     return tuple(EgressTarget("kubernetes-api", cidrs, port) for port in API_SERVER_PORTS)
 
 

@@ -179,7 +179,7 @@ def test_only_the_init_step_carries_a_token_and_the_chat_container_gets_only_the
     egress = dev.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
     api = [r for r in egress if r["ports"][0]["port"] in (443, 6443)]
     assert [r["ports"] for r in api] == [[{"protocol": "TCP", "port": 443}], [{"protocol": "TCP", "port": 6443}]]
-    assert all([b["ipBlock"]["cidr"] for b in r["to"]] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]
+    assert all([b["ipBlock"]["cidr"] for b in r["to"]] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
                for r in api)
 
 
