@@ -12,7 +12,9 @@ from infra.settings.network import NetworkSettings
 from infra.settings.pod import PodSettings
 from infra.settings.redis import RedisSettings
 from infra.settings.release import ReleaseSettings
+from infra.settings.routing import RoutingSettings
 from infra.settings.scaling import ScalingSettings
+from infra.settings.target import TargetSettings
 from infra.settings.tls import TlsSettings
 
 
@@ -35,6 +37,8 @@ class StackSettings:
     alerts: AlertSettings
     backups: BackupSettings
     database: DatabaseSettings
+    routing: RoutingSettings  # the Gateway in front of the chat pods, if any
+    target: TargetSettings  # which cluster, and what an update may replace
 
     @property
     def production(self) -> bool:

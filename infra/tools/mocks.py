@@ -20,6 +20,8 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
 LOAD_BALANCER_HOSTNAME = "clawbot-0123456789abcdef.elb.us-east-1.amazonaws.com"  # an NLB gets a DNS name, no IP
+# The UID of the mocked cluster's kube-system namespace, unless a synthesis says which cluster it runs against.
+CLUSTER_UID = "00000000-0000-4000-8000-00000000c1a5"
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -55,6 +57,7 @@ class MockedResource:
     inputs: dict[str, Any]
     state: dict[str, Any]
     options: ResourceOptionsSeen = ResourceOptionsSeen()
+    read: bool = False  # an existing object read through `.get`, not one the program manages
 
 
 _SIG_KEY = rpc._special_sig_key  # noqa: SLF001  (how pulumi marks a serialized secret)
@@ -83,8 +86,9 @@ def _stream(seed: str, n: int) -> bytes:
 
 
 class ClawbotMocks(pulumi.runtime.Mocks):
-    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None) -> None:
+    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None, cluster_uid: str = CLUSTER_UID) -> None:
         self.salt = salt
+        self.cluster_uid = cluster_uid  # which cluster a read of kube-system finds
         self.resources: list[MockedResource] = []
         self.stack_outputs = dict(stack_outputs or {})  # what a StackReference to this stack reads: its last outputs
         self.pending_options: dict[tuple[str, str], ResourceOptionsSeen] = {}
@@ -110,8 +114,12 @@ class ClawbotMocks(pulumi.runtime.Mocks):
         elif args.typ == STACK_REFERENCE:
             state["outputs"] = copy.deepcopy(self.stack_outputs)
             state["secretOutputNames"] = []
+        elif args.typ == "kubernetes:core/v1:Namespace" and args.resource_id:  # `Namespace.get`: the cluster's own namespace
+            state = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": args.resource_id, "uid": self.cluster_uid}}
+        # A registration's options were recorded by RecordingMonitor; a read (`.get`, a StackReference) has none.
+        read = (args.typ, args.name) not in self.pending_options
         options = self.pending_options.pop((args.typ, args.name), ResourceOptionsSeen())
-        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options))
+        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options, read=read))
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from infra.tools.mocks import ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
+from infra.tools.mocks import CLUSTER_UID, ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "clawbot"
@@ -78,8 +78,7 @@ class Synthesis:
         return found[0]
 
 
-def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
-    """The `clawbot:*` values of Pulumi.<stack>.yaml, without the project prefix."""
+def _stack_file_config(stack: str, project_dir: Path) -> dict[str, Any]:
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise SynthError(f"stack file {path} does not exist; stacks here: {', '.join(sorted(p.name for p in project_dir.glob('Pulumi.*.yaml')))}")
@@ -87,13 +86,23 @@ def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
     config = doc.get("config") or {}
     if not isinstance(config, dict):
         raise SynthError(f"{path}: 'config' must be a mapping, got {type(config).__name__}")
+    return {str(k): v for k, v in config.items()}
+
+
+def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
+    """The `clawbot:*` values of Pulumi.<stack>.yaml, without the project prefix."""
     out: dict[str, Any] = {}
-    for key, value in config.items():
-        ns, _, name = str(key).partition(":")
-        if ns != PROJECT or not name:
-            continue  # other providers' config (kubernetes:context, ...) does not shape the manifests
-        out[name] = value
+    for key, value in _stack_file_config(stack, project_dir).items():
+        ns, _, name = key.partition(":")
+        if ns == PROJECT and name:
+            out[name] = value
     return out
+
+
+def read_provider_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
+    """The provider's keys of Pulumi.<stack>.yaml (`kubernetes:context`, ...): they name the stack's cluster."""
+    return {key: _config_value(value) for key, value in _stack_file_config(stack, project_dir).items()
+            if key.partition(":")[0] not in (PROJECT, "") and ":" in key}
 
 
 def _config_value(value: Any) -> str:
@@ -141,10 +150,13 @@ def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any]
 
 
 def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
-               stack_outputs: Mapping[str, Any] | None = None) -> Synthesis:
+               stack_outputs: Mapping[str, Any] | None = None, cluster_uid: str | None = None) -> Synthesis:
     """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
 
     `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
+    `cluster_uid` is the kube-system UID of the cluster the mocked provider reaches: by default the stack's own
+    (its clusterId), so a synthesis runs against the stack's cluster unless a test points it at another. Override
+    keys with a provider prefix (`kubernetes:context`) set provider config; None removes a key.
     """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
@@ -153,11 +165,16 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     fresh_event_loop()
     file_values = read_stack_config(stack, project_dir)
-    values = {**file_values, **(overrides or {})}
-    config, secret_keys, stand_ins = _prepare_config(file_values, overrides or {}, stack)
+    provider = {**read_provider_config(stack, project_dir),
+                **{k: v for k, v in (overrides or {}).items() if ":" in k}}
+    overrides = {k: v for k, v in (overrides or {}).items() if ":" not in k}
+    values = {**file_values, **overrides}
+    config, secret_keys, stand_ins = _prepare_config(file_values, overrides, stack)
+    config.update({k: _config_value(v) for k, v in provider.items() if v is not None})
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
-    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}))
+    cluster_uid = cluster_uid or str(values.get("clusterId") or "") or CLUSTER_UID
+    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}), cluster_uid=cluster_uid)
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
@@ -175,13 +192,16 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     try:
         _sync_await(run_pulumi_func(program))
-    except pulumi.RunError as exc:
-        raise SynthError(f"stack {stack!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (a check that failed inside an Output reaches here wrapped in a ValueError)
+        refusal = _config_refusal(exc)
+        if refusal is None:
+            raise
+        raise SynthError(f"stack {stack!r}: {refusal}") from exc
 
     objects: list[K8sObject] = []
     for res in mocks.resources:
-        if not res.type.startswith("kubernetes:"):
-            continue
+        if not res.type.startswith("kubernetes:") or res.read:
+            continue  # objects the program reads (kube-system) are the cluster's, not the program's
         manifest = _strip_none(res.inputs)
         meta = manifest.get("metadata") or {}
         ordered = {"apiVersion": manifest.pop("apiVersion"), "kind": manifest.pop("kind"), **manifest}
@@ -195,6 +215,19 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     objects.sort(key=lambda o: o.file_name)
     return Synthesis(stack=stack, config=values, objects=objects, outputs=resolved, secret_outputs=secret_outputs,
                      resources=list(mocks.resources), stand_ins=stand_ins)
+
+
+def _config_refusal(exc: BaseException) -> BaseException | None:
+    """The program's own refusal (a pulumi.RunError such as ConfigError) behind `exc`, however the SDK wrapped it:
+    the Pulumi CLI prints that message and nothing else."""
+    import pulumi
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, pulumi.RunError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def redacted(obj: K8sObject) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import pytest
 
 from infra.settings import ConfigError, checks, parse_settings
 from infra.tools.synth import SynthError, read_stack_config, synthesize
+from tests.infra.conftest import BEHIND_GATEWAY
 
 PROD = read_stack_config("prod")
 
@@ -59,6 +60,17 @@ VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
     "gpu_limit_covers_a_rollout": (prod_with(gpuLimit=5), ("gpuLimit", "gpusPerPod", "maxReplicas")),
     "data_volume_reaches_every_replica": (prod_with(dataAccessMode="ReadWriteOnce"), ("dataAccessMode", "maxReplicas")),
     "quantization_has_a_gpu": ({**DEV, "quantization": "nf4"}, ("quantization", "gpuMode")),
+    # issue 21 item 1: the canary's share, and the Gateway in front of the pods
+    "canary_share_is_served": (prod_with(canary={"image": "ghcr.io/clawbot/clawbot:0.2.0"}), ("canary", "gateway")),
+    "gateway_is_the_only_way_in": (prod_with(**{**BEHIND_GATEWAY, "serviceType": "LoadBalancer", "tlsCertificateArn": ARN}),
+                                   ("gateway", "serviceType")),
+    "gateway_routes_a_hostname": (prod_with(**{**BEHIND_GATEWAY, "endpointHostname": ""}), ("gateway", "endpointHostname")),
+    "gateway_forwards_client_addresses": (prod_with(**{**BEHIND_GATEWAY, "trustedProxies": []}),
+                                          ("gateway", "allowedCidrs", "trustedProxies")),
+    "gateway_speaks_http_to_the_pods": (prod_with(**{**BEHIND_GATEWAY, "podTlsIssuer": "ClusterIssuer/ca"}),
+                                        ("gateway", "podTlsIssuer")),
+    "production_gateway_names_its_https_listener": (prod_with(**{**BEHIND_GATEWAY, "gatewayListener": ""}),
+                                                    ("gateway", "gatewayListener")),
 }
 
 
