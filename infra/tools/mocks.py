@@ -48,6 +48,7 @@ class ResourceOptionsSeen:
     replace_on_changes: tuple[str, ...] = ()
     urn: str = ""  # as the mock monitor makes it: the parent's type chain, this type, the name
     aliases: tuple[str, ...] = ()  # the URNs the aliases name: where an existing stack may hold this resource
+    parent: str = ""  # the parent's URN ('' under the stack)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class RecordingMonitor(MockMonitor):
         timeouts = request.customTimeouts
         seen = ResourceOptionsSeen(
             urn=self.make_urn(request.parent, request.type, request.name),
+            parent=str(request.parent or ""),
             aliases=tuple(self._alias_urn(request, alias) for alias in request.aliases),
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),

@@ -178,6 +178,10 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
+    # A refused run stops at its first failed RPC and leaves the others pending on its own event loop: this run must
+    # not wait for them.
+    runtime_settings.SETTINGS.rpc_manager.clear()
+    runtime_settings.SETTINGS.outputs.clear()
     root = runtime_settings.get_root_resource()
     resolved: dict[str, Any] = {}
     secret_outputs: set[str] = set()
