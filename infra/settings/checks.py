@@ -83,6 +83,10 @@ def quantization_has_a_gpu(s: StackSettings) -> None:
 CANARY_SHARE_TOLERANCE = 2.0
 
 
+class CanaryShareError(ConfigError):
+    """The traffic path cannot serve the canary's weight; CI then deploys without a canary (infra/tools/canary_share)."""
+
+
 def canary_share_is_served(s: StackSettings) -> None:
     """release x scaling x routing: the share served is the weight asked for, within CANARY_SHARE_TOLERANCE points, at
     every stable count from minReplicas to maxReplicas. An HTTPRoute's weights give it at any count; the Service
@@ -94,7 +98,7 @@ def canary_share_is_served(s: StackSettings) -> None:
     shares = {n: canary.share_percent(n) for n in range(low, high + 1)}
     if all(abs(share - canary.weight_percent) <= CANARY_SHARE_TOLERANCE for share in shares.values()):
         return
-    raise ConfigError(
+    raise CanaryShareError(
         f"{key(CANARY_KEY)}.weight {canary.weight_percent}% is not a share the chat Service can serve: it spreads "
         f"connections over ready pods, so {service_shares(canary.weight_percent, canary.replicas, low, high)}. Name a "
         f"Gateway ({key('gateway')}: NAMESPACE/NAME) so an HTTPRoute splits requests by weight at every replica count"
@@ -199,6 +203,19 @@ def database_serves_every_replica(s: StackSettings) -> None:
             f"{key(DATABASE_URL_KEY)} (`pulumi config set --secret {DATABASE_URL_KEY} postgresql://USER:PASSWORD@HOST:5432/DB`) "
             f"and {key('databaseEgressCidrs')}, or set {key('maxReplicas')} to 1 to keep SQLite"
         )
+
+
+def secrets_required(s: StackSettings) -> dict[str, str]:
+    """The declared secrets this stack cannot run with empty, each with the reason: what CI must hold for a new stack
+    (infra/tools/stack_secrets.py) and what the checks below refuse without."""
+    required: dict[str, str] = {}
+    if s.model.hub_auth:
+        required["hubToken"] = f"{key('modelHubAuth')} is true"
+    if s.alerts.enabled and s.alerts.smtp_username:
+        required["alertSmtpPassword"] = f"{key('alertSmtpUsername')} is {s.alerts.smtp_username!r}"
+    if s.production and s.scaling.max_replicas > 1:
+        required[DATABASE_URL_KEY] = f"a production stack with {key('maxReplicas')} {s.scaling.max_replicas} shares its conversations"
+    return required
 
 
 def stack_names_its_cluster(s: StackSettings) -> None:

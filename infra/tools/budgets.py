@@ -20,11 +20,13 @@ from typing import Sequence
 from infra.tools.mocks import MockedResource
 from infra.tools.synth import Synthesis, SynthError, synthesize
 
-# pulumi-kubernetes awaits these kinds (readiness, endpoints, completion) for 10 minutes unless told otherwise; other
-# kinds are done when the API server accepts them.
-AWAITED_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Service", "Job", "Ingress",
-                           "PersistentVolumeClaim"})
+# pulumi-kubernetes awaits these kinds (readiness, endpoints, completion, binding) unless told otherwise, for these
+# many seconds; other kinds are done when the API server accepts them.
 PROVIDER_DEFAULT_AWAIT_S = 600
+AWAITED_KINDS = {"Deployment": 600, "StatefulSet": 600, "DaemonSet": 600, "ReplicaSet": 600, "Pod": 600, "Service": 600,
+                 "Job": 600, "Ingress": 600, "PersistentVolumeClaim": 300}
+# Deletions come last in an update (a stopped canary's Deployment and Service), and the provider waits for them.
+DELETE_PHASE_S = PROVIDER_DEFAULT_AWAIT_S
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"  # any kind with it is awaited too
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -60,11 +62,14 @@ def await_seconds(r: MockedResource) -> int:
     waits = [duration_seconds(timeouts[k]) for k in ("create", "update") if timeouts.get(k)]
     if waits:
         return max(waits)
-    return PROVIDER_DEFAULT_AWAIT_S if kind in AWAITED_KINDS or WAIT_FOR_ANNOTATION in annotations else 0
+    if kind in AWAITED_KINDS:
+        return AWAITED_KINDS[kind]
+    return PROVIDER_DEFAULT_AWAIT_S if WAIT_FOR_ANNOTATION in annotations else 0
 
 
 def update_wait(s: Synthesis) -> UpdateWait:
-    """The longest chain of waits through the resources' dependencies (explicit ones and their inputs' sources)."""
+    """The longest chain of waits through the resources' dependencies (explicit ones and their inputs' sources), then
+    the deletions an update ends with."""
     by_urn = {r.options.urn: r for r in s.resources if r.options.urn}
     children: dict[str, list[str]] = {}
     for r in s.resources:
@@ -90,7 +95,7 @@ def update_wait(s: Synthesis) -> UpdateWait:
         return best[0] + own, best[1] + ((f"{r.name} ({own}s)",) if own else ())
 
     seconds, chain = max((longest(u) for u in by_urn), default=(0, ()))
-    return UpdateWait(seconds, chain)
+    return UpdateWait(seconds + DELETE_PHASE_S, (*chain, f"deletions ({DELETE_PHASE_S}s)"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -136,17 +136,23 @@ def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any]
             stand_ins.append(name)
         config[f"{PROJECT}:{name}"] = _config_value(value)
     # Declared secrets the stack file lacks: what `pulumi config set --secret` would give, as its comments say.
-    needed = {
-        "hubToken": str(values.get("modelHubAuth", "false")).lower() == "true",
-        "alertSmtpPassword": bool(values.get("alertSmtpUsername")) and str(values.get("alertsEnabled", "false")).lower() == "true",
-        # Several production replicas need the conversation database (Pulumi.prod.yaml says to set it).
-        "conversationDatabaseUrl": values.get("environment") == "production" and int(str(values.get("maxReplicas", 1))) > 1,
-    }
+    needed = _secrets_required(values, stack)
     for name in SECRET_KEYS:
         if name not in values:
-            config[f"{PROJECT}:{name}"] = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER) if needed.get(name) else ""
+            config[f"{PROJECT}:{name}"] = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER) if name in needed else ""
             stand_ins.append(name)
     return config, [f"{PROJECT}:{name}" for name in SECRET_KEYS], stand_ins
+
+
+def _secrets_required(values: Mapping[str, Any], stack: str) -> dict[str, str]:
+    """The secrets the stack needs set; none when its config is refused anyway (the program then says why)."""
+    from infra.settings import ConfigError, parse_settings
+    from infra.settings.checks import secrets_required
+
+    try:
+        return secrets_required(parse_settings(values, stack=stack))
+    except ConfigError:
+        return {}
 
 
 def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
