@@ -3,16 +3,21 @@ weight at every replica count; behind the chat Service, whose share is a count o
 that count cannot give within 2 points and names what it can give. Shares are read off the synthesized objects."""
 from __future__ import annotations
 
+import re
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from infra.contract import CHAT_LABELS
 from infra.settings import ConfigError, parse_settings
 from infra.settings.checks import CANARY_SHARE_TOLERANCE
 from infra.tools.synth import Synthesis, SynthError, read_stack_config, synthesize
 from tests.infra.conftest import BEHIND_GATEWAY, NEXT_IMAGE
+from tests.infra.crd_validation import validate
 from tests.infra.test_stacks import NEWEST, OLDEST
 
 PROD = read_stack_config("prod")
@@ -149,3 +154,24 @@ def test_no_accepted_weight_is_ever_served_more_than_two_points_off() -> None:
 def test_gateway_settings_are_checked(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings({**PROD, **BEHIND_GATEWAY, **changes}, stack="prod")
+
+
+def test_the_walks_gateway_validates_and_the_route_attaches_to_its_https_listener(prod_gateway: Synthesis) -> None:
+    """docs/deploy/eks-first-week.md step 2: the GatewayClass, LoadBalancerConfiguration and Gateway it applies, held
+    to the upstream CRDs (Gateway API v1.4.1, AWS Load Balancer Controller v3.5.0), and the route the program makes
+    for that Gateway finds the listener it names."""
+    page = (Path(__file__).resolve().parents[3] / "docs" / "deploy" / "eks-first-week.md").read_text()
+    heredoc = re.search(r"kubectl apply -f - <<YAML\n(.*?kind: Gateway\n.*?)\n\s*YAML\n", page, re.S)
+    assert heredoc, "the walk applies no Gateway"
+    text = textwrap.dedent(heredoc.group(1)).replace("$ARN", PROD["tlsCertificateArn"]).replace("$HOST", PROD["endpointHostname"])
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    assert {o["kind"] for o in objects} == {"GatewayClass", "LoadBalancerConfiguration", "Gateway"}
+    for obj in objects:
+        report = validate(obj)
+        assert report.errors == [], report.errors
+    gateway = next(o for o in objects if o["kind"] == "Gateway")
+    (parent,) = prod_gateway.one("HTTPRoute").manifest["spec"]["parentRefs"]
+    assert (parent["namespace"], parent["name"]) == (gateway["metadata"]["namespace"], gateway["metadata"]["name"])
+    listener = next(li for li in gateway["spec"]["listeners"] if li["name"] == parent["sectionName"])
+    assert listener["protocol"] == "HTTPS" and listener["allowedRoutes"]["namespaces"]["from"] == "All"
+    assert prod_gateway.one("HTTPRoute").manifest["spec"]["hostnames"] == [listener["hostname"]]
