@@ -199,8 +199,13 @@ def project_main(argv: list[str], project: Path) -> int:
             _check_declared_config(project, stack)
             outputs_path = _stack_dir(stack) / "outputs.json"
             previous = json.loads(outputs_path.read_text()) if outputs_path.exists() else {}
+            # The program gets the secrets' values, as the CLI decrypts them for it.
+            _, doc = _stack_file(project, stack)
+            secrets = {key.partition(":")[2]: value["secure"].removeprefix(SECURE_PREFIX)
+                       for key, value in doc["config"].items()
+                       if key.startswith(f"{PROJECT}:") and isinstance(value, dict) and "secure" in value}
             try:
-                synthesis = synthesize(stack, project_dir=project, stack_outputs=previous)
+                synthesis = synthesize(stack, project_dir=project, stack_outputs=previous, overrides=secrets)
             except SynthError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 255
