@@ -44,16 +44,26 @@ def _save(name: str, value: Any) -> None:
     (_state() / name).write_text(json.dumps(value, indent=2))
 
 
-def _split(argv: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
-    words, options, flags = [], {}, set()
+def _words(argv: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
+    """Positional words, flags that take a value, and the other flags; everything after `--` is a word."""
+    words: list[str] = []
+    options: dict[str, str] = {}
+    flags: set[str] = set()
     it = iter(argv)
     for arg in it:
-        if arg in VALUE_FLAGS:
+        if arg == "--":
+            words += list(it)
+        elif arg in VALUE_FLAGS:
             options[arg] = next(it)
         elif arg.startswith("-"):
             flags.add(arg.split("=", 1)[0])
         else:
             words.append(arg)
+    return words, options, flags
+
+
+def _split(argv: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
+    words, options, flags = _words(argv)
     stack = options.get("-s") or options.get("--stack")
     if stack and stack != (_state() / "stack").read_text().strip():
         raise Usage(f"no stack {stack!r} here")
@@ -113,21 +123,6 @@ def main(argv: list[str]) -> int:
 # -- project mode: the CLI on a checkout ------------------------------------------------------------------------
 
 
-def _project_split(argv: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
-    words, options, flags = [], {}, set()
-    it = iter(argv)
-    for arg in it:
-        if arg == "--":
-            words += list(it)
-        elif arg in VALUE_FLAGS:
-            options[arg] = next(it)
-        elif arg.startswith("-"):
-            flags.add(arg.split("=", 1)[0])
-        else:
-            words.append(arg)
-    return words, options, flags
-
-
 def _stack_dir(name: str) -> Path:
     return _state() / "stacks" / name
 
@@ -158,7 +153,7 @@ def _full_key(key: str) -> str:
 def project_main(argv: list[str], project: Path) -> int:
     import yaml
 
-    words, options, flags = _project_split(argv)
+    words, options, flags = _words(argv)
     match words:
         case ["stack", "select", name]:
             if "--create" in flags:
