@@ -139,7 +139,7 @@ pulumi.export("apiKeyIds", store.api_key_ids)
 pulumi.export("apiKey", store.api_key)  # secret: `pulumi stack output apiKey --show-secrets`
 pulumi.export("keyRotation", store.rotation)  # read back by the next update (above); ids and times only
 pulumi.export("alertRules", alert_names)
-# Newest first: [0] runs now, [1] is what a rollback goes back to (README: Rollback). Read back by the next update.
+# Newest first: [0] runs now, [1] is what a rollback goes back to (docs/operations/releases.md: Rollback). Read back by the next update.
 pulumi.export("imageHistory", history_output(previous.get_output("imageHistory"), settings))
 pulumi.export("canary", canary_output(settings))
 # Read back by the next preview: the cluster this stack deploys to, and what would replace its stateful objects.

@@ -110,6 +110,16 @@ async def _run(settings: Settings, config: uvicorn.Config, metrics_config: uvico
     await _serve(_Server(config, app), _SideServer(metrics_config), reload)
 
 
+def metrics_listener_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """The metrics listener: plain HTTP (only the monitoring namespace reaches it, inside the cluster), and no proxy
+    headers: no proxy stands in front of it, so its network rules judge the TCP peer and nothing a client wrote.
+    (uvicorn would otherwise rewrite the peer from X-Forwarded-For for any address in FORWARDED_ALLOW_IPS.)"""
+    return uvicorn.Config(
+        create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
+        log_config=None, access_log=False, server_header=False, lifespan="off", proxy_headers=False,
+    )
+
+
 def main() -> int:
     configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
     try:
@@ -148,12 +158,7 @@ def main() -> int:
         ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
         ssl_ciphers=TLS12_CIPHERS,  # uvicorn's default ("TLSv1") leaves TLS 1.2 without AEAD suites
     )
-    # The metrics listener stays plain HTTP: only the monitoring namespace reaches it, inside the cluster.
-    metrics_config = uvicorn.Config(
-        create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
-        log_config=None, access_log=False, server_header=False, lifespan="off",
-    )
-    asyncio.run(_run(settings, config, metrics_config, app))
+    asyncio.run(_run(settings, config, metrics_listener_config(settings, app), app))
     if fatal:
         logging.getLogger("clawbot").error("exiting: model failed to load", extra={"error": fatal[0]})
         return 1

@@ -91,7 +91,9 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         state.engine = engine
         # The grammar compiler reads the vocabulary off the loop; a copy keeps it from sharing the engine's Rust state.
         grammars = await asyncio.to_thread(
-            Grammars, copy.deepcopy(loaded.tokenizer), loaded.model.config.vocab_size, engine.eos_ids
+            Grammars, copy.deepcopy(loaded.tokenizer), loaded.model.config.vocab_size, engine.eos_ids,
+            compile_timeout_s=settings.grammar_compile_timeout_s, workers=settings.grammar_compile_workers,
+            cache_bytes=settings.grammar_cache_bytes,
         )
         runner = ChatRunner(
             settings=settings,

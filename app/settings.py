@@ -87,70 +87,128 @@ def _cidrs(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def described(default: Any, description: str) -> Any:
+    """A Settings field and what it means: docs/reference/service-settings.md is generated from these."""
+    return field(default=default, metadata={"description": description})
+
+
 @dataclass(frozen=True)
 class Settings:
-    app_env: str = "production"
-    host: str = "0.0.0.0"
-    port: int = SERVICE_PORT
-    metrics_port: int = METRICS_PORT
-    model_path: str = EMBEDDED_MODEL
-    model_name: str = "clawbot"
-    quantization: str = "none"
-    dtype: str = "auto"
-    max_tokens: int = 2048
-    max_batch_size: int = 32
-    batch_wait_ms: int = 10
-    max_queue: int = 256
-    # KV-cache tokens the engine admits requests against; 0 derives it (CUDA: free memory, CPU: a default).
-    kv_cache_tokens: int = 0
-    # Prompt tokens per prefill forward pass: longer prompts are read in chunks between decode steps.
-    prefill_chunk_tokens: int = 2048
-    # Tokens of prompt heads whose KV is kept for reuse by later prompts that start the same way; 0 = off.
-    prefix_cache_tokens: int = 8192
-    data_dir: Path = Path("/app/data")
-    api_key_path: Path | None = None
-    kek_path: Path | None = None
-    dev_api_key: str | None = None
-    redis_url: str | None = None
-    allowed_cidrs: tuple[str, ...] = ()
-    blocked_cidrs: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    # Who may scrape METRICS_PORT; empty leaves it to the NetworkPolicy (BLOCKED_CIDRS still apply).
-    metrics_allowed_cidrs: tuple[str, ...] = ()
-    jwt_ttl_s: int = 3600
-    jwt_audience: str = "clawbot"
-    rate_limit_per_key: int = 600
-    rate_limit_per_ip: int = 1200
-    # Prompt + completion tokens a key may use per minute, alongside its requests per minute.
-    rate_limit_tokens_per_key: int = 200_000
-    # Requests one key may have queued or in flight at once (all replicas together when REDIS_URL is set);
-    # below MAX_QUEUE, one key cannot fill the shared queue and lock the other keys out.
-    max_concurrent_per_key: int = 32
-    # Failed authentications per minute from one address (IPv6 by /64) before its auth attempts get 429.
-    auth_failures_per_minute: int = 30
-    abnormal_key_per_minute: int = 1000
-    max_body_bytes: int = 1_048_576
-    max_messages: int = 256
-    generation_timeout_s: float = 120.0
-    cache_ttl_s: int = 3600
-    cache_max_entries: int = 10_000
-    retention_days: int = 30
-    conversation_journal: str = "wal"
-    # PostgreSQL for the conversation store (several replicas); it carries a password, so it is kept out of repr.
-    conversation_database_url: str | None = field(default=None, repr=False)
-    conversation_database_pool_size: int = 8
-    # How long a request waits for an unreachable conversation database (retrying) before it is answered 503.
-    conversation_database_wait_s: float = 15.0
-    warmup_prompts: tuple[str, ...] = ("Hello!",)
-    torch_threads: int = 0
-    # How long a SIGTERM waits for accepted requests; the Deployment's terminationGracePeriodSeconds is derived from it.
-    shutdown_grace_s: float = 25.0
-    # HTTPS on PORT when both are set (PEM files); the metrics port stays plain HTTP inside the cluster.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    # How often the certificate files are checked for a renewal (cert-manager rewrites the mounted Secret).
-    tls_reload_s: float = 60.0
-    tool_call_parser: str = "auto"
+    app_env: str = described(
+        "production", "`development` accepts `DEV_API_KEY` or makes a local key-encryption key and API key under "
+        "`DATA_DIR/dev-keys/` (the key is printed once); `production` requires `API_KEY_PATH` and `KEK_PATH`")
+    host: str = described("0.0.0.0", "Address the API listens on")
+    port: int = described(SERVICE_PORT, "The API port (HTTPS when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set)")
+    # /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
+    metrics_port: int = described(
+        METRICS_PORT, "`/metrics` on a port of its own, never the API's (the LoadBalancer does not expose it)")
+    model_path: str = described(
+        EMBEDDED_MODEL, "A Hugging Face directory, a GGUF file, a hub id (`org/name`), or the embedded "
+        "SmolLM2-135M-Instruct")
+    model_name: str = described("clawbot", "The model's name in `/v1/models` and in answers")
+    quantization: str = described(
+        "none", "`nf4` (bitsandbytes 4-bit, double quant), `int8` (weight-only: torch's int8 kernel on CPU, the "
+        "fastest one stream there; bitsandbytes on CUDA) or `none`")
+    dtype: str = described(
+        "auto", "Compute dtype: `auto` is bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 "
+        "(AVX512-BF16 or AMX), fp32 on other CPUs; or `float32`, `bfloat16`, `float16`. bf16 halves the bytes a "
+        "decode step reads; its greedy answers differ from fp32's on some prompts and with the batch "
+        "(see Benchmarks)")
+    max_tokens: int = described(
+        2048, "Generation cap: a request's larger `max_tokens` is clamped to it, never refused")
+    max_batch_size: int = described(32, "Rows in each decode step")
+    batch_wait_ms: int = described(10, "How long an idle engine waits for more arrivals to form a batch")
+    max_queue: int = described(256, "Requests that may wait for the engine; beyond it 429 `queue_full`")
+    kv_cache_tokens: int = described(
+        0, "KV-cache tokens requests are admitted against (rows × padded length at the batch's worst-case peak); "
+        "`0` derives it: 80 % of the GPU memory free after loading, or 65536 on CPU")
+    prefill_chunk_tokens: int = described(
+        2048, "Prompt tokens per prefill pass; longer prompts are read in chunks between decode steps")
+    prefix_cache_tokens: int = described(
+        8192, "Prompt heads (64-token blocks) whose KV is kept for a key's later prompts that start the same way "
+        "(system prompt, earlier turns), least recently used out first; `0` turns it off. Reported as "
+        "`usage.prompt_tokens_details.cached_tokens` (`input_tokens_details` on `/v1/responses`). A derived "
+        "`KV_CACHE_TOKENS` leaves it room")
+    data_dir: Path = described(Path("/app/data"), "Converted models, the SQLite conversation store, development keys")
+    api_key_path: Path | None = described(
+        None, "The envelope-encrypted API key file (reloaded on change or SIGHUP)")
+    kek_path: Path | None = described(None, "The key-encryption key of `API_KEY_PATH`")
+    dev_api_key: str | None = described(
+        None, "Development only: use this API key instead of a generated one")
+    redis_url: str | None = described(
+        None, "Redis for the rate limits, concurrency slots and response cache every replica shares; without it, "
+        "in-process")
+    allowed_cidrs: tuple[str, ...] = described(
+        (), "Comma-separated client CIDRs allowed on every path of the API port but the probes; empty allows any")
+    blocked_cidrs: tuple[str, ...] = described(
+        (), "Client CIDRs refused on every path of the API port but the probes, and on the metrics port")
+    trusted_proxies: tuple[str, ...] = described(
+        (), "Proxies whose `X-Forwarded-For` is read; from anyone else it is ignored")
+    metrics_allowed_cidrs: tuple[str, ...] = described(
+        (), "Who may scrape `METRICS_PORT`; empty leaves it to the NetworkPolicy (Prometheus need not be in "
+        "`ALLOWED_CIDRS`)")
+    jwt_ttl_s: int = described(3600, "Lifetime of the tokens `/api/auth` issues (at most 3600 s)")
+    jwt_audience: str = described("clawbot", "The tokens' audience (`aud`)")
+    rate_limit_per_key: int = described(600, "Requests a minute per API key (429 `rate_limited`)")
+    rate_limit_per_ip: int = described(1200, "Requests a minute per client address (IPv4 by /32, IPv6 by /64)")
+    rate_limit_tokens_per_key: int = described(
+        200_000, "Prompt + completion tokens a key may use a minute (429 `token_budget_exceeded`)")
+    max_concurrent_per_key: int = described(
+        32, "Requests one key may have queued or in flight across replicas (429 `key_concurrency_limit`); keep it "
+        "below `MAX_QUEUE`, so one key cannot fill the shared queue")
+    auth_failures_per_minute: int = described(
+        30, "Failed authentications from one address (IPv6 by /64) before its auth attempts get 429 "
+        "`too_many_auth_failures`")
+    abnormal_key_per_minute: int = described(
+        1000, "Requests a minute above which a key is flagged (`clawbot_abnormal_key_usage_total`)")
+    max_body_bytes: int = described(1_048_576, "Largest request body, 1 MiB by default (413 beyond)")
+    max_messages: int = described(256, "Most messages in one request (400 `too_many_messages` beyond)")
+    generation_timeout_s: float = described(120.0, "Seconds one generation may take (504 beyond)")
+    cache_ttl_s: int = described(
+        3600, "Lifetime of a response-cache entry: deterministic (temperature 0) answers, per key, on the "
+        "prompt's exact tokens")
+    cache_max_entries: int = described(
+        10_000, "Most entries the response cache holds (`0` turns it off, as does a TTL of `0`)")
+    retention_days: int = described(
+        30, "Conversation store retention (an hourly job deletes older exchanges)")
+    conversation_journal: str = described(
+        "wal", "SQLite store only: `delete` (rollback journal) where pods share `DATA_DIR` over a network "
+        "filesystem")
+    # It carries a password, so it is kept out of repr.
+    conversation_database_url: str | None = field(default=None, repr=False, metadata={"description": (
+        "`postgresql://USER:PASSWORD@HOST:5432/DB[?sslmode=require]`: the conversation store in PostgreSQL; from a "
+        "Secret, never logged with its password")})
+    conversation_database_pool_size: int = described(8, "Connections per replica to the conversation database")
+    conversation_database_wait_s: float = described(
+        15.0, "How long a request retries an unreachable conversation database before its 503 "
+        "`conversation_store_unavailable`")
+    warmup_prompts: tuple[str, ...] = described(
+        ("Hello!",), "Prompts run once before `/readyz` turns 200, separated by `|`")
+    torch_threads: int = described(0, "CPU threads for torch; `0`: all cores")
+    shutdown_grace_s: float = described(
+        25.0, "On SIGTERM, how long accepted requests get to finish; the Deployment's "
+        "`terminationGracePeriodSeconds` is derived from it. What cannot finish gets a 503 `shutting_down` (or a "
+        "stream error event) up to 2 s before the deadline, never a 500")
+    tls_cert_file: Path | None = described(
+        None, "PEM certificate for HTTPS on `PORT`, with `TLS_KEY_FILE` (both or neither); the metrics port stays "
+        "plain HTTP inside the cluster")
+    tls_key_file: Path | None = described(None, "PEM private key of `TLS_CERT_FILE`")
+    tls_reload_s: float = described(
+        60.0, "How often the certificate files are checked for a renewal (cert-manager rewrites the mounted "
+        "Secret); a renewed certificate is served without a restart")
+    tool_call_parser: str = described(
+        "auto", "How the model writes tool calls: `hermes` (`<tool_call>{json}</tool_call>`: Hermes, Qwen 2.5+), "
+        "`llama3_json` (Llama 3.1-3.3); `auto` reads the chat template (Hermes where the template has no tool "
+        "format)")
+    grammar_compile_timeout_s: float = described(
+        5.0, "Wall-clock budget of one JSON Schema's grammar compile, in a process of its own; a schema over it is "
+        "refused (400 `schema_too_complex`)")
+    grammar_compile_workers: int = described(
+        2, "Grammar compiles that may run at once (each in a process of its own, then a thread of the server); one "
+        "key compiles one new schema at a time")
+    grammar_cache_bytes: int = described(
+        64 * 1_048_576, "Compiled grammars kept for schemas that come again, least recently used out first, by "
+        "their size in memory")
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -211,6 +269,9 @@ ENV_VARS: dict[str, str] = {
     "TLS_KEY_FILE": "tls_key_file",
     "TLS_RELOAD_SECONDS": "tls_reload_s",
     "TOOL_CALL_PARSER": "tool_call_parser",
+    "GRAMMAR_COMPILE_TIMEOUT_SECONDS": "grammar_compile_timeout_s",
+    "GRAMMAR_COMPILE_WORKERS": "grammar_compile_workers",
+    "GRAMMAR_CACHE_BYTES": "grammar_cache_bytes",
 }
 assert set(ENV_VARS.values()) == {f.name for f in fields(Settings)} - {"extra"}
 
@@ -279,6 +340,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=optional_path("TLS_KEY_FILE"),
         tls_reload_s=_float(env, "TLS_RELOAD_SECONDS", 60.0, 1.0, 86400.0),
         tool_call_parser=_choice(env, "TOOL_CALL_PARSER", "auto", TOOL_CALL_PARSERS),
+        grammar_compile_timeout_s=_float(env, "GRAMMAR_COMPILE_TIMEOUT_SECONDS", 5.0, 0.1, 600.0),
+        grammar_compile_workers=_int(env, "GRAMMAR_COMPILE_WORKERS", 2, 1, 64),
+        grammar_cache_bytes=_int(env, "GRAMMAR_CACHE_BYTES", 64 * 1_048_576, 0, 64 * 1024 * 1_048_576),
     )
     _check_tls(s)
     if s.metrics_port == s.port:

@@ -157,7 +157,7 @@ def _bandwidth_rows(results: dict[str, Any]) -> list[Row]:
 
 
 def format_table(rows: list[Row], header: str = "same machine, one run, alternating") -> str:
-    """A Markdown table, ready for the README."""
+    """A Markdown table, ready for a dated report under docs/benchmarks/."""
     lines = [
         f"| {header} | ClawBot | llama-server | ClawBot/llama | target |",
         "| --- | --- | --- | --- | --- |",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
+from app.access.keyring import write_private
 from app.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +23,21 @@ def bench_settings(data_dir: Path, extra_env: dict[str, str] | None = None) -> S
     """The server's settings (same model, quantization, batch size) with development auth and our DATA_DIR."""
     env = {**os.environ, **(extra_env or {}), "APP_ENV": "development", "DEV_API_KEY": DEV_KEY, "DATA_DIR": str(data_dir)}
     return load_settings(env)
+
+
+def write_key_files(directory: Path, scopes: dict[str, tuple[str, ...]]) -> tuple[dict[str, str], dict[str, str]]:
+    """A KEK and a sealed key file in `directory` with one API key per entry of `scopes`: the production env that
+    points `python -m app` at them, and the raw keys by id."""
+    kek, raw = new_secret(), {key_id: new_api_key() for key_id in scopes}
+    ring = KeyFile(
+        api_keys=tuple(ApiKeyRecord(id=k, secret=raw[k], scopes=scopes[k], not_before=now_iso(-60)) for k in scopes),
+        jwt_keys=(JwtKeyRecord(kid="jwt-1", secret=new_secret(), not_before=now_iso(-60)),),
+    )
+    write_private(directory / "kek", kek + "\n")
+    write_private(directory / "keys.json", seal_key_file(ring, kek))
+    env = {"APP_ENV": "production", "DEV_API_KEY": "", "API_KEY_PATH": str(directory / "keys.json"),
+           "KEK_PATH": str(directory / "kek")}
+    return env, raw
 
 
 def free_port() -> int:

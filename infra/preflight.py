@@ -29,7 +29,7 @@ from infra.settings.values import ConfigError, config_key
 
 CLUSTER_ID_OUTPUT = "clusterId"
 IMMUTABLE_FIELDS_OUTPUT = "immutableFields"
-UPGRADES_DOC_PAGE = "docs/deploy/eks-first-week.md"
+UPGRADES_DOC_PAGE = "docs/deploying/eks-first-week.md"
 # The objects guarded, by role, and how to move each without the replacement (the docs page has the steps).
 MIGRATIONS = {
     "namespace": ("every object of the stack would be deleted and created again in the new namespace, the data claim "

@@ -8,8 +8,11 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import pytest
+
+import httpx
 import uvicorn
 
 from tests.e2e.server import free_port
@@ -36,3 +39,32 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(START_TIMEOUT_S)
+
+
+def wait_ready(url: str, timeout_s: float = 300) -> None:
+    """Poll /readyz until the model has loaded and warmed up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(url + "/readyz", timeout=10).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def calls_in_flight(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> Callable[[], int]:
+    """Wrap `owner.name` (a method or function) so the test can ask how many calls of it are running right now."""
+    running = [0]
+    lock = threading.Lock()
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(owner, name, counted)
+    return lambda: running[0]

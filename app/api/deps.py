@@ -1,20 +1,23 @@
-"""Dependencies the chat routes share: JSON content type and a ready model."""
+"""Dependencies the chat routes share: a JSON body of valid Unicode text, and a ready model."""
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.serving import ChatRunner
+from app.api.body_text import check_request_text
 from app.api.errors import ApiError
+from app.api.serving import ChatRunner
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
+    """A JSON body whose every string is valid Unicode (app.api.body_text), checked before the route's model."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(
             415, "unsupported_media_type", f"Content-Type must be application/json, got {content_type or 'none'!r}"
         )
+    await check_request_text(request)
 
 
 def ready_runner(request: Request) -> ChatRunner:

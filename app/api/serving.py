@@ -168,7 +168,10 @@ class ChatRunner:
 
     def close(self) -> None:
         self.renderer.close()
-    def _constraint(self, plan: ToolPlan, output: OutputRequest) -> Any:
+        if self.grammars is not None:
+            self.grammars.close()
+
+    async def _constraint(self, plan: ToolPlan, output: OutputRequest, owner: str) -> Any:
         """The grammar a forced tool call or response_format imposes on the output, or None."""
         schema, what = plan.schema(), "the parameters schema of the tools in tool_choice"
         if schema is None:
@@ -177,12 +180,16 @@ class ChatRunner:
             return None
         if self.grammars is None:
             raise ApiError(400, "unsupported_parameter", "structured output is not available for this model")
-        from app.inference.constraints import GrammarError
+        from app.inference.constraints import CompilerUnavailable, GrammarError, SchemaRefused
 
         try:
-            return self.grammars.constraint(schema)
+            return await self.grammars.constraint(schema, owner)
+        except SchemaRefused as exc:
+            raise ApiError(400, exc.code, f"{what} is refused: {exc}") from None
         except GrammarError as exc:
             raise ApiError(400, "invalid_schema", f"{what} cannot be enforced: {exc}") from None
+        except CompilerUnavailable as exc:
+            raise ApiError(503, "grammar_compiler_unavailable", f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
 
     async def prepare(
         self,
@@ -212,6 +219,8 @@ class ChatRunner:
             plan = ToolPlan.of(output.tools, output.tool_choice, output.parallel_tool_calls, self.parser)
         except ToolChoiceError as exc:
             raise ApiError(400, "invalid_tool_choice", str(exc)) from None
+        # Before tokenizing: a schema that is refused costs no tokenizer work.
+        constraint = await self._constraint(plan, output, principal.key_id)
         prompt_ids = await self.render(plain, plan.tools)
         room = self.context_window - len(prompt_ids)
         if room < 1:
@@ -221,7 +230,6 @@ class ChatRunner:
                 f"the prompt is {len(prompt_ids)} tokens; the model's context window is {self.context_window} tokens",
             )
         cap = self.settings.max_tokens
-        constraint = self._constraint(plan, output)
         d = self.defaults
         # JSON repeats its quotes, colons and braces by nature: a default penalty would bend a grammar-bound output.
         penalty = gen.repetition_penalty

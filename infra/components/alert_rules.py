@@ -50,7 +50,7 @@ class Alert:
     for_: str
     severity: str
     summary: str  # a template: {{ $labels.x }} and {{ $value }} are filled in by Prometheus
-    runbook: str  # what to do, mailed with the alert; the README's alert table repeats it
+    runbook: str  # what to do, mailed with the alert; docs/operations/alerts.md's table repeats it
 
     def rule(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ class AppNamespace(pulumi.ComponentResource):
             f"{name}-namespace",
             metadata={"name": args.name, "labels": labels},
             # Deleting a namespace deletes the data volume claim in it, whatever the claim's own options say;
-            # `pulumi destroy` leaves both (README: "Removing a stack").
+            # `pulumi destroy` leaves both (docs/deploying/eks.md, "Deploy").
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
         self.name = self.namespace.metadata["name"]

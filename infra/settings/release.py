@@ -58,7 +58,7 @@ def parse_canary(raw: Any, stable_image: str, stable_replicas: int, production: 
                  split_by_weight: bool = False) -> CanarySettings | None:
     """The canary beside the stable set, from the `canary` block; None without one.
 
-    Promoting is one change of config (README: Promote): `image` takes the canary's image and the block goes, so
+    Promoting is one change of config (docs/operations/releases.md, "Promote"): `image` takes the canary's image and the block goes, so
     nothing is left behind that a later rollback of `image` would have to know about.
     """
     if raw is None:

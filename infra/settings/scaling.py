@@ -29,7 +29,7 @@ def parse_scaling(raw: Raw) -> ScalingSettings:
         # Without an adapter the HPA cannot read the metric, and with one metric missing it never scales down.
         raise ConfigError(
             f"{config_key('hpaInflightPerPod')} {inflight_per_pod} needs a custom-metrics adapter serving "
-            f"clawbot_inflight_requests (prometheus-adapter, see the README); install it and set "
+            f"clawbot_inflight_requests (prometheus-adapter, see docs/deploying/eks.md); install it and set "
             f"{config_key('customMetricsAdapter')}: true, or set {config_key('hpaInflightPerPod')} to 0 to scale on CPU only"
         )
     return ScalingSettings(

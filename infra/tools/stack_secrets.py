@@ -58,7 +58,7 @@ def plan(stack: str, project_dir: Path, env: Mapping[str, str]) -> dict[str, str
     if missing:
         raise MissingSecret(
             f"stack {stack} needs secrets this job does not have: {'; '.join(missing)}. Add them to the GitHub "
-            f"environment the job runs in (docs/deploy/eks-first-week.md, CI secrets), or commit them to "
+            f"environment the job runs in (docs/deploying/eks-first-week.md, CI secrets), or commit them to "
             f"Pulumi.{stack}.yaml with `pulumi config set --secret`"
         )
     return out

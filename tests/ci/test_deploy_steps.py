@@ -1,7 +1,7 @@
 """CI's `pulumi up` of a new stack works from what the repository and the documented CI secrets hold (issue 21 item 9).
 
 The deploy workflow's jobs run here step by step (tests/ci/workflow_runner.py) against the stack files as they are in
-git, a Pulumi backend with no stacks yet, and exactly the secrets docs/deploy/eks-first-week.md lists for each GitHub
+git, a Pulumi backend with no stacks yet, and exactly the secrets docs/deploying/eks-first-week.md lists for each GitHub
 environment. `pulumi` is a stand-in that makes the CLI's own checks (a declared key without a default must be set, a
 declared secret must be encrypted, the stack must exist) and runs the real program under mocks.
 """
@@ -17,9 +17,9 @@ import pytest
 from infra.tools.stack_secrets import CI_SECRETS
 from tests.ci.test_workflows import workflow
 from tests.ci.workflow_runner import JobResult, Runner
+from tests.docs.pages import section
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "deploy" / "eks-first-week.md"
 REPO = "ghcr.io/clawbot/clawbot"
 FIRST = f"{REPO}:{'a' * 40}@sha256:{'1' * 64}"
 SECOND = f"{REPO}:{'b' * 40}@sha256:{'2' * 64}"
@@ -38,9 +38,9 @@ SAMPLE_SECRETS = {
 def documented_secrets(without: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
     """GitHub environment (or 'repository') -> the secrets the docs' CI secrets table gives it. A secret documented
     as optional ("any stack's, optional") is left out: a new stack must come up without it."""
-    section = DOC.read_text().split("## CI secrets", 1)[1].split("\n## ", 1)[0]
+    table = section("deploying/eks-first-week.md", "CI secrets")
     out: dict[str, dict[str, str]] = {}
-    for line in section.splitlines():
+    for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3 or not cells[0].startswith("`"):
             continue

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.docs.pages import all_pages, section
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW_DIR = ROOT / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.yml")) + sorted(WORKFLOW_DIR.glob("*.yaml"))
@@ -250,12 +252,13 @@ def test_ci_pushes_exactly_the_tags_the_stack_files_name_plus_the_commit() -> No
     assert pushed["registry"] == repository.split("/")[0]
 
 
-def test_the_readme_compose_file_and_config_default_name_only_pushed_tags_and_say_how_to_pin_by_digest() -> None:
+def test_the_docs_compose_file_and_config_default_name_only_pushed_tags_and_say_how_to_pin_by_digest() -> None:
     repository = image_tags()["repository"]
     pushed = set(stack_images())
-    readme = (ROOT / "README.md").read_text()
+    ref = re.escape(repository) + r":[\w.<>-]+"
+    tags_section = section("deploying/image.md", "Tags")
     named = {
-        "README.md": re.findall(re.escape(repository) + r":[\w.<>-]+", readme),
+        "the docs": re.findall(ref, "\n".join(all_pages().values())),
         "compose.yaml": re.findall(re.escape(repository) + r":[\w.-]+", (ROOT / "compose.yaml").read_text()),
         "Pulumi.yaml": [load(ROOT / "Pulumi.yaml")["config"]["image"]["default"]],
     }
@@ -263,9 +266,9 @@ def test_the_readme_compose_file_and_config_default_name_only_pushed_tags_and_sa
         assert refs, f"{where} names no {repository} image"
         stray = {r for r in refs if r not in pushed and r != f"{repository}:<commit-sha>"}
         assert not stray, f"{where} names tags CI never pushes: {stray}"
-    missing = pushed - set(named["README.md"])
-    assert not missing, f"README must name every tag CI pushes: {missing}"
-    assert re.search(re.escape(repository) + r":[\w.-]+@sha256:<digest>", readme), "README must show a digest pin"
+    missing = pushed - set(re.findall(ref, tags_section))
+    assert not missing, f"the image docs' Tags section must name every tag CI pushes: {missing}"
+    assert re.search(re.escape(repository) + r":[\w.-]+@sha256:<digest>", tags_section), "the docs must show a digest pin"
 
 
 def test_image_tags_refuses_stacks_that_name_different_repositories(tmp_path: Path) -> None:

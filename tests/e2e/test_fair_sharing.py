@@ -10,8 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
-from app.access.keyring import write_private
+from bench.server_process import write_key_files
 from tests.e2e.server import Server, start_server
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -24,17 +23,8 @@ WAIT_S = 120.0
 @pytest.fixture(scope="module")
 def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, str]]]:
     root = Path(tmp_path_factory.mktemp("fair-sharing"))
-    kek, raw = new_secret(), {key_id: new_api_key() for key_id in KEYS}
-    ring = KeyFile(
-        api_keys=tuple(ApiKeyRecord(id=k, secret=raw[k], scopes=KEYS[k], not_before=now_iso(-60)) for k in KEYS),
-        jwt_keys=(JwtKeyRecord(kid="jwt-1", secret=new_secret(), not_before=now_iso(-60)),),
-    )
-    write_private(root / "secrets" / "kek", kek + "\n")
-    write_private(root / "secrets" / "keys.json", seal_key_file(ring, kek))
-    srv = start_server(
-        root / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(root / "secrets" / "keys.json"),
-        KEK_PATH=str(root / "secrets" / "kek"), MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
-    )
+    env, raw = write_key_files(root / "secrets", KEYS)
+    srv = start_server(root / "data", **env, MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET))
     try:
         srv.wait_ready()
         yield srv, raw

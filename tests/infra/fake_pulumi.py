@@ -1,4 +1,4 @@
-"""A stand-in for the `pulumi` CLI, so README runbooks run against the real program under mocks.
+"""A stand-in for the `pulumi` CLI, so the documented runbooks run against the real program under mocks.
 
     FAKE_PULUMI_STATE=<dir> python -m tests.infra.fake_pulumi config set [--path] image <ref>
 

@@ -14,6 +14,7 @@ import infra.tools.mocks as mocks
 from infra.contract import CHAT_LABELS
 from infra.preflight import MIGRATIONS, UPGRADES_DOC_PAGE
 from infra.tools.synth import Synthesis, SynthError, read_provider_config, read_stack_config, synthesize
+from tests.docs.pages import headings, page
 from tests.infra.conftest import BEHIND_GATEWAY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,8 +146,8 @@ def test_moving_prod_behind_a_gateway_would_replace_its_load_balancer(prod: Synt
 
 
 def test_every_migration_the_refusals_name_is_written_down() -> None:
-    page = (ROOT / UPGRADES_DOC_PAGE).read_text()
-    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip("# ").lower()).replace(" ", "-")
-               for h in re.findall(r"^#{2,4} .+$", page, re.M)}
+    text = page(UPGRADES_DOC_PAGE.removeprefix("docs/"))
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for _, _, h in headings(text)}
     for role, (_, anchor) in MIGRATIONS.items():
         assert anchor in anchors, f"{UPGRADES_DOC_PAGE} has no section #{anchor} for {role}"

@@ -1,7 +1,8 @@
 """Releases you can stop and undo: the canary beside the stable set, promotion, and rollback through imageHistory.
 
-The README's runbooks are run as written, in bash, against the real program under mocks: a stand-in `pulumi`
-(tests/infra/fake_pulumi.py) keeps config and outputs between commands and runs infra.synth for `up`.
+The runbooks of docs/operations/releases.md are run as written, in bash, against the real program under mocks: a
+stand-in `pulumi` (tests/infra/fake_pulumi.py) keeps config and outputs between commands and runs infra.synth for
+`up`.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from infra.images import ImageReferenceError, image_history, parse_image
 from infra.settings.release import canary_replicas
 from infra.settings import ConfigError, parse_settings
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
+from tests.docs.pages import page
 from tests.infra.conftest import BEHIND_GATEWAY
 from tests.infra.test_stacks import NEWEST, OLDEST
 
 ROOT = Path(__file__).resolve().parents[2]
+RUNBOOKS = "operations/releases.md"  # the docs page whose `<!-- runbook: NAME -->` blocks are run here
 REPO = "ghcr.io/acme/clawbot"
 A, B, C, D = (f"{REPO}:{sha}@sha256:{digit * 64}" for sha, digit in (("aaa111", "a"), ("bbb222", "b"), ("ccc333", "c"),
                                                                         ("ddd444", "d")))
@@ -165,14 +168,13 @@ def test_the_stack_reads_its_history_back_and_exports_it_with_this_image() -> No
     assert s.one("Deployment", "clawbot").manifest["spec"]["revisionHistoryLimit"] == 3
 
 
-# -- the README's runbooks, run -------------------------------------------------------------------------------------
+# -- the documented runbooks, run ------------------------------------------------------------------------------------
 
 
 def runbook(name: str) -> str:
-    """The command in the fenced block right after `<!-- runbook: NAME -->` in the README."""
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", readme, re.S)
-    assert match, f"README has no runbook {name!r}"
+    """The command in the fenced block right after `<!-- runbook: NAME -->` in the releases docs."""
+    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", page(RUNBOOKS), re.S)
+    assert match, f"{RUNBOOKS} has no runbook {name!r}"
     command = match.group(1).strip()
     assert "\n" not in command, f"runbook {name!r} must be one command"
     return command
@@ -222,7 +224,7 @@ def test_the_rollback_runbook_brings_the_previous_digest_back(tmp_path: Path) ->
     assert stack.outputs["imageHistory"] == [B, A, C]  # and a second rollback undoes the first
 
 
-def test_canary_then_promote_then_rollback_as_the_readme_says(tmp_path: Path) -> None:
+def test_canary_then_promote_then_rollback_as_the_docs_say(tmp_path: Path) -> None:
     stack = Stack(tmp_path, "prod", {**BEHIND_GATEWAY, "image": A}, {"imageHistory": [A, B]})
     stack.run(runbook("canary"), NEW_IMAGE=D)
     assert (stack.image(), stack.image("clawbot-canary")) == (A, D)

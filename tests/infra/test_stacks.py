@@ -10,9 +10,10 @@ import pytest
 from infra.settings import parse_settings
 from infra.settings.cluster import MIN_KUBERNETES
 from infra.tools.synth import Synthesis, synthesize
+from tests.docs.pages import all_pages, section
 
 ROOT = Path(__file__).resolve().parents[2]
-OLDEST = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}.0"  # the oldest the README supports
+OLDEST = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}.0"  # the oldest the docs support
 NEWEST = kubernetes_validate.latest_version()  # the newest kubernetes-validate knows
 K8S_VERSION = NEWEST
 CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig", "Certificate"}
@@ -40,11 +41,11 @@ def test_pod_tls_variant_validates_too() -> None:
                 kubernetes_validate.validate(obj.manifest, v, strict=True)
 
 
-def test_readme_states_the_supported_kubernetes_range_the_code_enforces() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_state_the_supported_kubernetes_range_the_code_enforces() -> None:
     minimum = f"{MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}"
-    assert f"Kubernetes {minimum} or newer" in readme
-    assert "1.29+" not in readme
+    assert f"Kubernetes {minimum} or newer" in section("deploying/eks.md", "Prerequisites")
+    stale = [name for name, text in all_pages().items() if "1.29+" in text]
+    assert not stale, f"pages still name Kubernetes 1.29+: {stale}"
 
 
 def test_validation_would_catch_a_broken_manifest(prod: Synthesis) -> None:

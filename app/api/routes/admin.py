@@ -11,7 +11,7 @@ from app.api.auth import Caller, access_of
 from app.storage.stores import Storage
 from app.storage.conversations import MAX_PAGE_SIZE
 
-# Left out of the public OpenAPI schema: the README documents the admin API for operators.
+# Left out of the public OpenAPI schema: docs/api/index.md documents the admin API for operators.
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
 
 

@@ -81,7 +81,8 @@ def _messages(body: ResponsesRequest, model: str) -> list[ChatMessage]:
         return [ChatMessage.model_validate(m) for m in raw]
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ApiError(400, "invalid_input", f"input: {first.get('msg', 'invalid item')}") from None
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        raise ApiError(400, "invalid_input", f"input: {field + ': ' if field else ''}{first.get('msg', 'invalid item')}") from None
 
 
 def _output_request(body: ResponsesRequest) -> OutputRequest:

@@ -3,12 +3,12 @@ from app.api.schemas.chat import (
     ChatCompletionRequest, ChatMessage, ChatTool, ContentPart, ResponseFormat, SeedChatRequest, StreamOptions,
 )
 from app.api.schemas.common import (
-    AuthRequest, ErrorDetail, ErrorResponse, GenerationFields, encodable, model_card, usage_dict,
+    AuthRequest, ErrorDetail, ErrorResponse, GenerationFields, model_card, usage_dict,
 )
 from app.api.schemas.responses import ResponsesRequest, ResponsesTool
 
 __all__ = [
     "AuthRequest", "ChatCompletionRequest", "ErrorDetail", "ErrorResponse", "ChatMessage", "ChatTool", "ContentPart", "GenerationFields",
-    "ResponseFormat", "ResponsesRequest", "ResponsesTool", "SeedChatRequest", "StreamOptions", "encodable",
+    "ResponseFormat", "ResponsesRequest", "ResponsesTool", "SeedChatRequest", "StreamOptions",
     "model_card", "usage_dict",
 ]

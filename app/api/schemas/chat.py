@@ -4,12 +4,16 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.api.schemas.common import GenerationFields, encodable
+from app.api.schemas.common import GenerationFields
+from app.api.schemas.limits import (
+    MAX_ARGUMENT_DEPTH, MAX_FUNCTION_NAME_CHARS, MAX_TOOL_CALL_ID_CHARS, MAX_TOOL_CALLS, MAX_TOOLS, json_text_depth,
+    json_value_depth,
+)
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-FUNCTION_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+FUNCTION_NAME = rf"^[A-Za-z0-9_.:-]{{1,{MAX_FUNCTION_NAME_CHARS}}}$"
 
 
 class ContentPart(BaseModel):
@@ -19,24 +23,22 @@ class ContentPart(BaseModel):
     type: str
     text: str | None = None
 
-    @field_validator("text")
-    @classmethod
-    def _encodable(cls, value: str | None) -> str | None:
-        return value if value is None else encodable(value, "text")
-
 
 class FunctionCall(BaseModel):
-    name: str
+    name: str = Field(max_length=MAX_FUNCTION_NAME_CHARS)
     arguments: str = "{}"
 
     @field_validator("arguments", mode="before")
     @classmethod
     def _as_text(cls, value: Any) -> Any:
+        depth = json_text_depth(value) if isinstance(value, str) else json_value_depth(value)
+        if depth > MAX_ARGUMENT_DEPTH:
+            raise ValueError(f"tool call arguments nest {depth} levels deep; at most {MAX_ARGUMENT_DEPTH} are allowed")
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class ToolCallItem(BaseModel):
-    id: str
+    id: str = Field(max_length=MAX_TOOL_CALL_ID_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -46,8 +48,8 @@ class ChatMessage(BaseModel):
 
     role: str
     content: str | list[ContentPart] | None = None
-    tool_calls: list[ToolCallItem] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[ToolCallItem] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(default=None, max_length=MAX_TOOL_CALL_ID_CHARS)
     name: str | None = None
 
     @field_validator("role")
@@ -55,13 +57,6 @@ class ChatMessage(BaseModel):
     def _known_role(cls, value: str) -> str:
         if value not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}; got {value!r}")
-        return value
-
-    @field_validator("content")
-    @classmethod
-    def _encodable_content(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
-        if isinstance(value, str):
-            encodable(value, "content")
         return value
 
     @model_validator(mode="after")
@@ -139,15 +134,10 @@ class ChatCompletionRequest(GenerationFields):
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
     ignore_eos: bool = False
     user: str | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-
-    @field_validator("model", "user")
-    @classmethod
-    def _encodable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return value if value is None else encodable(value, str(info.field_name))
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -17,22 +17,6 @@ from app.inference.requests import (
 TEMPERATURE_DOC = f"0 to {MAX_TEMPERATURE:g}; below {GREEDY_TEMPERATURE:g} is greedy (the most likely token)"
 
 
-def encodable(text: str, what: str) -> str:
-    """`text` unchanged, or ValueError when it cannot be UTF-8 (a lone surrogate sent as a JSON escape like \\ud800).
-
-    Such text would fail later, in the tokenizer, the conversation store or a JSON response, as a 500.
-    The message names the position and the code point, never the character itself (it cannot be encoded either).
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"{what} is not valid Unicode text: it holds a lone surrogate (\\u{ord(text[exc.start]):04x}) at character "
-            f"{exc.start}; send UTF-8 text"
-        ) from None
-    return text
-
-
 class ErrorDetail(BaseModel):
     type: str = Field(description="error class, e.g. invalid_request_error, authentication_error, rate_limit_error")
     message: str = Field(description="what went wrong and what is allowed, safe to show a user")
@@ -66,8 +50,6 @@ class GenerationFields(BaseModel):
             raise ValueError(f"stop accepts at most {MAX_STOP_SEQUENCES} sequences, got {len(items)}")
         if any(not s for s in items):
             raise ValueError("stop sequences must not be empty")
-        for s in items:
-            encodable(s, "a stop sequence")
         longest = max((len(s) for s in items), default=0)
         if longest > MAX_STOP_CHARS:
             raise ValueError(f"stop sequences may be at most {MAX_STOP_CHARS} characters each, got one of {longest}")
@@ -80,7 +62,6 @@ class GenerationFields(BaseModel):
 
 
 class AuthRequest(BaseModel):
-    # With a length bound, pydantic itself refuses text that is not valid Unicode (a 400 like any bad field).
     api_key: str = Field(min_length=1, max_length=512)
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.chat import FUNCTION_NAME
-from app.api.schemas.common import TEMPERATURE_DOC, encodable
+from app.api.schemas.common import TEMPERATURE_DOC
+from app.api.schemas.limits import MAX_TOOLS
 from app.inference.requests import MAX_TEMPERATURE
 
 
@@ -46,7 +47,7 @@ class ResponsesRequest(BaseModel):
     model: str | None = None
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    tools: list[ResponsesTool] | None = None
+    tools: list[ResponsesTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | FunctionToolChoice | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -57,21 +58,3 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     text: TextConfig | None = None
     metadata: dict[str, str] | None = None
-
-    @field_validator("input", "instructions")
-    @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        _check_text(value, "input")
-        return value
-
-
-def _check_text(value: Any, where: str) -> None:
-    """Every string inside the input items must be valid Unicode, wherever the item type puts it."""
-    if isinstance(value, str):
-        encodable(value, where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_text(item, f"{where}[{i}]")

@@ -20,19 +20,10 @@ from app.inference.prompts import PromptRenderer
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, build_security_app
 from tests.e2e.server import MODEL_CACHE
-from tests.live_server import live_server
+from tests.live_server import calls_in_flight, live_server, wait_ready
 
 BIG_PROMPT_CHARS = 1_000_000
 HEALTHZ_P99_S = 0.050
-
-
-def _wait_ready(url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if httpx.get(url + "/readyz", timeout=10).status_code == 200:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
 def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
@@ -43,25 +34,12 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     (data_dir / "models").symlink_to(MODEL_CACHE, target_is_directory=True)
     settings = make_settings(data_dir=data_dir, max_body_bytes=8 * 1_048_576, warmup_prompts=("Hi",))
-    rendering = [0]
-    lock = threading.Lock()
-    render_now = PromptRenderer.render_now
-
-    def counted(self: PromptRenderer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        with lock:
-            rendering[0] += 1
-        try:
-            return render_now(self, messages, tools)
-        finally:
-            with lock:
-                rendering[0] -= 1
-
-    monkeypatch.setattr(PromptRenderer, "render_now", counted)
+    rendering = calls_in_flight(monkeypatch, PromptRenderer, "render_now")
     sentence = "The lighthouse keeper counted every wave that broke on the rocks below. "
     bearer = {"Authorization": f"Bearer {keyfiles.raw['alice']}"}
 
     with live_server(factory.create_app(settings)) as url:
-        _wait_ready(url)
+        wait_ready(url)
 
         def ask(i: int) -> httpx.Response:
             text = (f"Prompt {i}. " + sentence * (BIG_PROMPT_CHARS // len(sentence) + 1))[:BIG_PROMPT_CHARS]
@@ -72,11 +50,11 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
         with ThreadPoolExecutor(4) as pool:
             replies = [pool.submit(ask, i) for i in range(4)]
             deadline = time.monotonic() + 120
-            while rendering[0] == 0 and time.monotonic() < deadline:  # the bodies are in; tokenizing has begun
+            while rendering() == 0 and time.monotonic() < deadline:  # the bodies are in; tokenizing has begun
                 time.sleep(0.005)
-            assert rendering[0] > 0, "tokenization never started"
+            assert rendering() > 0, "tokenization never started"
             with httpx.Client(base_url=url, timeout=30) as probe:
-                while rendering[0] > 0 and len(samples) < 5000:
+                while rendering() > 0 and len(samples) < 5000:
                     started = time.perf_counter()
                     assert probe.get("/healthz").status_code == 200
                     samples.append(time.perf_counter() - started)

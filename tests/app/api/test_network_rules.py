@@ -2,8 +2,13 @@
 kubelet), BLOCKED_CIDRS and METRICS_ALLOWED_CIDRS on the metrics port, and no redirect towards a forged Host."""
 from __future__ import annotations
 
-from typing import Callable
+import threading
+import time
+from typing import Any, Callable
 
+import httpx
+import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -13,6 +18,7 @@ from app.api.middleware.network_rules import PROBE_PATHS
 from app.observability.metrics import build_metrics
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, metric_value
+from tests.e2e.server import free_port
 
 
 def _every_route(app: FastAPI) -> list[tuple[str, str]]:
@@ -80,3 +86,36 @@ def test_no_redirect_points_at_a_forged_host(service: TestClient) -> None:
     metrics_app = TestClient(create_metrics_app(build_metrics(), service.app.state.settings))  # type: ignore[attr-defined]
     r = metrics_app.get("/metrics/", headers=forged, follow_redirects=False)
     assert r.status_code == 404 and "location" not in r.headers
+
+
+def test_the_metrics_listener_judges_the_tcp_peer_and_no_header(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spoofed headers on the metrics port: the listener `python -m app` serves, for real, on loopback."""
+    from app.__main__ import metrics_listener_config
+    from app.factory import create_app
+
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's own trust list: it must not matter on this port
+
+    def scrape(headers: dict[str, str], **rules: Any) -> int:
+        settings = make_settings(metrics_port=free_port(), host="127.0.0.1", **rules)
+        config = metrics_listener_config(settings, create_app(settings))
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "the metrics listener did not start"
+                time.sleep(0.02)
+            return httpx.get(f"http://127.0.0.1:{settings.metrics_port}/metrics", headers=headers, timeout=10).status_code
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+    spoofed = {"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3", "Forwarded": "for=10.1.2.3"}
+    assert scrape({}) == 200
+    assert scrape(spoofed, blocked_cidrs=("127.0.0.0/8",)) == 403  # the caller is blocked, whatever it says it is
+    # Allowed scrapers in 10/8 and loopback as a "trusted proxy": a forwarded 10.1.2.3 still does not get in.
+    assert scrape(spoofed, metrics_allowed_cidrs=("10.0.0.0/8",), trusted_proxies=("127.0.0.0/8",)) == 403
+    assert scrape(spoofed, metrics_allowed_cidrs=("127.0.0.0/8",)) == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -28,14 +28,16 @@ class Caller:
 
 
 @pytest.fixture(scope="module")
-def runner(embedded: Any) -> ChatRunner:
+def runner(embedded: Any) -> Iterator[ChatRunner]:
     tokenizer = embedded.tokenizer
-    return ChatRunner(
+    runner = ChatRunner(
         settings=Settings(max_tokens=128), metrics=build_metrics(), engine=None,  # type: ignore[arg-type]
         tokenizer=tokenizer, model_name="clawbot", model_identity="test-model", context_window=WINDOW, storage=None,
         defaults=SamplingDefaults(temperature=0.0, top_p=0.9, repetition_penalty=1.1),
         grammars=Grammars(tokenizer, embedded.model.config.vocab_size, {tokenizer.eos_token_id}),
     )
+    yield runner
+    runner.close()
 
 
 def messages(*items: dict[str, Any]) -> list[ChatMessage]:
@@ -117,6 +119,12 @@ def test_bad_tool_choice_and_schemas_say_why(runner: ChatRunner) -> None:
     assert "'x', which is not in tools (get_weather)" in message
     message = refused(lambda: prepare(runner, json_schema={"type": "objectx"}), "invalid_schema")
     assert message == "the response format's JSON schema cannot be enforced: Unsupported type \"objectx\""
+    message = refused(lambda: prepare(runner, json_schema={"type": "string", "pattern": "(a{1,100}){1,100}"}),
+                      "schema_too_complex")
+    assert message.startswith("the response format's JSON schema is refused: the pattern at #/pattern repeats 10000")
+    weird = {**WEATHER, "function": {**WEATHER["function"], "parameters": {"not": {}}}}
+    message = refused(lambda: prepare(runner, tools=[weird], tool_choice="required"), "unsupported_schema")
+    assert "the parameters schema of the tools in tool_choice is refused: 'not' at #/items/anyOf/0/properties/arguments" in message
 
 
 # The parts of Qwen 2.5's chat template that handle tools, enough to show what a template that renders tools receives.

@@ -298,7 +298,8 @@ def test_the_database_url_is_validated_without_ever_echoing_it() -> None:
 def test_a_pg_dump_backup_restores_into_an_empty_database(
     postgres_server: PostgresServer, store: PostgresConversationStore, postgres_url: str, tmp_path: Path
 ) -> None:
-    # The README's commands, run for real: a consistent custom-format dump, restored into a new database.
+    # The documented commands (docs/operations/backups.md), run for real: a consistent custom-format dump,
+    # restored into a new database.
     for i in range(20):
         store.record_sync(_ex(i))
     dump = tmp_path / "conversations.dump"

@@ -1,9 +1,8 @@
 """Alerts as synthesized: seed thresholds and windows, config overrides, selector labels, every series real, the
-README's table in step with the rules. What the rules do is evaluated by promtool and amtool in tests/infra/components/alerts."""
+documented alert table in step with the rules. What the rules do is evaluated by promtool and amtool in tests/infra/components/alerts."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +10,9 @@ import pytest
 from app.observability.metrics import METRIC_NAMES
 from infra.settings import ConfigError, parse_settings
 from infra.tools.synth import Synthesis, synthesize
+from tests.docs.pages import section
 from tests.infra.promql import metric_names
 
-ROOT = Path(__file__).resolve().parents[3]
 # Series the rules read that the app does not export, and the exporter kube-prometheus-stack runs for each.
 CLUSTER_METRICS = {
     "container_cpu_usage_seconds_total": "cAdvisor (kubelet)",
@@ -167,20 +166,18 @@ def test_alert_rules_output_lists_them_and_dev_has_none(prod: Synthesis, dev: Sy
     assert dev.outputs["alertRules"] == [] and dev.find("PrometheusRule") == []
 
 
-def readme_alert_table() -> dict[str, str]:
-    """alert name -> its "do" column, from the README's "Alerts and what to do" table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Alerts and what to do", 1)[1].split("\n### ", 1)[0]
+def documented_alert_table() -> dict[str, str]:
+    """alert name -> its "do" column, from the operations docs' "Alerts and what to do" table."""
     rows: dict[str, str] = {}
-    for line in section.splitlines():
+    for line in section("operations/alerts.md", "Alerts and what to do").splitlines():
         m = re.match(r"^\| `(Clawbot\w+)`[^|]*\|[^|]*\| (.*) \|$", line)
         if m:
             rows[m.group(1)] = m.group(2)
     return rows
 
 
-def test_the_readme_alert_table_matches_the_rules(prod: Synthesis) -> None:
-    table = readme_alert_table()
+def test_the_documented_alert_table_matches_the_rules(prod: Synthesis) -> None:
+    table = documented_alert_table()
     assert list(table) == list(rules(prod))
     for name, rule in rules(prod).items():
         assert table[name] == rule["annotations"]["runbook"], name

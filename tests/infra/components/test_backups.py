@@ -315,7 +315,7 @@ def test_the_dump_job_writes_a_restorable_dump_and_keeps_the_newest(postgres_ser
     dumps = sorted(p.name for p in backups.glob("clawbot-*.dump"))
     assert len(dumps) == 2 and dumps[0] == "clawbot-20250102T031700Z.dump"  # the oldest went, the new one is last
     assert (backups / "notes.txt").exists() and "removed clawbot-20250101T031700Z.dump" in done.stdout
-    # The README's restore: into a new database, every row back.
+    # The documented restore (docs/operations/backups.md): into a new database, every row back.
     restored_db = postgres_server.create_database()
     try:
         restored = postgres_server.url(restored_db)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -17,6 +16,7 @@ from infra.settings import ConfigError, parse_settings
 from infra.settings.checks import CANARY_SHARE_TOLERANCE
 from infra.tools.synth import Synthesis, SynthError, read_stack_config, synthesize
 from tests.infra.conftest import BEHIND_GATEWAY, NEXT_IMAGE
+from tests.docs.pages import page
 from tests.infra.crd_validation import validate
 from tests.infra.test_stacks import NEWEST, OLDEST
 
@@ -157,11 +157,11 @@ def test_gateway_settings_are_checked(changes: dict[str, Any], message: str) -> 
 
 
 def test_the_walks_gateway_validates_and_the_route_attaches_to_its_https_listener(prod_gateway: Synthesis) -> None:
-    """docs/deploy/eks-first-week.md step 2: the GatewayClass, LoadBalancerConfiguration and Gateway it applies, held
+    """docs/deploying/eks-first-week.md step 2: the GatewayClass, LoadBalancerConfiguration and Gateway it applies, held
     to the upstream CRDs (Gateway API v1.4.1, AWS Load Balancer Controller v3.5.0), and the route the program makes
     for that Gateway finds the listener it names."""
-    page = (Path(__file__).resolve().parents[3] / "docs" / "deploy" / "eks-first-week.md").read_text()
-    heredoc = re.search(r"kubectl apply -f - <<YAML\n(.*?kind: Gateway\n.*?)\n\s*YAML\n", page, re.S)
+    heredoc = re.search(r"kubectl apply -f - <<YAML\n(.*?kind: Gateway\n.*?)\n\s*YAML\n",
+                        page("deploying/eks-first-week.md"), re.S)
     assert heredoc, "the walk applies no Gateway"
     text = textwrap.dedent(heredoc.group(1)).replace("$ARN", PROD["tlsCertificateArn"]).replace("$HOST", PROD["endpointHostname"])
     objects = [o for o in yaml.safe_load_all(text) if o]
