@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # ClawBot chat service image: Python 3.11, torch 2.13.0 from PyPI (its Linux x86_64 wheel bundles the CUDA runtime,
-# so no CUDA base image is needed), bitsandbytes for NF4, the embedded SmolLM2 model, tini as PID 1, UID 10001.
+# so no CUDA base image is needed), bitsandbytes for NF4, the embedded SmolLM2 model served as its own 4-bit GGUF
+# blocks (QUANTIZATION=auto), tini as PID 1, UID 10001.
 # Writes only /app/data (a volume) and /tmp, so it runs with a read-only root filesystem. No secret goes in: API keys
 # and the KEK are mounted at run time (API_KEY_PATH, KEK_PATH).
 #
@@ -63,6 +64,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     HF_HOME=/app/data/hf \
     DATA_DIR=/app/data \
+    QUANTIZATION=auto \
     HOST=0.0.0.0 \
     PORT=18789 \
     METRICS_PORT=9464

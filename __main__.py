@@ -9,7 +9,7 @@ from infra.components.backups import Backups, BackupsArgs
 from infra.components.chat_route import ChatRoute, ChatRouteArgs
 from infra.components.chat_service import ChatService, ChatServiceArgs
 from infra.components.dashboard import Dashboard, DashboardArgs
-from infra.components.firewall import ServiceFirewall, ServiceFirewallArgs
+from infra.components.firewall import EgressTarget, ServiceFirewall, ServiceFirewallArgs
 from infra.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs, service_monitor_formerly_in
 from infra.components.namespace import AppNamespace, AppNamespaceArgs
@@ -51,9 +51,12 @@ chat = ChatService(
     "chat",
     ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
                     key_secrets=store.secrets, secrets_digest=store.content_digest,
-                    database_url=secrets.conversation_database_url, digest_key=store.kek, name_prefix=PREFIX),
+                    database_url=secrets.conversation_database_url, digest_key=store.kek, hub_token=secrets.hub_token,
+                    name_prefix=PREFIX),
     opts=after_checks(gpu),
 )
+# Services outside the cluster the chat pods call besides DNS, Redis and the database (the KMS endpoint goes here).
+chat_egress: tuple[EgressTarget, ...] = ()
 ServiceFirewall(
     "firewall",
     ServiceFirewallArgs(
@@ -61,7 +64,8 @@ ServiceFirewall(
         allowed_cidrs=settings.network.allowed_cidrs,
         monitoring_namespace=settings.network.monitoring_namespace,
         redis_enabled=settings.redis.enabled,
-        model_hub_egress_cidrs=settings.network.model_hub_egress_cidrs,
+        model_hub=settings.network.model_hub if settings.model.from_hub else None,
+        service_egress=chat_egress,
         health_check_cidrs=settings.network.health_check_cidrs,
         database_cidrs=settings.database.egress_cidrs if settings.database.configured else (),
         database_port=settings.database.port,

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 SERVICE_PORT = 18789
 # /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
 METRICS_PORT = 9464
-QUANTIZATIONS = ("nf4", "int8", "none")
+# auto: a GGUF keeps its own 4-bit blocks (gguf); a Hugging Face directory gets nf4 on CUDA and DTYPE on CPU.
+QUANTIZATIONS = ("auto", "gguf", "nf4", "int8", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype; app.inference.loader.compute_dtype resolves auto
 # SQLite journal of the conversation store: WAL on a local disk; the rollback journal where several pods share
 # DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
@@ -107,8 +108,10 @@ class Settings:
         "SmolLM2-135M-Instruct")
     model_name: str = described("clawbot", "The model's name in `/v1/models` and in answers")
     quantization: str = described(
-        "none", "`nf4` (bitsandbytes 4-bit, double quant), `int8` (weight-only: torch's int8 kernel on CPU, the "
-        "fastest one stream there; bitsandbytes on CUDA) or `none`")
+        "auto", "`auto`: a GGUF keeps its own 4-bit blocks (`gguf`), a Hugging Face directory gets `nf4` on CUDA and "
+        "`DTYPE` on CPU; `gguf` (Q4_0/Q4_1/Q4_K blocks as torch int4 weights, no second rounding), `nf4` "
+        "(bitsandbytes 4-bit, double quant), `int8` (weight-only: torch's int8 kernel on CPU; bitsandbytes on CUDA) "
+        "or `none`")
     dtype: str = described(
         "auto", "Compute dtype: `auto` is bf16 on GPUs that have it (else fp16) and on CPUs with native bf16 "
         "(AVX512-BF16 or AMX), fp32 on other CPUs; or `float32`, `bfloat16`, `float16`. bf16 halves the bytes a "
@@ -297,7 +300,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 1, 65535),
         model_path=env.get("MODEL_PATH") or EMBEDDED_MODEL,
         model_name=env.get("MODEL_NAME") or "clawbot",
-        quantization=_choice(env, "QUANTIZATION", "none", QUANTIZATIONS),
+        quantization=_choice(env, "QUANTIZATION", "auto", QUANTIZATIONS),
         dtype=_choice(env, "DTYPE", "auto", DTYPES),
         max_tokens=_int(env, "MAX_TOKENS", 2048, 1, 8192),
         max_batch_size=_int(env, "MAX_BATCH_SIZE", 32, 1, 256),

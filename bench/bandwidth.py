@@ -32,7 +32,7 @@ def parameter_bytes(model: Any) -> int:
     reads one row of it, not the table)."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    embedding = model.get_input_embeddings().weight
-    if getattr(model.get_output_embeddings(), "weight", None) is not embedding:
+    embedding = getattr(model.get_input_embeddings(), "weight", None)  # None: rows read from the int4 output head
+    if embedding is not None and getattr(model.get_output_embeddings(), "weight", None) is not embedding:
         total -= embedding.numel() * embedding.element_size()
     return total

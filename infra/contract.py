@@ -34,6 +34,8 @@ APP_NAME = "clawbot"
 CHAT_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "chat"}
 METRICS_SERVICE_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "metrics"}
 REDIS_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "redis"}
+# The Job that fetches a hub model into the data volume: the one pod of the app that may reach the internet.
+MODEL_DOWNLOAD_LABELS = {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/component": "model-download"}
 COMMON_LABELS = {"app.kubernetes.io/part-of": APP_NAME, "app.kubernetes.io/managed-by": "pulumi"}
 # Which release a chat pod runs: the stable set or the canary beside it. Both sit behind the one Service (it selects
 # CHAT_LABELS); each Deployment selects its own track. Prometheus copies both labels onto every scraped series.
@@ -46,5 +48,8 @@ CANARY_WEIGHT_ANNOTATION = "clawbot.dev/canary-weight-percent"
 # The conversation database URL reaches the container from this Secret key, never through the ConfigMap.
 DATABASE_URL_ENV = "CONVERSATION_DATABASE_URL"
 DATABASE_SECRET_KEY = "url"
+# huggingface_hub's own switch, which app/inference/loader.py reads too: the chat pods load the model the download Job
+# left on the data volume and never try the network (a missing copy fails at once, naming the path).
+HUB_OFFLINE_ENV = "HF_HUB_OFFLINE"
 # Objects of the app that belong to no one component (the key Secrets, the monitoring objects).
 APP_LABELS = {"app.kubernetes.io/name": APP_NAME, **COMMON_LABELS}

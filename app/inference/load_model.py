@@ -1,9 +1,11 @@
-"""CLI: convert or fetch MODEL_PATH into a safetensors directory once, then load it the way the server does.
+"""CLI: prepare MODEL_PATH once (pack a GGUF's blocks, or convert/fetch a safetensors directory), then load it the
+way the server does.
 
-    python -m app.load_model --model-path SRC [--out DIR] [--quantization nf4|int8|none]
+    python -m app.load_model --model-path SRC [--out DIR] [--quantization auto|gguf|nf4|int8|none]
 
-Without --out a conversion lands in $DATA_DIR/models/<name>/, the cache the server reuses
-on its next start. Exit status 2 when the model cannot be resolved or loaded.
+In gguf mode (what auto picks for a GGUF) the packed int4 weights land in $DATA_DIR/models/<name>-int4-<device>/;
+in the other modes, without --out, a conversion lands in $DATA_DIR/models/<name>/. Either is the cache the server
+reuses on its next start. Exit status 2 when the model cannot be resolved or loaded.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import time
 from pathlib import Path
 
 from app.observability.logs import configure_logging
-from app.inference.loader import ModelLoadError, load_model, resolve_model_dir
+from app.inference.loader import (
+    ModelLoadError, target_device, load_model, locate, resolve_model_dir, resolve_quantization,
+)
 from app.settings import EMBEDDED_MODEL, QUANTIZATIONS
 
 
@@ -34,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the service's DATA_DIR, whose models/ holds the cache (default: $DATA_DIR or %(default)s)",
     )
     p.add_argument(
-        "--quantization", choices=QUANTIZATIONS, default=os.environ.get("QUANTIZATION") or "none",
+        "--quantization", choices=QUANTIZATIONS, default=os.environ.get("QUANTIZATION") or "auto",
         help="how to load it for the check (default: $QUANTIZATION or %(default)s)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -49,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     hub_token = os.environ.get("HF_TOKEN") or None
     started = time.perf_counter()
     try:
+        mode = resolve_quantization(args.quantization, locate(args.model_path), target_device(args.device))
+        if mode == "gguf" and args.out is None:
+            # The file's own blocks: load_model packs them once into DATA_DIR, which is the preparation.
+            loaded = load_model(args.model_path, args.data_dir, mode, device=args.device, hub_token=hub_token)
+            print(
+                f"loaded {loaded.name}: quantization={loaded.quantization} device={loaded.device} "
+                f"memory={loaded.memory_bytes} bytes ({loaded.memory_bytes / 2**20:.1f} MiB) "
+                f"context_window={loaded.context_window} in {time.perf_counter() - started:.1f}s"
+            )
+            print(f"packed in {loaded.source}; the server reuses it on its next start with DATA_DIR={args.data_dir}")
+            return 0
         source = resolve_model_dir(args.model_path, args.data_dir, hub_token=hub_token, out=args.out)
         prepared_s = time.perf_counter() - started
         print(f"model {args.model_path} -> safetensors at {source} ({prepared_s:.1f}s)")
@@ -56,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {args.model_path} is already a safetensors model directory; it is used in place, --out is unused")
         if args.no_load:
             return 0
-        loaded = load_model(str(source), args.data_dir, args.quantization, device=args.device, hub_token=hub_token)
+        loaded = load_model(str(source), args.data_dir, "none" if mode == "gguf" else mode, device=args.device,
+                            hub_token=hub_token)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,12 @@
-"""Model loading: resolve MODEL_PATH to a safetensors directory (converting a GGUF once), then load it quantized.
+"""Model loading: MODEL_PATH to a loaded model, a GGUF as its own 4-bit blocks or any model quantized on load.
 
-`resolve_model_dir` turns any accepted MODEL_PATH into a Hugging Face directory on disk:
-the embedded SmolLM2 GGUF or another GGUF file is dequantized once into
-`DATA_DIR/models/<name>/` (written to a temp dir, renamed into place under a file lock,
-fingerprinted so later starts reuse it); a hub id is snapshot-downloaded there when the
-network is allowed. `load_model` then loads that directory with the requested
-quantization (bitsandbytes NF4 / int8, or full precision) on CUDA or CPU.
+`locate` says what MODEL_PATH names (the embedded SmolLM2 GGUF, a .gguf file, a Hugging Face directory, a hub id).
+With QUANTIZATION=gguf (the `auto` default for a GGUF) the file's blocks are packed for torch's int4 kernels once
+into `DATA_DIR/models/<name>-int4-<device>/` (app/inference/gguf_model.py). For the other modes
+`resolve_model_dir` turns MODEL_PATH into a Hugging Face directory on disk: a GGUF is dequantized once into
+`DATA_DIR/models/<name>/`, a hub id snapshot-downloaded there when the network is allowed. Every cache is written
+to a temp dir, renamed into place under a file lock and fingerprinted, so later starts reuse it. `load_model`
+then loads the result (bitsandbytes NF4 / int8, torch's int8 kernel on CPU, or full precision) on CUDA or CPU.
 """
 from __future__ import annotations
 
@@ -95,12 +96,12 @@ class ModelLoadError(ValueError):
 @dataclass(frozen=True)
 class LoadedModel:
     model: PreTrainedModel  # eval mode, on its device
-    tokenizer: PreTrainedTokenizerBase  # chat template present, pad_token set, padding_side="left"
+    tokenizer: PreTrainedTokenizerBase  # chat template (a plain one for base models), pad_token, padding_side="left"
     device: torch.device
     dtype: torch.dtype
-    quantization: str  # nf4 | int8 | none
+    quantization: str  # the mode that applies: gguf:<the file's type, e.g. q4_1> | nf4 | int8 | none
     memory_bytes: int
-    source: Path  # the safetensors directory actually loaded
+    source: Path  # the directory actually loaded (safetensors, or the int4 cache of a GGUF)
     context_window: int
     name: str
     sampling_defaults: SamplingDefaults
@@ -256,9 +257,6 @@ def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
 
 
 def _convert_cached(gguf: Path, target: Path, *, progress: bool) -> Path:
-    with gguf.open("rb") as fh:
-        if fh.read(4) != GGUF_MAGIC:
-            raise ModelLoadError(f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}")
     fingerprint = _file_fingerprint(gguf)
 
     def build(staging: Path) -> None:
@@ -297,29 +295,35 @@ def _download_cached(repo_id: str, target: Path, *, hub_token: str | None) -> Pa
     return _build_cache(target, fingerprint, repo_id, build)
 
 
-def _resolve(model_path: str, data_dir: Path, *, progress: bool, hub_token: str | None, out: Path | None) -> tuple[Path, str]:
-    """(safetensors directory, short model name) for MODEL_PATH; `out` overrides where a conversion lands."""
-    models = Path(data_dir) / "models"
+@dataclass(frozen=True)
+class ModelSource:
+    """What MODEL_PATH names, before any conversion: a GGUF file, a safetensors directory, or a hub id."""
+
+    kind: str  # "gguf" | "dir" | "hub"
+    path: Path | str  # the .gguf file, the directory, or the hub id
+    name: str
+    embedded: bool = False
+
+
+def locate(model_path: str) -> ModelSource:
+    """Check MODEL_PATH and say what it is, without converting or downloading anything."""
     raw = model_path.strip()
     if not raw:
         raise ModelLoadError(f"MODEL_PATH is empty; {ACCEPTED}")
     if raw.startswith(EMBEDDED_PREFIX):
         name = raw[len(EMBEDDED_PREFIX):]
-        gguf = embedded_gguf_path(name)
-        return _convert_cached(gguf, out or models / name, progress=progress), name
+        return ModelSource("gguf", _checked_gguf(embedded_gguf_path(name)), name, embedded=True)
     path = Path(raw).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelLoadError(f"MODEL_PATH {raw!r} is a file but not a .gguf; {ACCEPTED}")
-        name = _slug(path.stem)
-        return _convert_cached(path.resolve(), out or models / name, progress=progress), name
+        return ModelSource("gguf", _checked_gguf(path.resolve()), _slug(path.stem))
     if path.is_dir():
         if _is_hf_dir(path):
-            return path.resolve(), _slug(path.resolve().name)
+            return ModelSource("dir", path.resolve(), _slug(path.resolve().name))
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            name = _slug(ggufs[0].stem)
-            return _convert_cached(ggufs[0].resolve(), out or models / name, progress=progress), name
+            return ModelSource("gguf", _checked_gguf(ggufs[0].resolve()), _slug(ggufs[0].stem))
         if any(path.glob("*.bin")) or any(path.glob("*.pt")):
             raise ModelLoadError(
                 f"MODEL_PATH {raw!r} holds pickle weights (*.bin/*.pt), which are not loaded: convert them to safetensors; {ACCEPTED}"
@@ -327,9 +331,27 @@ def _resolve(model_path: str, data_dir: Path, *, progress: bool, hub_token: str 
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
         raise ModelLoadError(f"MODEL_PATH {raw!r} is a directory without config.json + *.safetensors (found: {found}); {ACCEPTED}")
     if _HUB_ID.match(raw) and not raw.lower().endswith(".gguf"):
-        org, repo = raw.split("/")
-        return _download_cached(raw, out or models / _slug(f"{org}--{repo}"), hub_token=hub_token), _slug(repo)
+        return ModelSource("hub", raw, _slug(raw.split("/")[1]))
     raise ModelLoadError(f"MODEL_PATH {raw!r} does not exist; {ACCEPTED}")
+
+
+def _checked_gguf(gguf: Path) -> Path:
+    with gguf.open("rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise ModelLoadError(f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}")
+    return gguf
+
+
+def _resolve(model_path: str, data_dir: Path, *, progress: bool, hub_token: str | None, out: Path | None) -> tuple[Path, str]:
+    """(safetensors directory, short model name) for MODEL_PATH; `out` overrides where a conversion lands."""
+    models = Path(data_dir) / "models"
+    source = locate(model_path)
+    if source.kind == "gguf":
+        return _convert_cached(Path(source.path), out or models / source.name, progress=progress), source.name
+    if source.kind == "dir":
+        return Path(source.path), source.name
+    org, repo = str(source.path).split("/")
+    return _download_cached(str(source.path), out or models / _slug(f"{org}--{repo}"), hub_token=hub_token), source.name
 
 
 def resolve_model_dir(
@@ -356,7 +378,7 @@ class _DropPerCallCast(logging.Filter):
         return not seen
 
 
-def _target_device(device: str | None) -> torch.device:
+def target_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -420,44 +442,97 @@ def _memory_bytes(model: Any) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def load_model(
-    model_path: str,
-    data_dir: Path,
-    quantization: str = "none",
-    *,
-    device: str | None = None,
-    dtype: str = "auto",
-    hub_token: str | None = None,
-    progress: bool = True,
-) -> LoadedModel:
-    """Resolve MODEL_PATH (converting once) and load it in eval mode with the requested quantization.
-
-    Compute dtype (DTYPE): `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16,
-    fp32 on other CPUs. CUDA loads with `device_map="auto"` unless a device is named. NF4 runs through
-    bitsandbytes; int8 through bitsandbytes on CUDA and torch's weight-only int8 kernel on CPU. Unquantized bf16/fp16
-    weights on CPU are prepacked for oneDNN (packed_linear). Call it from a thread that exits afterwards (own_thread).
-    """
+def resolve_quantization(quantization: str, source: ModelSource, target: torch.device) -> str:
+    """QUANTIZATION as it applies to this model: `auto` keeps a GGUF's own blocks (gguf) and gives a Hugging Face
+    model NF4 on CUDA and the DTYPE default (none) on CPU; `gguf` needs a GGUF."""
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"QUANTIZATION must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
-    started = time.perf_counter()
-    source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
-    embedded = name if model_path.strip().startswith(EMBEDDED_PREFIX) else None
-    target = _target_device(device)
-    dtype_name, dtype = dtype, compute_dtype(dtype, target)
+    if quantization == "auto":
+        if source.kind == "gguf":
+            return "gguf"
+        return "nf4" if target.type == "cuda" else "none"
+    if quantization == "gguf" and source.kind != "gguf":
+        raise ModelLoadError(
+            f"QUANTIZATION=gguf serves a GGUF file's own blocks, but MODEL_PATH {str(source.path)!r} is a "
+            f"{'Hugging Face directory' if source.kind == 'dir' else 'hub id'}; use auto, nf4, int8 or none for it"
+        )
+    return quantization
 
+
+# Base models carry no chat template; their "chat" is the text itself, so a one-message request is a completion.
+PLAIN_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}{{ message['content'] }}{% if not loop.last %}\n\n{% endif %}{% endfor %}"
+)
+
+
+def _prepared_tokenizer(tokenizer: Any, source: Path) -> Any:
+    if not getattr(tokenizer, "chat_template", None):
+        log.info("no chat template: a base model; messages are joined as plain text and completed",
+                 extra={"source": str(source)})
+        tokenizer.chat_template = PLAIN_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Batched generation appends new tokens on the right, so prompts must be padded on the left.
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _int4_fingerprint(gguf: Path, target: torch.device, dtype: torch.dtype) -> str:
+    """The GGUF's content plus everything the packed layout depends on: torch's version, the CPU capability the CPU
+    kernel was packed for (AVX2 and AVX-512 lay rows out differently) or CUDA, and the model dtype."""
+    from app.inference.gguf_model import CACHE_FORMAT as INT4_FORMAT
+
+    kernel = "cuda" if target.type == "cuda" else f"cpu-{torch.backends.cpu.get_cpu_capability()}"
+    return f"{_file_fingerprint(gguf)}|int4-v{INT4_FORMAT}|torch-{torch.__version__}|{kernel}|{dtype}"
+
+
+def _load_gguf(source: ModelSource, data_dir: Path, target: torch.device, dtype: torch.dtype, *, progress: bool,
+               out: Path | None = None) -> tuple[Any, Any, Path, str]:
+    """(model, tokenizer, cache dir, quantization label) with every 4-bit block of the GGUF as torch int4."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from app.inference import gguf_model
+
+    gguf = Path(source.path)
+    cache = out or Path(data_dir) / "models" / f"{source.name}-int4-{target.type}"
+
+    def build(staging: Path) -> None:
+        started = time.perf_counter()
+        log.info("packing GGUF blocks as int4", extra={"source": str(gguf), "target": str(cache)})
+        try:
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model, placement = gguf_model.build(gguf, config, target, dtype)
+        except gguf_model.GgufError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read GGUF {gguf}: {type(exc).__name__}: {exc}") from exc
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        gguf_model.save(model, placement, staging)
+        log.info("packed GGUF blocks as int4", extra={"source": str(gguf), "target": str(cache),
+                                                        "seconds": round(time.perf_counter() - started, 2)})
+
+    cache = _build_cache(cache, _int4_fingerprint(gguf, target, dtype), str(gguf), build)
+    config = AutoConfig.from_pretrained(cache)
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    model, placement = gguf_model.load(cache, config, target, dtype)
+    from app.inference.lean_llama import install
+
+    lean = install(model)  # llama family: the lean forward over the fused int4 weights
+    log.info("gguf tensors placed", extra={"source": str(gguf), "placement": placement.summary(), "lean_forward": lean})
+    return model, tokenizer, cache, f"gguf:{placement.quantization}"
+
+
+def _load_transformers(source: Path, quantization: str, target: torch.device, dtype: torch.dtype,
+                       device: str | None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer from {source}: {type(exc).__name__}: {exc}") from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"the tokenizer in {source} has no chat template; the chat API needs an instruct model with one")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Batched generation appends new tokens on the right, so prompts must be padded on the left.
-    tokenizer.padding_side = "left"
-
     kwargs: dict[str, Any] = {"dtype": dtype}
     quant_config = _quantization_config(quantization, dtype, target)
     if quant_config is not None:
@@ -480,6 +555,45 @@ def load_model(
 
         if can_pack(target, dtype):
             pack_linears(model)  # bf16/fp16 on CPU: oneDNN's weight layout made once, not on every matmul
+    return model, tokenizer
+
+
+def load_model(
+    model_path: str,
+    data_dir: Path,
+    quantization: str = "auto",
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    hub_token: str | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Resolve MODEL_PATH and load it in eval mode with the requested quantization.
+
+    QUANTIZATION (resolve_quantization): `gguf` (what `auto` picks for a GGUF) serves the file's own 4-bit blocks
+    through torch's int4 kernels, packed once into DATA_DIR/models/<name>-int4-<device>/ (gguf_model). The other
+    modes load a safetensors directory (a GGUF is dequantized into one once): NF4 through bitsandbytes; int8 through
+    bitsandbytes on CUDA and torch's weight-only int8 kernel on CPU; `none` in DTYPE, bf16/fp16 weights on CPU
+    prepacked for oneDNN (packed_linear).
+
+    Compute dtype (DTYPE): `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with native bf16,
+    fp32 on other CPUs; in gguf mode it is the dtype around the int4 matmuls, which themselves run in bf16. CUDA
+    loads with `device_map="auto"` unless a device is named. Call it from a thread that exits afterwards (own_thread).
+    """
+    started = time.perf_counter()
+    target = target_device(device)
+    found = locate(model_path)
+    mode = resolve_quantization(quantization, found, target)
+    dtype_name, dtype = dtype, compute_dtype(dtype, target)
+    if mode == "gguf":
+        model, tokenizer, source, label = _load_gguf(found, Path(data_dir), target, dtype, progress=progress)
+        name = found.name
+    else:
+        source, name = _resolve(model_path, Path(data_dir), progress=progress, hub_token=hub_token, out=None)
+        model, tokenizer = _load_transformers(source, mode, target, dtype, device)
+        label = mode
+    tokenizer = _prepared_tokenizer(tokenizer, source)
+    embedded = name if found.embedded else None
 
     config = model.config
     window = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", None) or 2048
@@ -488,7 +602,7 @@ def load_model(
         tokenizer=tokenizer,
         device=model.device,
         dtype=dtype,
-        quantization=quantization,
+        quantization=label,
         memory_bytes=_memory_bytes(model),
         source=source,
         context_window=int(min(window, MAX_CONTEXT_WINDOW)),
@@ -498,10 +612,10 @@ def load_model(
     log.info(
         "model loaded",
         extra={
-            "model": loaded.name, "source": str(source), "quantization": quantization, "device": str(loaded.device),
-            "dtype": str(dtype).removeprefix("torch."), "dtype_setting": dtype_name, "memory_bytes": loaded.memory_bytes,
-            "context_window": loaded.context_window, "sampling_defaults": loaded.sampling_defaults.source,
-            "seconds": round(time.perf_counter() - started, 2),
+            "model": loaded.name, "source": str(source), "quantization": label, "quantization_setting": quantization,
+            "device": str(loaded.device), "dtype": str(dtype).removeprefix("torch."), "dtype_setting": dtype_name,
+            "memory_bytes": loaded.memory_bytes, "context_window": loaded.context_window,
+            "sampling_defaults": loaded.sampling_defaults.source, "seconds": round(time.perf_counter() - started, 2),
         },
     )
     return loaded

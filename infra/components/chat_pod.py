@@ -42,6 +42,7 @@ from infra.components.secret_store import SecretNames
 from infra.images import parse_image
 from infra.settings.pod import ROLLOUT_SURGE
 from infra.settings.stack import StackSettings
+from infra.settings.values import go_duration
 
 PROBE_PERIOD_S = 10
 # Restricted Pod Security for every container we run: the namespace enforces it too.
@@ -55,6 +56,8 @@ CONTAINER_SECURITY = {
 # The pod template carries this hash of the ConfigMap data and the key Secrets: a change to either is a new
 # template, so the Deployment rolls its pods (the ConfigMap is read once, at start, through envFrom).
 CHECKSUM_ANNOTATION = "clawbot.dev/config-checksum"
+# Karpenter's pod annotation: "true", or a duration after the pod's start during which its node is not disrupted.
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
 # ReplicaSets kept for `kubectl rollout history`; releases themselves are rolled back through the stack (imageHistory).
 REVISION_HISTORY = 3
 
@@ -200,20 +203,33 @@ def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
     return affinity
 
 
+def pod_security_context() -> dict[str, Any]:
+    """The pod-level security of every pod that mounts the data volume: the app's user owns what it writes there."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "fsGroup": APP_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def do_not_disrupt(s: StackSettings) -> str:
+    """Karpenter leaves a chat pod's node alone while the pod loads its model (counted from the pod's start), so
+    consolidation never throws a half-finished load away; after that drift, expiry and consolidation may replace the
+    node, draining the pod through its preStop sleep and SHUTDOWN_GRACE_SECONDS so no stream is cut. `"true"` would
+    block drift for good, and AMI updates would never roll."""
+    return go_duration(s.pod.startup_timeout_seconds)
+
+
 def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str]) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # preStop sleep + SHUTDOWN_GRACE_SECONDS + a margin: the kubelet never kills a pod that is still draining.
         "terminationGracePeriodSeconds": p.settings.pod.termination_grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": APP_UID,
-            "runAsGroup": APP_UID,
-            "fsGroup": APP_UID,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [_container(p, release.image)],
         "volumes": _volumes(p),
         # Spread replicas so one node loss takes one replica.
@@ -242,8 +258,7 @@ def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str])
             "metadata": {
                 "labels": release.labels,
                 "annotations": {
-                    # Consolidation must not evict a pod mid-generation; the PDB governs voluntary drains instead.
-                    "karpenter.sh/do-not-disrupt": "true",
+                    DO_NOT_DISRUPT_ANNOTATION: do_not_disrupt(p.settings),
                     CHECKSUM_ANNOTATION: checksum,
                 },
             },

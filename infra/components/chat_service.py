@@ -21,6 +21,7 @@ from infra.components.chat_pod import (
 from infra.components.data_volume import DataVolume, DataVolumeArgs
 from infra.components.gpu_node_pool import PodPlacement
 from infra.components.load_balancer import endpoint_url, load_balancer_hostname, load_balancer_spec, service_annotations
+from infra.components.model_download import ModelDownload, ModelDownloadArgs
 from infra.components.pod_certificate import PodCertificate, PodCertificateArgs
 from infra.components.redis import Redis, RedisArgs
 from infra.components.rollout import deployment_timeouts, service_timeouts, stable_pods_rolled
@@ -31,6 +32,7 @@ from infra.contract import (
     COMMON_LABELS,
     DATA_DIR,
     DATABASE_SECRET_KEY,
+    HUB_OFFLINE_ENV,
     KEK_PATH,
     METRICS_PORT,
     METRICS_PORT_NAME,
@@ -65,6 +67,8 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "ABNORMAL_KEY_PER_MINUTE": str(settings.alerts.key_requests_per_minute),
         "ALLOWED_CIDRS": ",".join(settings.network.allowed_cidrs),
         "SHUTDOWN_GRACE_SECONDS": str(settings.pod.shutdown_grace_seconds),
+        # The chat pods have no way out of the cluster: a hub model comes from the download Job's copy on the volume.
+        HUB_OFFLINE_ENV: "1",
     }
     if settings.tls.in_pod:
         env["TLS_CERT_FILE"] = TLS_CERT_PATH
@@ -92,6 +96,8 @@ class ChatServiceArgs:
     # The conversation database URL (a secret Output) when one is configured, and a secret key to digest it with.
     database_url: pulumi.Output[str] | None = None
     digest_key: pulumi.Input[str] = ""
+    # With modelHubAuth: the model hub's read token (a secret Output), for the download Job alone.
+    hub_token: pulumi.Output[str] | None = None
     name_prefix: str = "clawbot"
 
 
@@ -125,12 +131,22 @@ class ChatService(pulumi.ComponentResource):
             opts=part,
         )
         self.data_claim_name = self.data.mounted_claim_name
+        self.model_download = None
+        if s.model.from_hub:
+            claims = [c for c in (self.data.claim, self.data.restored_claim) if c is not None]
+            self.model_download = ModelDownload(
+                f"{name}-model",
+                ModelDownloadArgs(settings=s, namespace=args.namespace, claim_name=self.data_claim_name, placement=args.placement,
+                                  hub_token=args.hub_token, depends_on=tuple(claims), name_prefix=prefix),
+                opts=part,
+            )
         self.certificate = None
-        if s.tls.pod_issuer_name:
+        if s.tls.pod_certificate:
             self.certificate = PodCertificate(
                 f"{name}-certificate",
                 PodCertificateArgs(namespace=args.namespace, namespace_name=s.namespace, service_name=prefix,
                                    issuer_kind=s.tls.pod_issuer_kind, issuer_name=s.tls.pod_issuer_name,
+                                   create_private_ca=s.tls.pod_issuer_created, private_ca=s.tls.pod_issuer_private,
                                    endpoint_hostname=s.tls.endpoint_hostname, name_prefix=prefix),
                 opts=part,
             )
@@ -188,7 +204,9 @@ class ChatService(pulumi.ComponentResource):
         if self.data.restored_claim is not None:
             waits_for.append(self.data.restored_claim)
         if self.certificate is not None:
-            waits_for.append(self.certificate.certificate)
+            waits_for.append(self.certificate.certificate)  # Ready, through its pulumi.com/waitFor
+        if self.model_download is not None:
+            waits_for.append(self.model_download.job)  # complete: the model is on the volume
         secrets_digest = a.secrets_digest
         if self.database_secret is not None and a.database_url is not None:
             waits_for.append(self.database_secret)

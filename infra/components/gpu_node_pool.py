@@ -122,6 +122,8 @@ def _node_pool_spec(gpu: GpuSettings, node_class_name: str) -> dict[str, Any]:
                 "requirements": _requirements(gpu),
                 "taints": [{"key": gpu.taint.key, "value": gpu.taint.value, "effect": gpu.taint.effect}],
                 "expireAfter": gpu.expire_after,
+                # Bounds a drain: the PDB and do-not-disrupt are honoured until then, so drift cannot be blocked forever.
+                "terminationGracePeriod": gpu.termination_grace_period,
             },
         },
         # Caps spend: Karpenter stops launching nodes once the pool holds this many GPUs.
@@ -129,9 +131,20 @@ def _node_pool_spec(gpu: GpuSettings, node_class_name: str) -> dict[str, Any]:
         "disruption": {
             "consolidationPolicy": gpu.consolidation_policy,
             "consolidateAfter": gpu.consolidate_after,
-            "budgets": [{"nodes": gpu.disruption_budget}],
+            "budgets": disruption_budgets(gpu),
         },
     }
+
+
+def disruption_budgets(gpu: GpuSettings) -> list[dict[str, Any]]:
+    """Drift (a new pinned AMI, a changed node class) and consolidation replace `disruptionBudget` nodes at a time: a GPU
+    node holds chat pods whose model takes minutes to load, and drift starts each replacement before it drains. An
+    empty node holds none, so empty ones go at once (GPU hours are dear). Expiry and interruption are forced and
+    bounded by terminationGracePeriod instead; budgets do not apply to them."""
+    return [
+        {"nodes": str(gpu.disruption_budget), "reasons": ["Drifted", "Underutilized"]},
+        {"nodes": "100%", "reasons": ["Empty"]},
+    ]
 
 
 def _ec2_node_class_spec(gpu: GpuSettings) -> dict[str, Any]:

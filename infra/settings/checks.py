@@ -11,7 +11,7 @@ from infra.settings.data import DATABASE_URL_KEY
 from infra.settings.keys import CANARY_KEY
 from infra.settings.pod import ROLLOUT_SURGE
 from infra.settings.stack import StackSettings
-from infra.settings.values import ConfigError, config_key as key
+from infra.settings.values import ConfigError, config_key as key, duration_seconds, go_duration
 
 
 def public_ingress_is_deliberate(s: StackSettings) -> None:
@@ -73,7 +73,7 @@ def quantization_has_a_gpu(s: StackSettings) -> None:
     if s.model.quantization == "nf4" and not s.gpu.enabled:
         raise ConfigError(
             f"{key('quantization')} {s.model.quantization!r} needs a GPU (bitsandbytes); set {key('gpuMode')} to karpenter "
-            "or existing, or quantization to int8 (CPU weight-only int8) or none"
+            "or existing, or quantization to auto or gguf (a GGUF's own 4-bit blocks), int8 (CPU weight-only int8) or none"
         )
 
 
@@ -168,6 +168,46 @@ def production_gateway_names_its_https_listener(s: StackSettings) -> None:
         )
 
 
+# -- the GPU pool's drains, the model download (issue 21: Karpenter, serving pods offline) -------------------------
+
+
+def node_drain_outlasts_pod_restarts(s: StackSettings) -> None:
+    """gpu x pod: Karpenter drains a drifted or consolidated node respecting the PDB, which lets one chat pod go at a
+    time and waits for it to be back (its start-up) before the next. Once nodeTerminationGracePeriod runs out it
+    deletes the pods left regardless, so it must outlast every pod restart the budget's nodes wait through."""
+    gpu, pod = s.gpu, s.pod
+    if gpu.mode != "karpenter":
+        return
+    grace = duration_seconds(gpu.termination_grace_period) or 0
+    per_pod = pod.startup_timeout_seconds + pod.termination_grace_seconds
+    needed = gpu.disruption_budget * per_pod
+    if grace < needed:
+        raise ConfigError(
+            f"{key('nodeTerminationGracePeriod')} ({gpu.termination_grace_period}) is shorter than {key('disruptionBudget')} "
+            f"({gpu.disruption_budget}) x ({key('startupTimeoutSeconds')} {pod.startup_timeout_seconds}s + the pod's "
+            f"termination grace {pod.termination_grace_seconds}s from {key('preStopSleepSeconds')} and "
+            f"{key('shutdownGraceSeconds')}) = {go_duration(needed)}: a drain would delete chat pods while the PDB still "
+            f"waits for a restarted one to load its model, taking two down at once. Set {key('nodeTerminationGracePeriod')} "
+            f"to {go_duration(needed)} or more"
+        )
+
+
+def model_download_has_egress(s: StackSettings) -> None:
+    """model x network: a hub model is fetched by the download Job, which reaches only what the network settings name."""
+    hub = s.network.model_hub
+    if not s.model.from_hub or hub.configured:
+        return
+    if hub.by_name:
+        raise ConfigError(f"{key('modelPath')} {s.model.path!r} is a hub id, but {key('modelHubHosts')} is empty, so the "
+                          "model download Job could reach no host; name the hub's hosts (huggingface.co, *.hf.co)")
+    raise ConfigError(
+        f"{key('modelPath')} {s.model.path!r} is a hub id, which the model download Job fetches into the data volume, but "
+        f"{key('modelHubEgressCidrs')} is empty, so it could reach nothing. Set {key('modelHubEgressCidrs')} (e.g. "
+        f"[0.0.0.0/0]: private ranges stay excluded), {key('modelHubProxy')} with the proxy's addresses, or "
+        f"{key('ciliumPolicies')}: true to admit {key('modelHubHosts')} by name; or serve a model already on the volume"
+    )
+
+
 STACK_CHECKS: tuple[Callable[[StackSettings], None], ...] = (
     public_ingress_is_deliberate,
     load_balancer_certificate_has_a_load_balancer,
@@ -182,6 +222,9 @@ STACK_CHECKS: tuple[Callable[[StackSettings], None], ...] = (
     gateway_forwards_client_addresses,
     gateway_speaks_http_to_the_pods,
     production_gateway_names_its_https_listener,
+    # issue 21: the GPU pool's drains, the model download
+    node_drain_outlasts_pod_restarts,
+    model_download_has_egress,
 )
 
 

@@ -25,7 +25,13 @@ GPU_MODES = ("karpenter", "existing", "none")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("on-demand", "spot", "reserved")
 CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
-_DISRUPTION_BUDGET = re.compile(r"^(\d+|\d{1,3}%)$")
+# family@version with the version pinned: an AL2/AL2023 release is vYYYYMMDD, a Bottlerocket one v1.2.3 (the EKS AMI
+# release names; Karpenter's EC2NodeClass alias). Windows families take only @latest, and GPU pools are Linux.
+_AMI_ALIAS = {
+    "al2023": re.compile(r"^v\d{8}$"),
+    "al2": re.compile(r"^v\d{8}$"),
+    "bottlerocket": re.compile(r"^v\d+\.\d+\.\d+$"),
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class GpuSettings:
     consolidation_policy: str
     consolidate_after: str
     expire_after: str
-    disruption_budget: str
+    disruption_budget: int  # GPU nodes drift or consolidation may replace at once
+    termination_grace_period: str  # how long Karpenter lets a node drain before it deletes the pods left
 
     @property
     def enabled(self) -> bool:
@@ -85,9 +92,16 @@ def parse_gpu(raw: Raw) -> GpuSettings:
     if mode == "existing" and not node_labels:
         raise ConfigError(f"{config_key('gpuNodeLabels')} must name at least one label of the existing GPU nodes when "
                           f"{config_key('gpuMode')} is existing")
-    budget = text(raw, "disruptionBudget", required=True)
-    if not _DISRUPTION_BUDGET.match(budget):
-        raise ConfigError(f"{config_key('disruptionBudget')} must be a node count like 1 or a percentage like 10%, got {budget!r}")
+    budget = text(raw, "disruptionBudget", required=True).strip()
+    if not budget.isdigit() or int(budget) < 1:
+        # A percentage rounds up to more nodes as the pool grows, and each of them waits on the PDB for the pods of the
+        # one before: the check on nodeTerminationGracePeriod needs the count. 0 would block drift forever.
+        raise ConfigError(f"{config_key('disruptionBudget')} must be a node count of 1 or more (how many GPU nodes drift or "
+                          f"consolidation may replace at once), got {budget!r}")
+    node_class_name = node_class_name.strip()
+    ami_alias = text(raw, "nodeClassAmiAlias", required=True).strip()
+    if mode == "karpenter" and not node_class_name:
+        _pinned_ami(ami_alias)
     gpu = GpuSettings(
         mode=mode,
         gpus_per_pod=integer(raw, "gpusPerPod", 1, 8),
@@ -103,15 +117,31 @@ def parse_gpu(raw: Raw) -> GpuSettings:
         node_class_role=node_class_role,
         subnet_tags=subnet_tags,
         security_group_tags=sg_tags,
-        ami_alias=text(raw, "nodeClassAmiAlias", required=True),
+        ami_alias=ami_alias,
         node_volume_size=text(raw, "nodeVolumeSize", required=True),
         consolidation_policy=choice(raw, "consolidationPolicy", CONSOLIDATION_POLICIES),
         consolidate_after=duration(raw, "consolidateAfter"),
         expire_after=duration(raw, "nodeExpireAfter"),
-        disruption_budget=budget,
+        disruption_budget=int(budget),
+        termination_grace_period=duration(raw, "nodeTerminationGracePeriod"),
     )
+    if gpu.termination_grace_period == "Never":
+        raise ConfigError(f"{config_key('nodeTerminationGracePeriod')} must be a duration like 1h: it bounds how long a drain may wait")
     memory_bytes("nodeVolumeSize", gpu.node_volume_size)
     return gpu
+
+
+def _pinned_ami(alias: str) -> None:
+    """An EC2NodeClass alias with its version pinned: with @latest every AMI AWS publishes drifts every node at once,
+    at a time nobody chose; a pinned one changes when the stack bumps it."""
+    family, _, version = alias.partition("@")
+    pattern = _AMI_ALIAS.get(family)
+    if pattern is None or not pattern.match(version):
+        raise ConfigError(
+            f"{config_key('nodeClassAmiAlias')} must pin an AMI release as family@version, e.g. al2023@v20260724 or "
+            f"bottlerocket@v1.40.0 (families: {', '.join(_AMI_ALIAS)}), got {alias!r}; @latest would replace every GPU "
+            "node whenever AWS publishes an AMI. The releases are listed at github.com/awslabs/amazon-eks-ami/releases"
+        )
 
 
 def _capacity_types(raw: Raw) -> tuple[str, ...]:

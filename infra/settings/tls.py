@@ -8,6 +8,8 @@ from infra.settings.values import DNS_SUBDOMAIN, ConfigError, Raw, boolean, conf
 
 _ACM_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
 _ISSUER = re.compile(r"^(ClusterIssuer|Issuer)/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
+# podTlsIssuer's value that has the program create a private CA in the namespace instead of naming an issuer.
+CREATED_PRIVATE_CA = "private-ca"
 
 
 @dataclass(frozen=True)
@@ -15,9 +17,16 @@ class TlsSettings:
     certificate_arn: str  # TLS listener at the NLB
     endpoint_hostname: str
     pod_secret: str  # an existing kubernetes.io/tls Secret
-    pod_issuer_kind: str  # cert-manager issuer for a Certificate
+    pod_issuer_kind: str  # an existing cert-manager issuer for the Certificate: ClusterIssuer or Issuer
     pod_issuer_name: str
     allow_plaintext: bool
+    pod_issuer_created: bool = False  # the program creates a private CA and issues from it
+    pod_issuer_private: bool = False  # the issuer is a private CA, so the Service's .svc names go on the certificate
+
+    @property
+    def pod_certificate(self) -> bool:
+        """cert-manager issues the pod's certificate (from a named issuer or the program's own CA)."""
+        return bool(self.pod_issuer_name) or self.pod_issuer_created
 
     @property
     def at_load_balancer(self) -> bool:
@@ -25,7 +34,7 @@ class TlsSettings:
 
     @property
     def in_pod(self) -> bool:
-        return bool(self.pod_secret or self.pod_issuer_name)
+        return bool(self.pod_secret) or self.pod_certificate
 
     @property
     def enabled(self) -> bool:
@@ -51,9 +60,22 @@ def parse_tls(raw: Raw) -> TlsSettings:
                           "certificate; set one")
     if secret and not DNS_SUBDOMAIN.match(secret):
         raise ConfigError(f"{config_key('podTlsSecret')} must be a Secret name, got {secret!r}")
-    issuer_match = _ISSUER.match(issuer) if issuer else None
-    if issuer and not issuer_match:
-        raise ConfigError(f"{config_key('podTlsIssuer')} must be ClusterIssuer/NAME or Issuer/NAME, got {issuer!r}")
+    created = issuer == CREATED_PRIVATE_CA
+    issuer_match = _ISSUER.match(issuer) if issuer and not created else None
+    if issuer and not created and not issuer_match:
+        raise ConfigError(f"{config_key('podTlsIssuer')} must be ClusterIssuer/NAME or Issuer/NAME (an issuer that exists), "
+                          f"or {CREATED_PRIVATE_CA} (the program creates a private CA), got {issuer!r}")
+    declared_private = boolean(raw, "podTlsIssuerPrivate")
+    if declared_private and not issuer_match:
+        raise ConfigError(f"{config_key('podTlsIssuerPrivate')} says what the issuer named by {config_key('podTlsIssuer')} is; "
+                          f"it takes ClusterIssuer/NAME or Issuer/NAME, got {issuer!r}")
+    private = created or declared_private
+    if (issuer_match or created) and not private and not hostname:
+        raise ConfigError(
+            f"{config_key('podTlsIssuer')} {issuer} is taken for a public CA (ACME), which issues only for names it can "
+            f"verify, never the Service's .svc names, so the certificate would name nothing: set {config_key('endpointHostname')}, "
+            f"or {config_key('podTlsIssuerPrivate')}: true if that issuer is a private CA"
+        )
     return TlsSettings(
         certificate_arn=arn,
         endpoint_hostname=hostname,
@@ -61,4 +83,6 @@ def parse_tls(raw: Raw) -> TlsSettings:
         pod_issuer_kind=issuer_match.group(1) if issuer_match else "",
         pod_issuer_name=issuer_match.group(2) if issuer_match else "",
         allow_plaintext=boolean(raw, "allowPlaintext"),
+        pod_issuer_created=created,
+        pod_issuer_private=private,
     )

@@ -121,6 +121,24 @@ def duration(raw: Raw, name: str) -> str:
     return value
 
 
+def duration_seconds(value: str) -> int | None:
+    """The seconds of a duration `duration` accepted (10m, 1h30m, 720h); None for Never."""
+    if value == "Never":
+        return None
+    m = _PROM_DURATION.match(value)
+    if not m or not value:
+        raise ValueError(f"not a duration: {value!r}")
+    h, mi, sec = (int(g or 0) for g in m.groups())
+    return 3600 * h + 60 * mi + sec
+
+
+def go_duration(seconds: int) -> str:
+    """Seconds as the shortest Go duration (1h30m, 45s), the form Karpenter and the API server parse."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+
+
 def prometheus_duration(raw: Raw, name: str, lo_s: int, hi_s: int) -> str:
     """A Prometheus/Alertmanager duration such as 30s, 5m or 1h30m, between lo_s and hi_s seconds."""
     value = text(raw, name, required=True)

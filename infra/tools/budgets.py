@@ -11,12 +11,12 @@ above it, or the runner kills `up` midway and leaves the stack locked with pendi
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
+from infra.settings.values import duration_seconds
 from infra.tools.mocks import MockedResource
 from infra.tools.synth import Synthesis, SynthError, synthesize
 
@@ -29,7 +29,6 @@ AWAITED_KINDS = {"Deployment": 600, "StatefulSet": 600, "DaemonSet": 600, "Repli
 DELETE_PHASE_S = PROVIDER_DEFAULT_AWAIT_S
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"  # any kind with it is awaited too
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,6 @@ class UpdateWait:
         return self.seconds / 60
 
 
-def duration_seconds(text: str) -> int:
-    m = _DURATION.match(text.strip())
-    if not m or not any(m.groups()):
-        raise ValueError(f"not a duration: {text!r}")
-    h, mi, s = (int(g or 0) for g in m.groups())
-    return 3600 * h + 60 * mi + s
-
-
 def await_seconds(r: MockedResource) -> int:
     """How long Pulumi may wait for this resource on create or update (the longer of the two)."""
     kind = r.type.rsplit(":", 1)[-1] if r.type.startswith("kubernetes:") else None
@@ -59,7 +50,7 @@ def await_seconds(r: MockedResource) -> int:
     if str(annotations.get(SKIP_AWAIT_ANNOTATION, "")).lower() == "true":
         return 0
     timeouts = r.options.custom_timeouts or {}
-    waits = [duration_seconds(timeouts[k]) for k in ("create", "update") if timeouts.get(k)]
+    waits = [duration_seconds(timeouts[k]) or 0 for k in ("create", "update") if timeouts.get(k)]
     if waits:
         return max(waits)
     if kind in AWAITED_KINDS:

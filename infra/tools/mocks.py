@@ -4,6 +4,9 @@ Used by the offline synth and the unit tests. Random values are derived from the
 name and its keepers, so a changed keeper (a new rotation epoch) gives a new value, as
 `pulumi-random` would. `RecordingMonitor` keeps the resource options the engine would get
 (timeouts, protect, retainOnDelete, dependencies, aliases), which Pulumi's own mocks drop, and each resource's URN.
+An object the program reads from the cluster (`Resource.get`) comes from `existing`, the cluster's objects by
+`Kind/name` or `Kind/namespace/name`; without it every read finds a Ready stand-in, and with it a missing object fails
+the read as the provider would. The kube-system namespace is always there, with `cluster_uid` as its UID.
 """
 from __future__ import annotations
 
@@ -58,7 +61,18 @@ class MockedResource:
     inputs: dict[str, Any]
     state: dict[str, Any]
     options: ResourceOptionsSeen = ResourceOptionsSeen()
-    read: bool = False  # an existing object read through `.get`, not one the program manages
+    read: str = ""  # the id of an object read from the cluster (Resource.get); such a resource is never created
+
+
+class ObjectNotFound(pulumi.RunError):
+    """A read of an object the cluster does not hold, as the provider reports it."""
+
+
+def stand_in_object(kind: str, object_id: str) -> dict[str, Any]:
+    """What a read finds when the test names no cluster: the object exists and is Ready."""
+    namespace, _, name = object_id.rpartition("/")
+    return {"metadata": {"name": name, **({"namespace": namespace} if namespace else {})}, "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "StandIn"}]}}
 
 
 _SIG_KEY = rpc._special_sig_key  # noqa: SLF001  (how pulumi marks a serialized secret)
@@ -87,17 +101,40 @@ def _stream(seed: str, n: int) -> bytes:
 
 
 class ClawbotMocks(pulumi.runtime.Mocks):
-    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None, cluster_uid: str = CLUSTER_UID) -> None:
+    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None,
+                 existing: dict[str, dict[str, Any]] | None = None, cluster_uid: str = CLUSTER_UID) -> None:
         self.salt = salt
         self.cluster_uid = cluster_uid  # which cluster a read of kube-system finds
         self.resources: list[MockedResource] = []
         self.stack_outputs = dict(stack_outputs or {})  # what a StackReference to this stack reads: its last outputs
+        self.existing = existing  # the cluster's objects by Kind/[namespace/]name; None: every read finds a stand-in
         self.pending_options: dict[tuple[str, str], ResourceOptionsSeen] = {}
+        self.pending_reads: dict[tuple[str, str], str] = {}
+
+    def _read(self, typ: str, object_id: str) -> dict[str, Any]:
+        kind = typ.rsplit(":", 1)[-1]
+        if self.existing is None:
+            found: dict[str, Any] | None = stand_in_object(kind, object_id)
+        else:
+            found = self.existing.get(f"{kind}/{object_id}")
+        if kind == "Namespace" and object_id == "kube-system":
+            # Every cluster has one; its UID is the cluster's identity (infra/preflight.py).
+            found = copy.deepcopy(found or stand_in_object(kind, object_id))
+            found.setdefault("metadata", {}).setdefault("uid", self.cluster_uid)
+        if found is None:
+            group = typ.split(":")[1].split("/")[0]
+            raise ObjectNotFound(f'reading {kind} {object_id!r}: {kind.lower()}s.{group} "{object_id.rsplit("/", 1)[-1]}" not found')
+        return copy.deepcopy(found)
 
     def _seed(self, args: pulumi.runtime.MockResourceArgs) -> str:
         return f"{self.salt}|{args.typ}|{args.name}|{json.dumps(plain(args.inputs.get('keepers') or {}), sort_keys=True)}"
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        read_id = self.pending_reads.pop((args.typ, args.name), None)
+        if read_id is not None and args.typ.startswith("kubernetes:"):
+            state = self._read(args.typ, read_id)
+            self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), read=read_id))
+            return read_id, state
         state = copy.deepcopy(args.inputs)
         seed = self._seed(args)
         if args.typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
@@ -115,12 +152,9 @@ class ClawbotMocks(pulumi.runtime.Mocks):
         elif args.typ == STACK_REFERENCE:
             state["outputs"] = copy.deepcopy(self.stack_outputs)
             state["secretOutputNames"] = []
-        elif args.typ == "kubernetes:core/v1:Namespace" and args.resource_id:  # `Namespace.get`: the cluster's own namespace
-            state = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": args.resource_id, "uid": self.cluster_uid}}
-        # A registration's options were recorded by RecordingMonitor; a read (`.get`, a StackReference) has none.
-        read = (args.typ, args.name) not in self.pending_options
+        # A registration's options were recorded by RecordingMonitor; a read (a StackReference) has none.
         options = self.pending_options.pop((args.typ, args.name), ResourceOptionsSeen())
-        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options, read=read))
+        self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options))
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -149,6 +183,10 @@ class RecordingMonitor(MockMonitor):
         )
         self.clawbot_mocks.pending_options[(request.type, request.name)] = seen
         return super().RegisterResource(request)
+
+    def ReadResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method name)
+        self.clawbot_mocks.pending_reads[(request.type, request.name)] = str(request.id)
+        return super().ReadResource(request)
 
     def _alias_urn(self, request: Any, alias: Any) -> str:
         """The URN an alias names, as the engine resolves it: what the spec leaves out is the resource's own."""

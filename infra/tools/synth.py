@@ -156,13 +156,16 @@ def _secrets_required(values: Mapping[str, Any], stack: str) -> dict[str, str]:
 
 
 def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
-               stack_outputs: Mapping[str, Any] | None = None, cluster_uid: str | None = None) -> Synthesis:
+               stack_outputs: Mapping[str, Any] | None = None, cluster_uid: str | None = None,
+               existing: Mapping[str, Mapping[str, Any]] | None = None) -> Synthesis:
     """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
 
     `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
     `cluster_uid` is the kube-system UID of the cluster the mocked provider reaches: by default the stack's own
     (its clusterId), so a synthesis runs against the stack's cluster unless a test points it at another. Override
     keys with a provider prefix (`kubernetes:context`) set provider config; None removes a key.
+    `existing` is the cluster's objects the program reads (`Kind/name`, `Kind/namespace/name`); without it every
+    object the program reads is there and Ready.
     """
     import pulumi
     from pulumi.runtime import settings as runtime_settings
@@ -180,12 +183,14 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
     cluster_uid = cluster_uid or str(values.get("clusterId") or "") or CLUSTER_UID
-    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}), cluster_uid=cluster_uid)
+    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}), cluster_uid=cluster_uid,
+                         existing=None if existing is None else {k: dict(v) for k, v in existing.items()})
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
-    # A refused run stops at its first failed RPC and leaves the others pending on its own event loop: this run must
-    # not wait for them.
+    # An earlier synthesis that failed midway (a refused run stops at its first failed RPC, or an error raised while
+    # resources were registering) leaves their tasks behind, bound to its closed event loop; awaiting them here would
+    # never return. Pulumi's own test decorator clears the same two.
     runtime_settings.SETTINGS.rpc_manager.clear()
     runtime_settings.SETTINGS.outputs.clear()
     root = runtime_settings.get_root_resource()
@@ -211,7 +216,7 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     objects: list[K8sObject] = []
     for res in mocks.resources:
         if not res.type.startswith("kubernetes:") or res.read:
-            continue  # objects the program reads (kube-system) are the cluster's, not the program's
+            continue  # a read object is the cluster's, never one the program creates
         manifest = _strip_none(res.inputs)
         meta = manifest.get("metadata") or {}
         ordered = {"apiVersion": manifest.pop("apiVersion"), "kind": manifest.pop("kind"), **manifest}

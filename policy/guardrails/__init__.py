@@ -4,6 +4,7 @@ from __future__ import annotations
 from pulumi_policy import Policy
 
 from .ingress import no_public_ingress
+from .nodes import nodes_roll_on_purpose, serving_pods_offline
 from .observability import has_autoscaler, has_prometheus_rule
 from .releases import canary_weight
 from .secrets import no_plaintext_secrets
@@ -28,6 +29,8 @@ POLICIES: list[Policy] = [
     has_prometheus_rule,
     has_autoscaler,
     canary_weight,
+    nodes_roll_on_purpose,
+    serving_pods_offline,
 ]
 
 __all__ = ["POLICIES"]

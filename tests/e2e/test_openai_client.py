@@ -163,7 +163,12 @@ def test_responses_create(client: OpenAI) -> None:
     raw = client.responses.with_raw_response.create(model="clawbot", input="What is the capital of France?",
                                                     max_output_tokens=24, store=False)
     response = raw.parse()
-    assert response.status == "completed" and "Paris" in response.output_text
+    # The default 4-bit model (gguf:q4_1) may still be talking when the 24-token cap comes: then it is incomplete for
+    # that reason, and the answer is there all the same.
+    assert response.status == "completed" or (
+        response.status == "incomplete" and response.incomplete_details is not None
+        and response.incomplete_details.reason == "max_output_tokens")
+    assert "Paris" in response.output_text
     assert response.usage is not None and response.usage.output_tokens > 0 and response.store is False
     assert raw.headers["x-max-completion-tokens"] == "24"
 

@@ -16,12 +16,14 @@ VARIANTS = {
     "prod": ("prod", {}),
     "dev": ("dev", {}),
     "prod-pod-tls": ("prod", {"podTlsIssuer": "ClusterIssuer/clawbot-ca"}),
+    "prod-private-ca": ("prod", {"podTlsIssuer": "private-ca"}),
     "prod-existing-nodeclass": ("prod", {"nodeClassName": "gpu-nodes"}),
     # Behind a Gateway, with a canary: the HTTPRoute and its weights (Gateway API, standard channel).
     "prod-gateway-canary": ("prod", {**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}}),
+    "prod-cilium": ("prod", {"ciliumPolicies": True, "modelHubEgressCidrs": []}),
 }
-EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate",
-                 "HTTPRoute"}
+EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate", "Issuer",
+                 "CiliumNetworkPolicy", "HTTPRoute"}
 BUILTIN_GROUPS = {"v1", "apps", "policy", "autoscaling", "networking.k8s.io", "batch", "rbac.authorization.k8s.io"}
 
 

@@ -108,7 +108,7 @@ def test_tls_settings_are_checked() -> None:
 
 
 def test_tls_in_the_pod_mounts_a_cert_manager_certificate_and_serves_https_end_to_end() -> None:
-    s = synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/clawbot-ca"})
+    s = synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/clawbot-ca", "podTlsIssuerPrivate": True})
     cert = s.one("Certificate", "clawbot-tls").manifest["spec"]
     assert cert["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": "clawbot-ca"}
     assert cert["dnsNames"] == ["chat.example.com", "clawbot.clawbot.svc", "clawbot.clawbot.svc.cluster.local"]

@@ -41,7 +41,8 @@ class Declared:
 
     @property
     def resources(self) -> list[str]:
-        return [f"{r.type}::{r.name}" for engine in self.engines for r in engine.resources if not r.read]
+        return [f"{r.type}::{r.name}" for engine in self.engines for r in engine.resources
+                if not r.read and r.type != mocks.STACK_REFERENCE]
 
 
 # -- 11. each stack names its cluster ---------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ log = logging.getLogger("clawbot.chat")
 async def models(request: Request, principal: Caller) -> dict[str, Any]:
     state = request.app.state
     window = state.model.context_window if state.model is not None else None
-    card = model_card(state.model_name, state.started_at, window, state.settings.max_tokens)
+    quantization = state.model.quantization if state.model is not None else None
+    card = model_card(state.model_name, state.started_at, window, state.settings.max_tokens, quantization)
     return {"object": "list", "data": [card]}
 
 

@@ -77,9 +77,12 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, max_completion_tokens
     return usage
 
 
-def model_card(name: str, created: int, context_window: int | None, max_output_tokens: int) -> dict[str, Any]:
-    """The /v1/models entry; the context window is known once the model has loaded."""
+def model_card(name: str, created: int, context_window: int | None, max_output_tokens: int,
+               quantization: str | None = None) -> dict[str, Any]:
+    """The /v1/models entry; the context window and the quantization that applies are known once the model has loaded."""
     card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "clawbot"}
+    if quantization is not None:
+        card["quantization"] = quantization  # e.g. gguf:q4_1 (the file's own blocks), nf4, int8, none
     if context_window is not None:
         # vLLM names the window max_model_len; other clients read context_window or context_length.
         card.update(max_model_len=context_window, context_window=context_window, context_length=context_window)

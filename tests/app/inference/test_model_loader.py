@@ -251,7 +251,7 @@ def test_hub_id_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_unknown_quantization_is_refused_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"QUANTIZATION must be one of nf4, int8, none, got 'fp8'"):
+    with pytest.raises(ModelLoadError, match=r"QUANTIZATION must be one of auto, gguf, nf4, int8, none, got 'fp8'"):
         load_model(EMBEDDED_MODEL, tmp_path, "fp8")
     assert not (tmp_path / "models").exists()
 

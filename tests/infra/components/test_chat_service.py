@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 from app.settings import ENV_VARS, load_settings
 from infra.tools.mocks import LOAD_BALANCER_HOSTNAME
-from infra.contract import CHAT_LABELS
+from infra.contract import CHAT_LABELS, HUB_OFFLINE_ENV
 from infra.tools.synth import Synthesis, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
@@ -24,8 +24,10 @@ def env_of(s: Synthesis) -> dict[str, str]:
 
 
 def test_every_env_name_is_one_the_app_reads(prod: Synthesis, dev: Synthesis) -> None:
+    # HF_HUB_OFFLINE is huggingface_hub's own switch, which app/inference/loader.py reads beside app.settings.
     for s in (prod, dev):
-        assert set(env_of(s)) <= set(ENV_VARS), set(env_of(s)) - set(ENV_VARS)
+        assert set(env_of(s)) <= set(ENV_VARS) | {HUB_OFFLINE_ENV}, set(env_of(s)) - set(ENV_VARS)
+        assert env_of(s)[HUB_OFFLINE_ENV] == "1"  # the chat pods never try the network for a model
 
 
 def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synthesis) -> None:
@@ -73,10 +75,11 @@ def test_probes_give_the_model_time_to_load(prod: Synthesis) -> None:
     assert "command" not in c and c["args"] == ["python", "-m", "app"]  # the image's tini entrypoint is kept
 
 
-def test_rollout_never_drops_capacity_and_consolidation_leaves_pods_alone(prod: Synthesis) -> None:
+def test_rollout_never_drops_capacity_and_consolidation_leaves_loading_pods_alone(prod: Synthesis) -> None:
     spec = prod.one("Deployment", "clawbot").manifest["spec"]
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    # Karpenter leaves the node alone for the start-up budget (the model load), then may drain it gracefully.
+    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "12m"  # startupTimeoutSeconds 720
     assert pod_spec(prod)["terminationGracePeriodSeconds"] >= 30
     pdb = prod.one("PodDisruptionBudget").manifest["spec"]
     # One budget over every chat pod, stable and canary alike: a drain never takes two serving pods at once.

@@ -6,6 +6,8 @@ from dataclasses import replace
 from infra.components.gpu_node_pool import GPU_RESOURCE, placement_for
 from infra.settings import parse_settings
 from infra.settings.gpu import Taint
+from infra.settings.values import duration_seconds
+from tests.infra.crd_validation import load_crds
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
@@ -80,3 +82,38 @@ def test_toleration_follows_a_changed_taint_value() -> None:
     (tol,) = placement_for(changed).tolerations
     assert (tol["key"], tol["value"], tol["effect"], tol["operator"]) == ("nvidia.com/gpu", "present", "NoExecute", "Equal")
     assert not tolerates([dict(t) for t in placement_for(gpu).tolerations], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoExecute"})
+
+
+def test_the_ami_is_a_pinned_release_so_nodes_roll_only_when_the_stack_bumps_it(prod: Synthesis) -> None:
+    (term,) = prod.one("EC2NodeClass").manifest["spec"]["amiSelectorTerms"]
+    assert term == {"alias": "al2023@v20260724"}
+    bumped = synthesize("prod", overrides={"nodeClassAmiAlias": "al2023@v20260801"})
+    assert bumped.one("EC2NodeClass").manifest["spec"]["amiSelectorTerms"] == [{"alias": "al2023@v20260801"}]
+
+
+def test_drift_and_expiry_can_replace_nodes_without_cutting_a_stream_or_a_model_load(prod: Synthesis) -> None:
+    """The pool bounds every drain; the chat pods block disruption only while they load the model, then drain
+    gracefully (preStop, SHUTDOWN_GRACE_SECONDS) within that bound, one at a time by the PDB."""
+    node_spec = prod.one("NodePool").manifest["spec"]["template"]["spec"]
+    grace = duration_seconds(node_spec["terminationGracePeriod"])
+    assert node_spec["terminationGracePeriod"] == "1h" and node_spec["expireAfter"] == "720h"
+    pod = prod.one("Deployment", "clawbot").manifest["spec"]["template"]
+    protected = duration_seconds(pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"])
+    assert protected == prod.config["startupTimeoutSeconds"] == 720  # the start-up budget: "true" would block drift for good
+    # The node waits out a loading pod's protection and then its whole termination grace before anything is forced.
+    assert grace is not None and protected is not None
+    assert grace >= protected + pod["spec"]["terminationGracePeriodSeconds"]
+    assert prod.one("PodDisruptionBudget").manifest["spec"]["maxUnavailable"] == 1
+
+
+def test_disruption_budgets_replace_one_busy_gpu_node_at_a_time_and_let_empty_ones_go(prod: Synthesis) -> None:
+    budgets = prod.one("NodePool").manifest["spec"]["disruption"]["budgets"]
+    assert budgets == [{"nodes": "1", "reasons": ["Drifted", "Underutilized"]}, {"nodes": "100%", "reasons": ["Empty"]}]
+    # Every reason a budget can name (the vendored CRD's enum) is covered, so Karpenter's 10%-of-the-pool default
+    # never applies.
+    schema = load_crds()[("karpenter.sh/v1", "NodePool")].schema
+    budget = schema["properties"]["spec"]["properties"]["disruption"]["properties"]["budgets"]["items"]
+    crd_reasons = set(budget["properties"]["reasons"]["items"]["enum"])
+    assert {r for b in budgets for r in b["reasons"]} == crd_reasons
+    two = synthesize("prod", overrides={"disruptionBudget": "2", "nodeTerminationGracePeriod": "2h"})
+    assert two.one("NodePool").manifest["spec"]["disruption"]["budgets"][0]["nodes"] == "2"

@@ -71,6 +71,9 @@ VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
                                         ("gateway", "podTlsIssuer")),
     "production_gateway_names_its_https_listener": (prod_with(**{**BEHIND_GATEWAY, "gatewayListener": ""}),
                                                     ("gateway", "gatewayListener")),
+    "node_drain_outlasts_pod_restarts": (prod_with(nodeTerminationGracePeriod="10m"),
+                                         ("nodeTerminationGracePeriod", "disruptionBudget", "startupTimeoutSeconds")),
+    "model_download_has_egress": (prod_with(modelHubEgressCidrs=[]), ("modelPath", "modelHubEgressCidrs", "ciliumPolicies")),
 }
 
 
@@ -88,3 +91,24 @@ def test_each_cross_topic_rule_lives_in_checks_alone(rule: str, monkeypatch: pyt
     assert all(f"clawbot:{k}" in str(err.value) for k in keys), str(err.value)
     monkeypatch.setattr(checks, "STACK_CHECKS", tuple(c for c in checks.STACK_CHECKS if c.__name__ != rule))
     parse_settings(values, stack=stack)
+
+
+def test_a_drain_must_outlast_every_restart_the_budget_walks_through() -> None:
+    """Per node: the chat pod's start-up (12m in prod) plus its termination grace (100s); two nodes at once, twice."""
+    s = parse_settings(prod_with(nodeTerminationGracePeriod="13m40s"), stack="prod")
+    assert s.gpu.termination_grace_period == "13m40s"
+    with pytest.raises(ConfigError, match=r"Set clawbot:nodeTerminationGracePeriod to 27m20s or more"):
+        parse_settings(prod_with(disruptionBudget="2", nodeTerminationGracePeriod="20m"), stack="prod")
+    parse_settings(prod_with(disruptionBudget="2", nodeTerminationGracePeriod="30m"), stack="prod")
+    # Without Karpenter there is no drain of ours to bound.
+    parse_settings({**DEV, "nodeTerminationGracePeriod": "1m"}, stack="dev")
+
+
+def test_a_hub_model_needs_a_way_out_for_the_download_and_a_local_one_none() -> None:
+    for way_out in ({"modelHubEgressCidrs": ["0.0.0.0/0"]}, {"ciliumPolicies": True},
+                    {"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": ["10.0.50.0/28"]}):
+        parse_settings(prod_with(**way_out, **({"modelHubEgressCidrs": []} if "ciliumPolicies" in way_out else {})), stack="prod")
+    with pytest.raises(ConfigError, match="clawbot:modelHubHosts is empty"):
+        parse_settings(prod_with(modelHubEgressCidrs=[], ciliumPolicies=True, modelHubHosts=[]), stack="prod")
+    # A model already on the volume (or embedded) needs no egress at all.
+    parse_settings(prod_with(modelHubEgressCidrs=[], modelPath="/app/data/models/qwen3-8b"), stack="prod")

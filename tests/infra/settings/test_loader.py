@@ -24,7 +24,7 @@ def prod_with(**changes: object) -> dict[str, object]:
         ({"maxTokens": "many"}, "clawbot:maxTokens must be an integer between 1 and 8192, got 'many'"),
         ({"cpuRequest": "8"}, "clawbot:cpuRequest (8) and clawbot:cpuLimit (4) must satisfy"),
         ({"memoryLimit": "8GB"}, "clawbot:memoryLimit must be a memory quantity like 4Gi or 512Mi, got '8GB'"),
-        ({"quantization": "q4"}, "clawbot:quantization must be one of nf4, int8, none, got 'q4'"),
+        ({"quantization": "q4"}, "clawbot:quantization must be one of auto, gguf, nf4, int8, none, got 'q4'"),
         ({"dtype": "fp8"}, "clawbot:dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"),
         ({"prefixCacheTokens": -1}, "clawbot:prefixCacheTokens must be between 0 and 100000000, got -1"),
         ({"gpuTaintEffect": "NoRun"}, "clawbot:gpuTaintEffect must be one of NoSchedule, PreferNoSchedule, NoExecute"),
@@ -36,6 +36,22 @@ def prod_with(**changes: object) -> dict[str, object]:
         ({"nodeClassRole": ""}, "clawbot:nodeClassRole must be set when clawbot:gpuMode is karpenter"),
         ({"gpuNodeLabels": ["no-equals-sign"]}, "clawbot:gpuNodeLabels must hold key=value pairs"),
         ({"unknownKey": 1}, "unknown config key(s) clawbot:unknownKey"),
+        ({"nodeClassAmiAlias": "al2023@latest"}, "clawbot:nodeClassAmiAlias must pin an AMI release as family@version"),
+        ({"nodeClassAmiAlias": "al2023@v2026"}, "got 'al2023@v2026'"),
+        ({"nodeClassAmiAlias": "windows2022@latest"}, "families: al2023, al2, bottlerocket"),
+        ({"disruptionBudget": "10%"}, "clawbot:disruptionBudget must be a node count of 1 or more"),
+        ({"disruptionBudget": "0"}, "clawbot:disruptionBudget must be a node count of 1 or more"),
+        ({"nodeTerminationGracePeriod": "Never"}, "clawbot:nodeTerminationGracePeriod must be a duration like 1h"),
+        ({"nodeTerminationGracePeriod": "an hour"}, "clawbot:nodeTerminationGracePeriod must be a duration"),
+        ({"modelHubProxy": "proxy:3128"}, "clawbot:modelHubProxy must be a proxy URL like http://proxy.internal:3128"),
+        ({"modelHubProxy": "http://proxy.internal"}, "clawbot:modelHubProxy must be a proxy URL"),
+        ({"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": []}, "clawbot:modelHubProxy needs clawbot:modelHubEgressCidrs"),
+        ({"ciliumPolicies": True}, "clawbot:modelHubEgressCidrs ['0.0.0.0/0'] would open TCP 443"),
+        ({"modelHubHosts": ["https://huggingface.co"]}, "clawbot:modelHubHosts must hold host names"),
+        ({"modelDownloadTimeoutSeconds": 10}, "clawbot:modelDownloadTimeoutSeconds must be between 60 and 86400"),
+        ({"podTlsIssuer": "ClusterIssuer/letsencrypt", "endpointHostname": "", "tlsCertificateArn": ""},
+         "is taken for a public CA (ACME)"),
+        ({"podTlsIssuerPrivate": True}, "clawbot:podTlsIssuerPrivate says what the issuer named by clawbot:podTlsIssuer is"),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(changes: dict[str, object], message: str) -> None:
@@ -57,3 +73,20 @@ def test_both_stack_files_parse() -> None:
     assert prod.network.allowed_cidrs == ("192.168.1.0/24", "10.8.0.0/16")
     assert not dev.production and dev.gpu.mode == "none" and dev.network.service_type == "ClusterIP"
     assert (dev.scaling.min_replicas, dev.scaling.max_replicas) == (1, 1)
+
+
+def test_bottlerocket_and_al2_releases_pin_too_and_an_existing_node_class_needs_no_alias() -> None:
+    for alias in ("bottlerocket@v1.40.0", "al2@v20260724", "al2023@v20260724"):
+        assert parse_settings(prod_with(nodeClassAmiAlias=alias), stack="prod").gpu.ami_alias == alias
+    # The EC2NodeClass named by nodeClassName is someone else's: its AMI is not this stack's to pin.
+    parse_settings(prod_with(nodeClassName="shared-gpu", nodeClassAmiAlias="al2023@latest"), stack="prod")
+
+
+def test_the_hub_id_pattern_is_the_apps() -> None:
+    from app.inference import loader
+    from infra.settings.model import HUB_ID
+
+    assert HUB_ID.pattern == loader._HUB_ID.pattern  # noqa: SLF001  (the two must agree on what gets downloaded)
+    for path, from_hub in (("Qwen/Qwen3-8B", True), ("embedded:smollm2-135m-instruct", False),
+                           ("/app/data/models/qwen3-8b", False), ("org/model.gguf", False)):
+        assert parse_settings({**prod_with(modelPath=path)}, stack="prod").model.from_hub is from_hub, path

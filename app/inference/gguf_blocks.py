@@ -1,0 +1,134 @@
+"""GGUF's quantized blocks as groups of 32 four-bit codes with one scale and one zero each (torch's int4 layout).
+
+torch's weight-only int4 kernels read a weight as groups of 32 codes q in 0..15 along the input dimension, each
+group with a scale s and a zero z: w = (q - 8) * s + z. GGUF's 4-bit blocks are that layout already, so a code is
+carried over as it is and only the block's constants are rewritten (llama.cpp's ggml-quants.c gives each format):
+
+    Q4_0   w = d * (q - 8)                     s = d           z = 0
+    Q4_1   w = d * q + m                       s = d           z = m + 8d
+    Q4_K   w = (d * sc) * q - (dmin * mn)      s = d * sc      z = 8 * d * sc - dmin * mn   (per 32-weight sub-block)
+
+Wider codes split into two planes of four bits, high and low, each a full int4 weight over the same input; their
+sum is the weight, exactly: a Q8_0 code q = 16 * hi + lo (hi in -8..7, lo in 0..15), a 5-bit code q = 16 * h + l.
+Int4Linear runs both planes in one kernel call over the input repeated twice (app/inference/int4_linear.py).
+
+    Q8_0   w = d * q                 hi: s = 16d, z = 0 (codes hi + 8)        lo: s = d, z = 8d
+    Q5_0   w = d * (q - 16)          hi: s = 16d, z = 128d (codes h in 0..1)   lo: s = d, z = -8d
+    Q5_1   w = d * q + m             hi: s = 16d, z = 128d                     lo: s = d, z = 8d + m
+    Q5_K   w = (d*sc) * q - dmin*mn  hi: s = 16 d sc, z = 128 d sc             lo: s = d sc, z = 8 d sc - dmin mn
+
+Q6_K keeps one scale per 16 weights, which no 32-weight group can hold, and the other formats (Q2_K, Q3_K, the IQ
+family) have no such split: those are dequantized by the `gguf` package and kept dense (`dense_rows`).
+
+Everything here works on row slices of the memory-mapped file (`GGUFReader` maps it), so a large table is unpacked
+a chunk of rows at a time and the file itself is never read whole into memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+GROUP = 32  # weights per scale and zero in torch's int4 kernels, and in every block type unpacked here
+# Block types whose weights become int4 groups, and how many 4-bit planes each needs.
+PLANES = {Q.Q4_0: 1, Q.Q4_1: 1, Q.Q4_K: 1, Q.Q8_0: 2, Q.Q5_0: 2, Q.Q5_1: 2, Q.Q5_K: 2}
+DENSE_TYPES = (Q.F32, Q.F16, Q.BF16)
+
+
+@dataclass
+class Int4Groups:
+    """A weight [rows, K] as `planes` int4 weights side by side: codes [rows, planes * K] in 0..15, and per group of
+    32 codes a scale and a zero ([rows, planes * K / 32], fp32). The weight is the sum over planes of (q - 8) * s + z."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray
+    planes: int
+
+    def dequantize(self) -> np.ndarray:
+        """The weight [rows, K] in fp32, as the int4 kernels compute it (for checks and the dense fallback)."""
+        rows, width = self.codes.shape
+        groups = self.codes.reshape(rows, -1, GROUP).astype(np.float32) - 8
+        w = (groups * self.scales[..., None] + self.zeros[..., None]).reshape(rows, self.planes, width // self.planes)
+        return w.sum(axis=1)
+
+
+def is_int4(qtype: Q) -> bool:
+    return qtype in PLANES
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+    """Little-endian fp16 fields (the trailing axis holds 2 bytes) as fp32, without the trailing axis."""
+    return np.ascontiguousarray(raw).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """16 bytes -> 32 codes: element j is byte j's low nibble, element j + 16 its high one (Q4_0/Q4_1/Q5_x order)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _high_bits(qh: np.ndarray) -> np.ndarray:
+    """A little-endian uint32 bit field per block (trailing axis: 4 bytes) -> its 32 bits, bit j for element j."""
+    bits = np.ascontiguousarray(qh).view("<u4")[..., 0]
+    return ((bits[..., None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+
+
+def _join(rows: int, planes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Int4Groups:
+    """Planes given as (codes [rows, blocks, 32], scales [rows, blocks], zeros) -> Int4Groups, planes side by side."""
+    codes = np.concatenate([c.reshape(rows, -1) for c, _, _ in planes], axis=1).astype(np.uint8)
+    scales = np.concatenate([s.reshape(rows, -1) for _, s, _ in planes], axis=1).astype(np.float32)
+    zeros = np.concatenate([np.broadcast_to(z, s.shape).reshape(rows, -1) for _, s, z in planes], axis=1)
+    return Int4Groups(codes, scales, zeros.astype(np.float32), len(planes))
+
+
+def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K's 12 bytes of 6-bit sub-block scales and mins -> ([..., 8], [..., 8]) as fp32."""
+    lead = packed.shape[:-1]
+    sc, mn = quants.Q4_K.get_scale_min(np.ascontiguousarray(packed).reshape(-1, 12))
+    return sc.reshape(*lead, 8).astype(np.float32), mn.reshape(*lead, 8).astype(np.float32)
+
+
+def int4_groups(qtype: Q, raw: np.ndarray) -> Int4Groups:
+    """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> their int4 groups. Codes are copied unchanged."""
+    if qtype not in PLANES:
+        raise ValueError(f"{qtype.name} blocks have no int4 form; dequantize them with dense_rows")
+    block, size = quants.GGML_QUANT_SIZES[qtype]
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, size)
+    if qtype == Q.Q4_0:
+        d = _f16(b[..., 0:2])
+        return _join(rows, [(_nibbles(b[..., 2:]), d, np.zeros_like(d))])
+    if qtype == Q.Q4_1:
+        d, m = _f16(b[..., 0:2]), _f16(b[..., 2:4])
+        return _join(rows, [(_nibbles(b[..., 4:]), d, m + 8 * d)])
+    if qtype == Q.Q8_0:
+        d = _f16(b[..., 0:2])
+        q = np.ascontiguousarray(b[..., 2:]).view(np.int8)
+        hi, lo = (q >> 4) + 8, q.view(np.uint8) & 0x0F
+        return _join(rows, [(hi, 16 * d, np.zeros_like(d)), (lo, d, 8 * d)])
+    if qtype in (Q.Q5_0, Q.Q5_1):
+        d = _f16(b[..., 0:2])
+        m = _f16(b[..., 2:4]) if qtype == Q.Q5_1 else -16 * d
+        start = 4 if qtype == Q.Q5_1 else 2
+        h, lo = _high_bits(b[..., start:start + 4]), _nibbles(b[..., start + 4:])
+        return _join(rows, [(h, 16 * d, 128 * d), (lo, d, 8 * d + m)])
+    # Q4_K and Q5_K: superblocks of 256 weights as 8 sub-blocks of 32, each with a 6-bit scale and min.
+    d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]
+    sc, mn = _k_scales(b[..., 4:16])
+    scale, offset = d * sc, dmin * mn  # [rows, superblocks, 8]
+    if qtype == Q.Q4_K:
+        qs = b[..., 16:].reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)
+        codes = (qs & 0x0F).reshape(rows, -1, 8, 32)
+        return _join(rows, [(codes, scale, 8 * scale - offset)])
+    qh, qs = b[..., 16:48], b[..., 48:]
+    lo = qs.reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)
+    lo = (lo & 0x0F).reshape(rows, -1, 8, 32)
+    h = (qh.reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)) & 1
+    return _join(rows, [(h, 16 * scale, 128 * scale), (lo, scale, 8 * scale - offset)])
+
+
+def dense_rows(qtype: Q, raw: np.ndarray) -> np.ndarray:
+    """Rows of a tensor of any GGUF type as fp32 [rows, K], by the gguf package's own dequantization."""
+    return np.asarray(quants.dequantize(raw, qtype), dtype=np.float32)

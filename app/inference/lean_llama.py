@@ -1,0 +1,170 @@
+"""A lean forward pass for llama-family models on int4 weights: fewer, larger ops per token than transformers'.
+
+One stream's decode step on a CPU is mostly dispatch: the matmuls of SmolLM2-135M read ~100 MB a token, the rest
+is hundreds of small ops, each a few microseconds of Python and dispatch. transformers' Llama forward spends them
+on things a served decode step does not need (mask construction through several helpers, per-projection calls,
+dtype round trips, output bookkeeping). This forward computes the same function with the fewest ops it can:
+
+- q/k/v and gate/up are one int4 kernel call each (the fused weights gguf_model builds), 4 calls a layer;
+- rotary embedding is applied to q and k together, in bf16, as one multiply-add over both;
+- the residual stream and the norms stay in the model's dtype (fp32 on CPUs without bf16, as llama.cpp keeps
+  them); what enters a matmul is bf16, the dtype the int4 kernels compute in, and so are the keys and values;
+- the attention mask is built once per step, not once per layer.
+
+It keeps transformers' calling convention (input_ids, attention_mask, position_ids, a DynamicCache, logits_to_keep)
+so the engine, `generate` and the prefix cache use it unchanged; anything it does not cover (embeddings passed in,
+attentions or hidden states asked for, another cache type) goes to the model's own forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from app.inference.int4_linear import FusedLinears, Int4Embedding, Int4Linear
+
+SUPPORTED = ("llama",)
+_PASS_THROUGH = {"return_dict", "cache_position", "output_attentions", "output_hidden_states"}
+
+
+@dataclass(frozen=True)
+class _Layer:
+    norm1: torch.Tensor
+    qkv: Int4Linear
+    out: Int4Linear
+    norm2: torch.Tensor
+    gate_up: Int4Linear
+    down: Int4Linear
+
+
+def _fused(module: nn.Module, name: str) -> Int4Linear | None:
+    owner = getattr(module, name, None)
+    return owner.fused if isinstance(owner, FusedLinears) else None
+
+
+def can_install(model: nn.Module) -> bool:
+    """Whether every layer has the fused int4 weights this forward calls, and no part it does not know."""
+    config = model.config
+    if getattr(config, "model_type", None) not in SUPPORTED or getattr(model, "lm_head", None) is None:
+        return False
+    if not isinstance(model.lm_head, Int4Linear) or model.lm_head.bias is not None:
+        return False
+    for layer in model.model.layers:
+        parts = (_fused(layer.self_attn, "qkv_proj"), layer.self_attn.o_proj, _fused(layer.mlp, "gate_up_proj"),
+                 layer.mlp.down_proj)
+        if not all(isinstance(p, Int4Linear) and p.bias is None for p in parts):
+            return False
+    rope = getattr(config, "rope_scaling", None) or {}
+    return getattr(config, "hidden_act", "silu") == "silu" and rope.get("rope_type", "default") == "default"
+
+
+class LeanLlama:
+    """model.forward for a llama-family model whose Linears are int4 (see can_install)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.original = model.forward
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.hidden = config.hidden_size
+        self.eps = config.rms_norm_eps
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.heads
+        self.scaling = self.head_dim ** -0.5
+        self.kernel_dtype = model.lm_head.kernel_dtype
+        self.layers = [
+            _Layer(layer.input_layernorm.weight, _fused(layer.self_attn, "qkv_proj"), layer.self_attn.o_proj,  # type: ignore[arg-type]
+                   layer.post_attention_layernorm.weight, _fused(layer.mlp, "gate_up_proj"), layer.mlp.down_proj)  # type: ignore[arg-type]
+            for layer in inner.layers
+        ]
+        self.final_norm = inner.norm.weight
+        self.head: Int4Linear = model.lm_head
+
+    def __call__(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None, past_key_values: Any = None,
+                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                 logits_to_keep: int | torch.Tensor = 0, **kwargs: Any) -> Any:
+        other = {k for k, v in kwargs.items() if v not in (None, False) and k not in _PASS_THROUGH}
+        if (input_ids is None or inputs_embeds is not None or other or kwargs.get("output_attentions")
+                or kwargs.get("output_hidden_states") or not isinstance(logits_to_keep, int)
+                or (past_key_values is not None and not _plain(past_key_values))):
+            return self.original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                 logits_to_keep=logits_to_keep, **kwargs)
+        cache = past_key_values if past_key_values is not None else DynamicCache()
+        with torch.inference_mode():
+            logits = self._forward(input_ids, attention_mask, position_ids, cache, logits_to_keep,
+                                   kwargs.get("cache_position"))
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+
+    def _forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                 cache: DynamicCache, keep: int, cache_position: torch.Tensor | None) -> torch.Tensor:
+        rows, width = ids.shape
+        past = cache.get_seq_length()
+        kd = self.kernel_dtype
+        if position_ids is None:
+            start = int(cache_position[0]) if cache_position is not None else past
+            position_ids = torch.arange(start, start + width, device=ids.device)[None].expand(rows, -1)
+        h = self.embed(ids)
+        if not isinstance(self.embed, Int4Embedding):
+            h = h.to(self.final_norm.dtype)
+        cos, sin = self.rotary(h, position_ids)
+        cos, sin = cos.to(kd)[:, :, None], sin.to(kd)[:, :, None]  # [rows, width, 1, head_dim]
+        mask = _mask(attention_mask, rows, width, past, ids.device)
+        nq, nk, d, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        for index, layer in enumerate(self.layers):
+            x = F.rms_norm(h, (self.hidden,), layer.norm1, self.eps).to(kd)
+            qkv = layer.qkv.mm(x.view(rows * width, self.hidden)).view(rows, width, nq + 2 * nk, d)
+            qk = qkv[:, :, : nq + nk]
+            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+            qk = torch.addcmul(qk * cos, rotated, sin)
+            q = qk[:, :, :nq].transpose(1, 2)
+            k, v = cache.update(qk[:, :, nq:].transpose(1, 2), qkv[:, :, nq + nk:].transpose(1, 2), index)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=nk != nq)
+            a = a.transpose(1, 2).reshape(rows * width, nq * d)
+            h = h + layer.out.mm(a).view(rows, width, self.hidden)
+            x = F.rms_norm(h, (self.hidden,), layer.norm2, self.eps).to(kd)
+            gate, up = layer.gate_up.mm(x.view(rows * width, self.hidden)).chunk(2, dim=-1)
+            h = h + layer.down.mm(F.silu(gate) * up).view(rows, width, self.hidden)
+        if keep:
+            h = h[:, -keep:]
+        x = F.rms_norm(h, (self.hidden,), self.final_norm, self.eps).to(kd)
+        kept = x.shape[1]
+        return self.head.mm(x.reshape(rows * kept, self.hidden)).view(rows, kept, -1).to(h.dtype)
+
+
+def _plain(cache: Any) -> bool:
+    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _mask(attention_mask: torch.Tensor | None, rows: int, width: int, past: int,
+          device: torch.device) -> torch.Tensor | None:
+    """Boolean [rows, 1, width, past + width]: padding masked, causal within the new tokens. A query always sees
+    itself, so a padding query (left padding) has one key and never a row of nothing, which would make NaNs."""
+    if attention_mask is None:
+        if width == 1:
+            return None
+        attention_mask = torch.ones((rows, past + width), dtype=torch.bool, device=device)
+    keys = attention_mask.bool()[:, None, None, :]
+    if width == 1:
+        return keys
+    columns = torch.arange(past + width, device=device)
+    query_at = torch.arange(past, past + width, device=device)[:, None]
+    return (keys & (columns <= query_at)) | (columns == query_at)
+
+
+def install(model: nn.Module) -> bool:
+    """Make `model(...)` run the lean forward where the model supports it; returns whether it did."""
+    if not can_install(model):
+        return False
+    model.forward = LeanLlama(model)  # type: ignore[method-assign]
+    return True
