@@ -35,6 +35,7 @@ from infra.contract import (
     VERSION_LABEL,
 )
 from infra.components.gpu_node_pool import PodPlacement
+from infra.components.rollout import progress_deadline_seconds
 from infra.components.secret_store import PodKeyAccess, SecretNames, pod_key_access
 from infra.images import parse_image
 from infra.settings.pod import ROLLOUT_SURGE
@@ -125,6 +126,11 @@ def database_digest(keys_digest: pulumi.Input[str], key: pulumi.Input[str], data
     return pulumi.Output.unsecret(pulumi.Output.all(keys_digest, key, database_url).apply(digest))
 
 
+def startup_probe_failures(budget_s: int) -> int:
+    """Failed probes, one per PROBE_PERIOD_S, before the kubelet restarts a pod that is not ready: the budget."""
+    return max(1, budget_s // PROBE_PERIOD_S)
+
+
 def _probe(path: str, *, period: int, failures: int, https: bool, timeout: int = 3) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": PORT_NAME, "scheme": "HTTPS" if https else "HTTP"},
@@ -162,8 +168,9 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
                                                                                 "key": DATABASE_SECRET_KEY}}}]}
            if p.database_secret_name else {}),
         "resources": {"limits": limits, "requests": requests},
-        # Model load (download, quantize, warm up) can take many minutes; liveness only starts once it is up.
-        "startupProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=max(1, pod.startup_timeout_seconds // PROBE_PERIOD_S), https=https),
+        # Start-up is judged on readiness to serve (model downloaded, loaded and warmed), bounded by the stack's
+        # start-up budget: a stalled download or load is restarted. Liveness only starts once it has passed.
+        "startupProbe": _probe(READY_PATH, period=PROBE_PERIOD_S, failures=startup_probe_failures(pod.startup_timeout_seconds), https=https),
         "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3, https=https),
         "readinessProbe": _probe(READY_PATH, period=5, failures=2, https=https),
         "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
@@ -263,6 +270,8 @@ def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str])
         pod_spec["affinity"] = affinity
     spec: dict[str, Any] = {
         "selector": {"matchLabels": release.selector},
+        # Progress is a pod becoming Ready; a GPU pod's provisioning and start-up may take that long in between.
+        "progressDeadlineSeconds": progress_deadline_seconds(p.settings),
         # One extra pod at a time and none taken away first: settings hold gpuLimit to maxReplicas + this surge.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}},
         "revisionHistoryLimit": REVISION_HISTORY,

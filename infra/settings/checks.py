@@ -33,7 +33,8 @@ def load_balancer_certificate_has_a_load_balancer(s: StackSettings) -> None:
 
 def production_serves_tls(s: StackSettings) -> None:
     """environment x tls: API keys and tokens cross the network."""
-    if s.production and not s.tls.enabled and not s.tls.allow_plaintext:
+    # A Gateway terminates TLS at its HTTPS listener, as the NLB does at its TLS listener (production names it).
+    if s.production and not s.tls.enabled and not s.routing.gateway and not s.tls.allow_plaintext:
         raise ConfigError(
             f"a production stack must serve TLS: API keys and tokens cross the network. Set {key('tlsCertificateArn')} "
             f"(TLS at the load balancer) or {key('podTlsIssuer')}/{key('podTlsSecret')} (TLS in the pod), or set "
@@ -118,6 +119,97 @@ def production_backups_leave_the_cluster(s: StackSettings) -> None:
         )
 
 
+# -- the canary's share and the Gateway in front of the pods (issue 21 item 1) ---------------------------------------
+
+# How far the share served may be from canary.weight, in points, at any stable replica count.
+CANARY_SHARE_TOLERANCE = 2.0
+
+
+class CanaryShareError(ConfigError):
+    """The traffic path cannot serve the canary's weight; CI then deploys without a canary (infra/tools/canary_share)."""
+
+
+def canary_share_is_served(s: StackSettings) -> None:
+    """release x scaling x routing: the share served is the weight asked for, within CANARY_SHARE_TOLERANCE points, at
+    every stable count from minReplicas to maxReplicas. An HTTPRoute's weights give it at any count; the Service
+    spreads connections over ready pods, so there the share moves with the stable count."""
+    canary = s.release.canary
+    if canary is None or canary.split_by_weight:
+        return
+    low, high = s.scaling.min_replicas, s.scaling.max_replicas
+    shares = {n: canary.share_percent(n) for n in range(low, high + 1)}
+    if all(abs(share - canary.weight_percent) <= CANARY_SHARE_TOLERANCE for share in shares.values()):
+        return
+    raise CanaryShareError(
+        f"{key(CANARY_KEY)}.weight {canary.weight_percent}% is not a share the chat Service can serve: it spreads "
+        f"connections over ready pods, so {service_shares(canary.weight_percent, canary.replicas, low, high)}. Name a "
+        f"Gateway ({key('gateway')}: NAMESPACE/NAME) so an HTTPRoute splits requests by weight at every replica count"
+    )
+
+
+def service_shares(weight: int, canary_pods: int, low: int, high: int) -> str:
+    """The shares the Service gives a canary of `canary_pods` over the stable range, and what it could give instead."""
+    def share(canary: int, stable: int) -> float:
+        return round(100 * canary / (canary + stable), 1)
+
+    pods = f"{canary_pods} canary pod{'s' if canary_pods > 1 else ''}"
+    if low != high:
+        return (f"{pods} serve{'s' if canary_pods == 1 else ''} {share(canary_pods, low):g}% beside {low} stable pods and "
+                f"{share(canary_pods, high):g}% beside {high}: no one share while the HPA moves the stable set between "
+                f"them (only with {key('minReplicas')} = {key('maxReplicas')})")
+    options = sorted({share(c, low) for c in range(1, low + 1)}, key=lambda x: abs(x - weight))[:2]
+    return (f"beside {low} stable pod{'s' if low > 1 else ''} it can give "
+            f"{' or '.join(f'{x:g}%' for x in sorted(options))} (set {key(CANARY_KEY)}.weight to "
+            f"{'one of them' if len(options) > 1 else 'that'})")
+
+
+def gateway_is_the_only_way_in(s: StackSettings) -> None:
+    """routing x network: with a Gateway, clients reaching an NLB of the chat Service would bypass the route's weights."""
+    if s.routing.gateway and s.network.load_balanced:
+        raise ConfigError(
+            f"{key('gateway')} {s.routing.gateway_namespace}/{s.routing.gateway_name} is the way in, but "
+            f"{key('serviceType')} LoadBalancer gives the chat pods a second one, where a canary's share is a count of "
+            f"pods, not the route's weight; set {key('serviceType')} ClusterIP (the Gateway's own load balancer faces "
+            f"the clients), or remove {key('gateway')}"
+        )
+
+
+def gateway_routes_a_hostname(s: StackSettings) -> None:
+    """routing x tls: the route matches the name clients use, and the endpoint URL is that name."""
+    if s.routing.gateway and not s.tls.endpoint_hostname:
+        raise ConfigError(f"{key('gateway')} needs {key('endpointHostname')}: the HTTPRoute answers for that name on "
+                          "the Gateway, and endpointUrl is https://<endpointHostname>")
+
+
+def gateway_forwards_client_addresses(s: StackSettings) -> None:
+    """routing x network: behind a Gateway the pods see its addresses; ALLOWED_CIDRS then needs X-Forwarded-For."""
+    if s.routing.gateway and s.network.allowed_cidrs and not s.network.trusted_proxies:
+        raise ConfigError(
+            f"with {key('gateway')} the chat pods see the Gateway's addresses, not the clients': {key('allowedCidrs')} "
+            f"would refuse every request. Set {key('trustedProxies')} to the CIDRs the Gateway's data plane connects "
+            f"from (its pods' subnets, or {key('gatewaySourceCidrs')}), so the app reads the client from X-Forwarded-For"
+        )
+
+
+def gateway_speaks_http_to_the_pods(s: StackSettings) -> None:
+    """routing x tls: the Gateway terminates TLS and forwards HTTP; TLS in the pod would need a BackendTLSPolicy."""
+    if s.routing.gateway and s.tls.in_pod:
+        raise ConfigError(
+            f"{key('gateway')} forwards plain HTTP to the chat pods, but {key('podTlsIssuer')}/{key('podTlsSecret')} "
+            "makes them serve HTTPS (the program creates no BackendTLSPolicy): TLS terminates at the Gateway's "
+            "listener, so remove the pod certificate, or remove the gateway"
+        )
+
+
+def production_gateway_names_its_https_listener(s: StackSettings) -> None:
+    """environment x routing: in production the route attaches to one listener, the one that terminates TLS."""
+    if s.production and s.routing.gateway and not s.routing.listener:
+        raise ConfigError(
+            f"a production stack attaches its HTTPRoute to one named listener of {key('gateway')}: set "
+            f"{key('gatewayListener')} to the Gateway's HTTPS listener, so API keys never reach a plain HTTP one"
+        )
+
+
 # -- the GPU pool's drains, the model download (issue 21: Karpenter, serving pods offline) -------------------------
 
 
@@ -169,6 +261,13 @@ STACK_CHECKS: tuple[Callable[[StackSettings], None], ...] = (
     production_reaches_kms_privately,
     production_encrypts_cluster_secrets,
     production_backups_leave_the_cluster,
+    # issue 21 item 1
+    canary_share_is_served,
+    gateway_is_the_only_way_in,
+    gateway_routes_a_hostname,
+    gateway_forwards_client_addresses,
+    gateway_speaks_http_to_the_pods,
+    production_gateway_names_its_https_listener,
     # issue 21: the GPU pool's drains, the model download
     node_drain_outlasts_pod_restarts,
     model_download_has_egress,
@@ -192,6 +291,30 @@ def database_serves_every_replica(s: StackSettings) -> None:
             f"a production stack with {key('maxReplicas')} {max_replicas} needs a conversation database: set the secret "
             f"{key(DATABASE_URL_KEY)} (`pulumi config set --secret {DATABASE_URL_KEY} postgresql://USER:PASSWORD@HOST:5432/DB`) "
             f"and {key('databaseEgressCidrs')}, or set {key('maxReplicas')} to 1 to keep SQLite"
+        )
+
+
+def secrets_required(s: StackSettings) -> dict[str, str]:
+    """The declared secrets this stack cannot run with empty, each with the reason: what CI must hold for a new stack
+    (infra/tools/stack_secrets.py) and what the checks below refuse without."""
+    required: dict[str, str] = {}
+    if s.model.hub_auth:
+        required["hubToken"] = f"{key('modelHubAuth')} is true"
+    if s.alerts.enabled and s.alerts.smtp_username:
+        required["alertSmtpPassword"] = f"{key('alertSmtpUsername')} is {s.alerts.smtp_username!r}"
+    if s.production and s.scaling.max_replicas > 1:
+        required[DATABASE_URL_KEY] = f"a production stack with {key('maxReplicas')} {s.scaling.max_replicas} shares its conversations"
+    return required
+
+
+def stack_names_its_cluster(s: StackSettings) -> None:
+    """target x the provider's config (issue 21 item 11): `pulumi up -s prod` must not deploy to whichever cluster
+    kubectl points at."""
+    if not s.target.cluster_named:
+        raise ConfigError(
+            f"stack {s.stack!r} names no cluster: set kubernetes:context in Pulumi.{s.stack}.yaml to the kubeconfig "
+            f"context of its cluster (`aws eks update-kubeconfig --name <cluster> --alias <context>`), or "
+            "kubernetes:kubeconfig, so the stack never deploys to whichever cluster kubectl points at"
         )
 
 

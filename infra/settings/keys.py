@@ -45,6 +45,14 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("dataAccessMode", "string", "ReadWriteOnce", "Access mode of the data PVC: ReadWriteOnce (one node) or ReadWriteMany (needed when replicas may land on several nodes)"),
     ConfigKey("storageClass", "string", "", "StorageClass of the data PVC, required (EKS clusters made at 1.30+ have no default class): an EBS class such as gp3 for ReadWriteOnce, an EFS class such as efs-sc for ReadWriteMany"),
     ConfigKey("kubernetesVersion", "string", "1.30", "Kubernetes minor version of the cluster, e.g. 1.33 (kubectl version); 1.30 is the oldest supported"),
+    # -- which cluster, what an update may replace, how a canary's share is routed (issue 21: items 1, 10, 11) ----
+    ConfigKey("clusterId", "string", "", "UID of the target cluster's kube-system namespace (kubectl get namespace kube-system -o jsonpath='{.metadata.uid}'); preview refuses any other cluster. Empty: the first update records the cluster it ran against"),
+    ConfigKey("allowReplace", "boolean", False, "Set true on purpose for an update that replaces the namespace, the stable Deployment or a data claim (docs: upgrades); preview refuses such an update otherwise"),
+    ConfigKey("gateway", "string", "", "Gateway API: NAMESPACE/NAME of an existing Gateway; an HTTPRoute attaches to it and splits requests between the stable set and a canary by weight (needs serviceType ClusterIP and endpointHostname)"),
+    ConfigKey("gatewayListener", "string", "", "Gateway API: the Gateway listener (sectionName) the HTTPRoute attaches to; required in production, where it must be the Gateway's HTTPS listener"),
+    ConfigKey("gatewayProxyNamespace", "string", "", "Gateway API: namespace of the Gateway's in-cluster data-plane pods, admitted to 18789 (empty: the Gateway's own namespace; Envoy Gateway: envoy-gateway-system)"),
+    ConfigKey("gatewaySourceCidrs", "array", [], "Gateway API: CIDRs the Gateway's data plane connects from when it runs outside the cluster (an ALB's subnets), admitted to 18789"),
+    # -- end of the issue 21 items 1, 10, 11 block --------------------------------------------------------------------
     ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200); pulumi up waits this long plus node and image time"),
     ConfigKey("shutdownGraceSeconds", "integer", 25, "SHUTDOWN_GRACE_SECONDS: how long SIGTERM lets accepted requests finish (5..600)"),
     ConfigKey("preStopSleepSeconds", "integer", 5, "Seconds a stopping pod keeps serving before SIGTERM, while the Service and load balancer drop it (0..120)"),

@@ -13,7 +13,9 @@ from infra.settings.network import NetworkSettings
 from infra.settings.pod import PodSettings
 from infra.settings.redis import RedisSettings
 from infra.settings.release import ReleaseSettings
+from infra.settings.routing import RoutingSettings
 from infra.settings.scaling import ScalingSettings
+from infra.settings.target import TargetSettings
 from infra.settings.tls import TlsSettings
 
 
@@ -37,6 +39,8 @@ class StackSettings:
     backups: BackupSettings
     database: DatabaseSettings
     key_store: KeyStoreSettings
+    routing: RoutingSettings  # the Gateway in front of the chat pods, if any
+    target: TargetSettings  # which cluster, and what an update may replace
 
     @property
     def production(self) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from infra.components.chat_pod import CHECKSUM_ANNOTATION
-from infra.components.chat_service import PROVISIONING_BUDGET_S
+from infra.components.rollout import POD_TURNOVER_S, PROVISIONING_BUDGET_S
 from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
 from infra.components.load_balancer import AWS_LB
 from infra.components.secret_store import DAY_S, next_schedule, rotation_schedule
@@ -139,11 +139,15 @@ def test_pulumi_waits_for_the_model_to_load_plus_node_and_image_time(stack: str,
     s: Synthesis = request.getfixturevalue(stack)
     startup = chat_container(s)["startupProbe"]
     probe_budget = startup["periodSeconds"] * startup["failureThreshold"]
-    expected = f"{probe_budget + PROVISIONING_BUDGET_S}s"
-    for kind in ("Deployment", "Service"):  # the Service's await needs a ready endpoint: the same first pod
-        timeouts = s.one(kind, "clawbot").options.custom_timeouts
-        assert timeouts == {"create": expected, "update": expected}, (kind, timeouts)
-    assert probe_budget + PROVISIONING_BUDGET_S > 600  # Pulumi's default await
+    first_pod = probe_budget + PROVISIONING_BUDGET_S
+    # The Service's await needs one ready endpoint: the first pod. The Deployment's update walks every replica.
+    assert s.one("Service", "clawbot").options.custom_timeouts == {"create": f"{first_pod}s", "update": f"{first_pod}s"}
+    deployment = s.one("Deployment", "clawbot").options.custom_timeouts
+    assert deployment is not None and deployment["create"] == f"{first_pod}s"
+    replicas = int(s.config.get("maxReplicas", 1))
+    grace = pod_spec(s)["terminationGracePeriodSeconds"]
+    assert deployment["update"] == f"{first_pod + (replicas - 1) * (grace + POD_TURNOVER_S + probe_budget)}s"
+    assert first_pod > 600  # Pulumi's default await
 
 
 # -- 4. config and secret changes reach running pods -----------------------------------------------------------------

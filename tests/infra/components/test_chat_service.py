@@ -75,8 +75,8 @@ def test_probes_give_the_model_time_to_load(prod: Synthesis) -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     startup = c["startupProbe"]
-    assert startup["httpGet"]["path"] == "/healthz"
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # prod's startupTimeoutSeconds
+    assert startup["httpGet"]["path"] == "/readyz"  # start-up ends when the model serves (test_rollout.py)
+    assert startup["periodSeconds"] * startup["failureThreshold"] == prod.config["startupTimeoutSeconds"]
     assert "command" not in c and c["args"] == ["python", "-m", "app"]  # the image's tini entrypoint is kept
 
 
@@ -84,7 +84,7 @@ def test_rollout_never_drops_capacity_and_consolidation_leaves_loading_pods_alon
     spec = prod.one("Deployment", "clawbot").manifest["spec"]
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     # Karpenter leaves the node alone for the start-up budget (the model load), then may drain it gracefully.
-    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "30m"  # startupTimeoutSeconds 1800
+    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "12m"  # startupTimeoutSeconds 720
     assert pod_spec(prod)["terminationGracePeriodSeconds"] >= 30
     pdb = prod.one("PodDisruptionBudget").manifest["spec"]
     # One budget over every chat pod, stable and canary alike: a drain never takes two serving pods at once.

@@ -74,8 +74,8 @@ def test_18789_admits_the_clients_and_the_nlb_subnets_and_no_other_address_of_th
     # A pod of another namespace at an address inside the VPC, with or without the chat labels: not admitted.
     for intruder in (OTHER_NAMESPACE_POD, IMPOSTOR, VPC_HOST, NEIGHBOUR, KUBE_DNS):
         assert not c.connects(intruder, chat, 18789), intruder
-    # The canary pods are the same service behind the same policy.
-    canary = synthesize("prod", overrides={"canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}})
+    # The canary pods are the same service behind the same policy (9..10 stable pods: one canary pod serves ~10%).
+    canary = synthesize("prod", overrides={"minReplicas": 9, "canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}})
     assert not cluster(canary).connects(OTHER_NAMESPACE_POD, chat_pod(canary, "clawbot-canary"), 18789)
     assert cluster(canary).connects(NLB_HEALTH_CHECK, chat_pod(canary, "clawbot-canary"), 18789)
 
