@@ -27,7 +27,9 @@ def canary_output(settings: StackSettings) -> dict[str, Any] | None:
         "version": parse_image(c.image).version_label,
         "weightPercent": c.weight_percent,
         "replicas": c.replicas,
-        # The Service spreads requests over ready pods: the canary's real share moves with the stable count.
+        # Behind the stack's Gateway an HTTPRoute gives the weight at any count; behind the Service the share is a
+        # count of ready pods (preview refuses a weight that count cannot give within 2 points).
+        "splitBy": "HTTPRoute weight" if c.split_by_weight else "ready pods",
         "shareOfRequestsPercent": {
             "atMinReplicas": c.share_percent(settings.scaling.min_replicas),
             "atMaxReplicas": c.share_percent(settings.scaling.max_replicas),

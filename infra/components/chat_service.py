@@ -24,7 +24,8 @@ from infra.components.load_balancer import endpoint_url, load_balancer_hostname,
 from infra.components.model_download import ModelDownload, ModelDownloadArgs
 from infra.components.pod_certificate import PodCertificate, PodCertificateArgs
 from infra.components.redis import Redis, RedisArgs
-from infra.components.secret_store import SecretNames
+from infra.components.rollout import deployment_timeouts, service_timeouts, stable_pods_rolled
+from infra.components.secret_store import SecretNames, key_env
 from infra.contract import (
     API_KEY_PATH,
     CHAT_LABELS,
@@ -32,7 +33,6 @@ from infra.contract import (
     DATA_DIR,
     DATABASE_SECRET_KEY,
     HUB_OFFLINE_ENV,
-    KEK_PATH,
     METRICS_PORT,
     METRICS_PORT_NAME,
     METRICS_SERVICE_LABELS,
@@ -42,10 +42,6 @@ from infra.contract import (
     TLS_KEY_PATH,
 )
 from infra.settings.stack import StackSettings
-
-# What a first rollout needs beyond the startup probe's budget: Karpenter launching a GPU node, the CUDA image
-# pull, and the NLB registering the pod. Pulumi's default 10-minute await is far below a first prod rollout.
-PROVISIONING_BUDGET_S = 1200
 
 
 def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str]:
@@ -63,7 +59,7 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "MAX_BATCH_SIZE": str(settings.model.max_batch_size),
         "DATA_DIR": DATA_DIR,
         "API_KEY_PATH": API_KEY_PATH,
-        "KEK_PATH": KEK_PATH,
+        **key_env(settings.key_store),
         "JWT_TTL_SECONDS": str(settings.access.jwt_ttl_seconds),
         "RATE_LIMIT_PER_KEY": str(settings.access.rate_limit_per_key),
         # The app flags a key as abnormal at the same rate the alert fires on.
@@ -85,12 +81,6 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
-
-
-def rollout_timeouts(settings: StackSettings) -> pulumi.CustomTimeouts:
-    """How long `pulumi up` waits for the Deployment and its Service: the startup probe's budget plus provisioning."""
-    wait = f"{settings.pod.startup_timeout_seconds + PROVISIONING_BUDGET_S}s"
-    return pulumi.CustomTimeouts(create=wait, update=wait)
 
 
 @dataclass
@@ -225,20 +215,23 @@ class ChatService(pulumi.ComponentResource):
         pod = PodInputs(settings=s, placement=a.placement, secrets=a.secrets, config_map_name=f"{prefix}-config",
                         claim_name=self.data_claim_name, tls_secret_name=tls_secret, database_secret_name=self.database_secret_name)
         checksum = config_checksum(self.env, secrets_digest)
-        options = pulumi.ResourceOptions(parent=self, depends_on=waits_for, custom_timeouts=rollout_timeouts(s))
 
-        def deployment(suffix: str, deployment_name: str, release: Release) -> k8s.apps.v1.Deployment:
+        def deployment(suffix: str, deployment_name: str, release: Release, pods: int) -> k8s.apps.v1.Deployment:
             return k8s.apps.v1.Deployment(
                 f"{self.name}-{suffix}",
                 metadata={"name": deployment_name, "namespace": a.namespace, "labels": release.labels,
                           **({"annotations": release.annotations} if release.annotations else {})},
                 spec=deployment_spec(pod, release, checksum),
-                opts=options,
+                # `up` waits for the rollout to walk through every pod, one at a time.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for,
+                                            custom_timeouts=deployment_timeouts(s, pods)),
             )
 
-        stable = deployment("deployment", prefix, stable_release(s))
+        stable = deployment("deployment", prefix, stable_release(s), stable_pods_rolled(s))
         canary = canary_release(s)
-        return stable, deployment("canary-deployment", f"{prefix}-canary", canary) if canary else None
+        if canary is None:
+            return stable, None
+        return stable, deployment("canary-deployment", f"{prefix}-canary", canary, canary.replicas or 1)
 
     def _service(self) -> k8s.core.v1.Service:
         s = self.args.settings
@@ -253,6 +246,6 @@ class ChatService(pulumi.ComponentResource):
             },
             # Pulumi waits for the load balancer's address and a ready endpoint, i.e. the first pod's model load.
             # loadBalancerClass cannot change in place.
-            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=rollout_timeouts(s),
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=service_timeouts(s),
                                         replace_on_changes=["spec.loadBalancerClass"]),
         )

@@ -9,18 +9,27 @@ import pulumi
 
 from infra.settings.access import parse_access
 from infra.settings.alerts import parse_alerts
-from infra.settings.checks import check_stack, database_serves_every_replica, hub_token_is_set, smtp_credentials_pair
+from infra.settings.checks import (
+    check_stack,
+    database_serves_every_replica,
+    hub_token_is_set,
+    smtp_credentials_pair,
+    stack_names_its_cluster,
+)
 from infra.settings.cluster import parse_environment, parse_kubernetes_version, parse_namespace
 from infra.settings.data import DATABASE_URL_KEY, database_connection, parse_backups, parse_data_volume, parse_database
 from infra.settings.gpu import parse_gpu
+from infra.settings.key_store import parse_key_store
 from infra.settings.keys import CONFIG_KEYS, DEFAULTS, PROJECT, SECRET_KEYS, STRUCTURED_KEYS
 from infra.settings.model import parse_model
 from infra.settings.network import parse_network
 from infra.settings.pod import parse_pod
 from infra.settings.redis import parse_redis
 from infra.settings.release import parse_release
+from infra.settings.routing import parse_routing
 from infra.settings.scaling import parse_scaling
 from infra.settings.stack import StackSettings
+from infra.settings.target import parse_target
 from infra.settings.tls import parse_tls
 from infra.settings.values import ConfigError, config_key
 
@@ -45,6 +54,7 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     namespace = parse_namespace(raw)
     network, tls = parse_network(raw), parse_tls(raw)
     scaling = parse_scaling(raw)
+    routing = parse_routing(raw)
     settings = StackSettings(
         stack=stack,
         environment=environment,
@@ -52,7 +62,8 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         network=network,
         tls=tls,
         scaling=scaling,
-        release=parse_release(raw, production=production, min_replicas=scaling.min_replicas),
+        release=parse_release(raw, production=production, min_replicas=scaling.min_replicas,
+                              max_replicas=scaling.max_replicas, split_by_weight=routing.gateway),
         gpu=parse_gpu(raw),
         alerts=parse_alerts(raw),
         pod=parse_pod(raw),
@@ -61,8 +72,11 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         kubernetes_version=parse_kubernetes_version(raw),
         access=parse_access(raw),
         redis=parse_redis(raw),
-        backups=parse_backups(raw, production),
+        backups=parse_backups(raw),
         database=parse_database(raw),
+        key_store=parse_key_store(raw, namespace),
+        routing=routing,
+        target=parse_target(raw),
     )
     check_stack(settings)
     return settings
@@ -75,6 +89,10 @@ def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, S
     # Read in plain once, here, to check its shape and port; the program only ever holds it as a secret Output.
     database_url = pulumi.runtime.get_config(f"{config.name}:{DATABASE_URL_KEY}") or None
     settings = replace(settings, database=database_connection(database_url, settings.database))
+    provider = pulumi.Config("kubernetes")  # the provider's own keys: which cluster this stack deploys to
+    settings = replace(settings, target=replace(settings.target, context=provider.get("context") or "",
+                                                kubeconfig=bool(provider.get("kubeconfig"))))
+    stack_names_its_cluster(settings)
     database_serves_every_replica(settings)
     hub, smtp = _secret(config, "hubToken"), _secret(config, "alertSmtpPassword")
     hub_token_is_set(settings, hub is not None)

@@ -21,11 +21,14 @@ MAX_CANARY_WEIGHT = 50
 class CanarySettings:
     image: str
     weight_percent: int  # what the operator asked for
-    replicas: int  # derived from the weight and the stable floor (minReplicas)
+    replicas: int  # derived from the weight and the stable set's replica range
+    split_by_weight: bool = False  # an HTTPRoute splits requests by weight; otherwise the Service spreads them over pods
 
     def share_percent(self, stable_replicas: int) -> float:
-        """The canary's share of requests when `stable_replicas` stable pods are ready: the Service spreads
-        connections over ready pods, so the share is a count of pods, not the weight asked for."""
+        """The canary's share of requests when `stable_replicas` stable pods are ready. An HTTPRoute gives the weight
+        at any count; the Service spreads connections over ready pods, so there the share is a count of pods."""
+        if self.split_by_weight:
+            return float(self.weight_percent)
         return round(100 * self.replicas / (self.replicas + stable_replicas), 1)
 
 
@@ -40,12 +43,19 @@ def canary_replicas(weight_percent: int, stable_replicas: int) -> int:
     return max(1, round(weight_percent * stable_replicas / (100 - weight_percent)))
 
 
-def parse_release(raw: Raw, *, production: bool, min_replicas: int) -> ReleaseSettings:
+def parse_release(raw: Raw, *, production: bool, min_replicas: int, max_replicas: int | None = None,
+                  split_by_weight: bool = False) -> ReleaseSettings:
+    """The stable image and the canary. Behind an HTTPRoute the canary gets pods for its weight's part of the load at
+    maxReplicas (its share no longer depends on its pods); behind the Service its pods are what sets its share, sized
+    at minReplicas (checks.canary_share_is_served holds that share to the weight over the whole range)."""
     image = image_reference("image", raw["image"], production)
-    return ReleaseSettings(image=image, canary=parse_canary(raw.get(CANARY_KEY), image, min_replicas, production))
+    sized_at = (max_replicas or min_replicas) if split_by_weight else min_replicas
+    return ReleaseSettings(image=image, canary=parse_canary(raw.get(CANARY_KEY), image, sized_at, production,
+                                                            split_by_weight=split_by_weight))
 
 
-def parse_canary(raw: Any, stable_image: str, min_replicas: int, production: bool) -> CanarySettings | None:
+def parse_canary(raw: Any, stable_image: str, stable_replicas: int, production: bool, *,
+                 split_by_weight: bool = False) -> CanarySettings | None:
     """The canary beside the stable set, from the `canary` block; None without one.
 
     Promoting is one change of config (docs/operations/releases.md, "Promote"): `image` takes the canary's image and the block goes, so
@@ -70,4 +80,5 @@ def parse_canary(raw: Any, stable_image: str, min_replicas: int, production: boo
             f"{config_key(CANARY_KEY)}.image is {image!r}, the image the stable set runs already, so there is nothing to "
             f"compare; set it to the new release, or remove the block (`pulumi config rm {CANARY_KEY}`)"
         )
-    return CanarySettings(image=image, weight_percent=weight, replicas=canary_replicas(weight, min_replicas))
+    return CanarySettings(image=image, weight_percent=weight, replicas=canary_replicas(weight, stable_replicas),
+                          split_by_weight=split_by_weight)

@@ -7,12 +7,15 @@ from infra.settings.access import AccessSettings
 from infra.settings.alerts import AlertSettings
 from infra.settings.data import BackupSettings, DatabaseSettings, DataVolumeSettings
 from infra.settings.gpu import GpuSettings
+from infra.settings.key_store import KeyStoreSettings
 from infra.settings.model import ModelSettings
 from infra.settings.network import NetworkSettings
 from infra.settings.pod import PodSettings
 from infra.settings.redis import RedisSettings
 from infra.settings.release import ReleaseSettings
+from infra.settings.routing import RoutingSettings
 from infra.settings.scaling import ScalingSettings
+from infra.settings.target import TargetSettings
 from infra.settings.tls import TlsSettings
 
 
@@ -35,6 +38,9 @@ class StackSettings:
     alerts: AlertSettings
     backups: BackupSettings
     database: DatabaseSettings
+    key_store: KeyStoreSettings
+    routing: RoutingSettings  # the Gateway in front of the chat pods, if any
+    target: TargetSettings  # which cluster, and what an update may replace
 
     @property
     def production(self) -> bool:

@@ -6,7 +6,7 @@ name and its keepers, so a changed keeper (a new rotation epoch) gives a new val
 (timeouts, protect, retainOnDelete, dependencies, aliases), which Pulumi's own mocks drop, and each resource's URN.
 An object the program reads from the cluster (`Resource.get`) comes from `existing`, the cluster's objects by
 `Kind/name` or `Kind/namespace/name`; without it every read finds a Ready stand-in, and with it a missing object fails
-the read as the provider would.
+the read as the provider would. The kube-system namespace is always there, with `cluster_uid` as its UID.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
 LOAD_BALANCER_HOSTNAME = "clawbot-0123456789abcdef.elb.us-east-1.amazonaws.com"  # an NLB gets a DNS name, no IP
+# The UID of the mocked cluster's kube-system namespace, unless a synthesis says which cluster it runs against.
+CLUSTER_UID = "00000000-0000-4000-8000-00000000c1a5"
 STACK_REFERENCE = "pulumi:pulumi:StackReference"
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -49,6 +51,7 @@ class ResourceOptionsSeen:
     replace_on_changes: tuple[str, ...] = ()
     urn: str = ""  # as the mock monitor makes it: the parent's type chain, this type, the name
     aliases: tuple[str, ...] = ()  # the URNs the aliases name: where an existing stack may hold this resource
+    parent: str = ""  # the parent's URN ('' under the stack)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ def _stream(seed: str, n: int) -> bytes:
 
 class ClawbotMocks(pulumi.runtime.Mocks):
     def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None,
-                 existing: dict[str, dict[str, Any]] | None = None) -> None:
+                 existing: dict[str, dict[str, Any]] | None = None, cluster_uid: str = CLUSTER_UID) -> None:
         self.salt = salt
+        self.cluster_uid = cluster_uid  # which cluster a read of kube-system finds
         self.resources: list[MockedResource] = []
         self.stack_outputs = dict(stack_outputs or {})  # what a StackReference to this stack reads: its last outputs
         self.existing = existing  # the cluster's objects by Kind/[namespace/]name; None: every read finds a stand-in
@@ -113,6 +117,10 @@ class ClawbotMocks(pulumi.runtime.Mocks):
             found: dict[str, Any] | None = stand_in_object(kind, object_id)
         else:
             found = self.existing.get(f"{kind}/{object_id}")
+        if kind == "Namespace" and object_id == "kube-system":
+            # Every cluster has one; its UID is the cluster's identity (infra/preflight.py).
+            found = copy.deepcopy(found or stand_in_object(kind, object_id))
+            found.setdefault("metadata", {}).setdefault("uid", self.cluster_uid)
         if found is None:
             group = typ.split(":")[1].split("/")[0]
             raise ObjectNotFound(f'reading {kind} {object_id!r}: {kind.lower()}s.{group} "{object_id.rsplit("/", 1)[-1]}" not found')
@@ -144,6 +152,7 @@ class ClawbotMocks(pulumi.runtime.Mocks):
         elif args.typ == STACK_REFERENCE:
             state["outputs"] = copy.deepcopy(self.stack_outputs)
             state["secretOutputNames"] = []
+        # A registration's options were recorded by RecordingMonitor; a read (a StackReference) has none.
         options = self.pending_options.pop((args.typ, args.name), ResourceOptionsSeen())
         self.resources.append(MockedResource(args.typ, args.name, plain(args.inputs), plain(state), options))
         return f"{args.name}-id", state
@@ -163,6 +172,7 @@ class RecordingMonitor(MockMonitor):
         timeouts = request.customTimeouts
         seen = ResourceOptionsSeen(
             urn=self.make_urn(request.parent, request.type, request.name),
+            parent=str(request.parent or ""),
             aliases=tuple(self._alias_urn(request, alias) for alias in request.aliases),
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),

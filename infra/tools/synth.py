@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from infra.tools.mocks import ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
+from infra.tools.mocks import CLUSTER_UID, ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "clawbot"
@@ -78,8 +78,7 @@ class Synthesis:
         return found[0]
 
 
-def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
-    """The `clawbot:*` values of Pulumi.<stack>.yaml, without the project prefix."""
+def _stack_file_config(stack: str, project_dir: Path) -> dict[str, Any]:
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise SynthError(f"stack file {path} does not exist; stacks here: {', '.join(sorted(p.name for p in project_dir.glob('Pulumi.*.yaml')))}")
@@ -87,13 +86,23 @@ def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
     config = doc.get("config") or {}
     if not isinstance(config, dict):
         raise SynthError(f"{path}: 'config' must be a mapping, got {type(config).__name__}")
+    return {str(k): v for k, v in config.items()}
+
+
+def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
+    """The `clawbot:*` values of Pulumi.<stack>.yaml, without the project prefix."""
     out: dict[str, Any] = {}
-    for key, value in config.items():
-        ns, _, name = str(key).partition(":")
-        if ns != PROJECT or not name:
-            continue  # other providers' config (kubernetes:context, ...) does not shape the manifests
-        out[name] = value
+    for key, value in _stack_file_config(stack, project_dir).items():
+        ns, _, name = key.partition(":")
+        if ns == PROJECT and name:
+            out[name] = value
     return out
+
+
+def read_provider_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
+    """The provider's keys of Pulumi.<stack>.yaml (`kubernetes:context`, ...): they name the stack's cluster."""
+    return {key: _config_value(value) for key, value in _stack_file_config(stack, project_dir).items()
+            if key.partition(":")[0] not in (PROJECT, "") and ":" in key}
 
 
 def _config_value(value: Any) -> str:
@@ -127,25 +136,34 @@ def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any]
             stand_ins.append(name)
         config[f"{PROJECT}:{name}"] = _config_value(value)
     # Declared secrets the stack file lacks: what `pulumi config set --secret` would give, as its comments say.
-    needed = {
-        "hubToken": str(values.get("modelHubAuth", "false")).lower() == "true",
-        "alertSmtpPassword": bool(values.get("alertSmtpUsername")) and str(values.get("alertsEnabled", "false")).lower() == "true",
-        # Several production replicas need the conversation database (Pulumi.prod.yaml says to set it).
-        "conversationDatabaseUrl": values.get("environment") == "production" and int(str(values.get("maxReplicas", 1))) > 1,
-    }
+    needed = _secrets_required(values, stack)
     for name in SECRET_KEYS:
         if name not in values:
-            config[f"{PROJECT}:{name}"] = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER) if needed.get(name) else ""
+            config[f"{PROJECT}:{name}"] = SHAPED_STAND_INS.get(name, SECRET_PLACEHOLDER) if name in needed else ""
             stand_ins.append(name)
     return config, [f"{PROJECT}:{name}" for name in SECRET_KEYS], stand_ins
 
 
+def _secrets_required(values: Mapping[str, Any], stack: str) -> dict[str, str]:
+    """The secrets the stack needs set; none when its config is refused anyway (the program then says why)."""
+    from infra.settings import ConfigError, parse_settings
+    from infra.settings.checks import secrets_required
+
+    try:
+        return secrets_required(parse_settings(values, stack=stack))
+    except ConfigError:
+        return {}
+
+
 def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
-               stack_outputs: Mapping[str, Any] | None = None,
+               stack_outputs: Mapping[str, Any] | None = None, cluster_uid: str | None = None,
                existing: Mapping[str, Mapping[str, Any]] | None = None) -> Synthesis:
     """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
 
     `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
+    `cluster_uid` is the kube-system UID of the cluster the mocked provider reaches: by default the stack's own
+    (its clusterId), so a synthesis runs against the stack's cluster unless a test points it at another. Override
+    keys with a provider prefix (`kubernetes:context`) set provider config; None removes a key.
     `existing` is the cluster's objects the program reads (`Kind/name`, `Kind/namespace/name`); without it every
     object the program reads is there and Ready.
     """
@@ -156,18 +174,23 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     fresh_event_loop()
     file_values = read_stack_config(stack, project_dir)
-    values = {**file_values, **(overrides or {})}
-    config, secret_keys, stand_ins = _prepare_config(file_values, overrides or {}, stack)
+    provider = {**read_provider_config(stack, project_dir),
+                **{k: v for k, v in (overrides or {}).items() if ":" in k}}
+    overrides = {k: v for k, v in (overrides or {}).items() if ":" not in k}
+    values = {**file_values, **overrides}
+    config, secret_keys, stand_ins = _prepare_config(file_values, overrides, stack)
+    config.update({k: _config_value(v) for k, v in provider.items() if v is not None})
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
-    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}),
+    cluster_uid = cluster_uid or str(values.get("clusterId") or "") or CLUSTER_UID
+    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}), cluster_uid=cluster_uid,
                          existing=None if existing is None else {k: dict(v) for k, v in existing.items()})
     # "organization" is what a DIY backend calls every stack's organization.
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
                              organization="organization")
-    # An earlier synthesis that failed midway (an error raised while resources were registering) leaves their tasks
-    # behind, bound to its closed event loop; awaiting them here would never return. Pulumi's own test decorator
-    # clears the same two.
+    # An earlier synthesis that failed midway (a refused run stops at its first failed RPC, or an error raised while
+    # resources were registering) leaves their tasks behind, bound to its closed event loop; awaiting them here would
+    # never return. Pulumi's own test decorator clears the same two.
     runtime_settings.SETTINGS.rpc_manager.clear()
     runtime_settings.SETTINGS.outputs.clear()
     root = runtime_settings.get_root_resource()
@@ -184,8 +207,11 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     try:
         _sync_await(run_pulumi_func(program))
-    except pulumi.RunError as exc:
-        raise SynthError(f"stack {stack!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 (a check that failed inside an Output reaches here wrapped in a ValueError)
+        refusal = _config_refusal(exc)
+        if refusal is None:
+            raise
+        raise SynthError(f"stack {stack!r}: {refusal}") from exc
 
     objects: list[K8sObject] = []
     for res in mocks.resources:
@@ -204,6 +230,19 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     objects.sort(key=lambda o: o.file_name)
     return Synthesis(stack=stack, config=values, objects=objects, outputs=resolved, secret_outputs=secret_outputs,
                      resources=list(mocks.resources), stand_ins=stand_ins)
+
+
+def _config_refusal(exc: BaseException) -> BaseException | None:
+    """The program's own refusal (a pulumi.RunError such as ConfigError) behind `exc`, however the SDK wrapped it:
+    the Pulumi CLI prints that message and nothing else."""
+    import pulumi
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, pulumi.RunError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def redacted(obj: K8sObject) -> dict[str, Any]:

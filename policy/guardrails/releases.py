@@ -1,9 +1,11 @@
-"""Refuses a canary that would take more of the requests than the stack's ceiling allows.
+"""Holds every canary to the share it asked for and to the stack's ceiling, one pod or many.
 
-The chat Service spreads requests over every ready chat pod, stable and canary alike, so the canary's share is
-its pods over all pods; with the stable set at its floor (its replica count, or its HPA's minReplicas) that share
-is highest. The smallest canary is one pod, so a one-pod canary is only held to the weight it asked for; a larger
-one is held to both.
+A canary's share is what the traffic path serves it. Behind an HTTPRoute that forwards to it by weight (a Service
+selecting the canary's pods among the rule's backendRefs), the share is its weight over the rule's total, at any
+replica count. Otherwise the chat Service spreads requests over every ready chat pod, stable and canary alike, so the
+share is the canary's pods over all pods, at each stable count from the floor (the HPA's minReplicas, or the replica
+count) to the ceiling (its maxReplicas). That share must stay within 2 points of the weight the canary asked for, and
+never exceed the stack's ceiling.
 """
 from __future__ import annotations
 
@@ -18,18 +20,23 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from .kube import CHAT_APP_LABEL, display_name, kind_of, known, known_items
+from .kube import CHAT_APP_LABEL, display_name, kind_of, known, known_items, known_list
 
 TRACK_LABEL = "track"
 CANARY_WEIGHT_ANNOTATION = "clawbot.dev/canary-weight-percent"
 MAX_WEIGHT = "maxWeightPercent"
 DEFAULT_MAX_WEIGHT = 50
+SHARE_TOLERANCE = 2.0  # points: infra/settings/checks.py CANARY_SHARE_TOLERANCE
+
+
+def _pod_labels(props: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(known_items(known(known(known(known(props, "spec"), "template"), "metadata"), "labels")))
 
 
 def _chat_track(props: Mapping[str, Any]) -> str | None:
-    template_labels = dict(known_items(known(known(known(known(props, "spec"), "template"), "metadata"), "labels")))
+    labels = _pod_labels(props)
     key, value = CHAT_APP_LABEL
-    return template_labels.get(TRACK_LABEL) if template_labels.get(key) == value else None
+    return labels.get(TRACK_LABEL) if labels.get(key) == value else None
 
 
 def _int(value: Any) -> int | None:
@@ -39,24 +46,45 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _route_share(pod_labels: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
+                 routes: list[Mapping[str, Any]]) -> float | None:
+    """The share an HTTPRoute rule gives the Services that select these pods; None when no route forwards to them."""
+    for route in routes:
+        for rule in known_list(known(known(route, "spec"), "rules")):
+            refs = [(str(known(r, "name")), _int(known(r, "weight")) if known(r, "weight") is not None else 1)
+                    for r in known_list(known(rule, "backendRefs")) if known(r, "kind") in (None, "Service")]
+            total = sum(w or 0 for _, w in refs)
+            selected = [w or 0 for name, w in refs
+                        if services.get(name) and services[name].items() <= pod_labels.items()]
+            if selected and total:
+                return 100 * sum(selected) / total
+    return None
+
+
 def validate_canary_weight(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     ceiling = int(args.get_config().get(MAX_WEIGHT, DEFAULT_MAX_WEIGHT))
     deployments: dict[str, tuple[str | None, Mapping[str, Any]]] = {}
-    hpa_floor: dict[str, int] = {}
+    autoscaled: dict[str, tuple[int, int]] = {}
+    services: dict[str, dict[str, Any]] = {}
+    routes: list[Mapping[str, Any]] = []
     for r in args.resources:
         kind = kind_of(r.resource_type)
         name = known(known(r.props, "metadata"), "name")
         if kind == "Deployment" and name:
             deployments[str(name)] = (_chat_track(r.props), r.props)
         elif kind == "HorizontalPodAutoscaler":
-            target = known(known(r.props, "spec"), "scaleTargetRef")
-            floor = _int(known(known(r.props, "spec"), "minReplicas"))
-            if known(target, "kind") == "Deployment" and known(target, "name") and floor is not None:
-                hpa_floor[str(known(target, "name"))] = floor
-    stable_floor = sum(
-        hpa_floor.get(name, _int(known(known(props, "spec"), "replicas")) or 1)
-        for name, (track, props) in deployments.items() if track == "stable"
-    )
+            spec = known(r.props, "spec")
+            target = known(spec, "scaleTargetRef")
+            low, high = _int(known(spec, "minReplicas")) or 1, _int(known(spec, "maxReplicas"))
+            if known(target, "kind") == "Deployment" and known(target, "name") and high is not None:
+                autoscaled[str(known(target, "name"))] = (low, high)
+        elif kind == "Service" and name:
+            services[str(name)] = dict(known_items(known(known(r.props, "spec"), "selector")))
+        elif kind == "HTTPRoute":
+            routes.append(r.props)
+    stable = [(name, props) for name, (track, props) in deployments.items() if track == "stable"]
+    low = sum(autoscaled.get(n, (_int(known(known(p, "spec"), "replicas")) or 1,) * 2)[0] for n, p in stable)
+    high = sum(autoscaled.get(n, (_int(known(known(p, "spec"), "replicas")) or 1,) * 2)[1] for n, p in stable)
     for name, (track, props) in deployments.items():
         if track != "canary":
             continue
@@ -69,21 +97,32 @@ def validate_canary_weight(args: StackValidationArgs, report_violation: ReportVi
                 f"stack's canary.weight (or raise {MAX_WEIGHT} in the policy config on purpose)",
                 None,
             )
-        replicas = _int(known(known(props, "spec"), "replicas")) or 1
-        if replicas > 1 and stable_floor:
-            share = 100 * replicas / (replicas + stable_floor)
-            if share > ceiling:
-                report_violation(
-                    f"{where} runs {replicas} pods beside a floor of {stable_floor} stable pods, so it takes "
-                    f"{share:.0f}% of the requests when load is lowest, above this stack's ceiling of {ceiling}%; "
-                    "lower the canary's weight",
-                    None,
-                )
+        routed = _route_share(_pod_labels(props), services, routes)
+        if routed is not None:
+            shares, how = {0: routed}, f"the HTTPRoute gives it {routed:.0f}%"
+        elif stable:
+            pods = _int(known(known(props, "spec"), "replicas")) or 1
+            shares = {n: 100 * pods / (pods + n) for n in range(low, high + 1)}
+            how = (f"{pods} pod{'s' if pods > 1 else ''} beside {low}..{high} stable pods take {shares[low]:.0f}% to "
+                   f"{shares[high]:.0f}% of the requests" if low != high else
+                   f"{pods} pod{'s' if pods > 1 else ''} beside {low} stable pods take {shares[low]:.0f}% of the requests")
+        else:
+            continue
+        if max(shares.values()) > ceiling:
+            report_violation(f"{where}: {how}, above this stack's ceiling of {ceiling}%; lower the canary's weight",
+                             None)
+        if weight is not None and any(abs(s - weight) > SHARE_TOLERANCE for s in shares.values()):
+            report_violation(
+                f"{where} asks for {weight}% but {how}: more than {SHARE_TOLERANCE:g} points off. Route it through a "
+                "Gateway (an HTTPRoute splits by weight at any replica count) or ask for a share the pods give",
+                None,
+            )
 
 
 canary_weight = StackValidationPolicy(
     name="canary-weight-within-ceiling",
-    description="A canary Deployment takes no more of the requests than the stack's ceiling (maxWeightPercent).",
+    description="Every canary is served the share it asked for (within 2 points) and no more than the stack's "
+                "ceiling (maxWeightPercent).",
     validate=validate_canary_weight,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,

@@ -32,6 +32,13 @@ def _tls_at_load_balancer(props: Mapping[str, Any]) -> bool:
     return not ports or str(SERVICE_PORT) in ports or bool(names & set(ports))
 
 
+def _tls_at_gateway(props: Mapping[str, Any]) -> bool:
+    """An HTTPRoute attached to one named listener of its Gateway: the program attaches a production route only to the
+    listener the stack names as the Gateway's HTTPS one (gatewayListener), where TLS terminates as at an NLB's."""
+    parents = known_list(known(known(props, "spec"), "parentRefs"))
+    return bool(parents) and all(known(p, "sectionName") for p in parents)
+
+
 def validate_encrypted_endpoint(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     if args.get_config().get(ALLOW_PLAINTEXT, False) is True:
         return
@@ -45,11 +52,14 @@ def validate_encrypted_endpoint(args: StackValidationArgs, report_violation: Rep
                 production.append((display_name(r.props, r.name), bool(data.get("TLS_CERT_FILE"))))
         elif kind == "Service":
             load_balancer_tls = load_balancer_tls or _tls_at_load_balancer(r.props)
+        elif kind == "HTTPRoute":
+            load_balancer_tls = load_balancer_tls or _tls_at_gateway(r.props)
     for name, pod_tls in production:
         if not (pod_tls or load_balancer_tls):
             report_violation(
                 f"the production service configured by ConfigMap {name} serves port {SERVICE_PORT} without TLS: API keys "
-                f"and JWTs would cross the network in plain text. Set the stack's tlsCertificateArn (TLS at the NLB) or "
+                f"and JWTs would cross the network in plain text. Set the stack's tlsCertificateArn (TLS at the NLB), "
+                f"gateway with gatewayListener (its HTTPS listener), or "
                 f"podTlsIssuer/podTlsSecret (TLS in the pod), or pass the policy config {ALLOW_PLAINTEXT}: true on purpose",
                 None,
             )

@@ -289,20 +289,27 @@ def _needs(job: dict[str, Any]) -> list[str]:
 
 def test_prod_gets_a_canary_that_soaks_before_the_approval_that_promotes_it() -> None:
     jobs = workflow("deploy.yml")["jobs"]
-    canary, promote = jobs["canary-prod"], jobs["deploy-prod"]
-    assert {"image", "deploy-dev"} <= set(_needs(canary)) and "canary-prod" in _needs(promote)
+    canary, soak_job, stop_job, promote = (jobs[n] for n in ("canary-prod", "soak-prod", "stop-canary-prod", "deploy-prod"))
+    assert {"image", "deploy-dev"} <= set(_needs(canary)) and {"canary-prod", "soak-prod"} <= set(_needs(promote))
     # The canary runs without a reviewer; the promotion waits for one on the `prod` environment.
-    assert canary["environment"] == "prod-unattended" and promote["environment"] == "prod"
+    assert canary["environment"] == soak_job["environment"] == stop_job["environment"] == "prod-unattended"
+    assert promote["environment"] == "prod"
     runs = [str(s.get("run", "")) for s in steps(canary)]
     start = next(r for r in runs if "canary.image" in r)
     assert "imageHistory" in start and 'clawbot:image "$stable"' in start and '--path canary.image "$IMAGE"' in start
-    up = step_using(canary, "pulumi/actions", command="up", **{"stack-name": "prod", "policyPacks": "policy"})
-    soak = next(s for s in steps(canary) if "infra.tools.canary_check" in str(s.get("run", "")))
-    assert steps(canary).index(up) < steps(canary).index(soak)
-    # A failed soak stops the canary again (only once its `up` went through).
-    stop = [s for s in steps(canary) if str(s.get("if", "")).startswith("failure()")]
-    assert any("pulumi config rm --stack prod canary" in str(s.get("run", "")) for s in stop)
-    assert any(s.get("with", {}).get("command") == "up" for s in stop)
+    # Only a canary the stack can serve at its weight is started; otherwise the release goes to the approval.
+    assert "infra.tools.canary_share --stack prod" in start and 'pulumi config rm --stack prod canary' in start
+    step_using(canary, "pulumi/actions", command="up", **{"stack-name": "prod", "policyPacks": "policy"})
+    assert canary["outputs"]["started"] == "${{ steps.canary.outputs.started }}"
+    # The soak is a job of its own after the canary's `up`, so neither limit cuts the other short.
+    assert _needs(soak_job) == ["canary-prod"] and soak_job["if"] == "needs.canary-prod.outputs.started == 'true'"
+    assert any("infra.tools.canary_check" in str(s.get("run", "")) for s in steps(soak_job))
+    # A failed canary or soak stops the canary again, and nothing is promoted.
+    assert set(_needs(stop_job)) == {"canary-prod", "soak-prod"}
+    assert stop_job["if"] == "failure() && needs.canary-prod.outputs.started == 'true'"
+    assert any("pulumi config rm --stack prod canary" in str(s.get("run", "")) for s in steps(stop_job))
+    step_using(stop_job, "pulumi/actions", command="up", **{"stack-name": "prod"})
+    assert promote["if"] == "${{ !cancelled() && !failure() }}"
     # The promotion is the stack file from git (no canary block) with the new image: one `up`.
     assert not any("canary" in str(s.get("run", "")) for s in steps(promote))
 

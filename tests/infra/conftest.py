@@ -9,6 +9,18 @@ from infra.tools.synth import Synthesis, synthesize
 from tests.infra.crd_validation import Report
 from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures: the dump job's database)
 
+# prod behind a Gateway (issue 21 item 1): clients come through the Gateway's HTTPS listener, an HTTPRoute splits a
+# canary's share by weight, and the chat Service is ClusterIP. The pods read clients from X-Forwarded-For sent by the
+# Gateway's data plane (Envoy Gateway's proxies, in the VPC's pod subnets).
+BEHIND_GATEWAY = {
+    "gateway": "gateway-system/clawbot",
+    "gatewayListener": "https",
+    "gatewayProxyNamespace": "envoy-gateway-system",
+    "serviceType": "ClusterIP",
+    "tlsCertificateArn": "",
+    "trustedProxies": ["10.0.0.0/16"],
+}
+
 # What the CRD checks could and could not evaluate, summed over the session and printed at the end.
 CRD_REPORT = Report()
 
@@ -21,6 +33,15 @@ def prod() -> Synthesis:
 @pytest.fixture(scope="session")
 def dev() -> Synthesis:
     return synthesize("dev")
+
+
+@pytest.fixture(scope="session")
+def prod_gateway() -> Synthesis:
+    """prod behind its Gateway, with a 10% canary."""
+    return synthesize("prod", overrides={**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}})
+
+
+NEXT_IMAGE = "ghcr.io/clawbot/clawbot:0.2.0@sha256:" + "b" * 64
 
 
 def chat_container(s: Synthesis) -> dict[str, Any]:

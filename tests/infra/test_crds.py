@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from infra.tools.synth import Synthesis, synthesize
+from tests.infra.conftest import BEHIND_GATEWAY, NEXT_IMAGE
 from tests.infra.crd_validation import CRD_DIR, Report, crd_for, load_crds, validate
 
 # Stacks that between them emit every kind the program can: prod and dev as checked in, TLS in the pod from a
@@ -17,10 +18,12 @@ VARIANTS = {
     "prod-pod-tls": ("prod", {"podTlsIssuer": "ClusterIssuer/clawbot-ca"}),
     "prod-private-ca": ("prod", {"podTlsIssuer": "private-ca"}),
     "prod-existing-nodeclass": ("prod", {"nodeClassName": "gpu-nodes"}),
+    # Behind a Gateway, with a canary: the HTTPRoute and its weights (Gateway API, standard channel).
+    "prod-gateway-canary": ("prod", {**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}}),
     "prod-cilium": ("prod", {"ciliumPolicies": True, "modelHubEgressCidrs": []}),
 }
 EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate", "Issuer",
-                 "CiliumNetworkPolicy"}
+                 "CiliumNetworkPolicy", "HTTPRoute"}
 BUILTIN_GROUPS = {"v1", "apps", "policy", "autoscaling", "networking.k8s.io", "batch", "rbac.authorization.k8s.io"}
 
 
@@ -109,6 +112,29 @@ def test_a_failing_cel_rule_is_an_error(prod: Synthesis) -> None:
 
     errors = validate(mutated(prod, "NodePool", restricted_label)).errors
     assert any("restricted" in e for e in errors), errors
+
+
+def test_the_http_route_is_held_to_the_gateway_api_crd(syntheses: dict[str, Synthesis]) -> None:
+    route = syntheses["prod-gateway-canary"].one("HTTPRoute").manifest
+    report = validate(route)
+    assert report.errors == [] and report.rules_run >= 5  # the route's CEL rules (parentRefs, matches, filters) ran
+
+    def weight(m: dict) -> None:
+        m["spec"]["rules"][0]["backendRefs"][1]["weight"] = -1
+
+    assert any("-1 is less than the minimum of 0" in e for e in validate(mutated_manifest(route, weight)).errors)
+
+    def path(m: dict) -> None:
+        m["spec"]["rules"][0]["matches"][0]["path"]["value"] = "chat"
+
+    errors = validate(mutated_manifest(route, path)).errors
+    assert any("must be an absolute path" in e for e in errors), errors
+
+
+def mutated_manifest(manifest: dict, change) -> dict:  # type: ignore[no-untyped-def]
+    out = copy.deepcopy(manifest)
+    change(out)
+    return out
 
 
 def test_a_wrong_enum_or_scope_is_an_error(prod: Synthesis) -> None:

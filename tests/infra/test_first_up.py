@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from infra.components.chat_pod import CHECKSUM_ANNOTATION
-from infra.components.chat_service import PROVISIONING_BUDGET_S
+from infra.components.rollout import POD_TURNOVER_S, PROVISIONING_BUDGET_S
 from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
 from infra.components.load_balancer import AWS_LB
 from infra.components.secret_store import DAY_S, next_schedule, rotation_schedule
@@ -52,7 +52,7 @@ def test_the_load_balancer_is_an_internal_nlb_that_keeps_client_addresses(prod: 
     # Health checks ask whether the model is loaded, and the NetworkPolicy admits the NLB's subnets for them.
     assert a[f"{AWS_LB}healthcheck-path"] == "/readyz" and a[f"{AWS_LB}healthcheck-port"] == "traffic-port"
     # Pods count as Ready only once the target group says so: rollouts never outrun the NLB.
-    assert prod.one("Namespace").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
+    assert prod.one("Namespace", "clawbot").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
 
 
 def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> None:
@@ -64,7 +64,7 @@ def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> N
     # controller's default health check (kube-proxy's node port) is the right one.
     assert s.one("Service", "clawbot").manifest["spec"]["externalTrafficPolicy"] == "Local"
     assert f"{AWS_LB}healthcheck-path" not in a
-    assert "elbv2.k8s.aws/pod-readiness-gate-inject" not in s.one("Namespace").manifest["metadata"]["labels"]
+    assert "elbv2.k8s.aws/pod-readiness-gate-inject" not in s.one("Namespace", "clawbot").manifest["metadata"]["labels"]
 
 
 def test_combinations_that_cannot_work_are_refused() -> None:
@@ -139,11 +139,15 @@ def test_pulumi_waits_for_the_model_to_load_plus_node_and_image_time(stack: str,
     s: Synthesis = request.getfixturevalue(stack)
     startup = chat_container(s)["startupProbe"]
     probe_budget = startup["periodSeconds"] * startup["failureThreshold"]
-    expected = f"{probe_budget + PROVISIONING_BUDGET_S}s"
-    for kind in ("Deployment", "Service"):  # the Service's await needs a ready endpoint: the same first pod
-        timeouts = s.one(kind, "clawbot").options.custom_timeouts
-        assert timeouts == {"create": expected, "update": expected}, (kind, timeouts)
-    assert probe_budget + PROVISIONING_BUDGET_S > 600  # Pulumi's default await
+    first_pod = probe_budget + PROVISIONING_BUDGET_S
+    # The Service's await needs one ready endpoint: the first pod. The Deployment's update walks every replica.
+    assert s.one("Service", "clawbot").options.custom_timeouts == {"create": f"{first_pod}s", "update": f"{first_pod}s"}
+    deployment = s.one("Deployment", "clawbot").options.custom_timeouts
+    assert deployment is not None and deployment["create"] == f"{first_pod}s"
+    replicas = int(s.config.get("maxReplicas", 1))
+    grace = pod_spec(s)["terminationGracePeriodSeconds"]
+    assert deployment["update"] == f"{first_pod + (replicas - 1) * (grace + POD_TURNOVER_S + probe_budget)}s"
+    assert first_pod > 600  # Pulumi's default await
 
 
 # -- 4. config and secret changes reach running pods -----------------------------------------------------------------
@@ -211,7 +215,7 @@ def test_data_volumes_survive_destroy_and_prod_refuses_to_delete_them(prod: Synt
     assert prod.one("PersistentVolumeClaim", "clawbot-data").options.protect and prod.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
     assert dev.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete and not dev.one("PersistentVolumeClaim", "clawbot-data").options.protect
     # Deleting the namespace would delete the claim in it, so the namespace is retained too.
-    assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace").options.retain_on_delete
+    assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace", "clawbot-dev").options.retain_on_delete
 
 
 # -- 8. the smaller ones ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from infra.settings.release import canary_replicas
 from infra.settings import ConfigError, parse_settings
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.docs.pages import page
+from tests.infra.conftest import BEHIND_GATEWAY
 from tests.infra.test_stacks import NEWEST, OLDEST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,10 @@ PROD = read_stack_config("prod")
 
 
 def with_canary(stack: str = "prod", **canary: Any) -> Synthesis:
-    return synthesize(stack, overrides={"image": A, "canary": {"image": D, **canary}})
+    """A canary beside the stable set: prod behind its Gateway (the share by weight); dev, one replica, at 50%."""
+    canary = {"weight": 50, **canary} if stack == "dev" else canary
+    extra = BEHIND_GATEWAY if stack == "prod" else {}
+    return synthesize(stack, overrides={**extra, "image": A, "canary": {"image": D, **canary}})
 
 
 def template(s: Synthesis, name: str) -> dict[str, Any]:
@@ -82,15 +86,21 @@ def test_both_tracks_are_scraped_with_their_release_labels(prod: Synthesis) -> N
     assert set(monitor["podTargetLabels"]) <= set(stable_pods)
 
 
-def test_the_canary_share_follows_from_the_weight_and_the_stable_floor_and_is_reported_honestly() -> None:
+def test_the_canary_share_follows_from_the_weight_and_is_reported_honestly() -> None:
     assert canary_replicas(10, 2) == 1 and canary_replicas(10, 9) == 1 and canary_replicas(10, 18) == 2
     assert canary_replicas(50, 2) == 2 and canary_replicas(25, 6) == 2 and canary_replicas(1, 1) == 1
-    s = with_canary(weight=25)
+    s = synthesize("prod", overrides={**BEHIND_GATEWAY, "image": A, "gpuLimit": 14, "canary": {"image": D, "weight": 25}})
     assert s.outputs["canary"] == {
-        "image": D, "version": "ddd444", "weightPercent": 25, "replicas": 1,
-        # prod scales 2..10: one canary pod serves a third of the requests at the floor, an eleventh at the top.
-        "shareOfRequestsPercent": {"atMinReplicas": 33.3, "atMaxReplicas": 9.1},
+        "image": D, "version": "ddd444", "weightPercent": 25,
+        # Behind the Gateway the share is the route's weight; the canary gets pods for its part of the load at
+        # maxReplicas: 25 x 10 / 75, three pods.
+        "replicas": 3, "splitBy": "HTTPRoute weight",
+        "shareOfRequestsPercent": {"atMinReplicas": 25.0, "atMaxReplicas": 25.0},
     }
+    # Behind the Service the share is a count of pods: one canary pod beside nine stable ones is 10%.
+    pods = synthesize("prod", overrides={"image": A, "minReplicas": 9, "canary": {"image": D}})
+    assert pods.outputs["canary"]["splitBy"] == "ready pods"
+    assert pods.outputs["canary"]["shareOfRequestsPercent"] == {"atMinReplicas": 10.0, "atMaxReplicas": 9.1}
     assert synthesize("prod").outputs["canary"] is None
 
 
@@ -161,10 +171,10 @@ def test_the_stack_reads_its_history_back_and_exports_it_with_this_image() -> No
 # -- the documented runbooks, run ------------------------------------------------------------------------------------
 
 
-def runbook(name: str) -> str:
-    """The command in the fenced block right after `<!-- runbook: NAME -->` in the releases docs."""
-    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", page(RUNBOOKS), re.S)
-    assert match, f"{RUNBOOKS} has no runbook {name!r}"
+def runbook(name: str, doc: str = RUNBOOKS) -> str:
+    """The command in the fenced block right after `<!-- runbook: NAME -->` in a docs page (the releases page by default)."""
+    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", page(doc), re.S)
+    assert match, f"{doc} has no runbook {name!r}"
     command = match.group(1).strip()
     assert "\n" not in command, f"runbook {name!r} must be one command"
     return command
@@ -206,7 +216,7 @@ class Stack:
 
 
 def test_the_rollback_runbook_brings_the_previous_digest_back(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, "prod", {"image": A}, {"imageHistory": [A, B, C]})
+    stack = Stack(tmp_path, "prod", {**BEHIND_GATEWAY, "image": A}, {"imageHistory": [A, B, C]})
     stack.run("pulumi up --yes")
     assert stack.image() == A and stack.outputs["imageHistory"] == [A, B, C]
     stack.run(runbook("rollback"))
@@ -215,7 +225,7 @@ def test_the_rollback_runbook_brings_the_previous_digest_back(tmp_path: Path) ->
 
 
 def test_canary_then_promote_then_rollback_as_the_docs_say(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, "prod", {"image": A}, {"imageHistory": [A, B]})
+    stack = Stack(tmp_path, "prod", {**BEHIND_GATEWAY, "image": A}, {"imageHistory": [A, B]})
     stack.run(runbook("canary"), NEW_IMAGE=D)
     assert (stack.image(), stack.image("clawbot-canary")) == (A, D)
     assert stack.outputs["canary"]["image"] == D and stack.outputs["imageHistory"] == [A, B]
@@ -229,7 +239,7 @@ def test_canary_then_promote_then_rollback_as_the_docs_say(tmp_path: Path) -> No
 
 
 def test_stopping_a_canary_leaves_the_stable_set_as_it_was(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, "prod", {"image": A}, {"imageHistory": [A]})
+    stack = Stack(tmp_path, "prod", {**BEHIND_GATEWAY, "image": A}, {"imageHistory": [A]})
     stack.run(runbook("canary"), NEW_IMAGE=D)
     before = stack.deployment("clawbot")
     stack.run(runbook("stop-canary"))

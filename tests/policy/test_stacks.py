@@ -10,6 +10,8 @@ from guardrails import POLICIES
 from infra.tools.synth import synthesize
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
+from tests.infra.conftest import BEHIND_GATEWAY, NEXT_IMAGE
+
 from .conftest import Violations, resource_args, stack_args, stack_resource
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "policy" / "config"
@@ -48,10 +50,15 @@ def test_type_token_matches_pulumi_kubernetes() -> None:
     assert type_token("monitoring.coreos.com/v1", "PrometheusRule") == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 
 
-@pytest.fixture(scope="module", params=["dev", "prod"])
+# prod behind a Gateway with a 10% canary (issue 21): the HTTPRoute carries the TLS listener and the canary's share.
+VARIANTS = {"prod-gateway-canary": ("prod", {**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}})}
+
+
+@pytest.fixture(scope="module", params=["dev", "prod", *VARIANTS])
 def stack(request: pytest.FixtureRequest) -> tuple[str, list[tuple[str, str, dict[str, Any]]]]:
-    result = synthesize(request.param)  # in memory: Secret values are real here, not redacted
-    return request.param, [(type_token(o.api_version, o.kind), o.resource_name, o.manifest) for o in result.objects]
+    stack_name, overrides = VARIANTS.get(request.param, (request.param, {}))
+    result = synthesize(stack_name, overrides=overrides)  # in memory: Secret values are real here, not redacted
+    return stack_name, [(type_token(o.api_version, o.kind), o.resource_name, o.manifest) for o in result.objects]
 
 
 def test_the_stack_passes_every_guardrail(stack: tuple[str, list[tuple[str, str, dict[str, Any]]]]) -> None:

@@ -50,3 +50,14 @@ def test_plaintext_production_fails_naming_the_fix() -> None:
 def test_development_and_plaintext_on_purpose_pass() -> None:
     assert check(("ConfigMap", config_map("development")), ("Service", service(kind="ClusterIP"))) == []
     assert check(("ConfigMap", config_map()), ("Service", service()), config={"allowPlaintext": True}) == []
+
+
+def test_a_route_on_a_named_gateway_listener_counts_as_tls_at_the_gateway() -> None:
+    def route(parent: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        return ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
+                {"metadata": {"name": "clawbot"}, "spec": {"parentRefs": [{"kind": "Gateway", "name": "gw", **parent}]}})
+
+    assert check(("ConfigMap", config_map()), ("Service", service(kind="ClusterIP")), route({"sectionName": "https"})) == []
+    # A route on every listener of the Gateway may be served by a plain HTTP one.
+    v = check(("ConfigMap", config_map()), ("Service", service(kind="ClusterIP")), route({}))
+    assert len(v) == 1 and "gatewayListener" in v.messages[0]

@@ -99,7 +99,7 @@ def test_drift_and_expiry_can_replace_nodes_without_cutting_a_stream_or_a_model_
     assert node_spec["terminationGracePeriod"] == "1h" and node_spec["expireAfter"] == "720h"
     pod = prod.one("Deployment", "clawbot").manifest["spec"]["template"]
     protected = duration_seconds(pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"])
-    assert protected == 1800  # the start-up budget: "true" would block drift for good
+    assert protected == prod.config["startupTimeoutSeconds"] == 720  # the start-up budget: "true" would block drift for good
     # The node waits out a loading pod's protection and then its whole termination grace before anything is forced.
     assert grace is not None and protected is not None
     assert grace >= protected + pod["spec"]["terminationGracePeriodSeconds"]

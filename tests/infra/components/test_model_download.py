@@ -52,7 +52,7 @@ def test_pulumi_runs_it_after_the_claim_and_before_the_deployments_and_waits_as_
     assert job.resource_name == "chat-model" and "chat-data" in job.depends_on
     assert job.options.custom_timeouts == {"create": "4500s", "update": "4500s"}  # the deadline + scheduling and pull
     assert "chat-model" in prod.one("Deployment", "clawbot").depends_on
-    canary = synthesize("prod", overrides={"canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}})
+    canary = synthesize("prod", overrides={"minReplicas": 9, "canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}})
     assert "chat-model" in canary.one("Deployment", "clawbot-canary").depends_on
 
 

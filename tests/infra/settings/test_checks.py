@@ -6,6 +6,7 @@ import pytest
 
 from infra.settings import ConfigError, checks, parse_settings
 from infra.tools.synth import SynthError, read_stack_config, synthesize
+from tests.infra.conftest import BEHIND_GATEWAY
 
 PROD = read_stack_config("prod")
 
@@ -59,9 +60,25 @@ VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
     "gpu_limit_covers_a_rollout": (prod_with(gpuLimit=5), ("gpuLimit", "gpusPerPod", "maxReplicas")),
     "data_volume_reaches_every_replica": (prod_with(dataAccessMode="ReadWriteOnce"), ("dataAccessMode", "maxReplicas")),
     "quantization_has_a_gpu": ({**DEV, "quantization": "nf4"}, ("quantization", "gpuMode")),
-    "node_drain_outlasts_pod_restarts": (prod_with(nodeTerminationGracePeriod="20m"),
+    # issue 21 item 1: the canary's share, and the Gateway in front of the pods
+    "canary_share_is_served": (prod_with(canary={"image": "ghcr.io/clawbot/clawbot:0.2.0"}), ("canary", "gateway")),
+    "gateway_is_the_only_way_in": (prod_with(**{**BEHIND_GATEWAY, "serviceType": "LoadBalancer", "tlsCertificateArn": ARN}),
+                                   ("gateway", "serviceType")),
+    "gateway_routes_a_hostname": (prod_with(**{**BEHIND_GATEWAY, "endpointHostname": ""}), ("gateway", "endpointHostname")),
+    "gateway_forwards_client_addresses": (prod_with(**{**BEHIND_GATEWAY, "trustedProxies": []}),
+                                          ("gateway", "allowedCidrs", "trustedProxies")),
+    "gateway_speaks_http_to_the_pods": (prod_with(**{**BEHIND_GATEWAY, "podTlsIssuer": "ClusterIssuer/ca"}),
+                                        ("gateway", "podTlsIssuer")),
+    "production_gateway_names_its_https_listener": (prod_with(**{**BEHIND_GATEWAY, "gatewayListener": ""}),
+                                                    ("gateway", "gatewayListener")),
+    "node_drain_outlasts_pod_restarts": (prod_with(nodeTerminationGracePeriod="10m"),
                                          ("nodeTerminationGracePeriod", "disruptionBudget", "startupTimeoutSeconds")),
     "model_download_has_egress": (prod_with(modelHubEgressCidrs=[]), ("modelPath", "modelHubEgressCidrs", "ciliumPolicies")),
+    # -- the key store and backups --
+    "production_keeps_the_kek_in_kms": (prod_with(keyEncryption="namespace"), ("keyEncryption", "kmsDataKey")),
+    "production_reaches_kms_privately": (prod_with(kmsEgressCidrs=[]), ("kmsEgressCidrs", "kmsRoleArn")),
+    "production_encrypts_cluster_secrets": (prod_with(clusterSecretsKeyArn=""), ("clusterSecretsKeyArn",)),
+    "production_backups_leave_the_cluster": (prod_with(backupBucket=""), ("backupBucket", "backupBucketRegion")),
 }
 
 
@@ -82,12 +99,12 @@ def test_each_cross_topic_rule_lives_in_checks_alone(rule: str, monkeypatch: pyt
 
 
 def test_a_drain_must_outlast_every_restart_the_budget_walks_through() -> None:
-    """Per node: the chat pod's start-up (30m in prod) plus its termination grace (100s); two nodes at once, twice."""
-    s = parse_settings(prod_with(nodeTerminationGracePeriod="31m40s"), stack="prod")
-    assert s.gpu.termination_grace_period == "31m40s"
-    with pytest.raises(ConfigError, match=r"Set clawbot:nodeTerminationGracePeriod to 1h3m20s or more"):
-        parse_settings(prod_with(disruptionBudget="2"), stack="prod")
-    parse_settings(prod_with(disruptionBudget="2", nodeTerminationGracePeriod="2h"), stack="prod")
+    """Per node: the chat pod's start-up (12m in prod) plus its termination grace (100s); two nodes at once, twice."""
+    s = parse_settings(prod_with(nodeTerminationGracePeriod="13m40s"), stack="prod")
+    assert s.gpu.termination_grace_period == "13m40s"
+    with pytest.raises(ConfigError, match=r"Set clawbot:nodeTerminationGracePeriod to 27m20s or more"):
+        parse_settings(prod_with(disruptionBudget="2", nodeTerminationGracePeriod="20m"), stack="prod")
+    parse_settings(prod_with(disruptionBudget="2", nodeTerminationGracePeriod="30m"), stack="prod")
     # Without Karpenter there is no drain of ours to bound.
     parse_settings({**DEV, "nodeTerminationGracePeriod": "1m"}, stack="dev")
 
