@@ -54,3 +54,57 @@ def test_the_documented_401_and_415_are_what_the_routes_answer(service: TestClie
                 assert service.request(method, path, content=b"messages=hi", headers=headers).status_code == 415, path
             if "401" in documented and path != "/api/auth":
                 assert service.request(method, path).status_code == 401, path
+
+
+def _body_validator(schema: dict[str, Any], path: str) -> Any:
+    """A validator for `path`'s request body as /openapi.json publishes it."""
+    from jsonschema import Draft202012Validator
+
+    body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**body, "components": schema["components"]})
+
+
+# Bodies the schema and the service agree to refuse: a schema-valid body the service refused (or the reverse) is what
+# schemathesis reported (issue 22, item 7).
+REFUSED_BODIES = {
+    "no messages": ("/v1/chat/completions", {"messages": []}),
+    "strict as 0": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "f", "strict": 0}}]}),
+    "stream as 1": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": 1}),
+    "an unknown role": ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}),
+    "no input items": ("/v1/responses", {"input": []}),
+    "an object as item content": ("/v1/responses", {"input": [{"role": "user", "content": {"text": "hi"}}]}),
+    "an unknown item type": ("/v1/responses", {"input": [{"type": "item_reference", "id": "x"}]}),
+    "text.format strict as 0": ("/v1/responses", {"input": "hi", "text": {"format": {"type": "text", "strict": 0}}}),
+}
+
+
+def test_bodies_the_service_refuses_are_invalid_in_the_published_schema(service: TestClient) -> None:
+    """(tests/app/api/test_hostile_input.py holds the service to refusing each with a 400.)"""
+    schema = service.get("/openapi.json").json()
+    for name, (path, body) in REFUSED_BODIES.items():
+        assert not _body_validator(schema, path).is_valid(body), name
+
+
+def test_served_responses_items_are_valid_in_the_published_schema(service: TestClient) -> None:
+    validator = _body_validator(service.get("/openapi.json").json(), "/v1/responses")
+    items = [
+        {"role": "system", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{\"city\": \"Paris\"}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ]
+    assert validator.is_valid({"input": items, "stream": True})
+
+
+def test_streams_are_documented_as_events_of_the_published_shapes(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    for path, payloads in (("/v1/chat/completions", {"ChatCompletionChunk", "ErrorResponse"}),
+                           ("/v1/responses", {"ResponseStreamEvent"})):
+        event = schema["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        data = event["properties"]["data"]
+        json_data = data.get("else", data)
+        assert json_data["contentMediaType"] == "application/json", path
+        assert {ref["$ref"].rsplit("/", 1)[1] for ref in json_data["contentSchema"]["anyOf"]} == payloads, path
+        assert payloads <= set(schema["components"]["schemas"]), path
