@@ -77,6 +77,16 @@ def test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle() -> Non
     assert [" -> ".join(cycle) for cycle in package_graph.cycles()] == []
 
 
+def test_routes_leave_running_a_request_to_the_serving_layer() -> None:
+    """A route parses and formats: it never imports another route, the engine or the access checks; app.api.serving
+    runs the request."""
+    routes = [m for m in GRAPH.edges if m.startswith("app.api.routes.")]
+    assert len(routes) >= 5
+    reaching = sorted(f"{s} -> {t}" for s in routes for t in GRAPH.edges[s]
+                      if (t.startswith("app.api.routes.") and t != s) or is_in(t, ("app.inference", "app.access")))
+    assert reaching == []
+
+
 @pytest.mark.parametrize("source, target, check", [
     ("app.access.control", "app.api.errors", test_app_never_imports_up_its_layers),
     ("app.settings", "app.inference.engine", test_app_never_imports_up_its_layers),
@@ -84,6 +94,8 @@ def test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle() -> Non
     ("infra.settings", "__main__", test_nothing_imports_in_a_circle),
     ("app.storage.redis_link", "app.access.ratelimit", test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle),
     ("app.inference.engine", "infra.settings", test_the_service_and_the_pulumi_program_stay_apart),
+    ("app.api.routes.responses_api", "app.api.routes.openai_api", test_routes_leave_running_a_request_to_the_serving_layer),
+    ("app.api.routes.openai_api", "app.inference.engine", test_routes_leave_running_a_request_to_the_serving_layer),
 ])
 def test_each_check_catches_what_it_forbids(monkeypatch: pytest.MonkeyPatch, source: str, target: str, check) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(GRAPH.edges, source, GRAPH.edges[source] | {target})

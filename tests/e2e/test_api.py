@@ -213,3 +213,35 @@ def test_a_system_prompt_sent_again_is_reported_as_cached_tokens_in_both_apis(se
                                                          "max_output_tokens": 4})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["input_tokens_details"]["cached_tokens"] >= 64, r.json()["usage"]
+
+
+def test_each_200_body_is_what_openapi_json_documents(server: Server, token: str) -> None:
+    """Answers checked against the served /openapi.json (OpenAPI 3.1: its schemas are JSON Schema 2020-12), each
+    `data:` of a chat completion stream against ChatCompletionChunk."""
+    from jsonschema import Draft202012Validator
+
+    with server.client() as c:
+        schema = c.get("/openapi.json").json()
+
+        def check(path: str, method: str, body: dict, ref: str | None = None) -> None:
+            documented = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+            root = {"$ref": ref or documented["$ref"], "components": schema["components"]}
+            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in Draft202012Validator(root).iter_errors(body)]
+            assert errors == [], (path, errors, body)
+
+        key = {"Authorization": f"Bearer {server.api_key}"}
+        for path in ("/healthz", "/readyz"):
+            check(path, "get", c.get(path).json())
+        check("/v1/models", "get", c.get("/v1/models", headers=key).json())
+        check("/api/chat", "post", c.post("/api/chat", json={"messages": FRANCE, "max_tokens": 8},
+                                          headers={"Authorization": f"Bearer {token}"}).json())
+        check("/v1/chat/completions", "post", c.post("/v1/chat/completions", headers=key, json={
+            "messages": FRANCE, "max_tokens": 8}).json())
+        check("/v1/responses", "post", c.post("/v1/responses", headers=key, json={
+            "input": "What is the capital of France?", "max_output_tokens": 8}).json())
+        payload = {"messages": FRANCE, "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True}}
+        with c.stream("POST", "/v1/chat/completions", json=payload, headers=key) as r:
+            events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and len(events) > 2
+        for event in events[:-1]:
+            check("/v1/chat/completions", "post", json.loads(event), "#/components/schemas/ChatCompletionChunk")

@@ -108,3 +108,20 @@ def test_streams_are_documented_as_events_of_the_published_shapes(service: TestC
         assert json_data["contentMediaType"] == "application/json", path
         assert {ref["$ref"].rsplit("/", 1)[1] for ref in json_data["contentSchema"]["anyOf"]} == payloads, path
         assert payloads <= set(schema["components"]["schemas"]), path
+
+
+def test_every_200_body_is_a_named_model_and_a_stream_is_documented_as_server_sent_events(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    streams = set()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"]["200"]["content"]
+            ref = content["application/json"]["schema"].get("$ref", "")
+            assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, (path, method, content)
+            if "text/event-stream" in content:
+                streams.add(path)
+    assert streams == {"/v1/chat/completions", "/v1/responses"}
+    # What each `data:` of a chat completion stream carries is documented too.
+    assert "ChatCompletionChunk" in components and "ChatCompletionChunk" in schema["paths"]["/v1/chat/completions"][
+        "post"]["responses"]["200"]["description"]
