@@ -43,8 +43,27 @@ class ToolCallItem(BaseModel):
     function: FunctionCall
 
 
+def required_when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema rule: objects matching `condition` must also match `then` (for the published schema)."""
+    return {"if": condition, "then": then}
+
+
+# _shape_fits_role below, as the published schema states it.
+MESSAGE_RULES = {"allOf": [
+    required_when(  # content is null (or left out) only in an assistant's message that has tool calls
+        {"not": {"required": ["role", "tool_calls"],
+                 "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}}}},
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    ),
+    required_when(  # a tool result names the call it answers
+        {"required": ["role"], "properties": {"role": {"const": "tool"}}},
+        {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}},
+    ),
+]}
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=MESSAGE_RULES)
 
     role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked below, with a message naming the roles
     content: str | list[ContentPart] | None = None
@@ -98,6 +117,10 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(json_schema_extra=required_when(
+        {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+        {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+    ))
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 

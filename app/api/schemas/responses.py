@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool
 
-from app.api.schemas.chat import FUNCTION_NAME
+from app.api.schemas.chat import FUNCTION_NAME, required_when
 from app.api.schemas.common import TEMPERATURE_DOC
 from app.api.schemas.limits import MAX_FUNCTION_NAME_CHARS, MAX_TOOL_CALL_ID_CHARS, MAX_TOOLS
 from app.inference.requests import MAX_TEMPERATURE
@@ -90,7 +90,10 @@ class FunctionToolChoice(BaseModel):
 
 
 class TextFormat(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra=required_when(
+        {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+        {"required": ["schema"], "properties": {"schema": {"type": "object"}}},
+    ))
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str | None = None
     description: str | None = None

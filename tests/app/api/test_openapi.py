@@ -76,6 +76,15 @@ REFUSED_BODIES = {
     "an object as item content": ("/v1/responses", {"input": [{"role": "user", "content": {"text": "hi"}}]}),
     "an unknown item type": ("/v1/responses", {"input": [{"type": "item_reference", "id": "x"}]}),
     "text.format strict as 0": ("/v1/responses", {"input": "hi", "text": {"format": {"type": "text", "strict": 0}}}),
+    "a user message without content": ("/v1/chat/completions", {"messages": [{"role": "user"}]}),
+    "an assistant message without content or calls": ("/v1/chat/completions", {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": []}]}),
+    "a tool result without tool_call_id": ("/v1/chat/completions", {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]}),
+    "a json_schema response_format without its schema": ("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}}),
+    "a json_schema text.format without its schema": ("/v1/responses", {
+        "input": "hi", "text": {"format": {"type": "json_schema", "name": "r"}}}),
 }
 
 
@@ -96,6 +105,12 @@ def test_served_responses_items_are_valid_in_the_published_schema(service: TestC
         {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
     ]
     assert validator.is_valid({"input": items, "stream": True})
+    chat = _body_validator(service.get("/openapi.json").json(), "/v1/chat/completions")
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    assert chat.is_valid({"messages": [{"role": "user", "content": "Weather?"},
+                                       {"role": "assistant", "content": None, "tool_calls": [call]},
+                                       {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+                          "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {}}}})
 
 
 def test_streams_are_documented_as_events_of_the_published_shapes(service: TestClient) -> None:
