@@ -72,7 +72,10 @@ def test_the_image_is_under_5_gb_and_its_build_figures_are_recorded(image: Built
 
 
 def test_the_embedded_model_converts_inside_the_image_with_no_network(data_dir: Path) -> None:
-    model = data_dir / "models" / "smollm2-135m-instruct"
+    # The GGUF's blocks are packed for this device (QUANTIZATION=auto): models/smollm2-135m-instruct-<form>-<device>.
+    packed = [d for d in (data_dir / "models").glob("smollm2-135m-instruct*") if d.is_dir()]
+    assert len(packed) == 1, sorted(p.name for p in (data_dir / "models").iterdir())
+    model = packed[0]
     assert (model / "model.safetensors").stat().st_uid == 10001
     assert json.loads((model / ".clawbot-model.json").read_text())["source"].endswith(".gguf")
 
