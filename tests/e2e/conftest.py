@@ -6,18 +6,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import Server, running_server
 from tests.postgres_server import postgres_server  # noqa: F401  (fixture: the replicas' database server)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(Path(tmp_path_factory.mktemp("e2e-data")))
-    try:
-        srv.wait_ready()
+    with running_server(Path(tmp_path_factory.mktemp("e2e-data"))) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

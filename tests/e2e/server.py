@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -97,3 +99,14 @@ def start_server(data_dir: Path, **env_overrides: str) -> Server:
     out = log_path.open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(proc=proc, port=port, metrics_port=metrics_port, data_dir=data_dir, log_path=log_path, env=env)
+
+
+@contextmanager
+def running_server(data_dir: Path, **env_overrides: str) -> Iterator[Server]:
+    """A started server, once it is ready; stopped on the way out (what a module's server fixture yields)."""
+    srv = start_server(data_dir, **env_overrides)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

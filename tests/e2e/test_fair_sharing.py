@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from bench.server_process import write_key_files
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import Server, running_server
 from tests.e2e.test_disconnect import metric, wait_for
 from tests.redis_server import RedisServer
 
@@ -42,13 +42,9 @@ def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 def fair(tmp_path_factory: pytest.TempPathFactory, limits: RedisServer) -> Iterator[tuple[Server, dict[str, str]]]:
     root = Path(tmp_path_factory.mktemp("fair-sharing"))
     env, raw = write_key_files(root / "secrets", KEYS)
-    srv = start_server(root / "data", **env, MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
-                       REDIS_URL=limits.url)
-    try:
-        srv.wait_ready()
+    with running_server(root / "data", **env, MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
+                        REDIS_URL=limits.url) as srv:
         yield srv, raw
-    finally:
-        srv.stop()
 
 
 def bearer(credential: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import Server, running_server
 from tests.e2e.test_disconnect import metric as metric_value
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -228,12 +228,9 @@ LONG_PROMPT = "Tell me a long story about a dragon. " * 800
 @pytest.fixture(scope="module")
 def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server whose generations time out after one second, so that a long prompt fails after its 200 went out."""
-    srv = start_server(Path(tmp_path_factory.mktemp("hasty")), GENERATION_TIMEOUT_SECONDS="1", PREFILL_CHUNK_TOKENS="256")
-    try:
-        srv.wait_ready()
+    with running_server(Path(tmp_path_factory.mktemp("hasty")), GENERATION_TIMEOUT_SECONDS="1",
+                        PREFILL_CHUNK_TOKENS="256") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_an_error_mid_stream_is_raised_by_the_client_and_counted(hasty: Server) -> None:
@@ -262,13 +259,9 @@ LONG_ANSWER = 8000
 
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(Path(tmp_path_factory.mktemp("patient")), GENERATION_TIMEOUT_SECONDS=str(DEADLINE_S),
-                       MAX_TOKENS="8192")
-    try:
-        srv.wait_ready()
+    with running_server(Path(tmp_path_factory.mktemp("patient")), GENERATION_TIMEOUT_SECONDS=str(DEADLINE_S),
+                        MAX_TOKENS="8192") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_an_answer_the_deadline_cuts_short_is_returned_with_finish_reason_length(patient: Server) -> None:
