@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app.api.auth import ROUTE_RULES, RouteRule
 from app.api.middleware.network_rules import PROBE_PATHS
 from app.api.schemas import ChatCompletionChunk, ErrorResponse
+from app.api.schemas.responses_events import ResponseStreamEvent
 from app.api.serving import DEADLINE_HEADER, MAX_TOKENS_HEADER
 
 SCHEMA_PREFIX = "#/components/schemas/"
@@ -40,8 +41,20 @@ GENERATION_HEADERS = {
                       "in seconds; the answer holds what was generated, with finish_reason length",
                       "schema": {"type": "number"}},
 }
+# What a stream's events carry, documented beside the error shape (no route returns them as JSON).
+STREAM_SCHEMAS = (ChatCompletionChunk, ResponseStreamEvent)
 # FastAPI's validation-error schemas, dropped with the 422s that used them.
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def event_stream(description: str, *payloads: str, done: bool = False) -> dict[str, Any]:
+    """A 200's `text/event-stream` content: each event (Open API 3.1 has the schema describe one event, as
+    {event, data, id, retry}) carries JSON `data` matching one of the named component schemas, or `[DONE]`."""
+    json_data = {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"anyOf": [{"$ref": SCHEMA_PREFIX + name} for name in payloads]}}
+    data = {"if": {"const": "[DONE]"}, "else": json_data} if done else json_data
+    event = {"type": "object", "required": ["data"], "properties": {"event": {"type": "string"}, "data": data}}
+    return {"description": description, "content": {"text/event-stream": {"schema": event}}}
 
 
 def error_statuses(path: str, operation: dict[str, Any], rule: RouteRule) -> set[int]:
@@ -60,8 +73,7 @@ def error_statuses(path: str, operation: dict[str, Any], rule: RouteRule) -> set
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the error responses (and the generation headers) to every operation of `schema`, in place (idempotent)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    # The error shape, and the chunk a streamed chat completion's events carry (no route returns it as JSON).
-    for model in (ErrorResponse, ChatCompletionChunk):
+    for model in (ErrorResponse, *STREAM_SCHEMAS):
         model_schema = model.model_json_schema(ref_template=SCHEMA_PREFIX + "{model}", mode="serialization")
         components.update(model_schema.pop("$defs", {}))
         components[model.__name__] = model_schema

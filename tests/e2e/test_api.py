@@ -101,7 +101,7 @@ def test_the_seeds_own_request_is_answered(server: Server, token: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
-        ({"messages": []}, "at least one message"),
+        ({"messages": []}, "at least 1 item"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
         ({"messages": [{"role": "user"}]}, "content"),
         ({"messages": "hello"}, "messages"),

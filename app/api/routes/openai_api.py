@@ -13,18 +13,20 @@ from fastapi import APIRouter, Request, Response
 from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
 from app.api.errors import ApiError, error_body
+from app.api.openapi import event_stream
 from app.api.schemas import (
     AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
-    ChunkDelta, FunctionCallDelta, FunctionCallOut, ModelCard, ModelList, ToolCallDelta, ToolCallOut, Usage,
+    ChunkDelta, ErrorResponse, FunctionCallDelta, FunctionCallOut, ModelCard, ModelList, ToolCallDelta, ToolCallOut, Usage,
 )
 from app.api.serving import ChatJob, ChatResult, OutputRequest
 from app.api.tools import Delta
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
-EVENT_STREAM = {
-    "description": "With `stream: true`: server-sent events, each `data:` a ChatCompletionChunk, ending with `data: [DONE]`",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+EVENT_STREAM = event_stream(
+    "With `stream: true`: server-sent events, each `data:` a ChatCompletionChunk (or, after a failure, an error in "
+    "the error shape), ending with `data: [DONE]`",
+    ChatCompletionChunk.__name__, ErrorResponse.__name__, done=True,
+)
 
 
 @router.get("/models", response_model=ModelList, response_model_exclude_unset=True,

@@ -19,20 +19,22 @@ from pydantic import ValidationError
 from app.api.auth import Caller
 from app.api.deps import JsonBody, Runner
 from app.api.errors import ApiError
+from app.api.openapi import event_stream
 from app.api.schemas import (
     ChatMessage, FunctionCallItem, GenerationFields, MessageItem, OutputText, ResponseError, ResponseObject,
     ResponsesRequest, ResponseUsage,
 )
+from app.api.schemas.responses_events import ResponseStreamEvent
 from app.api.schemas.responses_response import IncompleteDetails, InputTokensDetails, OutputTokensDetails
 from app.api.serving import ChatJob, ChatResult, OutputRequest
 from app.api.tools import Delta, ToolCall
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
-EVENT_STREAM = {
-    "description": "With `stream: true`: server-sent events (`response.created`, `response.output_text.delta`, ..., "
-    "`response.completed`), each `data:` a JSON event whose `response` is a Response object",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+EVENT_STREAM = event_stream(
+    "With `stream: true`: server-sent events (`response.created`, `response.output_text.delta`, ..., "
+    "`response.completed`), each `event:` the type of the JSON event in its `data:`",
+    ResponseStreamEvent.__name__,
+)
 TEXT_PARTS = ("input_text", "output_text", "text")
 
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from app.api.schemas.common import GenerationFields
 from app.api.schemas.limits import (
@@ -43,10 +43,29 @@ class ToolCallItem(BaseModel):
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+def required_when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema rule: objects matching `condition` must also match `then` (for the published schema)."""
+    return {"if": condition, "then": then}
 
-    role: str
+
+# _shape_fits_role below, as the published schema states it.
+MESSAGE_RULES = {"allOf": [
+    required_when(  # content is null (or left out) only in an assistant's message that has tool calls
+        {"not": {"required": ["role", "tool_calls"],
+                 "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}}}},
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    ),
+    required_when(  # a tool result names the call it answers
+        {"required": ["role"], "properties": {"role": {"const": "tool"}}},
+        {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}},
+    ),
+]}
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=MESSAGE_RULES)
+
+    role: str = Field(json_schema_extra={"enum": list(ROLES)})  # checked below, with a message naming the roles
     content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCallItem] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
     tool_call_id: str | None = Field(default=None, max_length=MAX_TOOL_CALL_ID_CHARS)
@@ -72,7 +91,7 @@ class FunctionDefinition(BaseModel):
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ChatTool(BaseModel):
@@ -94,10 +113,14 @@ class JsonSchemaFormat(BaseModel):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ResponseFormat(BaseModel):
+    model_config = ConfigDict(json_schema_extra=required_when(
+        {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+        {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+    ))
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -115,28 +138,32 @@ class ResponseFormat(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
+
+
+# At least one message; the published schema says so (minItems), so an empty list is not schema-valid.
+Messages = Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 class SeedChatRequest(GenerationFields):
     model_config = ConfigDict(extra="ignore")
-    messages: list[ChatMessage]
+    messages: Messages
 
 
 class ChatCompletionRequest(GenerationFields):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[ChatMessage]
+    messages: Messages
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
     user: str | None = None
     tools: list[ChatTool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
 
     def requested_max_tokens(self) -> int | None:

@@ -14,6 +14,7 @@ import pytest
 import app.factory as factory
 from app.inference.constraints import Grammars
 from app.settings import Settings
+from tests.app.api.test_openapi import REFUSED_BODIES
 from tests.app.inference.test_schema_limits import BOMBS, UNENFORCEABLE
 from tests.e2e.server import MODEL_CACHE
 from tests.live_server import calls_in_flight, live_server, wait_ready
@@ -140,6 +141,13 @@ def test_unknown_and_malformed_responses_items_get_a_400(url: str, name: str) ->
     items, code, needle = RESPONSES_ITEMS[name]
     message = refused(post(url, "/v1/responses", {"model": "clawbot", "input": items, "max_output_tokens": 4}), code)
     assert needle in message, message
+
+
+@pytest.mark.parametrize("name", list(REFUSED_BODIES))
+def test_bodies_the_published_schema_refuses_get_a_400(url: str, name: str) -> None:
+    path, body = REFUSED_BODIES[name]
+    r = post(url, path, body)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
 
 
 def test_healthz_answers_while_schema_compiles_are_in_flight(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
