@@ -283,7 +283,7 @@ class ChatRunner:
         )
 
     def submit(self, job: ChatJob) -> "GenerationHandle":
-        from app.inference.engine import EngineClosedError, EngineFailedError, QueueFullError
+        from app.inference.engine import EngineClosedError, EngineFailedError, InvalidRequestError, QueueFullError
 
         try:
             return self.engine.submit(job.prompt_ids, job.params, prefix_scope=job.key_id)
@@ -294,7 +294,7 @@ class ChatRunner:
             ) from None
         except (EngineClosedError, EngineFailedError) as exc:
             raise unavailable(exc) from None
-        except ValueError as exc:
+        except InvalidRequestError as exc:  # only what the engine means as the client's error; any other is a 500
             raise ApiError(400, "invalid_request", str(exc)) from None
 
     async def completion(self, handle: "GenerationHandle") -> "Completion":

@@ -55,6 +55,7 @@ from app.inference.requests import (
     EngineClosedError,
     EngineFailedError,
     InsufficientMemoryError,
+    InvalidRequestError,
     QueueFullError,
     RequestFailedError,
     Row,
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_REASONS", "Completion", "Engine", "EngineClosedError", "EngineFailedError", "GenerationHandle",
-    "InsufficientMemoryError", "QueueFullError", "RequestFailedError", "SamplingParams",
+    "InsufficientMemoryError", "InvalidRequestError", "QueueFullError", "RequestFailedError", "SamplingParams",
 ]
 log = logging.getLogger("clawbot.engine")
 # An exception's message goes into the log and /healthz; bounded, since some quote tensors at length.
@@ -171,7 +172,7 @@ class Engine:
         return self._failure
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, prefix_scope: str = "") -> GenerationHandle:
-        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or ValueError for a bad prompt or params.
+        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or InvalidRequestError for a bad prompt or params.
 
         `prefix_scope`: prompt heads cached under this scope only are reused for it (the API passes the key id)."""
         if self._loop is None:
@@ -179,10 +180,10 @@ class Engine:
         params.validate()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
-            raise ValueError("the prompt is empty; at least one token is needed")
+            raise InvalidRequestError("the prompt is empty; at least one token is needed")
         room = self.context_window - len(prompt)
         if room < 1:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"the prompt is {len(prompt)} tokens; the context window is {self.context_window} tokens, "
                 "which leaves no room for a completion"
             )
