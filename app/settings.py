@@ -248,7 +248,7 @@ class Settings(BaseSettings):
     @classmethod
     def _whole_numbers_as_python_reads_them(cls, value: Any, info: Any) -> Any:
         """An integer setting given as text is read by `int()`, so `1.0` is refused as it always was."""
-        if isinstance(value, str) and cls.model_fields[info.field_name].annotation is int:
+        if isinstance(value, str) and _number_type(info.field_name) is int:
             try:
                 return int(value)
             except ValueError:
@@ -287,6 +287,13 @@ def env_name(name: str) -> str:
 ENV_VARS: dict[str, str] = {env_name(name): name for name in Settings.model_fields}
 SECRET_FIELDS = frozenset(
     name for name, spec in Settings.model_fields.items() if SecretStr in (spec.annotation, *get_args(spec.annotation)))
+
+
+def _number_type(name: str) -> type:
+    """int or float for a numeric field (optional or not); str for any other."""
+    annotation = Settings.model_fields[name].annotation
+    kinds = (annotation, *get_args(annotation))
+    return int if int in kinds else float if float in kinds else str
 
 
 def _field(name_or_variable: str) -> tuple[str, FieldInfo]:
@@ -343,7 +350,7 @@ def _message(error: Any) -> str:
         return f"{variable} must be {'an integer' if kind == 'int_parsing' else 'a number'} between {lo} and {hi}{got}"
     if kind in ("greater_than_equal", "less_than_equal"):
         lo, hi = bounds_of(field)
-        number = Settings.model_fields[field].annotation(raw) if isinstance(raw, str) else raw
+        number = _number_type(field)(raw) if isinstance(raw, str) else raw
         return f"{variable} must be between {lo} and {hi}" + ("" if field in SECRET_FIELDS else f", got {number}")
     return f"{variable} {error['msg']}"  # the field's own validator wrote it, without the value of a secret
 

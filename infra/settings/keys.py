@@ -44,6 +44,7 @@ def service_key(name: str, setting: str, description: str, *, type: str = "", de
     except KeyError:
         choices = ()
     default = default_of(setting) if default is None else default
+    assert default is not None, f"{name}: {setting} has no default of its own (the service derives it); pass one"
     description = f"{description} ({bounds[0]}..{bounds[1]})" if bounds else description
     kind = type or ("integer" if bounds else "string")
     return ConfigKey(name, kind, default, description, setting=setting, bounds=bounds, choices=choices)
