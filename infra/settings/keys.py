@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.settings import EMBEDDED_MODEL, bounds_of, choices_of, default_of
+from app.settings import bounds_of, choices_of, default_of
 
 PROJECT = "clawbot"
 
@@ -33,12 +33,13 @@ def service_key(name: str, setting: str, description: str, *, type: str = "", de
 
     `within` narrows the bounds where the stack needs less than the service accepts (a test holds it inside them);
     `default` replaces the service's where the stack's differs. The bounds are appended to the description."""
+    bounds: tuple[int, int] | None = None
     try:
         lo, hi = bounds_of(setting)
-        bounds: tuple[int, int] | None = within or (int(lo), int(hi))
+        bounds = within or (int(lo), int(hi))
         assert bounds[0] >= lo and bounds[1] <= hi, f"{name}: {within} is not within {setting}'s {lo}..{hi}"
     except KeyError:
-        bounds = None
+        pass
     try:
         choices = choices_of(setting)
     except KeyError:
