@@ -66,11 +66,12 @@ def development_key_ring(settings: Settings) -> KeyRing:
             log.warning("development key file unreadable; making a new one", extra={"path": str(key_path), "error": str(exc)})
     changed = False
     printed: str | None = None
-    if settings.dev_api_key:
-        wanted = digest(settings.dev_api_key)
+    dev_api_key = settings.dev_api_key.get_secret_value() if settings.dev_api_key else None
+    if dev_api_key:
+        wanted = digest(dev_api_key)
         if not any(hmac.compare_digest(wanted, digest(k.secret)) and not k.revoked for k in ring.api_keys):
             others = tuple(k for k in ring.api_keys if k.id != DEV_KEY_ID)
-            dev = ApiKeyRecord(id=DEV_KEY_ID, secret=settings.dev_api_key, scopes=DEV_SCOPES, not_before=now_iso(-60))
+            dev = ApiKeyRecord(id=DEV_KEY_ID, secret=dev_api_key, scopes=DEV_SCOPES, not_before=now_iso(-60))
             ring = replace(ring, api_keys=(*others, dev))
             changed = True
     elif not any(not k.revoked for k in ring.api_keys):
@@ -90,7 +91,7 @@ def development_key_ring(settings: Settings) -> KeyRing:
             file=sys.stdout,
             flush=True,
         )
-    elif not settings.dev_api_key and not changed:
+    elif not dev_api_key and not changed:
         log.info("development keys loaded", extra={"path": str(key_path), "hint": "python -m app.keys rotate --id dev"})
     return KeyRing(key_path, kek_path, strict=False)
 

@@ -52,6 +52,7 @@ from app.inference.requests import (
     EngineClosedError,
     EngineFailedError,
     InsufficientMemoryError,
+    InvalidRequestError,
     QueueFullError,
     RequestFailedError,
     SamplingParams,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_REASONS", "Completion", "Engine", "EngineClosedError", "EngineFailedError", "GenerationHandle",
-    "InsufficientMemoryError", "QueueFullError", "RequestFailedError", "SamplingParams",
+    "InsufficientMemoryError", "InvalidRequestError", "QueueFullError", "RequestFailedError", "SamplingParams",
 ]
 log = logging.getLogger("clawbot.engine")
 
@@ -165,7 +166,7 @@ class Engine:
         self._thread.start()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, *, prefix_scope: str = "") -> GenerationHandle:
-        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or ValueError for a bad prompt or params.
+        """Queue a generation. Raises QueueFullError, EngineClosedError, EngineFailedError, or InvalidRequestError for a bad prompt or params.
 
         `prefix_scope`: prompt heads cached under this scope only are reused for it (the API passes the key id)."""
         if self._loop is None:
@@ -173,10 +174,10 @@ class Engine:
         params.validate()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
-            raise ValueError("the prompt is empty; at least one token is needed")
+            raise InvalidRequestError("the prompt is empty; at least one token is needed")
         room = self.context_window - len(prompt)
         if room < 1:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"the prompt is {len(prompt)} tokens; the context window is {self.context_window} tokens, "
                 "which leaves no room for a completion"
             )

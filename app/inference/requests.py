@@ -54,22 +54,22 @@ class SamplingParams:
 
     def validate(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+            raise InvalidRequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails every comparison
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
+            raise InvalidRequestError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if len(self.stop) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop strings are allowed, got {len(self.stop)}")
+            raise InvalidRequestError(f"at most {MAX_STOP_SEQUENCES} stop strings are allowed, got {len(self.stop)}")
         if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+            raise InvalidRequestError("stop strings must not be empty")
         longest = max((len(s) for s in self.stop), default=0)
         if longest > MAX_STOP_CHARS:
-            raise ValueError(f"stop strings may be at most {MAX_STOP_CHARS} characters, got one of {longest}")
+            raise InvalidRequestError(f"stop strings may be at most {MAX_STOP_CHARS} characters, got one of {longest}")
         if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+            raise InvalidRequestError(f"timeout_s must be positive, got {self.timeout_s}")
         if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"repetition_penalty must be between {MIN_REPETITION_PENALTY:g} and {MAX_REPETITION_PENALTY:g}, "
                 f"got {self.repetition_penalty}"
             )
@@ -98,6 +98,11 @@ class Progress:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+
+
+class InvalidRequestError(ValueError):
+    """A request's prompt or parameters are out of range: the client's to fix, so the API answers 400 with this message
+    (which names the field and the value). Any other ValueError is the service's own fault."""
 
 
 class QueueFullError(Exception):

@@ -22,7 +22,7 @@ def open_conversation_store(settings: Settings) -> ConversationStore:
     """PostgreSQL when CONVERSATION_DATABASE_URL is set (several replicas), else SQLite under DATA_DIR."""
     if settings.conversation_database_url:
         return PostgresConversationStore(
-            settings.conversation_database_url,
+            settings.conversation_database_url.get_secret_value(),
             retention_days=settings.retention_days,
             pool_size=settings.conversation_database_pool_size,
             retry_window_s=settings.conversation_database_wait_s,
@@ -41,7 +41,7 @@ class Storage:
     async def open(cls, settings: Settings, metrics: Metrics) -> "Storage":
         link: RedisLink | None = None
         if settings.redis_url:
-            link = RedisLink(settings.redis_url, metrics)
+            link = RedisLink(settings.redis_url.get_secret_value(), metrics)
             await link.start()
         cache = ResponseCache(metrics, ttl_s=settings.cache_ttl_s, max_entries=settings.cache_max_entries, link=link)
         conversations = await asyncio.to_thread(open_conversation_store, settings)

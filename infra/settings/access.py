@@ -15,7 +15,7 @@ class AccessSettings:
 
 def parse_access(raw: Raw) -> AccessSettings:
     return AccessSettings(
-        jwt_ttl_seconds=integer(raw, "jwtTtlSeconds", 30, 3600),
-        rate_limit_per_key=integer(raw, "rateLimitPerKey", 1, 1_000_000),
+        jwt_ttl_seconds=integer(raw, "jwtTtlSeconds"),
+        rate_limit_per_key=integer(raw, "rateLimitPerKey"),
         key_rotation_days=integer(raw, "keyRotationDays", 1, 3650),
     )

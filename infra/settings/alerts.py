@@ -59,7 +59,7 @@ def parse_alerts(raw: Raw) -> AlertSettings:
         latency_for=prometheus_duration(raw, "alertLatencyFor", 0, 86400),
         error_rate_percent=integer(raw, "alertErrorRatePercent", 1, 100),
         error_rate_window=prometheus_duration(raw, "alertErrorRateWindow", 1, 86400),
-        key_requests_per_minute=integer(raw, "alertKeyRequestsPerMinute", 1, 10_000_000),
+        key_requests_per_minute=integer(raw, "alertKeyRequestsPerMinute"),
         key_window=prometheus_duration(raw, "alertKeyWindow", 1, 86400),
         queue_depth=integer(raw, "alertQueueDepth", 1, 100_000),
         clock_offset_ms=integer(raw, "alertClockOffsetMs", 1, 60_000),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-from app.settings import APP_ENVS
 from infra.settings.values import DNS_LABEL, ConfigError, Raw, choice, config_key, text
 
 # Oldest Kubernetes minor the manifests need: lifecycle.preStop.sleep is on by default from 1.30 (beta; GA 1.34).
@@ -13,7 +12,7 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)\+?$")
 
 def parse_environment(raw: Raw) -> str:
     """The stack's environment is the app's APP_ENV."""
-    return choice(raw, "environment", APP_ENVS)
+    return choice(raw, "environment")
 
 
 def parse_namespace(raw: Raw) -> str:

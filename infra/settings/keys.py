@@ -1,14 +1,17 @@
-"""Every `clawbot:*` stack config key: its schema type, default and description, declared once.
+"""Every `clawbot:*` stack config key: its schema type, default, description and (for the keys the stack hands to
+the service) bounds, declared once.
 
-`Pulumi.yaml`'s config schema is held to CONFIG_KEYS by a test. The topic modules beside this one parse and check
-the values; components never read config themselves.
+`Pulumi.yaml`'s config schema is held to CONFIG_KEYS by a test, and docs/reference/stack-config.md is generated from
+it. A key that sets a service setting (`service_key`) takes that setting's default, bounds and choices from the
+service's own declaration in app/settings.py rather than repeating them. The topic modules beside this one parse and
+check the values; components never read config themselves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from app.settings import EMBEDDED_MODEL
+from app.settings import DEFAULT_MAX_TOKENS, bounds_of, choices_of, default_of
 
 PROJECT = "clawbot"
 
@@ -19,21 +22,49 @@ class ConfigKey:
     type: str  # the Pulumi.yaml schema type: string, integer, boolean or array (of strings)
     default: Any
     description: str
+    setting: str = ""  # the service's environment variable this key sets, if any
+    bounds: tuple[int, int] | None = None  # an integer key's lowest and highest value
+    choices: tuple[str, ...] = ()  # a string key's allowed values, where the set is closed
+
+
+def service_key(name: str, setting: str, description: str, *, type: str = "", default: Any = None,
+                within: tuple[int, int] | None = None) -> ConfigKey:
+    """A key the stack renders into the service's `setting`: its default, bounds or choices are the setting's own.
+
+    `within` narrows the bounds where the stack needs less than the service accepts (a test holds it inside them);
+    `default` replaces the service's where the stack's differs. The bounds are appended to the description."""
+    bounds: tuple[int, int] | None = None
+    try:
+        lo, hi = bounds_of(setting)
+        bounds = within or (int(lo), int(hi))
+        assert bounds[0] >= lo and bounds[1] <= hi, f"{name}: {within} is not within {setting}'s {lo}..{hi}"
+    except KeyError:
+        pass
+    try:
+        choices = choices_of(setting)
+    except KeyError:
+        choices = ()
+    default = default_of(setting) if default is None else default
+    assert default is not None, f"{name}: {setting} has no default of its own (the service derives it); pass one"
+    description = f"{description} ({bounds[0]}..{bounds[1]})" if bounds else description
+    kind = type or ("integer" if bounds else "string")
+    return ConfigKey(name, kind, default, description, setting=setting, bounds=bounds, choices=choices)
 
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
-    ConfigKey("environment", "string", "development", "production or development: production refuses open ingress and requires mounted key files"),
+    service_key("environment", "APP_ENV", "production or development: production refuses open ingress and requires mounted key files", default="development"),
     ConfigKey("namespace", "string", "clawbot", "Kubernetes namespace for the chat service, its secrets and policies"),
     ConfigKey("image", "string", "ghcr.io/clawbot/clawbot:0.1.0", "Container image of the chat service (pin a tag or digest)"),
     ConfigKey("imagePullPolicy", "string", "IfNotPresent", "IfNotPresent, Always or Never"),
-    ConfigKey("modelPath", "string", EMBEDDED_MODEL, "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
-    ConfigKey("quantization", "string", "auto", "QUANTIZATION: auto (a GGUF keeps its own 4-bit blocks, a Hugging Face model gets nf4 on GPU), gguf, nf4, int8 or none"),
-    ConfigKey("dtype", "string", "auto", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
-    ConfigKey("prefixCacheTokens", "integer", 8192, "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse (0 turns it off)"),
-    ConfigKey("maxTokens", "integer", 2048, "MAX_TOKENS: the most tokens one reply may generate (1..8192)"),
-    ConfigKey("maxBatchSize", "integer", 32, "MAX_BATCH_SIZE: rows the batching engine decodes together (1..256)"),
-    ConfigKey("jwtTtlSeconds", "integer", 3600, "JWT_TTL_SECONDS: lifetime of tokens issued by /api/auth (30..3600)"),
-    ConfigKey("rateLimitPerKey", "integer", 600, "RATE_LIMIT_PER_KEY: requests per minute one API key may make"),
+    service_key("modelPath", "MODEL_PATH", "MODEL_PATH: a directory under /app/models or /app/data, a hub id org/name, or the embedded model"),
+    service_key("quantization", "QUANTIZATION", "QUANTIZATION: auto (a GGUF keeps its own 4-bit blocks, a Hugging Face model gets nf4 on GPU), gguf, nf4, int8 or none"),
+    service_key("dtype", "DTYPE", "DTYPE: compute dtype, auto (bf16 where the GPU or CPU has it), float32, bfloat16 or float16"),
+    service_key("prefixCacheTokens", "PREFIX_CACHE_TOKENS", "PREFIX_CACHE_TOKENS: prompt-head tokens whose KV is kept per key for reuse, 0 turns it off"),
+    service_key("maxTokens", "MAX_TOKENS", "MAX_TOKENS: the most tokens one reply may generate",
+                default=DEFAULT_MAX_TOKENS),
+    service_key("maxBatchSize", "MAX_BATCH_SIZE", "MAX_BATCH_SIZE: rows the batching engine decodes together"),
+    service_key("jwtTtlSeconds", "JWT_TTL_SECONDS", "JWT_TTL_SECONDS: lifetime of tokens issued by /api/auth"),
+    service_key("rateLimitPerKey", "RATE_LIMIT_PER_KEY", "RATE_LIMIT_PER_KEY: requests per minute one API key may make"),
     ConfigKey("modelHubAuth", "boolean", False, "Read a model-hub token from the secret config key hubToken (config set --secret) and seal it in the key file"),
     ConfigKey("minReplicas", "integer", 1, "Fewest chat pods (HPA minimum; the replica count when minReplicas == maxReplicas)"),
     ConfigKey("maxReplicas", "integer", 1, "Most chat pods (HPA maximum); equal to minReplicas disables the HPA"),
@@ -54,7 +85,8 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("gatewaySourceCidrs", "array", [], "Gateway API: CIDRs the Gateway's data plane connects from when it runs outside the cluster (an ALB's subnets), admitted to 18789"),
     # -- end of the issue 21 items 1, 10, 11 block --------------------------------------------------------------------
     ConfigKey("startupTimeoutSeconds", "integer", 600, "How long the startup probe waits for the model to load before the pod is restarted (60..7200); pulumi up waits this long plus node and image time"),
-    ConfigKey("shutdownGraceSeconds", "integer", 25, "SHUTDOWN_GRACE_SECONDS: how long SIGTERM lets accepted requests finish (5..600)"),
+    # The stack's pods have a termination grace derived from it (preStop + this + a margin), kept under 11 minutes.
+    service_key("shutdownGraceSeconds", "SHUTDOWN_GRACE_SECONDS", "SHUTDOWN_GRACE_SECONDS: how long SIGTERM lets accepted requests finish", default=25, within=(5, 600)),
     ConfigKey("preStopSleepSeconds", "integer", 5, "Seconds a stopping pod keeps serving before SIGTERM, while the Service and load balancer drop it (0..120)"),
     ConfigKey("serviceType", "string", "ClusterIP", "LoadBalancer (reachable from allowedCidrs) or ClusterIP (in-cluster only)"),
     ConfigKey("allowedCidrs", "array", [], "CIDRs allowed to reach TCP 18789 (NetworkPolicy, loadBalancerSourceRanges, ALLOWED_CIDRS)"),
@@ -128,7 +160,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("alertLatencyFor", "string", "5m", "How long a latency p95 must stay above its threshold before the alert fires"),
     ConfigKey("alertErrorRatePercent", "integer", 5, "Alert when more than this % of requests (probes left out) fail with 5xx over alertErrorRateWindow"),
     ConfigKey("alertErrorRateWindow", "string", "10m", "The window the 5xx share is measured over"),
-    ConfigKey("alertKeyRequestsPerMinute", "integer", 1000, "Alert when one API key makes more requests a minute than this (also the app's ABNORMAL_KEY_PER_MINUTE)"),
+    service_key("alertKeyRequestsPerMinute", "ABNORMAL_KEY_PER_MINUTE", "Alert when one API key makes more requests a minute than this; also the app's ABNORMAL_KEY_PER_MINUTE"),
     ConfigKey("alertKeyWindow", "string", "1m", "The window one key's request rate is averaged over"),
     ConfigKey("alertQueueDepth", "integer", 64, "Alert when requests waiting for a batch slot stay above this for 5m"),
     ConfigKey("alertClockOffsetMs", "integer", 500, "Alert when a node running chat pods is more than this many ms off NTP time for 10m (JWTs tolerate 5 s of skew)"),
@@ -156,6 +188,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("clusterSecretsKeyArn", "string", "", "ARN of the KMS key EKS envelope-encrypts Kubernetes Secrets with (aws eks describe-cluster --query cluster.encryptionConfig); production requires it"),
 )
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
+KEYS: dict[str, ConfigKey] = {k.name: k for k in CONFIG_KEYS}
 # Declared in Pulumi.yaml with `secret: true` and no default (a secret cannot have a plain one), so the CLI refuses
 # a stack that lacks them or holds them in plain text; an empty value means "none".
 SECRET_KEYS: dict[str, str] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from app.settings import DTYPES, QUANTIZATIONS
 from infra.settings.values import Raw, boolean, choice, integer, text
 
 # What the app takes for a hub id when MODEL_PATH is no local file or directory (app/inference/loader.py's _HUB_ID;
@@ -32,11 +31,11 @@ class ModelSettings:
 def parse_model(raw: Raw) -> ModelSettings:
     return ModelSettings(
         path=text(raw, "modelPath", required=True),
-        quantization=choice(raw, "quantization", QUANTIZATIONS),
-        dtype=choice(raw, "dtype", DTYPES),
-        prefix_cache_tokens=integer(raw, "prefixCacheTokens", 0, 100_000_000),
-        max_tokens=integer(raw, "maxTokens", 1, 8192),
-        max_batch_size=integer(raw, "maxBatchSize", 1, 256),
+        quantization=choice(raw, "quantization"),
+        dtype=choice(raw, "dtype"),
+        prefix_cache_tokens=integer(raw, "prefixCacheTokens"),
+        max_tokens=integer(raw, "maxTokens"),
+        max_batch_size=integer(raw, "maxBatchSize"),
         hub_auth=boolean(raw, "modelHubAuth"),
         download_timeout_seconds=integer(raw, "modelDownloadTimeoutSeconds", 60, 86_400),
     )

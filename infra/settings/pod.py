@@ -50,6 +50,6 @@ def parse_pod(raw: Raw) -> PodSettings:
         memory_request=memory_request,
         memory_limit=memory_limit,
         startup_timeout_seconds=integer(raw, "startupTimeoutSeconds", 60, 7200),
-        shutdown_grace_seconds=integer(raw, "shutdownGraceSeconds", 5, 600),
+        shutdown_grace_seconds=integer(raw, "shutdownGraceSeconds"),
         pre_stop_sleep_seconds=integer(raw, "preStopSleepSeconds", 0, 120),
     )

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import pulumi
 
 from infra.images import ImageReferenceError, parse_image
-from infra.settings.keys import PROJECT
+from infra.settings.keys import KEYS, PROJECT
 
 Raw = Mapping[str, Any]  # the stack's values by key name, defaults filled in
 
@@ -34,14 +34,21 @@ def config_key(name: str) -> str:
     return f"{PROJECT}:{name}"
 
 
-def choice(raw: Raw, name: str, allowed: tuple[str, ...]) -> str:
+def choice(raw: Raw, name: str, allowed: tuple[str, ...] = ()) -> str:
+    """One of `allowed`; without it, of the choices the key declares (a service setting's own, for a service key)."""
+    allowed = allowed or KEYS[name].choices
     value = raw[name]
     if value not in allowed:
         raise ConfigError(f"{config_key(name)} must be one of {', '.join(allowed)}, got {value!r}")
     return str(value)
 
 
-def integer(raw: Raw, name: str, lo: int, hi: int) -> int:
+def integer(raw: Raw, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer between lo and hi; without them, the bounds the key declares (a service setting's own)."""
+    if lo is None or hi is None:
+        bounds = KEYS[name].bounds
+        assert bounds is not None, f"{name} declares no bounds; pass them"
+        lo, hi = bounds
     value = raw[name]
     if isinstance(value, bool) or not isinstance(value, int):
         try:

@@ -6,13 +6,18 @@ import json
 
 import pytest
 
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from infra.components.chat_pod import CHECKSUM_ANNOTATION
 from infra.tools.synth import SHAPED_STAND_INS, Synthesis, SynthError, synthesize
 from tests.infra.conftest import chat_container
 from tests.infra.components.test_chat_service import env_of
 
 URL = "postgresql://clawbot:s3cret-Pa55word@db.internal.example:6432/clawbot"
+
+
+def read_url(settings: Settings) -> str | None:
+    url = settings.conversation_database_url
+    return url.get_secret_value() if url else None
 
 
 def checksum(s: Synthesis) -> str:
@@ -25,7 +30,7 @@ def test_the_url_reaches_the_pods_from_a_secret_never_the_configmap() -> None:
     (entry,) = chat_container(s)["env"]
     assert entry == {"name": "CONVERSATION_DATABASE_URL",
                      "valueFrom": {"secretKeyRef": {"name": "clawbot-database", "key": "url"}}}
-    assert load_settings(env_of(s)).conversation_database_url == URL  # what the app reads, as the kubelet builds it
+    assert read_url(load_settings(env_of(s))) == URL  # what the app reads, as the kubelet builds it
     config = s.one("ConfigMap", "clawbot-config").manifest["data"]
     assert "CONVERSATION_DATABASE_URL" not in config and "CONVERSATION_JOURNAL" not in config  # no SQLite here
     plain = json.dumps([o.manifest for o in s.objects if o.kind != "Secret"]) + json.dumps(s.outputs)

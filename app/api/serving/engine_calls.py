@@ -1,7 +1,8 @@
 """The serving layer's side of the engine: submit a job, wait for its answer, and turn the engine's refusals into ApiErrors.
 
 A full queue is a 429; a drain or a dead engine a 503 with Retry-After; a request that fails in its own step
-a 500 (the replica stays healthy). A client that goes away while it waits cancels its generation and raises
+a 500 (the replica stays healthy). Only an InvalidRequestError (a prompt or parameter out of range) is a 400;
+any other ValueError is the service's own fault and a 500. A client that goes away while it waits cancels its generation and raises
 ClientDisconnected, which the request log records as 499.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from app.inference.requests import (
     EngineClosedError,
     EngineFailedError,
     InsufficientMemoryError,
+    InvalidRequestError,
     QueueFullError,
     RequestFailedError,
 )
@@ -41,7 +43,7 @@ def submit(engine: "Engine", job: ChatJob, metrics: "Metrics") -> "GenerationHan
         ) from None
     except (EngineClosedError, EngineFailedError) as exc:
         raise unavailable(exc) from None
-    except ValueError as exc:
+    except InvalidRequestError as exc:  # only what the engine means as the client's error; any other is a 500
         raise ApiError(400, "invalid_request", str(exc)) from None
 
 

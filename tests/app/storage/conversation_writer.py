@@ -39,7 +39,7 @@ asyncio.run(main())
 
 def start_writer(settings: Settings) -> subprocess.Popen[str]:
     """A process recording exchanges as fast as it can, printing each request_id once record() has returned."""
-    env = {**os.environ, "DATA_DIR": str(settings.data_dir), "CONVERSATION_DATABASE_URL": settings.conversation_database_url or ""}
+    env = {**os.environ, "DATA_DIR": str(settings.data_dir), "CONVERSATION_DATABASE_URL": url.get_secret_value() if (url := settings.conversation_database_url) else ""}
     return subprocess.Popen(
         [sys.executable, "-c", WRITER], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

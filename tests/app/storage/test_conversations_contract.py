@@ -161,7 +161,7 @@ def test_two_writers_at_once_lose_nothing_and_duplicate_nothing(open_store: Call
 def _write_lock_held(settings: Settings) -> Iterator[Callable[[], None]]:
     """Another session holding the write lock; yields the function that lets go (callable more than once)."""
     if settings.conversation_database_url:
-        pg = psycopg.connect(settings.conversation_database_url)
+        pg = psycopg.connect(settings.conversation_database_url.get_secret_value())
         pg.execute("LOCK TABLE exchanges IN EXCLUSIVE MODE")
         release: Callable[[], None] = pg.rollback
         closer: Callable[[], None] = pg.close

@@ -36,7 +36,7 @@ def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synt
     assert settings.app_env == "production" and settings.port == 18789 and settings.host == "0.0.0.0"
     assert settings.quantization == "nf4" and settings.max_tokens == 2048 and settings.max_batch_size == 32
     assert settings.dtype == "auto" and settings.prefix_cache_tokens == 8192  # stack defaults reach the app
-    assert settings.redis_url == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
+    assert settings.redis_url and settings.redis_url.get_secret_value() == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
     mounts = {m["mountPath"]: m for m in chat_container(prod)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(prod)["volumes"]}
     # The key file is a mounted Secret; KMS unwraps its data key, so no KEK file is named or mounted.
