@@ -20,7 +20,7 @@ def refusal(**env: str) -> str:
 
 
 def test_every_field_declares_its_variable_and_meaning_and_every_number_its_bounds() -> None:
-    assert len(ENV_VARS) == len(Settings.model_fields) == 52
+    assert len(ENV_VARS) == len(Settings.model_fields) == 54
     for variable, name in ENV_VARS.items():
         spec = Settings.model_fields[name]
         assert variable.isupper() and spec.description, name
@@ -33,13 +33,13 @@ def test_every_field_declares_its_variable_and_meaning_and_every_number_its_boun
 def test_defaults_and_the_environment_forms_are_those_the_service_always_read(tmp_path: Path) -> None:
     s = load_settings(DEV)
     assert (s.port, s.metrics_port, s.max_tokens, s.max_batch_size, s.quantization, s.data_dir) == (
-        18789, 9464, 2048, 32, "auto", Path("/app/data"))
+        18789, 9464, None, 32, "auto", Path("/app/data"))  # None: the model's own cap
     assert (s.jwt_ttl_s, s.generation_timeout_s, s.warmup_prompts, s.allowed_cidrs) == (3600, 120.0, ("Hello!",), ())
     s = load_settings({**DEV, "JWT_TTL_SECONDS": "60", "ALLOWED_CIDRS": "10.1.2.3/8, ,2001:db8::1/32",
                        "WARMUP_PROMPTS": "Hi| |there", "MAX_TOKENS": "", "DATA_DIR": str(tmp_path),
                        "DEV_API_KEY": SECRET, "UNRELATED": "x"})
     assert (s.jwt_ttl_s, s.allowed_cidrs, s.warmup_prompts, s.max_tokens, s.data_dir) == (
-        60, ("10.0.0.0/8", "2001:db8::/32"), ("Hi", "there"), 2048, tmp_path)
+        60, ("10.0.0.0/8", "2001:db8::/32"), ("Hi", "there"), None, tmp_path)
     assert isinstance(s.dev_api_key, SecretStr) and s.dev_api_key.get_secret_value() == SECRET
     assert SECRET not in repr(s) and SECRET not in str(s)
 
@@ -77,7 +77,7 @@ def test_a_validation_error_on_a_secret_field_hides_the_input(name: str) -> None
 def test_tests_build_their_own_settings_and_only_load_settings_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_TOKENS", "7")
     monkeypatch.setenv("APP_ENV", "development")
-    assert Settings().max_tokens == 2048 and Settings(max_tokens=128).max_tokens == 128
+    assert Settings().max_tokens is None and Settings(max_tokens=128).max_tokens == 128
     assert load_settings().max_tokens == 7
     s = Settings().with_overrides(max_tokens=64, conversation_database_url="postgresql://u:p@h/db")
     assert s.max_tokens == 64 and s.conversation_database_url and s.conversation_database_url.get_secret_value().endswith("/db")
