@@ -5,14 +5,14 @@ import pulumi
 
 from infra.components.alert_rules import AlertRules, AlertRulesArgs
 from infra.components.autoscaler import Autoscaler, AutoscalerArgs
-from infra.components.backups import Backups, BackupsArgs
+from infra.components.backups import Backups, BackupsArgs, backups_output
 from infra.components.chat_service import ChatService, ChatServiceArgs
 from infra.components.dashboard import Dashboard, DashboardArgs
-from infra.components.firewall import EgressTarget, ServiceFirewall, ServiceFirewallArgs
+from infra.components.firewall import ServiceFirewall, ServiceFirewallArgs
 from infra.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from infra.components.monitoring import Monitoring, MonitoringArgs, service_monitor_formerly_in
 from infra.components.namespace import AppNamespace, AppNamespaceArgs
-from infra.components.secret_store import SecretStore, SecretStoreArgs, secret_names
+from infra.components.secret_store import SecretStore, SecretStoreArgs, key_store_egress, key_store_output, secret_names
 from infra.release_outputs import canary_output, history_output
 from infra.settings import load_settings
 
@@ -32,19 +32,21 @@ namespace = AppNamespace(
 )
 store = SecretStore(
     "secrets",
-    SecretStoreArgs(namespace=namespace.name, rotation_days=settings.access.key_rotation_days, hub_token=secrets.hub_token,
-                    previous_rotation=previous.get_output("keyRotation"), name_prefix=PREFIX),
+    SecretStoreArgs(namespace=namespace.name, key_store=settings.key_store, rotation_days=settings.access.key_rotation_days,
+                    hub_token=secrets.hub_token, previous_rotation=previous.get_output("keyRotation"),
+                    name_prefix=PREFIX),
 )
 chat = ChatService(
     "chat",
     ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
                     key_secrets=store.secrets, secrets_digest=store.content_digest,
-                    database_url=secrets.conversation_database_url, digest_key=store.kek, hub_token=secrets.hub_token,
+                    database_url=secrets.conversation_database_url, digest_key=store.digest_key, hub_token=secrets.hub_token,
                     name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[gpu]),
 )
-# Services outside the cluster the chat pods call besides DNS, Redis and the database (the KMS endpoint goes here).
-chat_egress: tuple[EgressTarget, ...] = ()
+# Services outside the cluster the chat pods call besides DNS, Redis and the database: the KMS endpoint (or, in the
+# namespace mode, the API server for the init step that reads the KEK).
+chat_egress = key_store_egress(settings.key_store, settings.backups.kubernetes_api_cidrs)
 ServiceFirewall(
     "firewall",
     ServiceFirewallArgs(
@@ -63,8 +65,9 @@ ServiceFirewall(
 Backups(
     "backups",
     BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
-                data_claim_name=chat.data_claim_name, storage_class=settings.data_volume.storage_class, production=settings.production,
-                database_secret_name=chat.database_secret_name, name_prefix=PREFIX),
+                data_claim_name=chat.data_claim_name, data_access_mode=settings.data_volume.access_mode,
+                storage_class=settings.data_volume.storage_class, production=settings.production,
+                database_url=secrets.conversation_database_url, name_prefix=PREFIX),
     opts=pulumi.ResourceOptions(depends_on=[chat]),
 )
 if settings.scaling.autoscaled:
@@ -116,3 +119,7 @@ pulumi.export("alertRules", alert_names)
 # Newest first: [0] runs now, [1] is what a rollback goes back to (docs/operations/releases.md: Rollback). Read back by the next update.
 pulumi.export("imageHistory", history_output(previous.get_output("imageHistory"), settings))
 pulumi.export("canary", canary_output(settings))
+# What the program relies on but does not own: the backup bucket's lifecycle and the IAM policies of the roles
+# (docs/operations/backups.md, docs/operations/keys.md).
+pulumi.export("backups", backups_output(settings.backups, settings.namespace, PREFIX))
+pulumi.export("keyStore", key_store_output(settings.key_store, settings.namespace, PREFIX))

@@ -21,6 +21,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")  # the compute dtype; app.in
 # DATA_DIR over a network filesystem (WAL's shared-memory index does not work across hosts).
 JOURNAL_MODES = ("wal", "delete")
 APP_ENVS = ("production", "development")
+# What opens the key file's data key: a KEK file (KEK_PATH), KMS (the KEK never leaves AWS KMS), or the data key
+# itself (DATA_KEY_PATH), which an init step unwrapped with a KEK this container never sees.
+KEY_ENCRYPTIONS = ("kek-file", "kms", "data-key-file")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 # How the model writes tool calls (app/api/tools registers one parser per name); "auto" reads the chat template.
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
@@ -97,7 +100,7 @@ def described(default: Any, description: str) -> Any:
 class Settings:
     app_env: str = described(
         "production", "`development` accepts `DEV_API_KEY` or makes a local key-encryption key and API key under "
-        "`DATA_DIR/dev-keys/` (the key is printed once); `production` requires `API_KEY_PATH` and `KEK_PATH`")
+        "`DATA_DIR/dev-keys/` (the key is printed once); `production` requires `API_KEY_PATH` and what `KEY_ENCRYPTION` opens it with")
     host: str = described("0.0.0.0", "Address the API listens on")
     port: int = described(SERVICE_PORT, "The API port (HTTPS when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set)")
     # /metrics has a listener of its own, so the LoadBalancer (which exposes SERVICE_PORT only) never serves it.
@@ -135,7 +138,13 @@ class Settings:
     data_dir: Path = described(Path("/app/data"), "Converted models, the SQLite conversation store, development keys")
     api_key_path: Path | None = described(
         None, "The envelope-encrypted API key file (reloaded on change or SIGHUP)")
-    kek_path: Path | None = described(None, "The key-encryption key of `API_KEY_PATH`")
+    kek_path: Path | None = described(None, "The key-encryption key of `API_KEY_PATH` (`KEY_ENCRYPTION=kek-file`)")
+    key_encryption: str = described(
+        "kek-file", "What opens the key file's data key: `kek-file` (a key-encryption key at `KEK_PATH`), `kms` (AWS "
+        "KMS unwraps the key file's KMS data key; the key-encryption key never leaves KMS) or `data-key-file` (the "
+        "data key at `DATA_KEY_PATH`, unwrapped by an init step with a key-encryption key this container never sees)")
+    data_key_path: Path | None = described(
+        None, "The key file's data key, unwrapped by an init step (`KEY_ENCRYPTION=data-key-file`)")
     dev_api_key: str | None = described(
         None, "Development only: use this API key instead of a generated one")
     redis_url: str | None = described(
@@ -241,6 +250,8 @@ ENV_VARS: dict[str, str] = {
     "DATA_DIR": "data_dir",
     "API_KEY_PATH": "api_key_path",
     "KEK_PATH": "kek_path",
+    "KEY_ENCRYPTION": "key_encryption",
+    "DATA_KEY_PATH": "data_key_path",
     "DEV_API_KEY": "dev_api_key",
     "REDIS_URL": "redis_url",
     "ALLOWED_CIDRS": "allowed_cidrs",
@@ -312,6 +323,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("DATA_DIR") or "/app/data"),
         api_key_path=optional_path("API_KEY_PATH"),
         kek_path=optional_path("KEK_PATH"),
+        key_encryption=_choice(env, "KEY_ENCRYPTION", "kek-file", KEY_ENCRYPTIONS),
+        data_key_path=optional_path("DATA_KEY_PATH"),
         dev_api_key=env.get("DEV_API_KEY") or None,
         redis_url=env.get("REDIS_URL") or None,
         allowed_cidrs=_cidrs(env, "ALLOWED_CIDRS"),
@@ -351,10 +364,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if s.metrics_port == s.port:
         raise SettingsError(f"METRICS_PORT must differ from PORT ({s.port}): /metrics is served on a port of its own")
     if not s.development:
-        missing = [n for n, v in (("API_KEY_PATH", s.api_key_path), ("KEK_PATH", s.kek_path)) if v is None]
+        # KMS needs no file beside the key file: the key file names its KMS key.
+        opener = {"kek-file": ("KEK_PATH", s.kek_path), "data-key-file": ("DATA_KEY_PATH", s.data_key_path)}
+        needed = [("API_KEY_PATH", s.api_key_path), *([opener[s.key_encryption]] if s.key_encryption in opener else [])]
+        missing = [n for n, v in needed if v is None]
         if missing:
+            mode = "" if s.key_encryption == "kek-file" else f" with KEY_ENCRYPTION={s.key_encryption}"
             raise SettingsError(
-                f"{' and '.join(missing)} must be set in production (APP_ENV=production); "
+                f"{' and '.join(missing)} must be set in production (APP_ENV=production){mode}; "
                 "set APP_ENV=development to run with a local key"
             )
         if s.dev_api_key:

@@ -1,6 +1,7 @@
 """What infra/ and app/ agree on: port, probe paths, mount paths, file names and the chat pods' labels."""
 from __future__ import annotations
 
+from app.access.kek_secret import SERVICE_ACCOUNT_DIR as KEK_READER_ACCOUNT_DIR
 from app.settings import METRICS_PORT as APP_METRICS_PORT
 from app.settings import SERVICE_PORT
 
@@ -21,10 +22,20 @@ KEYS_DIR = "/var/run/clawbot/keys"
 KEYS_FILE = "keys.json"
 KEK_PATH = f"{KEK_DIR}/{KEK_FILE}"
 API_KEY_PATH = f"{KEYS_DIR}/{KEYS_FILE}"
+# keyEncryption namespace: the data key the init step unwrapped, in a memory volume the chat container reads.
+DATA_KEY_DIR = "/var/run/clawbot/data-key"
+DATA_KEY_PATH = f"{DATA_KEY_DIR}/dek"
+# Where the init step (alone) mounts the token that may read the KEK Secret; app.access.kek_secret reads it there.
+SERVICE_ACCOUNT_DIR = str(KEK_READER_ACCOUNT_DIR)
 # A kubernetes.io/tls Secret (cert-manager writes one) mounted whole, so renewals reach the pod and the app reloads.
 TLS_DIR = "/var/run/clawbot/tls"
 TLS_CERT_PATH = f"{TLS_DIR}/tls.crt"
 TLS_KEY_PATH = f"{TLS_DIR}/tls.key"
+
+# The API server as pods reach it: the `kubernetes` Service's port, and the endpoints' port on most clusters.
+API_SERVER_PORTS = (443, 6443)
+# IRSA: the IAM role a ServiceAccount's pods assume (EKS's pod identity webhook injects its credentials).
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 
 CONTAINER_NAME = "chat"
 APP_UID = 10001

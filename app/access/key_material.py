@@ -5,9 +5,13 @@ import hmac
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
-from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, KeyFileError, new_api_key, new_secret, now_iso, open_key_file, seal_key_file
-from app.access.keyring import KeyRing, digest, read_kek, write_private
+from app.access.keyfile import (
+    ApiKeyRecord, JwtKeyRecord, KeyFile, KeyFileError, Unsealer, new_api_key, new_secret, now_iso, open_key_file, seal_key_file,
+)
+from app.access.keyring import DataKeyFile, KekFile, KeyRing, digest, read_kek, write_private
+from app.access.kms import KmsUnsealer
 from app.settings import Settings
 
 log = logging.getLogger("clawbot.keys")
@@ -20,14 +24,26 @@ class KeyMaterialError(RuntimeError):
     """The key material cannot be loaded; the message names the file and what is wrong."""
 
 
+def _unsealer(settings: Settings) -> tuple[Unsealer, list[tuple[str, Path | None]]]:
+    """What opens the key file's data key under KEY_ENCRYPTION, and the files it needs besides the key file."""
+    if settings.key_encryption == "kms":
+        return KmsUnsealer(), []  # the key file names its KMS key; the KEK never leaves KMS
+    if settings.key_encryption == "data-key-file":
+        return DataKeyFile(settings.data_key_path or Path()), [("DATA_KEY_PATH", settings.data_key_path)]
+    return KekFile(settings.kek_path or Path(), strict=True), [("KEK_PATH", settings.kek_path)]
+
+
 def production_key_ring(settings: Settings) -> KeyRing:
-    if settings.api_key_path is None or settings.kek_path is None:
-        raise KeyMaterialError("API_KEY_PATH and KEK_PATH must be set in production (APP_ENV=production)")
-    for name, path in (("API_KEY_PATH", settings.api_key_path), ("KEK_PATH", settings.kek_path)):
-        if not path.is_file():
+    unsealer, files = _unsealer(settings)
+    needed = [("API_KEY_PATH", settings.api_key_path), *files]
+    if any(path is None for _, path in needed):
+        raise KeyMaterialError(f"{' and '.join(n for n, _ in needed)} must be set in production (APP_ENV=production)")
+    for name, path in needed:
+        if path is not None and not path.is_file():
             raise KeyMaterialError(f"{name} {str(path)!r} does not exist or is not a file")
+    assert settings.api_key_path is not None
     try:
-        return KeyRing(settings.api_key_path, settings.kek_path, strict=True)
+        return KeyRing(settings.api_key_path, settings.kek_path, strict=True, unsealer=unsealer)
     except KeyFileError as exc:
         raise KeyMaterialError(str(exc)) from None
 

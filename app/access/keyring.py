@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from app.access.keyfile import MIN_KEK_LENGTH, KeyFileError, KeyFile, iso_time, open_key_file
+from app.access.keyfile import (
+    MIN_KEK_LENGTH, DataKeyUnsealer, KekUnsealer, KeyFile, KeyFileError, KeySourceError, Unsealer, iso_time, open_key_file,
+)
 
 log = logging.getLogger("clawbot.keyring")
 
@@ -161,40 +163,83 @@ def read_kek(path: Path, *, strict: bool) -> str:
     try:
         kek = path.read_text().strip()
     except OSError as exc:
-        raise KeyFileError(f"KEK_PATH {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+        raise KeySourceError(f"KEK_PATH {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     if len(kek) < MIN_KEK_LENGTH:
-        raise KeyFileError(f"KEK_PATH {str(path)!r} must hold at least {MIN_KEK_LENGTH} characters, got {len(kek)}")
+        raise KeySourceError(f"KEK_PATH {str(path)!r} must hold at least {MIN_KEK_LENGTH} characters, got {len(kek)}")
     if strict and looks_like_placeholder(kek):
-        raise KeyFileError(f"KEK_PATH {str(path)!r} holds a placeholder; create a real one with `python -m app.keys init-kek`")
+        raise KeySourceError(f"KEK_PATH {str(path)!r} holds a placeholder; create a real one with `python -m app.keys init-kek`")
     return kek
 
 
-def load_contents(key_path: Path, kek_path: Path, *, strict: bool) -> RingContents:
-    kek = read_kek(kek_path, strict=strict)
+class KekFile:
+    """KEK_PATH: the KEK read from its file at every load (a rotated KEK is picked up with the key file)."""
+
+    def __init__(self, path: Path, *, strict: bool) -> None:
+        self.path, self.strict = path, strict
+        self.watched = (path,)
+
+    def data_key(self, doc: Mapping[str, Any]) -> str:
+        return KekUnsealer(read_kek(self.path, strict=self.strict)).data_key(doc)
+
+
+class DataKeyFile:
+    """DATA_KEY_PATH: the data key itself, which an init step unwrapped with a KEK this container never sees."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.watched = (path,)
+
+    def data_key(self, doc: Mapping[str, Any]) -> str:
+        try:
+            dek = self.path.read_text().strip()
+        except OSError as exc:
+            raise KeySourceError(f"DATA_KEY_PATH {str(self.path)!r} cannot be read: {exc.strerror or exc}") from None
+        try:
+            return DataKeyUnsealer(dek).data_key(doc)
+        except KeySourceError as exc:
+            raise KeySourceError(f"DATA_KEY_PATH {str(self.path)!r}: {exc}") from None
+
+
+def load_contents(key_path: Path, unsealer: Path | Unsealer, *, strict: bool) -> RingContents:
+    """Read, open and check the key file; `unsealer` is a KEK file's path or what opens the data key (KMS, a data key)."""
+    opener = KekFile(unsealer, strict=strict) if isinstance(unsealer, Path) else unsealer
     try:
         text = key_path.read_text()
     except OSError as exc:
         raise KeyFileError(f"API_KEY_PATH {str(key_path)!r} cannot be read: {exc.strerror or exc}") from None
     try:
-        ring = open_key_file(text, kek)
+        ring = open_key_file(text, opener)
     except KeyFileError as exc:
+        if isinstance(exc, KeySourceError):
+            raise  # about what opens the file, not the file
         raise KeyFileError(f"API_KEY_PATH {str(key_path)!r}: {exc}") from None
     return contents_of(ring, source=f"API_KEY_PATH {str(key_path)!r}", strict=strict)
 
 
 class KeyRing:
-    """Verifies API keys and hands out JWT keys; follows the key file as it changes."""
+    """Verifies API keys and hands out JWT keys; follows the key file as it changes.
+
+    The key file's data key is opened by the KEK at `kek_path`, or by `unsealer` (KMS, or a data key an init step
+    unwrapped); files an unsealer reads (`watched`) count as changes of the key file.
+    """
 
     def __init__(
         self,
         key_path: Path,
-        kek_path: Path,
+        kek_path: Path | None = None,
         *,
         strict: bool,
         clock: Callable[[], float] = time.time,
+        unsealer: Unsealer | None = None,
     ) -> None:
+        if unsealer is None:
+            if kek_path is None:
+                raise KeyFileError("a key ring needs KEK_PATH or another way to open the key file's data key")
+            unsealer = KekFile(kek_path, strict=strict)
         self.key_path = key_path
         self.kek_path = kek_path
+        self.unsealer = unsealer
+        self._watched: tuple[Path, ...] = tuple(getattr(unsealer, "watched", ()))
         self.strict = strict
         self.clock = clock
         # False where an event loop calls `refresh()` before each use (AccessControl): the accessors then never block.
@@ -203,17 +248,17 @@ class KeyRing:
         self._reload_requested = False
         self._next_check = 0.0
         self._mtime = self._stat()
-        self._contents = load_contents(key_path, kek_path, strict=strict)  # a startup failure is fatal: raise it
+        self._contents = load_contents(key_path, unsealer, strict=strict)  # a startup failure is fatal: raise it
         self.last_used: dict[str, float] = {}
 
-    def _stat(self) -> tuple[float, int, int] | None:
+    def _stat(self) -> tuple[int, ...] | None:
         try:
             st = self.key_path.stat()
-            kst = self.kek_path.stat()
+            others = tuple(p.stat().st_mtime_ns for p in self._watched)
         except OSError:
             return None
         # Size and the KEK's mtime too: a rewrite within one mtime tick, or a new KEK, is still a change.
-        return (st.st_mtime_ns, st.st_size, kst.st_mtime_ns)
+        return (st.st_mtime_ns, st.st_size, *others)
 
     # -- reloading ---------------------------------------------------------------------------
     def request_reload(self) -> None:
@@ -224,7 +269,7 @@ class KeyRing:
         """Re-read the key file now. On failure keep the current ring, log, and return False."""
         stamp = self._stat()
         try:
-            contents = load_contents(self.key_path, self.kek_path, strict=self.strict)
+            contents = load_contents(self.key_path, self.unsealer, strict=self.strict)
         except KeyFileError as exc:
             log.error("key file reload failed; keeping the keys loaded before", extra={"error": str(exc)})
             self._mtime = stamp  # do not retry a broken file on every request; the next change retries

@@ -3,6 +3,10 @@
 Only `add` and `rotate` print a secret: the new raw API key, once. Everything else prints ids,
 scopes and dates. Files are written atomically with mode 0600, so a running service that
 reloads on change never reads half a file.
+
+KMS: `kms-data-key` has AWS KMS make a key pair whose private half only KMS unwraps (for the stack's `kmsDataKey`,
+or `add --kms-data-key` to start a key file sealed for it); the other commands open a KMS-sealed key file through
+KMS Decrypt and need no KEK. `unseal-data-key` is the chat pods' init step in the `namespace` key mode.
 """
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ from pathlib import Path
 from typing import Sequence
 
 from app.access.keyfile import (
-    ApiKeyRecord, JwtKeyRecord, KeyFile, KeyFileError, new_api_key, new_secret, now_iso, open_key_file, seal_key_file,
+    ApiKeyRecord, JwtKeyRecord, KekUnsealer, KeyFile, KeyFileError, KmsDataKey, kms_data_key_of, new_api_key, new_secret,
+    now_iso, open_key_file, parse_key_file, seal_key_file,
 )
+from app.access.kek_secret import read_secret_key
 from app.access.keyring import SCOPES, key_state, parse_time, read_kek, write_private
+from app.access.kms import KmsUnsealer, generate_kms_data_key
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_GRACE_DAYS = 7.0
@@ -41,33 +48,41 @@ def _kek_path(args: argparse.Namespace) -> Path:
     return Path(kek_file)
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+Wrap = str | KmsDataKey  # what seals the key file: a KEK, or a KMS data key
+
+
+def _key_path(args: argparse.Namespace) -> Path:
     key_file = args.key_file or os.environ.get("API_KEY_PATH")
     if not key_file:
         raise CliError("the key file is not set: pass --key-file or set API_KEY_PATH")
-    return Path(key_file), _kek_path(args)
+    return Path(key_file)
 
 
-def _load(key_path: Path, kek: str, *, create: bool) -> KeyFile:
+def _open(args: argparse.Namespace, *, create: bool = False) -> tuple[Path, Wrap, KeyFile]:
+    """The key file's path, what seals it (its KEK, or the KMS data key it names) and the decrypted ring."""
+    key_path = _key_path(args)
     if not key_path.exists():
-        if create:
-            return KeyFile()
-        raise CliError(f"key file {str(key_path)!r} does not exist; create it with `python -m app.keys add`")
+        if not create:
+            raise CliError(f"key file {str(key_path)!r} does not exist; create it with `python -m app.keys add`")
+        if getattr(args, "kms_data_key", None):
+            try:
+                return key_path, KmsDataKey.from_json(args.kms_data_key), KeyFile()
+            except KeyFileError as exc:
+                raise CliError(f"--kms-data-key: {exc}") from None
+        return key_path, read_kek(_kek_path(args), strict=False), KeyFile()
     try:
-        return open_key_file(key_path.read_text(), kek)
+        text = key_path.read_text()
+        kms = kms_data_key_of(parse_key_file(text))
+        if kms is not None:  # sealed for KMS: KMS unwraps its data key, and no KEK is involved
+            return key_path, kms, open_key_file(text, KmsUnsealer())
+        kek = read_kek(_kek_path(args), strict=False)
+        return key_path, kek, open_key_file(text, kek)
     except KeyFileError as exc:
         raise CliError(f"key file {str(key_path)!r}: {exc}") from None
 
 
-def _open(args: argparse.Namespace, *, create: bool = False) -> tuple[Path, str, KeyFile]:
-    """The key file's path, the KEK and the decrypted ring the command works on."""
-    key_path, kek_path = _paths(args)
-    kek = read_kek(kek_path, strict=False)
-    return key_path, kek, _load(key_path, kek, create=create)
-
-
-def _save(key_path: Path, kek: str, ring: KeyFile) -> None:
-    write_private(key_path, seal_key_file(ring, kek))
+def _save(key_path: Path, wrap: Wrap, ring: KeyFile) -> None:
+    write_private(key_path, seal_key_file(ring, wrap))
 
 
 def _scopes(raw: str) -> tuple[str, ...]:
@@ -113,7 +128,7 @@ def cmd_init_kek(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    key_path, kek, ring = _open(args, create=True)
+    key_path, wrap, ring = _open(args, create=True)
     ring = _with_jwt_key(ring)
     key_id = _check_id(args.id)
     if any(k.id == key_id for k in ring.api_keys):
@@ -123,7 +138,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         id=key_id, secret=raw, scopes=_scopes(args.scopes), not_before=args.not_before or now_iso(), expires_at=_expiry(args)
     )
     parse_time(record.not_before, "--not-before")
-    _save(key_path, kek, replace(ring, api_keys=(*ring.api_keys, record)))
+    _save(key_path, wrap, replace(ring, api_keys=(*ring.api_keys, record)))
     print(f"added API key {key_id!r} (scopes: {', '.join(record.scopes)}). It is shown once; store it now:", file=sys.stderr)
     print(raw)
     return 0
@@ -140,7 +155,7 @@ def _retire_jwt_key(key: JwtKeyRecord, retire_at: str, expire_at: str) -> JwtKey
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    key_path, kek, ring = _open(args)
+    key_path, wrap, ring = _open(args)
     grace_s = 0.0 if args.now else args.grace_days * 86400
     if grace_s < 0:
         raise CliError(f"--grace-days must be zero or more, got {args.grace_days}")
@@ -151,7 +166,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         else:
             retire_at, expire_at = now_iso(JWT_RETIRE_DELAY_S), now_iso(max(grace_s, MIN_JWT_GRACE_S))
         kept = tuple(_retire_jwt_key(k, retire_at, expire_at) for k in ring.jwt_keys)
-        _save(key_path, kek, replace(ring, jwt_keys=(*kept, fresh)))
+        _save(key_path, wrap, replace(ring, jwt_keys=(*kept, fresh)))
         if args.now:
             print(f"new JWT signing key {fresh.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
                   "the service reloads the key file (within a second, or on SIGHUP)")
@@ -171,7 +186,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     raw = new_api_key()
     fresh = ApiKeyRecord(id=new_id, secret=raw, scopes=old.scopes, not_before=now_iso(), expires_at=_expiry(args))
     keys = tuple(replace(k, expires_at=retire_at) if k.id == old.id else k for k in ring.api_keys)
-    _save(key_path, kek, replace(ring, api_keys=(*keys, fresh)))
+    _save(key_path, wrap, replace(ring, api_keys=(*keys, fresh)))
     print(
         f"rotated {old.id!r} -> {new_id!r}; {old.id!r} keeps working until {retire_at}. The new key is shown once; store it now:",
         file=sys.stderr,
@@ -181,11 +196,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    key_path, kek, ring = _open(args)
+    key_path, wrap, ring = _open(args)
     if not any(k.id == args.id for k in ring.api_keys):
         raise CliError(f"no API key with id {args.id!r} in {str(key_path)!r}; `python -m app.keys list` shows the ids")
     keys = tuple(replace(k, revoked=True) if k.id == args.id else k for k in ring.api_keys)
-    _save(key_path, kek, replace(ring, api_keys=keys))
+    _save(key_path, wrap, replace(ring, api_keys=keys))
     print(f"revoked {args.id!r}; running services drop it within a second (or on SIGHUP), with its tokens")
     return 0
 
@@ -197,7 +212,7 @@ def _status(not_before: str | None, expires_at: str | None, revoked: bool, now: 
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    key_path, kek, ring = _open(args)
+    _, _, ring = _open(args)
     now = time.time()
     api = [
         {"id": k.id, "scopes": list(k.scopes), "not_before": k.not_before, "expires_at": k.expires_at,
@@ -221,6 +236,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kms_data_key(args: argparse.Namespace) -> int:
+    data_key, _ = generate_kms_data_key(args.kms_key_id)  # the unwrapped half is dropped here, never written
+    print(f"KMS key {data_key.key_id} wrapped a new data key; set it on the stack with\n"
+          "  pulumi config set kmsDataKey \"$(cat <this output>)\"\n"
+          "or start a key file sealed for it with `python -m app.keys add --kms-data-key \"$(cat <this output>)\" ...`",
+          file=sys.stderr)
+    print(data_key.to_json())
+    return 0
+
+
+def cmd_unseal_data_key(args: argparse.Namespace) -> int:
+    """The init step: the KEK from its Secret (or file), the data key out, and the KEK nowhere but in this process."""
+    if bool(args.kek_secret) == bool(args.kek_file):
+        raise CliError("unseal-data-key needs exactly one of --kek-secret NAMESPACE/NAME/KEY or --kek-file")
+    kek = read_secret_key(args.kek_secret) if args.kek_secret else read_kek(Path(args.kek_file), strict=True)
+    key_path = _key_path(args)
+    try:
+        dek = KekUnsealer(kek).data_key(parse_key_file(key_path.read_text()))
+    except OSError as exc:
+        raise CliError(f"key file {str(key_path)!r} cannot be read: {exc.strerror or exc}") from None
+    except KeyFileError as exc:
+        raise CliError(f"key file {str(key_path)!r}: {exc}") from None
+    write_private(Path(args.out), dek + "\n")
+    print(f"unsealed the data key of {key_path} into {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app.keys", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("add", help="add an API key and print it once (creates the key file if needed)")
     files(p)
+    p.add_argument("--kms-data-key", help="a new key file: seal it for this KMS data key (kms-data-key's output), not a KEK")
     p.add_argument("--id", required=True, help="the key id: shown in logs, metrics and the admin API")
     p.add_argument("--scopes", default="chat", help="comma-separated: chat, admin, benchmark (default: chat)")
     p.add_argument("--not-before", help="ISO-8601 time the key starts working (default: now)")
@@ -265,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     files(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("kms-data-key", help="have AWS KMS make a data key only it can unwrap; prints it as JSON (no secret)")
+    p.add_argument("--kms-key-id", required=True, help="the KMS key: ARN (its region is used), key id or alias/NAME")
+    p.set_defaults(func=cmd_kms_data_key)
+
+    p = sub.add_parser("unseal-data-key", help="init step: unwrap the key file's data key with the KEK into --out")
+    p.add_argument("--key-file", help="the key file (default: $API_KEY_PATH)")
+    p.add_argument("--kek-secret", help="NAMESPACE/NAME/KEY of the Secret holding the KEK, read with the pod's token")
+    p.add_argument("--kek-file", help="the KEK in a file instead")
+    p.add_argument("--out", required=True, help="where the data key goes (a memory-backed volume)")
+    p.set_defaults(func=cmd_unseal_data_key)
     return parser
 
 

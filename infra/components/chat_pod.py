@@ -21,8 +21,6 @@ from infra.contract import (
     DATABASE_SECRET_KEY,
     DATABASE_URL_ENV,
     HEALTH_PATH,
-    KEK_DIR,
-    KEK_FILE,
     KEYS_DIR,
     KEYS_FILE,
     METRICS_PORT,
@@ -37,7 +35,7 @@ from infra.contract import (
     VERSION_LABEL,
 )
 from infra.components.gpu_node_pool import PodPlacement
-from infra.components.secret_store import SecretNames
+from infra.components.secret_store import PodKeyAccess, SecretNames, pod_key_access
 from infra.images import parse_image
 from infra.settings.pod import ROLLOUT_SURGE
 from infra.settings.stack import StackSettings
@@ -70,6 +68,10 @@ class PodInputs:
     claim_name: str
     tls_secret_name: str | None  # the kubernetes.io/tls Secret served on PORT, when TLS is in the pod
     database_secret_name: str | None = None  # the Secret holding CONVERSATION_DATABASE_URL, when a database is set
+
+    @property
+    def key_access(self) -> PodKeyAccess:
+        return pod_key_access(self.settings.key_store, self.secrets)
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
         {"name": "data", "mountPath": DATA_DIR},
         {"name": "tmp", "mountPath": TMP_DIR},
         # Whole-directory mounts (no subPath) so the kubelet swaps in rotated keys and renewed certificates.
-        {"name": "kek", "mountPath": KEK_DIR, "readOnly": True},
         {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True},
+        *p.key_access.mounts,
     ]
     if https:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
@@ -177,8 +179,8 @@ def _volumes(p: PodInputs) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "data", "persistentVolumeClaim": {"claimName": p.claim_name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-        {"name": "kek", "secret": {"secretName": p.secrets.kek, "defaultMode": 0o440, "items": [{"key": KEK_FILE, "path": KEK_FILE}]}},
         {"name": "keys", "secret": {"secretName": p.secrets.keys, "defaultMode": 0o440, "items": [{"key": KEYS_FILE, "path": KEYS_FILE}]}},
+        *p.key_access.volumes,
     ]
     if p.tls_secret_name is not None:
         volumes.append({"name": "tls", "secret": {"secretName": p.tls_secret_name, "defaultMode": 0o440,
@@ -194,6 +196,22 @@ def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
             {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}
         ]}
     return affinity
+
+
+def _unseal_step(p: PodInputs, image: str) -> list[dict[str, Any]]:
+    """keyEncryption namespace: the init step that reads the KEK and leaves only the data key for the chat container."""
+    access = p.key_access
+    if not access.init_args:
+        return []
+    return [{
+        "name": "unseal-data-key",
+        "image": image,
+        "imagePullPolicy": p.settings.pod.image_pull_policy,
+        "args": list(access.init_args),
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
+        "volumeMounts": [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, *access.init_mounts],
+    }]
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -218,11 +236,14 @@ def do_not_disrupt(s: StackSettings) -> str:
 
 def deployment_spec(p: PodInputs, release: Release, checksum: pulumi.Input[str]) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
+        # Its own account: an IAM role (KMS mode) or the KEK reader's Role (namespace mode), and no API token mounted.
+        "serviceAccountName": p.secrets.service_account,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         # preStop sleep + SHUTDOWN_GRACE_SECONDS + a margin: the kubelet never kills a pod that is still draining.
         "terminationGracePeriodSeconds": p.settings.pod.termination_grace_seconds,
         "securityContext": pod_security_context(),
+        **({"initContainers": init} if (init := _unseal_step(p, release.image)) else {}),
         "containers": [_container(p, release.image)],
         "volumes": _volumes(p),
         # Spread replicas so one node loss takes one replica.

@@ -24,7 +24,7 @@ from infra.components.load_balancer import endpoint_url, load_balancer_hostname,
 from infra.components.model_download import ModelDownload, ModelDownloadArgs
 from infra.components.pod_certificate import PodCertificate, PodCertificateArgs
 from infra.components.redis import Redis, RedisArgs
-from infra.components.secret_store import SecretNames
+from infra.components.secret_store import SecretNames, key_env
 from infra.contract import (
     API_KEY_PATH,
     CHAT_LABELS,
@@ -32,7 +32,6 @@ from infra.contract import (
     DATA_DIR,
     DATABASE_SECRET_KEY,
     HUB_OFFLINE_ENV,
-    KEK_PATH,
     METRICS_PORT,
     METRICS_PORT_NAME,
     METRICS_SERVICE_LABELS,
@@ -63,7 +62,7 @@ def service_env(settings: StackSettings, redis_url: str | None) -> dict[str, str
         "MAX_BATCH_SIZE": str(settings.model.max_batch_size),
         "DATA_DIR": DATA_DIR,
         "API_KEY_PATH": API_KEY_PATH,
-        "KEK_PATH": KEK_PATH,
+        **key_env(settings.key_store),
         "JWT_TTL_SECONDS": str(settings.access.jwt_ttl_seconds),
         "RATE_LIMIT_PER_KEY": str(settings.access.rate_limit_per_key),
         # The app flags a key as abnormal at the same rate the alert fires on.

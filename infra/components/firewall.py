@@ -96,7 +96,9 @@ def chat_egress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
     if args.redis_enabled:
         rules.append({"to": [{"podSelector": {"matchLabels": dict(REDIS_LABELS)}}], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
     for target in args.service_egress:
-        rules.append({"to": [{"ipBlock": {"cidr": c}} for c in target.cidrs], "ports": [{"protocol": "TCP", "port": target.port}]})
+        # A target without CIDRs (the API server, where kubernetesApiCidrs is unset) is any address on its port.
+        to = [{"ipBlock": {"cidr": c}} for c in target.cidrs]
+        rules.append({**({"to": to} if to else {}), "ports": [{"protocol": "TCP", "port": target.port}]})
     return rules
 
 

@@ -2,11 +2,14 @@
 
 Runs in the backup CronJob's pod (a small Python image, standard library only) under a ServiceAccount that may
 create, list and delete VolumeSnapshots in its namespace and get the one PVC, nothing else. It exits non-zero when
-the snapshot fails or is not ready in time, so the Job is marked failed, and then prunes nothing: the snapshots
-kept are always the newest ones that are ready. Only snapshots this job made (its labels) are ever deleted.
+the snapshot fails or is not ready in time, so the Job is marked failed, and then prunes no ready snapshot: the
+snapshots kept are always the newest ones that are ready. A snapshot that is still not ready STUCK_AFTER_SECONDS
+after it was made (failed, or stuck in the driver) is deleted by every run, the failed run included: it would
+otherwise hold storage forever. Only snapshots this job made (its labels) are ever deleted.
 
-Environment: PVC_NAME, SNAPSHOT_CLASS, RETENTION, WAIT_SECONDS, and the API server's address that the kubelet
-gives every pod (KUBERNETES_SERVICE_HOST/PORT); the token, CA and namespace come from the ServiceAccount mount.
+Environment: PVC_NAME, SNAPSHOT_CLASS, RETENTION, WAIT_SECONDS, STUCK_AFTER_SECONDS, and the API server's address
+that the kubelet gives every pod (KUBERNETES_SERVICE_HOST/PORT); the token, CA and namespace come from the
+ServiceAccount mount.
 """
 from __future__ import annotations
 
@@ -94,19 +97,40 @@ def wait_until_ready(api: Api, name: str, wait_s: float) -> dict[str, Any]:
         time.sleep(POLL_SECONDS)
 
 
-def prune(api: Api, pvc: str, keep: int) -> list[str]:
-    """Delete this job's ready snapshots of `pvc` beyond the newest `keep`; failed ones older than those go too."""
+def _ready(snapshot: dict[str, Any]) -> bool:
+    return (snapshot.get("status") or {}).get("readyToUse") is True
+
+
+def _made_at(snapshot: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(snapshot["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _ours(api: Api, pvc: str) -> list[dict[str, Any]]:
+    """This job's snapshots of `pvc`, newest first."""
     selector = ",".join(f"{k}={v}" for k, v in {**JOB_LABELS, SNAPSHOT_OF: pvc}.items())
     items = api.call("GET", api.snapshots_path(), labelSelector=selector).get("items") or []
-    items.sort(key=lambda s: s["metadata"].get("creationTimestamp", ""), reverse=True)
-    ready = [s for s in items if (s.get("status") or {}).get("readyToUse") is True]
-    kept = ready[:keep]
-    oldest_kept = kept[-1]["metadata"].get("creationTimestamp", "") if len(kept) == keep else ""
-    doomed = ready[keep:] + [s for s in items if (s.get("status") or {}).get("error")
-                             and s["metadata"].get("creationTimestamp", "") < oldest_kept]
+    return sorted(items, key=lambda s: s["metadata"].get("creationTimestamp", ""), reverse=True)
+
+
+def _delete(api: Api, doomed: list[dict[str, Any]]) -> list[str]:
     for s in doomed:
         api.call("DELETE", f"{api.snapshots_path()}/{s['metadata']['name']}")
     return [s["metadata"]["name"] for s in doomed]
+
+
+def prune(api: Api, pvc: str, keep: int) -> list[str]:
+    """Delete this job's ready snapshots of `pvc` beyond the newest `keep`."""
+    return _delete(api, [s for s in _ours(api, pvc) if _ready(s)][keep:])
+
+
+def prune_stuck(api: Api, pvc: str, stuck_after_s: float, now: datetime) -> list[str]:
+    """Delete this job's snapshots of `pvc` that are still not ready `stuck_after_s` after they were made."""
+    return _delete(api, [s for s in _ours(api, pvc)
+                         if not _ready(s) and (made := _made_at(s)) is not None
+                         and (now - made).total_seconds() >= stuck_after_s])
 
 
 def main() -> int:
@@ -114,12 +138,18 @@ def main() -> int:
         api = Api(Path(os.environ.get("SERVICE_ACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount")))
         pvc, snapshot_class = setting("PVC_NAME"), setting("SNAPSHOT_CLASS")
         keep, wait_s = int(setting("RETENTION")), float(setting("WAIT_SECONDS"))
+        stuck_after_s = float(setting("STUCK_AFTER_SECONDS"))
         # Fails early, with the claim's name, when the volume is not there (or the Role does not reach it).
         api.call("GET", f"/api/v1/namespaces/{api.namespace}/persistentvolumeclaims/{pvc}")
         name = f"{pvc}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
         api.call("POST", api.snapshots_path(), snapshot_manifest(name, api.namespace, pvc, snapshot_class))
         log("snapshot-created", snapshot=name, pvc=pvc, snapshotClass=snapshot_class)
-        ready = wait_until_ready(api, name, wait_s)
+        try:
+            ready = wait_until_ready(api, name, wait_s)
+        finally:
+            # Whether this one made it or not: what never became ready within the deadline only holds storage.
+            log("stuck-snapshots-pruned", deleted=prune_stuck(api, pvc, stuck_after_s, datetime.now(timezone.utc)),
+                after_seconds=stuck_after_s)
         log("snapshot-ready", snapshot=name, restoreSize=(ready.get("status") or {}).get("restoreSize"))
         log("snapshots-pruned", deleted=prune(api, pvc, keep), kept=keep)
     except (JobError, OSError, ValueError) as exc:

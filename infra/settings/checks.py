@@ -76,6 +76,48 @@ def quantization_has_a_gpu(s: StackSettings) -> None:
         )
 
 
+# -- the key store and backups (docs/operations/keys.md, docs/operations/backups.md) --------------------------------
+
+
+def production_keeps_the_kek_in_kms(s: StackSettings) -> None:
+    """environment x key store: a KEK in the cluster, however fenced, is readable by whoever can run the pods."""
+    if s.production and not s.key_store.uses_kms:
+        raise ConfigError(
+            f"a production stack must keep the key-encryption key in AWS KMS: set {key('keyEncryption')} kms and "
+            f"{key('kmsDataKey')} (`python -m app.keys kms-data-key --kms-key-id <KMS key ARN>`); "
+            f"{key('keyEncryption')} {s.key_store.encryption} keeps it in the cluster"
+        )
+
+
+def production_reaches_kms_privately(s: StackSettings) -> None:
+    """environment x key store x network: the chat pods reach nothing outside the cluster but the KMS endpoint."""
+    kms = s.key_store.kms
+    if s.production and kms is not None and not kms.egress_cidrs:
+        raise ConfigError(f"{key('kmsEgressCidrs')} must list the CIDRs of the KMS VPC endpoint (and, with "
+                          f"{key('kmsRoleArn')}, the STS endpoint) in production: the chat pods reach nothing else outside "
+                          "the cluster")
+
+
+def production_encrypts_cluster_secrets(s: StackSettings) -> None:
+    """environment x key store: the key Secrets sit in etcd; EKS must envelope-encrypt them with a KMS key."""
+    if s.production and not s.key_store.cluster_secrets_key_arn:
+        raise ConfigError(
+            f"a production stack must declare {key('clusterSecretsKeyArn')}, the KMS key EKS encrypts Kubernetes Secrets "
+            "with: `aws eks describe-cluster --name <cluster> --query 'cluster.encryptionConfig[0].provider.keyArn'` "
+            "prints it; a cluster without one needs `aws eks associate-encryption-config` first (docs/operations/keys.md)"
+        )
+
+
+def production_backups_leave_the_cluster(s: StackSettings) -> None:
+    """environment x data: a dump on the cluster's own file system goes down with it."""
+    if s.production and s.backups.bucket is None:
+        raise ConfigError(
+            f"a production stack must copy its backups out of the cluster: set {key('backupBucket')} "
+            f"(s3://BUCKET/PREFIX) and {key('backupBucketRegion')}; the bucket is made outside the program "
+            "(docs/operations/backups.md)"
+        )
+
+
 # -- the GPU pool's drains, the model download (issue 21: Karpenter, serving pods offline) -------------------------
 
 
@@ -123,6 +165,10 @@ STACK_CHECKS: tuple[Callable[[StackSettings], None], ...] = (
     gpu_limit_covers_a_rollout,
     data_volume_reaches_every_replica,
     quantization_has_a_gpu,
+    production_keeps_the_kek_in_kms,
+    production_reaches_kms_privately,
+    production_encrypts_cluster_secrets,
+    production_backups_leave_the_cluster,
     # issue 21: the GPU pool's drains, the model download
     node_drain_outlasts_pod_restarts,
     model_download_has_egress,

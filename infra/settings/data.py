@@ -1,5 +1,5 @@
 """Data settings: the chat pods' data volume, and what must survive: the conversation database, volume snapshots,
-database dumps.
+database dumps, and the copies of both that leave the cluster (an S3 bucket the program does not own).
 
 The database URL is a secret (it holds a password): `load_settings` reads it, `database_connection` checks its
 shape without ever putting the URL in a message, and only whether one is configured (and its port, for the
@@ -7,10 +7,13 @@ NetworkPolicy) reaches StackSettings.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+from infra.images import parse_image
 from infra.settings.values import (
     DNS_SUBDOMAIN,
     ConfigError,
@@ -21,6 +24,7 @@ from infra.settings.values import (
     image_reference,
     integer,
     memory_bytes,
+    role_arn,
     text,
 )
 
@@ -28,6 +32,9 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany")
 DATABASE_URL_KEY = "conversationDatabaseUrl"
 DATABASE_SCHEMES = ("postgresql", "postgres")
 POSTGRES_PORT = 5432
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 # Minute hour day-of-month month day-of-week, numbers with * , - / only (no names): what CronJob accepts everywhere.
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
@@ -40,6 +47,65 @@ class DataVolumeSettings:
 
 
 @dataclass(frozen=True)
+class BucketSettings:
+    """Where backups leave the cluster: an S3 bucket made outside the program, versioned, with lifecycle rules that
+    expire the dumps and the replaced data files after `retention_days` (the `backups` stack output spells them)."""
+
+    bucket: str
+    prefix: str  # no leading or trailing '/'; '' for the bucket's root
+    region: str
+    retention_days: int
+    role_arn: str  # IRSA: annotated on the backup jobs' ServiceAccount; '' for Pod Identity
+    egress_cidrs: tuple[str, ...]  # where the upload jobs may reach 443 (S3, STS); empty: any address
+    upload_image: str  # the aws CLI
+
+    def _key(self, part: str) -> str:
+        return f"{self.prefix}/{part}/" if self.prefix else f"{part}/"
+
+    @property
+    def database_prefix(self) -> str:
+        return self._key("database")
+
+    @property
+    def data_prefix(self) -> str:
+        return self._key("data")
+
+    def url(self, key_prefix: str) -> str:
+        return f"s3://{self.bucket}/{key_prefix}"
+
+    def lifecycle(self) -> dict[str, Any]:
+        """The lifecycle configuration the bucket must carry (`aws s3api put-bucket-lifecycle-configuration`).
+
+        Dumps are dated objects: each expires `retention_days` after it was written. The data files are a mirror
+        (`aws s3 sync --delete`): the current files never expire, a replaced or deleted one is kept as a noncurrent
+        version for `retention_days`. Both clean up what expiring leaves behind.
+        """
+        days = self.retention_days
+        return {"Rules": [
+            {"ID": "clawbot-database-dumps", "Status": "Enabled", "Filter": {"Prefix": self.database_prefix},
+             "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
+            {"ID": "clawbot-data-files", "Status": "Enabled", "Filter": {"Prefix": self.data_prefix},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": days},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
+        ]}
+
+    def policy(self) -> dict[str, Any]:
+        """The IAM policy the backup role needs: write, read and list under the prefix, read the bucket's setup. No
+        version is ever deleted for good (no s3:DeleteObjectVersion): the mirror's --delete only adds delete markers,
+        and a dump is never deleted at all; the lifecycle rules alone expire them."""
+        arn = f"arn:aws:s3:::{self.bucket}"
+        write = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
+        return {"Version": "2012-10-17", "Statement": [
+            {"Sid": "MirrorDataFiles", "Effect": "Allow", "Action": [*write, "s3:DeleteObject"],
+             "Resource": [f"{arn}/{self.data_prefix}*"]},
+            {"Sid": "WriteDumps", "Effect": "Allow", "Action": write, "Resource": [f"{arn}/{self.database_prefix}*"]},
+            {"Sid": "ListAndCheck", "Effect": "Allow",
+             "Action": ["s3:ListBucket", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration"], "Resource": [arn]},
+        ]}
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     schedule: str  # cron, in the controller's time zone (UTC on EKS)
     snapshot_class: str  # VolumeSnapshotClass of the data volume's CSI driver; '' takes no snapshots
@@ -47,8 +113,10 @@ class BackupSettings:
     retention: int  # snapshots and dumps kept
     image: str  # runs the snapshot job (Python, standard library only)
     database_image: str  # runs pg_dump
-    database_volume_size: str
+    database_volume_size: str  # the dumps' PVC, when there is no bucket
     kubernetes_api_cidrs: tuple[str, ...]  # where the snapshot job may reach the API server; empty: anywhere on 443
+    snapshot_deadline_s: int  # a snapshot not ready to use after this fails the job, and is deleted by the next
+    bucket: BucketSettings | None  # where dumps and the data volume's files are copied; None keeps them in the cluster
 
     @property
     def snapshots(self) -> bool:
@@ -82,7 +150,7 @@ def parse_data_volume(raw: Raw) -> DataVolumeSettings:
     return DataVolumeSettings(size=size, access_mode=access_mode, storage_class=storage_class)
 
 
-def parse_backups(raw: Raw, production: bool) -> BackupSettings:
+def parse_backups(raw: Raw) -> BackupSettings:
     schedule = text(raw, "backupSchedule", required=True).strip()
     fields = schedule.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
@@ -103,11 +171,58 @@ def parse_backups(raw: Raw, production: bool) -> BackupSettings:
         snapshot_class=snapshot_class,
         restore_snapshot=restore,
         retention=integer(raw, "backupRetention", 1, 90),
-        image=image_reference("backupImage", raw["backupImage"], production),
-        database_image=image_reference("databaseBackupImage", raw["databaseBackupImage"], production),
+        image=digest_reference(raw, "backupImage"),
+        database_image=digest_reference(raw, "databaseBackupImage"),
         database_volume_size=size,
         kubernetes_api_cidrs=cidrs(raw, "kubernetesApiCidrs"),
+        snapshot_deadline_s=60 * integer(raw, "backupSnapshotDeadlineMinutes", 10, 1440),
+        bucket=parse_bucket(raw),
     )
+
+
+def digest_reference(raw: Raw, name: str) -> str:
+    """A backup image, pinned by digest: the jobs run unattended every night, so a moved tag would run unreviewed."""
+    value = image_reference(name, raw[name], production=True)
+    if parse_image(value).digest is None:
+        raise ConfigError(f"{config_key(name)} must be pinned by digest (IMAGE:TAG@sha256:<64 hex>; `docker buildx imagetools "
+                          f"inspect {value}` prints it), got {value!r}")
+    return value
+
+
+def parse_bucket(raw: Raw) -> BucketSettings | None:
+    url = text(raw, "backupBucket").strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if parts.scheme != "s3" or parts.query or parts.fragment:
+        raise ConfigError(f"{config_key('backupBucket')} must be an S3 URL like s3://acme-clawbot-backups/prod, got {url!r}")
+    if not _BUCKET.match(bucket) or ".." in bucket or _is_ip(bucket):
+        raise ConfigError(f"{config_key('backupBucket')} names bucket {bucket!r}, which is not an S3 bucket name (3-63 "
+                          "lowercase letters, digits, '.' and '-')")
+    if prefix and not _PREFIX.match(prefix):
+        raise ConfigError(f"{config_key('backupBucket')} has the key prefix {prefix!r}; use letters, digits and !_.*'()- "
+                          "between single '/'")
+    region = text(raw, "backupBucketRegion").strip()
+    if not _REGION.match(region):
+        raise ConfigError(f"{config_key('backupBucketRegion')} must be the bucket's region, like us-east-1, when "
+                          f"{config_key('backupBucket')} is set, got {region!r}")
+    role = role_arn(raw, "backupRoleArn", "clawbot-backups")
+    return BucketSettings(
+        bucket=bucket, prefix=prefix, region=region,
+        retention_days=integer(raw, "backupBucketRetentionDays", 1, 3650),
+        role_arn=role,
+        egress_cidrs=cidrs(raw, "backupEgressCidrs"),
+        upload_image=digest_reference(raw, "backupUploadImage"),
+    )
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_database(raw: Raw) -> DatabaseSettings:

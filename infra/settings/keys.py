@@ -71,7 +71,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("ciliumPolicies", "boolean", False, "The cluster runs Cilium: the model download Job reaches modelHubHosts by name (a CiliumNetworkPolicy toFQDNs rule) instead of modelHubEgressCidrs"),
     ConfigKey("modelDownloadTimeoutSeconds", "integer", 3600, "How long the Job that fetches a hub model into the data volume may run (60..86400); pulumi up waits for it before the chat pods roll"),
     ConfigKey("databaseEgressCidrs", "array", [], "CIDRs the conversation database listens on (e.g. the RDS subnets); required with conversationDatabaseUrl"),
-    ConfigKey("kubernetesApiCidrs", "array", [], "CIDRs of the Kubernetes API server endpoints the snapshot job may reach on 443/6443; empty allows any address"),
+    ConfigKey("kubernetesApiCidrs", "array", [], "CIDRs of the Kubernetes API server endpoints the snapshot job (and, with "
+              "keyEncryption namespace, the chat pods' init step) may reach on 443/6443; empty allows the snapshot job any "
+              "address and the chat pods private ranges only"),
     ConfigKey("redisEnabled", "boolean", False, "Run Redis for the response cache and rate limits shared across replicas (sets REDIS_URL)"),
     ConfigKey("redisImage", "string", "redis:7.4.2-alpine", "Redis image when redisEnabled"),
     ConfigKey("gpuMode", "string", "none", "karpenter (a NodePool for GPU nodes), existing (GPU nodes already in the cluster) or none (CPU)"),
@@ -127,9 +129,23 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("backupSnapshotClass", "string", "", "VolumeSnapshotClass for daily snapshots of the data volume (its CSI driver must support snapshots; EFS does not); empty takes none"),
     ConfigKey("dataRestoreSnapshot", "string", "", "Restore: a VolumeSnapshot of the data volume; the chat pods then mount a new claim made from it (<snapshot>-restored)"),
     ConfigKey("backupRetention", "integer", 7, "How many snapshots and database dumps are kept (1..90); older ones are deleted"),
-    ConfigKey("backupImage", "string", "python:3.13-alpine", "Image of the snapshot job (runs a standard-library Python script against the Kubernetes API)"),
-    ConfigKey("databaseBackupImage", "string", "postgres:17-alpine", "Image of the database dump job (pg_dump; its major version must be at least the server's)"),
-    ConfigKey("databaseBackupVolumeSize", "string", "20Gi", "Size of the PVC that holds the database dumps"),
+    ConfigKey("backupImage", "string", "python:3.13-alpine@sha256:399babc8b49529dabfd9c922f2b5eea81d611e4512e3ed250d75bd2e7683f4b0", "Image of the snapshot job (runs a standard-library Python script against the Kubernetes API); pinned by digest"),
+    ConfigKey("databaseBackupImage", "string", "postgres:17-alpine@sha256:742f40ea20b9ff2ff31db5458d127452988a2164df9e17441e191f3b72252193", "Image of the database dump job (pg_dump; its major version must be at least the server's); pinned by digest"),
+    ConfigKey("databaseBackupVolumeSize", "string", "20Gi", "Size of the PVC that holds the database dumps when no backupBucket is set"),
+    # -- backups that leave the cluster (docs/operations/backups.md) --
+    ConfigKey("backupBucket", "string", "", "s3://BUCKET/PREFIX the database dumps and the data volume's files are copied to daily; the bucket (versioned, with the lifecycle in the backups output) is made outside the program; production requires it"),
+    ConfigKey("backupBucketRegion", "string", "", "Region of backupBucket, e.g. us-east-1; required with it"),
+    ConfigKey("backupBucketRetentionDays", "integer", 30, "Days backupBucket keeps each dump and each replaced or deleted data file (its lifecycle rules; the jobs check them before they upload) (1..3650)"),
+    ConfigKey("backupRoleArn", "string", "", "IAM role the backup jobs assume through IRSA (annotated on their ServiceAccount); empty with an EKS Pod Identity association"),
+    ConfigKey("backupEgressCidrs", "array", [], "CIDRs the upload jobs may reach on 443 (the S3 gateway endpoint's prefix-list ranges and the STS endpoint); empty allows any address"),
+    ConfigKey("backupUploadImage", "string", "amazon/aws-cli:2.37.5@sha256:fb7ccfc7b4e3a05017e6c9ded4ba959b99af622130e211fb976c68c2f4d3f224", "Image of the jobs that copy backups to backupBucket (the aws CLI); pinned by digest"),
+    ConfigKey("backupSnapshotDeadlineMinutes", "integer", 60, "How long a VolumeSnapshot may take to become ready to use (10..1440); the job fails after it, and snapshots not ready after it are deleted"),
+    # -- the key store (docs/operations/keys.md) --
+    ConfigKey("keyEncryption", "string", "namespace", "Where the key-encryption key lives: kms (AWS KMS; the pods ask it to unwrap the data key; production requires it) or namespace (a Secret in <namespace>-kek that only the pods' init step reads)"),
+    ConfigKey("kmsDataKey", "string", "", "keyEncryption kms: the JSON `python -m app.keys kms-data-key --kms-key-id <KMS key ARN>` prints (the key's ARN, the wrapped data key, its public key; nothing secret)"),
+    ConfigKey("kmsRoleArn", "string", "", "keyEncryption kms: IAM role the chat pods assume through IRSA (annotated on their ServiceAccount); empty with an EKS Pod Identity association"),
+    ConfigKey("kmsEgressCidrs", "array", [], "keyEncryption kms: CIDRs of the KMS VPC endpoint (and, with IRSA, the STS endpoint) the chat pods may reach on 443; production requires them"),
+    ConfigKey("clusterSecretsKeyArn", "string", "", "ARN of the KMS key EKS envelope-encrypts Kubernetes Secrets with (aws eks describe-cluster --query cluster.encryptionConfig); production requires it"),
 )
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in CONFIG_KEYS}
 # Declared in Pulumi.yaml with `secret: true` and no default (a secret cannot have a plain one), so the CLI refuses

@@ -13,6 +13,7 @@ from infra.settings.checks import check_stack, database_serves_every_replica, hu
 from infra.settings.cluster import parse_environment, parse_kubernetes_version, parse_namespace
 from infra.settings.data import DATABASE_URL_KEY, database_connection, parse_backups, parse_data_volume, parse_database
 from infra.settings.gpu import parse_gpu
+from infra.settings.key_store import parse_key_store
 from infra.settings.keys import CONFIG_KEYS, DEFAULTS, PROJECT, SECRET_KEYS, STRUCTURED_KEYS
 from infra.settings.model import parse_model
 from infra.settings.network import parse_network
@@ -61,8 +62,9 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         kubernetes_version=parse_kubernetes_version(raw),
         access=parse_access(raw),
         redis=parse_redis(raw),
-        backups=parse_backups(raw, production),
+        backups=parse_backups(raw),
         database=parse_database(raw),
+        key_store=parse_key_store(raw, namespace),
     )
     check_stack(settings)
     return settings

@@ -7,6 +7,7 @@ from infra.settings.access import AccessSettings
 from infra.settings.alerts import AlertSettings
 from infra.settings.data import BackupSettings, DatabaseSettings, DataVolumeSettings
 from infra.settings.gpu import GpuSettings
+from infra.settings.key_store import KeyStoreSettings
 from infra.settings.model import ModelSettings
 from infra.settings.network import NetworkSettings
 from infra.settings.pod import PodSettings
@@ -35,6 +36,7 @@ class StackSettings:
     alerts: AlertSettings
     backups: BackupSettings
     database: DatabaseSettings
+    key_store: KeyStoreSettings
 
     @property
     def production(self) -> bool:

@@ -21,6 +21,7 @@ _CPU = re.compile(r"^(\d+(\.\d+)?)(m?)$")
 _MEMORY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
 _MEMORY_UNITS = {None: 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
 _DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+s)?$|^Never$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _PROM_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -162,4 +163,12 @@ def image_reference(name: str, value: Any, production: bool) -> str:
         raise ConfigError(f"{config_key(name)}: {exc}") from None
     if production and not ref.pinned:
         raise ConfigError(f"{config_key(name)} must pin a tag or digest in production, got {value!r}")
+    return value
+
+
+def role_arn(raw: Raw, name: str, example: str) -> str:
+    """An IAM role ARN, or '' (none: EKS Pod Identity associates the role instead of an IRSA annotation)."""
+    value = text(raw, name).strip()
+    if value and not _ROLE_ARN.match(value):
+        raise ConfigError(f"{config_key(name)} must be an IAM role ARN like arn:aws:iam::123456789012:role/{example}, got {value!r}")
     return value

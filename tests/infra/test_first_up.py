@@ -52,7 +52,7 @@ def test_the_load_balancer_is_an_internal_nlb_that_keeps_client_addresses(prod: 
     # Health checks ask whether the model is loaded, and the NetworkPolicy admits the NLB's subnets for them.
     assert a[f"{AWS_LB}healthcheck-path"] == "/readyz" and a[f"{AWS_LB}healthcheck-port"] == "traffic-port"
     # Pods count as Ready only once the target group says so: rollouts never outrun the NLB.
-    assert prod.one("Namespace").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
+    assert prod.one("Namespace", "clawbot").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
 
 
 def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> None:
@@ -64,7 +64,7 @@ def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> N
     # controller's default health check (kube-proxy's node port) is the right one.
     assert s.one("Service", "clawbot").manifest["spec"]["externalTrafficPolicy"] == "Local"
     assert f"{AWS_LB}healthcheck-path" not in a
-    assert "elbv2.k8s.aws/pod-readiness-gate-inject" not in s.one("Namespace").manifest["metadata"]["labels"]
+    assert "elbv2.k8s.aws/pod-readiness-gate-inject" not in s.one("Namespace", "clawbot").manifest["metadata"]["labels"]
 
 
 def test_combinations_that_cannot_work_are_refused() -> None:
@@ -211,7 +211,7 @@ def test_data_volumes_survive_destroy_and_prod_refuses_to_delete_them(prod: Synt
     assert prod.one("PersistentVolumeClaim", "clawbot-data").options.protect and prod.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
     assert dev.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete and not dev.one("PersistentVolumeClaim", "clawbot-data").options.protect
     # Deleting the namespace would delete the claim in it, so the namespace is retained too.
-    assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace").options.retain_on_delete
+    assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace", "clawbot-dev").options.retain_on_delete
 
 
 # -- 8. the smaller ones ---------------------------------------------------------------------------------------------------

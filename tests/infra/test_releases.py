@@ -161,10 +161,10 @@ def test_the_stack_reads_its_history_back_and_exports_it_with_this_image() -> No
 # -- the documented runbooks, run ------------------------------------------------------------------------------------
 
 
-def runbook(name: str) -> str:
-    """The command in the fenced block right after `<!-- runbook: NAME -->` in the releases docs."""
-    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", page(RUNBOOKS), re.S)
-    assert match, f"{RUNBOOKS} has no runbook {name!r}"
+def runbook(name: str, doc: str = RUNBOOKS) -> str:
+    """The command in the fenced block right after `<!-- runbook: NAME -->` in a docs page (the releases page by default)."""
+    match = re.search(rf"<!-- runbook: {name} -->\s*```bash\n(.*?)```", page(doc), re.S)
+    assert match, f"{doc} has no runbook {name!r}"
     command = match.group(1).strip()
     assert "\n" not in command, f"runbook {name!r} must be one command"
     return command

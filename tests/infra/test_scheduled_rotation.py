@@ -3,7 +3,7 @@ and the new key's id is what the running service reports in its metrics and audi
 
 The program runs under mocks with its clock pinned (infra.secret_store reads `time`), each update fed the last
 one's outputs as the stack reference to itself would; the service is a real `python -m app` process in production
-mode, reading the key file and KEK the program sealed.
+mode, reading the key file the program sealed and asking KMS (moto's server, a real local KMS) to unwrap its key.
 """
 from __future__ import annotations
 
@@ -13,21 +13,24 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
 import infra.components.secret_store
+from app.access.kms import generate_kms_data_key
 from infra.components.secret_store import DAY_S
 from infra.tools.synth import Synthesis, synthesize
+from tests.aws_server import aws_env, aws_server  # noqa: F401  (fixtures)
 from tests.e2e.server import start_server
 
 PERIOD_DAYS = 90  # prod's keyRotationDays
 START = 20_000 * DAY_S + 3 * 3600  # a Monday-ish moment well inside some period
 
 
-def up_at(monkeypatch: pytest.MonkeyPatch, now: float, last: dict[str, Any] | None) -> Synthesis:
+def up_at(monkeypatch: pytest.MonkeyPatch, now: float, last: dict[str, Any] | None, **config: Any) -> Synthesis:
     monkeypatch.setattr(infra.components.secret_store, "time", SimpleNamespace(time=lambda: now, strftime=time.strftime, gmtime=time.gmtime))
-    return synthesize("prod", stack_outputs=last or {})
+    return synthesize("prod", stack_outputs=last or {}, overrides=config)
 
 
 def test_weekly_runs_rotate_one_slot_per_period_and_the_old_key_stays_one_period(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,17 +53,20 @@ def test_weekly_runs_rotate_one_slot_per_period_and_the_old_key_stays_one_period
     assert rotations == 2  # 26 weeks = 182 days: two 90-day periods ended, one new key each
 
 
-def test_the_new_key_id_reaches_the_metrics_and_the_audit_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_new_key_id_reaches_the_metrics_and_the_audit_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              aws_env: dict[str, str]) -> None:
     # The rotating run is now, so the service's own clock finds the new key current and the old one not yet expired.
     now = time.time()
-    before = up_at(monkeypatch, now - PERIOD_DAYS * DAY_S, None)
-    after = up_at(monkeypatch, now, before.outputs)
+    arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    data_key = generate_kms_data_key(arn)[0].to_json()
+    before = up_at(monkeypatch, now - PERIOD_DAYS * DAY_S, None, kmsDataKey=data_key)
+    after = up_at(monkeypatch, now, before.outputs, kmsDataKey=data_key)
     new_id, old_id = after.outputs["apiKeyIds"]
     assert old_id == before.outputs["apiKeyIds"][0] and new_id not in before.outputs["apiKeyIds"]
-    kek, keys = tmp_path / "kek", tmp_path / "keys.json"
-    kek.write_text(after.one("Secret", "clawbot-kek").manifest["stringData"]["kek"])
+    keys = tmp_path / "keys.json"
     keys.write_text(after.one("Secret", "clawbot-keys").manifest["stringData"]["keys.json"])
-    srv = start_server(tmp_path / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(keys), KEK_PATH=str(kek))
+    srv = start_server(tmp_path / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(keys), KEY_ENCRYPTION="kms",
+                       **aws_env)
     try:
         srv.wait_ready()
         with srv.client() as c:

@@ -39,11 +39,11 @@ def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synt
     assert settings.redis_url == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
     mounts = {m["mountPath"]: m for m in chat_container(prod)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(prod)["volumes"]}
-    for path in (settings.api_key_path, settings.kek_path):
-        assert path is not None
-        mount = mounts[str(PurePosixPath(path).parent)]
-        items = volumes[mount["name"]]["secret"]["items"]
-        assert [i["path"] for i in items] == [PurePosixPath(path).name]
+    # The key file is a mounted Secret; KMS unwraps its data key, so no KEK file is named or mounted.
+    assert settings.key_encryption == "kms" and settings.kek_path is None and settings.api_key_path is not None
+    mount = mounts[str(PurePosixPath(settings.api_key_path).parent)]
+    items = volumes[mount["name"]]["secret"]["items"]
+    assert [i["path"] for i in items] == [PurePosixPath(settings.api_key_path).name]
     assert str(settings.data_dir) in mounts and "persistentVolumeClaim" in volumes[mounts[str(settings.data_dir)]["name"]]
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
 
@@ -51,6 +51,11 @@ def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synt
 def test_dev_env_parses_too(dev: Synthesis) -> None:
     settings = load_settings(env_of(dev))
     assert settings.development and settings.redis_url is None
+    # The data key the init step unwraps, in a memory volume.
+    assert settings.key_encryption == "data-key-file" and settings.data_key_path is not None
+    mounts = {m["mountPath"]: m for m in chat_container(dev)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(dev)["volumes"]}
+    assert volumes[mounts[str(PurePosixPath(settings.data_key_path).parent)]["name"]]["emptyDir"]["medium"] == "Memory"
 
 
 def test_pod_runs_restricted(prod: Synthesis) -> None:
@@ -94,17 +99,17 @@ def test_data_volume_is_100gi_on_the_configured_class(prod: Synthesis, dev: Synt
     assert dev.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["accessModes"] == ["ReadWriteOnce"]
 
 
-def test_no_secret_value_outside_secrets(prod: Synthesis) -> None:
-    kek = prod.one("Secret", "clawbot-kek").manifest["stringData"]["kek"]
-    secrets = [kek, prod.outputs["apiKey"]]
-    plain = json.dumps([o.manifest for o in prod.objects if o.kind != "Secret"])
-    plain += json.dumps({k: v for k, v in prod.outputs.items() if k not in prod.secret_outputs})
-    for value in secrets:
-        assert value not in plain
-    for res in prod.resources:  # every random value, API and JWT keys included
-        result = res.state.get("result")
-        if result:
-            assert result not in plain
+def test_no_secret_value_outside_secrets(prod: Synthesis, dev: Synthesis) -> None:
+    for s in (prod, dev):
+        secrets = [s.outputs["apiKey"], *(k.manifest["stringData"]["kek"] for k in s.find("Secret", "clawbot-kek"))]
+        plain = json.dumps([o.manifest for o in s.objects if o.kind != "Secret"])
+        plain += json.dumps({k: v for k, v in s.outputs.items() if k not in s.secret_outputs})
+        for value in secrets:
+            assert value not in plain
+        for res in s.resources:  # every random value: API and JWT keys, the KEK, the data key
+            for field in ("result", "base64"):
+                if res.state.get(field):
+                    assert res.state[field] not in plain
 
 
 def test_endpoint_url_is_the_tls_hostname_on_18789_and_names_the_load_balancer(prod: Synthesis, dev: Synthesis) -> None:

@@ -23,6 +23,8 @@ DATABASE = Address("10.0.64.15")
 METADATA = Address("169.254.169.254")
 HUB = Address("18.239.50.16")  # a public address, as the hub's CDN has
 VPC_HOST = Address("10.0.100.7")
+KMS_ENDPOINT = Address("10.0.96.20")  # an ENI of the kms VPC endpoint, in Pulumi.prod.yaml's kmsEgressCidrs
+POD_IDENTITY_AGENT = Address("169.254.170.23")
 KUBE_DNS = Pod("kube-system", {"k8s-app": "kube-dns"}, "10.0.130.2")
 PROMETHEUS = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.0.120.5")
 OTHER_NAMESPACE_POD = Pod("default", {"app": "curl"}, "10.0.100.7")
@@ -109,6 +111,19 @@ def test_chat_pods_reach_dns_redis_and_the_database_and_nothing_outside_the_clus
     assert not c.connects(chat, download_pod(prod), 443)
 
 
+def test_in_kms_mode_chat_pods_reach_the_kms_endpoint_on_443_and_nothing_else_there(prod: Synthesis) -> None:
+    """Pulumi.prod.yaml's kmsEgressCidrs (the KMS and STS VPC endpoints): the key file's data key is unwrapped there."""
+    c, chat = cluster(prod), chat_pod(prod)
+    assert c.connects(chat, KMS_ENDPOINT, 443)
+    assert not c.connects(chat, KMS_ENDPOINT, 80) and not c.connects(chat, Address("10.0.97.5"), 443)
+    assert not c.connects(chat, POD_IDENTITY_AGENT, 80)  # IRSA (kmsRoleArn): no node agent to ask
+    assert not c.connects(download_pod(prod), KMS_ENDPOINT, 443)  # the chat pods' rule, not the download Job's
+    # With EKS Pod Identity (no kmsRoleArn) the credentials come from the node's agent: that, on its port, too.
+    s = synthesize("prod", overrides={"kmsRoleArn": ""})
+    assert cluster(s).connects(chat_pod(s), POD_IDENTITY_AGENT, 80)
+    assert not cluster(s).connects(chat_pod(s), METADATA, 80) and not cluster(s).connects(chat_pod(s), POD_IDENTITY_AGENT, 443)
+
+
 def test_the_only_way_to_the_hub_is_the_download_job_and_it_reaches_nothing_else(prod: Synthesis) -> None:
     c, job = cluster(prod), download_pod(prod)
     assert c.connects(job, HUB, 443) and c.connects(job, KUBE_DNS, 53, "UDP")
@@ -157,7 +172,12 @@ def test_the_egress_list_other_settings_extend_reaches_chat_pods_policy_and_noth
 
 def test_dev_has_no_internet_egress_no_download_job_and_no_load_balancer(dev: Synthesis) -> None:
     egress = policies(dev)["clawbot-chat-egress"]["egress"]
-    assert [p["port"] for rule in egress for p in rule["ports"]] == [53, 53]
+    # DNS, and the API server for the key store's init step (keyEncryption namespace), at private addresses only.
+    assert [p["port"] for rule in egress for p in rule["ports"]] == [53, 53, 443, 6443]
+    c, chat = cluster(dev), chat_pod(dev)
+    assert c.connects(chat, Address("10.100.0.1"), 443) and c.connects(chat, Address("172.18.0.2"), 6443)
+    for destination, port in ((HUB, 443), (HUB, 6443), (METADATA, 80), (METADATA, 443), (VPC_HOST, 80)):
+        assert not c.connects(chat, destination, port), (destination, port)
     assert dev.find("Job") == [] and "clawbot-model-download-egress" not in policies(dev)  # the embedded model
     svc = dev.one("Service", "clawbot").manifest["spec"]
     assert svc["type"] == "ClusterIP" and "loadBalancerSourceRanges" not in svc

@@ -62,6 +62,11 @@ VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
     "node_drain_outlasts_pod_restarts": (prod_with(nodeTerminationGracePeriod="20m"),
                                          ("nodeTerminationGracePeriod", "disruptionBudget", "startupTimeoutSeconds")),
     "model_download_has_egress": (prod_with(modelHubEgressCidrs=[]), ("modelPath", "modelHubEgressCidrs", "ciliumPolicies")),
+    # -- the key store and backups --
+    "production_keeps_the_kek_in_kms": (prod_with(keyEncryption="namespace"), ("keyEncryption", "kmsDataKey")),
+    "production_reaches_kms_privately": (prod_with(kmsEgressCidrs=[]), ("kmsEgressCidrs", "kmsRoleArn")),
+    "production_encrypts_cluster_secrets": (prod_with(clusterSecretsKeyArn=""), ("clusterSecretsKeyArn",)),
+    "production_backups_leave_the_cluster": (prod_with(backupBucket=""), ("backupBucket", "backupBucketRegion")),
 }
 
 

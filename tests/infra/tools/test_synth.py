@@ -25,9 +25,11 @@ def test_cli_writes_one_file_per_object_a_summary_and_no_secret(tmp_path: Path, 
     assert summary["outputs"]["apiKey"] == "[secret]" and summary["outputs"]["endpointUrl"] == "https://chat.example.com:18789"
     everything = "".join(p.read_text() for p in out.iterdir())
     assert prod.outputs["apiKey"] not in everything
-    assert prod.one("Secret", "clawbot-kek").manifest["stringData"]["kek"] not in everything
-    kek_file = yaml.safe_load((out / "secret-clawbot-clawbot-kek.yaml").read_text())
-    assert kek_file["stringData"] == {"kek": "<redacted>"}
+    assert prod.one("Secret", "clawbot-keys").manifest["stringData"]["keys.json"] not in everything
+    keys_file = yaml.safe_load((out / "secret-clawbot-clawbot-keys.yaml").read_text())
+    assert keys_file["stringData"] == {"keys.json": "<redacted>"}
+    passfile = yaml.safe_load((out / "secret-clawbot-clawbot-database-backups-credentials.yaml").read_text())
+    assert passfile["stringData"] == {"dsn": "<redacted>", "pgpass": "<redacted>"}
     assert "| Deployment | clawbot | clawbot |" in (out / "summary.md").read_text()
 
 
