@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import httpx
 from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
 from app.access.keyring import write_private
 from app.settings import Settings, load_settings
+from bench.waiting import WaitTimedOut, exited, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_KEY = "ck-bench-" + "0123456789abcdef" * 3
@@ -65,17 +65,12 @@ def wait_ready(
     proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 600, path: str = "/readyz"
 ) -> None:
     """Poll `path` until it answers 200; fail with the log's tail if the process exits first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url}{path} was not ready after {timeout:.0f}s; log: {log_path}")
+    try:
+        wait_until(f"{url}{path} to answer 200", lambda: httpx.get(url + path, timeout=2).status_code == 200, timeout,
+                   poll_s=0.5, ignoring=(httpx.HTTPError,), give_up=exited(proc, str(proc.args[0])),
+                   detail=lambda: f"{log_path}:\n{log_path.read_text(errors='replace')[-3000:]}")
+    except WaitTimedOut as e:
+        raise SystemExit(str(e)) from None
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

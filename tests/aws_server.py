@@ -14,13 +14,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from bench.waiting import WaitTimedOut, exited, wait_until
 
 START_TIMEOUT_S = 60.0
 REGION = "us-east-1"
@@ -69,15 +70,12 @@ class AwsServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"moto_server exited with status {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if self._answers():
-                return
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"moto_server did not answer on port {self.port} within {START_TIMEOUT_S} s:\n{self.log()[-3000:]}")
+        try:
+            wait_until(f"moto_server to answer on port {self.port}", self._answers, START_TIMEOUT_S, poll_s=0.1,
+                       give_up=exited(self.proc, "moto_server"), detail=lambda: self.log()[-3000:])
+        except WaitTimedOut:
+            self.stop()
+            raise
 
     def log(self) -> str:
         path = self.workdir / "moto.log"

@@ -6,7 +6,6 @@ connection) while still reaching into the process (a patched tokenizer, a blocke
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -15,6 +14,7 @@ import pytest
 import httpx
 import uvicorn
 
+from bench.waiting import WaitTimedOut, wait_until
 from tests.e2e.server import free_port
 
 START_TIMEOUT_S = 60.0
@@ -28,12 +28,12 @@ def live_server(app: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"live-server-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"the test server on port {port} did not start")
-        time.sleep(0.02)
+    try:
+        wait_until(f"the test server on port {port} to start", lambda: server.started, START_TIMEOUT_S, poll_s=0.02,
+                   give_up=lambda: None if thread.is_alive() else "its thread ended")
+    except WaitTimedOut:
+        server.should_exit = True
+        raise
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -43,12 +43,7 @@ def live_server(app: Any) -> Iterator[str]:
 
 def wait_ready(url: str, timeout_s: float = 300) -> None:
     """Poll /readyz until the model has loaded and warmed up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if httpx.get(url + "/readyz", timeout=10).status_code == 200:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+    wait_until(f"{url} to be ready", lambda: httpx.get(url + "/readyz", timeout=10).status_code == 200, timeout_s)
 
 
 def calls_in_flight(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> Callable[[], int]:

@@ -10,8 +10,7 @@ import email
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
@@ -24,6 +23,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from bench.waiting import exited, wait_until
 from tests.e2e.server import free_port
 
 START_TIMEOUT_S = 30.0
@@ -54,18 +54,6 @@ def run_tool(tool: str, *args: str, cwd: Path | None = None) -> subprocess.Compl
 def write_yaml(path: Path, doc: Any) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float, poll_s: float = 0.5) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 @dataclass
@@ -101,18 +89,8 @@ def daemon(tool: str, config: dict[str, Any], workdir: Path, extra_args: list[st
         proc = subprocess.Popen([binary(tool), *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     d = Daemon(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{tool} exited with {proc.returncode}:\n{d.log()}")
-            try:
-                if httpx.get(d.url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{tool} not ready after {START_TIMEOUT_S:g}s:\n{d.log()}")
-            time.sleep(0.2)
+        wait_until(f"{tool} to be ready", lambda: httpx.get(d.url + "/-/ready", timeout=2).status_code == 200,
+                   START_TIMEOUT_S, ignoring=(httpx.HTTPError,), give_up=exited(proc, tool), detail=d.log)
         yield d
     finally:
         d.stop()

@@ -22,12 +22,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
 import pytest
+
+from bench.waiting import WaitTimedOut, exited, wait_until
 
 START_TIMEOUT_S = 60.0
 SUPERUSER = "postgres"
@@ -125,15 +126,14 @@ class PostgresServer:
             user=self._as_user, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"postgres exited with status {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if self._answers():
-                return
-            time.sleep(0.1)
-        self.kill9()
-        pytest.fail(f"postgres did not accept connections on port {self.port} within {START_TIMEOUT_S} s:\n{self.log()[-3000:]}")
+        proc = self.proc
+        try:
+            wait_until(f"postgres to accept connections on port {self.port}", self._answers, START_TIMEOUT_S,
+                       poll_s=0.1, give_up=exited(proc, "postgres"), detail=lambda: self.log()[-3000:])
+        except WaitTimedOut:
+            if proc.poll() is None:
+                self.kill9()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -164,9 +164,7 @@ class PostgresServer:
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         # The next start refuses while any of them still holds the shared memory.
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until("the killed postgres processes to let go", lambda: not any(_alive(pid) for pid in victims), 30, poll_s=0.05)
         self.proc = None
 
     def create_database(self) -> str:

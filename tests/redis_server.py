@@ -8,10 +8,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from bench.waiting import WaitTimedOut, exited, wait_until
 
 START_TIMEOUT_S = 10.0
 
@@ -56,15 +57,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"redis-server exited with status {self.proc.returncode} on port {self.port}")
-            if _answers_ping(self.port):
-                return
-            time.sleep(0.02)
-        self.stop()
-        pytest.fail(f"redis-server did not answer PING on port {self.port} within {START_TIMEOUT_S} s")
+        proc = self.proc
+        try:
+            wait_until(f"redis-server to answer PING on port {self.port}", lambda: _answers_ping(self.port),
+                       START_TIMEOUT_S, poll_s=0.02, give_up=exited(proc, "redis-server"))
+        except WaitTimedOut:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is None:
@@ -76,8 +75,8 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-        while _answers_ping(self.port):  # the port must really be closed before a test relies on it
-            time.sleep(0.02)
+        # The port must really be closed before a test relies on it.
+        wait_until(f"port {self.port} to close", lambda: not _answers_ping(self.port), START_TIMEOUT_S, poll_s=0.02)
 
     def flush(self) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,6 +17,7 @@ from fastapi.testclient import TestClient
 
 import app.factory as main
 from app.settings import Settings, load_settings
+from bench.waiting import wait_until
 from tests.app.inference.toy import Spy
 from tests.e2e.server import MODEL_CACHE
 from tests.live_server import live_server
@@ -74,10 +74,7 @@ def _model_settings(tmp_path: Path, **env: str) -> Settings:
 
 
 def _wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the model never became ready"
-        time.sleep(0.2)
+    wait_until("the model to become ready", lambda: get("/readyz").status_code == 200, timeout_s)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,13 @@
 """Client load for the crash tests: threads sending distinct chat requests until stopped, noting what was answered."""
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 from collections import Counter
 
 import httpx
+
+from bench.waiting import WaitTimedOut, wait_until
 
 
 class Load:
@@ -26,9 +28,9 @@ class Load:
         return self
 
     def wait_for(self, answers: int, timeout_s: float = 240) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while len(self.answered) < answers and time.monotonic() < deadline:
-            time.sleep(0.05)
+        """Whether `answers` requests are answered within `timeout_s` (the caller's assertion says what that means)."""
+        with contextlib.suppress(WaitTimedOut):
+            wait_until(f"{answers} answers", lambda: len(self.answered) >= answers, timeout_s, poll_s=0.05)
         return len(self.answered) >= answers
 
     def stop(self) -> None:

@@ -6,13 +6,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import httpx
+
+from bench.waiting import exited, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = ROOT / "build" / "test-models"  # converted once per checkout, shared by every server the tests start
@@ -53,17 +54,9 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=120, **kw)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()[-4000:]}")
+        wait_until("the server to be ready", lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200,
+                   timeout, poll_s=0.25, ignoring=(httpx.HTTPError,), give_up=exited(self.proc, "the server"),
+                   detail=lambda: self.log()[-4000:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

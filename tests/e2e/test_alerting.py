@@ -23,13 +23,14 @@ from typing import Any
 
 import httpx
 
+from bench.waiting import wait_until
 from infra.components.dashboard import DASHBOARD_PATH
 from infra.tools.synth import synthesize
 from tests.e2e.server import Server, start_server
 from tests.infra.components.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
 from tests.infra.promql import metric_names
 from tests.infra.components.test_dashboard import EXTERNAL_METRICS
-from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, wait_until, write_yaml
+from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, write_yaml
 
 NAMESPACE = "clawbot"
 POD = "clawbot-6d4f9b7c8-x2x7q"  # the name endpoints discovery would report for the one chat pod

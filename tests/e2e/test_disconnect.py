@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from typing import Callable
 
 import pytest
 
+from bench.waiting import wait_until
 from tests.e2e.server import Server
 
 MAX_TOKENS = 256  # the embedded model's output cap, which the server in tests/e2e/server.py keeps
@@ -23,13 +23,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def wait_for(srv: Server, what: str, check: Callable[[str], bool], timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def metrics_if_so() -> str | None:
         text = srv.metrics()
-        if check(text):
-            return text
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{srv.log()[-3000:]}"
-        time.sleep(0.05)
+        return text if check(text) else None
+
+    return wait_until(what, metrics_if_so, timeout_s, poll_s=0.05, detail=lambda: srv.log()[-3000:])
 
 
 def open_request(srv: Server, stream: bool) -> socket.socket:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import signal
-import time
 from pathlib import Path
 
 import httpx
 
+from bench.waiting import wait_until
 from tests.e2e.server import Server, start_server
 
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
@@ -33,10 +33,8 @@ def _stream(url: str, key: str, max_tokens: int) -> tuple[int, list[str]]:
 
 def _wait_inflight(srv: Server, n: int, timeout_s: float = 180) -> None:
     """Until the engine holds n requests (queued or generating): a gauge warm-up leaves at 0, unlike a counter."""
-    deadline = time.monotonic() + timeout_s
-    while f"clawbot_inflight_requests {float(n)}" not in srv.metrics():
-        assert time.monotonic() < deadline, f"never saw {n} requests in flight:\n{srv.log()[-3000:]}"
-        time.sleep(0.05)
+    wait_until(f"{n} requests in flight", lambda: f"clawbot_inflight_requests {float(n)}" in srv.metrics(), timeout_s,
+               poll_s=0.05, detail=lambda: srv.log()[-3000:])
 
 
 def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import ipaddress
 import os
 import socket
 import ssl
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.settings import SettingsError, load_settings
+from bench.waiting import exited, wait_until
 from tests.e2e.server import Server, start_server
 
 Key = ec.EllipticCurvePrivateKey
@@ -79,17 +79,11 @@ def https_url(server: Server) -> str:
 
 
 def wait_ready_https(server: Server, ca_file: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()[-4000:]}")
-        try:
-            if httpx.get(https_url(server) + "/readyz", verify=ssl.create_default_context(cafile=str(ca_file)), timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"server not ready over HTTPS after {timeout}s:\n{server.log()[-4000:]}")
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    wait_until("the server to be ready over HTTPS",
+               lambda: httpx.get(https_url(server) + "/readyz", verify=verify, timeout=2).status_code == 200, timeout,
+               poll_s=0.25, ignoring=(httpx.HTTPError,), give_up=exited(server.proc, "the server"),
+               detail=lambda: server.log()[-4000:])
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +137,8 @@ def test_a_renewed_certificate_is_served_without_a_restart(tls_server: tuple[Ser
     assert renewed != before
     os.replace(key, certs / "tls.key")
     os.replace(cert, certs / "tls.crt")
-    deadline = time.time() + 60
-    while served_serial(srv.port, ca_file) != renewed:
-        assert time.time() < deadline, f"still serving serial {before} 60 s after the files were renewed:\n{srv.log()[-2000:]}"
-        time.sleep(0.2)
+    wait_until(f"the renewed certificate to be served instead of serial {before}",
+               lambda: served_serial(srv.port, ca_file) == renewed, 60, detail=lambda: srv.log()[-2000:])
     assert srv.proc.poll() is None
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "image"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -226,18 +228,12 @@ class Container:
         return self.p("container", "inspect", "--format", "{{.State.Status}}", self.name, check=False).stdout.strip()
 
     def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def stopped() -> str | None:
             state = self.state()
-            if state not in ("created", "running"):
-                raise AssertionError(f"container {self.name} is {state or 'gone'}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=3).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
+            return None if state in ("created", "running") else f"container {self.name} is {state or 'gone'}"
+
+        wait_until(f"{self.name} to be ready", lambda: httpx.get(self.url + "/readyz", timeout=3).status_code == 200,
+                   timeout, poll_s=0.5, ignoring=(httpx.HTTPError,), give_up=stopped, detail=self.logs)
 
     def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
         return self.p("exec", self.name, *command, check=False)

@@ -3,7 +3,6 @@ themselves, idempotent under RedisLink's retry, and a service that keeps serving
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable
 
 import httpx
@@ -17,6 +16,7 @@ from app.api.errors import ApiError, install_error_handlers
 from app.observability.metrics import build_metrics
 from app.settings import Settings
 from app.storage.redis_link import RedisLink
+from bench.waiting import wait_until_async
 from tests.app.access.test_ratelimit import LosesFirstReply
 from tests.app.conftest import metric_value
 from tests.redis_server import RedisServer
@@ -43,10 +43,8 @@ def test_replicas_share_the_cap_through_redis_and_a_dead_replicas_leases_end(red
         assert held is not None and held.shared
         assert await dying.acquire("alice", 3) and await dying.acquire("alice", 3)  # then "crashes" without releasing
         assert await a.acquire("alice", 3) is None  # 3 held across the two replicas
-        deadline = time.monotonic() + 30
-        while await a.acquire("alice", 3) is None:  # the dead replica's leases end on Redis' clock
-            assert time.monotonic() < deadline, "leases of a dead replica never ended"
-            await asyncio.sleep(0.1)
+        # The dead replica's leases end on Redis' clock.
+        await wait_until_async("the leases of a dead replica to end", lambda: a.acquire("alice", 3), 30, poll_s=0.1)
         await a.release(held)
         assert metric_value(m, "clawbot_redis_errors_total") == 0
 
@@ -100,10 +98,8 @@ def test_a_key_at_its_cap_gets_429_while_other_keys_are_served_and_slots_free_on
         app.state.access = await AccessControl.create(settings, metrics, link)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             held = [asyncio.create_task(c.post("/work/alice")) for _ in range(2)]
-            deadline = time.monotonic() + 30
-            while entered.count("alice") < 2:
-                assert time.monotonic() < deadline, "the first two requests never got their slots"
-                await asyncio.sleep(0.01)
+            await wait_until_async("the first two requests to get their slots", lambda: entered.count("alice") >= 2, 30,
+                                   poll_s=0.01)
             refused = await c.post("/work/alice")
             assert refused.status_code == 429 and refused.json()["error"]["code"] == "key_concurrency_limit"
             assert refused.headers["retry-after"] == "1"

@@ -18,6 +18,7 @@ from app.observability.metrics import build_metrics
 from app.access.control import AccessControl
 from app.access.key_material import KeyMaterialError
 from app.settings import Settings
+from bench.waiting import wait_until_async
 from tests.app.conftest import KeyFiles, build_security_app
 
 
@@ -134,9 +135,12 @@ def test_sighup_reloads_the_key_file(make_settings: Callable[..., Settings], key
             security.ring._mtime = security.ring._stat()  # noqa: SLF001 - polling alone would not notice
             assert security.ring.verify(new_key)[0] is None
             os.kill(os.getpid(), signal.SIGHUP)
-            await asyncio.sleep(0.05)  # the loop runs the handler
-            await security.ring.refresh()  # what every request does first
-            assert security.ring.verify(new_key)[0] is not None
+
+            async def reloaded() -> bool:  # once the loop has run the handler
+                await security.ring.refresh()  # what every request does first
+                return security.ring.verify(new_key)[0] is not None
+
+            await wait_until_async("SIGHUP to reload the key file", reloaded, 30)
         finally:
             await security.close()
 

@@ -18,6 +18,7 @@ import app.access.keyring as keyring_module
 import app.factory as factory
 from app.inference.prompts import PromptRenderer
 from app.settings import Settings
+from bench.waiting import wait_until
 from tests.app.conftest import KeyFiles, build_security_app
 from tests.e2e.server import MODEL_CACHE
 from tests.live_server import calls_in_flight, live_server, wait_ready
@@ -49,10 +50,7 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
         samples: list[float] = []
         with ThreadPoolExecutor(4) as pool:
             replies = [pool.submit(ask, i) for i in range(4)]
-            deadline = time.monotonic() + 120
-            while rendering() == 0 and time.monotonic() < deadline:  # the bodies are in; tokenizing has begun
-                time.sleep(0.005)
-            assert rendering() > 0, "tokenization never started"
+            wait_until("tokenization to start", rendering, 120, poll_s=0.005)  # the bodies are in
             with httpx.Client(base_url=url, timeout=30) as probe:
                 while rendering() > 0 and len(samples) < 5000:
                     started = time.perf_counter()

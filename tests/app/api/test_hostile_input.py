@@ -3,9 +3,7 @@ bombs, schemas the grammar would not enforce, tool-history bombs and malformed R
 error shape, and /healthz keeps answering while schema compiles are in flight."""
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -14,6 +12,7 @@ import pytest
 import app.factory as factory
 from app.inference.constraints import Grammars
 from app.settings import Settings
+from bench.waiting import wait_until
 from tests.app.api.test_openapi import REFUSED_BODIES
 from tests.app.inference.test_schema_limits import BOMBS, UNENFORCEABLE
 from tests.e2e.server import MODEL_CACHE
@@ -158,10 +157,7 @@ def test_healthz_answers_while_schema_compiles_are_in_flight(url: str, monkeypat
     probes: list[int] = []
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(post, url, "/v1/chat/completions", as_response_format(s)) for s in slow]
-        deadline = time.monotonic() + 120
-        while in_flight() == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert in_flight() > 0, "no compile started"
+        wait_until("a compile to start", in_flight, 120, poll_s=0.005)
         with httpx.Client(base_url=url, timeout=30) as probe:
             while in_flight() > 0 or not all(a.done() for a in answers):
                 probes.append(probe.get("/healthz").status_code)

@@ -3,7 +3,6 @@ kubelet), BLOCKED_CIDRS and METRICS_ALLOWED_CIDRS on the metrics port, and no re
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable
 
 import httpx
@@ -17,6 +16,7 @@ from app.api.metrics_app import create_metrics_app
 from app.api.middleware.network_rules import PROBE_PATHS
 from app.observability.metrics import build_metrics
 from app.settings import Settings
+from bench.waiting import wait_until
 from tests.app.conftest import KeyFiles, metric_value
 from tests.e2e.server import free_port
 
@@ -104,10 +104,8 @@ def test_the_metrics_listener_judges_the_tcp_peer_and_no_header(
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
-            deadline = time.monotonic() + 30
-            while not server.started:
-                assert thread.is_alive() and time.monotonic() < deadline, "the metrics listener did not start"
-                time.sleep(0.02)
+            wait_until("the metrics listener to start", lambda: server.started, 30, poll_s=0.02,
+                       give_up=lambda: None if thread.is_alive() else "its thread ended")
             return httpx.get(f"http://127.0.0.1:{settings.metrics_port}/metrics", headers=headers, timeout=10).status_code
         finally:
             server.should_exit = True

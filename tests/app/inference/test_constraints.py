@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from typing import Any, Iterator
 
 import jsonschema
@@ -18,6 +17,7 @@ from app.inference.constraints import GrammarError, Grammars, SchemaRefused
 from app.inference.grammar_sandbox import WARM_UP_SCHEMA
 from app.inference.schema_limits import SchemaLimits, SchemaTooComplex
 from app.inference.engine import Completion, Engine, SamplingParams
+from bench.waiting import wait_until
 
 PERSON = {
     "type": "object",
@@ -92,13 +92,8 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_for(condition: Any, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+def wait_ended(pid: int, which: str = "the compile process") -> None:
+    wait_until(f"{which} {pid} to end", lambda: not alive(pid), 60, poll_s=0.02)
 
 
 def test_a_compile_over_budget_is_killed_and_its_process_replaced(embedded: Any) -> None:
@@ -111,7 +106,7 @@ def test_a_compile_over_budget_is_killed_and_its_process_replaced(embedded: Any)
         pid = child.process.pid
         with pytest.raises(SchemaTooComplex, match=r"did not compile within GRAMMAR_COMPILE_TIMEOUT_SECONDS \(0.2 s\)"):
             constraint(grammars, {"type": "string", "pattern": "a{1,10000}"})
-        assert wait_for(lambda: not alive(pid)), f"the overrunning compile process {pid} is still running"
+        wait_ended(pid, "the overrunning compile process")
         assert constraint(grammars, {"type": "integer"}) is not None  # a new process compiles the next schema
         assert child.process.pid != pid
         # Sent again, the bomb is refused from memory: no process is spent on it a second time.
@@ -121,7 +116,7 @@ def test_a_compile_over_budget_is_killed_and_its_process_replaced(embedded: Any)
         assert replaced != pid and alive(replaced)
     finally:
         grammars.close()
-    assert wait_for(lambda: not alive(replaced))  # closing stops the children
+    wait_ended(replaced)  # closing stops the children
 
 
 def test_the_event_loop_runs_while_a_schema_compiles(embedded: Any) -> None:
@@ -186,7 +181,7 @@ def test_a_compile_process_that_dies_fails_that_schema_alone(embedded: Any) -> N
         (child,) = grammars._sandbox._children
         pid = child.process.pid
         os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: not alive(pid))
+        wait_ended(pid)
         with pytest.raises(GrammarError, match=r"the grammar compiler failed on this schema \(its process exited with -9\)"):
             constraint(grammars, {"type": "boolean"})
         assert constraint(grammars, {"type": "boolean"}) is not None  # not remembered as refused: a new process compiles it

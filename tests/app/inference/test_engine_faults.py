@@ -21,6 +21,7 @@ from app.inference.engine import (
     SamplingParams,
 )
 from app.observability.metrics import build_metrics
+from bench.waiting import wait_until_async
 from tests.app.inference.toy import Spy, engine_for, oom_above, reference, run, tok
 
 SECRET_PROMPT = tok.encode("my secret prompt text")
@@ -216,8 +217,7 @@ def test_the_drain_deadline_answers_even_while_the_worker_is_stuck_in_a_step(tin
         engine = engine_for(stuck)
         await engine.start()
         handle = engine.submit(PROMPTS[0], greedy(5))
-        while not stuck.entered.is_set():
-            await asyncio.sleep(0.01)
+        await wait_until_async("the worker to enter its step", stuck.entered.is_set, 60, poll_s=0.01)
         engine.drain(grace_s=0.2)
         with pytest.raises(EngineClosedError):
             await handle.result()

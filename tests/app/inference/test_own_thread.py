@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 import torch
 
 from app.inference.own_thread import run_in_own_thread
+from bench.waiting import wait_until
 
 
 def _os_threads() -> int:
@@ -44,7 +44,5 @@ def test_leaves_no_thread_behind_after_parallel_torch_work() -> None:
 
     assert run_in_own_thread(work) > 0
     assert seen[0] >= before + 1  # this thread at least, plus its pool when torch runs more than one thread
-    deadline = time.monotonic() + 10
-    while _os_threads() > before and time.monotonic() < deadline:  # the OS reaps exited threads a moment after join
-        time.sleep(0.01)
-    assert _os_threads() <= before  # other tests' threads may still be winding down, never more
+    # The OS reaps exited threads a moment after join; other tests' threads may still be winding down, never more.
+    wait_until(f"the thread count to fall back to {before}", lambda: _os_threads() <= before, 10, poll_s=0.01)

@@ -1,14 +1,15 @@
 """A process recording exchanges as fast as it can, for the kill -9 tests: it prints each request_id once record() returned."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from app.settings import Settings
+from bench.waiting import WaitTimedOut, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -46,14 +47,19 @@ def start_writer(settings: Settings) -> subprocess.Popen[str]:
 
 
 def read_acknowledged(proc: subprocess.Popen[str], count: int, timeout_s: float = 60) -> list[str]:
-    assert proc.stdout is not None
+    """Up to `count` request_ids as the writer prints them: fewer when its output ends or `timeout_s` passes."""
+    out = proc.stdout
+    assert out is not None
     acknowledged: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while len(acknowledged) < count and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        acknowledged.append(line.strip())
+
+    def read_one() -> bool:  # done: enough of them, or the output ended
+        line = out.readline()
+        if line:
+            acknowledged.append(line.strip())
+        return not line or len(acknowledged) >= count
+
+    with contextlib.suppress(WaitTimedOut):  # the caller asserts how many it needs
+        wait_until(f"{count} acknowledged writes", read_one, timeout_s, poll_s=0)
     return acknowledged
 
 

@@ -21,6 +21,7 @@ from app.storage.migrate import MIGRATIONS_DIR, Migration, SchemaError, apply_mi
 from app.storage.postgres_conversations import PostgresConversationStore
 from app.storage.postgres_link import MIGRATION_LOCK, PURGE_LOCK, redact_url
 from app.storage.stores import Storage
+from bench.waiting import wait_until, wait_until_async
 from tests.app.storage.conversation_writer import ROOT, kill_and_drain, read_acknowledged, start_writer
 from tests.postgres_server import PostgresServer
 
@@ -101,9 +102,8 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
     try:
         for t in replicas:
             t.start()
-        deadline = time.monotonic() + 60
-        while _waiting_for_lock(postgres_url, MIGRATION_LOCK) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until("the replicas to wait for the migration lock",
+                   lambda: _waiting_for_lock(postgres_url, MIGRATION_LOCK) >= 2, 60, poll_s=0.05)
         assert _waiting_for_lock(postgres_url, MIGRATION_LOCK) == 2, "the replicas did not wait for the migration lock"
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
@@ -264,9 +264,8 @@ def test_storage_opens_postgres_when_the_url_is_set_and_runs_the_retention_job(
         storage = await Storage.open(Settings(data_dir=tmp_path, conversation_database_url=postgres_url, retention_days=7), build_metrics())
         try:
             assert isinstance(storage.conversations, PostgresConversationStore)
-            deadline = time.monotonic() + 60
-            while storage.conversations.count() > 1 and time.monotonic() < deadline:  # the hourly job runs at start
-                await asyncio.sleep(0.05)
+            await wait_until_async("the retention job, which runs at start, to delete the old exchange",
+                                   lambda: storage.conversations.count() <= 1, 60)
             return [e.request_id for e in (await storage.conversations.list()).items]
         finally:
             await storage.close()

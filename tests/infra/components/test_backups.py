@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 
+from bench.waiting import wait_until
 from infra.components.backups import DATA_COPY_LABELS, DUMP_LABELS, JOBS_DIR, SNAPSHOT_LABELS
 from infra.images import parse_image
 from infra.settings import ConfigError, parse_settings
@@ -368,9 +368,7 @@ def pg_dump_recording_its_argv(bin_dir: Path, shim_dir: Path) -> Path:
 
 def wait_for_the_next_second() -> None:
     start = datetime.now(timezone.utc).replace(microsecond=0)
-    deadline = time.monotonic() + 5
-    while datetime.now(timezone.utc).replace(microsecond=0) == start and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until("the next second", lambda: datetime.now(timezone.utc).replace(microsecond=0) != start, 5, poll_s=0.02)
 
 
 def prod_with_database(url: str, **more: Any) -> Synthesis:
