@@ -1,4 +1,5 @@
 """ClawBot's Pulumi program: read the stack settings, compose the components, export where and how to reach the service."""
+
 from __future__ import annotations
 
 import pulumi
@@ -37,23 +38,37 @@ gpu = GpuNodePool("gpu", GpuNodePoolArgs(gpu=settings.gpu, name_prefix=PREFIX), 
 lb = settings.network.load_balancer
 namespace = AppNamespace(
     "namespace",
-    AppNamespaceArgs(name=settings.namespace,
-                     load_balancer_readiness_gates=settings.network.load_balanced and lb.target_type == "ip"),
+    AppNamespaceArgs(
+        name=settings.namespace, load_balancer_readiness_gates=settings.network.load_balanced and lb.target_type == "ip"
+    ),
     opts=after_checks(),
 )
 store = SecretStore(
     "secrets",
-    SecretStoreArgs(namespace=namespace.name, key_store=settings.key_store, rotation_days=settings.access.key_rotation_days,
-                    hub_token=secrets.hub_token, previous_rotation=previous.get_output("keyRotation"),
-                    name_prefix=PREFIX),
+    SecretStoreArgs(
+        namespace=namespace.name,
+        key_store=settings.key_store,
+        rotation_days=settings.access.key_rotation_days,
+        hub_token=secrets.hub_token,
+        previous_rotation=previous.get_output("keyRotation"),
+        name_prefix=PREFIX,
+    ),
     opts=after_checks(),
 )
 chat = ChatService(
     "chat",
-    ChatServiceArgs(settings=settings, namespace=namespace.name, placement=gpu.placement, secrets=secret_names(PREFIX),
-                    key_secrets=store.secrets, secrets_digest=store.content_digest,
-                    database_url=secrets.conversation_database_url, digest_key=store.digest_key, hub_token=secrets.hub_token,
-                    name_prefix=PREFIX),
+    ChatServiceArgs(
+        settings=settings,
+        namespace=namespace.name,
+        placement=gpu.placement,
+        secrets=secret_names(PREFIX),
+        key_secrets=store.secrets,
+        secrets_digest=store.content_digest,
+        database_url=secrets.conversation_database_url,
+        digest_key=store.digest_key,
+        hub_token=secrets.hub_token,
+        name_prefix=PREFIX,
+    ),
     opts=after_checks(gpu),
 )
 # Services outside the cluster the chat pods call besides DNS, Redis and the database: the KMS endpoint (or, in the
@@ -77,10 +92,17 @@ ServiceFirewall(
 )
 Backups(
     "backups",
-    BackupsArgs(namespace=namespace.name, backups=settings.backups, database=settings.database,
-                data_claim_name=chat.data_claim_name, data_access_mode=settings.data_volume.access_mode,
-                storage_class=settings.data_volume.storage_class, production=settings.production,
-                database_url=secrets.conversation_database_url, name_prefix=PREFIX),
+    BackupsArgs(
+        namespace=namespace.name,
+        backups=settings.backups,
+        database=settings.database,
+        data_claim_name=chat.data_claim_name,
+        data_access_mode=settings.data_volume.access_mode,
+        storage_class=settings.data_volume.storage_class,
+        production=settings.production,
+        database_url=secrets.conversation_database_url,
+        name_prefix=PREFIX,
+    ),
     opts=after_checks(chat),
 )
 if settings.scaling.autoscaled:
@@ -101,9 +123,13 @@ if settings.scaling.autoscaled:
 if settings.metrics_scraped:
     Monitoring(
         "monitoring",
-        MonitoringArgs(namespace=namespace.name, namespace_name=settings.namespace,
-                       selector_labels=settings.alerts.selector_labels,
-                       service_monitor_aliases=service_monitor_formerly_in("alerts"), name_prefix=PREFIX),
+        MonitoringArgs(
+            namespace=namespace.name,
+            namespace_name=settings.namespace,
+            selector_labels=settings.alerts.selector_labels,
+            service_monitor_aliases=service_monitor_formerly_in("alerts"),
+            name_prefix=PREFIX,
+        ),
         opts=after_checks(),
     )
 alert_names: list[str] = []
@@ -123,8 +149,11 @@ if settings.alerts.enabled:
     alert_names = alerts.alert_names
     # The Grafana dashboard rides with the alerts: both need the Prometheus stack. Its sidecar must watch this
     # namespace (kube-prometheus-stack: grafana.sidecar.dashboards.searchNamespace=ALL).
-    Dashboard(PREFIX, DashboardArgs(namespace=namespace.name, labels={"app.kubernetes.io/part-of": PREFIX}),
-              opts=after_checks())
+    Dashboard(
+        PREFIX,
+        DashboardArgs(namespace=namespace.name, labels={"app.kubernetes.io/part-of": PREFIX}),
+        opts=after_checks(),
+    )
 
 endpoint_url = chat.endpoint_url
 if settings.routing.gateway:
@@ -132,9 +161,14 @@ if settings.routing.gateway:
     canary = settings.release.canary
     route = ChatRoute(
         "route",
-        ChatRouteArgs(namespace=namespace.name, routing=settings.routing, hostname=settings.tls.endpoint_hostname,
-                      canary_weight_percent=canary.weight_percent if canary else None,
-                      waits_for=[chat.canary_deployment] if chat.canary_deployment else [], name_prefix=PREFIX),
+        ChatRouteArgs(
+            namespace=namespace.name,
+            routing=settings.routing,
+            hostname=settings.tls.endpoint_hostname,
+            canary_weight_percent=canary.weight_percent if canary else None,
+            waits_for=[chat.canary_deployment] if chat.canary_deployment else [],
+            name_prefix=PREFIX,
+        ),
         opts=after_checks(),
     )
     endpoint_url = route.endpoint_url

@@ -1,4 +1,5 @@
 """`python -m app`: serve the chat service with settings from the environment (one worker per pod, by design)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,19 +9,18 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
-from app.observability.logs import configure_logging
 from app.api.metrics_app import create_metrics_app
 from app.factory import begin_draining, create_app
+from app.observability.logs import configure_logging
 from app.settings import Settings, SettingsError, load_settings
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS"
-
 
 
 class _Server(uvicorn.Server):
@@ -86,7 +86,9 @@ async def _reload_certificate(context: ssl.SSLContext, cert: Path, key: Path, ev
         log.info("TLS certificate reloaded", extra={"cert_file": str(cert)})
 
 
-async def _serve(main_server: _Server, metrics_server: uvicorn.Server, reload: asyncio.Future[None] | None = None) -> None:
+async def _serve(
+    main_server: _Server, metrics_server: uvicorn.Server, reload: asyncio.Future[None] | None = None
+) -> None:
     main_server.serving_loop = asyncio.get_running_loop()
     side = asyncio.create_task(metrics_server.serve(), name="metrics-listener")
     try:
@@ -115,8 +117,15 @@ def metrics_listener_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
     headers: no proxy stands in front of it, so its network rules judge the TCP peer and nothing a client wrote.
     (uvicorn would otherwise rewrite the peer from X-Forwarded-For for any address in FORWARDED_ALLOW_IPS.)"""
     return uvicorn.Config(
-        create_metrics_app(app.state.metrics, settings), host=settings.host, port=settings.metrics_port, workers=1,
-        log_config=None, access_log=False, server_header=False, lifespan="off", proxy_headers=False,
+        create_metrics_app(app.state.metrics, settings),
+        host=settings.host,
+        port=settings.metrics_port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="off",
+        proxy_headers=False,
     )
 
 

@@ -5,6 +5,7 @@ requests to 503 at once and gives the engine SHUTDOWN_GRACE_SECONDS minus a marg
 it accepted; whatever is left then gets a 503 with Retry-After (a stream: an error event and
 [DONE]) before uvicorn's own graceful timeout would cancel the handlers into 500s.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,20 +14,21 @@ import copy
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 
 from app.access.netrules import NetRules
 from app.api.auth import RouteGuard, check_route_rules
-from app.api.serving import ChatRunner
 from app.api.errors import install_error_handlers
 from app.api.middleware.network_rules import PROBE_PATHS, NetworkRulesMiddleware
-from app.api.openapi import install_openapi
-from app.observability.metrics import Metrics, build_metrics
 from app.api.middleware.request_log import RequestObserver
+from app.api.openapi import install_openapi
+from app.api.serving import ChatRunner
 from app.inference.loader import output_cap
+from app.observability.metrics import Metrics, build_metrics
 from app.settings import Settings
 
 log = logging.getLogger("clawbot.app")
@@ -47,8 +49,9 @@ def _load(settings: Settings, hub_token: str | None) -> Any:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    return load_model(settings.model_path, settings.data_dir, settings.quantization, dtype=settings.dtype,
-                      hub_token=hub_token)
+    return load_model(
+        settings.model_path, settings.data_dir, settings.quantization, dtype=settings.dtype, hub_token=hub_token
+    )
 
 
 async def _warm_up(runner: ChatRunner, prompts: tuple[str, ...]) -> None:
@@ -92,8 +95,12 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         state.engine = engine
         # The grammar compiler reads the vocabulary off the loop; a copy keeps it from sharing the engine's Rust state.
         grammars = await asyncio.to_thread(
-            Grammars, copy.deepcopy(loaded.tokenizer), loaded.model.config.vocab_size, engine.eos_ids,
-            compile_timeout_s=settings.grammar_compile_timeout_s, workers=settings.grammar_compile_workers,
+            Grammars,
+            copy.deepcopy(loaded.tokenizer),
+            loaded.model.config.vocab_size,
+            engine.eos_ids,
+            compile_timeout_s=settings.grammar_compile_timeout_s,
+            workers=settings.grammar_compile_workers,
             cache_bytes=settings.grammar_cache_bytes,
         )
         runner = ChatRunner(
@@ -115,12 +122,17 @@ async def _bring_up(app: FastAPI, settings: Settings, metrics: Metrics, on_fatal
         metrics.model_ready.set(1)
         log.info(
             "model ready",
-            extra={"model": loaded.name, "quantization": loaded.quantization, "device": str(loaded.device),
-                   "memory_bytes": loaded.memory_bytes, "startup_s": round(time.perf_counter() - started, 2)},
+            extra={
+                "model": loaded.name,
+                "quantization": loaded.quantization,
+                "device": str(loaded.device),
+                "memory_bytes": loaded.memory_bytes,
+                "startup_s": round(time.perf_counter() - started, 2),
+            },
         )
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any load failure must surface as not-ready plus a clear log line
+    except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load", extra={"error": state.load_error})
         if on_fatal is not None:
@@ -208,7 +220,9 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     # Outside the body limit (a refused address's body is never read), inside the observer (refusals are counted).
-    app.add_middleware(NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=metrics, exempt_paths=PROBE_PATHS)
+    app.add_middleware(
+        NetworkRulesMiddleware, rules=NetRules.for_api(settings), metrics=metrics, exempt_paths=PROBE_PATHS
+    )
     app.add_middleware(RequestObserver, metrics=metrics)
     from app.api.middleware.security_headers import SecurityHeadersMiddleware
 

@@ -1,5 +1,6 @@
 """A quick memory-bandwidth probe (how fast torch streams a matrix far larger than the caches through a mat-vec),
 and the bytes of weights one decoded token reads."""
+
 from __future__ import annotations
 
 import time
@@ -8,7 +9,9 @@ from typing import Any
 import torch
 
 
-def matvec_bandwidth_gb_s(rows: int = 8192, cols: int = 8192, repeats: int = 12, dtype: torch.dtype = torch.float32) -> float:
+def matvec_bandwidth_gb_s(
+    rows: int = 8192, cols: int = 8192, repeats: int = 12, dtype: torch.dtype = torch.float32
+) -> float:
     """GB/s read by `matrix @ vector`: the access pattern of batch-1 decode (every weight read once per token).
 
     The best of `repeats` is taken, as the machine may be shared: it is the bandwidth one stream can get.

@@ -6,6 +6,7 @@ the self time of the kernels that read weights (int4, int8, oneDNN/MKL matmuls);
 step's wall time less that: small ops, dispatch, Python, and the profiler's own cost. `wall_ms` is a step without
 the profiler.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,15 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-MATMUL_KERNELS = ("_weight_int4pack_mm", "_weight_int8pack_mm", "mkldnn::_linear_pointwise", "aten::addmm", "aten::mm",
-                  "aten::bmm", "bitsandbytes")
+MATMUL_KERNELS = (
+    "_weight_int4pack_mm",
+    "_weight_int8pack_mm",
+    "mkldnn::_linear_pointwise",
+    "aten::addmm",
+    "aten::mm",
+    "aten::bmm",
+    "bitsandbytes",
+)
 
 
 def decode_step_profile(loaded: Any, steps: int = 16, prompt: str = "Tell me about the sea.") -> dict[str, Any]:
@@ -31,8 +39,13 @@ def decode_step_profile(loaded: Any, steps: int = 16, prompt: str = "Tell me abo
         def step() -> None:
             nonlocal width
             mask = torch.ones((1, width + 1), dtype=torch.long, device=loaded.device)
-            model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=torch.tensor([[width]], device=loaded.device),
-                  past_key_values=cache, use_cache=True)
+            model(
+                input_ids=ids[:, -1:],
+                attention_mask=mask,
+                position_ids=torch.tensor([[width]], device=loaded.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
             width += 1
 
         for _ in range(4):
@@ -53,7 +66,11 @@ def decode_step_profile(loaded: Any, steps: int = 16, prompt: str = "Tell me abo
     for e in prof.key_averages():
         top[e.key] = e.self_cpu_time_total / 1000 / steps
     return {
-        "steps": steps, "wall_ms": wall_ms, "profiled_ms": profiled_ms, "ops": round(len(events) / steps),
-        "matmul_ms": matmul_ms, "other_ms": max(profiled_ms - matmul_ms, 0.0),
+        "steps": steps,
+        "wall_ms": wall_ms,
+        "profiled_ms": profiled_ms,
+        "ops": round(len(events) / steps),
+        "matmul_ms": matmul_ms,
+        "other_ms": max(profiled_ms - matmul_ms, 0.0),
         "top_ops_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12]),
     }

@@ -6,6 +6,7 @@ ClawBot side of bench/peer.py (QUANTIZATION=auto, which is gguf for the embedded
 Exits 2 without a CUDA device. The table and the checks are plain functions over plain results, so the suite runs
 them without a GPU (tests/bench/test_gpu_check.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,24 +37,37 @@ def check_mode(mode: str, data_dir: Path, device: str = "cuda") -> dict[str, Any
     loaded = load_model(EMBEDDED_MODEL, data_dir, mode, device=device, progress=False)
     load_s = time.perf_counter() - started
     tok = loaded.tokenizer
-    enc: Any = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True).to(loaded.device)
+    enc: Any = tok.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(loaded.device)
     with torch.inference_mode():
         loaded.model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)  # warm-up
         started = time.perf_counter()
-        out = loaded.model.generate(**enc, max_new_tokens=24, do_sample=False, repetition_penalty=1.1,
-                                    pad_token_id=tok.pad_token_id)
+        out = loaded.model.generate(
+            **enc, max_new_tokens=24, do_sample=False, repetition_penalty=1.1, pad_token_id=tok.pad_token_id
+        )
         seconds = time.perf_counter() - started
-    new = out[0, enc["input_ids"].shape[1]:]
+    new = out[0, enc["input_ids"].shape[1] :]
     answer = str(tok.decode(new, skip_special_tokens=True))
     kernels = sorted({type(m).__name__ for m in loaded.model.modules() if "Linear" in type(m).__name__})
-    return {"mode": mode, "applied": loaded.quantization, "device": str(loaded.device), "load_s": load_s,
-            "memory_bytes": loaded.memory_bytes, "tok_s": len(new) / seconds, "answer": answer,
-            "answers": EXPECTED in answer, "linear_kinds": kernels}
+    return {
+        "mode": mode,
+        "applied": loaded.quantization,
+        "device": str(loaded.device),
+        "load_s": load_s,
+        "memory_bytes": loaded.memory_bytes,
+        "tok_s": len(new) / seconds,
+        "answer": answer,
+        "answers": EXPECTED in answer,
+        "linear_kinds": kernels,
+    }
 
 
 def table(checks: list[dict[str, Any]], peer: dict[str, Any] | None) -> str:
-    lines = ["| check | applied | answers | tok/s (generate) | memory | load | note |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| check | applied | answers | tok/s (generate) | memory | load | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in checks:
         if "error" in c:
             lines.append(f"| {c['mode']} on CUDA | — | FAILED | — | — | — | {c['error'][:120]} |")
@@ -69,7 +83,8 @@ def table(checks: list[dict[str, Any]], peer: dict[str, Any] | None) -> str:
             f"| bench/peer.py, ClawBot side (QUANTIZATION={peer.get('quantization')}) | {peer.get('loaded_quantization', '—')} "
             f"| {'yes' if 'failed' not in peer else 'FAILED'} | one stream {one:.1f}, 32 clients {batch:.1f} "
             f"| {claw.get('memory_bytes', 0) / 1e6:.0f} MB | — | {peer.get('failed', '')} |"
-            if one is not None and batch is not None else f"| bench/peer.py, ClawBot side | — | FAILED | — | — | — | {peer.get('failed', 'no figures')} |"
+            if one is not None and batch is not None
+            else f"| bench/peer.py, ClawBot side | — | FAILED | — | — | — | {peer.get('failed', 'no figures')} |"
         )
     return "\n".join(lines)
 
@@ -81,8 +96,17 @@ def all_passed(checks: list[dict[str, Any]], peer: dict[str, Any] | None) -> boo
 def run_peer(data_dir: Path) -> dict[str, Any] | None:
     out = data_dir / "gpu-check-peer.json"
     env = {**os.environ, "QUANTIZATION": os.environ.get("QUANTIZATION", "auto")}
-    command = [sys.executable, str(ROOT / "bench" / "peer.py"), "--no-llama", "--scenarios", "one,batch",
-               "--data-dir", str(data_dir), "--json", str(out)]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "peer.py"),
+        "--no-llama",
+        "--scenarios",
+        "one,batch",
+        "--data-dir",
+        str(data_dir),
+        "--json",
+        str(out),
+    ]
     subprocess.run(command, cwd=ROOT, env=env, check=False)
     return json.loads(out.read_text()) if out.is_file() else None
 
@@ -99,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with a GPU",
-              file=sys.stderr)
+        print(
+            "gpu-check: no CUDA device here (torch.cuda.is_available() is False); run it on a machine with a GPU",
+            file=sys.stderr,
+        )
         return 2
     from app.inference.own_thread import run_in_own_thread
 
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{mode}] loading the embedded model on CUDA ...", flush=True)
         try:
             checks.append(run_in_own_thread(check_mode, mode, args.data_dir))
-        except Exception as exc:  # noqa: BLE001 - a failing mode is a row of the table, not the end of the check
+        except Exception as exc:
             checks.append({"mode": mode, "error": f"{type(exc).__name__}: {exc}"})
     peer = None if args.no_peer else run_peer(args.data_dir)
     print("\n" + table(checks, peer), flush=True)

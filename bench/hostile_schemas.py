@@ -16,6 +16,7 @@ Starts `python -m app` in production mode with two keys, `hostile` and `victim`,
 Prints /healthz p50/p99 in both phases, the victim's median latency in both and their ratio (the issue's targets:
 p99 under 50 ms, ratio under 2) and the memory growth (target: under 150 MB). Writes bench/results/hostile-*.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,11 @@ _serial = itertools.count()
 def slow_schema() -> dict[str, Any]:
     """A new schema within every limit that takes seconds to compile (a counted string length, over the whole vocabulary)."""
     n = next(_serial)
-    return {"type": "object", "properties": {f"field_{n}": {"type": "string", "maxLength": 400 + n % 100}},
-            "required": [f"field_{n}"]}
+    return {
+        "type": "object",
+        "properties": {f"field_{n}": {"type": "string", "maxLength": 400 + n % 100}},
+        "required": [f"field_{n}"],
+    }
 
 
 def large_enum(i: int) -> dict[str, Any]:
@@ -73,12 +77,21 @@ def start(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes
         models.symlink_to(cache, target_is_directory=True)
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DEV_"))}, **key_env,
-        "DATA_DIR": str(data), "HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1", "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_TOKENS_PER_KEY": "100000000", **env_extra,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DEV_"))},
+        **key_env,
+        "DATA_DIR": str(data),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+        "RATE_LIMIT_PER_KEY": "1000000",
+        "RATE_LIMIT_TOKENS_PER_KEY": "100000000",
+        **env_extra,
     }
     log = root / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     return proc, f"http://127.0.0.1:{port}", raw, log
 
 
@@ -144,9 +157,14 @@ def phase(url: str, victim: str, requests: int, hostile: str | None) -> dict[str
                 if stop.is_set():
                     return
                 schema = BOMBS[i % len(BOMBS)] if i % 3 == 2 else slow_schema()
-                r = c.post("/v1/chat/completions", json={
-                    "messages": [{"role": "user", "content": "x"}], "max_tokens": 4,
-                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+                r = c.post(
+                    "/v1/chat/completions",
+                    json={
+                        "messages": [{"role": "user", "content": "x"}],
+                        "max_tokens": 4,
+                        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                    },
+                )
                 code = r.json().get("error", {}).get("code", "ok") if r.status_code != 200 else "ok"
                 with lock:
                     outcomes[f"{r.status_code} {code}"] = outcomes.get(f"{r.status_code} {code}", 0) + 1
@@ -164,18 +182,30 @@ def phase(url: str, victim: str, requests: int, hostile: str | None) -> dict[str
     for a in attackers:
         a.join(120)
     probes = prober.samples
-    return {"victim_median_s": statistics.median(latencies), "victim_latencies_s": latencies,
-            "healthz_p50_ms": percentile(probes, 50) * 1000, "healthz_p99_ms": percentile(probes, 99) * 1000,
-            "healthz_max_ms": max(probes) * 1000, "healthz_probes": len(probes), "healthz_errors": prober.errors,
-            "hostile_outcomes": outcomes}
+    return {
+        "victim_median_s": statistics.median(latencies),
+        "victim_latencies_s": latencies,
+        "healthz_p50_ms": percentile(probes, 50) * 1000,
+        "healthz_p99_ms": percentile(probes, 99) * 1000,
+        "healthz_max_ms": max(probes) * 1000,
+        "healthz_probes": len(probes),
+        "healthz_errors": prober.errors,
+        "hostile_outcomes": outcomes,
+    }
 
 
 def memory(url: str, key: str, pid: int) -> dict[str, Any]:
     with httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as c:
+
         def ask(schema: dict[str, Any]) -> None:
-            r = c.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "Pick one."}], "max_tokens": 4,
-                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+            r = c.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": [{"role": "user", "content": "Pick one."}],
+                    "max_tokens": 4,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                },
+            )
             assert r.status_code == 200, r.text
 
         ask({"type": "string", "enum": ["warm", "up"]})  # the compile processes are started
@@ -202,19 +232,27 @@ def main() -> None:
     finally:
         stop_server(proc)
     results = {
-        "quiet": quiet, "attacked": attacked, "memory": mem,
+        "quiet": quiet,
+        "attacked": attacked,
+        "memory": mem,
         "victim_latency_ratio": ratio(attacked["victim_median_s"], quiet["victim_median_s"]),
     }
     print(f"{'':28}{'quiet':>12}{'4 hostile schemas':>20}")
     print(f"{'/healthz p50 (ms)':28}{quiet['healthz_p50_ms']:>12.1f}{attacked['healthz_p50_ms']:>20.1f}")
     print(f"{'/healthz p99 (ms)':28}{quiet['healthz_p99_ms']:>12.1f}{attacked['healthz_p99_ms']:>20.1f}   target < 50")
-    print(f"{'/healthz probes, errors':28}{quiet['healthz_probes']:>9}, {quiet['healthz_errors']}"
-          f"{attacked['healthz_probes']:>17}, {attacked['healthz_errors']}")
-    print(f"{'victim 16 tokens, median (s)':28}{quiet['victim_median_s']:>12.2f}{attacked['victim_median_s']:>20.2f}"
-          f"   ratio {results['victim_latency_ratio']:.2f} (target < 2)")
+    print(
+        f"{'/healthz probes, errors':28}{quiet['healthz_probes']:>9}, {quiet['healthz_errors']}"
+        f"{attacked['healthz_probes']:>17}, {attacked['healthz_errors']}"
+    )
+    print(
+        f"{'victim 16 tokens, median (s)':28}{quiet['victim_median_s']:>12.2f}{attacked['victim_median_s']:>20.2f}"
+        f"   ratio {results['victim_latency_ratio']:.2f} (target < 2)"
+    )
     print(f"hostile requests answered: {attacked['hostile_outcomes']}")
-    print(f"RSS, server and compile processes: {mem['rss_before_mb']:.0f} MB -> {mem['rss_after_mb']:.0f} MB after 24 "
-          f"distinct large enums (+{mem['growth_mb']:.0f} MB; target < 150)")
+    print(
+        f"RSS, server and compile processes: {mem['rss_before_mb']:.0f} MB -> {mem['rss_after_mb']:.0f} MB after 24 "
+        f"distinct large enums (+{mem['growth_mb']:.0f} MB; target < 150)"
+    )
     write_results("hostile", results, args.json)
 
 

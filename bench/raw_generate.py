@@ -1,4 +1,5 @@
 """Raw `model.generate` on one padded batch: the ceiling the served engine is compared with."""
+
 from __future__ import annotations
 
 import time
@@ -31,7 +32,11 @@ def raw_generate(loaded: Any, batch: int, max_tokens: int) -> dict[str, float]:
         loaded.model.generate(**inputs, do_sample=False, max_new_tokens=2, pad_token_id=tok.pad_token_id)  # warm-up
         started = time.perf_counter()
         out = loaded.model.generate(
-            **inputs, do_sample=False, min_new_tokens=max_tokens, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id
+            **inputs,
+            do_sample=False,
+            min_new_tokens=max_tokens,
+            max_new_tokens=max_tokens,
+            pad_token_id=tok.pad_token_id,
         )
         elapsed = time.perf_counter() - started
     generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch

@@ -2,6 +2,7 @@
 
 Pure functions over plain numbers, so tests/bench can check them on canned figures without a model or a server.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,32 +89,59 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
     c, ll = results.get("clawbot", {}), results.get("llama", {})
     rows: list[Row] = []
     one = ratio(_get(c, "one_at_a_time", "tok_s"), _get(ll, "one_at_a_time", "tok_s"))
-    rows.append(Row("one request at a time, tok/s", _one_stream(c), _one_stream(ll), _fmt(one, ".2f"),
-                    _target(one, ">=", ONE_STREAM_TARGET)))
+    rows.append(
+        Row(
+            "one request at a time, tok/s",
+            _one_stream(c),
+            _one_stream(ll),
+            _fmt(one, ".2f"),
+            _target(one, ">=", ONE_STREAM_TARGET),
+        )
+    )
     batch = ratio(_get(c, "concurrent", "tok_s"), _get(ll, "concurrent", "tok_s"))
     n, tokens = results.get("concurrency", 32), results.get("max_tokens", 48)
-    rows.append(Row(
-        f"{n} clients, tok/s ({tokens} tokens each)", _fmt(_get(c, "concurrent", "tok_s"), ".1f"),
-        _fmt(_get(ll, "concurrent", "tok_s"), ".1f"), _fmt(batch, ".2f"), _target(batch, ">=", BATCH_TARGET),
-    ))
+    rows.append(
+        Row(
+            f"{n} clients, tok/s ({tokens} tokens each)",
+            _fmt(_get(c, "concurrent", "tok_s"), ".1f"),
+            _fmt(_get(ll, "concurrent", "tok_s"), ".1f"),
+            _fmt(batch, ".2f"),
+            _target(batch, ">=", BATCH_TARGET),
+        )
+    )
     raw = ratio(_get(c, "concurrent", "tok_s"), _get(c, "raw_generate", "tok_s"))
-    rows.append(Row(
-        f"{n} clients: ClawBot / raw model.generate (raw tok/s in the ClawBot column)",
-        _fmt(_get(c, "raw_generate", "tok_s"), ".1f"), "", _fmt(raw, ".2f"), _target(raw, ">=", 0.85),
-    ))
+    rows.append(
+        Row(
+            f"{n} clients: ClawBot / raw model.generate (raw tok/s in the ClawBot column)",
+            _fmt(_get(c, "raw_generate", "tok_s"), ".1f"),
+            "",
+            _fmt(raw, ".2f"),
+            _target(raw, ">=", 0.85),
+        )
+    )
     ttft = ratio(_get(c, "streaming", "ttft_p50_s"), _get(ll, "streaming", "ttft_p50_s"))
-    rows.append(Row(
-        f"{n} streaming clients, TTFT p50 (llama prompt cache off)", _fmt(_get(c, "streaming", "ttft_p50_s"), ".2f", " s"),
-        _fmt(_get(ll, "streaming", "ttft_p50_s"), ".2f", " s"), _fmt(ttft, ".2f"), "",
-    ))
+    rows.append(
+        Row(
+            f"{n} streaming clients, TTFT p50 (llama prompt cache off)",
+            _fmt(_get(c, "streaming", "ttft_p50_s"), ".2f", " s"),
+            _fmt(_get(ll, "streaming", "ttft_p50_s"), ".2f", " s"),
+            _fmt(ttft, ".2f"),
+            "",
+        )
+    )
     conv_n = _get(c, "conversations", "n") or _get(ll, "conversations", "n") or 200
     p99 = ratio(_get(c, "conversations", "ttft_p99_s"), _get(ll, "conversations", "ttft_p99_s"))
     errors = _get(c, "conversations", "errors")
     conv_target = _target(p99, "<=", 1.0) + ("" if errors in (None, 0) else f"; {errors} errors (target 0)")
-    rows.append(Row(
-        f"{conv_n} streaming conversations, TTFT p50 / p99 (llama prompt cache off)", _p50_p99(c), _p50_p99(ll),
-        _fmt(p99, ".2f") + (" (p99)" if p99 is not None else ""), conv_target,
-    ))
+    rows.append(
+        Row(
+            f"{conv_n} streaming conversations, TTFT p50 / p99 (llama prompt cache off)",
+            _p50_p99(c),
+            _p50_p99(ll),
+            _fmt(p99, ".2f") + (" (p99)" if p99 is not None else ""),
+            conv_target,
+        )
+    )
     rows.extend(_prefix_rows(c, ll))
     rows.extend(_bandwidth_rows(results))
     return rows
@@ -132,10 +160,15 @@ def _prefix_rows(c: dict[str, Any], ll: dict[str, Any]) -> list[Row]:
         return []
     tokens = (c.get("prefix") or ll.get("prefix") or {}).get("prefix_tokens", 2000)
     own = ratio(_get(c, "prefix", "cached_ttft_s"), _get(c, "prefix", "uncached_ttft_s"))
-    return [Row(
-        f"shared {tokens}-token prefix: TTFT uncached -> cached (ratio: ClawBot cached/uncached; llama cache on)",
-        cell(c), cell(ll), _fmt(own, ".2f"), _target(own, "<=", 0.2),
-    )]
+    return [
+        Row(
+            f"shared {tokens}-token prefix: TTFT uncached -> cached (ratio: ClawBot cached/uncached; llama cache on)",
+            cell(c),
+            cell(ll),
+            _fmt(own, ".2f"),
+            _target(own, "<=", 0.2),
+        )
+    ]
 
 
 def _bandwidth_rows(results: dict[str, Any]) -> list[Row]:
@@ -145,32 +178,61 @@ def _bandwidth_rows(results: dict[str, Any]) -> list[Row]:
     if c_bytes is None and l_bytes is None:
         return []
     bytes_ratio = ratio(c_bytes, l_bytes)
-    rows = [Row(
-        "bytes read per token (weights)", _fmt(c_bytes and c_bytes / 1e6, ".1f", " MB"), _fmt(l_bytes and l_bytes / 1e6, ".1f", " MB"),
-        _fmt(bytes_ratio, ".2f"), _target(bytes_ratio, "<=", BYTES_TARGET) if bytes_ratio is not None else "",
-    )]
+    rows = [
+        Row(
+            "bytes read per token (weights)",
+            _fmt(c_bytes and c_bytes / 1e6, ".1f", " MB"),
+            _fmt(l_bytes and l_bytes / 1e6, ".1f", " MB"),
+            _fmt(bytes_ratio, ".2f"),
+            _target(bytes_ratio, "<=", BYTES_TARGET) if bytes_ratio is not None else "",
+        )
+    ]
     memory, file_size = c.get("memory_bytes"), results.get("gguf_file_bytes")
     if memory and file_size:
         share = ratio(memory, file_size)
-        rows.append(Row("resident model memory (ClawBot) / GGUF file size (llama column)", f"{memory / 1e6:.1f} MB",
-                        f"{file_size / 1e6:.1f} MB", _fmt(share, ".2f"), _target(share, "<=", MEMORY_TARGET)))
+        rows.append(
+            Row(
+                "resident model memory (ClawBot) / GGUF file size (llama column)",
+                f"{memory / 1e6:.1f} MB",
+                f"{file_size / 1e6:.1f} MB",
+                _fmt(share, ".2f"),
+                _target(share, "<=", MEMORY_TARGET),
+            )
+        )
     if bandwidth:
         c_ceil = ceiling_tok_s(bandwidth, c_bytes) if c_bytes else None
         l_ceil = ceiling_tok_s(bandwidth, l_bytes) if l_bytes else None
-        rows.append(Row(
-            f"bandwidth ceiling, one stream, tok/s (at {bandwidth:.1f} GB/s measured)",
-            _fmt(c_ceil, ".0f"), _fmt(l_ceil, ".0f"), _fmt(ratio(c_ceil, l_ceil), ".2f"), "",
-        ))
+        rows.append(
+            Row(
+                f"bandwidth ceiling, one stream, tok/s (at {bandwidth:.1f} GB/s measured)",
+                _fmt(c_ceil, ".0f"),
+                _fmt(l_ceil, ".0f"),
+                _fmt(ratio(c_ceil, l_ceil), ".2f"),
+                "",
+            )
+        )
         c_share = ratio(_get(c, "one_at_a_time", "tok_s"), c_ceil)
         l_share = ratio(_get(ll, "one_at_a_time", "tok_s"), l_ceil)
-        rows.append(Row("one stream as a share of its ceiling", _fmt(c_share and 100 * c_share, ".0f", "%"),
-                        _fmt(l_share and 100 * l_share, ".0f", "%"), "", ""))
+        rows.append(
+            Row(
+                "one stream as a share of its ceiling",
+                _fmt(c_share and 100 * c_share, ".0f", "%"),
+                _fmt(l_share and 100 * l_share, ".0f", "%"),
+                "",
+                "",
+            )
+        )
     step = c.get("decode_step")
     if step:
-        rows.append(Row(
-            "one decode step (batch 1): ops / matmul kernels / everything else",
-            f"{step['ops']} ops, {step['matmul_ms']:.2f} ms / {step['other_ms']:.2f} ms", "", "", "",
-        ))
+        rows.append(
+            Row(
+                "one decode step (batch 1): ops / matmul kernels / everything else",
+                f"{step['ops']} ops, {step['matmul_ms']:.2f} ms / {step['other_ms']:.2f} ms",
+                "",
+                "",
+                "",
+            )
+        )
     return rows
 
 
@@ -209,8 +271,11 @@ def first_divergence(reference: list[list[int]], answers: list[list[int]]) -> di
     mean position of the first token that differs (the answer's length where none does)."""
     result = agreement(reference, answers)
     positions = [common_prefix(r, a) for r, a in zip(reference, answers)]
-    return {"token_agreement": result["token_agreement"], "exact_match": result["exact_match"],
-            "mean_first_divergence": sum(positions) / len(positions)}
+    return {
+        "token_agreement": result["token_agreement"],
+        "exact_match": result["exact_match"],
+        "mean_first_divergence": sum(positions) / len(positions),
+    }
 
 
 def format_llama_agreement_table(modes: dict[str, dict[str, float]], tokens: int) -> str:
@@ -219,7 +284,9 @@ def format_llama_agreement_table(modes: dict[str, dict[str, float]], tokens: int
         "| --- | --- | --- | --- |",
     ]
     for mode, f in modes.items():
-        lines.append(f"| {mode} | {f['token_agreement']:.2f} | {f['mean_first_divergence']:.1f} | {f['exact_match']:.2f} |")
+        lines.append(
+            f"| {mode} | {f['token_agreement']:.2f} | {f['mean_first_divergence']:.1f} | {f['exact_match']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Where a benchmark run's figures go: bench/results/<name>-<timestamp>.json (git-ignored), plus --json if given."""
+
 from __future__ import annotations
 
 import json

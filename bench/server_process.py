@@ -1,4 +1,5 @@
 """The ClawBot server as the benchmarks run it: `python -m app` in development mode on free loopback ports."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,13 @@ DEV_KEY = "ck-bench-" + "0123456789abcdef" * 3
 
 def bench_settings(data_dir: Path, extra_env: dict[str, str] | None = None) -> Settings:
     """The server's settings (same model, quantization, batch size) with development auth and our DATA_DIR."""
-    env = {**os.environ, **(extra_env or {}), "APP_ENV": "development", "DEV_API_KEY": DEV_KEY, "DATA_DIR": str(data_dir)}
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "APP_ENV": "development",
+        "DEV_API_KEY": DEV_KEY,
+        "DATA_DIR": str(data_dir),
+    }
     return load_settings(env)
 
 
@@ -35,8 +42,12 @@ def write_key_files(directory: Path, scopes: dict[str, tuple[str, ...]]) -> tupl
     )
     write_private(directory / "kek", kek + "\n")
     write_private(directory / "keys.json", seal_key_file(ring, kek))
-    env = {"APP_ENV": "production", "DEV_API_KEY": "", "API_KEY_PATH": str(directory / "keys.json"),
-           "KEK_PATH": str(directory / "kek")}
+    env = {
+        "APP_ENV": "production",
+        "DEV_API_KEY": "",
+        "API_KEY_PATH": str(directory / "keys.json"),
+        "KEK_PATH": str(directory / "kek"),
+    }
     return env, raw
 
 
@@ -52,8 +63,14 @@ def start_server(
     """Start `python -m app`; /metrics gets a free port of its own so runs beside other servers never collide on 9464."""
     port = free_port()
     env = {
-        **os.environ, **(extra_env or {}), "APP_ENV": "development", "DEV_API_KEY": DEV_KEY,
-        "DATA_DIR": str(settings.data_dir), "HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": str(free_port()),
+        **os.environ,
+        **(extra_env or {}),
+        "APP_ENV": "development",
+        "DEV_API_KEY": DEV_KEY,
+        "DATA_DIR": str(settings.data_dir),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
     }
     out = log_path.open("wb")
@@ -66,9 +83,15 @@ def wait_ready(
 ) -> None:
     """Poll `path` until it answers 200; fail with the log's tail if the process exits first."""
     try:
-        wait_until(f"{url}{path} to answer 200", lambda: httpx.get(url + path, timeout=2).status_code == 200, timeout,
-                   poll_s=0.5, ignoring=(httpx.HTTPError,), give_up=exited(proc, str(proc.args[0])),
-                   detail=lambda: f"{log_path}:\n{log_path.read_text(errors='replace')[-3000:]}")
+        wait_until(
+            f"{url}{path} to answer 200",
+            lambda: httpx.get(url + path, timeout=2).status_code == 200,
+            timeout,
+            poll_s=0.5,
+            ignoring=(httpx.HTTPError,),
+            give_up=exited(proc, str(proc.args[0])),
+            detail=lambda: f"{log_path}:\n{log_path.read_text(errors='replace')[-3000:]}",
+        )
     except WaitTimedOut as e:
         raise SystemExit(str(e)) from None
 

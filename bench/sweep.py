@@ -7,6 +7,7 @@
 Writes bench/results/sweep.json and bench/results/sweep.png (tokens/s and p99 latency against concurrency).
 Every request carries a distinct prompt, so the response cache never answers for the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ import secrets
 import statistics
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import httpx
 
@@ -94,7 +95,9 @@ async def run_level(client: httpx.AsyncClient, concurrency: int, total: int, max
             except asyncio.QueueEmpty:
                 return
             body = {
-                "messages": [{"role": "user", "content": f"Request {run_id}-{concurrency}-{i}: name a colour and say why."}],
+                "messages": [
+                    {"role": "user", "content": f"Request {run_id}-{concurrency}-{i}: name a colour and say why."}
+                ],
                 "max_tokens": max_tokens,
                 "temperature": 0,
                 "ignore_eos": True,  # every reply is max_tokens long, so levels compare like for like
@@ -124,8 +127,10 @@ async def sweep(url: str, api_key: str, levels: Sequence[int], requests: int, ma
         out = []
         for c in levels:
             level = await run_level(client, c, max(requests, c), max_tokens)
-            print(f"concurrency {c:>3}: {level.tokens_per_s:8.1f} tok/s  {level.requests_per_s:6.2f} req/s  "
-                  f"p50 {level.p50_s:.2f}s  p99 {level.p99_s:.2f}s  errors {level.errors}")
+            print(
+                f"concurrency {c:>3}: {level.tokens_per_s:8.1f} tok/s  {level.requests_per_s:6.2f} req/s  "
+                f"p50 {level.p50_s:.2f}s  p99 {level.p99_s:.2f}s  errors {level.errors}"
+            )
             out.append(level)
     return out
 
@@ -164,7 +169,9 @@ def local_server(max_batch_size: int, max_tokens: int) -> Iterator[tuple[str, st
     """`python -m app` in development mode on a free port; yields (url, api key) once /readyz answers."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     # start_server hands this process's environment to the server.
-    os.environ.update({**SERVER_OVERRIDES, "MAX_BATCH_SIZE": str(max_batch_size), "MAX_TOKENS": str(max(max_tokens, 16))})
+    os.environ.update(
+        {**SERVER_OVERRIDES, "MAX_BATCH_SIZE": str(max_batch_size), "MAX_TOKENS": str(max(max_tokens, 16))}
+    )
     settings = bench_settings(DATA_DIR)
     log_path = DATA_DIR / "sweep-server.log"
     proc, url = start_server(settings, log_path)

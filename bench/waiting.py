@@ -4,6 +4,7 @@ Tests import it too (`from bench.waiting import wait_until`): a server coming up
 changed, a row written. It lives here because the benchmarks must not import the tests. `wait_until_async` is the
 same loop for a test already on an event loop (its check may be a coroutine function; the loop keeps turning).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,9 @@ def exited(proc: subprocess.Popen[Any], name: str) -> Callable[[], str | None]:
 class _Wait:
     """What both loops share: the deadline, the last ignored error, and the failure message."""
 
-    def __init__(self, what: str, timeout_s: float, give_up: Callable[[], str | None] | None,
-                 detail: Callable[[], str] | None) -> None:
+    def __init__(
+        self, what: str, timeout_s: float, give_up: Callable[[], str | None] | None, detail: Callable[[], str] | None
+    ) -> None:
         self.what, self.timeout_s, self.give_up, self.detail = what, timeout_s, give_up, detail
         self.deadline = time.monotonic() + timeout_s
         self.last: BaseException | None = None
@@ -47,9 +49,16 @@ class _Wait:
             raise self._failed(f"timed out after {self.timeout_s:g}s waiting for {self.what}{tail}")
 
 
-def wait_until(what: str, check: Callable[[], T | None], timeout_s: float, *, poll_s: float = 0.2,
-               ignoring: tuple[type[BaseException], ...] = (), give_up: Callable[[], str | None] | None = None,
-               detail: Callable[[], str] | None = None) -> T:
+def wait_until(
+    what: str,
+    check: Callable[[], T | None],
+    timeout_s: float,
+    *,
+    poll_s: float = 0.2,
+    ignoring: tuple[type[BaseException], ...] = (),
+    give_up: Callable[[], str | None] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> T:
     """Call `check` until it returns something truthy and return that; raise WaitTimedOut naming `what` after
     `timeout_s`. Exceptions of the `ignoring` types count as "not yet" (a server not listening yet). `give_up`,
     asked before each try, ends the wait at once with the reason it returns (a process that exited). `detail`, asked
@@ -67,9 +76,16 @@ def wait_until(what: str, check: Callable[[], T | None], timeout_s: float, *, po
         time.sleep(poll_s)
 
 
-async def wait_until_async(what: str, check: Callable[[], Any], timeout_s: float, *, poll_s: float = 0.05,
-                           ignoring: tuple[type[BaseException], ...] = (), give_up: Callable[[], str | None] | None = None,
-                           detail: Callable[[], str] | None = None) -> Any:
+async def wait_until_async(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float,
+    *,
+    poll_s: float = 0.05,
+    ignoring: tuple[type[BaseException], ...] = (),
+    give_up: Callable[[], str | None] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> Any:
     """`wait_until` on an event loop: `check` may be a coroutine function (its result is awaited), and the pause
     between tries lets the loop run. (Typed loosely: a checker cannot tell a sync check from an async one here.)"""
     wait = _Wait(what, timeout_s, give_up, detail)

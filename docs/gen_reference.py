@@ -6,13 +6,14 @@ that are stale. Each source is read by one function below, a thin layer over the
   (`ge`/`le`) or choices, and description.
 - `stack_config()`: infra/settings/keys.py's CONFIG_KEYS and SECRET_KEYS (Pulumi.yaml's schema is held to them).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
-
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference"

@@ -1,4 +1,5 @@
 """What infra/ and app/ agree on: port, probe paths, mount paths, file names and the chat pods' labels."""
+
 from __future__ import annotations
 
 from app.access.kek_secret import SERVICE_ACCOUNT_DIR as KEK_READER_ACCOUNT_DIR

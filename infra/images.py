@@ -4,6 +4,7 @@ The grammar is the one registries and container runtimes share (distribution/ref
 host, lowercase path components, then `:tag` and/or `@sha256:<64 hex>`. A release is recorded by reference as
 deployed; CI deploys `<repository>:<commit sha>@sha256:<digest>`, so what the history holds is a digest.
 """
+
 from __future__ import annotations
 
 import re

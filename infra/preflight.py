@@ -13,10 +13,12 @@ itself that the key rotation and the image history use:
 
 Every component waits for `Preflight.gate`: when a check fails, preview and up stop before any object is declared.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -32,16 +34,26 @@ IMMUTABLE_FIELDS_OUTPUT = "immutableFields"
 UPGRADES_DOC_PAGE = "docs/deploying/eks-first-week.md"
 # The objects guarded, by role, and how to move each without the replacement (the docs page has the steps).
 MIGRATIONS = {
-    "namespace": ("every object of the stack would be deleted and created again in the new namespace, the data claim "
-                  "as a new empty volume (the old namespace and claim are retained, not moved)",
-                  "a-new-namespace"),
-    "stableDeployment": ("a Deployment's selector cannot change, so the provider deletes Deployment {name} and creates it "
-                         "again: every stable chat pod stops before the new ones have loaded the model",
-                         "a-new-deployment-selector"),
-    "dataClaim": ("a claim's class and access modes cannot change, so the provider would replace claim {name}: the "
-                  "chat pods would mount a new, empty volume", "a-new-data-claim"),
-    "chatService": ("the provider replaces Service {name}: a new load balancer with a new DNS name, and no endpoint "
-                    "while it is made", "a-new-load-balancer"),
+    "namespace": (
+        "every object of the stack would be deleted and created again in the new namespace, the data claim "
+        "as a new empty volume (the old namespace and claim are retained, not moved)",
+        "a-new-namespace",
+    ),
+    "stableDeployment": (
+        "a Deployment's selector cannot change, so the provider deletes Deployment {name} and creates it "
+        "again: every stable chat pod stops before the new ones have loaded the model",
+        "a-new-deployment-selector",
+    ),
+    "dataClaim": (
+        "a claim's class and access modes cannot change, so the provider would replace claim {name}: the "
+        "chat pods would mount a new, empty volume",
+        "a-new-data-claim",
+    ),
+    "chatService": (
+        "the provider replaces Service {name}: a new load balancer with a new DNS name, and no endpoint "
+        "while it is made",
+        "a-new-load-balancer",
+    ),
 }
 
 
@@ -54,8 +66,12 @@ def immutable_fields(s: StackSettings, prefix: str) -> dict[str, dict[str, Any]]
     return {
         "namespace": {"name": s.namespace},
         "stableDeployment": {"namespace": s.namespace, "name": prefix, "selector": stable_release(s).selector},
-        "dataClaim": {"namespace": s.namespace, "name": f"{prefix}-data", "storageClassName": volume.storage_class,
-                      "accessModes": [volume.access_mode]},
+        "dataClaim": {
+            "namespace": s.namespace,
+            "name": f"{prefix}-data",
+            "storageClassName": volume.storage_class,
+            "accessModes": [volume.access_mode],
+        },
         "chatService": service,
     }
 
@@ -73,8 +89,10 @@ def recorded_fields(previous: Mapping[str, Any], prefix: str) -> dict[str, dict[
     selector = dict(CHAT_LABELS)
     if "imageHistory" in previous:
         selector[TRACK_LABEL] = "stable"
-    return {"namespace": {"name": namespace},
-            "stableDeployment": {"namespace": namespace, "name": prefix, "selector": selector}}
+    return {
+        "namespace": {"name": namespace},
+        "stableDeployment": {"namespace": namespace, "name": prefix, "selector": selector},
+    }
 
 
 def replacements(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -114,7 +132,8 @@ def check_replacements(s: StackSettings, previous: Mapping[str, Any], prefix: st
     found = replacements(recorded_fields(previous, prefix), immutable_fields(s, prefix))
     if found:
         raise ConfigError(
-            "this update would replace what holds the service's state or serves it:\n  - " + "\n  - ".join(found)
+            "this update would replace what holds the service's state or serves it:\n  - "
+            + "\n  - ".join(found)
             + f"\nNothing was changed. Follow the migration, or set {config_key('allowReplace')}: true for this one "
             f"update on purpose (`pulumi config set {config_key('allowReplace')} true`, then `pulumi config rm "
             f"{config_key('allowReplace')}`)"

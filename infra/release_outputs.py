@@ -3,6 +3,7 @@
 The stack keeps its own history: each update exports `imageHistory` (the stable images it ran, newest first) and
 the next update reads it back through a reference to this same stack, as the key rotation does.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """`python -m infra.synth --stack NAME --out DIR`: the offline synth's command, kept at the path the design and the
 docs name; the tool itself is infra/tools/synth.py."""
+
 from __future__ import annotations
 
 import sys

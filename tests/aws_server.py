@@ -7,6 +7,7 @@ empty account (`aws_env` resets it), and the server stops at the session's end.
 
 A conftest.py imports the fixtures (`from tests.aws_server import aws_server, aws_env`).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -60,19 +61,28 @@ class AwsServer:
 
     def _answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
     def start(self) -> None:
         log = (self.workdir / "moto.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         try:
-            wait_until(f"moto_server to answer on port {self.port}", self._answers, START_TIMEOUT_S, poll_s=0.1,
-                       give_up=exited(self.proc, "moto_server"), detail=lambda: self.log()[-3000:])
+            wait_until(
+                f"moto_server to answer on port {self.port}",
+                self._answers,
+                START_TIMEOUT_S,
+                poll_s=0.1,
+                give_up=exited(self.proc, "moto_server"),
+                detail=lambda: self.log()[-3000:],
+            )
         except WaitTimedOut:
             self.stop()
             raise
@@ -83,7 +93,7 @@ class AwsServer:
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):
             pass
 
     def stop(self) -> None:

@@ -8,6 +8,7 @@
 
 A test that names a tier itself keeps it. tests/test_tiers.py checks the list below names real files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,27 +18,29 @@ import pytest
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "e2e", "image")
 BY_FOLDER = {"e2e": "e2e", "image": "image"}
-INTEGRATION = frozenset({
-    "app/access/test_concurrency.py",
-    "app/access/test_keys_cli.py",
-    "app/access/test_ratelimit.py",
-    "app/api/test_event_loop.py",
-    "app/api/test_hostile_input.py",
-    "app/inference/test_gguf_models.py",
-    "app/inference/test_model_loader.py",
-    "app/storage/test_conversations_postgres.py",
-    "app/storage/test_response_cache.py",
-    "app/test_factory.py",
-    "bench/test_gpu_check.py",
-    "ci/test_workflows.py",
-    "docs/test_site.py",
-    "infra/components/alerts/test_promtool.py",
-    "infra/components/alerts/test_routing.py",
-    "infra/components/test_backups.py",
-    "policy/test_pack.py",
-    "scan/test_checkov.py",
-    "test_habits.py",
-})
+INTEGRATION = frozenset(
+    {
+        "app/access/test_concurrency.py",
+        "app/access/test_keys_cli.py",
+        "app/access/test_ratelimit.py",
+        "app/api/test_event_loop.py",
+        "app/api/test_hostile_input.py",
+        "app/inference/test_gguf_models.py",
+        "app/inference/test_model_loader.py",
+        "app/storage/test_conversations_postgres.py",
+        "app/storage/test_response_cache.py",
+        "app/test_factory.py",
+        "bench/test_gpu_check.py",
+        "ci/test_workflows.py",
+        "docs/test_site.py",
+        "infra/components/alerts/test_promtool.py",
+        "infra/components/alerts/test_routing.py",
+        "infra/components/test_backups.py",
+        "policy/test_pack.py",
+        "scan/test_checkov.py",
+        "test_habits.py",
+    }
+)
 
 
 def tier_of(path: Path) -> str:

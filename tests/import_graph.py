@@ -5,6 +5,7 @@ Every import counts wherever it is written: at module level, inside a function (
 `from package import name` counts as an import of `package.name` when that is a module, else of `package`
 (as grimp, import-linter's graph, counts it): the parent packages Python initializes on the way are not edges.
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,7 +48,7 @@ class ImportGraph:
     edges: dict[str, set[str]]
 
     @classmethod
-    def of(cls, modules: dict[str, Path]) -> "ImportGraph":
+    def of(cls, modules: dict[str, Path]) -> ImportGraph:
         edges = {}
         for name, path in modules.items():
             targets = {_owner(t, modules) for t in imported_names(path, name, modules)}
@@ -94,7 +95,7 @@ class ImportGraph:
         while True:
             step = min(t for t in self.edges[path[-1]] if t in component)
             if step in seen:
-                return path[path.index(step):] + [step]
+                return path[path.index(step) :] + [step]
             path.append(step)
             seen.add(step)
 

@@ -3,15 +3,16 @@
 For tests that must see the service as a client does (a stalled event loop, a dropped
 connection) while still reaching into the process (a patched tokenizer, a blocked reload).
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
-
-import pytest
+from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from bench.waiting import WaitTimedOut, wait_until
@@ -29,8 +30,13 @@ def live_server(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, name=f"live-server-{port}", daemon=True)
     thread.start()
     try:
-        wait_until(f"the test server on port {port} to start", lambda: server.started, START_TIMEOUT_S, poll_s=0.02,
-                   give_up=lambda: None if thread.is_alive() else "its thread ended")
+        wait_until(
+            f"the test server on port {port} to start",
+            lambda: server.started,
+            START_TIMEOUT_S,
+            poll_s=0.02,
+            give_up=lambda: None if thread.is_alive() else "its thread ended",
+        )
     except WaitTimedOut:
         server.should_exit = True
         raise

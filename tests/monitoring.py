@@ -4,6 +4,7 @@
 that needs them fails, rather than skips, when they are missing. Servers bind loopback ports, keep their data in
 the test's own directory, and are stopped by the context managers even when the test fails.
 """
+
 from __future__ import annotations
 
 import email
@@ -89,8 +90,14 @@ def daemon(tool: str, config: dict[str, Any], workdir: Path, extra_args: list[st
         proc = subprocess.Popen([binary(tool), *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     d = Daemon(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until(f"{tool} to be ready", lambda: httpx.get(d.url + "/-/ready", timeout=2).status_code == 200,
-                   START_TIMEOUT_S, ignoring=(httpx.HTTPError,), give_up=exited(proc, tool), detail=d.log)
+        wait_until(
+            f"{tool} to be ready",
+            lambda: httpx.get(d.url + "/-/ready", timeout=2).status_code == 200,
+            START_TIMEOUT_S,
+            ignoring=(httpx.HTTPError,),
+            give_up=exited(proc, tool),
+            detail=d.log,
+        )
         yield d
     finally:
         d.stop()
@@ -162,4 +169,3 @@ def query(prom: Daemon, expr: str) -> list[dict[str, Any]]:
     body = r.json()
     assert r.status_code == 200 and body["status"] == "success", f"{expr!r}: {body}"
     return list(body["data"]["result"])
-

@@ -11,6 +11,7 @@ directory that user owns (outside pytest's tmp directories, which only root may 
 A conftest.py imports the fixtures (`from tests.postgres_server import postgres_server, postgres_url`); every
 directory that does shares one server (the singleton below), started on first use, stopped at the session's end.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -93,8 +95,19 @@ class PostgresServer:
         if self._as_user:
             os.chown(pwfile, owner.pw_uid, owner.pw_gid)
         self._run_as(
-            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}",
-             "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"],
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
         )
         pwfile.unlink()
 
@@ -120,16 +133,39 @@ class PostgresServer:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200",
-             "-c", "fsync=on", "-c", "synchronous_commit=on"],
-            user=self._as_user, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(self.bin_dir / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=on",
+                "-c",
+                "synchronous_commit=on",
+            ],
+            user=self._as_user,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         proc = self.proc
         try:
-            wait_until(f"postgres to accept connections on port {self.port}", self._answers, START_TIMEOUT_S,
-                       poll_s=0.1, give_up=exited(proc, "postgres"), detail=lambda: self.log()[-3000:])
+            wait_until(
+                f"postgres to accept connections on port {self.port}",
+                self._answers,
+                START_TIMEOUT_S,
+                poll_s=0.1,
+                give_up=exited(proc, "postgres"),
+                detail=lambda: self.log()[-3000:],
+            )
         except WaitTimedOut:
             if proc.poll() is None:
                 self.kill9()
@@ -164,7 +200,9 @@ class PostgresServer:
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
         # The next start refuses while any of them still holds the shared memory.
-        wait_until("the killed postgres processes to let go", lambda: not any(_alive(pid) for pid in victims), 30, poll_s=0.05)
+        wait_until(
+            "the killed postgres processes to let go", lambda: not any(_alive(pid) for pid in victims), 30, poll_s=0.05
+        )
         self.proc = None
 
     def create_database(self) -> str:

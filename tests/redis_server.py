@@ -3,6 +3,7 @@
 `scripts/setup` (the test command's setup step) installs redis-server from Debian's packages
 when it is missing; a test that needs it fails, rather than skips, when it is absent.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -34,7 +35,9 @@ def _answers_ping(port: int) -> bool:
 
 class RedisServer:
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        binary = shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
         if binary is None:
             pytest.fail(
                 "redis-server is not installed; the test command installs it (scripts/setup runs "
@@ -52,15 +55,35 @@ class RedisServer:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--daemonize", "no", "--loglevel", "warning"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         proc = self.proc
         try:
-            wait_until(f"redis-server to answer PING on port {self.port}", lambda: _answers_ping(self.port),
-                       START_TIMEOUT_S, poll_s=0.02, give_up=exited(proc, "redis-server"))
+            wait_until(
+                f"redis-server to answer PING on port {self.port}",
+                lambda: _answers_ping(self.port),
+                START_TIMEOUT_S,
+                poll_s=0.02,
+                give_up=exited(proc, "redis-server"),
+            )
         except WaitTimedOut:
             self.stop()
             raise

@@ -1,5 +1,6 @@
 """The habits CI keeps (pyproject.toml holds the configuration): ruff lint and format over the whole tree, and mypy
 over app/, infra/, __main__.py and bench/, strict on the request path (app/access, app/api, app/inference)."""
+
 from __future__ import annotations
 
 import subprocess

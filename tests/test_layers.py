@@ -7,6 +7,7 @@ nothing in app/, infra/ or the root __main__.py imports in a circle (docs/archit
     app.access  app.inference  app.storage     (may import each other, never in a circle)
     app.settings  app.observability
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,11 @@ ENTRY_POINTS = ("app", "app.__main__", "app.factory", "app.keys", "app.load_mode
 LAYERS: dict[str, int] = {
     **{name: 4 for name in ENTRY_POINTS},
     "app.api": 3,
-    "app.access": 2, "app.inference": 2, "app.storage": 2,
-    "app.settings": 1, "app.observability": 1,
+    "app.access": 2,
+    "app.inference": 2,
+    "app.storage": 2,
+    "app.settings": 1,
+    "app.observability": 1,
 }
 # The Pulumi program may read what the service and the stack share (ports, env names, key sealing), never the
 # service itself.
@@ -50,17 +54,25 @@ def test_the_graph_sees_every_layer_and_infra_as_found_on_disk() -> None:
 def test_app_never_imports_up_its_layers() -> None:
     upward = sorted(
         f"{source} -> {target}"
-        for source, targets in GRAPH.edges.items() if source.startswith("app")
-        for target in targets if target.startswith("app") and LAYERS[top(target)] > LAYERS[top(source)]
+        for source, targets in GRAPH.edges.items()
+        if source.startswith("app")
+        for target in targets
+        if target.startswith("app") and LAYERS[top(target)] > LAYERS[top(source)]
     )
     assert upward == []
 
 
 def test_the_service_and_the_pulumi_program_stay_apart() -> None:
-    into_infra = sorted(f"{s} -> {t}" for s, ts in GRAPH.edges.items() if s.startswith("app") for t in ts
-                        if t.startswith("infra") or t == "__main__")
-    into_service = sorted(f"{s} -> {t}" for s, ts in GRAPH.edges.items() if not s.startswith("app") for t in ts
-                          if is_in(t, SERVICE))
+    into_infra = sorted(
+        f"{s} -> {t}"
+        for s, ts in GRAPH.edges.items()
+        if s.startswith("app")
+        for t in ts
+        if t.startswith("infra") or t == "__main__"
+    )
+    into_service = sorted(
+        f"{s} -> {t}" for s, ts in GRAPH.edges.items() if not s.startswith("app") for t in ts if is_in(t, SERVICE)
+    )
     assert (into_infra, into_service) == ([], [])
 
 
@@ -71,8 +83,16 @@ def test_nothing_imports_in_a_circle() -> None:
 def test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle() -> None:
     """app.access may use app.storage (the Redis link), but then app.storage never uses app.access."""
     packages = {top(m) for m in MODULES if m.startswith("app")}
-    edges = {p: {top(t) for m in MODULES if top(m) == p and m.startswith("app")
-                 for t in GRAPH.edges[m] if t.startswith("app") and top(t) != p} for p in packages}
+    edges = {
+        p: {
+            top(t)
+            for m in MODULES
+            if top(m) == p and m.startswith("app")
+            for t in GRAPH.edges[m]
+            if t.startswith("app") and top(t) != p
+        }
+        for p in packages
+    }
     package_graph = ImportGraph(modules={p: ROOT for p in packages}, edges=edges)
     assert [" -> ".join(cycle) for cycle in package_graph.cycles()] == []
 
@@ -82,21 +102,36 @@ def test_routes_leave_running_a_request_to_the_serving_layer() -> None:
     runs the request."""
     routes = [m for m in GRAPH.edges if m.startswith("app.api.routes.")]
     assert len(routes) >= 5
-    reaching = sorted(f"{s} -> {t}" for s in routes for t in GRAPH.edges[s]
-                      if (t.startswith("app.api.routes.") and t != s) or is_in(t, ("app.inference", "app.access")))
+    reaching = sorted(
+        f"{s} -> {t}"
+        for s in routes
+        for t in GRAPH.edges[s]
+        if (t.startswith("app.api.routes.") and t != s) or is_in(t, ("app.inference", "app.access"))
+    )
     assert reaching == []
 
 
-@pytest.mark.parametrize("source, target, check", [
-    ("app.access.control", "app.api.errors", test_app_never_imports_up_its_layers),
-    ("app.settings", "app.inference.engine", test_app_never_imports_up_its_layers),
-    ("app.inference.handle", "app.inference.request_state", test_nothing_imports_in_a_circle),
-    ("infra.settings", "__main__", test_nothing_imports_in_a_circle),
-    ("app.storage.redis_link", "app.access.ratelimit", test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle),
-    ("app.inference.engine", "infra.settings", test_the_service_and_the_pulumi_program_stay_apart),
-    ("app.api.routes.responses_api", "app.api.routes.openai_api", test_routes_leave_running_a_request_to_the_serving_layer),
-    ("app.api.routes.openai_api", "app.inference.engine", test_routes_leave_running_a_request_to_the_serving_layer),
-])
+@pytest.mark.parametrize(
+    "source, target, check",
+    [
+        ("app.access.control", "app.api.errors", test_app_never_imports_up_its_layers),
+        ("app.settings", "app.inference.engine", test_app_never_imports_up_its_layers),
+        ("app.inference.handle", "app.inference.request_state", test_nothing_imports_in_a_circle),
+        ("infra.settings", "__main__", test_nothing_imports_in_a_circle),
+        (
+            "app.storage.redis_link",
+            "app.access.ratelimit",
+            test_the_packages_of_one_layer_do_not_import_each_other_in_a_circle,
+        ),
+        ("app.inference.engine", "infra.settings", test_the_service_and_the_pulumi_program_stay_apart),
+        (
+            "app.api.routes.responses_api",
+            "app.api.routes.openai_api",
+            test_routes_leave_running_a_request_to_the_serving_layer,
+        ),
+        ("app.api.routes.openai_api", "app.inference.engine", test_routes_leave_running_a_request_to_the_serving_layer),
+    ],
+)
 def test_each_check_catches_what_it_forbids(monkeypatch: pytest.MonkeyPatch, source: str, target: str, check) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(GRAPH.edges, source, GRAPH.edges[source] | {target})
     with pytest.raises(AssertionError):

@@ -1,4 +1,5 @@
 """The tier list in tests/conftest.py names test modules that exist, and every test lands in exactly one tier."""
+
 from __future__ import annotations
 
 from tests.conftest import INTEGRATION, TESTS, TIERS, tier_of

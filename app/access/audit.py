@@ -3,6 +3,7 @@
 Only those fields are written: no credential, token, header or body can reach an audit line,
 whatever the caller passes, because the record is built here from named fields alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ class AuditLog:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(AUDIT_LOGGER)
 
-    def entry(self, principal: HasKeyId | None, route: str, status: int, client: str | None, *, reason: str | None = None) -> dict[str, Any]:
+    def entry(
+        self, principal: HasKeyId | None, route: str, status: int, client: str | None, *, reason: str | None = None
+    ) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "event": "key_usage",
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -45,7 +48,9 @@ class AuditLog:
             doc["reason"] = _clip(reason)
         return doc
 
-    def log(self, principal: HasKeyId | None, route: str, status: int, client: str | None, *, reason: str | None = None) -> None:
+    def log(
+        self, principal: HasKeyId | None, route: str, status: int, client: str | None, *, reason: str | None = None
+    ) -> None:
         """Write one audit line. `reason` is a fixed code (e.g. 'bad_signature'), never client input."""
         doc = self.entry(principal, route, status, client, reason=reason)
         # The message is the JSON line itself, so the trail reads the same under any log formatter;

@@ -7,6 +7,7 @@ margin), so the slots of a replica that died holding them come back when its lea
 is idempotent (the lease names itself), so RedisLink's retry after a lost reply never takes two.
 Without Redis, or while it is away, slots are counted in process.
 """
+
 from __future__ import annotations
 
 import secrets

@@ -5,10 +5,11 @@ The API layer keeps one per request (app.api.context) and the request log reads 
 control fills in the caller and the limits, and charges the tokens to the key's budget; the serving layer
 fills in the usage. Nothing else travels in the request's state.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from app.access.ratelimit import Decision
 

@@ -8,15 +8,17 @@ HTTP: every refusal is an `AccessRefused` (app.access.errors) that app.api answe
 shape and hands back to `record_refusal`, which counts it in `clawbot_auth_failures{reason}` and
 writes it to the audit trail; no credential ever reaches an error body, a log line or a metric label.
 """
+
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -62,11 +64,13 @@ class AccessControl:
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    async def create(cls, settings: Settings, metrics: Metrics, link: RedisLink | None = None) -> "AccessControl":
+    async def create(cls, settings: Settings, metrics: Metrics, link: RedisLink | None = None) -> AccessControl:
         ring = open_key_ring(settings)
         self = cls(settings, metrics, ring=ring, link=link)
         self._install_sighup()
-        log.info("access control ready", extra={"api_key_ids": [k.id for k in ring.api_keys], "app_env": settings.app_env})
+        log.info(
+            "access control ready", extra={"api_key_ids": [k.id for k in ring.api_keys], "app_env": settings.app_env}
+        )
         return self
 
     def _install_sighup(self) -> None:
@@ -104,7 +108,8 @@ class AccessControl:
                 "too_many_auth_failures",
                 f"too many failed authentications from this address (at most {failures.limit} a minute); "
                 f"retry in {failures.retry_after_s} s",
-                reason="too_many_auth_failures", retry_after_s=failures.retry_after_s,
+                reason="too_many_auth_failures",
+                retry_after_s=failures.retry_after_s,
             )
         return group
 
@@ -120,7 +125,9 @@ class AccessControl:
         ctx.principal = principal
         self.metrics.key_requests.labels(key_id=principal.key_id).inc()
         self.ring.mark_used(principal.key_id)
-        decision = await self.limiter.hit_key(principal.key_id, self.settings.rate_limit_per_key, self.settings.abnormal_key_per_minute)
+        decision = await self.limiter.hit_key(
+            principal.key_id, self.settings.rate_limit_per_key, self.settings.abnormal_key_per_minute
+        )
         ctx.key_limit = decision
         if not decision.allowed:
             raise _too_many(decision, "key", f"key {principal.key_id!r}")
@@ -136,8 +143,9 @@ class AccessControl:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             what = "a bearer token from POST /api/auth" + (" or an API key" if allow_api_key else "")
-            raise NotAuthenticated("missing_credentials", f"send `Authorization: Bearer <token>` with {what}",
-                                   reason="missing_credentials")
+            raise NotAuthenticated(
+                "missing_credentials", f"send `Authorization: Bearer <token>` with {what}", reason="missing_credentials"
+            )
         if allow_api_key:
             entry, state = self.ring.verify(credential)
             if entry is not None:
@@ -147,8 +155,11 @@ class AccessControl:
         if credential.count(".") != 2:
             if allow_api_key:
                 raise _key_refused("unknown_key")
-            raise NotAuthenticated("invalid_token", "this route takes a bearer token from POST /api/auth, not an API key",
-                                   reason="malformed_token")
+            raise NotAuthenticated(
+                "invalid_token",
+                "this route takes a bearer token from POST /api/auth, not an API key",
+                reason="malformed_token",
+            )
         try:
             claims = self.tokens.verify(credential)
         except TokenError as exc:
@@ -166,7 +177,9 @@ class AccessControl:
             token, expires_in = self.tokens.issue(entry)
         except KeyFileError:
             log.error("no current JWT signing key; /api/auth cannot issue tokens")
-            raise AccessUnavailable("no_signing_key", "the service has no current token signing key; tell its operator") from None
+            raise AccessUnavailable(
+                "no_signing_key", "the service has no current token signing key; tell its operator"
+            ) from None
         return IssuedToken(token=token, token_type="bearer", expires_in=expires_in)
 
     async def authenticate(self, ctx: RequestContext, authorization: str, *, allow_api_key: bool) -> Principal:
@@ -181,7 +194,8 @@ class AccessControl:
     def require_scope(principal: Principal, scope: str) -> None:
         if scope not in principal.scopes:
             raise NotPermitted(
-                "insufficient_scope", f"this route needs the {scope!r} scope; key {principal.key_id!r} lacks it",
+                "insufficient_scope",
+                f"this route needs the {scope!r} scope; key {principal.key_id!r} lacks it",
                 reason=f"missing_scope_{scope}",
             )
 
@@ -200,7 +214,8 @@ class AccessControl:
             raise RateLimited(
                 "token_budget_exceeded",
                 f"key {key_id!r} has used its {budget.limit} tokens a minute; retry in {budget.retry_after_s} s",
-                reason="token_budget_exceeded", retry_after_s=budget.retry_after_s,
+                reason="token_budget_exceeded",
+                retry_after_s=budget.retry_after_s,
             )
         lease = await self.slots.acquire(key_id, settings.max_concurrent_per_key)
         if lease is None:
@@ -209,7 +224,8 @@ class AccessControl:
                 "key_concurrency_limit",
                 f"key {key_id!r} already has {settings.max_concurrent_per_key} requests queued or in flight; "
                 "retry when one has finished",
-                reason="key_concurrency_limit", retry_after_s=1,
+                reason="key_concurrency_limit",
+                retry_after_s=1,
             )
         try:
             yield
@@ -248,13 +264,16 @@ class AccessControl:
 
 def _too_many(decision: Decision, scope: str, who: str) -> RateLimited:
     return RateLimited(
-        "rate_limited", f"rate limit for {who} is {decision.limit} requests per minute; retry in {decision.retry_after_s} s",
-        reason=f"rate_limited_{scope}", retry_after_s=decision.retry_after_s, decision=decision,
+        "rate_limited",
+        f"rate limit for {who} is {decision.limit} requests per minute; retry in {decision.retry_after_s} s",
+        reason=f"rate_limited_{scope}",
+        retry_after_s=decision.retry_after_s,
+        decision=decision,
     )
 
 
 def _key_refused(state: str) -> NotAuthenticated:
     # One message for unknown, revoked and expired keys: a caller learns nothing about which keys exist.
-    return NotAuthenticated("invalid_api_key", "the API key is invalid, expired or revoked",
-                            reason=KEY_STATE_REASONS.get(state, state))
-
+    return NotAuthenticated(
+        "invalid_api_key", "the API key is invalid, expired or revoked", reason=KEY_STATE_REASONS.get(state, state)
+    )

@@ -3,6 +3,7 @@
 `code` is the machine-readable reason the client sees; `reason` the fixed code the audit trail and
 `clawbot_auth_failures{reason}` record (None: nothing to audit); neither ever holds a credential.
 """
+
 from __future__ import annotations
 
 from app.access.ratelimit import Decision
@@ -29,7 +30,9 @@ class RateLimited(AccessRefused):
     """A limit is reached: requests a minute (per key or address), failed authentications, the key's token budget or
     its concurrency cap. `decision` is the bucket that refused, where one did."""
 
-    def __init__(self, code: str, message: str, *, reason: str, retry_after_s: int, decision: Decision | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, reason: str, retry_after_s: int, decision: Decision | None = None
+    ) -> None:
         super().__init__(code, message, reason=reason, retry_after_s=retry_after_s)
         self.decision = decision
 

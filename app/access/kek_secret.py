@@ -7,6 +7,7 @@ data key with the KEK and leaves only the data key, in memory, for the chat cont
 Standard library only: the API server's address comes from the kubelet (KUBERNETES_SERVICE_HOST/PORT), the token,
 CA and namespace from the ServiceAccount mount.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,9 @@ def read_secret_key(reference: str, *, account_dir: Path | None = None) -> str:
     namespace, name, key = parts
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "")
     if not host or not port:
-        raise KeySourceError("KUBERNETES_SERVICE_HOST/PORT are not set: --kek-secret reads the Secret from inside the cluster")
+        raise KeySourceError(
+            "KUBERNETES_SERVICE_HOST/PORT are not set: --kek-secret reads the Secret from inside the cluster"
+        )
     try:
         token = (account_dir / "token").read_text().strip()
         tls = ssl.create_default_context(cafile=str(account_dir / "ca.crt"))
@@ -43,10 +46,14 @@ def read_secret_key(reference: str, *, account_dir: Path | None = None) -> str:
     url = f"https://{f'[{host}]' if ':' in host else host}:{port}/api/v1/namespaces/{namespace}/secrets/{name}"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, context=tls, timeout=TIMEOUT_S) as response:  # noqa: S310 (https only)
+        with urllib.request.urlopen(request, context=tls, timeout=TIMEOUT_S) as response:
             secret = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        hint = " (the chat pods' ServiceAccount needs `get` on it: the Role in that namespace)" if exc.code in (401, 403) else ""
+        hint = (
+            " (the chat pods' ServiceAccount needs `get` on it: the Role in that namespace)"
+            if exc.code in (401, 403)
+            else ""
+        )
         raise KeySourceError(f"reading Secret {namespace}/{name} answered {exc.code}{hint}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise KeySourceError(f"reading Secret {namespace}/{name} failed: {exc}") from None

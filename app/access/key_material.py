@@ -1,4 +1,5 @@
 """Key material at start: the production key files, or a local KEK and API key made for development."""
+
 from __future__ import annotations
 
 import hmac
@@ -8,7 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from app.access.keyfile import (
-    ApiKeyRecord, JwtKeyRecord, KeyFile, KeyFileError, Unsealer, new_api_key, new_secret, now_iso, open_key_file, seal_key_file,
+    ApiKeyRecord,
+    JwtKeyRecord,
+    KeyFile,
+    KeyFileError,
+    Unsealer,
+    new_api_key,
+    new_secret,
+    now_iso,
+    open_key_file,
+    seal_key_file,
 )
 from app.access.keyring import DataKeyFile, KekFile, KeyRing, digest, read_kek, write_private
 from app.access.kms import KmsUnsealer
@@ -63,7 +73,9 @@ def development_key_ring(settings: Settings) -> KeyRing:
         try:
             ring = open_key_file(key_path.read_text(), kek)
         except KeyFileError as exc:
-            log.warning("development key file unreadable; making a new one", extra={"path": str(key_path), "error": str(exc)})
+            log.warning(
+                "development key file unreadable; making a new one", extra={"path": str(key_path), "error": str(exc)}
+            )
     changed = False
     printed: str | None = None
     dev_api_key = settings.dev_api_key.get_secret_value() if settings.dev_api_key else None
@@ -77,7 +89,10 @@ def development_key_ring(settings: Settings) -> KeyRing:
     elif not any(not k.revoked for k in ring.api_keys):
         printed = new_api_key()
         others = tuple(k for k in ring.api_keys if k.id != DEV_KEY_ID)
-        ring = replace(ring, api_keys=(*others, ApiKeyRecord(id=DEV_KEY_ID, secret=printed, scopes=DEV_SCOPES, not_before=now_iso(-60))))
+        ring = replace(
+            ring,
+            api_keys=(*others, ApiKeyRecord(id=DEV_KEY_ID, secret=printed, scopes=DEV_SCOPES, not_before=now_iso(-60))),
+        )
         changed = True
     if not ring.jwt_keys:
         ring = replace(ring, jwt_keys=(JwtKeyRecord(kid="dev-jwt-1", secret=new_secret(), not_before=now_iso(-60)),))

@@ -37,6 +37,7 @@ program, the key CLI) needs neither KMS nor any secret of the service. The file 
 `hpke.<base64url of enc || ciphertext>`. The service asks KMS to unwrap the private key once and
 holds only that (app.access.kms).
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,8 +46,9 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
@@ -85,7 +87,7 @@ def _encrypt(f: Fernet, plaintext: str, iv_seed: bytes | None) -> str:
         return f.encrypt_at_time(plaintext.encode(), _FIXED_TIME).decode()
     # Deterministic IV (HMAC of the plaintext under the seed): same inputs, same token.
     iv = hmac.new(iv_seed, plaintext.encode(), hashlib.sha256).digest()[:16]
-    return f._encrypt_from_parts(plaintext.encode(), _FIXED_TIME, iv).decode()  # noqa: SLF001
+    return f._encrypt_from_parts(plaintext.encode(), _FIXED_TIME, iv).decode()
 
 
 def _decrypt(f: Fernet, token: str, what: str) -> str:
@@ -134,7 +136,9 @@ class KmsDataKey:
         return {"key_id": self.key_id, "wrapped_key": self.wrapped_key, "public_key": self.public_key}
 
     def to_json(self) -> str:
-        return json.dumps({"keyId": self.key_id, "wrappedKey": self.wrapped_key, "publicKey": self.public_key}, sort_keys=True)
+        return json.dumps(
+            {"keyId": self.key_id, "wrappedKey": self.wrapped_key, "publicKey": self.public_key}, sort_keys=True
+        )
 
     @classmethod
     def from_json(cls, text: str) -> KmsDataKey:
@@ -150,7 +154,9 @@ class KmsDataKey:
     @classmethod
     def from_fields(cls, key_id: Any, wrapped_key: Any, public_key: Any) -> KmsDataKey:
         if not isinstance(key_id, str) or not key_id.startswith("arn:") or ":kms:" not in key_id:
-            raise KeyFileError(f"a KMS data key names its KMS key by ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), got {key_id!r}")
+            raise KeyFileError(
+                f"a KMS data key names its KMS key by ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), got {key_id!r}"
+            )
         if not _unb64(wrapped_key, "the wrapped key"):
             raise KeyFileError("the wrapped key is empty")
         if len(_unb64(public_key, "the public key")) != 32:
@@ -199,8 +205,11 @@ def hpke_seal(public_key: str, plaintext: bytes, *, ikm: bytes | None = None) ->
     eae_prk = _labeled_extract(kem_suite, b"", b"eae_prk", ephemeral.exchange(recipient))
     shared = _labeled_expand(kem_suite, eae_prk, b"shared_secret", enc + recipient.public_bytes_raw(), 32)
     # KeySchedule in mode_base (5.1): no PSK.
-    context = (b"\x00" + _labeled_extract(suite, b"", b"psk_id_hash", b"")
-               + _labeled_extract(suite, b"", b"info_hash", _HPKE_INFO))
+    context = (
+        b"\x00"
+        + _labeled_extract(suite, b"", b"psk_id_hash", b"")
+        + _labeled_extract(suite, b"", b"info_hash", _HPKE_INFO)
+    )
     secret = _labeled_extract(suite, shared, b"secret", b"")
     key = _labeled_expand(suite, secret, b"key", context, 32)
     nonce = _labeled_expand(suite, secret, b"base_nonce", context, 12)
@@ -211,7 +220,7 @@ def hpke_open(private: X25519PrivateKey, token: str, what: str) -> bytes:
     if not token.startswith(HPKE_PREFIX):
         raise KeyFileError(f"{what} is not sealed to a public key (no {HPKE_PREFIX!r} prefix)")
     try:
-        return _HPKE_SUITE.decrypt(base64.urlsafe_b64decode(token[len(HPKE_PREFIX):]), private, info=_HPKE_INFO)
+        return _HPKE_SUITE.decrypt(base64.urlsafe_b64decode(token[len(HPKE_PREFIX) :]), private, info=_HPKE_INFO)
     except (InvalidTag, ValueError) as exc:
         raise KeyFileError(f"{what} does not open with the unwrapped KMS data key") from exc
 
@@ -245,9 +254,13 @@ class KekUnsealer:
     def data_key(self, doc: Mapping[str, Any]) -> str:
         kms = kms_data_key_of(doc)
         if kms is not None:
-            raise KeyFileError(f"key file is sealed for the KMS key {kms.key_id}, not a KEK; it opens with KEY_ENCRYPTION=kms")
+            raise KeyFileError(
+                f"key file is sealed for the KMS key {kms.key_id}, not a KEK; it opens with KEY_ENCRYPTION=kms"
+            )
         if doc.get("kek_id") and doc["kek_id"] != kek_id(self.kek):
-            raise KeyFileError(f"key file was sealed under KEK {doc['kek_id']}, but the KEK given is {kek_id(self.kek)}")
+            raise KeyFileError(
+                f"key file was sealed under KEK {doc['kek_id']}, but the KEK given is {kek_id(self.kek)}"
+            )
         return _decrypt(fernet_from_secret(self.kek, b"kek"), str(doc.get("dek", "")), "the data key")
 
 
@@ -275,10 +288,14 @@ class PrivateKeyUnsealer:
     def data_key(self, doc: Mapping[str, Any]) -> str:
         kms = kms_data_key_of(doc)
         if kms is None:
-            raise KeyFileError("key file is sealed under a KEK, not for KMS; KEY_ENCRYPTION=kms opens only KMS-sealed files")
+            raise KeyFileError(
+                "key file is sealed under a KEK, not for KMS; KEY_ENCRYPTION=kms opens only KMS-sealed files"
+            )
         if kms.public_key != self.public_key:
-            raise KeyFileError(f"key file is sealed to public key {kms.public_key[:12]}..., but the unwrapped KMS data key's "
-                               f"public key is {self.public_key[:12]}...")
+            raise KeyFileError(
+                f"key file is sealed to public key {kms.public_key[:12]}..., but the unwrapped KMS data key's "
+                f"public key is {self.public_key[:12]}..."
+            )
         return hpke_open(self._private, str(doc.get("dek", "")), "the data key").decode()
 
 
@@ -318,7 +335,9 @@ def _wrapped_dek(kek: str | KmsDataKey, dek: str, iv_seed: bytes | None) -> dict
     return {"kek_id": kek_id(kek), "dek": _encrypt(fernet_from_secret(kek, b"kek"), dek, iv_seed)}
 
 
-def seal_key_file(keyring: KeyFile, kek: str | KmsDataKey, *, dek: str | None = None, iv_seed: bytes | None = None) -> str:
+def seal_key_file(
+    keyring: KeyFile, kek: str | KmsDataKey, *, dek: str | None = None, iv_seed: bytes | None = None
+) -> str:
     """Serialize `keyring` as the JSON key file, encrypting every secret under a DEK that `kek` wraps: a KEK, or a
     KMS data key (the DEK is then sealed to its public half, and no KEK exists)."""
     dek = dek or Fernet.generate_key().decode()
@@ -348,7 +367,9 @@ def seal_key_file(keyring: KeyFile, kek: str | KmsDataKey, *, dek: str | None = 
             }
             for k in keyring.jwt_keys
         ],
-        "hub_token": None if keyring.hub_token is None else {"ciphertext": _encrypt(data_key, keyring.hub_token, iv_seed)},
+        "hub_token": None
+        if keyring.hub_token is None
+        else {"ciphertext": _encrypt(data_key, keyring.hub_token, iv_seed)},
     }
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
@@ -360,7 +381,9 @@ def parse_key_file(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise KeyFileError(f"key file is not JSON: {exc.msg} at line {exc.lineno}") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise KeyFileError(f"key file format must be {FORMAT!r}, got {doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r}")
+        raise KeyFileError(
+            f"key file format must be {FORMAT!r}, got {doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r}"
+        )
     return doc
 
 

@@ -5,6 +5,7 @@ file is decrypted. A reload that fails keeps the ring that was working and logs 
 In the service, `await ring.refresh()` does the checking and reloading in a worker thread
 (reading and decrypting the files must not stall the event loop), and the accessors only read.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,13 +15,22 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from app.access.keyfile import (
-    MIN_KEK_LENGTH, DataKeyUnsealer, KekUnsealer, KeyFile, KeyFileError, KeySourceError, Unsealer, iso_time, open_key_file,
+    MIN_KEK_LENGTH,
+    DataKeyUnsealer,
+    KekUnsealer,
+    KeyFile,
+    KeyFileError,
+    KeySourceError,
+    Unsealer,
+    iso_time,
+    open_key_file,
 )
 
 log = logging.getLogger("clawbot.keyring")
@@ -46,7 +56,7 @@ def parse_time(value: str | None, what: str) -> float | None:
     except (TypeError, ValueError):
         raise KeyFileError(f"{what} must be an ISO-8601 time like 2026-01-01T00:00:00Z, got {value!r}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -99,7 +109,9 @@ class JwtKey:
     retired_at: float | None = None
 
     def current(self, now: float) -> bool:
-        return (self.not_before is None or self.not_before <= now) and (self.expires_at is None or now < self.expires_at)
+        return (self.not_before is None or self.not_before <= now) and (
+            self.expires_at is None or now < self.expires_at
+        )
 
     def retired(self, now: float) -> bool:
         return self.retired_at is not None and self.retired_at <= now
@@ -126,7 +138,9 @@ def contents_of(keyring: KeyFile, *, source: str, strict: bool) -> RingContents:
                 f"{source}: API key {rec.id!r} has unknown scope(s) {sorted(bad_scopes)}; allowed: {sorted(SCOPES)}"
             )
         if strict and looks_like_placeholder(rec.secret):
-            raise KeyFileError(f"{source}: API key {rec.id!r} looks like a placeholder; generate one with `python -m app.keys add`")
+            raise KeyFileError(
+                f"{source}: API key {rec.id!r} looks like a placeholder; generate one with `python -m app.keys add`"
+            )
         api.append(
             ApiKeyEntry(
                 id=rec.id,
@@ -140,7 +154,9 @@ def contents_of(keyring: KeyFile, *, source: str, strict: bool) -> RingContents:
     jwt: list[JwtKey] = []
     for jrec in keyring.jwt_keys:
         if len(jrec.secret) < MIN_KEK_LENGTH:
-            raise KeyFileError(f"{source}: JWT key {jrec.kid!r} must be at least {MIN_KEK_LENGTH} characters, got {len(jrec.secret)}")
+            raise KeyFileError(
+                f"{source}: JWT key {jrec.kid!r} must be at least {MIN_KEK_LENGTH} characters, got {len(jrec.secret)}"
+            )
         if strict and looks_like_placeholder(jrec.secret):
             raise KeyFileError(f"{source}: JWT key {jrec.kid!r} looks like a placeholder")
         jwt.append(
@@ -167,7 +183,9 @@ def read_kek(path: Path, *, strict: bool) -> str:
     if len(kek) < MIN_KEK_LENGTH:
         raise KeySourceError(f"KEK_PATH {str(path)!r} must hold at least {MIN_KEK_LENGTH} characters, got {len(kek)}")
     if strict and looks_like_placeholder(kek):
-        raise KeySourceError(f"KEK_PATH {str(path)!r} holds a placeholder; create a real one with `python -m app.keys init-kek`")
+        raise KeySourceError(
+            f"KEK_PATH {str(path)!r} holds a placeholder; create a real one with `python -m app.keys init-kek`"
+        )
     return kek
 
 
@@ -353,7 +371,9 @@ class KeyRing:
         self._on_access()
         now = self.clock()
         current = [
-            (k.not_before or 0.0, i, k) for i, k in enumerate(self._contents.jwt_keys) if k.current(now) and not k.retired(now)
+            (k.not_before or 0.0, i, k)
+            for i, k in enumerate(self._contents.jwt_keys)
+            if k.current(now) and not k.retired(now)
         ]
         if not current:
             raise KeyFileError("no JWT signing key is currently valid; add one with `python -m app.keys rotate --jwt`")

@@ -8,6 +8,7 @@ KMS: `kms-data-key` has AWS KMS make a key pair whose private half only KMS unwr
 or `add --kms-data-key` to start a key file sealed for it); the other commands open a KMS-sealed key file through
 KMS Decrypt and need no KEK. `unseal-data-key` is the chat pods' init step in the `namespace` key mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,26 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
-from app.access.keyfile import (
-    ApiKeyRecord, JwtKeyRecord, KekUnsealer, KeyFile, KeyFileError, KmsDataKey, kms_data_key_of, new_api_key, new_secret,
-    now_iso, open_key_file, parse_key_file, seal_key_file,
-)
 from app.access.kek_secret import read_secret_key
+from app.access.keyfile import (
+    ApiKeyRecord,
+    JwtKeyRecord,
+    KekUnsealer,
+    KeyFile,
+    KeyFileError,
+    KmsDataKey,
+    kms_data_key_of,
+    new_api_key,
+    new_secret,
+    now_iso,
+    open_key_file,
+    parse_key_file,
+    seal_key_file,
+)
 from app.access.keyring import SCOPES, key_state, parse_time, read_kek, write_private
 from app.access.kms import KmsUnsealer, generate_kms_data_key
 
@@ -95,7 +107,9 @@ def _scopes(raw: str) -> tuple[str, ...]:
 
 def _check_id(key_id: str) -> str:
     if not ID_PATTERN.match(key_id):
-        raise CliError(f"--id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, got {key_id!r}")
+        raise CliError(
+            f"--id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, got {key_id!r}"
+        )
     return key_id
 
 
@@ -114,14 +128,18 @@ def _expiry(args: argparse.Namespace) -> str | None:
 def _with_jwt_key(ring: KeyFile) -> KeyFile:
     if ring.jwt_keys:
         return ring
-    return replace(ring, jwt_keys=(JwtKeyRecord(kid=f"jwt-{int(time.time())}", secret=new_secret(), not_before=now_iso()),))
+    return replace(
+        ring, jwt_keys=(JwtKeyRecord(kid=f"jwt-{int(time.time())}", secret=new_secret(), not_before=now_iso()),)
+    )
 
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_init_kek(args: argparse.Namespace) -> int:
     path = _kek_path(args)
     if path.exists() and not args.force:
-        raise CliError(f"{str(path)!r} already exists; every key file sealed under it would become unreadable. Pass --force to replace it")
+        raise CliError(
+            f"{str(path)!r} already exists; every key file sealed under it would become unreadable. Pass --force to replace it"
+        )
     write_private(path, new_secret() + "\n")
     print(f"wrote a new KEK to {path} (mode 0600)")
     return 0
@@ -135,11 +153,18 @@ def cmd_add(args: argparse.Namespace) -> int:
         raise CliError(f"API key id {key_id!r} already exists in {str(key_path)!r}; choose another --id or use rotate")
     raw = new_api_key()
     record = ApiKeyRecord(
-        id=key_id, secret=raw, scopes=_scopes(args.scopes), not_before=args.not_before or now_iso(), expires_at=_expiry(args)
+        id=key_id,
+        secret=raw,
+        scopes=_scopes(args.scopes),
+        not_before=args.not_before or now_iso(),
+        expires_at=_expiry(args),
     )
     parse_time(record.not_before, "--not-before")
     _save(key_path, wrap, replace(ring, api_keys=(*ring.api_keys, record)))
-    print(f"added API key {key_id!r} (scopes: {', '.join(record.scopes)}). It is shown once; store it now:", file=sys.stderr)
+    print(
+        f"added API key {key_id!r} (scopes: {', '.join(record.scopes)}). It is shown once; store it now:",
+        file=sys.stderr,
+    )
     print(raw)
     return 0
 
@@ -168,18 +193,24 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         kept = tuple(_retire_jwt_key(k, retire_at, expire_at) for k in ring.jwt_keys)
         _save(key_path, wrap, replace(ring, jwt_keys=(*kept, fresh)))
         if args.now:
-            print(f"new JWT signing key {fresh.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
-                  "the service reloads the key file (within a second, or on SIGHUP)")
+            print(
+                f"new JWT signing key {fresh.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
+                "the service reloads the key file (within a second, or on SIGHUP)"
+            )
         else:
-            print(f"new JWT signing key {fresh.kid!r}; older keys sign nothing after {retire_at} and verify the tokens "
-                  f"they issued before it until {expire_at}")
+            print(
+                f"new JWT signing key {fresh.kid!r}; older keys sign nothing after {retire_at} and verify the tokens "
+                f"they issued before it until {expire_at}"
+            )
         return 0
     if not args.id:
         raise CliError("rotate needs --id KEY_ID (or --jwt to rotate the token signing key)")
     old = next((k for k in ring.api_keys if k.id == args.id), None)
     if old is None:
         raise CliError(f"no API key with id {args.id!r} in {str(key_path)!r}; `python -m app.keys list` shows the ids")
-    new_id = _check_id(args.new_id or f"{re.sub(r'-r[0-9]{12}$', '', old.id)}-r{time.strftime('%Y%m%d%H%M', time.gmtime())}")
+    new_id = _check_id(
+        args.new_id or f"{re.sub(r'-r[0-9]{12}$', '', old.id)}-r{time.strftime('%Y%m%d%H%M', time.gmtime())}"
+    )
     if any(k.id == new_id for k in ring.api_keys):
         raise CliError(f"API key id {new_id!r} already exists; pass --new-id")
     retire_at = now_iso(grace_s)
@@ -215,13 +246,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     _, _, ring = _open(args)
     now = time.time()
     api = [
-        {"id": k.id, "scopes": list(k.scopes), "not_before": k.not_before, "expires_at": k.expires_at,
-         "status": _status(k.not_before, k.expires_at, k.revoked, now)}
+        {
+            "id": k.id,
+            "scopes": list(k.scopes),
+            "not_before": k.not_before,
+            "expires_at": k.expires_at,
+            "status": _status(k.not_before, k.expires_at, k.revoked, now),
+        }
         for k in ring.api_keys
     ]
     jwt = [
-        {"kid": k.kid, "not_before": k.not_before, "expires_at": k.expires_at, "retired_at": k.retired_at,
-         "status": _status(k.not_before, k.expires_at, False, now)}
+        {
+            "kid": k.kid,
+            "not_before": k.not_before,
+            "expires_at": k.expires_at,
+            "retired_at": k.retired_at,
+            "status": _status(k.not_before, k.expires_at, False, now),
+        }
         for k in ring.jwt_keys
     ]
     if args.json:
@@ -229,7 +270,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':<32} {'SCOPES':<22} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
     for a in api:
-        print(f"{a['id']:<32} {','.join(a['scopes']):<22} {a['status']:<14} {a['not_before'] or '-':<21} {a['expires_at'] or 'never'}")
+        print(
+            f"{a['id']:<32} {','.join(a['scopes']):<22} {a['status']:<14} {a['not_before'] or '-':<21} {a['expires_at'] or 'never'}"
+        )
     print(f"\n{'JWT KID':<32} {'':<22} {'STATUS':<14} {'NOT BEFORE':<21} EXPIRES")
     for j in jwt:
         print(f"{j['kid']:<32} {'':<22} {j['status']:<14} {j['not_before'] or '-':<21} {j['expires_at'] or 'never'}")
@@ -238,10 +281,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_kms_data_key(args: argparse.Namespace) -> int:
     data_key, _ = generate_kms_data_key(args.kms_key_id)  # the unwrapped half is dropped here, never written
-    print(f"KMS key {data_key.key_id} wrapped a new data key; set it on the stack with\n"
-          "  pulumi config set kmsDataKey \"$(cat <this output>)\"\n"
-          "or start a key file sealed for it with `python -m app.keys add --kms-data-key \"$(cat <this output>)\" ...`",
-          file=sys.stderr)
+    print(
+        f"KMS key {data_key.key_id} wrapped a new data key; set it on the stack with\n"
+        "  pulumi config set kmsDataKey \"$(cat <this output>)\"\n"
+        "or start a key file sealed for it with `python -m app.keys add --kms-data-key \"$(cat <this output>)\" ...`",
+        file=sys.stderr,
+    )
     print(data_key.to_json())
     return 0
 
@@ -264,7 +309,9 @@ def cmd_unseal_data_key(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app.keys", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.keys", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def files(p: argparse.ArgumentParser, key_file: bool = True) -> None:
@@ -274,12 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init-kek", help="create a new key-encryption key file (0600)")
     files(p, key_file=False)
-    p.add_argument("--force", action="store_true", help="replace an existing KEK (key files sealed under it become unreadable)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing KEK (key files sealed under it become unreadable)"
+    )
     p.set_defaults(func=cmd_init_kek)
 
     p = sub.add_parser("add", help="add an API key and print it once (creates the key file if needed)")
     files(p)
-    p.add_argument("--kms-data-key", help="a new key file: seal it for this KMS data key (kms-data-key's output), not a KEK")
+    p.add_argument(
+        "--kms-data-key", help="a new key file: seal it for this KMS data key (kms-data-key's output), not a KEK"
+    )
     p.add_argument("--id", required=True, help="the key id: shown in logs, metrics and the admin API")
     p.add_argument("--scopes", default="chat", help="comma-separated: chat, admin, benchmark (default: chat)")
     p.add_argument("--not-before", help="ISO-8601 time the key starts working (default: now)")
@@ -287,16 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-in-days", type=float, help="expiry relative to now")
     p.set_defaults(func=cmd_add)
 
-    p = sub.add_parser("rotate", help="replace an API key (old one keeps working for --grace-days) or, with --jwt, the signing key")
+    p = sub.add_parser(
+        "rotate", help="replace an API key (old one keeps working for --grace-days) or, with --jwt, the signing key"
+    )
     files(p)
     p.add_argument("--id", help="the API key to replace")
     p.add_argument("--new-id", help="id of the replacement (default: ID-rYYYYMMDDHHMM)")
-    p.add_argument("--grace-days", type=float, default=DEFAULT_GRACE_DAYS, help="how long the old key keeps working (default: 7)")
+    p.add_argument(
+        "--grace-days", type=float, default=DEFAULT_GRACE_DAYS, help="how long the old key keeps working (default: 7)"
+    )
     p.add_argument("--expires-at", help="ISO-8601 expiry of the new key")
     p.add_argument("--expires-in-days", type=float, help="expiry of the new key relative to now")
     p.add_argument("--jwt", action="store_true", help="rotate the JWT signing key instead")
-    p.add_argument("--now", action="store_true",
-                   help="emergency: retire the old key at once (no grace; with --jwt, its tokens stop verifying on reload)")
+    p.add_argument(
+        "--now",
+        action="store_true",
+        help="emergency: retire the old key at once (no grace; with --jwt, its tokens stop verifying on reload)",
+    )
     p.set_defaults(func=cmd_rotate)
 
     p = sub.add_parser("revoke", help="revoke an API key (its tokens stop working too)")
@@ -309,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("kms-data-key", help="have AWS KMS make a data key only it can unwrap; prints it as JSON (no secret)")
+    p = sub.add_parser(
+        "kms-data-key", help="have AWS KMS make a data key only it can unwrap; prints it as JSON (no secret)"
+    )
     p.add_argument("--kms-key-id", required=True, help="the KMS key: ARN (its region is used), key id or alias/NAME")
     p.set_defaults(func=cmd_kms_data_key)
 
@@ -333,4 +393,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -3,16 +3,17 @@
 `X-Forwarded-For` is believed only when the peer is one of TRUSTED_PROXIES, and then only up
 to the first hop that is not a trusted proxy: anything left of it was written by the client.
 """
+
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 from app.settings import Settings
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_ip(value: str) -> IPAddress | None:
@@ -64,21 +65,29 @@ class Verdict:
 
 
 class NetRules:
-    def __init__(self, *, allowed_cidrs: Iterable[str], blocked_cidrs: Iterable[str], trusted_proxies: Iterable[str]) -> None:
+    def __init__(
+        self, *, allowed_cidrs: Iterable[str], blocked_cidrs: Iterable[str], trusted_proxies: Iterable[str]
+    ) -> None:
         self.allowed = _networks(allowed_cidrs, "ALLOWED_CIDRS")
         self.blocked = _networks(blocked_cidrs, "BLOCKED_CIDRS")
         self.trusted = _networks(trusted_proxies, "TRUSTED_PROXIES")
 
     @classmethod
-    def for_api(cls, settings: Settings) -> "NetRules":
+    def for_api(cls, settings: Settings) -> NetRules:
         """The API port's rules: ALLOWED_CIDRS and BLOCKED_CIDRS, X-Forwarded-For from TRUSTED_PROXIES."""
-        return cls(allowed_cidrs=settings.allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=settings.trusted_proxies)
+        return cls(
+            allowed_cidrs=settings.allowed_cidrs,
+            blocked_cidrs=settings.blocked_cidrs,
+            trusted_proxies=settings.trusted_proxies,
+        )
 
     @classmethod
-    def for_metrics(cls, settings: Settings) -> "NetRules":
+    def for_metrics(cls, settings: Settings) -> NetRules:
         """The metrics port's rules: METRICS_ALLOWED_CIDRS (Prometheus, not the API's clients) and BLOCKED_CIDRS.
         Scrapers connect directly, so no proxy is trusted there."""
-        return cls(allowed_cidrs=settings.metrics_allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=())
+        return cls(
+            allowed_cidrs=settings.metrics_allowed_cidrs, blocked_cidrs=settings.blocked_cidrs, trusted_proxies=()
+        )
 
     def client_address(self, peer: str | None, forwarded_for: list[str]) -> str:
         """The client's address. `forwarded_for`: every X-Forwarded-For header value, in order."""

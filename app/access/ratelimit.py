@@ -5,14 +5,16 @@ still share one timeline, and every call carries a receipt: a call that RedisLin
 reply finds the receipt and gets the first answer back instead of taking a second token.
 When Redis fails (`app.storage.redis_link`), the limiter falls back to in-process buckets on the local clock.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from app.observability.metrics import Metrics
 from app.storage.redis_link import REDIS_PREFIX, RedisDown, RedisLink
@@ -84,7 +86,9 @@ class RateLimiter:
     """`hit` takes one token; `check` asks whether a budget has any left and `charge` spends it after the fact;
     `hit_key` takes a key's token and counts the call towards the abnormal-usage flag."""
 
-    def __init__(self, metrics: Metrics, link: RedisLink | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, metrics: Metrics, link: RedisLink | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.metrics = metrics
         self.link = link
         self.clock = clock
@@ -109,7 +113,9 @@ class RateLimiter:
 
         The key is flagged (metric and log line) on the call that first passes `abnormal_threshold` in a minute.
         """
-        decision, count = await self._take("key", key_id, per_minute, need=1.0, cost=1.0, window=f"{REDIS_PREFIX}abn:{key_id}")
+        decision, count = await self._take(
+            "key", key_id, per_minute, need=1.0, cost=1.0, window=f"{REDIS_PREFIX}abn:{key_id}"
+        )
         self._note(key_id, count, abnormal_threshold)
         return decision
 
@@ -123,7 +129,9 @@ class RateLimiter:
             receipt = f"{REDIS_PREFIX}rl:receipt:{secrets.token_hex(12)}"
             try:
                 allowed, tokens, count = await self.link.call(
-                    lambda r: self._redis_take(r, [name, receipt, *([window] if window else [])], per_minute, need, cost)
+                    lambda r: self._redis_take(
+                        r, [name, receipt, *([window] if window else [])], per_minute, need, cost
+                    )
                 )
                 # Mirror the shared count locally so a Redis outage starts from where the fleet was.
                 self._buckets[name] = (tokens, now)
@@ -134,7 +142,9 @@ class RateLimiter:
                 pass
         return self._count(scope, self._local_take(name, per_minute, need, cost, now)), None
 
-    async def _redis_take(self, r: Any, keys: list[str], per_minute: int, need: float, cost: float) -> tuple[bool, float, int]:
+    async def _redis_take(
+        self, r: Any, keys: list[str], per_minute: int, need: float, cost: float
+    ) -> tuple[bool, float, int]:
         if self._script is None:
             self._script = r.register_script(_BUCKET_LUA)
         allowed, tokens, count = await self._script(

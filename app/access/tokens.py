@@ -6,12 +6,14 @@ verifies only tokens issued before its retirement: one it signs later (a leaked 
 tokens during the grace window) is refused. A token whose API key was revoked or expired since
 issue is refused.
 """
+
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jwt
 
@@ -90,11 +92,19 @@ class TokenService:
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 leeway=LEEWAY_S,
-                options={"require": REQUIRED_CLAIMS, "verify_signature": True, "verify_exp": True,
-                         "verify_nbf": True, "verify_iat": True, "verify_aud": True},
+                options={
+                    "require": REQUIRED_CLAIMS,
+                    "verify_signature": True,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iat": True,
+                    "verify_aud": True,
+                },
             )
         except jwt.ExpiredSignatureError:
-            raise TokenError("token_expired", "the bearer token has expired; get a new one from POST /api/auth") from None
+            raise TokenError(
+                "token_expired", "the bearer token has expired; get a new one from POST /api/auth"
+            ) from None
         except jwt.ImmatureSignatureError:
             raise TokenError("token_not_yet_valid", "the bearer token is not valid yet") from None
         except jwt.InvalidAudienceError:
@@ -108,7 +118,10 @@ class TokenService:
         checked = self._check_claims(claims)
         if key.retired_at is not None and claims["iat"] > key.retired_at + LEEWAY_S:
             # A backdated iat cannot get round this for long: exp - iat is capped at MAX_TTL_S.
-            raise TokenError("signed_after_retirement", "the bearer token was signed with a retired key; get a new one from POST /api/auth")
+            raise TokenError(
+                "signed_after_retirement",
+                "the bearer token was signed with a retired key; get a new one from POST /api/auth",
+            )
         return checked
 
     def _check_claims(self, claims: dict[str, Any]) -> TokenClaims:

@@ -7,10 +7,12 @@ installs it as an app-wide dependency) and looks the rule up by the matched rout
 forget its check; create_app refuses to build an app with a route the table does not name.
 Handlers that need the caller take `principal: Caller` (the same dependency, run once per request).
 """
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, AsyncIterator, Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import iter_route_contexts

@@ -7,11 +7,13 @@ names the JSON path of the first bad string (`tools[0].function.description`).
 
 The common case costs one C-speed pass (encode the whole body); only a body that fails is walked to find the path.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import Request
 

@@ -3,6 +3,7 @@
 The request log middleware puts it there first thing; anything that runs without it (an app built without that
 middleware) gets a fresh one on first use.
 """
+
 from __future__ import annotations
 
 import uuid

@@ -1,4 +1,5 @@
 """Dependencies the chat routes share: a JSON body of valid Unicode text, and a ready model."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -23,7 +24,9 @@ async def require_json(request: Request) -> None:
 def ready_runner(request: Request) -> ChatRunner:
     state = request.app.state
     if state.draining:
-        raise ApiError(503, "shutting_down", "the service is shutting down; retry on another replica", headers={"Retry-After": "1"})
+        raise ApiError(
+            503, "shutting_down", "the service is shutting down; retry on another replica", headers={"Retry-After": "1"}
+        )
     if not state.ready or state.runner is None:
         raise ApiError(503, "model_loading", "the model is still loading; retry shortly", headers={"Retry-After": "5"})
     runner: ChatRunner = state.runner

@@ -4,6 +4,7 @@ Access control's refusals (app.access.errors) become their HTTP statuses here: n
 Bearer challenge), not permitted 403, rate limited 429 (with Retry-After and, for a bucket, its X-RateLimit-*
 headers), unavailable 503.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,13 +58,18 @@ def error_body(status: int, code: str, message: str, type_: str | None = None) -
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.status, exc.code, exc.message, exc.type), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        error_body(exc.status, exc.code, exc.message, exc.type), status_code=exc.status, headers=exc.headers
+    )
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
     """A bucket's state as headers; Retry-After only when it refused."""
-    headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining),
-               "X-RateLimit-Reset": str(decision.reset_s)}
+    headers = {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset_s),
+    }
     if not decision.allowed:
         headers["Retry-After"] = str(decision.retry_after_s)
     return headers
@@ -112,7 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         return JSONResponse(
-            error_body(exc.status_code, code, message), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(exc.status_code, code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)

@@ -3,6 +3,7 @@
 The NetworkPolicy admits only the monitoring namespace to this port; the app adds BLOCKED_CIDRS and, when
 set, METRICS_ALLOWED_CIDRS (the scrapers' addresses, which the API's ALLOWED_CIDRS need not include).
 """
+
 from __future__ import annotations
 
 from fastapi import FastAPI, Response

@@ -5,6 +5,7 @@ what the middleware and the route rules refuse. Each operation's errors are deri
 decides them: the network rules (403, except on the probes), a request body (400, 413, 415), the
 route's rule in app.api.auth (401, 403, 429, 503 for credentials; the statuses only it answers).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,11 +36,16 @@ DESCRIPTIONS: dict[int, str] = {
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 # On the 200 of every route that generates (a key-slot route).
 GENERATION_HEADERS = {
-    MAX_TOKENS_HEADER: {"description": "the output cap that applied: max_tokens clamped to MAX_TOKENS and to the room "
-                        "the prompt leaves in the context window", "schema": {"type": "integer"}},
-    DEADLINE_HEADER: {"description": "only on an answer GENERATION_TIMEOUT_SECONDS ended (not on a stream): that deadline, "
-                      "in seconds; the answer holds what was generated, with finish_reason length",
-                      "schema": {"type": "number"}},
+    MAX_TOKENS_HEADER: {
+        "description": "the output cap that applied: max_tokens clamped to MAX_TOKENS and to the room "
+        "the prompt leaves in the context window",
+        "schema": {"type": "integer"},
+    },
+    DEADLINE_HEADER: {
+        "description": "only on an answer GENERATION_TIMEOUT_SECONDS ended (not on a stream): that deadline, "
+        "in seconds; the answer holds what was generated, with finish_reason length",
+        "schema": {"type": "number"},
+    },
 }
 # What a stream's events carry, documented beside the error shape (no route returns them as JSON).
 STREAM_SCHEMAS = (ChatCompletionChunk, ResponseStreamEvent)
@@ -50,8 +56,11 @@ FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 def event_stream(description: str, *payloads: str, done: bool = False) -> dict[str, Any]:
     """A 200's `text/event-stream` content: each event (Open API 3.1 has the schema describe one event, as
     {event, data, id, retry}) carries JSON `data` matching one of the named component schemas, or `[DONE]`."""
-    json_data = {"type": "string", "contentMediaType": "application/json",
-                 "contentSchema": {"anyOf": [{"$ref": SCHEMA_PREFIX + name} for name in payloads]}}
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": SCHEMA_PREFIX + name} for name in payloads]},
+    }
     data = {"if": {"const": "[DONE]"}, "else": json_data} if done else json_data
     event = {"type": "object", "required": ["data"], "properties": {"event": {"type": "string"}, "data": data}}
     return {"description": description, "content": {"text/event-stream": {"schema": event}}}

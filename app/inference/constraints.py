@@ -15,26 +15,46 @@ complete, and advances as tokens are chosen. On the way, in worker threads and n
 
 Requests that wait for the same new schema share one compile.
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import xgrammar as xgr
 
 from app.inference.grammar_sandbox import (
-    CompileBudgetExceeded, CompilerCrashed, CompileSandbox, CompilerUnavailable, GrammarError, compile_schema,
-    lower_priority, new_compiler,
+    CompileBudgetExceeded,
+    CompilerCrashed,
+    CompilerUnavailable,
+    CompileSandbox,
+    GrammarError,
+    compile_schema,
+    lower_priority,
+    new_compiler,
 )
-from app.inference.schema_limits import SchemaLimits, SchemaRefused, SchemaTooComplex, check_schema, schema_key, schema_text
+from app.inference.schema_limits import (
+    SchemaLimits,
+    SchemaRefused,
+    SchemaTooComplex,
+    check_schema,
+    schema_key,
+    schema_text,
+)
 
 __all__ = [
-    "CompilerUnavailable", "GrammarCache", "GrammarConstraint", "GrammarError", "Grammars", "SchemaRefused",
+    "CompilerUnavailable",
+    "GrammarCache",
+    "GrammarConstraint",
+    "GrammarError",
+    "Grammars",
+    "SchemaRefused",
 ]
 REFUSALS_KEPT = 1024
 REFUSAL_TTL_S = 600.0  # a schema refused for its compile time may compile in time on a quieter replica later
@@ -144,7 +164,9 @@ class Grammars:
         self.vocab_size = vocab_size
         self.limits = limits or SchemaLimits()
         self.compile_timeout_s = compile_timeout_s
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids))
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
+        )
         self._info = info
         self._local = threading.local()
         self.cache = GrammarCache(cache_bytes)

@@ -29,6 +29,7 @@ Failure modes, each visible to the caller rather than a hang:
 `continuous=False` turns the same machinery into static batching (a batch is only
 formed when the previous one has fully finished); `bench/throughput.py` measures both.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,17 @@ if TYPE_CHECKING:
     from app.observability.metrics import Metrics
 
 __all__ = [
-    "FINISH_REASONS", "Completion", "Engine", "EngineClosedError", "EngineFailedError", "GenerationHandle",
-    "InsufficientMemoryError", "InvalidRequestError", "QueueFullError", "RequestFailedError", "SamplingParams",
+    "FINISH_REASONS",
+    "Completion",
+    "Engine",
+    "EngineClosedError",
+    "EngineFailedError",
+    "GenerationHandle",
+    "InsufficientMemoryError",
+    "InvalidRequestError",
+    "QueueFullError",
+    "RequestFailedError",
+    "SamplingParams",
 ]
 log = logging.getLogger("clawbot.engine")
 
@@ -86,7 +96,7 @@ class Engine:
         kv_cache_tokens: int = 0,
         prefill_chunk_tokens: int = 2048,
         prefix_cache_tokens: int = 0,
-        metrics: "Metrics | None" = None,
+        metrics: Metrics | None = None,
         continuous: bool = True,
     ) -> None:
         for name, value, lo in (
@@ -116,10 +126,21 @@ class Engine:
         if metrics is not None:
             metrics.kv_budget_tokens.set(self.budget.tokens)
         self.sink = OutputSink(metrics)
-        self.queue = RequestQueue(max_queue=max_queue, max_batch_size=max_batch_size,
-                                  ended=lambda requests: self.sink.deliver([], requests), on_change=self._queue_gauge)
-        self.core = EngineCore(model, tokenizer, device=self.device, budget=self.budget, prefix_cache=self.prefix_cache,
-                               prefill_chunk_tokens=prefill_chunk_tokens, metrics=metrics)
+        self.queue = RequestQueue(
+            max_queue=max_queue,
+            max_batch_size=max_batch_size,
+            ended=lambda requests: self.sink.deliver([], requests),
+            on_change=self._queue_gauge,
+        )
+        self.core = EngineCore(
+            model,
+            tokenizer,
+            device=self.device,
+            budget=self.budget,
+            prefix_cache=self.prefix_cache,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            metrics=metrics,
+        )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
@@ -228,10 +249,12 @@ class Engine:
 
     def _drain_expired(self) -> None:
         self.queue.stop()
-        self.sink.fail_all(lambda: EngineClosedError(
-            "the service is shutting down and could not finish this request within its shutdown grace period; "
-            "retry it (another replica will answer)"
-        ))
+        self.sink.fail_all(
+            lambda: EngineClosedError(
+                "the service is shutting down and could not finish this request within its shutdown grace period; "
+                "retry it (another replica will answer)"
+            )
+        )
 
     # -- worker thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -240,7 +263,7 @@ class Engine:
                 while self.queue.wait_for_work(busy=self.core.busy):
                     self._apply(self.core.step(self._admit()))
             self.core.reset()
-        except BaseException as exc:  # noqa: BLE001 - a dead worker must fail every waiter and say why, not hang them
+        except BaseException as exc:
             self._die(exc)
 
     def _admit(self) -> list[RequestState]:
@@ -283,6 +306,8 @@ class Engine:
         )
         if self.metrics is not None:
             self.metrics.engine_failures.labels(reason=kind).inc()
-        self.sink.call_soon(lambda: self.sink.fail_all(
-            lambda: EngineFailedError(f"the generation engine failed ({failure}); this replica must restart")
-        ))
+        self.sink.call_soon(
+            lambda: self.sink.fail_all(
+                lambda: EngineFailedError(f"the generation engine failed ({failure}); this replica must restart")
+            )
+        )

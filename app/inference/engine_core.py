@@ -13,6 +13,7 @@ shrinks, `clawbot_engine_oom_total` counts it, and a request that cannot fit eve
 InsufficientMemoryError. An exception in one request's own work (its sampling, its grammar, its detokenization
 and stop handling) fails that request alone with RequestFailedError (`clawbot_request_failures_total`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,7 +67,7 @@ class EngineCore:
         budget: KVBudget,
         prefix_cache: PrefixCache,
         prefill_chunk_tokens: int,
-        metrics: "Metrics | None" = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -126,8 +127,9 @@ class EngineCore:
     # -- prefill and decode ------------------------------------------------------------------
     def _start_prefill(self, group: list[RequestState]) -> None:
         hits = [self.prefix_cache.lookup(r.context_ids, r.prefix_scope) for r in group]
-        self._prefill = PrefillJob(group, pad_id=self.pad_id, device=self.device,
-                                   chunk_tokens=self.prefill_chunk_tokens, hits=hits)
+        self._prefill = PrefillJob(
+            group, pad_id=self.pad_id, device=self.device, chunk_tokens=self.prefill_chunk_tokens, hits=hits
+        )
         for request, cached in zip(group, self._prefill.cached_tokens):
             if not request.generated:  # a preempted request's usage keeps what its first prefill found
                 request.cached_tokens = min(cached, len(request.prompt_ids))
@@ -199,8 +201,9 @@ class EngineCore:
         if len(job.rows) > 1:
             half = len(job.rows) // 2
             out.requeue(job.rows[half:])
-            self._prefill = PrefillJob(job.rows[:half], pad_id=self.pad_id, device=self.device,
-                                       chunk_tokens=self.prefill_chunk_tokens)
+            self._prefill = PrefillJob(
+                job.rows[:half], pad_id=self.pad_id, device=self.device, chunk_tokens=self.prefill_chunk_tokens
+            )
         elif self._running:
             out.requeue(job.rows)  # admitted again once the running requests leave room under the smaller budget
         else:
@@ -210,7 +213,9 @@ class EngineCore:
         """Make room for the running requests: first drop a group still being prefilled (it goes back to the queue),
         else keep the older half of the batch and send the newer half back (recomputed when readmitted)."""
         job = self._prefill
-        self._out_of_memory("decode", exc, self._cache_tokens() + len(self._running) + (0 if job is None else job.cache_tokens))
+        self._out_of_memory(
+            "decode", exc, self._cache_tokens() + len(self._running) + (0 if job is None else job.cache_tokens)
+        )
         if job is not None:
             self._prefill = None
             out.requeue(job.rows)
@@ -259,8 +264,9 @@ class EngineCore:
         fresh = self._running[first_row:]
         live = [i for i, r in enumerate(fresh) if r.finish_reason is None]
         if live:
-            out.deltas.extend(self._append_tokens(logits if len(live) == len(fresh) else logits[live],
-                                                  [fresh[i] for i in live], now))
+            out.deltas.extend(
+                self._append_tokens(logits if len(live) == len(fresh) else logits[live], [fresh[i] for i in live], now)
+            )
         sweep(self._running, now)
         finished = [r for r in self._running if r.finish_reason is not None]
         out.deltas.extend(flush_tails(finished))
@@ -283,7 +289,7 @@ class EngineCore:
             if failure is None:
                 try:
                     delta = append_token(request, token, self.tokenizer, self.eos_ids)
-                except Exception as exc:  # noqa: BLE001 - this request's text or stop handling: its failure alone
+                except Exception as exc:
                     failure = exc
                 else:
                     if delta:
@@ -300,10 +306,12 @@ class EngineCore:
         self._batch = select(self._batch, keep) if keep and self._batch is not None else None
         for request in finished:
             if self.metrics is not None and request.first_token_at is not None and len(request.generated) > 1:
-                self.metrics.time_per_output_token.observe((now - request.first_token_at) / (len(request.generated) - 1))
+                self.metrics.time_per_output_token.observe(
+                    (now - request.first_token_at) / (len(request.generated) - 1)
+                )
 
 
-def fail_request(request: RequestState, exc: Exception, metrics: "Metrics | None") -> None:
+def fail_request(request: RequestState, exc: Exception, metrics: Metrics | None) -> None:
     """End one request on an error of its own; it is answered with RequestFailedError when the step delivers."""
     stage = getattr(exc, "stage", "detokenization")
     cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -336,7 +344,7 @@ def flush_tails(finished: list[RequestState]) -> list[Delta]:
     """Text held back as a possible stop-string prefix goes out once the request is done (unless it was cancelled)."""
     tails = []
     for request in finished:
-        tail = request.text[request.emitted:]
+        tail = request.text[request.emitted :]
         if tail and request.finish_reason not in ("cancelled", "error"):
             tails.append((request.handle, tail))
             request.emitted = len(request.text)

@@ -23,6 +23,7 @@ family) have no such split: those are dequantized by the `gguf` package and kept
 Everything here works on row slices of the memory-mapped file (`GGUFReader` maps it), so a large table is unpacked
 a chunk of rows at a time and the file itself is never read whole into memory.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def int4_groups(qtype: Q, raw: np.ndarray) -> Int4Groups:
         d = _f16(b[..., 0:2])
         m = _f16(b[..., 2:4]) if qtype == Q.Q5_1 else -16 * d
         start = 4 if qtype == Q.Q5_1 else 2
-        h, lo = _high_bits(b[..., start:start + 4]), _nibbles(b[..., start + 4:])
+        h, lo = _high_bits(b[..., start : start + 4]), _nibbles(b[..., start + 4 :])
         return _join(rows, [(h, 16 * d, 128 * d), (lo, d, 8 * d + m)])
     # Q4_K and Q5_K: superblocks of 256 weights as 8 sub-blocks of 32, each with a 6-bit scale and min.
     d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]

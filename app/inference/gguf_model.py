@@ -19,6 +19,7 @@ weight each (`FusedLinears`), so a decode step calls the kernel 4 times a layer 
 says which module is what, so a restart rebuilds the skeleton and maps the tensors in, without unpacking again.
 `Placement` is what the startup log lists: which tensors went where.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,14 @@ from torch import nn
 
 from app.inference.gguf_blocks import PLANES, dense_rows, int4_groups, is_int4
 from app.inference.int4_linear import (
-    PACK_ROWS, DenseLinear, FusedLinears, FusedPart, Int4Embedding, Int4Linear, can_pack, fuse,
+    PACK_ROWS,
+    DenseLinear,
+    FusedLinears,
+    FusedPart,
+    Int4Embedding,
+    Int4Linear,
+    can_pack,
+    fuse,
 )
 
 log = logging.getLogger("clawbot.model")
@@ -90,7 +98,7 @@ def _row_order(processor: Any, name: str, rows: int) -> np.ndarray | None:
 
 
 def _int4(raw: np.ndarray, qtype: Any, device: torch.device, kernel_dtype: torch.dtype) -> Int4Linear:
-    chunks = (int4_groups(qtype, raw[start:start + PACK_ROWS]) for start in range(0, raw.shape[0], PACK_ROWS))
+    chunks = (int4_groups(qtype, raw[start : start + PACK_ROWS]) for start in range(0, raw.shape[0], PACK_ROWS))
     return Int4Linear.from_groups(chunks, device, kernel_dtype)
 
 
@@ -155,8 +163,9 @@ def _check_materialized(model: nn.Module, source: str) -> None:
         raise GgufError(f"{source} has no tensor for {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
 
 
-def build(gguf: Path, config: Any, device: torch.device, dtype: torch.dtype,
-          kernel_dtype: torch.dtype = torch.bfloat16) -> tuple[nn.Module, Placement]:
+def build(
+    gguf: Path, config: Any, device: torch.device, dtype: torch.dtype, kernel_dtype: torch.dtype = torch.bfloat16
+) -> tuple[nn.Module, Placement]:
     """The model for `gguf` (config from transformers' GGUF reader), every Linear with an int4 form as Int4Linear."""
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
@@ -225,8 +234,14 @@ def _int4_form(qtype: Any) -> str:
     return "int4" if PLANES[qtype] == 1 else "int4 x2 planes"
 
 
-def _head_from(raw: np.ndarray, qtype: Any, device: torch.device, dtype: torch.dtype, kernel_dtype: torch.dtype,
-               placement: Placement) -> nn.Module:
+def _head_from(
+    raw: np.ndarray,
+    qtype: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    kernel_dtype: torch.dtype,
+    placement: Placement,
+) -> nn.Module:
     rows = raw.shape[0]
     if is_int4(qtype):
         head = _int4(raw, qtype, device, kernel_dtype)
@@ -240,8 +255,17 @@ def _head_from(raw: np.ndarray, qtype: Any, device: torch.device, dtype: torch.d
     return linear
 
 
-def _set_embedding(model: nn.Module, name: str, module: nn.Embedding, head: nn.Module, dtype: torch.dtype,
-                   device: torch.device, raw: np.ndarray, qtype: Any, placement: Placement) -> None:
+def _set_embedding(
+    model: nn.Module,
+    name: str,
+    module: nn.Embedding,
+    head: nn.Module,
+    dtype: torch.dtype,
+    device: torch.device,
+    raw: np.ndarray,
+    qtype: Any,
+    placement: Placement,
+) -> None:
     parent, child = _module(model, name)
     if isinstance(head, Int4Linear) and device.type == "cpu":
         setattr(parent, child, Int4Embedding(head, dtype, _embed_scale(module)))
@@ -250,7 +274,9 @@ def _set_embedding(model: nn.Module, name: str, module: nn.Embedding, head: nn.M
     weight = head.weight if isinstance(head, nn.Linear) else _dense(raw, qtype, dtype, device)
     module.weight = nn.Parameter(weight, requires_grad=False)
     if not isinstance(head, nn.Linear):
-        placement.add(qtype.name, f"dense {str(dtype).removeprefix('torch.')} (embedding table on {device.type})", False)
+        placement.add(
+            qtype.name, f"dense {str(dtype).removeprefix('torch.')} (embedding table on {device.type})", False
+        )
 
 
 # -- the cache: layout + safetensors ---------------------------------------------------------------------
@@ -261,11 +287,20 @@ def layout_of(model: nn.Module) -> dict[str, Any]:
     owners = {id(m): n for n, m in model.named_modules() if isinstance(m, FusedLinears)}
     for name, module in model.named_modules():
         if isinstance(module, Int4Linear) and id(module) not in fused_inner:
-            modules[name] = {"kind": "int4", "in": module.in_features, "out": module.out_features,
-                             "planes": module.planes, "bias": module.bias is not None}
+            modules[name] = {
+                "kind": "int4",
+                "in": module.in_features,
+                "out": module.out_features,
+                "planes": module.planes,
+                "bias": module.bias is not None,
+            }
         elif isinstance(module, FusedLinears):
-            modules[name] = {"kind": "fused", "sizes": module.sizes, "in": module.fused.in_features,
-                             "planes": module.fused.planes}
+            modules[name] = {
+                "kind": "fused",
+                "sizes": module.sizes,
+                "in": module.fused.in_features,
+                "planes": module.fused.planes,
+            }
         elif isinstance(module, FusedPart):
             modules[name] = {"kind": "part", "index": module.index, "owner": owners[id(module.owner)]}
         elif isinstance(module, DenseLinear):
@@ -299,8 +334,9 @@ def save(model: nn.Module, placement: Placement, directory: Path) -> None:
     (directory / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
 
 
-def load(directory: Path, config: Any, device: torch.device, dtype: torch.dtype,
-         kernel_dtype: torch.dtype = torch.bfloat16) -> tuple[nn.Module, Placement]:
+def load(
+    directory: Path, config: Any, device: torch.device, dtype: torch.dtype, kernel_dtype: torch.dtype = torch.bfloat16
+) -> tuple[nn.Module, Placement]:
     """The model `save` wrote: skeleton, the saved module kinds in place, tensors mapped from the safetensors file."""
     from safetensors.torch import load_file
 
@@ -313,8 +349,11 @@ def load(directory: Path, config: Any, device: torch.device, dtype: torch.dtype,
         if spec["kind"] == "int4":
             parent, child = _module(model, name)
             bias = torch.empty(spec["out"], device=meta) if spec["bias"] else None
-            setattr(parent, child, Int4Linear(spec["in"], spec["out"], spec["planes"], device, kernel_dtype, bias,
-                                              empty=True))
+            setattr(
+                parent,
+                child,
+                Int4Linear(spec["in"], spec["out"], spec["planes"], device, kernel_dtype, bias, empty=True),
+            )
         elif spec["kind"] == "dense":
             parent, child = _module(model, name)
             setattr(parent, child, DenseLinear(torch.empty(spec["out"], spec["in"], device=meta), kernel_dtype))

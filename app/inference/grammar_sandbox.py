@@ -14,6 +14,7 @@ The children are forked from multiprocessing's fork server, which imports xgramm
 takes milliseconds rather than the seconds of a fresh interpreter; each child then reads the tokenizer's vocabulary
 once. Children and compile threads run at a lower CPU priority than the engine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -119,8 +120,9 @@ class _Child:
 
     def start(self) -> None:
         self.conn, theirs = self._ctx.Pipe()
-        self.process = self._ctx.Process(target=_child_main, args=(theirs, self._tokenizer_json), name="grammar-compile",
-                                         daemon=True)
+        self.process = self._ctx.Process(
+            target=_child_main, args=(theirs, self._tokenizer_json), name="grammar-compile", daemon=True
+        )
         self.ready = False
         self.process.start()
         theirs.close()
@@ -196,7 +198,7 @@ class CompileSandbox:
         try:
             for _ in children:  # the idle queue is first-in first-out: each trial takes the next child
                 self.trial(WARM_UP_SCHEMA)
-        except Exception as exc:  # noqa: BLE001 - a child that failed to start is started again by its first trial
+        except Exception as exc:
             log.warning("grammar compile processes did not start", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def trial(self, schema_json: str) -> float:
@@ -211,7 +213,9 @@ class CompileSandbox:
             code = child.exitcode()
             log.error("grammar compile process died", extra={"error": f"{type(exc).__name__}: {exc}", "exitcode": code})
             self._restart(child)
-            raise CompilerCrashed(f"the grammar compiler failed on this schema (its process exited with {code})") from None
+            raise CompilerCrashed(
+                f"the grammar compiler failed on this schema (its process exited with {code})"
+            ) from None
         except CompilerUnavailable:
             self._restart(child)
             raise

@@ -1,8 +1,10 @@
 """A request's view of its generation: stream text deltas, await the result, or cancel it (event loop side)."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from app.inference.requests import Completion, Progress
 
@@ -15,7 +17,7 @@ class GenerationHandle:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_cancel: Callable[["GenerationHandle"], None],
+        on_cancel: Callable[[GenerationHandle], None],
         progress: Callable[[], Progress] = lambda: Progress(0, 0),
     ) -> None:
         self._loop = loop

@@ -14,10 +14,11 @@ fp32 (exact to fp32 rounding, and slow on x86), which the unit tests use to show
 `Int4Embedding` reads rows of the same packed weight for a tied embedding table (the output head is the table),
 so the table is stored once, in 4 bits, as in the GGUF.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def nibble_pairs(codes: torch.Tensor) -> torch.Tensor:
 def _pack_cpu(codes: np.ndarray) -> torch.Tensor:
     out = []
     for start in range(0, codes.shape[0], PACK_ROWS):
-        chunk = torch.from_numpy(np.ascontiguousarray(codes[start:start + PACK_ROWS])).to(torch.int32)
+        chunk = torch.from_numpy(np.ascontiguousarray(codes[start : start + PACK_ROWS])).to(torch.int32)
         out.append(torch._convert_weight_to_int4pack_for_cpu(chunk, 1))
     return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -87,9 +88,17 @@ def _pack_cpu(codes: np.ndarray) -> torch.Tensor:
 class Int4Linear(nn.Module):
     """The same inputs and outputs as the nn.Linear it replaces; the weight is int4 codes with group scales and zeros."""
 
-    def __init__(self, in_features: int, out_features: int, planes: int, device: torch.device,
-                 kernel_dtype: torch.dtype = torch.bfloat16, bias: torch.Tensor | None = None, *,
-                 empty: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        planes: int,
+        device: torch.device,
+        kernel_dtype: torch.dtype = torch.bfloat16,
+        bias: torch.Tensor | None = None,
+        *,
+        empty: bool = False,
+    ) -> None:
         """Buffers shaped for `device`'s kernel; `empty` puts them on the meta device (to be assigned later)."""
         super().__init__()
         self.in_features, self.out_features, self.planes = in_features, out_features, planes
@@ -102,13 +111,20 @@ class Int4Linear(nn.Module):
         else:
             packed = torch.empty((out_features, width // 2), dtype=torch.uint8, device="meta" if empty else device)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", torch.empty(
-            (width // GROUP, out_features, 2), dtype=kernel_dtype, device="meta" if empty else device))
+        self.register_buffer(
+            "scales_and_zeros",
+            torch.empty((width // GROUP, out_features, 2), dtype=kernel_dtype, device="meta" if empty else device),
+        )
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_groups(cls, chunks: Iterable[Int4Groups], device: torch.device, kernel_dtype: torch.dtype = torch.bfloat16,
-                    bias: torch.Tensor | None = None) -> "Int4Linear":
+    def from_groups(
+        cls,
+        chunks: Iterable[Int4Groups],
+        device: torch.device,
+        kernel_dtype: torch.dtype = torch.bfloat16,
+        bias: torch.Tensor | None = None,
+    ) -> Int4Linear:
         """Pack row chunks (each a multiple of 64 rows, except the last) of one weight for `device`'s kernel."""
         chunks = list(chunks)
         planes = chunks[0].planes
@@ -188,8 +204,11 @@ class Int4Linear(nn.Module):
         return w.to(dtype).reshape(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"
-                + (f", {self.planes} planes" if self.planes > 1 else "") + f", {str(self.kernel_dtype).removeprefix('torch.')} kernel")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, int4 groups of {GROUP}"
+            + (f", {self.planes} planes" if self.planes > 1 else "")
+            + f", {str(self.kernel_dtype).removeprefix('torch.')} kernel"
+        )
 
 
 class Int4Embedding(nn.Module):
@@ -275,8 +294,14 @@ def fuse(parts: list[Int4Linear]) -> Int4Linear:
         raise ValueError("only int4 linears with the same input width and planes, without bias, can be fused")
     if any(p.out_features % 64 for p in parts[:-1]):
         raise ValueError("every fused part but the last needs a multiple of 64 rows")
-    out = Int4Linear(first.in_features, sum(p.out_features for p in parts), first.planes, first.packed.device,
-                     first.kernel_dtype, empty=True)
+    out = Int4Linear(
+        first.in_features,
+        sum(p.out_features for p in parts),
+        first.planes,
+        first.packed.device,
+        first.kernel_dtype,
+        empty=True,
+    )
     out.packed = torch.cat([p.packed for p in parts])
     out.scales_and_zeros = torch.cat([p.scales_and_zeros for p in parts], dim=1).contiguous()
     return out

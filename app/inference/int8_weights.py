@@ -14,13 +14,13 @@ cores: 16 us for 1 row, 190 us for 32, 3.1 ms for 512). From DEQUANTIZE_ROWS row
 decode batch) widening the weight to the compute dtype once and running the dense matmul is faster (153 us for
 32 rows, 1.0 ms for 512, copy included), so both paths are used; they agree within bf16 rounding.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from app.inference.linear_swap import replace_linears
-
 
 # The row count from which dequantize-then-matmul beats the int8 mat-vec kernel (measured crossover: 16-32 rows).
 DEQUANTIZE_ROWS = 24
@@ -36,7 +36,9 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(compute_dtype))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().to(compute_dtype), requires_grad=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)

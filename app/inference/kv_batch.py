@@ -9,6 +9,7 @@ copy exists, so the peak is the two caches plus one merged layer, never two whol
 `select` compacts the kept rows inside the existing tensors and allocates nothing; the
 unused tail is released when the next decode step grows the layer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,8 +65,8 @@ def _stacked(top: torch.Tensor, bottom: torch.Tensor, length: int) -> torch.Tens
     # Padding must be zeros, not whatever the allocator left: masked positions still meet the values in a matmul.
     out[:n_top, :, : length - top.shape[2]].zero_()
     out[n_top:, :, : length - bottom.shape[2]].zero_()
-    out[:n_top, :, length - top.shape[2]:].copy_(top)
-    out[n_top:, :, length - bottom.shape[2]:].copy_(bottom)
+    out[:n_top, :, length - top.shape[2] :].copy_(top)
+    out[n_top:, :, length - bottom.shape[2] :].copy_(bottom)
     return out
 
 
@@ -91,8 +92,8 @@ def merge(running: KVBatch, fresh: KVBatch) -> KVBatch:
             done += 1
     except BaseException:
         for layer in old_layers[:done]:
-            layer.keys = layer.keys[:n_old, :, length - old_len:]
-            layer.values = layer.values[:n_old, :, length - old_len:]
+            layer.keys = layer.keys[:n_old, :, length - old_len :]
+            layer.values = layer.values[:n_old, :, length - old_len :]
         raise
     mask = torch.cat([_pad_left(running.attention_mask, length, 1), _pad_left(fresh.attention_mask, length, 1)], dim=0)
     return KVBatch(cache=running.cache, attention_mask=mask)

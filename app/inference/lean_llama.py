@@ -15,6 +15,7 @@ It keeps transformers' calling convention (input_ids, attention_mask, position_i
 so the engine, `generate` and the prefix cache use it unchanged; anything it does not cover (embeddings passed in,
 attentions or hidden states asked for, another cache type) goes to the model's own forward.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,8 +57,12 @@ def can_install(model: nn.Module) -> bool:
     if not isinstance(model.lm_head, Int4Linear) or model.lm_head.bias is not None:
         return False
     for layer in model.model.layers:
-        parts = (_fused(layer.self_attn, "qkv_proj"), layer.self_attn.o_proj, _fused(layer.mlp, "gate_up_proj"),
-                 layer.mlp.down_proj)
+        parts = (
+            _fused(layer.self_attn, "qkv_proj"),
+            layer.self_attn.o_proj,
+            _fused(layer.mlp, "gate_up_proj"),
+            layer.mlp.down_proj,
+        )
         if not all(isinstance(p, Int4Linear) and p.bias is None for p in parts):
             return False
     rope = getattr(config, "rope_scaling", None) or {}
@@ -79,35 +84,69 @@ class LeanLlama:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.kernel_dtype = model.lm_head.kernel_dtype
         self.layers = [
-            _Layer(layer.input_layernorm.weight, _fused(layer.self_attn, "qkv_proj"), layer.self_attn.o_proj,  # type: ignore[arg-type]
-                   layer.post_attention_layernorm.weight, _fused(layer.mlp, "gate_up_proj"), layer.mlp.down_proj)  # type: ignore[arg-type]
+            _Layer(
+                layer.input_layernorm.weight,
+                _fused(layer.self_attn, "qkv_proj"),
+                layer.self_attn.o_proj,  # type: ignore[arg-type]
+                layer.post_attention_layernorm.weight,
+                _fused(layer.mlp, "gate_up_proj"),
+                layer.mlp.down_proj,
+            )  # type: ignore[arg-type]
             for layer in inner.layers
         ]
         self.final_norm = inner.norm.weight
         self.head: Int4Linear = model.lm_head
 
-    def __call__(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 position_ids: torch.Tensor | None = None, past_key_values: Any = None,
-                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                 logits_to_keep: int | torch.Tensor = 0, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> Any:
         other = {k for k, v in kwargs.items() if v not in (None, False) and k not in _PASS_THROUGH}
-        if (input_ids is None or inputs_embeds is not None or other or kwargs.get("output_attentions")
-                or kwargs.get("output_hidden_states") or not isinstance(logits_to_keep, int)
-                or (past_key_values is not None and not _plain(past_key_values))):
-            return self.original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                 logits_to_keep=logits_to_keep, **kwargs)
+        if (
+            input_ids is None
+            or inputs_embeds is not None
+            or other
+            or kwargs.get("output_attentions")
+            or kwargs.get("output_hidden_states")
+            or not isinstance(logits_to_keep, int)
+            or (past_key_values is not None and not _plain(past_key_values))
+        ):
+            return self.original(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
         cache = past_key_values if past_key_values is not None else DynamicCache()
         with torch.inference_mode():
-            logits = self._forward(input_ids, attention_mask, position_ids, cache, logits_to_keep,
-                                   kwargs.get("cache_position"))
+            logits = self._forward(
+                input_ids, attention_mask, position_ids, cache, logits_to_keep, kwargs.get("cache_position")
+            )
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
 
-    def _forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
-                 cache: DynamicCache, keep: int, cache_position: torch.Tensor | None) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: DynamicCache,
+        keep: int,
+        cache_position: torch.Tensor | None,
+    ) -> torch.Tensor:
         rows, width = ids.shape
         past = cache.get_seq_length()
         kd = self.kernel_dtype
@@ -128,7 +167,7 @@ class LeanLlama:
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = torch.addcmul(qk * cos, rotated, sin)
             q = qk[:, :, :nq].transpose(1, 2)
-            k, v = cache.update(qk[:, :, nq:].transpose(1, 2), qkv[:, :, nq + nk:].transpose(1, 2), index)
+            k, v = cache.update(qk[:, :, nq:].transpose(1, 2), qkv[:, :, nq + nk :].transpose(1, 2), index)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=nk != nq)
             a = a.transpose(1, 2).reshape(rows * width, nq * d)
             h = h + layer.out.mm(a).view(rows, width, self.hidden)
@@ -146,8 +185,9 @@ def _plain(cache: Any) -> bool:
     return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _mask(attention_mask: torch.Tensor | None, rows: int, width: int, past: int,
-          device: torch.device) -> torch.Tensor | None:
+def _mask(
+    attention_mask: torch.Tensor | None, rows: int, width: int, past: int, device: torch.device
+) -> torch.Tensor | None:
     """Boolean [rows, 1, width, past + width]: padding masked, causal within the new tokens. A query always sees
     itself, so a padding query (left padding) has one key and never a row of nothing, which would make NaNs."""
     if attention_mask is None:

@@ -1,7 +1,8 @@
 """Swap a model's nn.Linear layers for another implementation (int8 weights, prepacked weights) in place."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

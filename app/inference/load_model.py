@@ -7,6 +7,7 @@ In gguf mode (what auto picks for a GGUF) the packed int4 weights land in $DATA_
 in the other modes, without --out, a conversion lands in $DATA_DIR/models/<name>/. Either is the cache the server
 reuses on its next start. Exit status 2 when the model cannot be resolved or loaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from app.observability.logs import configure_logging
 from app.inference.loader import (
-    ModelLoadError, target_device, load_model, locate, resolve_model_dir, resolve_quantization,
+    ModelLoadError,
+    load_model,
+    locate,
+    resolve_model_dir,
+    resolve_quantization,
+    target_device,
 )
+from app.observability.logs import configure_logging
 from app.settings import EMBEDDED_MODEL, QUANTIZATIONS
 
 
@@ -29,16 +35,23 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert a GGUF (or fetch a hub model) to safetensors once, then check that it loads.",
     )
     p.add_argument(
-        "--model-path", default=os.environ.get("MODEL_PATH") or EMBEDDED_MODEL,
+        "--model-path",
+        default=os.environ.get("MODEL_PATH") or EMBEDDED_MODEL,
         help=f"'{EMBEDDED_MODEL}', a .gguf file, a model directory or a hub id (default: $MODEL_PATH or %(default)s)",
     )
-    p.add_argument("--out", type=Path, default=None, help="write the converted model here instead of $DATA_DIR/models/<name>/")
     p.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR") or "/app/data"),
+        "--out", type=Path, default=None, help="write the converted model here instead of $DATA_DIR/models/<name>/"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("DATA_DIR") or "/app/data"),
         help="the service's DATA_DIR, whose models/ holds the cache (default: $DATA_DIR or %(default)s)",
     )
     p.add_argument(
-        "--quantization", choices=QUANTIZATIONS, default=os.environ.get("QUANTIZATION") or "auto",
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=os.environ.get("QUANTIZATION") or "auto",
         help="how to load it for the check (default: $QUANTIZATION or %(default)s)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -68,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         prepared_s = time.perf_counter() - started
         print(f"model {args.model_path} -> safetensors at {source} ({prepared_s:.1f}s)")
         if args.out is not None and source.resolve() != args.out.resolve():
-            print(f"note: {args.model_path} is already a safetensors model directory; it is used in place, --out is unused")
+            print(
+                f"note: {args.model_path} is already a safetensors model directory; it is used in place, --out is unused"
+            )
         if args.no_load:
             return 0
-        loaded = load_model(str(source), args.data_dir, "none" if mode == "gguf" else mode, device=args.device,
-                            hub_token=hub_token)
+        loaded = load_model(
+            str(source), args.data_dir, "none" if mode == "gguf" else mode, device=args.device, hub_token=hub_token
+        )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

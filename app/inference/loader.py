@@ -8,6 +8,7 @@ into `DATA_DIR/models/<name>-int4-<device>/` (app/inference/gguf_model.py). For 
 to a temp dir, renamed into place under a file lock and fingerprinted, so later starts reuse it. `load_model`
 then loads the result (bitsandbytes NF4 / int8, torch's int8 kernel on CPU, or full precision) on CUDA or CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,7 +74,10 @@ class SamplingDefaults:
 # MAX_TOKENS or the generation deadline): its answers are capped at 256 tokens unless MAX_TOKENS says otherwise.
 EMBEDDED_SAMPLING = {
     "smollm2-135m-instruct": SamplingDefaults(
-        temperature=0.0, top_p=0.9, repetition_penalty=1.1, source="SmolLM2-Instruct model card, greedy (see loader.py)",
+        temperature=0.0,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        source="SmolLM2-Instruct model card, greedy (see loader.py)",
         max_tokens=256,
     ),
 }
@@ -86,7 +90,7 @@ def output_cap(max_tokens: int | None, model_path: str) -> int:
     if max_tokens is not None:
         return max_tokens
     raw = model_path.strip()
-    embedded = EMBEDDED_SAMPLING.get(raw[len(EMBEDDED_PREFIX):]) if raw.startswith(EMBEDDED_PREFIX) else None
+    embedded = EMBEDDED_SAMPLING.get(raw[len(EMBEDDED_PREFIX) :]) if raw.startswith(EMBEDDED_PREFIX) else None
     return (embedded.max_tokens if embedded is not None else None) or DEFAULT_MAX_TOKENS
 
 
@@ -131,7 +135,9 @@ def embedded_gguf_path(model: str = "smollm2-135m-instruct") -> Path:
     filename = EMBEDDED_MODELS.get(model)
     if filename is None:
         known = ", ".join(EMBEDDED_PREFIX + m for m in EMBEDDED_MODELS)
-        raise ModelLoadError(f"MODEL_PATH '{EMBEDDED_PREFIX}{model}' names an unknown embedded model; embedded models: {known}")
+        raise ModelLoadError(
+            f"MODEL_PATH '{EMBEDDED_PREFIX}{model}' names an unknown embedded model; embedded models: {known}"
+        )
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
@@ -153,7 +159,10 @@ def _slug(text: str) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _is_hf_dir(path: Path) -> bool:
@@ -223,7 +232,9 @@ def _build_cache(target: Path, fingerprint: str, source: str, build: Any) -> Pat
         return target
     if target.exists() and not (target / CACHE_MARKER).is_file() and any(target.iterdir()):
         # Only a directory this loader made is ever replaced; anything else may be someone's files.
-        raise ModelLoadError(f"{target} exists, is not empty and is not a model cache made by this loader; choose another directory")
+        raise ModelLoadError(
+            f"{target} exists, is not empty and is not a model cache made by this loader; choose another directory"
+        )
     with _file_lock(target.parent / f".{target.name}.lock"):
         if _cached(target, fingerprint):  # another process built it while we waited
             return target
@@ -255,7 +266,9 @@ def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
         try:
             # Forced dequantize: packed GGUF blocks (kept when the `kernels` package is present) cannot be saved.
             model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                gguf.parent,
+                gguf_file=gguf.name,
+                dtype=torch.float32,
                 quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
             )
         except Exception as exc:
@@ -305,7 +318,9 @@ def _download_cached(repo_id: str, target: Path, *, hub_token: str | None) -> Pa
                 f"MODEL_PATH {repo_id!r} is not a local path, and downloading it as a hub id failed: {type(exc).__name__}: {exc}"
             ) from exc
         if not _is_hf_dir(staging):
-            raise ModelLoadError(f"hub repo {repo_id!r} has no config.json + *.safetensors; only safetensors models are loaded")
+            raise ModelLoadError(
+                f"hub repo {repo_id!r} has no config.json + *.safetensors; only safetensors models are loaded"
+            )
 
     return _build_cache(target, fingerprint, repo_id, build)
 
@@ -326,7 +341,7 @@ def locate(model_path: str) -> ModelSource:
     if not raw:
         raise ModelLoadError(f"MODEL_PATH is empty; {ACCEPTED}")
     if raw.startswith(EMBEDDED_PREFIX):
-        name = raw[len(EMBEDDED_PREFIX):]
+        name = raw[len(EMBEDDED_PREFIX) :]
         return ModelSource("gguf", _checked_gguf(embedded_gguf_path(name)), name, embedded=True)
     path = Path(raw).expanduser()
     if path.is_file():
@@ -344,7 +359,9 @@ def locate(model_path: str) -> ModelSource:
                 f"MODEL_PATH {raw!r} holds pickle weights (*.bin/*.pt), which are not loaded: convert them to safetensors; {ACCEPTED}"
             )
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        raise ModelLoadError(f"MODEL_PATH {raw!r} is a directory without config.json + *.safetensors (found: {found}); {ACCEPTED}")
+        raise ModelLoadError(
+            f"MODEL_PATH {raw!r} is a directory without config.json + *.safetensors (found: {found}); {ACCEPTED}"
+        )
     if _HUB_ID.match(raw) and not raw.lower().endswith(".gguf"):
         return ModelSource("hub", raw, _slug(raw.split("/")[1]))
     raise ModelLoadError(f"MODEL_PATH {raw!r} does not exist; {ACCEPTED}")
@@ -353,11 +370,15 @@ def locate(model_path: str) -> ModelSource:
 def _checked_gguf(gguf: Path) -> Path:
     with gguf.open("rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
-            raise ModelLoadError(f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}")
+            raise ModelLoadError(
+                f"MODEL_PATH {str(gguf)!r} is named .gguf but is not a GGUF file (no GGUF magic); {ACCEPTED}"
+            )
     return gguf
 
 
-def _resolve(model_path: str, data_dir: Path, *, progress: bool, hub_token: str | None, out: Path | None) -> tuple[Path, str]:
+def _resolve(
+    model_path: str, data_dir: Path, *, progress: bool, hub_token: str | None, out: Path | None
+) -> tuple[Path, str]:
     """(safetensors directory, short model name) for MODEL_PATH; `out` overrides where a conversion lands."""
     models = Path(data_dir) / "models"
     source = locate(model_path)
@@ -435,7 +456,9 @@ def _quantization_config(quantization: str, compute_dtype: torch.dtype, target: 
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as exc:
-        raise ModelLoadError(f"QUANTIZATION={quantization} needs bitsandbytes (pip install bitsandbytes==0.50.2): {exc}") from exc
+        raise ModelLoadError(
+            f"QUANTIZATION={quantization} needs bitsandbytes (pip install bitsandbytes==0.50.2): {exc}"
+        ) from exc
     if quantization == "nf4":
         return BitsAndBytesConfig(
             load_in_4bit=True,
@@ -452,7 +475,7 @@ def _quantization_config(quantization: str, compute_dtype: torch.dtype, target: 
 def _memory_bytes(model: Any) -> int:
     try:
         return int(model.get_memory_footprint())
-    except Exception:  # noqa: BLE001 - a model class without the helper still has tensors to count
+    except Exception:
         tensors = list(model.parameters()) + list(model.buffers())
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -483,8 +506,10 @@ PLAIN_TEMPLATE = (
 
 def _prepared_tokenizer(tokenizer: Any, source: Path) -> Any:
     if not getattr(tokenizer, "chat_template", None):
-        log.info("no chat template: a base model; messages are joined as plain text and completed",
-                 extra={"source": str(source)})
+        log.info(
+            "no chat template: a base model; messages are joined as plain text and completed",
+            extra={"source": str(source)},
+        )
         tokenizer.chat_template = PLAIN_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -502,8 +527,15 @@ def _int4_fingerprint(gguf: Path, target: torch.device, dtype: torch.dtype) -> s
     return f"{_file_fingerprint(gguf)}|int4-v{INT4_FORMAT}|torch-{torch.__version__}|{kernel}|{dtype}"
 
 
-def _load_gguf(source: ModelSource, data_dir: Path, target: torch.device, dtype: torch.dtype, *, progress: bool,
-               out: Path | None = None) -> tuple[Any, Any, Path, str]:
+def _load_gguf(
+    source: ModelSource,
+    data_dir: Path,
+    target: torch.device,
+    dtype: torch.dtype,
+    *,
+    progress: bool,
+    out: Path | None = None,
+) -> tuple[Any, Any, Path, str]:
     """(model, tokenizer, cache dir, quantization label) with every 4-bit block of the GGUF as torch int4."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -526,8 +558,10 @@ def _load_gguf(source: ModelSource, data_dir: Path, target: torch.device, dtype:
         config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         gguf_model.save(model, placement, staging)
-        log.info("packed GGUF blocks as int4", extra={"source": str(gguf), "target": str(cache),
-                                                        "seconds": round(time.perf_counter() - started, 2)})
+        log.info(
+            "packed GGUF blocks as int4",
+            extra={"source": str(gguf), "target": str(cache), "seconds": round(time.perf_counter() - started, 2)},
+        )
 
     cache = _build_cache(cache, _int4_fingerprint(gguf, target, dtype), str(gguf), build)
     config = AutoConfig.from_pretrained(cache)
@@ -540,8 +574,9 @@ def _load_gguf(source: ModelSource, data_dir: Path, target: torch.device, dtype:
     return model, tokenizer, cache, f"gguf:{placement.quantization}"
 
 
-def _load_transformers(source: Path, quantization: str, target: torch.device, dtype: torch.dtype,
-                       device: str | None) -> tuple[Any, Any]:
+def _load_transformers(
+    source: Path, quantization: str, target: torch.device, dtype: torch.dtype, device: str | None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -627,10 +662,17 @@ def load_model(
     log.info(
         "model loaded",
         extra={
-            "model": loaded.name, "source": str(source), "quantization": label, "quantization_setting": quantization,
-            "device": str(loaded.device), "dtype": str(dtype).removeprefix("torch."), "dtype_setting": dtype_name,
-            "memory_bytes": loaded.memory_bytes, "context_window": loaded.context_window,
-            "sampling_defaults": loaded.sampling_defaults.source, "seconds": round(time.perf_counter() - started, 2),
+            "model": loaded.name,
+            "source": str(source),
+            "quantization": label,
+            "quantization_setting": quantization,
+            "device": str(loaded.device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "dtype_setting": dtype_name,
+            "memory_bytes": loaded.memory_bytes,
+            "context_window": loaded.context_window,
+            "sampling_defaults": loaded.sampling_defaults.source,
+            "seconds": round(time.perf_counter() - started, 2),
         },
     )
     return loaded

@@ -3,6 +3,7 @@
 With KV_CACHE_TOKENS unset (0) the budget is derived: on CUDA from the memory free after the
 model is loaded (a share of it, leaving room for activations), on CPU a fixed default.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,10 @@ def kv_budget_tokens(model: Any, device: torch.device, configured: int) -> int:
     free, _ = torch.cuda.mem_get_info(device)
     per_token = kv_bytes_per_token(model)
     tokens = max(1, int(free * KV_MEMORY_FRACTION) // per_token)
-    log.info("KV budget derived from free device memory",
-             extra={"free_bytes": free, "bytes_per_token": per_token, "kv_cache_tokens": tokens})
+    log.info(
+        "KV budget derived from free device memory",
+        extra={"free_bytes": free, "bytes_per_token": per_token, "kv_cache_tokens": tokens},
+    )
     return tokens
 
 

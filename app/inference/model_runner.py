@@ -5,6 +5,7 @@ Prefill works on a left-padded [rows, width] matrix of the group's token ids and
 becomes one giant forward pass; the engine interleaves the chunks with decode steps of the
 running batch, so the rows already streaming keep going while a long prompt is read.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,15 @@ class PrefillJob:
     left-padded matrix.
     """
 
-    def __init__(self, rows: list[RequestState], *, pad_id: int, device: torch.device, chunk_tokens: int,
-                 hits: list[PrefixHit | None] | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[RequestState],
+        *,
+        pad_id: int,
+        device: torch.device,
+        chunk_tokens: int,
+        hits: list[PrefixHit | None] | None = None,
+    ) -> None:
         self.rows = rows
         contexts = [r.context_ids for r in rows]
         hits = hits or [None] * len(rows)
@@ -39,10 +47,10 @@ class PrefillJob:
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (context, head) in enumerate(zip(contexts, heads)):
-            ids[i, head_width - head:head_width] = torch.tensor(context[:head], dtype=torch.long)
-            ids[i, width - (len(context) - head):] = torch.tensor(context[head:], dtype=torch.long)
-            mask[i, head_width - head:head_width] = 1
-            mask[i, width - (len(context) - head):] = 1
+            ids[i, head_width - head : head_width] = torch.tensor(context[:head], dtype=torch.long)
+            ids[i, width - (len(context) - head) :] = torch.tensor(context[head:], dtype=torch.long)
+            mask[i, head_width - head : head_width] = 1
+            mask[i, width - (len(context) - head) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.ids, self.mask, self.positions = ids.to(device), mask.to(device), positions.to(device)
         self.chunk = max(1, chunk_tokens // len(rows))
@@ -89,8 +97,13 @@ class PrefillJob:
     def row_kv(self, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Row `index`'s keys and values per layer, its tokens only, in order (copies)."""
         columns = self.mask[index].nonzero().squeeze(1)
-        return [(layer.keys[index:index + 1].index_select(2, columns), layer.values[index:index + 1].index_select(2, columns))
-                for layer in self.cache.layers]
+        return [
+            (
+                layer.keys[index : index + 1].index_select(2, columns),
+                layer.values[index : index + 1].index_select(2, columns),
+            )
+            for layer in self.cache.layers
+        ]
 
 
 def _cache_of_heads(hits: list[PrefixHit | None], head_width: int, device: torch.device) -> DynamicCache:
@@ -102,8 +115,8 @@ def _cache_of_heads(hits: list[PrefixHit | None], head_width: int, device: torch
         values = v0.new_zeros((len(hits), v0.shape[1], head_width, v0.shape[3]), device=device)
         for i, hit in enumerate(hits):
             if hit is not None:
-                keys[i, :, head_width - hit.tokens:] = hit.layers[layer][0][0]
-                values[i, :, head_width - hit.tokens:] = hit.layers[layer][1][0]
+                keys[i, :, head_width - hit.tokens :] = hit.layers[layer][0][0]
+                values[i, :, head_width - hit.tokens :] = hit.layers[layer][1][0]
         layers.append((keys, values))
     return DynamicCache(layers)
 
@@ -113,5 +126,7 @@ def decode(model: Any, batch: KVBatch, rows: list[RequestState], device: torch.d
     last = torch.tensor([[r.generated[-1]] for r in rows], dtype=torch.long, device=device)
     positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=device)
     mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((len(rows), 1))], dim=1)
-    out = model(input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=batch.cache, use_cache=True)
+    out = model(
+        input_ids=last, attention_mask=mask, position_ids=positions, past_key_values=batch.cache, use_cache=True
+    )
     return out.logits[:, -1, :], KVBatch(cache=out.past_key_values, attention_mask=mask)

@@ -5,10 +5,12 @@ One hop per step: the text deltas, completions and errors of a step are handed t
 drain deadline or a dead worker can fail them all, wherever they are (waiting, prefilling, decoding).
 Those handles are the requests in flight (`clawbot_inflight_requests`), counted on the event loop only.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from app.inference.handle import GenerationHandle
 from app.inference.request_state import RequestState
@@ -23,7 +25,7 @@ Delta = tuple[GenerationHandle, str]
 class OutputSink:
     """Delivers deltas and answers to handles on the event loop, and fails every waiter when the engine cannot go on."""
 
-    def __init__(self, metrics: "Metrics | None" = None) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[GenerationHandle] = set()  # every handle not answered yet (touched on the loop only)
@@ -76,7 +78,6 @@ class OutputSink:
             self._loop.call_soon_threadsafe(callback)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
-
 
     def _count(self) -> None:
         if self.metrics is not None:

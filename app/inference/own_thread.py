@@ -8,10 +8,12 @@ as long on a 2-core machine: 21 ms instead of 10.5 ms per token for int8 weights
 small softmax. A thread's pool is freed when the thread exits, so work that must run outside the engine thread
 (loading, quantizing) runs here and the engine thread is the only one left with a pool.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

@@ -8,6 +8,7 @@ for 32 rows), on the same kernel and with the same results. `pack_linears` does 
 matmul directly. fp32 weights go to MKL's sgemm, which needs no reorder, so only reduced-precision weights are
 packed.
 """
+
 from __future__ import annotations
 
 import torch

@@ -20,6 +20,7 @@ Memory: the entries live on the model's device, at most `max_tokens` tokens in a
 recently used first out). A stored prompt that extends an older entry replaces it, so a
 conversation growing turn by turn holds one entry, not one per turn.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,7 @@ def block_hashes(ids: list[int], limit: int, block: int = BLOCK_TOKENS, scope: s
     out: list[bytes] = []
     digest = hashlib.blake2b(scope.encode(), digest_size=16).digest()
     for start in range(0, limit - block + 1, block):
-        chunk = ",".join(map(str, ids[start:start + block])).encode()
+        chunk = ",".join(map(str, ids[start : start + block])).encode()
         digest = hashlib.blake2b(digest + chunk, digest_size=16).digest()
         out.append(digest)
     return out

@@ -5,6 +5,7 @@ would stall every other request, the probes included. Each pool thread has its o
 the tokenizer, so no two threads ever share the Rust tokenizer's state (nor share it with
 the engine's worker, which decodes with the original).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -8,14 +8,16 @@ Requests the queue ends itself (cancelled while waiting, or past their deadline 
 handed to `ended`, which answers them (`app.inference.output_sink`). `on_change(depth)` is called under
 the lock whenever the number of waiting requests changes (the engine sets its gauges from it).
 """
+
 from __future__ import annotations
 
 import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from app.inference.request_state import RequestState
 from app.inference.requests import EngineClosedError, EngineFailedError, QueueFullError
@@ -63,7 +65,9 @@ class RequestQueue:
             if self._failure is not None:
                 raise EngineFailedError(f"the generation engine failed ({self._failure}); this replica must restart")
             if self._closing:
-                raise EngineClosedError("the service is shutting down and takes no new requests; retry (another replica will answer)")
+                raise EngineClosedError(
+                    "the service is shutting down and takes no new requests; retry (another replica will answer)"
+                )
             if len(self._waiting) >= self.max_queue:
                 waves = 1 + len(self._waiting) // self.max_batch_size
                 raise QueueFullError(self.max_queue, max(1, math.ceil(self._request_s * waves)))
@@ -71,7 +75,7 @@ class RequestQueue:
             self._changed()
             self._cond.notify()
 
-    def cancel(self, handle: "GenerationHandle") -> None:
+    def cancel(self, handle: GenerationHandle) -> None:
         """A waiting request leaves at once (its slot is free); a running one is dropped by the worker at its next step."""
         with self._cond:
             for request in self._waiting:

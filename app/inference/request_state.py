@@ -1,4 +1,5 @@
 """A request as the engine tracks it, from the queue through the running batch to its answer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ class RequestState:
 
     def progress(self) -> Progress:
         """What the request has used so far. Read from the event loop while the worker runs: each field is one read."""
-        return Progress(prompt_tokens=self.prompt_read, completion_tokens=len(self.generated),
-                        cached_tokens=self.cached_tokens)
+        return Progress(
+            prompt_tokens=self.prompt_read, completion_tokens=len(self.generated), cached_tokens=self.cached_tokens
+        )
 
     @property
     def context_ids(self) -> list[int]:

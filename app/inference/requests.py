@@ -1,4 +1,5 @@
 """What the engine is asked for and what it answers: sampling parameters, completions, refusals."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

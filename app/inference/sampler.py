@@ -6,6 +6,7 @@ A failure in one row's own work (its grammar, its sampling) is that row's alone:
 `SamplingParams.validate` accepts; a row whose logits are unusable anyway (no finite logit left after its grammar's
 mask) fails with a message that says so rather than sampling garbage.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ def sample(logits: torch.Tensor, rows: list[RequestState], default_generator: to
         if constraint is not None and i not in failures:
             try:
                 constraint.mask(logits[i])
-            except Exception as exc:  # noqa: BLE001 - whatever one row's grammar raises is that row's failure
+            except Exception as exc:
                 failures[i] = StageError("grammar mask", exc)
     chosen = logits.argmax(dim=-1)
     for i, row in enumerate(rows):
@@ -44,7 +45,7 @@ def sample(logits: torch.Tensor, rows: list[RequestState], default_generator: to
             continue  # an unconstrained greedy row has its argmax already, at no extra cost
         try:
             chosen[i] = _draw(logits[i], row, default_generator)
-        except Exception as exc:  # noqa: BLE001 - likewise for its sampling
+        except Exception as exc:
             failures[i] = StageError("sampling", exc)
     tokens: list[int] = chosen.tolist()
     for i, (row, token) in enumerate(zip(rows, tokens)):
@@ -52,7 +53,7 @@ def sample(logits: torch.Tensor, rows: list[RequestState], default_generator: to
         if constraint is not None and i not in failures:
             try:
                 constraint.advance(token)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 failures[i] = StageError("grammar advance", exc)
     return Sampled(tokens, failures)
 
@@ -100,21 +101,25 @@ def _penalize_repeats(logits: torch.Tensor, rows: list[RequestState], failures: 
         return
     try:
         _penalize(logits, penalized)
-    except Exception:  # noqa: BLE001 - found out row by row below
+    except Exception:
         for i, row in penalized:
             try:
                 _penalize(logits, [(i, row)])
-            except Exception as exc:  # noqa: BLE001 - this row's failure alone
+            except Exception as exc:
                 failures[i] = StageError("repetition penalty", exc)
 
 
 def _penalize(logits: torch.Tensor, penalized: list[tuple[int, RequestState]]) -> None:
     width = max(len(row.generated) for _, row in penalized)
-    ids = torch.tensor([row.generated + row.generated[:1] * (width - len(row.generated)) for _, row in penalized],
-                       dtype=torch.long, device=logits.device)
+    ids = torch.tensor(
+        [row.generated + row.generated[:1] * (width - len(row.generated)) for _, row in penalized],
+        dtype=torch.long,
+        device=logits.device,
+    )
     which = torch.tensor([i for i, _ in penalized], dtype=torch.long, device=logits.device)
-    penalty = torch.tensor([[row.params.repetition_penalty] for _, row in penalized], dtype=logits.dtype,
-                           device=logits.device)
+    penalty = torch.tensor(
+        [[row.params.repetition_penalty] for _, row in penalized], dtype=logits.dtype, device=logits.device
+    )
     sub = logits.index_select(0, which)
     seen = sub.gather(1, ids)
     sub.scatter_(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))

@@ -10,10 +10,11 @@ error, so the engine admits less instead of failing again, and creeps back after
 `KVBudget` is the only thing the engine asks about memory (`fits`, `shrink`, `step_ok`): a paged
 cache can replace the accounting behind it without touching the scheduler's callers.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # After an out-of-memory error the budget drops to this share of the cache the failing step held.
 OOM_SHRINK = 0.75

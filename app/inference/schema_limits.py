@@ -16,20 +16,44 @@
 
 The message names the keyword and where it is, as a JSON pointer (`#/properties/age/multipleOf`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 # Keywords that only describe (JSON Schema's annotations, OpenAPI's extras): they constrain nothing, so a grammar
 # that ignores them drops nothing. Keywords that JSON Schema does not define are annotations too.
-ANNOTATIONS = frozenset({
-    "title", "description", "default", "examples", "$comment", "$schema", "$id", "$anchor", "$dynamicAnchor",
-    "$vocabulary", "$defs", "definitions", "deprecated", "readOnly", "writeOnly", "contentEncoding",
-    "contentMediaType", "contentSchema", "discriminator", "nullable", "example", "externalDocs", "xml",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "$anchor",
+        "$dynamicAnchor",
+        "$vocabulary",
+        "$defs",
+        "definitions",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "discriminator",
+        "nullable",
+        "example",
+        "externalDocs",
+        "xml",
+    }
+)
 STRING_KEYWORDS = ("minLength", "maxLength", "pattern", "format")
 NUMBER_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 # Counts xgrammar enforces only with a `type` (without one the schema compiles to any JSON).
@@ -39,34 +63,60 @@ OBJECT_COUNTS = ("minProperties", "maxProperties")
 STRUCTURE = ("properties", "required", "additionalProperties", "patternProperties", "items", "prefixItems")
 COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 TYPE_OF: dict[str, str] = {
-    **{k: "string" for k in STRING_KEYWORDS}, **{k: "number" for k in NUMBER_KEYWORDS},
-    **{k: "array" for k in ARRAY_COUNTS}, **{k: "object" for k in OBJECT_COUNTS},
+    **{k: "string" for k in STRING_KEYWORDS},
+    **{k: "number" for k in NUMBER_KEYWORDS},
+    **{k: "array" for k in ARRAY_COUNTS},
+    **{k: "object" for k in OBJECT_COUNTS},
 }
 # xgrammar reads the first of these a schema has and ignores every other constraint beside it.
 EXCLUSIVE = ("$ref", "const", "enum", "anyOf", "oneOf", "allOf")
 # Constraints xgrammar drops, and why that matters to the client.
 DROPPED: dict[str, str] = {
     "not": "the grammar cannot exclude a schema",
-    "if": "conditional schemas are not enforced", "then": "conditional schemas are not enforced",
+    "if": "conditional schemas are not enforced",
+    "then": "conditional schemas are not enforced",
     "else": "conditional schemas are not enforced",
-    "contains": "the grammar cannot require an item to match", "minContains": "the grammar cannot count matching items",
+    "contains": "the grammar cannot require an item to match",
+    "minContains": "the grammar cannot count matching items",
     "maxContains": "the grammar cannot count matching items",
     "propertyNames": "property names are not constrained by the grammar",
     "dependentRequired": "dependencies between properties are not enforced",
     "dependentSchemas": "dependencies between properties are not enforced",
     "dependencies": "dependencies between properties are not enforced",
-    "$dynamicRef": "dynamic references are not resolved", "$recursiveRef": "dynamic references are not resolved",
+    "$dynamicRef": "dynamic references are not resolved",
+    "$recursiveRef": "dynamic references are not resolved",
 }
 # Keywords xgrammar drops only in some forms: a boolean is harmless (the grammar is then as strict or stricter).
 BOOLEAN_ONLY = ("unevaluatedProperties", "unevaluatedItems", "additionalItems")
 # The string formats xgrammar 0.2.8 compiles into the grammar; any other value is silently ignored.
-FORMATS = frozenset({
-    "email", "date-time", "date", "time", "duration", "uuid", "ipv4", "ipv6", "hostname", "uri", "uri-reference",
-    "uri-template", "json-pointer", "relative-json-pointer",
-})
+FORMATS = frozenset(
+    {
+        "email",
+        "date-time",
+        "date",
+        "time",
+        "duration",
+        "uuid",
+        "ipv4",
+        "ipv6",
+        "hostname",
+        "uri",
+        "uri-reference",
+        "uri-template",
+        "json-pointer",
+        "relative-json-pointer",
+    }
+)
 MAX_MULTIPLE_OF = 1024  # xgrammar builds a remainder automaton up to this divisor, and ignores larger ones
-JSON_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),),
-              "array": (list,), "object": (dict,)}
+JSON_TYPES = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+    "array": (list,),
+    "object": (dict,),
+}
 
 
 class SchemaRefused(ValueError):
@@ -171,9 +221,13 @@ class _Walk:
                 raise UnenforceableSchema(f"'{keyword}' at {at(keyword)} is not enforced: {why}")
         for keyword in BOOLEAN_ONLY:
             if keyword in node and not isinstance(node[keyword], bool):
-                raise UnenforceableSchema(f"'{keyword}' at {at(keyword)} is enforced only as true or false, not as a schema")
+                raise UnenforceableSchema(
+                    f"'{keyword}' at {at(keyword)} is enforced only as true or false, not as a schema"
+                )
         if node.get("uniqueItems") not in (None, False):
-            raise UnenforceableSchema(f"'uniqueItems' at {at('uniqueItems')} is not enforced: the grammar cannot compare items")
+            raise UnenforceableSchema(
+                f"'uniqueItems' at {at('uniqueItems')} is not enforced: the grammar cannot compare items"
+            )
         self.check_exclusive(node, at)
         self.check_typed(node, at)
         if "$ref" in node:
@@ -200,7 +254,9 @@ class _Walk:
         for keyword in COUNT_KEYWORDS:
             value = node.get(keyword)
             if isinstance(value, int) and not isinstance(value, bool) and value > self.limits.max_count:
-                raise SchemaTooComplex(f"'{keyword}' at {at(keyword)} is {value}; at most {self.limits.max_count} is allowed")
+                raise SchemaTooComplex(
+                    f"'{keyword}' at {at(keyword)} is {value}; at most {self.limits.max_count} is allowed"
+                )
         self.check_format_and_numbers(node, at)
         required = node.get("required")
         if isinstance(required, list):
@@ -286,7 +342,9 @@ class _Walk:
             )
         for look in ("(?=", "(?!", "(?<=", "(?<!"):
             if look in pattern:
-                raise UnenforceableSchema(f"the pattern at {where} uses a lookaround {look}...), which the grammar does not enforce")
+                raise UnenforceableSchema(
+                    f"the pattern at {where} uses a lookaround {look}...), which the grammar does not enforce"
+                )
         weight = repetition_weight(pattern)
         if weight > self.limits.max_repetition:
             raise SchemaTooComplex(
@@ -300,10 +358,25 @@ def _constrains(keyword: str) -> bool:
     return keyword in CONSTRAINTS
 
 
-CONSTRAINTS = frozenset({
-    "type", "enum", "const", "$ref", "anyOf", "oneOf", "allOf", *STRING_KEYWORDS, *NUMBER_KEYWORDS, *ARRAY_COUNTS,
-    *OBJECT_COUNTS, *STRUCTURE, "uniqueItems", *BOOLEAN_ONLY, *DROPPED,
-})
+CONSTRAINTS = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "$ref",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        *STRING_KEYWORDS,
+        *NUMBER_KEYWORDS,
+        *ARRAY_COUNTS,
+        *OBJECT_COUNTS,
+        *STRUCTURE,
+        "uniqueItems",
+        *BOOLEAN_ONLY,
+        *DROPPED,
+    }
+)
 
 
 def _children(node: dict[str, Any]) -> Iterator[tuple[Any, tuple[str, ...]]]:
@@ -386,9 +459,13 @@ def _counted(pattern: str, start: int) -> tuple[int | None, int]:
     end = pattern.find("}", start)
     if end < 0:
         return None, start
-    body = pattern[start + 1:end]
+    body = pattern[start + 1 : end]
     parts = body.split(",")
-    if len(parts) > 2 or not parts[0].strip().isdigit() or (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit()):
+    if (
+        len(parts) > 2
+        or not parts[0].strip().isdigit()
+        or (len(parts) == 2 and parts[1].strip() and not parts[1].strip().isdigit())
+    ):
         return None, start
     numbers = [int(p) for p in parts if p.strip()]
     return max(numbers), end + 1

@@ -1,4 +1,5 @@
 """Incremental detokenization and stop handling for one row: UTF-8 safe deltas, EOS, stop strings, the length cap."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,13 +22,13 @@ def append_token(row: RequestState, token: int, tokenizer: Any, eos_ids: frozens
     at_length = len(ids) >= row.max_new
     # A grammar that took its end token allows nothing more, not even with ignore_eos (it has no mask to give).
     ended = p.constraint is not None and p.constraint.finished
-    prefix = tokenizer.decode(ids[row.prefix_offset:row.read_offset], skip_special_tokens=True)
-    current = tokenizer.decode(ids[row.prefix_offset:], skip_special_tokens=True)
+    prefix = tokenizer.decode(ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+    current = tokenizer.decode(ids[row.prefix_offset :], skip_special_tokens=True)
     # A trailing U+FFFD means a multi-byte character is still incomplete: wait for the next token,
     # unless this is the last token, since nothing will complete it then.
     if len(current) > len(prefix) and (at_length or ended or not current.endswith("\ufffd")):
         searched_from = max(0, len(row.text) - max((len(s) for s in p.stop), default=0))
-        row.text += current[len(prefix):]
+        row.text += current[len(prefix) :]
         row.prefix_offset, row.read_offset = row.read_offset, len(ids)
         if p.stop:
             cut = first_stop(row.text, p.stop, searched_from)
@@ -42,7 +43,7 @@ def append_token(row: RequestState, token: int, tokenizer: Any, eos_ids: frozens
         row.finish_reason = "length"
         return ""
     safe = len(row.text) - stop_prefix_len(row.text, p.stop)
-    delta = row.text[row.emitted:safe]
+    delta = row.text[row.emitted : safe]
     row.emitted = max(row.emitted, safe)
     return delta
 

@@ -1,4 +1,5 @@
 """Structured JSON logging: one object per line, extra fields merged in, never prompt text at info level."""
+
 from __future__ import annotations
 
 import json

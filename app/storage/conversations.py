@@ -6,11 +6,13 @@ several replicas). Both promise the same things, and tests/app/storage/test_conv
 both to them: a record() that returned survives kill -9; writing the same request_id twice keeps one row; the
 async calls never block the event loop.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 MAX_PAGE_SIZE = 500
 EXPORT_BATCH = 500
@@ -29,7 +31,10 @@ class Exchange:
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.created_at)) + f".{int(self.created_at % 1 * 1000):03d}Z"
+        doc["created_at"] = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.created_at))
+            + f".{int(self.created_at % 1 * 1000):03d}Z"
+        )
         doc["latency_s"] = round(self.latency_s, 4)
         return doc
 

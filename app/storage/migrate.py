@@ -11,6 +11,7 @@ no longer matches its file, is refused: old code writing to a schema it does not
 
 Both read the database URL from CONVERSATION_DATABASE_URL, as the app does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,11 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import psycopg
 

@@ -11,6 +11,7 @@ One synchronous pool serves both the async calls (run on an executor with one th
 loop never waits on the network and never more threads wait than there are connections) and the sync ones (the
 NDJSON export, which Starlette iterates in a worker thread).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,16 +19,24 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from app.storage.conversations import EXPORT_BATCH, Exchange, Page, StoreUnavailable, check_page, check_retention
 from app.storage.migrate import apply_migrations
-from app.storage.postgres_link import CONNECT_TIMEOUT_S, PURGE_LOCK, configure_session, connect, connection_kwargs, redact_url
+from app.storage.postgres_link import (
+    CONNECT_TIMEOUT_S,
+    PURGE_LOCK,
+    configure_session,
+    connect,
+    connection_kwargs,
+    redact_url,
+)
 
 log = logging.getLogger("clawbot.conversations")
 
@@ -42,7 +51,9 @@ RECONNECT_TIMEOUT_S = 5.0
 POOL_WAIT_S = 2.0
 PURGE_BATCH = 1000
 
-_COLUMNS = "request_id, key_id, route, messages, answer, usage, latency_s, extract(epoch FROM created_at)::float8, created_at"
+_COLUMNS = (
+    "request_id, key_id, route, messages, answer, usage, latency_s, extract(epoch FROM created_at)::float8, created_at"
+)
 
 _UPSERT = """
 INSERT INTO exchanges (request_id, key_id, route, messages, answer, usage, latency_s, created_at)
@@ -65,8 +76,14 @@ DELETE FROM exchanges WHERE request_id IN (
 def _row_to_exchange(row: tuple[Any, ...]) -> Exchange:
     # json columns arrive parsed: messages a list, answer a str, usage a dict.
     return Exchange(
-        request_id=row[0], key_id=row[1], route=row[2], messages=row[3], answer=row[4], usage=row[5],
-        latency_s=row[6], created_at=row[7],
+        request_id=row[0],
+        key_id=row[1],
+        route=row[2],
+        messages=row[3],
+        answer=row[4],
+        usage=row[5],
+        latency_s=row[6],
+        created_at=row[7],
     )
 
 
@@ -122,11 +139,17 @@ class PostgresConversationStore:
                     return work(conn)
             except psycopg.OperationalError as exc:  # connection lost, server starting up, no connection free in time
                 if time.monotonic() + delay >= deadline:
-                    log.error("conversation database unreachable", extra={"operation": operation, "error_type": type(exc).__name__})
+                    log.error(
+                        "conversation database unreachable",
+                        extra={"operation": operation, "error_type": type(exc).__name__},
+                    )
                     raise StoreUnavailable(
                         f"conversation database {self._location} unreachable for {self.retry_window_s:g} s ({operation})"
                     ) from exc
-                log.warning("conversation database unreachable or busy, retrying", extra={"operation": operation, "error_type": type(exc).__name__})
+                log.warning(
+                    "conversation database unreachable or busy, retrying",
+                    extra={"operation": operation, "error_type": type(exc).__name__},
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -139,8 +162,14 @@ class PostgresConversationStore:
     # -- writing -----------------------------------------------------------------------------
     def record_sync(self, ex: Exchange) -> None:
         row = (
-            ex.request_id, ex.key_id, ex.route, json.dumps(ex.messages, ensure_ascii=False),
-            json.dumps(ex.answer, ensure_ascii=False), json.dumps(ex.usage), float(ex.latency_s), float(ex.created_at),
+            ex.request_id,
+            ex.key_id,
+            ex.route,
+            json.dumps(ex.messages, ensure_ascii=False),
+            json.dumps(ex.answer, ensure_ascii=False),
+            json.dumps(ex.usage),
+            float(ex.latency_s),
+            float(ex.created_at),
         )
         self._run("record", lambda conn: conn.execute(_UPSERT, row))
 
@@ -189,7 +218,12 @@ class PostgresConversationStore:
                 f"SELECT {_COLUMNS} FROM exchanges {where} ORDER BY created_at DESC, request_id LIMIT %s OFFSET %s",
                 (*args, page_size, (page - 1) * page_size),
             ).fetchall()
-            return Page(items=[_row_to_exchange(r) for r in rows], total=int(total[0]) if total else 0, page=page, page_size=page_size)
+            return Page(
+                items=[_row_to_exchange(r) for r in rows],
+                total=int(total[0]) if total else 0,
+                page=page,
+                page_size=page_size,
+            )
 
         return self._run("list", read)
 
@@ -202,7 +236,9 @@ class PostgresConversationStore:
         args: tuple[Any, ...] = (key_id,) if key_id else ()
         after: tuple[datetime, str] | None = None
         while True:
-            cond, params = (f"{where} AND (created_at, request_id) > (%s, %s)", (*args, *after)) if after else (where, args)
+            cond, params = (
+                (f"{where} AND (created_at, request_id) > (%s, %s)", (*args, *after)) if after else (where, args)
+            )
             rows = self._fetch_all(
                 "export",
                 f"SELECT {_COLUMNS} FROM exchanges {cond} ORDER BY created_at, request_id LIMIT %s",

@@ -1,4 +1,5 @@
 """How the app reaches PostgreSQL: connection parameters, per-session settings, advisory lock ids, a URL safe to log."""
+
 from __future__ import annotations
 
 from typing import Any

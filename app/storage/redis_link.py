@@ -3,11 +3,13 @@
 When Redis fails, each caller falls back to in-process state, the failure is counted
 (`clawbot_redis_errors`) and logged once per outage, and Redis is tried again a second later.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from app.observability.metrics import Metrics
 
@@ -48,7 +50,7 @@ class RedisLink:
         """Ping once. Failure is logged and leaves the link down; it is retried on use, never fatal."""
         try:
             await self.client.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not now", never a crash
+        except Exception as exc:
             self._failed(exc)
             return
         self.up = True
@@ -60,7 +62,9 @@ class RedisLink:
         self._retry_at = time.monotonic() + self.retry_s
         if not self._logged_down:
             # The URL may carry a password: log the error type, never the URL or the message.
-            log.warning("redis unavailable; using in-process state until it returns", extra={"error_type": type(exc).__name__})
+            log.warning(
+                "redis unavailable; using in-process state until it returns", extra={"error_type": type(exc).__name__}
+            )
             self._logged_down = True
         self.up = False
 
@@ -79,7 +83,7 @@ class RedisLink:
             except self._connection_error:
                 # A pooled connection that a restarted server closed fails once; a fresh one may not.
                 result = await fn(self.client)
-        except Exception as exc:  # noqa: BLE001 - connection refused, timeout, reset, script error: all fall back
+        except Exception as exc:
             self._failed(exc)
             raise RedisDown() from None
         if not self.up:
@@ -91,5 +95,5 @@ class RedisLink:
     async def close(self) -> None:
         try:
             await self.client.aclose()
-        except Exception:  # noqa: BLE001 - closing a dead connection is not an error worth surfacing
+        except Exception:
             pass

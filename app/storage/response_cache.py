@@ -8,13 +8,15 @@ sampling parameters. Only temperature-0 requests are cacheable (anything else is
 Entries expire after CACHE_TTL_SECONDS and at most CACHE_MAX_ENTRIES are kept, in Redis when
 REDIS_URL is set (shared by every replica) and always in process too, so a Redis outage keeps serving.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from app.observability.metrics import Metrics
 from app.storage.redis_link import REDIS_PREFIX, RedisDown, RedisLink

@@ -4,6 +4,7 @@ WAL mode with synchronous=FULL: a record() that has returned is on disk, so `kil
 power cut) loses no exchange the client was answered for. Writes run in a worker thread so
 the event loop never waits on fsync; one lock serializes them on one connection.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from app.storage.conversations import EXPORT_BATCH, Exchange, Page, check_page, check_retention
 
@@ -78,8 +80,14 @@ class SqliteConversationStore:
     # -- writing -----------------------------------------------------------------------------
     def record_sync(self, ex: Exchange) -> None:
         row = (
-            ex.request_id, ex.key_id, ex.route, json.dumps(ex.messages, ensure_ascii=False), ex.answer,
-            json.dumps(ex.usage), float(ex.latency_s), float(ex.created_at),
+            ex.request_id,
+            ex.key_id,
+            ex.route,
+            json.dumps(ex.messages, ensure_ascii=False),
+            ex.answer,
+            json.dumps(ex.usage),
+            float(ex.latency_s),
+            float(ex.created_at),
         )
         with self._lock:
             # Autocommit (isolation_level=None): the INSERT is its own transaction, committed and fsynced here.
@@ -127,7 +135,8 @@ class SqliteConversationStore:
             cond = f"{where} {'AND' if where else 'WHERE'} (created_at, request_id) > (?, ?)"
             with self._lock:
                 rows = self._db.execute(
-                    f"SELECT * FROM exchanges {cond} ORDER BY created_at, request_id LIMIT ?", (*args, *after, self.export_batch)
+                    f"SELECT * FROM exchanges {cond} ORDER BY created_at, request_id LIMIT ?",
+                    (*args, *after, self.export_batch),
                 ).fetchall()
             if not rows:
                 return

@@ -1,4 +1,5 @@
 """The stores one app holds: the Redis link, the response cache, and the conversation store with its retention job."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,9 @@ def open_conversation_store(settings: Settings) -> ConversationStore:
             pool_size=settings.conversation_database_pool_size,
             retry_window_s=settings.conversation_database_wait_s,
         )
-    return SqliteConversationStore(settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal)
+    return SqliteConversationStore(
+        settings.data_dir, retention_days=settings.retention_days, journal=settings.conversation_journal
+    )
 
 
 class Storage:
@@ -38,7 +41,7 @@ class Storage:
         self._purge_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, metrics: Metrics) -> "Storage":
+    async def open(cls, settings: Settings, metrics: Metrics) -> Storage:
         link: RedisLink | None = None
         if settings.redis_url:
             link = RedisLink(settings.redis_url.get_secret_value(), metrics)
@@ -54,7 +57,7 @@ class Storage:
         while True:
             try:
                 await self.conversations.purge()
-            except Exception as exc:  # noqa: BLE001 - a failed purge is retried next hour, never fatal
+            except Exception as exc:
                 log.error("conversation retention purge failed", extra={"error_type": type(exc).__name__})
             await asyncio.sleep(PURGE_INTERVAL_S)
 

@@ -8,6 +8,7 @@ app.observability.metrics (a test holds them to METRIC_NAMES); the others from c
 node-exporter as kube-prometheus-stack scrapes them (kube-state-metrics with honorLabels, so its `namespace` is the
 object's namespace).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             f"sum by (namespace, pod) (rate(container_cpu_usage_seconds_total{{{chat}}}[2m]))\n"
             f'  / sum by (namespace, pod) (kube_pod_container_resource_limits{{{chat}, resource="cpu"}})\n'
             f"  > {t.cpu_percent / 100:g}",
-            t.cpu_for, "warning",
+            t.cpu_for,
+            "warning",
             f"{where} has used more than {t.cpu_percent}% of its CPU limit for {t.cpu_for}",
             "Check the HPA is scaling (kubectl get hpa); raise cpuLimit or maxReplicas.",
         ),
@@ -100,7 +102,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             f"sum by (namespace, pod) (container_memory_working_set_bytes{{{chat}}})\n"
             f'  / sum by (namespace, pod) (kube_pod_container_resource_limits{{{chat}, resource="memory"}})\n'
             f"  > {t.memory_percent / 100:g}",
-            t.memory_for, "critical",
+            t.memory_for,
+            "critical",
             f"{where} has used more than {t.memory_percent}% of its memory limit for {t.memory_for}: an OOM kill is near",
             "Raise memoryLimit; lower maxBatchSize or maxTokens.",
         ),
@@ -108,7 +111,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             "ClawbotSlowFirstToken",
             f"histogram_quantile(0.95, sum by (namespace, le) (rate(clawbot_time_to_first_token_seconds_bucket{{{ns}}}[5m])))\n"
             f"  > {t.first_token_ms / 1000:g}",
-            t.latency_for, "warning",
+            t.latency_for,
+            "warning",
             f"p95 time to first token in {label('namespace')} is {VALUE}s (threshold {t.first_token_ms / 1000:g}s)",
             "Look at Queue depth and GPU utilization: a long queue means scale out; a busy GPU means a bigger GPU or "
             "shorter prompts.",
@@ -117,7 +121,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             "ClawbotSlowTokens",
             f"histogram_quantile(0.95, sum by (namespace, le) (rate(clawbot_time_per_output_token_seconds_bucket{{{ns}}}[5m])))\n"
             f"  > {t.token_latency_ms / 1000:g}",
-            t.latency_for, "warning",
+            t.latency_for,
+            "warning",
             f"p95 time per output token in {label('namespace')} is {VALUE}s (threshold {t.token_latency_ms}ms)",
             "Decode steps are slow: batches too large for the GPU (lower maxBatchSize) or the pod runs on CPU; "
             "check GPU utilization and the Batch size panel.",
@@ -129,7 +134,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             f'sum by (namespace) (rate(clawbot_requests_total{{{ns}, route!~{PROBE_ROUTES}, status=~"5.."}}[{t.error_rate_window}]))\n'
             f'  / sum by (namespace) (rate(clawbot_requests_total{{{ns}, route!~{PROBE_ROUTES}, status!="499"}}[{t.error_rate_window}]))\n'
             f"  > {t.error_rate_percent / 100:g}",
-            "0s", "critical",
+            "0s",
+            "critical",
             f"{{{{ $value | humanizePercentage }}}} of requests in {label('namespace')} failed with 5xx over "
             f"{t.error_rate_window} (threshold {t.error_rate_percent}%)",
             "kubectl logs deploy/clawbot (JSON lines carry the request id and status); 504 generation_timeout means "
@@ -139,7 +145,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
             "ClawbotKeyAbuse",
             f"sum by (namespace, key_id) (rate(clawbot_key_requests_total{{{ns}}}[{t.key_window}])) * 60\n"
             f"  > {t.key_requests_per_minute}",
-            "0s", "warning",
+            "0s",
+            "warning",
             f"API key {label('key_id')} in {label('namespace')} is making {VALUE} requests a minute "
             f"(threshold {t.key_requests_per_minute})",
             "Find the key id's owner; if it leaked or runs away, rotate or revoke it (python -m app.keys).",
@@ -147,21 +154,24 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
         Alert(
             "ClawbotQueueDepthHigh",
             f"max by (namespace, pod) (clawbot_queue_depth{{{ns}}}) > {t.queue_depth}",
-            QUEUE_FOR, "warning",
+            QUEUE_FOR,
+            "warning",
             f"{where} has had more than {t.queue_depth} requests waiting for a batch slot for {QUEUE_FOR}",
             "Raise maxReplicas or gpuLimit; check pods are not Pending for lack of GPU nodes.",
         ),
         Alert(
             "ClawbotUnavailable",
             f'max by (namespace, deployment) (kube_deployment_status_replicas_available{{{ns}, deployment="{deployment}"}}) == 0',
-            UNAVAILABLE_FOR, "critical",
+            UNAVAILABLE_FOR,
+            "critical",
             f"Deployment {label('deployment')} in {label('namespace')} has no ready pod: every request fails",
             "kubectl get pods; describe them: Pending (no GPU node, taint), CrashLoop (key files, model path).",
         ),
         Alert(
             "ClawbotMetricsAbsent",
             f"absent(clawbot_model_ready{{{ns}}})",
-            ABSENT_FOR, "critical",
+            ABSENT_FOR,
+            "critical",
             f"Prometheus has scraped no clawbot metrics in {label('namespace')} for {ABSENT_FOR}",
             "Pods down, or the scrape broken: check the ServiceMonitor's labels match Prometheus' "
             "serviceMonitorSelector (alertSelectorLabels) and the NetworkPolicy admits monitoringNamespace.",
@@ -169,14 +179,16 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
         Alert(
             "ClawbotPodsNotReady",
             f'sum by (namespace, pod) (kube_pod_status_ready{{{ns}, condition="false", pod=~"{pods}"}}) > 0',
-            NOT_READY_FOR, "warning",
+            NOT_READY_FOR,
+            "warning",
             f"{where} has not been ready for {NOT_READY_FOR}",
             "A model still loading is normal for startupTimeoutSeconds; after that, read the pod's logs.",
         ),
         Alert(
             "ClawbotNodeClockSkew",
             _on_chat_nodes(namespace, "abs(node_timex_offset_seconds)") + f" > {t.clock_offset_ms / 1000:g}",
-            CLOCK_FOR, "warning",
+            CLOCK_FOR,
+            "warning",
             f"Node {label('node')}, running chat pods of {label('namespace')}, is {VALUE}s off NTP time "
             f"(threshold {t.clock_offset_ms}ms; JWTs tolerate {LEEWAY_S}s between pods)",
             "Check chrony/ntpd on the node (chronyc tracking); cordon and replace the node if it will not sync.",
@@ -187,7 +199,8 @@ def alert_list(namespace: str, deployment: str, t: AlertSettings) -> list[Alert]
                 namespace,
                 f"(min_over_time(node_timex_sync_status[5m]) == 0 and node_timex_maxerror_seconds >= {UNSYNCED_MAX_ERROR_S})",
             ),
-            CLOCK_FOR, "warning",
+            CLOCK_FOR,
+            "warning",
             f"Node {label('node')}, running chat pods of {label('namespace')}, has not been synchronised to NTP "
             f"for {CLOCK_FOR}",
             "Check the node's NTP daemon and that it can reach its time source (UDP 123 or the cloud's "
@@ -220,7 +233,9 @@ class AlertRules(pulumi.ComponentResource):
         # release=<Helm release>); the app labels stay for `kubectl get -l`.
         labels = {**APP_LABELS, **dict(settings.selector_labels)}
 
-        def custom(api_version: str, kind: str, spec: dict[str, Any], opts: pulumi.ResourceOptions = child) -> k8s.apiextensions.CustomResource:
+        def custom(
+            api_version: str, kind: str, spec: dict[str, Any], opts: pulumi.ResourceOptions = child
+        ) -> k8s.apiextensions.CustomResource:
             return k8s.apiextensions.CustomResource(
                 f"{name}-{kind.lower()}",
                 api_version=api_version,
@@ -231,7 +246,9 @@ class AlertRules(pulumi.ComponentResource):
             )
 
         self.prometheus_rule = custom(
-            MONITORING_API, "PrometheusRule", {"groups": [{"name": "clawbot.rules", "rules": [a.rule() for a in alerts]}]}
+            MONITORING_API,
+            "PrometheusRule",
+            {"groups": [{"name": "clawbot.rules", "rules": [a.rule() for a in alerts]}]},
         )
 
         email: dict[str, Any] = {

@@ -5,6 +5,7 @@ changes its URN, and `pulumi up` would carry that out as create-then-delete: for
 empty volume (or, with server-side apply, the old object deleted after the new one adopted it). An alias naming
 the old URN tells the engine it is the same resource, so the move is a no-op on the cluster.
 """
+
 from __future__ import annotations
 
 import pulumi
@@ -15,4 +16,3 @@ def formerly_under(opts: pulumi.ResourceOptions | None) -> list[pulumi.Alias]:
     existed hold each child, with the same name and type, directly under the component's own parent."""
     parent = opts.parent if opts else None
     return [pulumi.Alias(parent=parent)] if parent is not None else []
-

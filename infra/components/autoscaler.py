@@ -1,4 +1,5 @@
 """Horizontal scaling of the chat Deployment: CPU utilization, optionally in-flight requests per pod."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ class AutoscalerArgs:
 
 def hpa_metrics(args: AutoscalerArgs) -> list[dict[str, Any]]:
     metrics: list[dict[str, Any]] = [
-        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.cpu_percent}}}
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.cpu_percent}},
+        }
     ]
     if args.inflight_per_pod:
         metrics.append(
@@ -47,10 +51,16 @@ class Autoscaler(pulumi.ComponentResource):
     def __init__(self, name: str, args: AutoscalerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("clawbot:infra:Autoscaler", name, None, opts)
         if not 1 <= args.min_replicas <= args.max_replicas:
-            raise ValueError(f"Autoscaler min_replicas ({args.min_replicas}) must be between 1 and max_replicas ({args.max_replicas})")
+            raise ValueError(
+                f"Autoscaler min_replicas ({args.min_replicas}) must be between 1 and max_replicas ({args.max_replicas})"
+            )
         self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
-            metadata={"name": args.name_prefix, "namespace": args.namespace, "labels": {**CHAT_LABELS, **COMMON_LABELS}},
+            metadata={
+                "name": args.name_prefix,
+                "namespace": args.namespace,
+                "labels": {**CHAT_LABELS, **COMMON_LABELS},
+            },
             spec={
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": args.deployment_name},
                 "minReplicas": args.min_replicas,
@@ -58,7 +68,10 @@ class Autoscaler(pulumi.ComponentResource):
                 "metrics": hpa_metrics(args),
                 "behavior": {
                     # A new pod needs minutes to load the model: add capacity quickly, remove it reluctantly.
-                    "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+                    "scaleUp": {
+                        "stabilizationWindowSeconds": 0,
+                        "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}],
+                    },
                     "scaleDown": {
                         "stabilizationWindowSeconds": args.scale_down_stabilization_seconds,
                         "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
@@ -68,4 +81,6 @@ class Autoscaler(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.hpa_name = self.hpa.metadata["name"]
-        self.register_outputs({"hpa": self.hpa_name, "minReplicas": args.min_replicas, "maxReplicas": args.max_replicas})
+        self.register_outputs(
+            {"hpa": self.hpa_name, "minReplicas": args.min_replicas, "maxReplicas": args.max_replicas}
+        )

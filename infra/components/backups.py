@@ -10,6 +10,7 @@ a NetworkPolicy that lets it reach DNS and the API server (snapshots), the datab
 more. Every image is pinned by digest. The scripts they run are infra/jobs/, shipped in a ConfigMap; the tests run
 the same files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ import pulumi_kubernetes as k8s
 from infra.components.chat_pod import CONTAINER_SECURITY
 from infra.components.firewall import DNS_EGRESS
 from infra.contract import (
-    API_SERVER_PORTS, APP_NAME, APP_UID, CHAT_LABELS, COMMON_LABELS, IRSA_ROLE_ANNOTATION, STABLE, TRACK_LABEL,
+    API_SERVER_PORTS,
+    APP_NAME,
+    APP_UID,
+    CHAT_LABELS,
+    COMMON_LABELS,
+    IRSA_ROLE_ANNOTATION,
+    STABLE,
+    TRACK_LABEL,
 )
 from infra.settings.data import POSTGRES_PORT, BackupSettings, BucketSettings, DatabaseSettings
 
@@ -68,8 +76,13 @@ def passfile_line(url: str) -> str:
     """The libpq password file line for a postgresql:// URL (fields escaped as libpq reads them)."""
     parts = urlsplit(url)
     escape = lambda v: v.replace("\\", "\\\\").replace(":", "\\:")  # noqa: E731
-    fields = [parts.hostname or "", str(parts.port or POSTGRES_PORT), "*", unquote(parts.username or ""),
-              unquote(parts.password or "")]
+    fields = [
+        parts.hostname or "",
+        str(parts.port or POSTGRES_PORT),
+        "*",
+        unquote(parts.username or ""),
+        unquote(parts.password or ""),
+    ]
     return ":".join(escape(f) if f != "*" else f for f in fields) + "\n"
 
 
@@ -85,7 +98,11 @@ def url_without_password(url: str) -> str:
 def snapshot_role_rules(claim_name: str) -> list[dict[str, Any]]:
     """All the snapshot job may do: make, find and prune VolumeSnapshots here, and check its one claim exists."""
     return [
-        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "list", "delete"]},
+        {
+            "apiGroups": ["snapshot.storage.k8s.io"],
+            "resources": ["volumesnapshots"],
+            "verbs": ["create", "list", "delete"],
+        },
         {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "resourceNames": [claim_name], "verbs": ["get"]},
     ]
 
@@ -94,8 +111,14 @@ def _secured(container: dict[str, Any]) -> dict[str, Any]:
     return {**container, "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID}}
 
 
-def _pod(container: dict[str, Any], volumes: list[dict[str, Any]], service_account: str | None, *,
-         api_token: bool = False, init: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _pod(
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    service_account: str | None,
+    *,
+    api_token: bool = False,
+    init: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # Only the snapshot job talks to the API server; the others carry no Kubernetes token at all (their account
@@ -103,7 +126,10 @@ def _pod(container: dict[str, Any], volumes: list[dict[str, Any]], service_accou
         "automountServiceAccountToken": api_token,
         "enableServiceLinks": False,
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": APP_UID, "runAsGroup": APP_UID, "fsGroup": APP_UID,
+            "runAsNonRoot": True,
+            "runAsUser": APP_UID,
+            "runAsGroup": APP_UID,
+            "fsGroup": APP_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         **({"initContainers": [_secured(c) for c in init]} if init else {}),
@@ -116,10 +142,13 @@ def _pod(container: dict[str, Any], volumes: list[dict[str, Any]], service_accou
 
 
 def _bucket_env(bucket: BucketSettings) -> list[dict[str, str]]:
-    return [{"name": "BUCKET", "value": bucket.bucket}, {"name": "AWS_REGION", "value": bucket.region},
-            {"name": "RETENTION_DAYS", "value": str(bucket.retention_days)},
-            # The aws CLI keeps its caches under HOME: a memory volume, as the root filesystem is read-only.
-            {"name": "HOME", "value": TMP_DIR}]
+    return [
+        {"name": "BUCKET", "value": bucket.bucket},
+        {"name": "AWS_REGION", "value": bucket.region},
+        {"name": "RETENTION_DAYS", "value": str(bucket.retention_days)},
+        # The aws CLI keeps its caches under HOME: a memory volume, as the root filesystem is read-only.
+        {"name": "HOME", "value": TMP_DIR},
+    ]
 
 
 def backups_output(backups: BackupSettings, namespace: str, prefix: str) -> dict[str, Any] | None:
@@ -161,8 +190,10 @@ def cron_job_spec(schedule: str, deadline_s: int, labels: dict[str, str], pod: d
 
 
 def _scripts_volume(config_map: str, script: str) -> dict[str, Any]:
-    return {"name": "scripts",
-            "configMap": {"name": config_map, "defaultMode": 0o444, "items": [{"key": script, "path": script}]}}
+    return {
+        "name": "scripts",
+        "configMap": {"name": config_map, "defaultMode": 0o444, "items": [{"key": script, "path": script}]},
+    }
 
 
 class Backups(pulumi.ComponentResource):
@@ -180,16 +211,24 @@ class Backups(pulumi.ComponentResource):
             scripts[COPY_SCRIPT] = (JOBS_DIR / COPY_SCRIPT).read_text()
         self.cron_jobs: list[k8s.batch.v1.CronJob] = []
         if scripts:
-            self.scripts = k8s.core.v1.ConfigMap(f"{name}-scripts", metadata=self._meta(self.scripts_name, SNAPSHOT_LABELS),
-                                                 data=scripts, opts=self.child)
+            self.scripts = k8s.core.v1.ConfigMap(
+                f"{name}-scripts",
+                metadata=self._meta(self.scripts_name, SNAPSHOT_LABELS),
+                data=scripts,
+                opts=self.child,
+            )
         self.account: k8s.core.v1.ServiceAccount | None = None
         if bucket is not None:
             # The copies' IAM identity: IRSA (the role annotated here) or a Pod Identity association for this name.
             self.account = k8s.core.v1.ServiceAccount(
                 f"{name}-bucket-account",
-                metadata={**self._meta(f"{prefix}-backups", DATA_COPY_LABELS),
-                          **({"annotations": {IRSA_ROLE_ANNOTATION: bucket.role_arn}} if bucket.role_arn else {})},
-                automount_service_account_token=False, opts=self.child)
+                metadata={
+                    **self._meta(f"{prefix}-backups", DATA_COPY_LABELS),
+                    **({"annotations": {IRSA_ROLE_ANNOTATION: bucket.role_arn}} if bucket.role_arn else {}),
+                },
+                automount_service_account_token=False,
+                opts=self.child,
+            )
             self._data_copies(f"{prefix}-data-backups", bucket)
         if args.backups.snapshots:
             self._snapshots(f"{prefix}-snapshots")
@@ -204,7 +243,11 @@ class Backups(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{self.name}-{suffix}-egress",
             metadata=self._meta(f"{object_name}-egress", labels),
-            spec={"podSelector": {"matchLabels": dict(labels)}, "policyTypes": ["Egress"], "egress": [DNS_EGRESS, *rules]},
+            spec={
+                "podSelector": {"matchLabels": dict(labels)},
+                "policyTypes": ["Egress"],
+                "egress": [DNS_EGRESS, *rules],
+            },
             opts=self.child,
         )
 
@@ -214,8 +257,9 @@ class Backups(pulumi.ComponentResource):
         to = [{"ipBlock": {"cidr": c}} for c in bucket.egress_cidrs]
         return {**({"to": to} if to else {}), "ports": [{"protocol": "TCP", "port": HTTPS_PORT}]}
 
-    def _copy_container(self, bucket: BucketSettings, mode: str, env: list[dict[str, str]],
-                        mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    def _copy_container(
+        self, bucket: BucketSettings, mode: str, env: list[dict[str, str]], mounts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         return {
             "name": "copy-to-bucket",
             "image": bucket.upload_image,
@@ -223,37 +267,66 @@ class Backups(pulumi.ComponentResource):
             "command": ["sh", f"{SCRIPTS_DIR}/{COPY_SCRIPT}", mode],
             "env": [*_bucket_env(bucket), *env],
             "resources": COPY_RESOURCES,
-            "volumeMounts": [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True},
-                             {"name": "tmp", "mountPath": TMP_DIR}, *mounts],
+            "volumeMounts": [
+                {"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": TMP_DIR},
+                *mounts,
+            ],
         }
 
     def _data_copies(self, object_name: str, bucket: BucketSettings) -> None:
         """The data volume's files (the model cache) to the bucket daily: EFS has no CSI snapshots."""
         a = self.args
-        container = self._copy_container(bucket, "data", [{"name": "DATA_DIR", "value": DATA_MOUNT},
-                                                          {"name": "DATA_PREFIX", "value": bucket.data_prefix}],
-                                          [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}])
-        volumes = [_scripts_volume(self.scripts_name, COPY_SCRIPT), {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                   {"name": "data", "persistentVolumeClaim": {"claimName": a.data_claim_name, "readOnly": True}}]
+        container = self._copy_container(
+            bucket,
+            "data",
+            [{"name": "DATA_DIR", "value": DATA_MOUNT}, {"name": "DATA_PREFIX", "value": bucket.data_prefix}],
+            [{"name": "data", "mountPath": DATA_MOUNT, "readOnly": True}],
+        )
+        volumes = [
+            _scripts_volume(self.scripts_name, COPY_SCRIPT),
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": a.data_claim_name, "readOnly": True}},
+        ]
         pod = _pod(container, volumes, f"{a.name_prefix}-backups")
         if a.data_access_mode == "ReadWriteOnce":
             # A ReadWriteOnce volume attaches to one node: the copy runs where the chat pods mount it.
-            pod["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}]}}
-        self.cron_jobs.append(k8s.batch.v1.CronJob(
-            f"{self.name}-data-copies",
-            metadata=self._meta(object_name, DATA_COPY_LABELS),
-            spec=cron_job_spec(a.backups.schedule, DATA_COPY_DEADLINE_S, DATA_COPY_LABELS, pod),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.scripts, *([self.account] if self.account else [])]),
-        ))
+            pod["affinity"] = {
+                "podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}},
+                            "topologyKey": "kubernetes.io/hostname",
+                        }
+                    ]
+                }
+            }
+        self.cron_jobs.append(
+            k8s.batch.v1.CronJob(
+                f"{self.name}-data-copies",
+                metadata=self._meta(object_name, DATA_COPY_LABELS),
+                spec=cron_job_spec(a.backups.schedule, DATA_COPY_DEADLINE_S, DATA_COPY_LABELS, pod),
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[self.scripts, *([self.account] if self.account else [])]
+                ),
+            )
+        )
         self._egress("data-backups", object_name, DATA_COPY_LABELS, self._bucket_egress(bucket))
 
     def _snapshots(self, object_name: str) -> None:
         a, b = self.args, self.args.backups
-        account = k8s.core.v1.ServiceAccount(f"{self.name}-snapshot-account", metadata=self._meta(object_name, SNAPSHOT_LABELS),
-                                             automount_service_account_token=False, opts=self.child)
-        role = k8s.rbac.v1.Role(f"{self.name}-snapshot-role", metadata=self._meta(object_name, SNAPSHOT_LABELS),
-                                rules=snapshot_role_rules(a.data_claim_name), opts=self.child)
+        account = k8s.core.v1.ServiceAccount(
+            f"{self.name}-snapshot-account",
+            metadata=self._meta(object_name, SNAPSHOT_LABELS),
+            automount_service_account_token=False,
+            opts=self.child,
+        )
+        role = k8s.rbac.v1.Role(
+            f"{self.name}-snapshot-role",
+            metadata=self._meta(object_name, SNAPSHOT_LABELS),
+            rules=snapshot_role_rules(a.data_claim_name),
+            opts=self.child,
+        )
         binding = k8s.rbac.v1.RoleBinding(
             f"{self.name}-snapshot-binding",
             metadata=self._meta(object_name, SNAPSHOT_LABELS),
@@ -277,13 +350,20 @@ class Backups(pulumi.ComponentResource):
             "resources": SNAPSHOT_RESOURCES,
             "volumeMounts": [{"name": "scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}],
         }
-        pod = _pod(container, [_scripts_volume(self.scripts_name, SNAPSHOT_SCRIPT)], service_account=object_name, api_token=True)
-        self.cron_jobs.append(k8s.batch.v1.CronJob(
-            f"{self.name}-snapshots",
-            metadata=self._meta(object_name, SNAPSHOT_LABELS),
-            spec=cron_job_spec(b.schedule, b.snapshot_deadline_s + DEADLINE_MARGIN_S, SNAPSHOT_LABELS, pod),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[binding, self.scripts]),
-        ))
+        pod = _pod(
+            container,
+            [_scripts_volume(self.scripts_name, SNAPSHOT_SCRIPT)],
+            service_account=object_name,
+            api_token=True,
+        )
+        self.cron_jobs.append(
+            k8s.batch.v1.CronJob(
+                f"{self.name}-snapshots",
+                metadata=self._meta(object_name, SNAPSHOT_LABELS),
+                spec=cron_job_spec(b.schedule, b.snapshot_deadline_s + DEADLINE_MARGIN_S, SNAPSHOT_LABELS, pod),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[binding, self.scripts]),
+            )
+        )
         api_ports = [{"protocol": "TCP", "port": p} for p in API_SERVER_PORTS]
         # Without kubernetesApiCidrs the API server may be anywhere (EKS: ENIs in the VPC, or a public endpoint);
         # the token it carries can only touch snapshots.
@@ -297,21 +377,28 @@ class Backups(pulumi.ComponentResource):
             f"{self.name}-database-credentials",
             metadata=self._meta(f"{object_name}-credentials", DUMP_LABELS),
             type="Opaque",
-            string_data={DSN_KEY: pulumi.Output.secret(database_url.apply(url_without_password)),
-                         PASSFILE_KEY: pulumi.Output.secret(database_url.apply(passfile_line))},
+            string_data={
+                DSN_KEY: pulumi.Output.secret(database_url.apply(url_without_password)),
+                PASSFILE_KEY: pulumi.Output.secret(database_url.apply(passfile_line)),
+            },
             opts=self.child,
         )
         waits: list[pulumi.Resource] = [credentials, self.scripts]
         if b.bucket is None:
             backups_volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": object_name}}
-            waits.append(k8s.core.v1.PersistentVolumeClaim(
-                f"{self.name}-database-backups",
-                metadata=self._meta(object_name, DUMP_LABELS),
-                spec={"accessModes": ["ReadWriteOnce"], "storageClassName": a.storage_class,
-                      "resources": {"requests": {"storage": b.database_volume_size}}},
-                # The dumps outlive `pulumi destroy`, like the data volume; production refuses to delete them at all.
-                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=a.production),
-            ))
+            waits.append(
+                k8s.core.v1.PersistentVolumeClaim(
+                    f"{self.name}-database-backups",
+                    metadata=self._meta(object_name, DUMP_LABELS),
+                    spec={
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": a.storage_class,
+                        "resources": {"requests": {"storage": b.database_volume_size}},
+                    },
+                    # The dumps outlive `pulumi destroy`, like the data volume; production refuses to delete them at all.
+                    opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True, protect=a.production),
+                )
+            )
         else:
             # Scratch space for tonight's dump only: the copy that counts is the one in the bucket.
             backups_volume = {"emptyDir": {"sizeLimit": b.database_volume_size}}
@@ -337,31 +424,55 @@ class Backups(pulumi.ComponentResource):
             ],
         }
         scripts = [DUMP_SCRIPT] if b.bucket is None else [DUMP_SCRIPT, COPY_SCRIPT]
-        volumes = [{"name": "scripts", "configMap": {"name": self.scripts_name, "defaultMode": 0o444,
-                                                     "items": [{"key": k, "path": k} for k in scripts]}},
-                   {"name": "backups", **backups_volume},
-                   {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
-                   {"name": "database", "secret": {"secretName": f"{object_name}-credentials", "defaultMode": 0o440,
-                                                   "items": [{"key": k, "path": k} for k in (DSN_KEY, PASSFILE_KEY)]}}]
-        database_rule = {"to": [{"ipBlock": {"cidr": c}} for c in a.database.egress_cidrs],
-                         "ports": [{"protocol": "TCP", "port": a.database.port}]}
+        volumes = [
+            {
+                "name": "scripts",
+                "configMap": {
+                    "name": self.scripts_name,
+                    "defaultMode": 0o444,
+                    "items": [{"key": k, "path": k} for k in scripts],
+                },
+            },
+            {"name": "backups", **backups_volume},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            {
+                "name": "database",
+                "secret": {
+                    "secretName": f"{object_name}-credentials",
+                    "defaultMode": 0o440,
+                    "items": [{"key": k, "path": k} for k in (DSN_KEY, PASSFILE_KEY)],
+                },
+            },
+        ]
+        database_rule = {
+            "to": [{"ipBlock": {"cidr": c}} for c in a.database.egress_cidrs],
+            "ports": [{"protocol": "TCP", "port": a.database.port}],
+        }
         if b.bucket is None:
             pod = _pod(dump, volumes, service_account=None)
             self._egress("database-backups", object_name, DUMP_LABELS, database_rule)
         else:
             # The dump first (an init container), then the copy to the bucket, in the same pod and scratch volume.
-            copy = self._copy_container(b.bucket, "dumps", [{"name": "BACKUP_DIR", "value": BACKUPS_DIR},
-                                                            {"name": "DUMPS_PREFIX", "value": b.bucket.database_prefix}],
-                                        [{"name": "backups", "mountPath": BACKUPS_DIR, "readOnly": True}])
+            copy = self._copy_container(
+                b.bucket,
+                "dumps",
+                [
+                    {"name": "BACKUP_DIR", "value": BACKUPS_DIR},
+                    {"name": "DUMPS_PREFIX", "value": b.bucket.database_prefix},
+                ],
+                [{"name": "backups", "mountPath": BACKUPS_DIR, "readOnly": True}],
+            )
             pod = _pod(copy, volumes, f"{a.name_prefix}-backups", init=[dump])
             waits += [self.account] if self.account else []
             self._egress("database-backups", object_name, DUMP_LABELS, database_rule, self._bucket_egress(b.bucket))
-        self.cron_jobs.append(k8s.batch.v1.CronJob(
-            f"{self.name}-database-dumps",
-            metadata=self._meta(object_name, DUMP_LABELS),
-            spec=cron_job_spec(b.schedule, DUMP_DEADLINE_S, DUMP_LABELS, pod),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=waits),
-        ))
+        self.cron_jobs.append(
+            k8s.batch.v1.CronJob(
+                f"{self.name}-database-dumps",
+                metadata=self._meta(object_name, DUMP_LABELS),
+                spec=cron_job_spec(b.schedule, DUMP_DEADLINE_S, DUMP_LABELS, pod),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=waits),
+            )
+        )
 
     @property
     def scripts_name(self) -> str:

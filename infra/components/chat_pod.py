@@ -1,15 +1,20 @@
 """The chat Deployments' spec: container, probes, mounts, drain timing, placement, release labels and the checksum
 that rolls pods. The stable set and a canary share all of it but the image, the track and the replica count."""
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 
+from infra.components.gpu_node_pool import PodPlacement
+from infra.components.rollout import progress_deadline_seconds
+from infra.components.secret_store import PodKeyAccess, SecretNames, pod_key_access
 from infra.contract import (
     APP_UID,
     CANARY,
@@ -34,9 +39,6 @@ from infra.contract import (
     TRACK_LABEL,
     VERSION_LABEL,
 )
-from infra.components.gpu_node_pool import PodPlacement
-from infra.components.rollout import progress_deadline_seconds
-from infra.components.secret_store import PodKeyAccess, SecretNames, pod_key_access
 from infra.images import parse_image
 from infra.settings.pod import ROLLOUT_SURGE
 from infra.settings.stack import StackSettings
@@ -109,15 +111,19 @@ def canary_release(s: StackSettings) -> Release | None:
 
 def config_checksum(env: Mapping[str, str], secrets_digest: pulumi.Input[str]) -> pulumi.Output[str]:
     """SHA-256 over the container's environment and the key Secrets' digest."""
+
     def digest(secrets: str) -> str:
         return hashlib.sha256(json.dumps({"env": dict(env), "secrets": secrets}, sort_keys=True).encode()).hexdigest()
 
     return pulumi.Output.from_input(secrets_digest).apply(digest)
 
 
-def database_digest(keys_digest: pulumi.Input[str], key: pulumi.Input[str], database_url: pulumi.Input[str]) -> pulumi.Output[str]:
+def database_digest(
+    keys_digest: pulumi.Input[str], key: pulumi.Input[str], database_url: pulumi.Input[str]
+) -> pulumi.Output[str]:
     """The key Secrets' digest extended by an HMAC of the database URL under a secret key: the URL's password may be
     guessable, so a plain hash of it must not sit in the pod template."""
+
     def digest(values: list[str]) -> str:
         keys, hmac_key, url = values
         tag = hmac.new(hmac_key.encode(), url.encode(), hashlib.sha256).hexdigest()
@@ -164,13 +170,24 @@ def _container(p: PodInputs, image: str) -> dict[str, Any]:
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "envFrom": [{"configMapRef": {"name": p.config_map_name}}],
-        **({"env": [{"name": DATABASE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": p.database_secret_name,
-                                                                                "key": DATABASE_SECRET_KEY}}}]}
-           if p.database_secret_name else {}),
+        **(
+            {
+                "env": [
+                    {
+                        "name": DATABASE_URL_ENV,
+                        "valueFrom": {"secretKeyRef": {"name": p.database_secret_name, "key": DATABASE_SECRET_KEY}},
+                    }
+                ]
+            }
+            if p.database_secret_name
+            else {}
+        ),
         "resources": {"limits": limits, "requests": requests},
         # Start-up is judged on readiness to serve (model downloaded, loaded and warmed), bounded by the stack's
         # start-up budget: a stalled download or load is restarted. Liveness only starts once it has passed.
-        "startupProbe": _probe(READY_PATH, period=PROBE_PERIOD_S, failures=startup_probe_failures(pod.startup_timeout_seconds), https=https),
+        "startupProbe": _probe(
+            READY_PATH, period=PROBE_PERIOD_S, failures=startup_probe_failures(pod.startup_timeout_seconds), https=https
+        ),
         "livenessProbe": _probe(HEALTH_PATH, period=PROBE_PERIOD_S, failures=3, https=https),
         "readinessProbe": _probe(READY_PATH, period=5, failures=2, https=https),
         "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
@@ -186,12 +203,27 @@ def _volumes(p: PodInputs) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "data", "persistentVolumeClaim": {"claimName": p.claim_name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-        {"name": "keys", "secret": {"secretName": p.secrets.keys, "defaultMode": 0o440, "items": [{"key": KEYS_FILE, "path": KEYS_FILE}]}},
+        {
+            "name": "keys",
+            "secret": {
+                "secretName": p.secrets.keys,
+                "defaultMode": 0o440,
+                "items": [{"key": KEYS_FILE, "path": KEYS_FILE}],
+            },
+        },
         *p.key_access.volumes,
     ]
     if p.tls_secret_name is not None:
-        volumes.append({"name": "tls", "secret": {"secretName": p.tls_secret_name, "defaultMode": 0o440,
-                                                   "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}})
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": p.tls_secret_name,
+                    "defaultMode": 0o440,
+                    "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+                },
+            }
+        )
     return volumes
 
 
@@ -199,9 +231,14 @@ def _affinity(p: PodInputs, release: Release) -> dict[str, Any]:
     affinity = dict(p.placement.affinity() or {})
     if release.track == CANARY and p.settings.data_volume.access_mode == "ReadWriteOnce":
         # A ReadWriteOnce volume attaches to one node: the canary must run where the stable pods mount it.
-        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}}, "topologyKey": "kubernetes.io/hostname"}
-        ]}
+        affinity["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
     return affinity
 
 
@@ -210,15 +247,17 @@ def _unseal_step(p: PodInputs, image: str) -> list[dict[str, Any]]:
     access = p.key_access
     if not access.init_args:
         return []
-    return [{
-        "name": "unseal-data-key",
-        "image": image,
-        "imagePullPolicy": p.settings.pod.image_pull_policy,
-        "args": list(access.init_args),
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
-        "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
-        "volumeMounts": [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, *access.init_mounts],
-    }]
+    return [
+        {
+            "name": "unseal-data-key",
+            "image": image,
+            "imagePullPolicy": p.settings.pod.image_pull_policy,
+            "args": list(access.init_args),
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+            "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
+            "volumeMounts": [{"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}, *access.init_mounts],
+        }
+    ]
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -6,10 +6,12 @@ where the chat Service would spread connections over ready pods. A NetworkPolicy
 the API port. Weights are core Gateway API (`HTTPRoute` backendRefs, "Support for weight: Core"); which controllers
 honour them is in docs/operations/canary-and-rollouts.md.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -39,8 +41,15 @@ def track_service_name(prefix: str, track: str) -> str:
 
 def backend_refs(prefix: str, canary_weight_percent: int | None) -> list[dict[str, Any]]:
     """The route's backends: the stable set alone, or both tracks with weights that sum to 100 (percent)."""
+
     def ref(track: str, weight: int) -> dict[str, Any]:
-        return {"group": "", "kind": "Service", "name": track_service_name(prefix, track), "port": PORT, "weight": weight}
+        return {
+            "group": "",
+            "kind": "Service",
+            "name": track_service_name(prefix, track),
+            "port": PORT,
+            "weight": weight,
+        }
 
     if canary_weight_percent is None:
         return [ref(STABLE, 100)]
@@ -49,23 +58,31 @@ def backend_refs(prefix: str, canary_weight_percent: int | None) -> list[dict[st
 
 def route_spec(args: ChatRouteArgs) -> dict[str, Any]:
     r = args.routing
-    parent: dict[str, Any] = {"group": GATEWAY_API, "kind": "Gateway", "namespace": r.gateway_namespace,
-                              "name": r.gateway_name}
+    parent: dict[str, Any] = {
+        "group": GATEWAY_API,
+        "kind": "Gateway",
+        "namespace": r.gateway_namespace,
+        "name": r.gateway_name,
+    }
     if r.listener:
         parent["sectionName"] = r.listener
     return {
         "parentRefs": [parent],
         "hostnames": [args.hostname],
-        "rules": [{
-            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-            "backendRefs": backend_refs(args.name_prefix, args.canary_weight_percent),
-        }],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": backend_refs(args.name_prefix, args.canary_weight_percent),
+            }
+        ],
     }
 
 
 def gateway_ingress_rules(r: RoutingSettings) -> list[dict[str, Any]]:
     """The Gateway's data plane to the API port: its pods' namespace, and the addresses of one outside the cluster."""
-    sources: list[dict[str, Any]] = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": r.proxy_namespace}}}]
+    sources: list[dict[str, Any]] = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": r.proxy_namespace}}}
+    ]
     sources += [{"ipBlock": {"cidr": c}} for c in r.source_cidrs]
     return [{"from": sources, "ports": [{"protocol": "TCP", "port": PORT}]}]
 
@@ -81,8 +98,11 @@ class ChatRoute(pulumi.ComponentResource):
         def track_service(track: str) -> k8s.core.v1.Service:
             return k8s.core.v1.Service(
                 f"{name}-{track}",
-                metadata={"name": track_service_name(prefix, track), "namespace": args.namespace,
-                          "labels": {**CHAT_LABELS, **labels, TRACK_LABEL: track}},
+                metadata={
+                    "name": track_service_name(prefix, track),
+                    "namespace": args.namespace,
+                    "labels": {**CHAT_LABELS, **labels, TRACK_LABEL: track},
+                },
                 spec={
                     "type": "ClusterIP",
                     "selector": {**CHAT_LABELS, TRACK_LABEL: track},
@@ -105,8 +125,11 @@ class ChatRoute(pulumi.ComponentResource):
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-gateway-ingress",
             metadata={"name": f"{prefix}-gateway-ingress", "namespace": args.namespace, "labels": labels},
-            spec={"podSelector": {"matchLabels": dict(CHAT_LABELS)}, "policyTypes": ["Ingress"],
-                  "ingress": gateway_ingress_rules(args.routing)},
+            spec={
+                "podSelector": {"matchLabels": dict(CHAT_LABELS)},
+                "policyTypes": ["Ingress"],
+                "ingress": gateway_ingress_rules(args.routing),
+            },
             opts=child,
         )
         # The listener's port is the Gateway's (443 for HTTPS); production attaches to its HTTPS listener.

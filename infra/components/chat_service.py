@@ -1,10 +1,12 @@
 """The chat service on Kubernetes: the stable Deployment and a canary beside it, their ConfigMap, Service :18789, the
 metrics Service, the PDB and the Secret holding the conversation database URL; its parts DataVolume, Redis and
 PodCertificate are components of their own, created under it."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -118,15 +120,27 @@ class ChatService(pulumi.ComponentResource):
 
         self.redis = None
         if s.redis.enabled:
-            self.redis = Redis(f"{name}-redis", RedisArgs(namespace=args.namespace, namespace_name=s.namespace,
-                                                          image=s.redis.image, name_prefix=prefix), opts=part)
+            self.redis = Redis(
+                f"{name}-redis",
+                RedisArgs(
+                    namespace=args.namespace, namespace_name=s.namespace, image=s.redis.image, name_prefix=prefix
+                ),
+                opts=part,
+            )
         self.env = service_env(s, self.redis.url if self.redis else None)
-        self.config_map = k8s.core.v1.ConfigMap(f"{name}-config", metadata=self._metadata(f"{prefix}-config"),
-                                                data=self.env, opts=part)
+        self.config_map = k8s.core.v1.ConfigMap(
+            f"{name}-config", metadata=self._metadata(f"{prefix}-config"), data=self.env, opts=part
+        )
         self.data = DataVolume(
             f"{name}-data",
-            DataVolumeArgs(namespace=args.namespace, claim_name=f"{prefix}-data", volume=s.data_volume,
-                           restore_snapshot=s.backups.restore_snapshot, protect=s.production, labels=self.labels),
+            DataVolumeArgs(
+                namespace=args.namespace,
+                claim_name=f"{prefix}-data",
+                volume=s.data_volume,
+                restore_snapshot=s.backups.restore_snapshot,
+                protect=s.production,
+                labels=self.labels,
+            ),
             opts=part,
         )
         self.data_claim_name = self.data.mounted_claim_name
@@ -135,18 +149,32 @@ class ChatService(pulumi.ComponentResource):
             claims = [c for c in (self.data.claim, self.data.restored_claim) if c is not None]
             self.model_download = ModelDownload(
                 f"{name}-model",
-                ModelDownloadArgs(settings=s, namespace=args.namespace, claim_name=self.data_claim_name, placement=args.placement,
-                                  hub_token=args.hub_token, depends_on=tuple(claims), name_prefix=prefix),
+                ModelDownloadArgs(
+                    settings=s,
+                    namespace=args.namespace,
+                    claim_name=self.data_claim_name,
+                    placement=args.placement,
+                    hub_token=args.hub_token,
+                    depends_on=tuple(claims),
+                    name_prefix=prefix,
+                ),
                 opts=part,
             )
         self.certificate = None
         if s.tls.pod_certificate:
             self.certificate = PodCertificate(
                 f"{name}-certificate",
-                PodCertificateArgs(namespace=args.namespace, namespace_name=s.namespace, service_name=prefix,
-                                   issuer_kind=s.tls.pod_issuer_kind, issuer_name=s.tls.pod_issuer_name,
-                                   create_private_ca=s.tls.pod_issuer_created, private_ca=s.tls.pod_issuer_private,
-                                   endpoint_hostname=s.tls.endpoint_hostname, name_prefix=prefix),
+                PodCertificateArgs(
+                    namespace=args.namespace,
+                    namespace_name=s.namespace,
+                    service_name=prefix,
+                    issuer_kind=s.tls.pod_issuer_kind,
+                    issuer_name=s.tls.pod_issuer_name,
+                    create_private_ca=s.tls.pod_issuer_created,
+                    private_ca=s.tls.pod_issuer_private,
+                    endpoint_hostname=s.tls.endpoint_hostname,
+                    name_prefix=prefix,
+                ),
                 opts=part,
             )
         self.database_secret = self._database_secret()
@@ -161,7 +189,14 @@ class ChatService(pulumi.ComponentResource):
             spec={
                 "type": "ClusterIP",
                 "selector": dict(CHAT_LABELS),
-                "ports": [{"name": METRICS_PORT_NAME, "port": METRICS_PORT, "targetPort": METRICS_PORT_NAME, "protocol": "TCP"}],
+                "ports": [
+                    {
+                        "name": METRICS_PORT_NAME,
+                        "port": METRICS_PORT,
+                        "targetPort": METRICS_PORT_NAME,
+                        "protocol": "TCP",
+                    }
+                ],
             },
             opts=part,
         )
@@ -212,19 +247,31 @@ class ChatService(pulumi.ComponentResource):
             # The URL reaches the pods as env, read once at start: a new URL (a rotated password) must roll them.
             secrets_digest = database_digest(a.secrets_digest, a.digest_key, a.database_url)
         tls_secret = s.tls.pod_secret or (self.certificate.secret_name if self.certificate else None)
-        pod = PodInputs(settings=s, placement=a.placement, secrets=a.secrets, config_map_name=f"{prefix}-config",
-                        claim_name=self.data_claim_name, tls_secret_name=tls_secret, database_secret_name=self.database_secret_name)
+        pod = PodInputs(
+            settings=s,
+            placement=a.placement,
+            secrets=a.secrets,
+            config_map_name=f"{prefix}-config",
+            claim_name=self.data_claim_name,
+            tls_secret_name=tls_secret,
+            database_secret_name=self.database_secret_name,
+        )
         checksum = config_checksum(self.env, secrets_digest)
 
         def deployment(suffix: str, deployment_name: str, release: Release, pods: int) -> k8s.apps.v1.Deployment:
             return k8s.apps.v1.Deployment(
                 f"{self.name}-{suffix}",
-                metadata={"name": deployment_name, "namespace": a.namespace, "labels": release.labels,
-                          **({"annotations": release.annotations} if release.annotations else {})},
+                metadata={
+                    "name": deployment_name,
+                    "namespace": a.namespace,
+                    "labels": release.labels,
+                    **({"annotations": release.annotations} if release.annotations else {}),
+                },
                 spec=deployment_spec(pod, release, checksum),
                 # `up` waits for the rollout to walk through every pod, one at a time.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=waits_for,
-                                            custom_timeouts=deployment_timeouts(s, pods)),
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=waits_for, custom_timeouts=deployment_timeouts(s, pods)
+                ),
             )
 
         stable = deployment("deployment", prefix, stable_release(s), stable_pods_rolled(s))
@@ -246,6 +293,7 @@ class ChatService(pulumi.ComponentResource):
             },
             # Pulumi waits for the load balancer's address and a ready endpoint, i.e. the first pod's model load.
             # loadBalancerClass cannot change in place.
-            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=service_timeouts(s),
-                                        replace_on_changes=["spec.loadBalancerClass"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, custom_timeouts=service_timeouts(s), replace_on_changes=["spec.loadBalancerClass"]
+            ),
         )

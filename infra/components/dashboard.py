@@ -1,10 +1,11 @@
 """Dashboard: ships dashboards/clawbot.json as a ConfigMap that Grafana's sidecar picks up by its label."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import pulumi
 import pulumi_kubernetes as k8s

@@ -1,5 +1,6 @@
 """The chat pods' data volume (/app/data: the model cache and, with one replica, the conversations), and the claim
 restored from a snapshot when the stack asks for one."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,14 @@ class DataVolume(pulumi.ComponentResource):
             self.restored_claim = k8s.core.v1.PersistentVolumeClaim(
                 f"{name}-restored",
                 metadata={"name": self.mounted_claim_name, "namespace": args.namespace, "labels": args.labels},
-                spec={**_claim_spec(args.volume),
-                      "dataSource": {"apiGroup": SNAPSHOT_API_GROUP, "kind": "VolumeSnapshot", "name": args.restore_snapshot}},
+                spec={
+                    **_claim_spec(args.volume),
+                    "dataSource": {
+                        "apiGroup": SNAPSHOT_API_GROUP,
+                        "kind": "VolumeSnapshot",
+                        "name": args.restore_snapshot,
+                    },
+                },
                 # Restoring from another snapshot later leaves this claim in the cluster, as destroy does.
                 opts=pulumi.ResourceOptions(parent=self, aliases=aliases, retain_on_delete=True),
             )

@@ -5,6 +5,7 @@ same settings), so the cloud load balancer and the CNI enforce one list. The cha
 nothing outside the cluster but the services they call (DNS, Redis, the database, the KMS
 endpoint); only the model download Job goes online, to the model hub, and with Cilium by name.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -14,7 +15,15 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.contract import CHAT_LABELS, COMMON_LABELS, METRICS_PORT, MODEL_DOWNLOAD_LABELS, PORT, REDIS_LABELS, REDIS_PORT
+from infra.contract import (
+    CHAT_LABELS,
+    COMMON_LABELS,
+    METRICS_PORT,
+    MODEL_DOWNLOAD_LABELS,
+    PORT,
+    REDIS_LABELS,
+    REDIS_PORT,
+)
 from infra.settings.network import ModelHubEgress
 
 CILIUM_API = "cilium.io/v2"
@@ -62,7 +71,11 @@ class ServiceFirewallArgs:
 
 def _ip_block(cidr: str) -> dict[str, Any]:
     net = ipaddress.ip_network(cidr)
-    excepts = [p for p in PRIVATE_RANGES if net.version == 4 and ipaddress.ip_network(p).subnet_of(net) and ipaddress.ip_network(p) != net]  # type: ignore[arg-type]
+    excepts = [
+        p
+        for p in PRIVATE_RANGES
+        if net.version == 4 and ipaddress.ip_network(p).subnet_of(net) and ipaddress.ip_network(p) != net
+    ]  # type: ignore[arg-type]
     block: dict[str, Any] = {"cidr": cidr}
     if excepts:
         block["except"] = excepts
@@ -72,16 +85,25 @@ def _ip_block(cidr: str) -> dict[str, Any]:
 def chat_ingress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
     if args.allowed_cidrs:
-        rules.append({"from": [{"ipBlock": {"cidr": c}} for c in args.allowed_cidrs], "ports": [{"protocol": "TCP", "port": PORT}]})
+        rules.append(
+            {
+                "from": [{"ipBlock": {"cidr": c}} for c in args.allowed_cidrs],
+                "ports": [{"protocol": "TCP", "port": PORT}],
+            }
+        )
     health_checkers = [c for c in args.health_check_cidrs if c not in args.allowed_cidrs]
     if health_checkers:
         # Without this every target is unhealthy and the NLB sends nothing. The app still applies ALLOWED_CIDRS to
         # the API routes, so from these addresses only the unauthenticated probes and pages answer.
-        rules.append({"from": [{"ipBlock": {"cidr": c}} for c in health_checkers], "ports": [{"protocol": "TCP", "port": PORT}]})
+        rules.append(
+            {"from": [{"ipBlock": {"cidr": c}} for c in health_checkers], "ports": [{"protocol": "TCP", "port": PORT}]}
+        )
     # Prometheus scrapes /metrics on its own port, from its own namespace only.
     rules.append(
         {
-            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}}],
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args.monitoring_namespace}}}
+            ],
             "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
         }
     )
@@ -91,10 +113,19 @@ def chat_ingress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
 def chat_egress_rules(args: ServiceFirewallArgs) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [DNS_EGRESS]
     if args.database_cidrs:
-        rules.append({"to": [{"ipBlock": {"cidr": c}} for c in args.database_cidrs],
-                      "ports": [{"protocol": "TCP", "port": args.database_port}]})
+        rules.append(
+            {
+                "to": [{"ipBlock": {"cidr": c}} for c in args.database_cidrs],
+                "ports": [{"protocol": "TCP", "port": args.database_port}],
+            }
+        )
     if args.redis_enabled:
-        rules.append({"to": [{"podSelector": {"matchLabels": dict(REDIS_LABELS)}}], "ports": [{"protocol": "TCP", "port": REDIS_PORT}]})
+        rules.append(
+            {
+                "to": [{"podSelector": {"matchLabels": dict(REDIS_LABELS)}}],
+                "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+            }
+        )
     for target in args.service_egress:
         # A target without CIDRs (the API server, where kubernetesApiCidrs is unset) is any address on its port.
         to = [{"ipBlock": {"cidr": c}} for c in target.cidrs]
@@ -121,7 +152,9 @@ def model_download_fqdn_spec(hub: ModelHubEgress) -> dict[str, Any]:
         "endpointSelector": {"matchLabels": dict(MODEL_DOWNLOAD_LABELS)},
         "egress": [
             {
-                "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}],
+                "toEndpoints": [
+                    {"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}}
+                ],
                 "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": [{"matchPattern": "*"}]}}],
             },
             {"toFQDNs": names, "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
@@ -149,11 +182,19 @@ class ServiceFirewall(pulumi.ComponentResource):
         self.default_deny = policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
         self.chat_ingress = policy(
             "chat-ingress",
-            {"podSelector": {"matchLabels": dict(CHAT_LABELS)}, "policyTypes": ["Ingress"], "ingress": chat_ingress_rules(args)},
+            {
+                "podSelector": {"matchLabels": dict(CHAT_LABELS)},
+                "policyTypes": ["Ingress"],
+                "ingress": chat_ingress_rules(args),
+            },
         )
         self.chat_egress = policy(
             "chat-egress",
-            {"podSelector": {"matchLabels": dict(CHAT_LABELS)}, "policyTypes": ["Egress"], "egress": chat_egress_rules(args)},
+            {
+                "podSelector": {"matchLabels": dict(CHAT_LABELS)},
+                "policyTypes": ["Egress"],
+                "egress": chat_egress_rules(args),
+            },
         )
         policies = [self.default_deny, self.chat_ingress, self.chat_egress]
         self.model_download_egress = None
@@ -161,8 +202,11 @@ class ServiceFirewall(pulumi.ComponentResource):
         if args.model_hub is not None:
             self.model_download_egress = policy(
                 "model-download-egress",
-                {"podSelector": {"matchLabels": dict(MODEL_DOWNLOAD_LABELS)}, "policyTypes": ["Egress"],
-                 "egress": model_download_egress_rules(args.model_hub)},
+                {
+                    "podSelector": {"matchLabels": dict(MODEL_DOWNLOAD_LABELS)},
+                    "policyTypes": ["Egress"],
+                    "egress": model_download_egress_rules(args.model_hub),
+                },
             )
             policies.append(self.model_download_egress)
             if args.model_hub.by_name:
@@ -170,7 +214,11 @@ class ServiceFirewall(pulumi.ComponentResource):
                     f"{name}-model-download-fqdns",
                     api_version=CILIUM_API,
                     kind="CiliumNetworkPolicy",
-                    metadata={"name": f"{prefix}-model-download", "namespace": args.namespace, "labels": dict(COMMON_LABELS)},
+                    metadata={
+                        "name": f"{prefix}-model-download",
+                        "namespace": args.namespace,
+                        "labels": dict(COMMON_LABELS),
+                    },
                     spec=model_download_fqdn_spec(args.model_hub),
                     opts=child,
                 )
@@ -180,11 +228,20 @@ class ServiceFirewall(pulumi.ComponentResource):
                 {
                     "podSelector": {"matchLabels": dict(REDIS_LABELS)},
                     "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"podSelector": {"matchLabels": dict(CHAT_LABELS)}}],
-                                 "ports": [{"protocol": "TCP", "port": REDIS_PORT}]}],
+                    "ingress": [
+                        {
+                            "from": [{"podSelector": {"matchLabels": dict(CHAT_LABELS)}}],
+                            "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+                        }
+                    ],
                 },
             )
             policies.append(self.redis_ingress)
         self.policy_names = pulumi.Output.all(*[p.metadata["name"] for p in policies])  # type: ignore[assignment]
-        self.register_outputs({"policies": self.policy_names, "allowedCidrs": list(args.allowed_cidrs),
-                               "healthCheckCidrs": list(args.health_check_cidrs)})
+        self.register_outputs(
+            {
+                "policies": self.policy_names,
+                "allowedCidrs": list(args.allowed_cidrs),
+                "healthCheckCidrs": list(args.health_check_cidrs),
+            }
+        )

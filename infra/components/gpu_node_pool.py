@@ -4,6 +4,7 @@ The component also hands out `placement`, the tolerations, node affinity and GPU
 the chat pods need, computed from the same taint and labels it puts on the nodes, so the
 two cannot drift apart (a `=true` taint against a `=present` toleration strands pods).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,7 +37,11 @@ class PodPlacement:
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": k, "operator": "In", "values": [v]} for k, v in self.required_node_labels]}
+                        {
+                            "matchExpressions": [
+                                {"key": k, "operator": "In", "values": [v]} for k, v in self.required_node_labels
+                            ]
+                        }
                     ]
                 }
             }
@@ -104,7 +109,9 @@ class GpuNodePool(pulumi.ComponentResource):
 def _requirements(gpu: GpuSettings) -> list[dict[str, Any]]:
     reqs: list[dict[str, Any]] = []
     if gpu.instance_families:
-        reqs.append({"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": list(gpu.instance_families)})
+        reqs.append(
+            {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": list(gpu.instance_families)}
+        )
     if gpu.instance_types:
         reqs.append({"key": "node.kubernetes.io/instance-type", "operator": "In", "values": list(gpu.instance_types)})
     reqs.append({"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(gpu.capacity_types)})
@@ -156,7 +163,12 @@ def _ec2_node_class_spec(gpu: GpuSettings) -> dict[str, Any]:
         "blockDeviceMappings": [
             {
                 "deviceName": "/dev/xvda",
-                "ebs": {"volumeSize": gpu.node_volume_size, "volumeType": "gp3", "encrypted": True, "deleteOnTermination": True},
+                "ebs": {
+                    "volumeSize": gpu.node_volume_size,
+                    "volumeType": "gp3",
+                    "encrypted": True,
+                    "deleteOnTermination": True,
+                },
             }
         ],
         # IMDSv2 only, one hop: pods cannot borrow the node's IAM role through the metadata service.
@@ -164,7 +176,9 @@ def _ec2_node_class_spec(gpu: GpuSettings) -> dict[str, Any]:
     }
 
 
-def _device_plugin(name: str, gpu: GpuSettings, placement: PodPlacement, child: pulumi.ResourceOptions) -> k8s.apps.v1.DaemonSet:
+def _device_plugin(
+    name: str, gpu: GpuSettings, placement: PodPlacement, child: pulumi.ResourceOptions
+) -> k8s.apps.v1.DaemonSet:
     labels = {"app.kubernetes.io/name": "nvidia-device-plugin", **COMMON_LABELS}
     return k8s.apps.v1.DaemonSet(
         f"{name}-device-plugin",
@@ -191,12 +205,20 @@ def _device_plugin(name: str, gpu: GpuSettings, placement: PodPlacement, child: 
                                 "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
-                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}},
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "32Mi"},
+                                "limits": {"cpu": "100m", "memory": "128Mi"},
+                            },
                             "volumeMounts": [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}],
                         }
                     ],
                     # The plugin registers with the kubelet through this socket directory; there is no other way in.
-                    "volumes": [{"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"}}],
+                    "volumes": [
+                        {
+                            "name": "device-plugin",
+                            "hostPath": {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"},
+                        }
+                    ],
                 },
             },
         },

@@ -3,6 +3,7 @@
 Without `loadBalancerClass` and these annotations EKS would make a Classic LB that hides client addresses, so
 the NetworkPolicy ipBlocks and the app's ALLOWED_CIDRS would see the load balancer instead of the clients.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,23 +38,27 @@ def service_annotations(s: StackSettings) -> dict[str, str]:
     if lb.target_type == "ip":
         # Pods are the targets: check the model is loaded, not just that the port is open. With instance targets
         # (externalTrafficPolicy Local) the controller's default, kube-proxy's health-check node port, is right.
-        out.update({
-            f"{AWS_LB}healthcheck-protocol": "https" if s.tls.in_pod else "http",
-            f"{AWS_LB}healthcheck-port": "traffic-port",
-            f"{AWS_LB}healthcheck-path": READY_PATH,
-            f"{AWS_LB}healthcheck-success-codes": "200",
-            f"{AWS_LB}healthcheck-interval": "10",
-            f"{AWS_LB}healthcheck-healthy-threshold": "2",
-            f"{AWS_LB}healthcheck-unhealthy-threshold": "2",
-        })
+        out.update(
+            {
+                f"{AWS_LB}healthcheck-protocol": "https" if s.tls.in_pod else "http",
+                f"{AWS_LB}healthcheck-port": "traffic-port",
+                f"{AWS_LB}healthcheck-path": READY_PATH,
+                f"{AWS_LB}healthcheck-success-codes": "200",
+                f"{AWS_LB}healthcheck-interval": "10",
+                f"{AWS_LB}healthcheck-healthy-threshold": "2",
+                f"{AWS_LB}healthcheck-unhealthy-threshold": "2",
+            }
+        )
     if s.tls.at_load_balancer:
-        out.update({
-            f"{AWS_LB}ssl-cert": s.tls.certificate_arn,
-            f"{AWS_LB}ssl-ports": str(PORT),
-            f"{AWS_LB}ssl-negotiation-policy": TLS_POLICY,
-            # With TLS in the pod too the NLB re-encrypts to it; otherwise it forwards the decrypted stream.
-            f"{AWS_LB}backend-protocol": "ssl" if s.tls.in_pod else "tcp",
-        })
+        out.update(
+            {
+                f"{AWS_LB}ssl-cert": s.tls.certificate_arn,
+                f"{AWS_LB}ssl-ports": str(PORT),
+                f"{AWS_LB}ssl-negotiation-policy": TLS_POLICY,
+                # With TLS in the pod too the NLB re-encrypts to it; otherwise it forwards the decrypted stream.
+                f"{AWS_LB}backend-protocol": "ssl" if s.tls.in_pod else "tcp",
+            }
+        )
     if s.tls.endpoint_hostname:
         out[EXTERNAL_DNS_HOSTNAME] = s.tls.endpoint_hostname  # used where external-dns runs; harmless elsewhere
     return out
@@ -101,7 +106,9 @@ def endpoint_url(service: k8s.core.v1.Service, s: StackSettings) -> pulumi.Outpu
     if s.tls.endpoint_hostname:
         return pulumi.Output.from_input(f"{scheme}://{s.tls.endpoint_hostname}:{PORT}")
     if not s.network.load_balanced:
-        return pulumi.Output.concat(f"{scheme}://", service.metadata["name"], f".{s.namespace}.svc.cluster.local:{PORT}")
+        return pulumi.Output.concat(
+            f"{scheme}://", service.metadata["name"], f".{s.namespace}.svc.cluster.local:{PORT}"
+        )
 
     def from_status(status: Any) -> str:
         address = _address(status)
@@ -118,4 +125,6 @@ def _plain(value: Any) -> Any:
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return {k: _plain(getattr(value, k)) for k in dir(value) if not k.startswith("_") and not callable(getattr(value, k))}
+    return {
+        k: _plain(getattr(value, k)) for k in dir(value) if not k.startswith("_") and not callable(getattr(value, k))
+    }

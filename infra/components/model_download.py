@@ -7,6 +7,7 @@ names (ServiceFirewall writes those policies for the labels here). The Job's nam
 fetches, so a new model or image is a new Job that ChatService's Deployments wait for, and an unchanged one is left
 alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,16 @@ import pulumi_kubernetes as k8s
 
 from infra.components.chat_pod import CONTAINER_SECURITY, pod_security_context
 from infra.components.gpu_node_pool import PodPlacement
-from infra.contract import APP_UID, CHAT_LABELS, COMMON_LABELS, DATA_DIR, MODEL_DOWNLOAD_LABELS, STABLE, TMP_DIR, TRACK_LABEL
+from infra.contract import (
+    APP_UID,
+    CHAT_LABELS,
+    COMMON_LABELS,
+    DATA_DIR,
+    MODEL_DOWNLOAD_LABELS,
+    STABLE,
+    TMP_DIR,
+    TRACK_LABEL,
+)
 from infra.settings.stack import StackSettings
 
 HUB_TOKEN_KEY = "token"
@@ -42,8 +52,12 @@ class ModelDownloadArgs:
 
 def job_name(settings: StackSettings, prefix: str) -> str:
     """`<prefix>-model-<digest>`: the digest of what the Job fetches and how, so a change makes a new Job."""
-    what = {"model": settings.model.path, "image": settings.release.image, "proxy": settings.network.model_hub.proxy,
-            "token": settings.model.hub_auth}
+    what = {
+        "model": settings.model.path,
+        "image": settings.release.image,
+        "proxy": settings.network.model_hub.proxy,
+        "token": settings.model.hub_auth,
+    }
     return f"{prefix}-model-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
@@ -51,8 +65,11 @@ def _env(s: StackSettings, token_secret: str | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "MODEL_PATH", "value": s.model.path}, {"name": "DATA_DIR", "value": DATA_DIR}]
     if s.network.model_hub.proxy:
         proxy = s.network.model_hub.proxy
-        env += [{"name": "HTTPS_PROXY", "value": proxy}, {"name": "HTTP_PROXY", "value": proxy},
-                {"name": "NO_PROXY", "value": ".svc,.cluster.local,localhost,127.0.0.1"}]
+        env += [
+            {"name": "HTTPS_PROXY", "value": proxy},
+            {"name": "HTTP_PROXY", "value": proxy},
+            {"name": "NO_PROXY", "value": ".svc,.cluster.local,localhost,127.0.0.1"},
+        ]
     if token_secret:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": HUB_TOKEN_KEY}}})
     return env
@@ -63,33 +80,47 @@ def _affinity(s: StackSettings) -> dict[str, Any] | None:
     first deployment, so this cannot be a requirement)."""
     if s.data_volume.access_mode != "ReadWriteOnce":
         return None
-    return {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-        "weight": 100,
-        "podAffinityTerm": {"labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}},
-                            "topologyKey": "kubernetes.io/hostname"},
-    }]}}
+    return {
+        "podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {**CHAT_LABELS, TRACK_LABEL: STABLE}},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        }
+    }
 
 
-def job_spec(s: StackSettings, claim_name: pulumi.Input[str], placement: PodPlacement, token_secret: str | None) -> dict[str, Any]:
+def job_spec(
+    s: StackSettings, claim_name: pulumi.Input[str], placement: PodPlacement, token_secret: str | None
+) -> dict[str, Any]:
     labels = {**MODEL_DOWNLOAD_LABELS, **COMMON_LABELS}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
-        "containers": [{
-            "name": "download",
-            "image": s.release.image,
-            "imagePullPolicy": s.pod.image_pull_policy,
-            # args, not command: the image's ENTRYPOINT (tini) stays PID 1. --no-load: fetch, do not load on a GPU.
-            "args": ["python", "-m", "app.load_model", "--no-load"],
-            "env": _env(s, token_secret),
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
-            "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
-            "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": TMP_DIR}],
-        }],
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim_name}},
-                    {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+        "containers": [
+            {
+                "name": "download",
+                "image": s.release.image,
+                "imagePullPolicy": s.pod.image_pull_policy,
+                # args, not command: the image's ENTRYPOINT (tini) stays PID 1. --no-load: fetch, do not load on a GPU.
+                "args": ["python", "-m", "app.load_model", "--no-load"],
+                "env": _env(s, token_secret),
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+                "securityContext": {**CONTAINER_SECURITY, "runAsUser": APP_UID, "runAsGroup": APP_UID},
+                "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}, {"name": "tmp", "mountPath": TMP_DIR}],
+            }
+        ],
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": claim_name}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+        ],
     }
     affinity = _affinity(s)
     if affinity:
@@ -128,7 +159,10 @@ class ModelDownload(pulumi.ComponentResource):
             metadata={"name": self.job_name, "namespace": args.namespace, "labels": labels},
             spec=job_spec(s, args.claim_name, args.placement, f"{prefix}-hub-token" if self.hub_token else None),
             # Pulumi waits for the Job to complete; the chat Deployments wait for this resource.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *([self.hub_token] if self.hub_token else [])],
-                                        custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*args.depends_on, *([self.hub_token] if self.hub_token else [])],
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait),
+            ),
         )
         self.register_outputs({"jobName": self.job_name})

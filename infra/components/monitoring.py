@@ -3,6 +3,7 @@
 It exists whenever something reads the metrics through Prometheus (StackSettings.metrics_scraped): the alerts, or
 the HPA's in-flight target that prometheus-adapter serves; AlertRules holds the rules and the mail routing only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,12 +43,22 @@ class Monitoring(pulumi.ComponentResource):
             f"{name}-servicemonitor",
             api_version=MONITORING_API,
             kind="ServiceMonitor",
-            metadata={"name": args.name_prefix, "namespace": args.namespace,
-                      "labels": {**APP_LABELS, **dict(args.selector_labels)}},
+            metadata={
+                "name": args.name_prefix,
+                "namespace": args.namespace,
+                "labels": {**APP_LABELS, **dict(args.selector_labels)},
+            },
             spec={
                 "selector": {"matchLabels": dict(METRICS_SERVICE_LABELS)},
                 "namespaceSelector": {"matchNames": [args.namespace_name]},
-                "endpoints": [{"port": METRICS_PORT_NAME, "path": METRICS_PATH, "interval": SCRAPE_INTERVAL, "scrapeTimeout": "10s"}],
+                "endpoints": [
+                    {
+                        "port": METRICS_PORT_NAME,
+                        "path": METRICS_PATH,
+                        "interval": SCRAPE_INTERVAL,
+                        "scrapeTimeout": "10s",
+                    }
+                ],
                 # The pods' track and version ride on every scraped series, so a query can put the canary's error
                 # rate and latency beside the stable set's (`track="canary"`, `app_kubernetes_io_version`).
                 "podTargetLabels": list(RELEASE_LABELS),

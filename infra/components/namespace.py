@@ -1,4 +1,5 @@
 """The stack's namespace: restricted Pod Security, the load balancer controller's readiness gates, kept on destroy."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

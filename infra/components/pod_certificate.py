@@ -8,6 +8,7 @@ and one that is not Ready or is a public ACME issuer asked for `.svc` names fail
 Certificate and Issuer carries `pulumi.com/waitFor`, so `pulumi up` waits for it to be Ready, and the Deployment,
 which depends on the pod Certificate, never starts pods that wait on a missing Secret.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ def dns_names(args: PodCertificateArgs) -> list[str]:
     """endpointHostname first; the Service's in-cluster names only from a private CA (a public one refuses them)."""
     names = [args.endpoint_hostname] if args.endpoint_hostname else []
     if args.private_ca or args.create_private_ca:
-        names += [f"{args.service_name}.{args.namespace_name}.svc", f"{args.service_name}.{args.namespace_name}.svc.cluster.local"]
+        names += [
+            f"{args.service_name}.{args.namespace_name}.svc",
+            f"{args.service_name}.{args.namespace_name}.svc.cluster.local",
+        ]
     return names
 
 
@@ -58,12 +62,16 @@ def issuer_problem(kind: str, name: str, private_ca: bool, obj: Any) -> str | No
     ready = next((c for c in conditions if c.get("type") == "Ready"), None)
     if ready is None or ready.get("status") != "True":
         why = f": {ready.get('reason')}: {ready.get('message')}" if ready else " (it has no Ready condition yet)"
-        return (f"cert-manager {kind}/{name}, named by clawbot:podTlsIssuer, is not Ready{why}. Fix the issuer "
-                f"(kubectl describe {kind.lower()} {name}), or set clawbot:podTlsIssuer to private-ca")
+        return (
+            f"cert-manager {kind}/{name}, named by clawbot:podTlsIssuer, is not Ready{why}. Fix the issuer "
+            f"(kubectl describe {kind.lower()} {name}), or set clawbot:podTlsIssuer to private-ca"
+        )
     if private_ca and "acme" in (obj.get("spec") or {}):
-        return (f"cert-manager {kind}/{name} is an ACME issuer, a public CA, but clawbot:podTlsIssuerPrivate is true: it "
-                "would refuse the Service's .svc names. Set clawbot:podTlsIssuerPrivate to false (the certificate then "
-                "names clawbot:endpointHostname alone), or name a private CA")
+        return (
+            f"cert-manager {kind}/{name} is an ACME issuer, a public CA, but clawbot:podTlsIssuerPrivate is true: it "
+            "would refuse the Service's .svc names. Set clawbot:podTlsIssuerPrivate to false (the certificate then "
+            "names clawbot:endpointHostname alone), or name a private CA"
+        )
     return None
 
 
@@ -75,8 +83,12 @@ class ExistingIssuer(pulumi.CustomResource):
 
     def __init__(self, name: str, kind: str, object_id: str, opts: pulumi.ResourceOptions | None = None) -> None:
         props = {"apiVersion": None, "kind": None, "metadata": None, "spec": None, "status": None}
-        super().__init__(f"kubernetes:{CERT_MANAGER_API}:{kind}", name, props,
-                         pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=object_id)))
+        super().__init__(
+            f"kubernetes:{CERT_MANAGER_API}:{kind}",
+            name,
+            props,
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=object_id)),
+        )
 
 
 class PodCertificate(pulumi.ComponentResource):
@@ -97,15 +109,23 @@ class PodCertificate(pulumi.ComponentResource):
             self.issuer_checked = pulumi.Output.from_input(f"Issuer/{prefix}-ca")
         else:
             issuer_ref = {"group": "cert-manager.io", "kind": args.issuer_kind, "name": args.issuer_name}
-            object_id = args.issuer_name if args.issuer_kind == "ClusterIssuer" else f"{args.namespace_name}/{args.issuer_name}"
+            object_id = (
+                args.issuer_name if args.issuer_kind == "ClusterIssuer" else f"{args.namespace_name}/{args.issuer_name}"
+            )
             self.existing_issuer = ExistingIssuer(f"{name}-issuer", args.issuer_kind, object_id, opts=child)
             self.issuer_checked = pulumi.Output.all(self.existing_issuer.spec, self.existing_issuer.status).apply(
-                lambda read: self._check(args, {"spec": read[0], "status": read[1]}))
+                lambda read: self._check(args, {"spec": read[0], "status": read[1]})
+            )
         self.certificate = k8s.apiextensions.CustomResource(
             name,
             api_version=CERT_MANAGER_API,
             kind="Certificate",
-            metadata={"name": self.secret_name, "namespace": args.namespace, "labels": labels, "annotations": dict(WAIT_FOR_READY)},
+            metadata={
+                "name": self.secret_name,
+                "namespace": args.namespace,
+                "labels": labels,
+                "annotations": dict(WAIT_FOR_READY),
+            },
             spec={
                 "secretName": self.secret_name,
                 # Read from the issuer's check: an unusable issuer stops the update here, before anything is created.
@@ -117,8 +137,9 @@ class PodCertificate(pulumi.ComponentResource):
                 "usages": ["server auth", "digital signature"],
             },
             # ChatService held the Certificate before this component existed.
-            opts=pulumi.ResourceOptions(parent=self, aliases=formerly_under(opts), depends_on=waits_for,
-                                        custom_timeouts=ISSUE_TIMEOUT),
+            opts=pulumi.ResourceOptions(
+                parent=self, aliases=formerly_under(opts), depends_on=waits_for, custom_timeouts=ISSUE_TIMEOUT
+            ),
         )
         self.register_outputs({"secretName": self.secret_name, "issuer": self.issuer_checked})
 
@@ -133,10 +154,19 @@ class PodCertificate(pulumi.ComponentResource):
         """A self-signed root, kept in `<prefix>-ca` (clients trust its ca.crt), and the Issuer that signs from it."""
         prefix = args.name_prefix
 
-        def issuer(suffix: str, object_name: str, spec: dict[str, Any], depends_on: list[pulumi.Resource]) -> pulumi.Resource:
+        def issuer(
+            suffix: str, object_name: str, spec: dict[str, Any], depends_on: list[pulumi.Resource]
+        ) -> pulumi.Resource:
             return k8s.apiextensions.CustomResource(
-                f"{name}-{suffix}", api_version=CERT_MANAGER_API, kind="Issuer",
-                metadata={"name": object_name, "namespace": args.namespace, "labels": labels, "annotations": dict(WAIT_FOR_READY)},
+                f"{name}-{suffix}",
+                api_version=CERT_MANAGER_API,
+                kind="Issuer",
+                metadata={
+                    "name": object_name,
+                    "namespace": args.namespace,
+                    "labels": labels,
+                    "annotations": dict(WAIT_FOR_READY),
+                },
                 spec=spec,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on, custom_timeouts=ISSUE_TIMEOUT),
             )
@@ -146,7 +176,12 @@ class PodCertificate(pulumi.ComponentResource):
             f"{name}-ca",
             api_version=CERT_MANAGER_API,
             kind="Certificate",
-            metadata={"name": f"{prefix}-ca", "namespace": args.namespace, "labels": labels, "annotations": dict(WAIT_FOR_READY)},
+            metadata={
+                "name": f"{prefix}-ca",
+                "namespace": args.namespace,
+                "labels": labels,
+                "annotations": dict(WAIT_FOR_READY),
+            },
             spec={
                 "isCA": True,
                 "commonName": f"{prefix} private CA ({args.namespace_name})",

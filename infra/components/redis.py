@@ -1,4 +1,5 @@
 """Redis for the response cache and rate-limit counters the chat replicas share (REDIS_URL): one pod, no persistence."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,12 +35,17 @@ class Redis(pulumi.ComponentResource):
         object_name = f"{args.name_prefix}-redis"
         labels = {**REDIS_LABELS, **COMMON_LABELS}
         metadata = {"name": object_name, "namespace": args.namespace, "labels": labels}
-        self.deployment = k8s.apps.v1.Deployment(name, metadata=metadata, spec=_deployment_spec(args.image, labels), opts=child)
+        self.deployment = k8s.apps.v1.Deployment(
+            name, metadata=metadata, spec=_deployment_spec(args.image, labels), opts=child
+        )
         self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=metadata,
-            spec={"type": "ClusterIP", "selector": dict(REDIS_LABELS),
-                  "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis", "protocol": "TCP"}]},
+            spec={
+                "type": "ClusterIP",
+                "selector": dict(REDIS_LABELS),
+                "ports": [{"name": "redis", "port": REDIS_PORT, "targetPort": "redis", "protocol": "TCP"}],
+            },
             opts=child,
         )
         self.url = f"redis://{object_name}.{args.namespace_name}.svc.cluster.local:{REDIS_PORT}/0"
@@ -56,7 +62,10 @@ def _deployment_spec(image: str, labels: dict[str, str]) -> dict[str, Any]:
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "securityContext": {
-                    "runAsNonRoot": True, "runAsUser": REDIS_UID, "runAsGroup": REDIS_UID, "fsGroup": REDIS_UID,
+                    "runAsNonRoot": True,
+                    "runAsUser": REDIS_UID,
+                    "runAsGroup": REDIS_UID,
+                    "fsGroup": REDIS_UID,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "containers": [
@@ -64,9 +73,21 @@ def _deployment_spec(image: str, labels: dict[str, str]) -> dict[str, Any]:
                         "name": "redis",
                         "image": image,
                         # Cache and counters only: losing them on restart is fine, so no persistence.
-                        "args": ["--save", "", "--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"],
+                        "args": [
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--maxmemory",
+                            "256mb",
+                            "--maxmemory-policy",
+                            "allkeys-lru",
+                        ],
                         "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "384Mi"}},
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "128Mi"},
+                            "limits": {"cpu": "500m", "memory": "384Mi"},
+                        },
                         "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
                         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10},
                         "securityContext": {**CONTAINER_SECURITY, "runAsUser": REDIS_UID, "runAsGroup": REDIS_UID},

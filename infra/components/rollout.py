@@ -6,6 +6,7 @@ gate), then removes an old one (maxUnavailable 0), and so on through every repli
 first pod's start plus one turnover per further replica; the Deployment's progress deadline bounds one pod's start,
 so a stalled pod fails the rollout long before `up`'s wait would.
 """
+
 from __future__ import annotations
 
 import pulumi

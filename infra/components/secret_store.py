@@ -15,6 +15,7 @@ API and JWT keys live in two slots, `a` and `b`, that rotate in turn; at any tim
 period. The slots live are read back from the stack's own last `keyRotation` output, so an `up`
 after a long pause still replaces one slot only: clients always get the overlap.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,15 @@ import pulumi_random as random
 from app.access.keyfile import KMS_ENCRYPTION_CONTEXT, ApiKeyRecord, JwtKeyRecord, KeyFile, KmsDataKey, seal_key_file
 from infra.components.firewall import EgressTarget
 from infra.contract import (
-    API_KEY_PATH, API_SERVER_PORTS, APP_LABELS, DATA_KEY_DIR, DATA_KEY_PATH, IRSA_ROLE_ANNOTATION,
-    KEK_FILE, KEYS_FILE, SERVICE_ACCOUNT_DIR,
+    API_KEY_PATH,
+    API_SERVER_PORTS,
+    APP_LABELS,
+    DATA_KEY_DIR,
+    DATA_KEY_PATH,
+    IRSA_ROLE_ANNOTATION,
+    KEK_FILE,
+    KEYS_FILE,
+    SERVICE_ACCOUNT_DIR,
 )
 from infra.settings.key_store import KMS_PORT, POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT, KeyStoreSettings
 
@@ -74,17 +82,21 @@ class RotationSchedule:
             "epoch": self.epoch,
             "periodSeconds": self.period_s,
             "primary": self.primary.name,
-            "slots": {s.name: {"generation": s.generation, "startsAt": s.starts_at} for s in (self.primary, self.secondary)},
+            "slots": {
+                s.name: {"generation": s.generation, "startsAt": s.starts_at} for s in (self.primary, self.secondary)
+            },
         }
 
     @classmethod
-    def from_output(cls, value: Any) -> "RotationSchedule | None":
+    def from_output(cls, value: Any) -> RotationSchedule | None:
         """The schedule a previous `pulumi up` exported, or None when there is none (first deployment) or it is unreadable."""
         try:
             slots = {name: Slot(name, int(v["generation"]), int(v["startsAt"])) for name, v in value["slots"].items()}
             primary = slots[value["primary"]]
             (secondary,) = [slot for name, slot in slots.items() if name != primary.name]
-            return cls(epoch=int(value["epoch"]), period_s=int(value["periodSeconds"]), primary=primary, secondary=secondary)
+            return cls(
+                epoch=int(value["epoch"]), period_s=int(value["periodSeconds"]), primary=primary, secondary=secondary
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -179,19 +191,37 @@ def key_env(key_store: KeyStoreSettings) -> dict[str, str]:
 def pod_key_access(key_store: KeyStoreSettings, names: SecretNames) -> PodKeyAccess:
     if key_store.uses_kms:
         return PodKeyAccess(env=key_env(key_store))
-    token = {"name": "kek-reader-token", "projected": {"defaultMode": 0o440, "sources": [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": READER_TOKEN_SECONDS}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-    ]}}
+    token = {
+        "name": "kek-reader-token",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": READER_TOKEN_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    }
     return PodKeyAccess(
         env=key_env(key_store),
         volumes=({"name": "data-key", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}, token),
         mounts=({"name": "data-key", "mountPath": DATA_KEY_DIR, "readOnly": True},),
-        init_args=("python", "-m", "app.keys", "unseal-data-key", "--kek-secret",
-                   f"{key_store.kek_namespace}/{names.kek}/{KEK_FILE}", "--key-file", API_KEY_PATH, "--out", DATA_KEY_PATH),
-        init_mounts=({"name": "data-key", "mountPath": DATA_KEY_DIR},
-                     {"name": "kek-reader-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}),
+        init_args=(
+            "python",
+            "-m",
+            "app.keys",
+            "unseal-data-key",
+            "--kek-secret",
+            f"{key_store.kek_namespace}/{names.kek}/{KEK_FILE}",
+            "--key-file",
+            API_KEY_PATH,
+            "--out",
+            DATA_KEY_PATH,
+        ),
+        init_mounts=(
+            {"name": "data-key", "mountPath": DATA_KEY_DIR},
+            {"name": "kek-reader-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
+        ),
     )
 
 
@@ -200,9 +230,14 @@ def key_store_egress(key_store: KeyStoreSettings, kubernetes_api_cidrs: tuple[st
     the Pod Identity agent for credentials), or, for the namespace mode's init step, the API server."""
     kms = key_store.kms
     if kms is not None:
-        return (EgressTarget("kms", kms.egress_cidrs, KMS_PORT),
-                *((EgressTarget("pod-identity-agent", POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT),)
-                  if kms.pod_identity else ()))
+        return (
+            EgressTarget("kms", kms.egress_cidrs, KMS_PORT),
+            *(
+                (EgressTarget("pod-identity-agent", POD_IDENTITY_AGENT_CIDRS, POD_IDENTITY_AGENT_PORT),)
+                if kms.pod_identity
+                else ()
+            ),
+        )
     # The in-cluster address of the API server leads to its endpoints inside the cluster's network (on EKS, the
     # control plane's ENIs in the VPC): private ranges, never the internet, when kubernetesApiCidrs does not say.
     cidrs = kubernetes_api_cidrs or CLUSTER_NETWORKS
@@ -214,18 +249,34 @@ def kms_policy(key_store: KeyStoreSettings) -> dict[str, Any] | None:
     kms = key_store.kms
     if kms is None:
         return None
-    return {"Version": "2012-10-17", "Statement": [{
-        "Sid": "UnwrapTheKeyFilesDataKey", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms.key_arn,
-        "Condition": {"StringEquals": {f"kms:EncryptionContext:{k}": v for k, v in KMS_ENCRYPTION_CONTEXT.items()}},
-    }]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "UnwrapTheKeyFilesDataKey",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": kms.key_arn,
+                "Condition": {
+                    "StringEquals": {f"kms:EncryptionContext:{k}": v for k, v in KMS_ENCRYPTION_CONTEXT.items()}
+                },
+            }
+        ],
+    }
 
 
 def key_store_output(key_store: KeyStoreSettings, namespace: str, prefix: str) -> dict[str, Any]:
     """The `keyStore` stack output: where the KEK is, and (KMS) the role the chat pods need, for the operator to make."""
-    out: dict[str, Any] = {"keyEncryption": key_store.encryption, "clusterSecretsKeyArn": key_store.cluster_secrets_key_arn}
+    out: dict[str, Any] = {
+        "keyEncryption": key_store.encryption,
+        "clusterSecretsKeyArn": key_store.cluster_secrets_key_arn,
+    }
     if key_store.kms is not None:
-        out |= {"kmsKeyArn": key_store.kms.key_arn, "serviceAccount": f"system:serviceaccount:{namespace}:{prefix}",
-                "policy": kms_policy(key_store)}
+        out |= {
+            "kmsKeyArn": key_store.kms.key_arn,
+            "serviceAccount": f"system:serviceaccount:{namespace}:{prefix}",
+            "policy": kms_policy(key_store),
+        }
     else:
         out |= {"kekSecret": f"{key_store.kek_namespace}/{prefix}-kek"}
     return out
@@ -246,31 +297,43 @@ class SecretStore(pulumi.ComponentResource):
         self.name, self.args = name, args
         now = time.time() if args.now is None else args.now
         epoch = rotation_schedule(now, args.rotation_days).epoch
-        schedule = pulumi.Output.from_input(args.previous_rotation).apply(lambda prev: next_schedule(prev, now, args.rotation_days))
+        schedule = pulumi.Output.from_input(args.previous_rotation).apply(
+            lambda prev: next_schedule(prev, now, args.rotation_days)
+        )
         self.names = secret_names(args.name_prefix)
         epoch_keepers = {"epoch": str(epoch), "periodDays": str(args.rotation_days)}
         kms = args.key_store.kms
 
         # The KEK and the envelope's data key may all change at once: clients never see them. With KMS there is no
         # KEK here at all: the data key is sealed to the KMS data key's public half.
-        kek = None if kms else random.RandomPassword(f"{name}-kek", length=64, special=False, keepers=epoch_keepers, opts=child)
+        kek = (
+            None
+            if kms
+            else random.RandomPassword(f"{name}-kek", length=64, special=False, keepers=epoch_keepers, opts=child)
+        )
         # A new data key when the key store changes too: one that sat beside a KEK in the cluster is not carried into KMS.
-        dek = random.RandomBytes(f"{name}-dek", length=32, keepers={**epoch_keepers, "keyEncryption": args.key_store.encryption},
-                                 opts=child)
+        dek = random.RandomBytes(
+            f"{name}-dek", length=32, keepers={**epoch_keepers, "keyEncryption": args.key_store.encryption}, opts=child
+        )
         iv_seed = random.RandomBytes(f"{name}-iv-seed", length=32, keepers=epoch_keepers, opts=child)
         wrap: pulumi.Output[str | KmsDataKey] = pulumi.Output.from_input(kms.data_key) if kms else kek.result  # type: ignore[union-attr]
 
         def slot_keys(kind: str, length: int) -> dict[str, random.RandomPassword]:
             return {
                 slot: random.RandomPassword(
-                    f"{name}-{kind}-key-{slot}", length=length, special=False,
-                    keepers={"generation": schedule.apply(lambda sc, slot=slot: str(sc.slot(slot).generation))}, opts=child,
+                    f"{name}-{kind}-key-{slot}",
+                    length=length,
+                    special=False,
+                    keepers={"generation": schedule.apply(lambda sc, slot=slot: str(sc.slot(slot).generation))},
+                    opts=child,
                 )
                 for slot in ("a", "b")
             }
 
         api, jwt = slot_keys("api", 48), slot_keys("jwt", 64)
-        hub: pulumi.Output[str | None] = args.hub_token if args.hub_token is not None else pulumi.Output.from_input(None)
+        hub: pulumi.Output[str | None] = (
+            args.hub_token if args.hub_token is not None else pulumi.Output.from_input(None)
+        )
 
         def seal(values: list[Any]) -> str:
             sc, wrap_v, dek_v, iv_v, api_a, api_b, jwt_a, jwt_b, hub_v = values
@@ -278,17 +341,27 @@ class SecretStore(pulumi.ComponentResource):
             primary, secondary = sc.primary, sc.secondary
             ring = KeyFile(
                 api_keys=(
-                    ApiKeyRecord(id=primary.key_id, secret=api_of[primary.name], scopes=API_KEY_SCOPES, not_before=_iso(primary.starts_at)),
+                    ApiKeyRecord(
+                        id=primary.key_id,
+                        secret=api_of[primary.name],
+                        scopes=API_KEY_SCOPES,
+                        not_before=_iso(primary.starts_at),
+                    ),
                     # The old key stays valid to the end of this period: clients have one period to switch.
                     ApiKeyRecord(
-                        id=secondary.key_id, secret=api_of[secondary.name], scopes=API_KEY_SCOPES,
-                        not_before=_iso(secondary.starts_at), expires_at=_iso(sc.period_end),
+                        id=secondary.key_id,
+                        secret=api_of[secondary.name],
+                        scopes=API_KEY_SCOPES,
+                        not_before=_iso(secondary.starts_at),
+                        expires_at=_iso(sc.period_end),
                     ),
                 ),
                 jwt_keys=(
                     JwtKeyRecord(kid=primary.jwt_kid, secret=jwt_of[primary.name], not_before=_iso(primary.starts_at)),
                     # No expiry: tokens signed before the rotation keep verifying until this slot rotates again.
-                    JwtKeyRecord(kid=secondary.jwt_kid, secret=jwt_of[secondary.name], not_before=_iso(secondary.starts_at)),
+                    JwtKeyRecord(
+                        kid=secondary.jwt_kid, secret=jwt_of[secondary.name], not_before=_iso(secondary.starts_at)
+                    ),
                 ),
                 hub_token=hub_v or None,
             )
@@ -296,15 +369,24 @@ class SecretStore(pulumi.ComponentResource):
 
         # Computing the file is all that happens in the apply; the Secret holding it is declared outside.
         key_file = pulumi.Output.all(
-            schedule, wrap, dek.base64, iv_seed.base64,
-            api["a"].result, api["b"].result, jwt["a"].result, jwt["b"].result, hub,
+            schedule,
+            wrap,
+            dek.base64,
+            iv_seed.base64,
+            api["a"].result,
+            api["b"].result,
+            jwt["a"].result,
+            jwt["b"].result,
+            hub,
         ).apply(seal)
         self.key_file = pulumi.Output.secret(key_file)
         self.kek = pulumi.Output.secret(kek.result) if kek else None
         # A secret key for HMACs the pod template carries (ChatService digests the database URL with it).
         self.digest_key = pulumi.Output.secret(kek.result if kek else dek.base64)
         self.api_key = pulumi.Output.secret(
-            pulumi.Output.all(schedule, api["a"].result, api["b"].result).apply(lambda v: v[1] if v[0].primary.name == "a" else v[2])
+            pulumi.Output.all(schedule, api["a"].result, api["b"].result).apply(
+                lambda v: v[1] if v[0].primary.name == "a" else v[2]
+            )
         )
         self.api_key_ids = schedule.apply(lambda sc: [sc.primary.key_id, sc.secondary.key_id])
         self.rotation = schedule.apply(lambda sc: sc.as_output())
@@ -324,8 +406,12 @@ class SecretStore(pulumi.ComponentResource):
         )
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{name}-chat-account",
-            metadata={"name": self.names.service_account, "namespace": args.namespace, "labels": APP_LABELS,
-                      **({"annotations": {IRSA_ROLE_ANNOTATION: kms.role_arn}} if kms and kms.role_arn else {})},
+            metadata={
+                "name": self.names.service_account,
+                "namespace": args.namespace,
+                "labels": APP_LABELS,
+                **({"annotations": {IRSA_ROLE_ANNOTATION: kms.role_arn}} if kms and kms.role_arn else {}),
+            },
             # No pod of it gets the API token mounted; the namespace mode's init step mounts a projected one itself.
             automount_service_account_token=False,
             opts=child,
@@ -333,8 +419,9 @@ class SecretStore(pulumi.ComponentResource):
         self.secrets: list[pulumi.Resource] = [self.keys_secret, self.service_account]
         if kek is not None:
             self.secrets += self._kek_namespace(kek.result)
-        self.register_outputs({"apiKeyIds": self.api_key_ids, "keysSecret": self.names.keys,
-                               "keyEncryption": args.key_store.encryption})
+        self.register_outputs(
+            {"apiKeyIds": self.api_key_ids, "keysSecret": self.names.keys, "keyEncryption": args.key_store.encryption}
+        )
 
     def _kek_namespace(self, kek: pulumi.Output[str]) -> list[pulumi.Resource]:
         """keyEncryption namespace: the KEK in a namespace of its own, readable by the chat pods' account alone."""
@@ -343,14 +430,24 @@ class SecretStore(pulumi.ComponentResource):
         labels = {**APP_LABELS, "app.kubernetes.io/component": "key-encryption-key"}
         namespace = k8s.core.v1.Namespace(
             f"{self.name}-kek-namespace",
-            metadata={"name": kek_ns, "labels": {**labels, "pod-security.kubernetes.io/enforce": "restricted",
-                                                 "pod-security.kubernetes.io/enforce-version": "latest"}},
+            metadata={
+                "name": kek_ns,
+                "labels": {
+                    **labels,
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
             opts=child,
         )
         in_ns = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
         # No pod may run here: a pod in this namespace could mount the Secret without any Role.
-        quota = k8s.core.v1.ResourceQuota(f"{self.name}-kek-no-pods", metadata={"name": "no-pods", "namespace": kek_ns, "labels": labels},
-                                          spec={"hard": {"pods": "0"}}, opts=in_ns)
+        quota = k8s.core.v1.ResourceQuota(
+            f"{self.name}-kek-no-pods",
+            metadata={"name": "no-pods", "namespace": kek_ns, "labels": labels},
+            spec={"hard": {"pods": "0"}},
+            opts=in_ns,
+        )
         secret = k8s.core.v1.Secret(
             f"{self.name}-kek-secret",
             metadata={"name": self.names.kek, "namespace": kek_ns, "labels": labels},
@@ -360,12 +457,14 @@ class SecretStore(pulumi.ComponentResource):
         )
         reader = f"{a.name_prefix}-kek-reader"
         role = k8s.rbac.v1.Role(
-            f"{self.name}-kek-reader", metadata={"name": reader, "namespace": kek_ns, "labels": labels},
+            f"{self.name}-kek-reader",
+            metadata={"name": reader, "namespace": kek_ns, "labels": labels},
             rules=[{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [self.names.kek], "verbs": ["get"]}],
             opts=in_ns,
         )
         binding = k8s.rbac.v1.RoleBinding(
-            f"{self.name}-kek-reader-binding", metadata={"name": reader, "namespace": kek_ns, "labels": labels},
+            f"{self.name}-kek-reader-binding",
+            metadata={"name": reader, "namespace": kek_ns, "labels": labels},
             role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reader},
             subjects=[{"kind": "ServiceAccount", "name": self.names.service_account, "namespace": a.namespace}],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[role, self.service_account]),

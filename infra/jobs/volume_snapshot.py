@@ -11,6 +11,7 @@ Environment: PVC_NAME, SNAPSHOT_CLASS, RETENTION, WAIT_SECONDS, STUCK_AFTER_SECO
 that the kubelet gives every pod (KUBERNETES_SERVICE_HOST/PORT); the token, CA and namespace come from the
 ServiceAccount mount.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,18 @@ class Api:
         url = self.base + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         # The kubelet rotates the projected token; read it for every call.
         token = (self.account_dir / "token").read_text().strip()
-        request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                                                  "Accept": "application/json"})
+        request = urllib.request.Request(
+            url,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
         try:
-            with urllib.request.urlopen(request, context=self.tls, timeout=30) as response:  # noqa: S310 (https only)
+            with urllib.request.urlopen(request, context=self.tls, timeout=30) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
@@ -128,9 +136,14 @@ def prune(api: Api, pvc: str, keep: int) -> list[str]:
 
 def prune_stuck(api: Api, pvc: str, stuck_after_s: float, now: datetime) -> list[str]:
     """Delete this job's snapshots of `pvc` that are still not ready `stuck_after_s` after they were made."""
-    return _delete(api, [s for s in _ours(api, pvc)
-                         if not _ready(s) and (made := _made_at(s)) is not None
-                         and (now - made).total_seconds() >= stuck_after_s])
+    return _delete(
+        api,
+        [
+            s
+            for s in _ours(api, pvc)
+            if not _ready(s) and (made := _made_at(s)) is not None and (now - made).total_seconds() >= stuck_after_s
+        ],
+    )
 
 
 def main() -> int:
@@ -141,15 +154,18 @@ def main() -> int:
         stuck_after_s = float(setting("STUCK_AFTER_SECONDS"))
         # Fails early, with the claim's name, when the volume is not there (or the Role does not reach it).
         api.call("GET", f"/api/v1/namespaces/{api.namespace}/persistentvolumeclaims/{pvc}")
-        name = f"{pvc}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        name = f"{pvc}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
         api.call("POST", api.snapshots_path(), snapshot_manifest(name, api.namespace, pvc, snapshot_class))
         log("snapshot-created", snapshot=name, pvc=pvc, snapshotClass=snapshot_class)
         try:
             ready = wait_until_ready(api, name, wait_s)
         finally:
             # Whether this one made it or not: what never became ready within the deadline only holds storage.
-            log("stuck-snapshots-pruned", deleted=prune_stuck(api, pvc, stuck_after_s, datetime.now(timezone.utc)),
-                after_seconds=stuck_after_s)
+            log(
+                "stuck-snapshots-pruned",
+                deleted=prune_stuck(api, pvc, stuck_after_s, datetime.now(UTC)),
+                after_seconds=stuck_after_s,
+            )
         log("snapshot-ready", snapshot=name, restoreSize=(ready.get("status") or {}).get("restoreSize"))
         log("snapshots-pruned", deleted=prune(api, pvc, keep), kept=keep)
     except (JobError, OSError, ValueError) as exc:

@@ -1,4 +1,5 @@
 """Access settings: token lifetime, the per-key rate limit, and how often keys rotate."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Alert settings: thresholds and windows of the PrometheusRule, where Alertmanager mails alerts, and the labels the
 Prometheus operator selects its objects by."""
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,10 @@ def parse_alerts(raw: Raw) -> AlertSettings:
     enabled = boolean(raw, "alertsEnabled")
     email = text(raw, "alertEmail")
     if enabled and not _EMAIL.match(email):
-        raise ConfigError(f"{config_key('alertEmail')} must be an e-mail address when {config_key('alertsEnabled')} is true, "
-                          f"got {email!r}")
+        raise ConfigError(
+            f"{config_key('alertEmail')} must be an e-mail address when {config_key('alertsEnabled')} is true, "
+            f"got {email!r}"
+        )
     return AlertSettings(
         enabled=enabled,
         email=email,

@@ -3,15 +3,17 @@
 `parse_settings` runs STACK_CHECKS once every topic has parsed; `load_settings` runs the secret checks once the
 secret config values are read.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from infra.settings.data import DATABASE_URL_KEY
 from infra.settings.keys import CANARY_KEY
 from infra.settings.pod import ROLLOUT_SURGE
 from infra.settings.stack import StackSettings
-from infra.settings.values import ConfigError, config_key as key, duration_seconds, go_duration
+from infra.settings.values import ConfigError, duration_seconds, go_duration
+from infra.settings.values import config_key as key
 
 
 def public_ingress_is_deliberate(s: StackSettings) -> None:
@@ -27,8 +29,10 @@ def public_ingress_is_deliberate(s: StackSettings) -> None:
 def load_balancer_certificate_has_a_load_balancer(s: StackSettings) -> None:
     """tls x network: an ACM certificate is the NLB listener's."""
     if s.tls.at_load_balancer and not s.network.load_balanced:
-        raise ConfigError(f"{key('tlsCertificateArn')} needs {key('serviceType')} LoadBalancer (it is the NLB's listener "
-                          f"certificate); for TLS inside the cluster use {key('podTlsIssuer')} or {key('podTlsSecret')}")
+        raise ConfigError(
+            f"{key('tlsCertificateArn')} needs {key('serviceType')} LoadBalancer (it is the NLB's listener "
+            f"certificate); for TLS inside the cluster use {key('podTlsIssuer')} or {key('podTlsSecret')}"
+        )
 
 
 def production_serves_tls(s: StackSettings) -> None:
@@ -94,9 +98,11 @@ def production_reaches_kms_privately(s: StackSettings) -> None:
     """environment x key store x network: the chat pods reach nothing outside the cluster but the KMS endpoint."""
     kms = s.key_store.kms
     if s.production and kms is not None and not kms.egress_cidrs:
-        raise ConfigError(f"{key('kmsEgressCidrs')} must list the CIDRs of the KMS VPC endpoint (and, with "
-                          f"{key('kmsRoleArn')}, the STS endpoint) in production: the chat pods reach nothing else outside "
-                          "the cluster")
+        raise ConfigError(
+            f"{key('kmsEgressCidrs')} must list the CIDRs of the KMS VPC endpoint (and, with "
+            f"{key('kmsRoleArn')}, the STS endpoint) in production: the chat pods reach nothing else outside "
+            "the cluster"
+        )
 
 
 def production_encrypts_cluster_secrets(s: StackSettings) -> None:
@@ -149,18 +155,23 @@ def canary_share_is_served(s: StackSettings) -> None:
 
 def service_shares(weight: int, canary_pods: int, low: int, high: int) -> str:
     """The shares the Service gives a canary of `canary_pods` over the stable range, and what it could give instead."""
+
     def share(canary: int, stable: int) -> float:
         return round(100 * canary / (canary + stable), 1)
 
     pods = f"{canary_pods} canary pod{'s' if canary_pods > 1 else ''}"
     if low != high:
-        return (f"{pods} serve{'s' if canary_pods == 1 else ''} {share(canary_pods, low):g}% beside {low} stable pods and "
-                f"{share(canary_pods, high):g}% beside {high}: no one share while the HPA moves the stable set between "
-                f"them (only with {key('minReplicas')} = {key('maxReplicas')})")
+        return (
+            f"{pods} serve{'s' if canary_pods == 1 else ''} {share(canary_pods, low):g}% beside {low} stable pods and "
+            f"{share(canary_pods, high):g}% beside {high}: no one share while the HPA moves the stable set between "
+            f"them (only with {key('minReplicas')} = {key('maxReplicas')})"
+        )
     options = sorted({share(c, low) for c in range(1, low + 1)}, key=lambda x: abs(x - weight))[:2]
-    return (f"beside {low} stable pod{'s' if low > 1 else ''} it can give "
-            f"{' or '.join(f'{x:g}%' for x in sorted(options))} (set {key(CANARY_KEY)}.weight to "
-            f"{'one of them' if len(options) > 1 else 'that'})")
+    return (
+        f"beside {low} stable pod{'s' if low > 1 else ''} it can give "
+        f"{' or '.join(f'{x:g}%' for x in sorted(options))} (set {key(CANARY_KEY)}.weight to "
+        f"{'one of them' if len(options) > 1 else 'that'})"
+    )
 
 
 def gateway_is_the_only_way_in(s: StackSettings) -> None:
@@ -177,8 +188,10 @@ def gateway_is_the_only_way_in(s: StackSettings) -> None:
 def gateway_routes_a_hostname(s: StackSettings) -> None:
     """routing x tls: the route matches the name clients use, and the endpoint URL is that name."""
     if s.routing.gateway and not s.tls.endpoint_hostname:
-        raise ConfigError(f"{key('gateway')} needs {key('endpointHostname')}: the HTTPRoute answers for that name on "
-                          "the Gateway, and endpointUrl is https://<endpointHostname>")
+        raise ConfigError(
+            f"{key('gateway')} needs {key('endpointHostname')}: the HTTPRoute answers for that name on "
+            "the Gateway, and endpointUrl is https://<endpointHostname>"
+        )
 
 
 def gateway_forwards_client_addresses(s: StackSettings) -> None:
@@ -240,8 +253,10 @@ def model_download_has_egress(s: StackSettings) -> None:
     if not s.model.from_hub or hub.configured:
         return
     if hub.by_name:
-        raise ConfigError(f"{key('modelPath')} {s.model.path!r} is a hub id, but {key('modelHubHosts')} is empty, so the "
-                          "model download Job could reach no host; name the hub's hosts (huggingface.co, *.hf.co)")
+        raise ConfigError(
+            f"{key('modelPath')} {s.model.path!r} is a hub id, but {key('modelHubHosts')} is empty, so the "
+            "model download Job could reach no host; name the hub's hosts (huggingface.co, *.hf.co)"
+        )
     raise ConfigError(
         f"{key('modelPath')} {s.model.path!r} is a hub id, which the model download Job fetches into the data volume, but "
         f"{key('modelHubEgressCidrs')} is empty, so it could reach nothing. Set {key('modelHubEgressCidrs')} (e.g. "
@@ -303,7 +318,9 @@ def secrets_required(s: StackSettings) -> dict[str, str]:
     if s.alerts.enabled and s.alerts.smtp_username:
         required["alertSmtpPassword"] = f"{key('alertSmtpUsername')} is {s.alerts.smtp_username!r}"
     if s.production and s.scaling.max_replicas > 1:
-        required[DATABASE_URL_KEY] = f"a production stack with {key('maxReplicas')} {s.scaling.max_replicas} shares its conversations"
+        required[DATABASE_URL_KEY] = (
+            f"a production stack with {key('maxReplicas')} {s.scaling.max_replicas} shares its conversations"
+        )
     return required
 
 
@@ -320,8 +337,10 @@ def stack_names_its_cluster(s: StackSettings) -> None:
 
 def hub_token_is_set(s: StackSettings, hub_token_set: bool) -> None:
     if s.model.hub_auth and not hub_token_set:
-        raise ConfigError(f"{key('modelHubAuth')} is true but the secret {key('hubToken')} is empty; "
-                          "set it with `pulumi config set --secret hubToken`")
+        raise ConfigError(
+            f"{key('modelHubAuth')} is true but the secret {key('hubToken')} is empty; "
+            "set it with `pulumi config set --secret hubToken`"
+        )
 
 
 def smtp_credentials_pair(s: StackSettings, password_set: bool) -> None:
@@ -336,5 +355,7 @@ def smtp_credentials_pair(s: StackSettings, password_set: bool) -> None:
             f"`pulumi config set --secret alertSmtpPassword`, or clear {key('alertSmtpUsername')} for a relay without login"
         )
     if password_set and not s.alerts.smtp_username:
-        raise ConfigError(f"the secret {key('alertSmtpPassword')} is set but {key('alertSmtpUsername')} is empty; "
-                          "set the user it belongs to, or set the password to ''")
+        raise ConfigError(
+            f"the secret {key('alertSmtpPassword')} is set but {key('alertSmtpUsername')} is empty; "
+            "set the user it belongs to, or set the password to ''"
+        )

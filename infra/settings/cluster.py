@@ -1,4 +1,5 @@
 """Cluster settings: the stack's environment, its namespace, and the Kubernetes version the manifests must run on."""
+
 from __future__ import annotations
 
 import re
@@ -18,7 +19,9 @@ def parse_environment(raw: Raw) -> str:
 def parse_namespace(raw: Raw) -> str:
     namespace = text(raw, "namespace", required=True)
     if not DNS_LABEL.match(namespace):
-        raise ConfigError(f"{config_key('namespace')} must be a DNS label (lowercase letters, digits and '-'), got {namespace!r}")
+        raise ConfigError(
+            f"{config_key('namespace')} must be a DNS label (lowercase letters, digits and '-'), got {namespace!r}"
+        )
     return namespace
 
 

@@ -5,6 +5,7 @@ The database URL is a secret (it holds a password): `load_settings` reads it, `d
 shape without ever putting the URL in a message, and only whether one is configured (and its port, for the
 NetworkPolicy) reaches StackSettings.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -81,14 +82,25 @@ class BucketSettings:
         version for `retention_days`. Both clean up what expiring leaves behind.
         """
         days = self.retention_days
-        return {"Rules": [
-            {"ID": "clawbot-database-dumps", "Status": "Enabled", "Filter": {"Prefix": self.database_prefix},
-             "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
-             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
-            {"ID": "clawbot-data-files", "Status": "Enabled", "Filter": {"Prefix": self.data_prefix},
-             "NoncurrentVersionExpiration": {"NoncurrentDays": days},
-             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
-        ]}
+        return {
+            "Rules": [
+                {
+                    "ID": "clawbot-database-dumps",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": self.database_prefix},
+                    "Expiration": {"Days": days},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                },
+                {
+                    "ID": "clawbot-data-files",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": self.data_prefix},
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": days},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                },
+            ]
+        }
 
     def policy(self) -> dict[str, Any]:
         """The IAM policy the backup role needs: write, read and list under the prefix, read the bucket's setup. No
@@ -96,13 +108,29 @@ class BucketSettings:
         and a dump is never deleted at all; the lifecycle rules alone expire them."""
         arn = f"arn:aws:s3:::{self.bucket}"
         write = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
-        return {"Version": "2012-10-17", "Statement": [
-            {"Sid": "MirrorDataFiles", "Effect": "Allow", "Action": [*write, "s3:DeleteObject"],
-             "Resource": [f"{arn}/{self.data_prefix}*"]},
-            {"Sid": "WriteDumps", "Effect": "Allow", "Action": write, "Resource": [f"{arn}/{self.database_prefix}*"]},
-            {"Sid": "ListAndCheck", "Effect": "Allow",
-             "Action": ["s3:ListBucket", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration"], "Resource": [arn]},
-        ]}
+        return {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "MirrorDataFiles",
+                    "Effect": "Allow",
+                    "Action": [*write, "s3:DeleteObject"],
+                    "Resource": [f"{arn}/{self.data_prefix}*"],
+                },
+                {
+                    "Sid": "WriteDumps",
+                    "Effect": "Allow",
+                    "Action": write,
+                    "Resource": [f"{arn}/{self.database_prefix}*"],
+                },
+                {
+                    "Sid": "ListAndCheck",
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket", "s3:GetBucketVersioning", "s3:GetLifecycleConfiguration"],
+                    "Resource": [arn],
+                },
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -138,7 +166,9 @@ class DatabaseSettings:
 def parse_data_volume(raw: Raw) -> DataVolumeSettings:
     size = text(raw, "dataVolumeSize", required=True)
     if memory_bytes("dataVolumeSize", size) < 1024**3:
-        raise ConfigError(f"{config_key('dataVolumeSize')} must be at least 1Gi (the model cache lives there), got {size!r}")
+        raise ConfigError(
+            f"{config_key('dataVolumeSize')} must be at least 1Gi (the model cache lives there), got {size!r}"
+        )
     access_mode = choice(raw, "dataAccessMode", ACCESS_MODES)
     storage_class = text(raw, "storageClass")
     if not DNS_SUBDOMAIN.match(storage_class):
@@ -154,15 +184,21 @@ def parse_backups(raw: Raw) -> BackupSettings:
     schedule = text(raw, "backupSchedule", required=True).strip()
     fields = schedule.split()
     if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
-        raise ConfigError(f"{config_key('backupSchedule')} must be a five-field cron schedule like '17 3 * * *' (daily at "
-                          f"03:17 UTC), got {schedule!r}")
+        raise ConfigError(
+            f"{config_key('backupSchedule')} must be a five-field cron schedule like '17 3 * * *' (daily at "
+            f"03:17 UTC), got {schedule!r}"
+        )
     snapshot_class = text(raw, "backupSnapshotClass").strip()
     if snapshot_class and not DNS_SUBDOMAIN.match(snapshot_class):
-        raise ConfigError(f"{config_key('backupSnapshotClass')} must name a VolumeSnapshotClass, got {snapshot_class!r}")
+        raise ConfigError(
+            f"{config_key('backupSnapshotClass')} must name a VolumeSnapshotClass, got {snapshot_class!r}"
+        )
     restore = text(raw, "dataRestoreSnapshot").strip()
     if restore and not DNS_SUBDOMAIN.match(restored_claim_name(restore)):
-        raise ConfigError(f"{config_key('dataRestoreSnapshot')} must name a VolumeSnapshot in the namespace (kubectl get "
-                          f"volumesnapshots), got {restore!r}")
+        raise ConfigError(
+            f"{config_key('dataRestoreSnapshot')} must name a VolumeSnapshot in the namespace (kubectl get "
+            f"volumesnapshots), got {restore!r}"
+        )
     size = text(raw, "databaseBackupVolumeSize", required=True)
     if memory_bytes("databaseBackupVolumeSize", size) < 1024**3:
         raise ConfigError(f"{config_key('databaseBackupVolumeSize')} must be at least 1Gi, got {size!r}")
@@ -184,8 +220,10 @@ def digest_reference(raw: Raw, name: str) -> str:
     """A backup image, pinned by digest: the jobs run unattended every night, so a moved tag would run unreviewed."""
     value = image_reference(name, raw[name], production=True)
     if parse_image(value).digest is None:
-        raise ConfigError(f"{config_key(name)} must be pinned by digest (IMAGE:TAG@sha256:<64 hex>; `docker buildx imagetools "
-                          f"inspect {value}` prints it), got {value!r}")
+        raise ConfigError(
+            f"{config_key(name)} must be pinned by digest (IMAGE:TAG@sha256:<64 hex>; `docker buildx imagetools "
+            f"inspect {value}` prints it), got {value!r}"
+        )
     return value
 
 
@@ -196,20 +234,30 @@ def parse_bucket(raw: Raw) -> BucketSettings | None:
     parts = urlsplit(url)
     bucket, prefix = parts.netloc, parts.path.strip("/")
     if parts.scheme != "s3" or parts.query or parts.fragment:
-        raise ConfigError(f"{config_key('backupBucket')} must be an S3 URL like s3://acme-clawbot-backups/prod, got {url!r}")
+        raise ConfigError(
+            f"{config_key('backupBucket')} must be an S3 URL like s3://acme-clawbot-backups/prod, got {url!r}"
+        )
     if not _BUCKET.match(bucket) or ".." in bucket or _is_ip(bucket):
-        raise ConfigError(f"{config_key('backupBucket')} names bucket {bucket!r}, which is not an S3 bucket name (3-63 "
-                          "lowercase letters, digits, '.' and '-')")
+        raise ConfigError(
+            f"{config_key('backupBucket')} names bucket {bucket!r}, which is not an S3 bucket name (3-63 "
+            "lowercase letters, digits, '.' and '-')"
+        )
     if prefix and not _PREFIX.match(prefix):
-        raise ConfigError(f"{config_key('backupBucket')} has the key prefix {prefix!r}; use letters, digits and !_.*'()- "
-                          "between single '/'")
+        raise ConfigError(
+            f"{config_key('backupBucket')} has the key prefix {prefix!r}; use letters, digits and !_.*'()- "
+            "between single '/'"
+        )
     region = text(raw, "backupBucketRegion").strip()
     if not _REGION.match(region):
-        raise ConfigError(f"{config_key('backupBucketRegion')} must be the bucket's region, like us-east-1, when "
-                          f"{config_key('backupBucket')} is set, got {region!r}")
+        raise ConfigError(
+            f"{config_key('backupBucketRegion')} must be the bucket's region, like us-east-1, when "
+            f"{config_key('backupBucket')} is set, got {region!r}"
+        )
     role = role_arn(raw, "backupRoleArn", "clawbot-backups")
     return BucketSettings(
-        bucket=bucket, prefix=prefix, region=region,
+        bucket=bucket,
+        prefix=prefix,
+        region=region,
         retention_days=integer(raw, "backupBucketRetentionDays", 1, 3650),
         role_arn=role,
         egress_cidrs=cidrs(raw, "backupEgressCidrs"),
@@ -237,12 +285,16 @@ def database_connection(url: str | None, database: DatabaseSettings) -> Database
     parts = urlsplit(url)
     if parts.scheme not in DATABASE_SCHEMES or not parts.hostname:
         got = f"scheme {parts.scheme!r}" if parts.scheme else "a value without a scheme"
-        raise ConfigError(f"the secret {config_key(DATABASE_URL_KEY)} must be a postgresql://USER:PASSWORD@HOST:5432/DB "
-                          f"URL, got {got}{'' if parts.hostname else ' and no host'}")
+        raise ConfigError(
+            f"the secret {config_key(DATABASE_URL_KEY)} must be a postgresql://USER:PASSWORD@HOST:5432/DB "
+            f"URL, got {got}{'' if parts.hostname else ' and no host'}"
+        )
     try:
         port = parts.port or POSTGRES_PORT
     except ValueError:
-        raise ConfigError(f"the secret {config_key(DATABASE_URL_KEY)} has a port that is not a number 1..65535") from None
+        raise ConfigError(
+            f"the secret {config_key(DATABASE_URL_KEY)} has a port that is not a number 1..65535"
+        ) from None
     if not database.egress_cidrs:
         raise ConfigError(
             f"{config_key('databaseEgressCidrs')} must list the CIDRs the database listens on (e.g. the RDS subnets) when "

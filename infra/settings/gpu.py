@@ -1,5 +1,6 @@
 """GPU settings: where the chat pods' GPUs come from (a Karpenter NodePool, existing nodes, or none) and how the
 nodes are tainted and labelled, so the pods' tolerations and affinity can be derived from the same values."""
+
 from __future__ import annotations
 
 import re
@@ -75,8 +76,15 @@ def parse_gpu(raw: Raw) -> GpuSettings:
     node_class_name, node_class_role = text(raw, "nodeClassName"), text(raw, "nodeClassRole")
     subnet_tags, sg_tags = label_pairs(raw, "nodeClassSubnetTags"), label_pairs(raw, "nodeClassSecurityGroupTags")
     if mode == "karpenter" and not node_class_name:
-        missing = [k for k, v in (("nodeClassRole", node_class_role), ("nodeClassSubnetTags", subnet_tags),
-                                  ("nodeClassSecurityGroupTags", sg_tags)) if not v]
+        missing = [
+            k
+            for k, v in (
+                ("nodeClassRole", node_class_role),
+                ("nodeClassSubnetTags", subnet_tags),
+                ("nodeClassSecurityGroupTags", sg_tags),
+            )
+            if not v
+        ]
         if missing:
             raise ConfigError(
                 f"{', '.join(config_key(k) for k in missing)} must be set when {config_key('gpuMode')} is karpenter and no "
@@ -85,19 +93,25 @@ def parse_gpu(raw: Raw) -> GpuSettings:
     capacity = _capacity_types(raw)
     families, types = strings(raw, "gpuInstanceFamilies"), strings(raw, "gpuInstanceTypes")
     if mode == "karpenter" and not (families or types):
-        raise ConfigError(f"{config_key('gpuInstanceFamilies')} or {config_key('gpuInstanceTypes')} must name GPU instances "
-                          f"when {config_key('gpuMode')} is karpenter")
+        raise ConfigError(
+            f"{config_key('gpuInstanceFamilies')} or {config_key('gpuInstanceTypes')} must name GPU instances "
+            f"when {config_key('gpuMode')} is karpenter"
+        )
     taint = _taint(raw)
     node_labels = label_pairs(raw, "gpuNodeLabels")
     if mode == "existing" and not node_labels:
-        raise ConfigError(f"{config_key('gpuNodeLabels')} must name at least one label of the existing GPU nodes when "
-                          f"{config_key('gpuMode')} is existing")
+        raise ConfigError(
+            f"{config_key('gpuNodeLabels')} must name at least one label of the existing GPU nodes when "
+            f"{config_key('gpuMode')} is existing"
+        )
     budget = text(raw, "disruptionBudget", required=True).strip()
     if not budget.isdigit() or int(budget) < 1:
         # A percentage rounds up to more nodes as the pool grows, and each of them waits on the PDB for the pods of the
         # one before: the check on nodeTerminationGracePeriod needs the count. 0 would block drift forever.
-        raise ConfigError(f"{config_key('disruptionBudget')} must be a node count of 1 or more (how many GPU nodes drift or "
-                          f"consolidation may replace at once), got {budget!r}")
+        raise ConfigError(
+            f"{config_key('disruptionBudget')} must be a node count of 1 or more (how many GPU nodes drift or "
+            f"consolidation may replace at once), got {budget!r}"
+        )
     node_class_name = node_class_name.strip()
     ami_alias = text(raw, "nodeClassAmiAlias", required=True).strip()
     if mode == "karpenter" and not node_class_name:
@@ -126,7 +140,9 @@ def parse_gpu(raw: Raw) -> GpuSettings:
         termination_grace_period=duration(raw, "nodeTerminationGracePeriod"),
     )
     if gpu.termination_grace_period == "Never":
-        raise ConfigError(f"{config_key('nodeTerminationGracePeriod')} must be a duration like 1h: it bounds how long a drain may wait")
+        raise ConfigError(
+            f"{config_key('nodeTerminationGracePeriod')} must be a duration like 1h: it bounds how long a drain may wait"
+        )
     memory_bytes("nodeVolumeSize", gpu.node_volume_size)
     return gpu
 
@@ -148,13 +164,17 @@ def _capacity_types(raw: Raw) -> tuple[str, ...]:
     capacity = strings(raw, "gpuCapacityTypes")
     for c in capacity:
         if c not in CAPACITY_TYPES:
-            raise ConfigError(f"{config_key('gpuCapacityTypes')} entries must be one of {', '.join(CAPACITY_TYPES)}, got {c!r}")
+            raise ConfigError(
+                f"{config_key('gpuCapacityTypes')} entries must be one of {', '.join(CAPACITY_TYPES)}, got {c!r}"
+            )
     return capacity
 
 
 def _taint(raw: Raw) -> Taint:
     key, value = text(raw, "gpuTaintKey", required=True), text(raw, "gpuTaintValue")
     if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
-        raise ConfigError(f"{config_key('gpuTaintKey')}/{config_key('gpuTaintValue')} must use Kubernetes label syntax, "
-                          f"got {key!r}={value!r}")
+        raise ConfigError(
+            f"{config_key('gpuTaintKey')}/{config_key('gpuTaintValue')} must use Kubernetes label syntax, "
+            f"got {key!r}={value!r}"
+        )
     return Taint(key, value, choice(raw, "gpuTaintEffect", TAINT_EFFECTS))

@@ -7,6 +7,7 @@ made by `python -m app.keys kms-data-key`); the chat pods ask KMS to unwrap it t
 `namespace` (weaker): the KEK is a Secret in a namespace of its own that only the chat pods' ServiceAccount may read,
 and only their init step mounts a token to read it with.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,10 @@ def kek_namespace_of(namespace: str) -> str:
 def _kms_key_arn(raw: Raw, name: str) -> str:
     arn = text(raw, name).strip()
     if arn and not _KMS_KEY_ARN.match(arn):
-        raise ConfigError(f"{config_key(name)} must be a KMS key ARN like arn:aws:kms:us-east-1:123456789012:key/"
-                          f"1234abcd-12ab-34cd-56ef-1234567890ab, got {arn!r}")
+        raise ConfigError(
+            f"{config_key(name)} must be a KMS key ARN like arn:aws:kms:us-east-1:123456789012:key/"
+            f"1234abcd-12ab-34cd-56ef-1234567890ab, got {arn!r}"
+        )
     return arn
 
 
@@ -68,13 +71,17 @@ def parse_key_store(raw: Raw, namespace: str) -> KeyStoreSettings:
     if encryption == "namespace":
         kek_namespace = kek_namespace_of(namespace)
         if len(kek_namespace) > 63:
-            raise ConfigError(f"{config_key('keyEncryption')} namespace keeps the KEK in {kek_namespace!r}, longer than a "
-                              f"namespace may be (63); shorten {config_key('namespace')}")
+            raise ConfigError(
+                f"{config_key('keyEncryption')} namespace keeps the KEK in {kek_namespace!r}, longer than a "
+                f"namespace may be (63); shorten {config_key('namespace')}"
+            )
         return KeyStoreSettings(encryption, None, kek_namespace, cluster_key)
     bundle = text(raw, "kmsDataKey").strip()
     if not bundle:
-        raise ConfigError(f"{config_key('keyEncryption')} kms needs {config_key('kmsDataKey')}: run `python -m app.keys "
-                          f"kms-data-key --kms-key-id <KMS key ARN>` and `pulumi config set kmsDataKey \"$(...)\"` with its output")
+        raise ConfigError(
+            f"{config_key('keyEncryption')} kms needs {config_key('kmsDataKey')}: run `python -m app.keys "
+            f"kms-data-key --kms-key-id <KMS key ARN>` and `pulumi config set kmsDataKey \"$(...)\"` with its output"
+        )
     try:
         data_key = KmsDataKey.from_json(bundle)
     except KeyFileError as exc:

@@ -1,9 +1,11 @@
 """Reading a stack's config: `load_settings` takes every `clawbot:*` key from pulumi.Config once (the only code that
 touches it), `parse_settings` turns raw values into checked StackSettings, topic by topic."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import pulumi
 
@@ -47,7 +49,9 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
     """Validate raw config values (missing keys take DEFAULTS) into StackSettings; raises ConfigError."""
     unknown = sorted(set(values) - set(DEFAULTS) - set(SECRET_KEYS) - set(STRUCTURED_KEYS))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(config_key(k) for k in unknown)}; allowed keys are listed in Pulumi.yaml")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(config_key(k) for k in unknown)}; allowed keys are listed in Pulumi.yaml"
+        )
     raw = {**DEFAULTS, **values}
     environment = parse_environment(raw)
     production = environment == "production"
@@ -62,8 +66,13 @@ def parse_settings(values: Mapping[str, Any], *, stack: str) -> StackSettings:
         network=network,
         tls=tls,
         scaling=scaling,
-        release=parse_release(raw, production=production, min_replicas=scaling.min_replicas,
-                              max_replicas=scaling.max_replicas, split_by_weight=routing.gateway),
+        release=parse_release(
+            raw,
+            production=production,
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            split_by_weight=routing.gateway,
+        ),
         gpu=parse_gpu(raw),
         alerts=parse_alerts(raw),
         pod=parse_pod(raw),
@@ -90,8 +99,12 @@ def load_settings(config: pulumi.Config | None = None) -> tuple[StackSettings, S
     database_url = pulumi.runtime.get_config(f"{config.name}:{DATABASE_URL_KEY}") or None
     settings = replace(settings, database=database_connection(database_url, settings.database))
     provider = pulumi.Config("kubernetes")  # the provider's own keys: which cluster this stack deploys to
-    settings = replace(settings, target=replace(settings.target, context=provider.get("context") or "",
-                                                kubeconfig=bool(provider.get("kubeconfig"))))
+    settings = replace(
+        settings,
+        target=replace(
+            settings.target, context=provider.get("context") or "", kubeconfig=bool(provider.get("kubeconfig"))
+        ),
+    )
     stack_names_its_cluster(settings)
     database_serves_every_replica(settings)
     hub, smtp = _secret(config, "hubToken"), _secret(config, "alertSmtpPassword")

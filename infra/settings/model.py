@@ -1,4 +1,5 @@
 """Model settings: which model the chat pods load, how it is quantized, and the limits of one reply and one batch."""
+
 from __future__ import annotations
 
 import re

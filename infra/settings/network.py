@@ -1,4 +1,5 @@
 """Network settings: how the chat Service is exposed, who may reach it, the NLB in front of it, where egress may go."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -85,8 +86,10 @@ class NetworkSettings:
 def parse_network(raw: Raw) -> NetworkSettings:
     monitoring_namespace = text(raw, "monitoringNamespace", required=True)
     if not DNS_LABEL.match(monitoring_namespace):
-        raise ConfigError(f"{config_key('monitoringNamespace')} must be a DNS label (lowercase letters, digits and '-'), "
-                          f"got {monitoring_namespace!r}")
+        raise ConfigError(
+            f"{config_key('monitoringNamespace')} must be a DNS label (lowercase letters, digits and '-'), "
+            f"got {monitoring_namespace!r}"
+        )
     allowed = cidrs(raw, "allowedCidrs")
     service_type = choice(raw, "serviceType", SERVICE_TYPES)
     if service_type == "LoadBalancer" and not allowed:
@@ -114,20 +117,29 @@ def _model_hub(raw: Raw) -> ModelHubEgress:
         except ValueError:
             port = None
         if parts.scheme not in ("http", "https") or not parts.hostname or not port or parts.path not in ("", "/"):
-            raise ConfigError(f"{config_key('modelHubProxy')} must be a proxy URL like http://proxy.internal:3128, got {proxy!r}")
+            raise ConfigError(
+                f"{config_key('modelHubProxy')} must be a proxy URL like http://proxy.internal:3128, got {proxy!r}"
+            )
     hosts = tuple(h.strip().lower() for h in strings(raw, "modelHubHosts"))
     for host in hosts:
         if not _HOST.match(host):
-            raise ConfigError(f"{config_key('modelHubHosts')} must hold host names like huggingface.co or *.hf.co, got {host!r}")
-    hub = ModelHubEgress(cidrs=cidrs(raw, "modelHubEgressCidrs"), proxy=proxy, hosts=hosts,
-                         cilium=boolean(raw, "ciliumPolicies"))
+            raise ConfigError(
+                f"{config_key('modelHubHosts')} must hold host names like huggingface.co or *.hf.co, got {host!r}"
+            )
+    hub = ModelHubEgress(
+        cidrs=cidrs(raw, "modelHubEgressCidrs"), proxy=proxy, hosts=hosts, cilium=boolean(raw, "ciliumPolicies")
+    )
     if hub.proxy and not hub.cidrs:
-        raise ConfigError(f"{config_key('modelHubProxy')} needs {config_key('modelHubEgressCidrs')}: the addresses the proxy "
-                          "listens on, which the model download Job may reach on the proxy's port")
+        raise ConfigError(
+            f"{config_key('modelHubProxy')} needs {config_key('modelHubEgressCidrs')}: the addresses the proxy "
+            "listens on, which the model download Job may reach on the proxy's port"
+        )
     if hub.by_name and hub.cidrs:
-        raise ConfigError(f"{config_key('ciliumPolicies')} admits the model download by the names in {config_key('modelHubHosts')}; "
-                          f"{config_key('modelHubEgressCidrs')} {list(hub.cidrs)} would open TCP 443 to those addresses as well. "
-                          f"Clear it, or set {config_key('modelHubProxy')} to go through a proxy at those addresses")
+        raise ConfigError(
+            f"{config_key('ciliumPolicies')} admits the model download by the names in {config_key('modelHubHosts')}; "
+            f"{config_key('modelHubEgressCidrs')} {list(hub.cidrs)} would open TCP 443 to those addresses as well. "
+            f"Clear it, or set {config_key('modelHubProxy')} to go through a proxy at those addresses"
+        )
     return hub
 
 

@@ -1,4 +1,5 @@
 """Chat pod settings: CPU and memory, image pull policy, and the timing of start (model load) and stop (drain)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Redis settings: whether the replicas share a response cache and rate-limit counters through Redis."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

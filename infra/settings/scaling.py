@@ -1,4 +1,5 @@
 """Scaling settings: how many chat pods run, and what the HPA between minReplicas and maxReplicas scales on."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ def parse_scaling(raw: Raw) -> ScalingSettings:
     min_replicas = integer(raw, "minReplicas", 1, 100)
     max_replicas = integer(raw, "maxReplicas", 1, 100)
     if min_replicas > max_replicas:
-        raise ConfigError(f"{config_key('minReplicas')} ({min_replicas}) must not exceed {config_key('maxReplicas')} ({max_replicas})")
+        raise ConfigError(
+            f"{config_key('minReplicas')} ({min_replicas}) must not exceed {config_key('maxReplicas')} ({max_replicas})"
+        )
     inflight_per_pod = integer(raw, "hpaInflightPerPod", 0, 10_000)
     if inflight_per_pod and not boolean(raw, "customMetricsAdapter"):
         # Without an adapter the HPA cannot read the metric, and with one metric missing it never scales down.

@@ -1,4 +1,5 @@
 """StackSettings: one stack's whole configuration, composed of the topic settings beside this module."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

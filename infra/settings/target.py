@@ -4,6 +4,7 @@ The cluster is named twice: by the stack's `kubernetes:context` (or `kubernetes:
 uses, and by `clusterId`, the UID of that cluster's kube-system namespace, which preview reads back and compares
 (infra/preflight.py). Without `clusterId` the first update records the cluster it ran against.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,6 +32,8 @@ class TargetSettings:
 def parse_target(raw: Raw) -> TargetSettings:
     cluster_id = text(raw, "clusterId").strip().lower()
     if cluster_id and not _UID.match(cluster_id):
-        raise ConfigError(f"{config_key('clusterId')} must be the UID of the cluster's kube-system namespace "
-                          f"(`{CLUSTER_ID_COMMAND}`), got {cluster_id!r}")
+        raise ConfigError(
+            f"{config_key('clusterId')} must be the UID of the cluster's kube-system namespace "
+            f"(`{CLUSTER_ID_COMMAND}`), got {cluster_id!r}"
+        )
     return TargetSettings(cluster_id=cluster_id, allow_replace=boolean(raw, "allowReplace"))

@@ -1,4 +1,5 @@
 """TLS settings: a certificate at the NLB (ACM), one in the pod (an existing Secret or a cert-manager issuer), or both."""
+
 from __future__ import annotations
 
 import re
@@ -47,28 +48,40 @@ def parse_tls(raw: Raw) -> TlsSettings:
     secret = text(raw, "podTlsSecret").strip()
     issuer = text(raw, "podTlsIssuer").strip()
     if arn and not _ACM_ARN.match(arn):
-        raise ConfigError(f"{config_key('tlsCertificateArn')} must be an ACM certificate ARN like "
-                          f"arn:aws:acm:us-east-1:123456789012:certificate/<uuid>, got {arn!r}")
+        raise ConfigError(
+            f"{config_key('tlsCertificateArn')} must be an ACM certificate ARN like "
+            f"arn:aws:acm:us-east-1:123456789012:certificate/<uuid>, got {arn!r}"
+        )
     if arn and not hostname:
-        raise ConfigError(f"{config_key('endpointHostname')} must name the DNS name on the certificate of "
-                          f"{config_key('tlsCertificateArn')}: clients verify it, and the NLB's own *.elb.amazonaws.com "
-                          "name is not on an ACM certificate")
+        raise ConfigError(
+            f"{config_key('endpointHostname')} must name the DNS name on the certificate of "
+            f"{config_key('tlsCertificateArn')}: clients verify it, and the NLB's own *.elb.amazonaws.com "
+            "name is not on an ACM certificate"
+        )
     if hostname and not DNS_SUBDOMAIN.match(hostname):
-        raise ConfigError(f"{config_key('endpointHostname')} must be a DNS name like chat.example.com, got {hostname!r}")
+        raise ConfigError(
+            f"{config_key('endpointHostname')} must be a DNS name like chat.example.com, got {hostname!r}"
+        )
     if secret and issuer:
-        raise ConfigError(f"{config_key('podTlsSecret')} and {config_key('podTlsIssuer')} are two sources of the pod "
-                          "certificate; set one")
+        raise ConfigError(
+            f"{config_key('podTlsSecret')} and {config_key('podTlsIssuer')} are two sources of the pod "
+            "certificate; set one"
+        )
     if secret and not DNS_SUBDOMAIN.match(secret):
         raise ConfigError(f"{config_key('podTlsSecret')} must be a Secret name, got {secret!r}")
     created = issuer == CREATED_PRIVATE_CA
     issuer_match = _ISSUER.match(issuer) if issuer and not created else None
     if issuer and not created and not issuer_match:
-        raise ConfigError(f"{config_key('podTlsIssuer')} must be ClusterIssuer/NAME or Issuer/NAME (an issuer that exists), "
-                          f"or {CREATED_PRIVATE_CA} (the program creates a private CA), got {issuer!r}")
+        raise ConfigError(
+            f"{config_key('podTlsIssuer')} must be ClusterIssuer/NAME or Issuer/NAME (an issuer that exists), "
+            f"or {CREATED_PRIVATE_CA} (the program creates a private CA), got {issuer!r}"
+        )
     declared_private = boolean(raw, "podTlsIssuerPrivate")
     if declared_private and not issuer_match:
-        raise ConfigError(f"{config_key('podTlsIssuerPrivate')} says what the issuer named by {config_key('podTlsIssuer')} is; "
-                          f"it takes ClusterIssuer/NAME or Issuer/NAME, got {issuer!r}")
+        raise ConfigError(
+            f"{config_key('podTlsIssuerPrivate')} says what the issuer named by {config_key('podTlsIssuer')} is; "
+            f"it takes ClusterIssuer/NAME or Issuer/NAME, got {issuer!r}"
+        )
     private = created or declared_private
     if (issuer_match or created) and not private and not hostname:
         raise ConfigError(

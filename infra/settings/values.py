@@ -1,10 +1,12 @@
 """Parsers for one raw config value each: they return it typed or raise a ConfigError naming the key, the value and
 what is allowed. Every topic module builds on these; they know nothing of topics."""
+
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pulumi
 
@@ -54,7 +56,9 @@ def integer(raw: Raw, name: str, lo: int | None = None, hi: int | None = None) -
         try:
             value = int(str(value))
         except ValueError:
-            raise ConfigError(f"{config_key(name)} must be an integer between {lo} and {hi}, got {raw[name]!r}") from None
+            raise ConfigError(
+                f"{config_key(name)} must be an integer between {lo} and {hi}, got {raw[name]!r}"
+            ) from None
     if not lo <= value <= hi:
         raise ConfigError(f"{config_key(name)} must be between {lo} and {hi}, got {value}")
     return value
@@ -102,7 +106,9 @@ def label_pairs(raw: Raw, name: str) -> tuple[tuple[str, str], ...]:
     for item in strings(raw, name):
         key, sep, value = item.partition("=")
         if not sep or not LABEL_KEY.match(key) or not LABEL_VALUE.match(value):
-            raise ConfigError(f"{config_key(name)} must hold key=value pairs with Kubernetes label syntax, got {item!r}")
+            raise ConfigError(
+                f"{config_key(name)} must hold key=value pairs with Kubernetes label syntax, got {item!r}"
+            )
         out.append((key, value))
     return tuple(out)
 
@@ -163,7 +169,9 @@ def prometheus_duration(raw: Raw, name: str, lo_s: int, hi_s: int) -> str:
 def image_reference(name: str, value: Any, production: bool) -> str:
     """A valid image reference; production refuses one that could move under the stack (no tag, or `latest`)."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{config_key(name)} must be an image reference like ghcr.io/acme/clawbot:1.2.0, got {value!r}")
+        raise ConfigError(
+            f"{config_key(name)} must be an image reference like ghcr.io/acme/clawbot:1.2.0, got {value!r}"
+        )
     try:
         ref = parse_image(value)
     except ImageReferenceError as exc:
@@ -177,5 +185,7 @@ def role_arn(raw: Raw, name: str, example: str) -> str:
     """An IAM role ARN, or '' (none: EKS Pod Identity associates the role instead of an IRSA annotation)."""
     value = text(raw, name).strip()
     if value and not _ROLE_ARN.match(value):
-        raise ConfigError(f"{config_key(name)} must be an IAM role ARN like arn:aws:iam::123456789012:role/{example}, got {value!r}")
+        raise ConfigError(
+            f"{config_key(name)} must be an IAM role ARN like arn:aws:iam::123456789012:role/{example}, got {value!r}"
+        )
     return value

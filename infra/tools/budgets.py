@@ -8,23 +8,33 @@ update can take as long as the longest dependency chain of those waits. A CI job
 above it, or the runner kills `up` midway and leaves the stack locked with pending operations
 (tests/ci/test_deploy_budgets.py holds the workflows to it).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Sequence
+from functools import cache
 
 from infra.settings.values import duration_seconds
 from infra.tools.mocks import MockedResource
-from infra.tools.synth import Synthesis, SynthError, synthesize
+from infra.tools.synth import SynthError, Synthesis, synthesize
 
 # pulumi-kubernetes awaits these kinds (readiness, endpoints, completion, binding) unless told otherwise, for these
 # many seconds; other kinds are done when the API server accepts them.
 PROVIDER_DEFAULT_AWAIT_S = 600
-AWAITED_KINDS = {"Deployment": 600, "StatefulSet": 600, "DaemonSet": 600, "ReplicaSet": 600, "Pod": 600, "Service": 600,
-                 "Job": 600, "Ingress": 600, "PersistentVolumeClaim": 300}
+AWAITED_KINDS = {
+    "Deployment": 600,
+    "StatefulSet": 600,
+    "DaemonSet": 600,
+    "ReplicaSet": 600,
+    "Pod": 600,
+    "Service": 600,
+    "Job": 600,
+    "Ingress": 600,
+    "PersistentVolumeClaim": 300,
+}
 # Deletions come last in an update (a stopped canary's Deployment and Service), and the provider waits for them.
 DELETE_PHASE_S = PROVIDER_DEFAULT_AWAIT_S
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"  # any kind with it is awaited too
@@ -46,7 +56,7 @@ def await_seconds(r: MockedResource) -> int:
     kind = r.type.rsplit(":", 1)[-1] if r.type.startswith("kubernetes:") else None
     if kind is None or r.read:
         return 0
-    annotations = ((r.inputs.get("metadata") or {}).get("annotations") or {})
+    annotations = (r.inputs.get("metadata") or {}).get("annotations") or {}
     if str(annotations.get(SKIP_AWAIT_ANNOTATION, "")).lower() == "true":
         return 0
     timeouts = r.options.custom_timeouts or {}
@@ -74,7 +84,7 @@ def update_wait(s: Synthesis) -> UpdateWait:
             out += expanded(child)
         return out
 
-    @lru_cache(maxsize=None)
+    @cache
     def longest(urn: str) -> tuple[int, tuple[str, ...]]:
         r = by_urn[urn]
         best: tuple[int, tuple[str, ...]] = (0, ())
@@ -90,7 +100,9 @@ def update_wait(s: Synthesis) -> UpdateWait:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.budgets", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.tools.budgets", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--stack", required=True)
     ns = parser.parse_args(argv)
     try:

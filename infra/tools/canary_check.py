@@ -14,6 +14,7 @@ and at the end, from Prometheus (reached through the API server's service proxy,
 The `track` label on `clawbot_requests_total` comes from the ServiceMonitor's podTargetLabels. Exit status 0
 means promote; 1 means do not (the reason is printed); 2 means the check itself could not run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 CANARY_DEPLOYMENT = "clawbot-canary"
 CANARY_PODS = "app.kubernetes.io/name=clawbot,app.kubernetes.io/component=chat,track=canary"
@@ -66,16 +68,20 @@ def canary_ready(namespace: str) -> tuple[int, int]:
 
 def canary_restarts(namespace: str) -> dict[str, int]:
     pods = kubectl("-n", namespace, "get", "pods", "-l", CANARY_PODS, "-o", "json")["items"]
-    return {p["metadata"]["name"]: sum(int(c.get("restartCount", 0))
-                                       for c in (p.get("status") or {}).get("containerStatuses") or [])
-            for p in pods}
+    return {
+        p["metadata"]["name"]: sum(
+            int(c.get("restartCount", 0)) for c in (p.get("status") or {}).get("containerStatuses") or []
+        )
+        for p in pods
+    }
 
 
 def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
     """An instant query through the API server's service proxy: prometheus is `namespace/service:port`."""
     namespace, service = prometheus.split("/", 1)
-    path = (f"/api/v1/namespaces/{namespace}/services/{service}/proxy/api/v1/query?"
-            + urllib.parse.urlencode({"query": promql}))
+    path = f"/api/v1/namespaces/{namespace}/services/{service}/proxy/api/v1/query?" + urllib.parse.urlencode(
+        {"query": promql}
+    )
     answer = kubectl("get", "--raw", path)
     if answer.get("status") != "success":
         raise CheckError(f"Prometheus refused {promql!r}: {answer.get('error', answer)}")
@@ -85,11 +91,19 @@ def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
 def errors_by_track(prometheus: str, namespace: str, window_s: int) -> dict[str, TrackErrors]:
     window = f"{max(60, window_s)}s"
     selector = f'namespace="{namespace}"'
-    totals = {r["metric"].get("track", ""): float(r["value"][1]) for r in
-              query(prometheus, f"sum by (track) (increase(clawbot_requests_total{{{selector}}}[{window}]))")}
-    errors = {r["metric"].get("track", ""): float(r["value"][1]) for r in
-              query(prometheus, f'sum by (track) (increase(clawbot_requests_total{{{selector}, status=~"5.."}}[{window}]))')}
-    return {track: TrackErrors(total, errors.get(track, 0.0)) for track, total in totals.items() if not math.isnan(total)}
+    totals = {
+        r["metric"].get("track", ""): float(r["value"][1])
+        for r in query(prometheus, f"sum by (track) (increase(clawbot_requests_total{{{selector}}}[{window}]))")
+    }
+    errors = {
+        r["metric"].get("track", ""): float(r["value"][1])
+        for r in query(
+            prometheus, f'sum by (track) (increase(clawbot_requests_total{{{selector}, status=~"5.."}}[{window}]))'
+        )
+    }
+    return {
+        track: TrackErrors(total, errors.get(track, 0.0)) for track, total in totals.items() if not math.isnan(total)
+    }
 
 
 def judge(by_track: dict[str, TrackErrors], *, max_error_percent: float, min_requests: int) -> str:
@@ -97,14 +111,20 @@ def judge(by_track: dict[str, TrackErrors], *, max_error_percent: float, min_req
     canary = by_track.get("canary", TrackErrors(0, 0))
     stable = by_track.get("stable", TrackErrors(0, 0))
     if canary.requests < min_requests:
-        raise NotPromotable(f"the canary served {canary.requests:.0f} requests during the soak, fewer than {min_requests}: "
-                            "there is no evidence it works (soak longer, or when there is traffic)")
+        raise NotPromotable(
+            f"the canary served {canary.requests:.0f} requests during the soak, fewer than {min_requests}: "
+            "there is no evidence it works (soak longer, or when there is traffic)"
+        )
     limit = max(max_error_percent, 2 * stable.percent)
     if canary.percent > limit:
-        raise NotPromotable(f"the canary answered {canary.percent:.1f}% of {canary.requests:.0f} requests with 5xx, above "
-                            f"{limit:.1f}% (max of {max_error_percent:g}% and twice the stable set's {stable.percent:.1f}%)")
-    return (f"canary: {canary.percent:.1f}% 5xx of {canary.requests:.0f} requests; stable: {stable.percent:.1f}% of "
-            f"{stable.requests:.0f}")
+        raise NotPromotable(
+            f"the canary answered {canary.percent:.1f}% of {canary.requests:.0f} requests with 5xx, above "
+            f"{limit:.1f}% (max of {max_error_percent:g}% and twice the stable set's {stable.percent:.1f}%)"
+        )
+    return (
+        f"canary: {canary.percent:.1f}% 5xx of {canary.requests:.0f} requests; stable: {stable.percent:.1f}% of "
+        f"{stable.requests:.0f}"
+    )
 
 
 def soak(args: argparse.Namespace) -> str:
@@ -130,17 +150,23 @@ def soak(args: argparse.Namespace) -> str:
             if now - ready_at >= args.soak_seconds:
                 break
         time.sleep(args.interval)
-    return judge(errors_by_track(args.prometheus, args.namespace, args.soak_seconds),
-                 max_error_percent=args.max_error_percent, min_requests=args.min_requests)
+    return judge(
+        errors_by_track(args.prometheus, args.namespace, args.soak_seconds),
+        max_error_percent=args.max_error_percent,
+        min_requests=args.min_requests,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.canary_check",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.tools.canary_check", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--soak-seconds", type=int, default=900)
     parser.add_argument("--interval", type=float, default=30)
-    parser.add_argument("--ready-timeout", type=int, default=2400, help="how long the canary may take to become ready first")
+    parser.add_argument(
+        "--ready-timeout", type=int, default=2400, help="how long the canary may take to become ready first"
+    )
     parser.add_argument("--prometheus", default="monitoring/prometheus-operated:9090", help="namespace/service:port")
     parser.add_argument("--max-error-percent", type=float, default=5.0)
     parser.add_argument("--min-requests", type=int, default=20)

@@ -7,12 +7,13 @@ count gives it within 2 points); the share is printed. Exit 3: it cannot, and pr
 reason, with the share the Service can give, is printed, and the deploy workflow releases without a canary. Exit 2:
 the stack file is refused for another reason, which `pulumi up` would report too.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from infra.settings import ConfigError, parse_settings
 from infra.settings.checks import CanaryShareError
@@ -20,8 +21,9 @@ from infra.tools.synth import SynthError, read_stack_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.canary_share",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.tools.canary_share", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--stack", required=True)
     ns = parser.parse_args(argv)
     try:
@@ -38,8 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     low, high = settings.scaling.min_replicas, settings.scaling.max_replicas
     how = "by the HTTPRoute's weights" if canary.split_by_weight else "by ready pods"
-    print(f"canary_share: {canary.replicas} canary pod(s) take {canary.share_percent(low):g}% of the requests at "
-          f"{low} stable pods and {canary.share_percent(high):g}% at {high}, {how} (asked: {canary.weight_percent}%)")
+    print(
+        f"canary_share: {canary.replicas} canary pod(s) take {canary.share_percent(low):g}% of the requests at "
+        f"{low} stable pods and {canary.share_percent(high):g}% at {high}, {how} (asked: {canary.weight_percent}%)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ An object the program reads from the cluster (`Resource.get`) comes from `existi
 `Kind/name` or `Kind/namespace/name`; without it every read finds a Ready stand-in, and with it a missing object fails
 the read as the provider would. The kube-system namespace is always there, with `cluster_uid` as its UID.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,12 +72,15 @@ class ObjectNotFound(pulumi.RunError):
 def stand_in_object(kind: str, object_id: str) -> dict[str, Any]:
     """What a read finds when the test names no cluster: the object exists and is Ready."""
     namespace, _, name = object_id.rpartition("/")
-    return {"metadata": {"name": name, **({"namespace": namespace} if namespace else {})}, "spec": {},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "StandIn"}]}}
+    return {
+        "metadata": {"name": name, **({"namespace": namespace} if namespace else {})},
+        "spec": {},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "StandIn"}]},
+    }
 
 
-_SIG_KEY = rpc._special_sig_key  # noqa: SLF001  (how pulumi marks a serialized secret)
-_SECRET_SIG = rpc._special_secret_sig  # noqa: SLF001
+_SIG_KEY = rpc._special_sig_key
+_SECRET_SIG = rpc._special_secret_sig
 
 
 def plain(value: Any) -> Any:
@@ -101,8 +105,13 @@ def _stream(seed: str, n: int) -> bytes:
 
 
 class ClawbotMocks(pulumi.runtime.Mocks):
-    def __init__(self, salt: str = "", stack_outputs: dict[str, Any] | None = None,
-                 existing: dict[str, dict[str, Any]] | None = None, cluster_uid: str = CLUSTER_UID) -> None:
+    def __init__(
+        self,
+        salt: str = "",
+        stack_outputs: dict[str, Any] | None = None,
+        existing: dict[str, dict[str, Any]] | None = None,
+        cluster_uid: str = CLUSTER_UID,
+    ) -> None:
         self.salt = salt
         self.cluster_uid = cluster_uid  # which cluster a read of kube-system finds
         self.resources: list[MockedResource] = []
@@ -123,11 +132,15 @@ class ClawbotMocks(pulumi.runtime.Mocks):
             found.setdefault("metadata", {}).setdefault("uid", self.cluster_uid)
         if found is None:
             group = typ.split(":")[1].split("/")[0]
-            raise ObjectNotFound(f'reading {kind} {object_id!r}: {kind.lower()}s.{group} "{object_id.rsplit("/", 1)[-1]}" not found')
+            raise ObjectNotFound(
+                f'reading {kind} {object_id!r}: {kind.lower()}s.{group} "{object_id.rsplit("/", 1)[-1]}" not found'
+            )
         return copy.deepcopy(found)
 
     def _seed(self, args: pulumi.runtime.MockResourceArgs) -> str:
-        return f"{self.salt}|{args.typ}|{args.name}|{json.dumps(plain(args.inputs.get('keepers') or {}), sort_keys=True)}"
+        return (
+            f"{self.salt}|{args.typ}|{args.name}|{json.dumps(plain(args.inputs.get('keepers') or {}), sort_keys=True)}"
+        )
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         read_id = self.pending_reads.pop((args.typ, args.name), None)
@@ -168,7 +181,7 @@ class RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.clawbot_mocks = mocks
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         timeouts = request.customTimeouts
         seen = ResourceOptionsSeen(
             urn=self.make_urn(request.parent, request.type, request.name),
@@ -176,7 +189,11 @@ class RecordingMonitor(MockMonitor):
             aliases=tuple(self._alias_urn(request, alias) for alias in request.aliases),
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),
-            custom_timeouts={k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v}
+            custom_timeouts={
+                k: v
+                for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete))
+                if v
+            }
             or None,
             dependencies=tuple(request.dependencies),
             replace_on_changes=tuple(request.replaceOnChanges),
@@ -184,7 +201,7 @@ class RecordingMonitor(MockMonitor):
         self.clawbot_mocks.pending_options[(request.type, request.name)] = seen
         return super().RegisterResource(request)
 
-    def ReadResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method name)
+    def ReadResource(self, request: Any) -> Any:
         self.clawbot_mocks.pending_reads[(request.type, request.name)] = str(request.id)
         return super().ReadResource(request)
 

@@ -14,22 +14,26 @@ stack's key). For each, in this order:
   fails here, before `pulumi up`, naming the CI secret and why;
 - else it is set empty, which means "none".
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from infra.settings import SECRET_KEYS, ConfigError, parse_settings
 from infra.settings.checks import secrets_required
 from infra.tools.synth import PROJECT, SynthError, read_stack_config
 
 # The CI secret (a GitHub environment secret, passed to the step as an environment variable) for each declared secret.
-CI_SECRETS = {"hubToken": "HUB_TOKEN", "alertSmtpPassword": "ALERT_SMTP_PASSWORD",
-              "conversationDatabaseUrl": "CONVERSATION_DATABASE_URL"}
+CI_SECRETS = {
+    "hubToken": "HUB_TOKEN",
+    "alertSmtpPassword": "ALERT_SMTP_PASSWORD",
+    "conversationDatabaseUrl": "CONVERSATION_DATABASE_URL",
+}
 
 
 class MissingSecret(RuntimeError):
@@ -71,8 +75,9 @@ def pulumi(*args: str, stdin: str | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.stack_secrets",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.tools.stack_secrets", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--stack", required=True)
     ns = parser.parse_args(argv)
     try:
@@ -87,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             pulumi("config", "set", "--secret", "--stack", ns.stack, key, stdin=os.environ[CI_SECRETS[name]])
         elif source == "":
             pulumi("config", "set", "--secret", "--stack", ns.stack, key, "--", "")
-        print(f"stack_secrets: {key}: {'kept from the stack file' if source == 'file' else 'from ' + CI_SECRETS[name] if source else 'none'}")
+        print(
+            f"stack_secrets: {key}: {'kept from the stack file' if source == 'file' else 'from ' + CI_SECRETS[name] if source else 'none'}"
+        )
     return 0
 
 

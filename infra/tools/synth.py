@@ -10,19 +10,28 @@ What the CLI checks before the program runs is checked here too: a key that Pulu
 declares `secret: true` must be encrypted in the stack file. Declared secrets a stack file
 does not hold (a `pulumi config set --secret` away) are stood in for, and listed.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import runpy
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from infra.tools.mocks import CLUSTER_UID, ClawbotMocks, MockedResource, RecordingMonitor, ResourceOptionsSeen, fresh_event_loop
+from infra.tools.mocks import (
+    CLUSTER_UID,
+    ClawbotMocks,
+    MockedResource,
+    RecordingMonitor,
+    ResourceOptionsSeen,
+    fresh_event_loop,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "clawbot"
@@ -30,7 +39,9 @@ REDACTED = "<redacted>"
 # Stand-in for a `secure:` value or an unset required secret: synth cannot decrypt the stack's secrets.
 SECRET_PLACEHOLDER = "synth-stand-in-for-a-secret-Q7wZ3kN9vR2m"
 # A secret whose shape the program checks gets a stand-in of that shape.
-SHAPED_STAND_INS = {"conversationDatabaseUrl": f"postgresql://clawbot:{SECRET_PLACEHOLDER}@database.invalid:5432/clawbot"}
+SHAPED_STAND_INS = {
+    "conversationDatabaseUrl": f"postgresql://clawbot:{SECRET_PLACEHOLDER}@database.invalid:5432/clawbot"
+}
 
 
 class SynthError(RuntimeError):
@@ -81,7 +92,9 @@ class Synthesis:
 def _stack_file_config(stack: str, project_dir: Path) -> dict[str, Any]:
     path = project_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
-        raise SynthError(f"stack file {path} does not exist; stacks here: {', '.join(sorted(p.name for p in project_dir.glob('Pulumi.*.yaml')))}")
+        raise SynthError(
+            f"stack file {path} does not exist; stacks here: {', '.join(sorted(p.name for p in project_dir.glob('Pulumi.*.yaml')))}"
+        )
     doc = yaml.safe_load(path.read_text()) or {}
     config = doc.get("config") or {}
     if not isinstance(config, dict):
@@ -101,8 +114,11 @@ def read_stack_config(stack: str, project_dir: Path = ROOT) -> dict[str, Any]:
 
 def read_provider_config(stack: str, project_dir: Path = ROOT) -> dict[str, str]:
     """The provider's keys of Pulumi.<stack>.yaml (`kubernetes:context`, ...): they name the stack's cluster."""
-    return {key: _config_value(value) for key, value in _stack_file_config(stack, project_dir).items()
-            if key.partition(":")[0] not in (PROJECT, "") and ":" in key}
+    return {
+        key: _config_value(value)
+        for key, value in _stack_file_config(stack, project_dir).items()
+        if key.partition(":")[0] not in (PROJECT, "") and ":" in key
+    }
 
 
 def _config_value(value: Any) -> str:
@@ -119,14 +135,18 @@ def _strip_none(value: Any) -> Any:
     return value
 
 
-def _prepare_config(file_values: Mapping[str, Any], overrides: Mapping[str, Any], stack: str) -> tuple[dict[str, str], list[str], list[str]]:
+def _prepare_config(
+    file_values: Mapping[str, Any], overrides: Mapping[str, Any], stack: str
+) -> tuple[dict[str, str], list[str], list[str]]:
     from infra.settings import SECRET_KEYS
 
     for name in SECRET_KEYS:  # the CLI refuses these before the program starts
         value = file_values.get(name)
         if name in file_values and not (isinstance(value, dict) and "secure" in value):
-            raise SynthError(f"Stack '{stack}' with configuration key '{name}' must be encrypted as it's secret "
-                             f"(Pulumi.yaml declares it secret: use `pulumi config set --secret {name}`)")
+            raise SynthError(
+                f"Stack '{stack}' with configuration key '{name}' must be encrypted as it's secret "
+                f"(Pulumi.yaml declares it secret: use `pulumi config set --secret {name}`)"
+            )
     values = {**file_values, **overrides}
     config: dict[str, str] = {}
     stand_ins: list[str] = []
@@ -155,9 +175,15 @@ def _secrets_required(values: Mapping[str, Any], stack: str) -> dict[str, str]:
         return {}
 
 
-def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, project_dir: Path = ROOT,
-               stack_outputs: Mapping[str, Any] | None = None, cluster_uid: str | None = None,
-               existing: Mapping[str, Mapping[str, Any]] | None = None) -> Synthesis:
+def synthesize(
+    stack: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    project_dir: Path = ROOT,
+    stack_outputs: Mapping[str, Any] | None = None,
+    cluster_uid: str | None = None,
+    existing: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Synthesis:
     """Evaluate __main__.py under mocks with Pulumi.<stack>.yaml (plus overrides) and collect what it declares.
 
     `stack_outputs` are the outputs of the stack's previous update, as a StackReference to itself reads them.
@@ -174,8 +200,7 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     fresh_event_loop()
     file_values = read_stack_config(stack, project_dir)
-    provider = {**read_provider_config(stack, project_dir),
-                **{k: v for k, v in (overrides or {}).items() if ":" in k}}
+    provider = {**read_provider_config(stack, project_dir), **{k: v for k, v in (overrides or {}).items() if ":" in k}}
     overrides = {k: v for k, v in (overrides or {}).items() if ":" not in k}
     values = {**file_values, **overrides}
     config, secret_keys, stand_ins = _prepare_config(file_values, overrides, stack)
@@ -183,11 +208,16 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
     pulumi.runtime.set_all_config(config, secret_keys)
     runtime_settings.ROOT.set(None)  # a fresh root stack per synthesis, so outputs never mix between stacks
     cluster_uid = cluster_uid or str(values.get("clusterId") or "") or CLUSTER_UID
-    mocks = ClawbotMocks(salt=stack, stack_outputs=dict(stack_outputs or {}), cluster_uid=cluster_uid,
-                         existing=None if existing is None else {k: dict(v) for k, v in existing.items()})
+    mocks = ClawbotMocks(
+        salt=stack,
+        stack_outputs=dict(stack_outputs or {}),
+        cluster_uid=cluster_uid,
+        existing=None if existing is None else {k: dict(v) for k, v in existing.items()},
+    )
     # "organization" is what a DIY backend calls every stack's organization.
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks),
-                             organization="organization")
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks), organization="organization"
+    )
     # An earlier synthesis that failed midway (a refused run stops at its first failed RPC, or an error raised while
     # resources were registering) leaves their tasks behind, bound to its closed event loop; awaiting them here would
     # never return. Pulumi's own test decorator clears the same two.
@@ -207,7 +237,7 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
 
     try:
         _sync_await(run_pulumi_func(program))
-    except Exception as exc:  # noqa: BLE001 (a check that failed inside an Output reaches here wrapped in a ValueError)
+    except Exception as exc:
         refusal = _config_refusal(exc)
         if refusal is None:
             raise
@@ -222,14 +252,26 @@ def synthesize(stack: str, *, overrides: Mapping[str, Any] | None = None, projec
         ordered = {"apiVersion": manifest.pop("apiVersion"), "kind": manifest.pop("kind"), **manifest}
         objects.append(
             K8sObject(
-                api_version=ordered["apiVersion"], kind=ordered["kind"], name=str(meta.get("name", res.name)),
-                namespace=meta.get("namespace"), manifest=ordered, resource_name=res.name, options=res.options,
+                api_version=ordered["apiVersion"],
+                kind=ordered["kind"],
+                name=str(meta.get("name", res.name)),
+                namespace=meta.get("namespace"),
+                manifest=ordered,
+                resource_name=res.name,
+                options=res.options,
             )
         )
     # Registration order depends on how the program's outputs resolve; a fixed order keeps summaries diffable.
     objects.sort(key=lambda o: o.file_name)
-    return Synthesis(stack=stack, config=values, objects=objects, outputs=resolved, secret_outputs=secret_outputs,
-                     resources=list(mocks.resources), stand_ins=stand_ins)
+    return Synthesis(
+        stack=stack,
+        config=values,
+        objects=objects,
+        outputs=resolved,
+        secret_outputs=secret_outputs,
+        resources=list(mocks.resources),
+        stand_ins=stand_ins,
+    )
 
 
 def _config_refusal(exc: BaseException) -> BaseException | None:
@@ -267,8 +309,14 @@ def write(synthesis: Synthesis, out_dir: Path) -> list[Path]:
     summary = {
         "stack": synthesis.stack,
         "objects": [
-            {"apiVersion": o.api_version, "kind": o.kind, "namespace": o.namespace, "name": o.name, "file": o.file_name,
-             **_options_summary(o.options)}
+            {
+                "apiVersion": o.api_version,
+                "kind": o.kind,
+                "namespace": o.namespace,
+                "name": o.name,
+                "file": o.file_name,
+                **_options_summary(o.options),
+            }
             for o in synthesis.objects
         ],
         "counts": _counts(synthesis),
@@ -319,7 +367,9 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SynthError(f"--config takes key=value (JSON values allowed, e.g. allowedCidrs='[\"10.0.0.0/8\"]'), got {pair!r}")
+            raise SynthError(
+                f"--config takes key=value (JSON values allowed, e.g. allowedCidrs='[\"10.0.0.0/8\"]'), got {pair!r}"
+            )
         key = key.removeprefix(f"{PROJECT}:")
         try:
             out[key] = json.loads(raw)
@@ -329,10 +379,14 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.synth", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.synth", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", required=True, type=Path, help="directory for the YAML files and summary")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="override a clawbot:* config value")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="override a clawbot:* config value"
+    )
     ns = parser.parse_args(argv)
     try:
         synthesis = synthesize(ns.stack, overrides=_parse_overrides(ns.config))
@@ -340,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infra.synth: {exc}", file=sys.stderr)
         return 2
     files = write(synthesis, ns.out)
-    print(f"infra.synth: stack {ns.stack}: wrote {len(files)} objects to {ns.out}/ ({', '.join(f'{k} {v}' for k, v in _counts(synthesis).items())})")
+    print(
+        f"infra.synth: stack {ns.stack}: wrote {len(files)} objects to {ns.out}/ ({', '.join(f'{k} {v}' for k, v in _counts(synthesis).items())})"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """ClawBot's CrossGuard policies; `POLICIES` is what the pack in policy/__main__.py enforces."""
+
 from __future__ import annotations
 
 from pulumi_policy import Policy

@@ -1,8 +1,10 @@
 """Refuses Services and NetworkPolicies that open a port to the whole internet, unless the stack is marked public."""
+
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,

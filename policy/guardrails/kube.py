@@ -6,10 +6,12 @@ SDK turns it into an advisory "can't be checked during preview"); the helpers he
 many objects at once (stack policies) use `known()` so that one unknown value does not switch
 the whole check off.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from pulumi_policy.proxy import UnknownValueError
 

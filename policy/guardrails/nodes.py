@@ -1,9 +1,11 @@
 """Policies on how the GPU nodes roll and what the serving pods reach: a pinned AMI, bounded drains, a do-not-disrupt
 that ends, and no way out of the cluster from the chat pods."""
+
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy, Severity
 
@@ -19,7 +21,9 @@ def _check_node_class(props: Mapping[str, Any], name: str, report_violation: Rep
         if isinstance(alias, str) and alias.endswith("@latest"):
             report_violation(
                 f"EC2NodeClass {name} selects AMI alias {alias}: every AMI AWS publishes drifts every node of its pools "
-                "at a time nobody chose. Pin a release (e.g. al2023@v20260724) and bump it on purpose", None)
+                "at a time nobody chose. Pin a release (e.g. al2023@v20260724) and bump it on purpose",
+                None,
+            )
 
 
 def _check_node_pool(props: Mapping[str, Any], name: str, report_violation: ReportViolation) -> None:
@@ -27,7 +31,9 @@ def _check_node_pool(props: Mapping[str, Any], name: str, report_violation: Repo
     if not known(node_spec, "terminationGracePeriod"):
         report_violation(
             f"NodePool {name} sets no spec.template.spec.terminationGracePeriod: a drain held by a PDB or by a pod's "
-            f"{DO_NOT_DISRUPT} never ends, so drift never replaces the node. Bound it (nodeTerminationGracePeriod)", None)
+            f"{DO_NOT_DISRUPT} never ends, so drift never replaces the node. Bound it (nodeTerminationGracePeriod)",
+            None,
+        )
 
 
 def _check_pods(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -39,7 +45,9 @@ def _check_pods(args: ResourceValidationArgs, report_violation: ReportViolation)
     if value == "true":
         report_violation(
             f"{w.kind} {w.name} marks its pods {DO_NOT_DISRUPT}: \"true\", which blocks drift for as long as they run. "
-            "Give a duration (the time the pod needs to start, e.g. 30m) and let the PDB pace the drains", None)
+            "Give a duration (the time the pod needs to start, e.g. 30m) and let the PDB pace the drains",
+            None,
+        )
 
 
 def validate_nodes_roll(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -87,7 +95,9 @@ def validate_serving_pods_offline(args: ResourceValidationArgs, report_violation
     for index, rule in enumerate(known_list(known(spec, "egress"))):
         peers = known_list(known(rule, "to"))
         if not peers:
-            report_violation(f"NetworkPolicy {name} egress rule {index} has no `to`: the chat pods could reach anything", None)
+            report_violation(
+                f"NetworkPolicy {name} egress rule {index} has no `to`: the chat pods could reach anything", None
+            )
             continue
         for peer in peers:
             cidr = known(known(peer, "ipBlock"), "cidr")
@@ -95,7 +105,9 @@ def validate_serving_pods_offline(args: ResourceValidationArgs, report_violation
                 report_violation(
                     f"NetworkPolicy {name} egress rule {index} lets the chat pods reach {cidr}, outside the cluster's "
                     "private networks. The model is fetched by the model download Job; the chat pods reach DNS, Redis, "
-                    "the database and the KMS endpoint only", None)
+                    "the database and the KMS endpoint only",
+                    None,
+                )
 
 
 serving_pods_offline = ResourceValidationPolicy(

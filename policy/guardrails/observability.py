@@ -1,4 +1,5 @@
 """Refuses a stack that would run the service with nobody alerted and nothing scaling it."""
+
 from __future__ import annotations
 
 from pulumi_policy import (

@@ -7,9 +7,11 @@ share is the canary's pods over all pods, at each stable count from the floor (t
 count) to the ceiling (its maxReplicas). That share must stay within 2 points of the weight the canary asked for, and
 never exceed the stack's ceiling.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -46,16 +48,21 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _route_share(pod_labels: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]],
-                 routes: list[Mapping[str, Any]]) -> float | None:
+def _route_share(
+    pod_labels: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]], routes: list[Mapping[str, Any]]
+) -> float | None:
     """The share an HTTPRoute rule gives the Services that select these pods; None when no route forwards to them."""
     for route in routes:
         for rule in known_list(known(known(route, "spec"), "rules")):
-            refs = [(str(known(r, "name")), _int(known(r, "weight")) if known(r, "weight") is not None else 1)
-                    for r in known_list(known(rule, "backendRefs")) if known(r, "kind") in (None, "Service")]
+            refs = [
+                (str(known(r, "name")), _int(known(r, "weight")) if known(r, "weight") is not None else 1)
+                for r in known_list(known(rule, "backendRefs"))
+                if known(r, "kind") in (None, "Service")
+            ]
             total = sum(w or 0 for _, w in refs)
-            selected = [w or 0 for name, w in refs
-                        if services.get(name) and services[name].items() <= pod_labels.items()]
+            selected = [
+                w or 0 for name, w in refs if services.get(name) and services[name].items() <= pod_labels.items()
+            ]
             if selected and total:
                 return 100 * sum(selected) / total
     return None
@@ -103,14 +110,18 @@ def validate_canary_weight(args: StackValidationArgs, report_violation: ReportVi
         elif stable:
             pods = _int(known(known(props, "spec"), "replicas")) or 1
             shares = {n: 100 * pods / (pods + n) for n in range(low, high + 1)}
-            how = (f"{pods} pod{'s' if pods > 1 else ''} beside {low}..{high} stable pods take {shares[low]:.0f}% to "
-                   f"{shares[high]:.0f}% of the requests" if low != high else
-                   f"{pods} pod{'s' if pods > 1 else ''} beside {low} stable pods take {shares[low]:.0f}% of the requests")
+            how = (
+                f"{pods} pod{'s' if pods > 1 else ''} beside {low}..{high} stable pods take {shares[low]:.0f}% to "
+                f"{shares[high]:.0f}% of the requests"
+                if low != high
+                else f"{pods} pod{'s' if pods > 1 else ''} beside {low} stable pods take {shares[low]:.0f}% of the requests"
+            )
         else:
             continue
         if max(shares.values()) > ceiling:
-            report_violation(f"{where}: {how}, above this stack's ceiling of {ceiling}%; lower the canary's weight",
-                             None)
+            report_violation(
+                f"{where}: {how}, above this stack's ceiling of {ceiling}%; lower the canary's weight", None
+            )
         if weight is not None and any(abs(s - weight) > SHARE_TOLERANCE for s in shares.values()):
             report_violation(
                 f"{where} asks for {weight}% but {how}: more than {SHARE_TOLERANCE:g} points off. Route it through a "
@@ -122,12 +133,19 @@ def validate_canary_weight(args: StackValidationArgs, report_violation: ReportVi
 canary_weight = StackValidationPolicy(
     name="canary-weight-within-ceiling",
     description="Every canary is served the share it asked for (within 2 points) and no more than the stack's "
-                "ceiling (maxWeightPercent).",
+    "ceiling (maxWeightPercent).",
     validate=validate_canary_weight,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=PolicyConfigSchema(
-        properties={MAX_WEIGHT: {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULT_MAX_WEIGHT,
-                                 "description": "The largest share of requests, in percent, a canary may take."}}
+        properties={
+            MAX_WEIGHT: {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 100,
+                "default": DEFAULT_MAX_WEIGHT,
+                "description": "The largest share of requests, in percent, a canary may take.",
+            }
+        }
     ),
 )

@@ -1,10 +1,11 @@
 """Refuses a stack where a Secret's value also appears in plain text: in a ConfigMap or a literal container env value."""
+
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from pulumi_policy import (
     EnforcementLevel,

@@ -1,7 +1,9 @@
 """Refuses a production stack whose API port would carry API keys and tokens in plain text."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -72,7 +74,12 @@ encrypted_endpoint = StackValidationPolicy(
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=PolicyConfigSchema(
-        properties={ALLOW_PLAINTEXT: {"type": "boolean", "default": False,
-                                      "description": "Set true only for a production stack meant to run without TLS."}}
+        properties={
+            ALLOW_PLAINTEXT: {
+                "type": "boolean",
+                "default": False,
+                "description": "Set true only for a production stack meant to run without TLS.",
+            }
+        }
     ),
 )

@@ -1,7 +1,9 @@
 """Policies on what runs in pods: non-root, unprivileged, bounded, GPU pods schedulable, the chat pods probed."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -203,8 +205,11 @@ gpu_scheduling = ResourceValidationPolicy(
         properties={
             "gpuTaintKey": {"type": "string", "default": GPU_TAINT_DEFAULTS["gpuTaintKey"]},
             "gpuTaintValue": {"type": "string", "default": GPU_TAINT_DEFAULTS["gpuTaintValue"]},
-            "gpuTaintEffect": {"type": "string", "default": GPU_TAINT_DEFAULTS["gpuTaintEffect"],
-                               "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+            "gpuTaintEffect": {
+                "type": "string",
+                "default": GPU_TAINT_DEFAULTS["gpuTaintEffect"],
+                "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            },
         }
     ),
 )

@@ -1,33 +1,32 @@
 """Fixtures for the app tests: real key files, a real redis-server, a small app wired to AccessControl and Storage,
 and the embedded model."""
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app.access.control import AccessControl
+from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, new_api_key, new_secret, now_iso, seal_key_file
+from app.access.keyring import write_private
 from app.access.netrules import NetRules
 from app.api.auth import Caller, RouteGuard, issue_token
 from app.api.context import context_of
+from app.api.errors import install_error_handlers, rate_limit_headers
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.network_rules import NetworkRulesMiddleware
 from app.api.routes import admin
-from app.access.control import AccessControl
-from app.storage.stores import Storage
-from app.access.keyfile import ApiKeyRecord, JwtKeyRecord, KeyFile, now_iso, seal_key_file
-from app.api.errors import install_error_handlers, rate_limit_headers
-from app.access.keyring import write_private
-from app.access.keyfile import new_api_key, new_secret
 from app.observability.metrics import Metrics, build_metrics
 from app.settings import Settings
+from app.storage.stores import Storage
 from tests.redis_server import RedisServer
 
 
@@ -49,12 +48,16 @@ class KeyFiles:
     def add(self, key_id: str, scopes: tuple[str, ...] = ("chat",), **kw: Any) -> str:
         raw = new_api_key()
         self.raw[key_id] = raw
-        self.records[key_id] = ApiKeyRecord(id=key_id, secret=raw, scopes=scopes, not_before=kw.pop("not_before", now_iso(-60)), **kw)
+        self.records[key_id] = ApiKeyRecord(
+            id=key_id, secret=raw, scopes=scopes, not_before=kw.pop("not_before", now_iso(-60)), **kw
+        )
         return raw
 
     def revoke(self, key_id: str) -> None:
         rec = self.records[key_id]
-        self.records[key_id] = ApiKeyRecord(rec.id, rec.secret, rec.scopes, rec.not_before, rec.expires_at, revoked=True)
+        self.records[key_id] = ApiKeyRecord(
+            rec.id, rec.secret, rec.scopes, rec.not_before, rec.expires_at, revoked=True
+        )
 
     def jwt_secret(self, kid: str) -> str:
         return next(k.secret for k in self.jwt if k.kid == kid)

@@ -2,14 +2,15 @@
 
 Also what only a ready model can show: bounded stop strings in both APIs.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -70,7 +71,9 @@ def _model_settings(tmp_path: Path, **env: str) -> Settings:
     data_dir.mkdir(exist_ok=True)
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     (data_dir / "models").symlink_to(MODEL_CACHE, target_is_directory=True)
-    return load_settings({"APP_ENV": "development", "DEV_API_KEY": KEY, "DATA_DIR": str(data_dir), "MAX_TOKENS": "256", **env})
+    return load_settings(
+        {"APP_ENV": "development", "DEV_API_KEY": KEY, "DATA_DIR": str(data_dir), "MAX_TOKENS": "256", **env}
+    )
 
 
 def _wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = 300) -> None:
@@ -84,18 +87,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.mark.parametrize("stop, message", [
-    (["a", "b", "c", "d", "e"], "stop accepts at most 4 sequences, got 5"),
-    (["x" * 65], "stop sequences may be at most 64 characters each, got one of 65"),
-])
+@pytest.mark.parametrize(
+    "stop, message",
+    [
+        (["a", "b", "c", "d", "e"], "stop accepts at most 4 sequences, got 5"),
+        (["x" * 65], "stop sequences may be at most 64 characters each, got one of 65"),
+    ],
+)
 def test_stop_strings_are_bounded_in_both_apis(service: TestClient, stop: list[str], message: str) -> None:
     token = service.post("/api/auth", json={"api_key": KEY}).json()["token"]
     for route, bearer in (("/v1/chat/completions", KEY), ("/api/chat", token)):
-        r = service.post(route, json={**CHAT, "stop": stop, "max_tokens": 4}, headers={"Authorization": f"Bearer {bearer}"})
+        r = service.post(
+            route, json={**CHAT, "stop": stop, "max_tokens": 4}, headers={"Authorization": f"Bearer {bearer}"}
+        )
         assert r.status_code == 400, (route, r.text)
         assert message in r.json()["error"]["message"], r.text
-    fine = service.post("/v1/chat/completions", json={**CHAT, "stop": ["y" * 64] * 4, "max_tokens": 2},
-                        headers={"Authorization": f"Bearer {KEY}"})
+    fine = service.post(
+        "/v1/chat/completions",
+        json={**CHAT, "stop": ["y" * 64] * 4, "max_tokens": 2},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert fine.status_code == 200, fine.text
 
 
@@ -119,14 +130,20 @@ def test_a_dead_engine_answers_its_waiters_fails_liveness_and_readiness_and_says
     bearer = {"Authorization": f"Bearer {KEY}"}
     # A fault in the model code (not out of memory) once two requests share the batch.
     cuda_fault = RuntimeError("CUDA error: an illegal memory access was encountered")
-    with caplog.at_level(logging.ERROR, logger="clawbot.engine"), live_server(app) as url, \
-            httpx.Client(base_url=url, timeout=120, headers=bearer) as http:
+    with (
+        caplog.at_level(logging.ERROR, logger="clawbot.engine"),
+        live_server(app) as url,
+        httpx.Client(base_url=url, timeout=120, headers=bearer) as http,
+    ):
         _wait_ready(http.get)
         assert http.get("/healthz").status_code == 200
         engine = app.state.engine
         engine.model = Spy(engine.model, fail=lambda rows, columns: cuda_fault if rows >= 2 else None)
         body = {**CHAT, "max_tokens": 200, "ignore_eos": True}
-        with ThreadPoolExecutor(1) as pool, http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
+        with (
+            ThreadPoolExecutor(1) as pool,
+            http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream,
+        ):
             assert stream.status_code == 200
             events = stream.iter_lines()
             assert next(e for e in events if '"content"' in e)  # generating

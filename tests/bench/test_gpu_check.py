@@ -1,4 +1,5 @@
 """scripts/gpu-check's logic without a GPU: it refuses to run, and its table and verdict on canned results."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,13 +13,34 @@ from bench import gpu_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = [
-    {"mode": "none", "applied": "none", "device": "cuda:0", "load_s": 3.0, "memory_bytes": 270e6, "tok_s": 80.0,
-     "answer": "The capital of France is Paris.", "answers": True, "linear_kinds": ["Linear"]},
-    {"mode": "gguf", "applied": "gguf:q4_1", "device": "cuda:0", "load_s": 4.0, "memory_bytes": 102e6, "tok_s": 95.0,
-     "answer": "Paris", "answers": True, "linear_kinds": ["FusedPart", "Int4Linear"]},
+    {
+        "mode": "none",
+        "applied": "none",
+        "device": "cuda:0",
+        "load_s": 3.0,
+        "memory_bytes": 270e6,
+        "tok_s": 80.0,
+        "answer": "The capital of France is Paris.",
+        "answers": True,
+        "linear_kinds": ["Linear"],
+    },
+    {
+        "mode": "gguf",
+        "applied": "gguf:q4_1",
+        "device": "cuda:0",
+        "load_s": 4.0,
+        "memory_bytes": 102e6,
+        "tok_s": 95.0,
+        "answer": "Paris",
+        "answers": True,
+        "linear_kinds": ["FusedPart", "Int4Linear"],
+    },
 ]
-PEER = {"quantization": "auto", "loaded_quantization": "gguf:q4_1",
-        "clawbot": {"one_at_a_time": {"tok_s": 120.0}, "concurrent": {"tok_s": 900.0}, "memory_bytes": 102e6}}
+PEER = {
+    "quantization": "auto",
+    "loaded_quantization": "gguf:q4_1",
+    "clawbot": {"one_at_a_time": {"tok_s": 120.0}, "concurrent": {"tok_s": 900.0}, "memory_bytes": 102e6},
+}
 
 
 def test_the_table_has_a_row_per_mode_and_the_peer_run() -> None:
@@ -38,8 +60,13 @@ def test_every_mode_must_answer_and_the_peer_run_must_finish() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the check would run for real")
 def test_without_a_gpu_it_says_so_and_exits_2() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--no-peer"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--no-peer"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "no CUDA device" in done.stderr
 
 

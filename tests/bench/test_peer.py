@@ -1,4 +1,5 @@
 """bench/peer.py, bench/quality.py and bench/llama_build.py import and wire up without a server or a build."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,12 @@ def test_both_sides_get_greedy_ignore_eos_requests_and_llama_has_its_prompt_cach
     claw = peer.clawbot_side("http://127.0.0.1:1").body(messages, 48, stream=True)
     llama = peer.llama_side("http://127.0.0.1:2").body(messages, 48, stream=True)
     for body in (claw, llama):
-        assert (body["max_tokens"], body["temperature"], body["ignore_eos"], body["messages"]) == (48, 0, True, messages)
+        assert (body["max_tokens"], body["temperature"], body["ignore_eos"], body["messages"]) == (
+            48,
+            0,
+            True,
+            messages,
+        )
         assert body["stream_options"] == {"include_usage": True}
     assert llama["cache_prompt"] is False and "cache_prompt" not in claw
     # The prefix scenario turns llama's cache on for its reference figure.
@@ -58,6 +64,7 @@ def test_parameter_bytes_counts_what_a_token_reads_as_stored() -> None:
     model = make_tiny()  # its output head is not tied to the input embedding
     embedding = model.get_input_embeddings().weight.numel()
     weights = sum(p.numel() for p in model.parameters()) - embedding
+
     def rotary() -> int:
         return sum(b.numel() * b.element_size() for b in model.buffers())
 

@@ -1,4 +1,5 @@
 """The peer and quality benches' arithmetic on canned figures: ratios, targets, bytes per token, the bandwidth ceiling."""
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,13 @@ def test_table_shows_the_issue_ratios_and_whether_targets_are_met() -> None:
 
 
 def test_errors_under_load_fail_the_conversation_target() -> None:
-    run = {**ISSUE_RUN, "clawbot": {**ISSUE_RUN["clawbot"],
-                                    "conversations": {"n": 200, "ttft_p50_s": 1.0, "ttft_p99_s": 2.0, "errors": 3}}}
+    run = {
+        **ISSUE_RUN,
+        "clawbot": {
+            **ISSUE_RUN["clawbot"],
+            "conversations": {"n": 200, "ttft_p50_s": 1.0, "ttft_p99_s": 2.0, "errors": 3},
+        },
+    }
     assert by_label(build_rows(run), "200 streaming").target == "<= 1 met; 3 errors (target 0)"
 
 
@@ -102,7 +108,11 @@ def test_a_subset_run_leaves_unmeasured_cells_empty() -> None:
 
 
 def test_prefix_row_says_when_cached_tokens_are_not_reported() -> None:
-    run = {"clawbot": {"prefix": {"prefix_tokens": 2000, "uncached_ttft_s": 1.0, "cached_ttft_s": 1.0, "cached_tokens": None}}}
+    run = {
+        "clawbot": {
+            "prefix": {"prefix_tokens": 2000, "uncached_ttft_s": 1.0, "cached_ttft_s": 1.0, "cached_tokens": None}
+        }
+    }
     row = by_label(build_rows(run), "shared 2000-token prefix")
     assert row.ratio == "1.00" and row.target == "<= 0.2 NOT met" and "not reported" in row.clawbot
 
@@ -118,9 +128,15 @@ def test_agreement_counts_exact_answers_and_tokens_before_the_first_divergence()
 
 
 def test_memory_and_decode_step_rows_show_what_a_gguf_run_adds() -> None:
-    run = {**ISSUE_RUN, "gguf_file_bytes": 100_000_000,
-           "clawbot": {**ISSUE_RUN["clawbot"], "memory_bytes": 105_000_000,
-                       "decode_step": {"ops": 640, "matmul_ms": 5.5, "other_ms": 2.25}}}
+    run = {
+        **ISSUE_RUN,
+        "gguf_file_bytes": 100_000_000,
+        "clawbot": {
+            **ISSUE_RUN["clawbot"],
+            "memory_bytes": 105_000_000,
+            "decode_step": {"ops": 640, "matmul_ms": 5.5, "other_ms": 2.25},
+        },
+    }
     rows = build_rows(run)
     memory = by_label(rows, "resident model memory")
     assert (memory.clawbot, memory.llama, memory.ratio, memory.target) == ("105.0 MB", "100.0 MB", "1.05", "<= 1.3 met")
@@ -139,10 +155,22 @@ def test_agreement_with_llama_reports_the_mean_first_divergence() -> None:
 
 def test_quality_table_lists_each_mode() -> None:
     modes = {
-        "fp32": {"exact_match": 1.0, "token_agreement": 1.0, "tok_s": 24.0, "parameter_bytes": 538_000_000,
-                 "memory_bytes": 540_000_000, "batch_invariant": "8/8"},
-        "nf4": {"exact_match": 0.25, "token_agreement": 0.4, "tok_s": 9.5, "parameter_bytes": 90_000_000,
-                "memory_bytes": 150_000_000, "batch_invariant": "6/8"},
+        "fp32": {
+            "exact_match": 1.0,
+            "token_agreement": 1.0,
+            "tok_s": 24.0,
+            "parameter_bytes": 538_000_000,
+            "memory_bytes": 540_000_000,
+            "batch_invariant": "8/8",
+        },
+        "nf4": {
+            "exact_match": 0.25,
+            "token_agreement": 0.4,
+            "tok_s": 9.5,
+            "parameter_bytes": 90_000_000,
+            "memory_bytes": 150_000_000,
+            "batch_invariant": "6/8",
+        },
     }
     lines = format_quality_table(modes).splitlines()
     assert lines[2] == "| fp32 | 1.00 | 1.00 | 24.0 | 538 MB | 540 MB | 8/8 |"

@@ -1,4 +1,5 @@
 """bench/waiting.py: the one bounded readiness loop, and a guard that no test or benchmark writes its own."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,13 @@ def test_ignored_errors_count_as_not_yet_and_the_last_one_is_reported() -> None:
 
     assert wait_until("the server", check, 10, poll_s=0, ignoring=(ConnectionError,)) == "up"
     with pytest.raises(WaitTimedOut, match=r"waiting for the server \(last error: ConnectionRefusedError\('never'\)\)"):
-        wait_until("the server", lambda: (_ for _ in ()).throw(ConnectionRefusedError("never")), 0.05, poll_s=0.01,
-                   ignoring=(ConnectionError,))
+        wait_until(
+            "the server",
+            lambda: (_ for _ in ()).throw(ConnectionRefusedError("never")),
+            0.05,
+            poll_s=0.01,
+            ignoring=(ConnectionError,),
+        )
 
 
 def test_other_errors_end_the_wait_at_once() -> None:
@@ -116,7 +122,9 @@ def deadline_loops(text: str) -> list[str]:
 
 def test_the_guard_finds_deadline_loops_and_not_timing_code() -> None:
     assert deadline_loops("deadline = time.monotonic() + 30\nwhile time.monotonic() < deadline:\n    pass") == [
-        "deadline = time.monotonic() + 30", "while time.monotonic() < deadline:"]
+        "deadline = time.monotonic() + 30",
+        "while time.monotonic() < deadline:",
+    ]
     assert deadline_loops("assert time.time() < end, 'late'") and deadline_loops("if end <= time.perf_counter():")
     timing = "started = time.perf_counter()\nelapsed = time.perf_counter() - started\nat = time.time() + i * 0.001"
     assert deadline_loops(timing) == []

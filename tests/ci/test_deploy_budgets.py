@@ -2,9 +2,10 @@
 kill `up` midway and leave the stack locked with pending operations. Pulumi's wait is read off the synthesized stack
 (infra/tools/budgets.py: the longest chain of awaited resources, then the deletions), so a change to maxReplicas or
 the start-up budget that outgrows a job's limit fails here."""
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pytest
@@ -23,15 +24,20 @@ HOSTED_RUNNER_LIMIT_MIN = 360  # GitHub-hosted runners stop any job after 6 hour
 VARIANTS = {"dev": [("dev", {})], "prod": [("prod", {}), ("prod", {**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}})]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def pulumi_wait(stack: str) -> UpdateWait:
-    return max((update_wait(synthesize(name, overrides=overrides)) for name, overrides in VARIANTS[stack]),
-               key=lambda w: w.seconds)
+    return max(
+        (update_wait(synthesize(name, overrides=overrides)) for name, overrides in VARIANTS[stack]),
+        key=lambda w: w.seconds,
+    )
 
 
 def up_steps(job: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in steps(job) if str(s.get("uses", "")).startswith("pulumi/actions@")
-            and (s.get("with") or {}).get("command") == "up"]
+    return [
+        s
+        for s in steps(job)
+        if str(s.get("uses", "")).startswith("pulumi/actions@") and (s.get("with") or {}).get("command") == "up"
+    ]
 
 
 def stacks_of(job: dict[str, Any], step: dict[str, Any]) -> list[str]:
@@ -52,8 +58,9 @@ def jobs_running_up() -> dict[str, tuple[dict[str, Any], list[str]]]:
 
 
 def test_the_jobs_that_run_up_are_the_ones_expected() -> None:
-    assert set(jobs_running_up()) == {f"deploy.yml:{j}" for j in
-                                      ("deploy-dev", "canary-prod", "stop-canary-prod", "deploy-prod", "rotate-keys")}
+    assert set(jobs_running_up()) == {
+        f"deploy.yml:{j}" for j in ("deploy-dev", "canary-prod", "stop-canary-prod", "deploy-prod", "rotate-keys")
+    }
 
 
 @pytest.mark.parametrize("name", sorted(jobs_running_up()))
@@ -65,7 +72,8 @@ def test_every_job_that_runs_up_has_a_limit_above_pulumis_own(name: str) -> None
     limit_min = int(job["timeout-minutes"])
     assert limit_min * 60 > needed, (
         f"{name}: timeout-minutes {limit_min} is not above `pulumi up`'s own wait plus setup, {needed / 60:.0f} min "
-        f"({' -> '.join(max((pulumi_wait(s) for s in stacks), key=lambda w: w.seconds).chain)})")
+        f"({' -> '.join(max((pulumi_wait(s) for s in stacks), key=lambda w: w.seconds).chain)})"
+    )
     assert limit_min <= HOSTED_RUNNER_LIMIT_MIN, f"{name}: GitHub-hosted runners stop a job after 360 minutes"
 
 
@@ -84,7 +92,9 @@ def test_a_limit_below_the_wait_would_be_caught(monkeypatch: pytest.MonkeyPatch)
     jobs = jobs_running_up()
     job, stacks = jobs["deploy.yml:deploy-prod"]
     monkeypatch.setitem(job, "timeout-minutes", 45)  # what deploy-prod had: below Pulumi's 50-minute wait then
-    monkeypatch.setattr("tests.ci.test_deploy_budgets.jobs_running_up", lambda: {"deploy.yml:deploy-prod": (job, stacks)})
+    monkeypatch.setattr(
+        "tests.ci.test_deploy_budgets.jobs_running_up", lambda: {"deploy.yml:deploy-prod": (job, stacks)}
+    )
     with pytest.raises(AssertionError, match="timeout-minutes 45 is not above"):
         test_every_job_that_runs_up_has_a_limit_above_pulumis_own("deploy.yml:deploy-prod")
 

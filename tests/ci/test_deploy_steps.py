@@ -5,6 +5,7 @@ git, a Pulumi backend with no stacks yet, and exactly the secrets docs/deploying
 environment. `pulumi` is a stand-in that makes the CLI's own checks (a declared key without a default must be set, a
 declared secret must be encrypted, the stack must exist) and runs the real program under mocks.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,7 +92,9 @@ def test_a_new_prod_stack_comes_up_in_ci_from_the_repository_and_the_documented_
     results = release(run)
     assert results["deploy-dev"].ok, results["deploy-dev"].log
     # The first release has no stable one to compare with: no canary, straight to the approval.
-    assert results["canary-prod"].ok and results["canary-prod"].outputs["started"] == "false", results["canary-prod"].log
+    assert results["canary-prod"].ok and results["canary-prod"].outputs["started"] == "false", results[
+        "canary-prod"
+    ].log
     assert not results["soak-prod"].ran and not results["stop-canary-prod"].ran
     assert results["deploy-prod"].ran and results["deploy-prod"].ok, results["deploy-prod"].log
     prod = outputs(run, "prod")
@@ -141,7 +144,8 @@ def test_the_weekly_key_rotation_runs_on_a_deployed_stack(tmp_path: Path, stack:
     built(run, FIRST)
     release(run)
     environment = {"dev": "dev", "prod": "prod-unattended"}[stack]
-    result = run.run_job("rotate-keys", matrix={"stack": stack, "environment": environment},
-                         github={"event_name": "schedule"})
+    result = run.run_job(
+        "rotate-keys", matrix={"stack": stack, "environment": environment}, github={"event_name": "schedule"}
+    )
     assert result.ran and result.ok, result.log
     assert outputs(run, stack)["imageHistory"] == [FIRST]  # the running image stays

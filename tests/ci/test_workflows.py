@@ -1,4 +1,5 @@
 """The GitHub workflows: valid against GitHub's schema, clean under zizmor, and wired the way the delivery flow needs."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -69,9 +71,14 @@ def test_the_delivery_workflows_exist() -> None:
 
 # --- GitHub's workflow schema (vendored by check-jsonschema, so this runs offline) --------------------------
 
+
 def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_workflow_matches_the_github_workflow_schema() -> None:
@@ -87,10 +94,13 @@ def test_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
 
 # --- zizmor, offline --------------------------------------------------------------------------------------
 
+
 def zizmor_findings(*paths: Path) -> list[dict[str, Any]]:
     result = subprocess.run(
         [tool("zizmor"), "--offline", "--persona", "auditor", "--format", "json", "--no-progress", *map(str, paths)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     # zizmor exits 0 when clean, 10-14 by the worst severity found; anything else is a crash.
     assert result.returncode in (0, 10, 11, 12, 13, 14), result.stderr
@@ -99,8 +109,11 @@ def zizmor_findings(*paths: Path) -> list[dict[str, Any]]:
 
 def test_zizmor_finds_no_high_severity_issue() -> None:
     findings = zizmor_findings(*WORKFLOWS)
-    high = [(f["ident"], f["locations"][0]["symbolic"]["key"]) for f in findings
-            if f["determinations"]["severity"] == "High"]
+    high = [
+        (f["ident"], f["locations"][0]["symbolic"]["key"])
+        for f in findings
+        if f["determinations"]["severity"] == "High"
+    ]
     assert high == []
 
 
@@ -115,6 +128,7 @@ def test_zizmor_catches_template_injection(tmp_path: Path) -> None:
 
 
 # --- hardening rules a reviewer would otherwise check by eye ----------------------------------------------
+
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_no_privileged_triggers_and_least_privilege(path: Path) -> None:
@@ -148,12 +162,14 @@ def test_secrets_come_only_from_the_secret_store(path: Path) -> None:
     for ref in re.findall(r"secrets\.[A-Za-z_]+", text):
         assert re.search(r"\$\{\{\s*" + re.escape(ref) + r"\s*\}\}", text), f"{ref} used outside ${{{{ }}}}"
     assert "toJSON(secrets)" not in text and "secrets: inherit" not in text
-    for key, value in re.findall(r"^\s*([A-Z_]*(?:TOKEN|PASSWORD|KUBECONFIG_CONTENT|ACCESS_KEY)[A-Z_]*):\s*(.+)$",
-                                 text, re.M):
+    for key, value in re.findall(
+        r"^\s*([A-Z_]*(?:TOKEN|PASSWORD|KUBECONFIG_CONTENT|ACCESS_KEY)[A-Z_]*):\s*(.+)$", text, re.M
+    ):
         assert value.strip().startswith("${{ secrets."), f"{key} must come from secrets, got {value!r}"
 
 
 # --- the delivery flow ------------------------------------------------------------------------------------
+
 
 def test_pull_requests_run_tests_then_preview_both_stacks_with_the_policy_pack() -> None:
     doc = workflow("pull-request.yml")
@@ -175,7 +191,8 @@ def test_the_policy_pack_venv_is_built_before_pulumi_runs() -> None:
             runs = [str(s.get("run", "")) for s in steps(job)]
             if any(s.get("with", {}).get("policyPacks") == "policy" for s in steps(job)):
                 assert any("policy/venv/bin/pip install" in r and "policy/requirements.txt" in r for r in runs), (
-                    f"{name} job {job_name} runs the policy pack without installing it")
+                    f"{name} job {job_name} runs the policy pack without installing it"
+                )
 
 
 def test_main_builds_the_image_then_deploys_dev_then_prod_after_approval() -> None:
@@ -185,7 +202,8 @@ def test_main_builds_the_image_then_deploys_dev_then_prod_after_approval() -> No
     image = jobs["image"]
     assert image["needs"] == "tests"
     assert image["outputs"]["image"] == (
-        "${{ steps.tags.outputs.repository }}:${{ github.sha }}@${{ steps.push.outputs.digest }}")
+        "${{ steps.tags.outputs.repository }}:${{ github.sha }}@${{ steps.push.outputs.digest }}"
+    )
 
     dev, prod = jobs["deploy-dev"], jobs["deploy-prod"]
     assert "image" in ([dev["needs"]] if isinstance(dev["needs"], str) else dev["needs"])
@@ -198,6 +216,7 @@ def test_main_builds_the_image_then_deploys_dev_then_prod_after_approval() -> No
 
 
 # --- the image: scanned before it is pushed, both platforms, attestations, the tags the stack files name -----
+
 
 def image_steps() -> list[dict[str, Any]]:
     return steps(workflow("deploy.yml")["jobs"]["image"])
@@ -213,10 +232,16 @@ def test_the_image_is_cve_scanned_before_anything_is_pushed_and_fixable_critical
     trivy = step_using(workflow("deploy.yml")["jobs"]["image"], "aquasecurity/trivy-action")
     assert trivy["with"]["image-ref"] == scan_build["with"]["tags"]
     assert (trivy["with"]["severity"], trivy["with"]["ignore-unfixed"], str(trivy["with"]["exit-code"])) == (
-        "CRITICAL", True, "1")
+        "CRITICAL",
+        True,
+        "1",
+    )
     assert not trivy.get("continue-on-error")
-    assert index_of("docker/build-push-action", load=True) < index_of("aquasecurity/trivy-action") < index_of(
-        "docker/build-push-action", push=True)
+    assert (
+        index_of("docker/build-push-action", load=True)
+        < index_of("aquasecurity/trivy-action")
+        < index_of("docker/build-push-action", push=True)
+    )
 
 
 def test_the_pushed_image_is_multi_arch_with_sbom_and_provenance() -> None:
@@ -268,7 +293,9 @@ def test_the_docs_compose_file_and_config_default_name_only_pushed_tags_and_say_
         assert not stray, f"{where} names tags CI never pushes: {stray}"
     missing = pushed - set(re.findall(ref, tags_section))
     assert not missing, f"the image docs' Tags section must name every tag CI pushes: {missing}"
-    assert re.search(re.escape(repository) + r":[\w.-]+@sha256:<digest>", tags_section), "the docs must show a digest pin"
+    assert re.search(re.escape(repository) + r":[\w.-]+@sha256:<digest>", tags_section), (
+        "the docs must show a digest pin"
+    )
 
 
 def test_image_tags_refuses_stacks_that_name_different_repositories(tmp_path: Path) -> None:
@@ -276,12 +303,14 @@ def test_image_tags_refuses_stacks_that_name_different_repositories(tmp_path: Pa
     shutil.copy2(ROOT / "scripts" / "image-tags", tmp_path / "scripts" / "image-tags")
     (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  clawbot:image: ghcr.io/a/clawbot:1.0\n")
     (tmp_path / "Pulumi.prod.yaml").write_text("config:\n  clawbot:image: ghcr.io/b/clawbot:1.0\n")
-    result = subprocess.run([str(tmp_path / "scripts" / "image-tags"), "0" * 40], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [str(tmp_path / "scripts" / "image-tags"), "0" * 40], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode != 0 and "every stack must name" in result.stderr
 
 
 # --- releases: canary, soak, approval, promotion; keys rotated on a schedule ------------------------------
+
 
 def _needs(job: dict[str, Any]) -> list[str]:
     return [job["needs"]] if isinstance(job["needs"], str) else list(job["needs"])
@@ -289,7 +318,9 @@ def _needs(job: dict[str, Any]) -> list[str]:
 
 def test_prod_gets_a_canary_that_soaks_before_the_approval_that_promotes_it() -> None:
     jobs = workflow("deploy.yml")["jobs"]
-    canary, soak_job, stop_job, promote = (jobs[n] for n in ("canary-prod", "soak-prod", "stop-canary-prod", "deploy-prod"))
+    canary, soak_job, stop_job, promote = (
+        jobs[n] for n in ("canary-prod", "soak-prod", "stop-canary-prod", "deploy-prod")
+    )
     assert {"image", "deploy-dev"} <= set(_needs(canary)) and {"canary-prod", "soak-prod"} <= set(_needs(promote))
     # The canary runs without a reviewer; the promotion waits for one on the `prod` environment.
     assert canary["environment"] == soak_job["environment"] == stop_job["environment"] == "prod-unattended"

@@ -6,6 +6,7 @@
 secrets encrypted, the stack created) and the real program under mocks. Steps that install dependencies are skipped
 (the test venv has them); actions other than pulumi/actions (checkout, setup-python) have nothing to do here.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,18 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a checkout of the repository holds that the deploy steps read.
 PROJECT_FILES = ("__main__.py", "Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml")
 _EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)
-_TOKEN = re.compile(r"\s*(?:(?P<string>'[^']*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<call>[a-z]+\(\))|(?P<name>[A-Za-z_][\w.-]*))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<string>'[^']*')|(?P<op>==|!=|&&|\|\||!|\(|\))|(?P<call>[a-z]+\(\))|(?P<name>[A-Za-z_][\w.-]*))"
+)
 
 
 @dataclass
@@ -46,8 +50,13 @@ class JobResult:
 
 
 class Runner:
-    def __init__(self, tmp: Path, workflow: Mapping[str, Any], secrets_by_environment: Mapping[str, Mapping[str, str]],
-                 variables: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        workflow: Mapping[str, Any],
+        secrets_by_environment: Mapping[str, Mapping[str, str]],
+        variables: Mapping[str, str] | None = None,
+    ) -> None:
         self.workflow = workflow
         self.secrets_by_environment = secrets_by_environment
         self.variables = dict(variables or {})
@@ -65,9 +74,15 @@ class Runner:
         shim = bin_dir / "pulumi"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.infra.fake_pulumi "$@"\n')
         shim.chmod(0o755)
-        self.env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT), "HOME": str(tmp),
-                    "FAKE_PULUMI_STATE": str(self.state), "FAKE_PULUMI_PROJECT": str(self.project),
-                    "RUNNER_TEMP": str(self.temp), "LANG": "C.UTF-8"}
+        self.env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT),
+            "HOME": str(tmp),
+            "FAKE_PULUMI_STATE": str(self.state),
+            "FAKE_PULUMI_PROJECT": str(self.project),
+            "RUNNER_TEMP": str(self.temp),
+            "LANG": "C.UTF-8",
+        }
         self.results: dict[str, JobResult] = {}
 
     def fresh_checkout(self) -> None:
@@ -75,14 +90,27 @@ class Runner:
         for name in PROJECT_FILES:
             shutil.copy2(ROOT / name, self.project / name)
 
-    def run_job(self, name: str, *, matrix: Mapping[str, str] | None = None, skip_steps: tuple[str, ...] = (),
-                github: Mapping[str, str] | None = None) -> JobResult:
+    def run_job(
+        self,
+        name: str,
+        *,
+        matrix: Mapping[str, str] | None = None,
+        skip_steps: tuple[str, ...] = (),
+        github: Mapping[str, str] | None = None,
+    ) -> JobResult:
         job = self.workflow["jobs"][name]
         needs = [job["needs"]] if isinstance(job.get("needs"), str) else list(job.get("needs") or [])
-        context = {"needs": {n: {"outputs": self.results[n].outputs if n in self.results else {},
-                                 "result": self._result(n)} for n in needs},
-                   "matrix": dict(matrix or {}), "github": dict(github or {"event_name": "push"}),
-                   "vars": self.variables, "steps": {}, "runner": {"temp": str(self.temp)}}
+        context = {
+            "needs": {
+                n: {"outputs": self.results[n].outputs if n in self.results else {}, "result": self._result(n)}
+                for n in needs
+            },
+            "matrix": dict(matrix or {}),
+            "github": dict(github or {"event_name": "push"}),
+            "vars": self.variables,
+            "steps": {},
+            "runner": {"temp": str(self.temp)},
+        }
         failed_needs = any(context["needs"][n]["result"] == "failure" for n in needs)
         condition = job.get("if")
         if condition is None:
@@ -93,8 +121,10 @@ class Runner:
             self.results[name] = JobResult(name, ran=False)
             return self.results[name]
         environment = self.evaluate_text(str(job.get("environment", "")), context)
-        context["secrets"] = {**self.secrets_by_environment.get("repository", {}),
-                              **self.secrets_by_environment.get(environment, {})}
+        context["secrets"] = {
+            **self.secrets_by_environment.get("repository", {}),
+            **self.secrets_by_environment.get(environment, {}),
+        }
         self.fresh_checkout()
         result = JobResult(name, ran=True)
         failed = False
@@ -110,8 +140,10 @@ class Runner:
             step_result, outputs = self._run_step(step, context, label)
             result.steps.append(step_result)
             if step.get("id"):
-                context["steps"][step["id"]] = {"outputs": outputs,
-                                                "outcome": "success" if step_result.returncode == 0 else "failure"}
+                context["steps"][step["id"]] = {
+                    "outputs": outputs,
+                    "outcome": "success" if step_result.returncode == 0 else "failure",
+                }
             failed = failed or step_result.returncode != 0
         result.ok = not failed
         result.outputs = {k: self.evaluate_text(str(v), context) for k, v in (job.get("outputs") or {}).items()}
@@ -122,7 +154,9 @@ class Runner:
         r = self.results.get(name)
         return "skipped" if r is None or not r.ran else ("success" if r.ok else "failure")
 
-    def _run_step(self, step: Mapping[str, Any], context: dict[str, Any], label: str) -> tuple[StepResult, dict[str, str]]:
+    def _run_step(
+        self, step: Mapping[str, Any], context: dict[str, Any], label: str
+    ) -> tuple[StepResult, dict[str, str]]:
         env = {**self.env, **{k: self.evaluate_text(str(v), context) for k, v in (step.get("env") or {}).items()}}
         uses = str(step.get("uses", ""))
         if uses:
@@ -137,8 +171,14 @@ class Runner:
         output_file = self.temp / "github_output"
         output_file.write_text("")
         env["GITHUB_OUTPUT"] = str(output_file)
-        done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=self.project,
-                              env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         outputs = dict(line.split("=", 1) for line in output_file.read_text().splitlines() if "=" in line)
         return StepResult(label, ran=True, returncode=done.returncode, output=done.stdout + done.stderr), outputs
 
@@ -167,7 +207,7 @@ class Runner:
                 python.append(repr(status[m.group("call")]))
             else:
                 python.append(repr(_lookup(context, m.group("name"))))
-        return eval("".join(python), {"__builtins__": {}}, {})  # noqa: S307 (tokens above: literals and operators only)
+        return eval("".join(python), {"__builtins__": {}}, {})
 
 
 def _lookup(context: Mapping[str, Any], name: str) -> Any:

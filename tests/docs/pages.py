@@ -3,6 +3,7 @@
 Tests that hold the docs to the code (the alert table, the runbooks, the OpenClaw config, the image tags, the
 Kubernetes range) name a page and a heading here, so moving a section is one change to the test that reads it.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,7 +51,7 @@ def section(name: str, heading: str) -> str:
     assert len(starts) == 1, f"{name} has {len(starts)} headings {heading!r}; its headings: {[t for _, _, t in marks]}"
     start, level = starts[0]
     end = next((i for i, lvl, _ in marks if i > start and lvl <= level), len(lines))
-    return "\n".join(lines[start + 1:end])
+    return "\n".join(lines[start + 1 : end])
 
 
 def fenced_blocks(text: str, lang: str) -> list[str]:

@@ -1,8 +1,9 @@
 """One real server process shared by the end-to-end API tests."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

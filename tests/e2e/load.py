@@ -1,4 +1,5 @@
 """Client load for the crash tests: threads sending distinct chat requests until stopped, noting what was answered."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,7 @@ class Load:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for t in self._threads:
             t.start()
         return self

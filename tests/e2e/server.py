@@ -1,4 +1,5 @@
 """Starts `python -m app` as a real process on a free port, with the embedded model, for end-to-end tests."""
+
 from __future__ import annotations
 
 import os
@@ -6,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -54,9 +55,15 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=120, **kw)  # type: ignore[arg-type]
 
     def wait_ready(self, timeout: float = 300) -> None:
-        wait_until("the server to be ready", lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200,
-                   timeout, poll_s=0.25, ignoring=(httpx.HTTPError,), give_up=exited(self.proc, "the server"),
-                   detail=lambda: self.log()[-4000:])
+        wait_until(
+            "the server to be ready",
+            lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200,
+            timeout,
+            poll_s=0.25,
+            ignoring=(httpx.HTTPError,),
+            give_up=exited(self.proc, "the server"),
+            detail=lambda: self.log()[-4000:],
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

@@ -12,6 +12,7 @@ ABNORMAL_KEY_PER_MINUTE follows), the windows, Alertmanager's group wait, plain 
 stack, the scrape interval (1s), the generation timeout (1s) and the prefill chunk (256 tokens), so that a long
 prompt is a real 504: its first token cannot come within the timeout.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,15 @@ from bench.waiting import wait_until
 from infra.components.dashboard import DASHBOARD_PATH
 from infra.tools.synth import synthesize
 from tests.e2e.server import Server, start_server
-from tests.infra.components.alerts.operator import Endpoint, alertmanager_config, rule_file, scrape_config, stack_secrets
-from tests.infra.promql import metric_names
+from tests.infra.components.alerts.operator import (
+    Endpoint,
+    alertmanager_config,
+    rule_file,
+    scrape_config,
+    stack_secrets,
+)
 from tests.infra.components.test_dashboard import EXTERNAL_METRICS
+from tests.infra.promql import metric_names
 from tests.monitoring import Daemon, Mailbox, alertmanager, body_text, prometheus, query, smtp_sink, write_yaml
 
 NAMESPACE = "clawbot"
@@ -53,7 +60,11 @@ def stack_overrides(smarthost: str) -> dict[str, Any]:
 
 
 def chat(srv: Server, **body: Any) -> int:
-    payload = {"model": "clawbot", "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}], **body}
+    payload = {
+        "model": "clawbot",
+        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}],
+        **body,
+    }
     with srv.client(headers={"Authorization": f"Bearer {srv.api_key}"}) as c:
         return c.post("/v1/chat/completions", json=payload).status_code
 
@@ -111,13 +122,24 @@ def test_key_abuse_and_a_burst_of_5xx_are_mailed_and_the_dashboard_has_data(tmp_
         )
         try:
             rules = write_yaml(tmp_path / "clawbot.rules.yaml", rule_file(stack.one("PrometheusRule").manifest))
-            with alertmanager(alertmanager_config(stack.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in stack.find("Secret"))), tmp_path / "am") as am:
-                job = scrape_config(stack.one("ServiceMonitor").manifest, stack.one("Service", "clawbot-metrics").manifest,
-                                    Endpoint(f"127.0.0.1:{srv.metrics_port}", POD, "chat"), interval="1s")
+            with alertmanager(
+                alertmanager_config(
+                    stack.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in stack.find("Secret"))
+                ),
+                tmp_path / "am",
+            ) as am:
+                job = scrape_config(
+                    stack.one("ServiceMonitor").manifest,
+                    stack.one("Service", "clawbot-metrics").manifest,
+                    Endpoint(f"127.0.0.1:{srv.metrics_port}", POD, "chat"),
+                    interval="1s",
+                )
                 prom_config = {
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                     "rule_files": [str(rules)],
-                    "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]},
+                    "alerting": {
+                        "alertmanagers": [{"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]
+                    },
                     "scrape_configs": [job],
                 }
                 with prometheus(prom_config, tmp_path / "prometheus") as prom:
@@ -129,9 +151,15 @@ def test_key_abuse_and_a_burst_of_5xx_are_mailed_and_the_dashboard_has_data(tmp_
 
 def drive_and_check(srv: Server, prom: Daemon, box: Mailbox) -> None:
     # The scrape carries the labels the operator's relabelling gives a ServiceMonitor target.
-    wait_until("Prometheus to scrape the chat pod", lambda: has_series(
-        prom, f'clawbot_model_ready{{namespace="{NAMESPACE}", pod="{POD}", container="chat", service="clawbot-metrics", '
-              f'job="clawbot-metrics", endpoint="metrics"}} == 1'), WAIT_S)
+    wait_until(
+        "Prometheus to scrape the chat pod",
+        lambda: has_series(
+            prom,
+            f'clawbot_model_ready{{namespace="{NAMESPACE}", pod="{POD}", container="chat", service="clawbot-metrics", '
+            f'job="clawbot-metrics", endpoint="metrics"}} == 1',
+        ),
+        WAIT_S,
+    )
 
     # Prime: rate() ignores a series' first sample, so each series the alerts read must exist before the burst.
     assert list_models(srv) == 200
@@ -163,7 +191,9 @@ def drive_and_check(srv: Server, prom: Daemon, box: Mailbox) -> None:
 
 
 def check_dashboard(prom: Daemon) -> None:
-    values = httpx.get(prom.url + "/api/v1/label/namespace/values", params={"match[]": "clawbot_model_ready"}, timeout=10)
+    values = httpx.get(
+        prom.url + "/api/v1/label/namespace/values", params={"match[]": "clawbot_model_ready"}, timeout=10
+    )
     assert values.json()["data"] == [NAMESPACE]  # the dashboard's namespace variable offers the chat namespace
     needs_cluster = []
     for title, expr in dashboard_queries(NAMESPACE):

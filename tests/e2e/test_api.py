@@ -1,4 +1,5 @@
 """The HTTP API through a real uvicorn process with the embedded model: answers, shapes and errors."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def test_probes_and_docs(server: Server) -> None:
 
 def test_seed_api_answers_paris(server: Server, token: str) -> None:
     with server.client() as c:
-        r = c.post("/api/chat", json={"messages": FRANCE, "max_tokens": 24}, headers={"Authorization": f"Bearer {token}"})
+        r = c.post(
+            "/api/chat", json={"messages": FRANCE, "max_tokens": 24}, headers={"Authorization": f"Bearer {token}"}
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert "Paris" in body["message"]["content"]
@@ -58,21 +61,29 @@ def test_openai_api_answers_paris_with_usage(server: Server) -> None:
 
 def test_openai_stream_is_sse_ending_in_done_with_usage(server: Server) -> None:
     payload = {
-        "messages": FRANCE, "max_tokens": 24, "temperature": 0, "stream": True,
+        "messages": FRANCE,
+        "max_tokens": 24,
+        "temperature": 0,
+        "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with server.client() as c, c.stream(
-        "POST", "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {server.api_key}"}
-    ) as r:
+    with (
+        server.client() as c,
+        c.stream(
+            "POST", "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {server.api_key}"}
+        ) as r,
+    ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"])
     assert "Paris" in text
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    finishes = [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"] and ch["choices"][0]["finish_reason"]]
+    finishes = [
+        ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"] and ch["choices"][0]["finish_reason"]
+    ]
     assert finishes in (["stop"], ["length"])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
@@ -90,8 +101,11 @@ def test_the_seeds_own_request_is_answered(server: Server, token: str) -> None:
     """The seeds' test request, in a language the English-only embedded model was not trained on: an answer within
     the model's output cap, not a generation that runs into its deadline."""
     with server.client() as c:
-        r = c.post("/api/chat", json={"messages": [{"role": "user", "content": "你好,介绍一下这个机器人"}]},
-                   headers={"Authorization": f"Bearer {token}"})
+        r = c.post(
+            "/api/chat",
+            json={"messages": [{"role": "user", "content": "你好,介绍一下这个机器人"}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["finish_reason"] in ("stop", "length") and body["message"]["content"]
@@ -120,10 +134,15 @@ def test_bad_chat_input_is_a_400_that_says_why(server: Server, payload: dict, ne
 
 def test_prompt_longer_than_the_context_window_is_refused(server: Server) -> None:
     # Together far over the model's 8192-token window (the size limit is the window, counted in tokens).
-    huge = [{"role": "user", "content": "Paris is lovely. " * 1800}, {"role": "assistant", "content": "Yes."},
-            {"role": "user", "content": "Paris is lovely. " * 1800}]
+    huge = [
+        {"role": "user", "content": "Paris is lovely. " * 1800},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "Paris is lovely. " * 1800},
+    ]
     with server.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": huge}, headers={"Authorization": f"Bearer {server.api_key}"})
+        r = c.post(
+            "/v1/chat/completions", json={"messages": huge}, headers={"Authorization": f"Bearer {server.api_key}"}
+        )
     err = assert_error(r, 400, "context_length_exceeded")
     assert "context window" in err["message"]
 
@@ -131,9 +150,12 @@ def test_prompt_longer_than_the_context_window_is_refused(server: Server) -> Non
 def test_wrong_content_type_and_malformed_json(server: Server) -> None:
     auth = {"Authorization": f"Bearer {server.api_key}"}
     with server.client() as c:
-        assert_error(c.post("/v1/chat/completions", content="messages=hi", headers={**auth, "Content-Type": "text/plain"}), 415)
+        assert_error(
+            c.post("/v1/chat/completions", content="messages=hi", headers={**auth, "Content-Type": "text/plain"}), 415
+        )
         err = assert_error(
-            c.post("/v1/chat/completions", content=b"{not json", headers={**auth, "Content-Type": "application/json"}), 400
+            c.post("/v1/chat/completions", content=b"{not json", headers={**auth, "Content-Type": "application/json"}),
+            400,
         )
         assert "JSON" in err["message"] or "json" in err["message"]
 
@@ -193,8 +215,11 @@ def test_a_system_prompt_sent_again_is_reported_as_cached_tokens_in_both_apis(se
     auth = {"Authorization": f"Bearer {server.api_key}"}
 
     def chat(question: str, **extra: object) -> httpx.Response:
-        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-                "max_tokens": 4, **extra}
+        body = {
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "max_tokens": 4,
+            **extra,
+        }
         return c.post("/v1/chat/completions", json=body, headers=auth)
 
     with server.client() as c:
@@ -203,14 +228,24 @@ def test_a_system_prompt_sent_again_is_reported_as_cached_tokens_in_both_apis(se
         assert first.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
         again = chat("How much luggage may I take?").json()["usage"]  # another question: not the response cache
         assert 64 <= again["prompt_tokens_details"]["cached_tokens"] < again["prompt_tokens"], again
-        with c.stream("POST", "/v1/chat/completions", headers=auth, json={
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Do you serve food?"}],
-            "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True},
-        }) as r:
+        with c.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers=auth,
+            json={
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Do you serve food?"}],
+                "max_tokens": 4,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ) as r:
             chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] >= 64, chunks[-1]
-        r = c.post("/v1/responses", headers=auth, json={"instructions": system, "input": "Can I bring a dog?",
-                                                         "max_output_tokens": 4})
+        r = c.post(
+            "/v1/responses",
+            headers=auth,
+            json={"instructions": system, "input": "Can I bring a dog?", "max_output_tokens": 4},
+        )
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["input_tokens_details"]["cached_tokens"] >= 64, r.json()["usage"]
 
@@ -226,22 +261,38 @@ def test_each_200_body_is_what_openapi_json_documents(server: Server, token: str
         def check(path: str, method: str, body: dict, ref: str | None = None) -> None:
             documented = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
             root = {"$ref": ref or documented["$ref"], "components": schema["components"]}
-            errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in Draft202012Validator(root).iter_errors(body)]
+            errors = [
+                f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                for e in Draft202012Validator(root).iter_errors(body)
+            ]
             assert errors == [], (path, errors, body)
 
         key = {"Authorization": f"Bearer {server.api_key}"}
         for path in ("/healthz", "/readyz"):
             check(path, "get", c.get(path).json())
         check("/v1/models", "get", c.get("/v1/models", headers=key).json())
-        check("/api/chat", "post", c.post("/api/chat", json={"messages": FRANCE, "max_tokens": 8},
-                                          headers={"Authorization": f"Bearer {token}"}).json())
-        check("/v1/chat/completions", "post", c.post("/v1/chat/completions", headers=key, json={
-            "messages": FRANCE, "max_tokens": 8}).json())
-        check("/v1/responses", "post", c.post("/v1/responses", headers=key, json={
-            "input": "What is the capital of France?", "max_output_tokens": 8}).json())
+        check(
+            "/api/chat",
+            "post",
+            c.post(
+                "/api/chat", json={"messages": FRANCE, "max_tokens": 8}, headers={"Authorization": f"Bearer {token}"}
+            ).json(),
+        )
+        check(
+            "/v1/chat/completions",
+            "post",
+            c.post("/v1/chat/completions", headers=key, json={"messages": FRANCE, "max_tokens": 8}).json(),
+        )
+        check(
+            "/v1/responses",
+            "post",
+            c.post(
+                "/v1/responses", headers=key, json={"input": "What is the capital of France?", "max_output_tokens": 8}
+            ).json(),
+        )
         payload = {"messages": FRANCE, "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True}}
         with c.stream("POST", "/v1/chat/completions", json=payload, headers=key) as r:
-            events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+            events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and len(events) > 2
         for event in events[:-1]:
             check("/v1/chat/completions", "post", json.loads(event), "#/components/schemas/ChatCompletionChunk")

@@ -1,4 +1,5 @@
 """A flood against a small queue: the overflow gets 429 + Retry-After at once, the admitted requests are answered."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -20,8 +21,13 @@ def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
         def ask(i: int) -> httpx.Response:
             return httpx.post(
                 srv.url + "/v1/chat/completions",
-                json={"messages": [{"role": "user", "content": f"Count to ten, take {i}."}], "max_tokens": 24,
-                      "temperature": 0.5, "seed": i, "ignore_eos": True},
+                json={
+                    "messages": [{"role": "user", "content": f"Count to ten, take {i}."}],
+                    "max_tokens": 24,
+                    "temperature": 0.5,
+                    "seed": i,
+                    "ignore_eos": True,
+                },
                 headers={"Authorization": f"Bearer {srv.api_key}"},
                 timeout=120,
             )

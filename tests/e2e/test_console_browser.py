@@ -1,10 +1,12 @@
 """The web console in headless Chromium against a real server: sign-in, streamed chat, errors, admin view."""
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,8 +15,13 @@ from tests.e2e.server import ROOT, Server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 SCREENSHOTS = ROOT / "build" / "screenshots"
 QUESTION = "What is the capital of France?"
@@ -36,7 +43,9 @@ WATCH_ANSWERS = """() => {
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.fail("the console browser test needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+        pytest.fail(
+            "the console browser test needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -103,7 +112,11 @@ def test_page_is_served_with_strict_csp_and_loads_nothing_third_party(console: C
     console.page.wait_for_selector("#signin-view:not([hidden])")
     assert console.page.is_hidden("#chat-view") and console.page.is_hidden("#admin-view")
     assert all(url.startswith(console.server.url + "/") for url in console.requests), console.requests
-    assert {u.removeprefix(console.server.url) for u in console.requests} >= {"/", "/console/app.js", "/console/style.css"}
+    assert {u.removeprefix(console.server.url) for u in console.requests} >= {
+        "/",
+        "/console/app.js",
+        "/console/style.css",
+    }
     assert console.errors == []
 
 
@@ -111,7 +124,9 @@ def test_bad_key_is_refused_with_a_message(console: Console) -> None:
     console.sign_in("ck-wrong-" + "0" * 48)
     message = console.page.locator("#signin-message")
     message.wait_for(state="visible")
-    console.page.wait_for_function("() => !document.getElementById('signin-message').textContent.includes('Signing in')")
+    console.page.wait_for_function(
+        "() => !document.getElementById('signin-message').textContent.includes('Signing in')"
+    )
     assert "refused" in message.inner_text()
     assert console.page.is_hidden("#chat-view")
     # The browser logs the 401 response itself; nothing else may go wrong.
@@ -164,7 +179,9 @@ def test_stop_ends_an_answer_early(console: Console) -> None:
     )
     page.click("#stop")
     meta = console.last_answer().locator(".turn-meta")
-    page.wait_for_function("() => /stopped/.test([...document.querySelectorAll('#history .turn-meta')].pop().textContent)")
+    page.wait_for_function(
+        "() => /stopped/.test([...document.querySelectorAll('#history .turn-meta')].pop().textContent)"
+    )
     stopped_text = console.last_answer().locator(".turn-text").inner_text()
     assert meta.inner_text().startswith("stopped")
     assert page.locator("#send").is_enabled() and page.locator("#stop").is_disabled()
@@ -208,7 +225,9 @@ def test_expired_token_returns_to_sign_in_with_a_message(console: Console) -> No
         lambda route: route.fulfill(
             status=401,
             headers={"Content-Type": "application/json"},
-            body=json.dumps({"error": {"type": "authentication_error", "message": "token expired", "code": "token_expired"}}),
+            body=json.dumps(
+                {"error": {"type": "authentication_error", "message": "token expired", "code": "token_expired"}}
+            ),
         ),
     )
     console.ask("Hello?", max_tokens=8)
@@ -249,7 +268,9 @@ def test_admin_view_shows_live_figures_keys_and_conversations(console: Console) 
 
     page.fill("#conv-key", "no-such-key")
     page.click("#conv-search button")
-    page.wait_for_function("() => /No conversations for key no-such-key/.test(document.getElementById('conv-body').textContent)")
+    page.wait_for_function(
+        "() => /No conversations for key no-such-key/.test(document.getElementById('conv-body').textContent)"
+    )
     page.fill("#conv-key", key_id)
     page.click("#conv-search button")
     page.wait_for_function("() => !/No conversations/.test(document.getElementById('conv-body').textContent)")

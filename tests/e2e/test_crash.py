@@ -1,4 +1,5 @@
 """`kill -9` under load: every exchange the server answered with 200 is in the conversation store afterwards."""
+
 from __future__ import annotations
 
 import signal

@@ -1,10 +1,11 @@
 """A client that hangs up mid-generation: logged and counted as 499 (never 5xx), and its batch slot is freed."""
+
 from __future__ import annotations
 
 import json
 import re
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -31,10 +32,15 @@ def wait_for(srv: Server, what: str, check: Callable[[str], bool], timeout_s: fl
 
 
 def open_request(srv: Server, stream: bool) -> socket.socket:
-    body = json.dumps({
-        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
-        "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0, "stream": stream,
-    }).encode()
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
+            "max_tokens": MAX_TOKENS,
+            "ignore_eos": True,
+            "temperature": 0,
+            "stream": stream,
+        }
+    ).encode()
     head = (
         f"POST {ROUTE} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.api_key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -58,16 +64,23 @@ def test_a_client_that_hangs_up_is_a_499_and_its_generation_stops(server: Server
                 assert chunk, "the server closed the stream"
                 received += chunk
         else:
-            wait_for(server, "the generation to start", lambda t: metric(t, "clawbot_generated_tokens_total") > generated_before)
+            wait_for(
+                server,
+                "the generation to start",
+                lambda t: metric(t, "clawbot_generated_tokens_total") > generated_before,
+            )
     finally:
         sock.close()
     after = wait_for(server, "the slot to be freed", lambda t: metric(t, "clawbot_inflight_requests") == 0)
     assert metric(after, "clawbot_generated_tokens_total") - generated_before < MAX_TOKENS  # cancelled, not run out
     after = wait_for(
-        server, "the request to be counted",
+        server,
+        "the request to be counted",
         lambda t: metric(t, "clawbot_requests_total", route=ROUTE, status="499") == gone_before + 1,
     )
     assert not re.search(rf'clawbot_requests_total{{route="{ROUTE}",status="5\d\d"}}', after)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    logged = [rec for rec in lines if rec.get("msg") == "request" and rec.get("route") == ROUTE and rec.get("status") == 499]
+    logged = [
+        rec for rec in lines if rec.get("msg") == "request" and rec.get("route") == ROUTE and rec.get("status") == 499
+    ]
     assert len(logged) >= gone_before + 1

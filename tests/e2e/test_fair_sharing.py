@@ -1,15 +1,16 @@
 """Fair sharing and abuse through a real `python -m app` in production mode with several keys, the embedded model and a
 real redis-server holding the limits: the per-key concurrency cap and token budget (hang-ups included), scopes
 (ignore_eos, admin-only keys), a cache that is per key and exact, and text that cannot be encoded."""
+
 from __future__ import annotations
 
 import json
 import re
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -21,8 +22,15 @@ from tests.e2e.test_disconnect import metric, wait_for
 from tests.redis_server import RedisServer
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-KEYS = {"alice": ("chat",), "bob": ("chat",), "carol": ("chat",), "ops": ("admin",), "bench": ("chat", "benchmark"),
-        "dave": ("chat", "benchmark"), "erin": ("chat", "benchmark")}
+KEYS = {
+    "alice": ("chat",),
+    "bob": ("chat",),
+    "carol": ("chat",),
+    "ops": ("admin",),
+    "bench": ("chat", "benchmark"),
+    "dave": ("chat", "benchmark"),
+    "erin": ("chat", "benchmark"),
+}
 # Tokens a key may use a minute: below one long prompt, above what the other tests spend per key.
 TOKEN_BUDGET = 400
 WAIT_S = 120.0
@@ -43,8 +51,13 @@ def limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 def fair(tmp_path_factory: pytest.TempPathFactory, limits: RedisServer) -> Iterator[tuple[Server, dict[str, str]]]:
     root = Path(tmp_path_factory.mktemp("fair-sharing"))
     env, raw = write_key_files(root / "secrets", KEYS)
-    with running_server(root / "data", **env, MAX_CONCURRENT_PER_KEY="2", RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
-                        REDIS_URL=limits.url) as srv:
+    with running_server(
+        root / "data",
+        **env,
+        MAX_CONCURRENT_PER_KEY="2",
+        RATE_LIMIT_TOKENS_PER_KEY=str(TOKEN_BUDGET),
+        REDIS_URL=limits.url,
+    ) as srv:
         yield srv, raw
 
 
@@ -54,24 +67,37 @@ def bearer(credential: str) -> dict[str, str]:
 
 def test_a_key_at_its_concurrency_cap_gets_429_while_other_keys_are_served(fair: tuple[Server, dict[str, str]]) -> None:
     srv, keys = fair
-    long_stream = {"messages": [{"role": "user", "content": "Count from one to one hundred."}], "max_tokens": 60,
-                   "ignore_eos": True, "temperature": 0.7, "stream": True}
+    long_stream = {
+        "messages": [{"role": "user", "content": "Count from one to one hundred."}],
+        "max_tokens": 60,
+        "ignore_eos": True,
+        "temperature": 0.7,
+        "stream": True,
+    }
     short = {"messages": FRANCE, "max_tokens": 1, "ignore_eos": True}
     with ExitStack() as held:
         streams = [
-            held.enter_context(held.enter_context(srv.client()).stream(
-                "POST", "/v1/chat/completions", json=long_stream, headers=bearer(keys["bench"])))
+            held.enter_context(
+                held.enter_context(srv.client()).stream(
+                    "POST", "/v1/chat/completions", json=long_stream, headers=bearer(keys["bench"])
+                )
+            )
             for _ in range(2)
         ]
         assert [s.status_code for s in streams] == [200, 200]  # headers sent: both hold one of bench's 2 slots
         with srv.client() as c:
             refused = c.post("/v1/chat/completions", json=short, headers=bearer(keys["bench"]))
-            assert refused.status_code == 429 and refused.json()["error"]["code"] == "key_concurrency_limit", refused.text
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "key_concurrency_limit", (
+                refused.text
+            )
             assert int(refused.headers["retry-after"]) >= 1
-            other = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 4}, headers=bearer(keys["alice"]))
+            other = c.post(
+                "/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 4}, headers=bearer(keys["alice"])
+            )
             assert other.status_code == 200, other.text
     # The two streams were dropped mid-generation: their slots come back.
     with srv.client() as c:
+
         def served() -> bool:
             r = c.post("/v1/chat/completions", json=short, headers=bearer(keys["bench"]))
             assert r.status_code == 200 or r.json()["error"]["code"] == "key_concurrency_limit", r.text
@@ -84,8 +110,11 @@ def test_a_key_at_its_concurrency_cap_gets_429_while_other_keys_are_served(fair:
 def test_ignore_eos_and_chat_need_their_scopes(fair: tuple[Server, dict[str, str]]) -> None:
     srv, keys = fair
     with srv.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2, "ignore_eos": True},
-                   headers=bearer(keys["alice"]))
+        r = c.post(
+            "/v1/chat/completions",
+            json={"messages": FRANCE, "max_tokens": 2, "ignore_eos": True},
+            headers=bearer(keys["alice"]),
+        )
         assert r.status_code == 403 and "ignore_eos" in r.json()["error"]["message"], r.text
         for url, body in (("/v1/chat/completions", {"messages": FRANCE, "max_tokens": 2}), ("/v1/models", None)):
             r = c.request("POST" if body else "GET", url, json=body, headers=bearer(keys["ops"]))
@@ -94,7 +123,11 @@ def test_ignore_eos_and_chat_need_their_scopes(fair: tuple[Server, dict[str, str
 
 def test_a_key_past_its_token_budget_gets_429_while_other_keys_are_served(fair: tuple[Server, dict[str, str]]) -> None:
     srv, keys = fair
-    long_prompt = {"messages": [{"role": "user", "content": "Paris is lovely. " * 200}], "max_tokens": 1, "temperature": 0.7}
+    long_prompt = {
+        "messages": [{"role": "user", "content": "Paris is lovely. " * 200}],
+        "max_tokens": 1,
+        "temperature": 0.7,
+    }
     with srv.client() as c:
         first = c.post("/v1/chat/completions", json=long_prompt, headers=bearer(keys["carol"]))
         assert first.status_code == 200, first.text  # admitted while the budget is positive, charged what it used
@@ -102,7 +135,12 @@ def test_a_key_past_its_token_budget_gets_429_while_other_keys_are_served(fair: 
         refused = c.post("/v1/chat/completions", json=long_prompt, headers=bearer(keys["carol"]))
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "token_budget_exceeded", refused.text
         assert int(refused.headers["retry-after"]) >= 1
-        assert c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys["bob"])).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys["bob"])
+            ).status_code
+            == 200
+        )
 
 
 def test_the_cache_is_per_key_and_exact(fair: tuple[Server, dict[str, str]]) -> None:
@@ -111,8 +149,11 @@ def test_the_cache_is_per_key_and_exact(fair: tuple[Server, dict[str, str]]) -> 
         tokens = {k: c.post("/api/auth", json={"api_key": keys[k]}).json()["token"] for k in ("alice", "bob")}
 
         def cached(key_id: str, question: str) -> bool:
-            r = c.post("/api/chat", json={"messages": [{"role": "user", "content": question}], "max_tokens": 8},
-                       headers=bearer(tokens[key_id]))
+            r = c.post(
+                "/api/chat",
+                json={"messages": [{"role": "user", "content": question}], "max_tokens": 8},
+                headers=bearer(tokens[key_id]),
+            )
             assert r.status_code == 200, r.text
             return bool(r.json()["cached"])
 
@@ -153,10 +194,18 @@ def hang_up(srv: Server, key: str, *, stream: bool) -> int | None:
     gone = metric(srv.metrics(), "clawbot_requests_total", route="/v1/chat/completions", status="499")
     # A first token, not any token: a generation cancelled just before may still add one.
     started = metric(srv.metrics(), "clawbot_time_to_first_token_seconds_count")
-    body = json.dumps({"messages": [{"role": "user", "content": HANG_UP_PROMPT}], "max_tokens": 256,
-                       "ignore_eos": True, "stream": stream}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": HANG_UP_PROMPT}],
+            "max_tokens": 256,
+            "ignore_eos": True,
+            "stream": stream,
+        }
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S) as sock:
         sock.sendall(head + body)
         if stream:
@@ -178,8 +227,12 @@ def hang_up(srv: Server, key: str, *, stream: bool) -> int | None:
                 except TimeoutError:
                     pass
                 assert time.monotonic() < deadline, "the generation never started"
-    wait_for(srv, "the hang-up to be counted", lambda t: metric(
-        t, "clawbot_requests_total", route="/v1/chat/completions", status="499") == gone + 1, WAIT_S)
+    wait_for(
+        srv,
+        "the hang-up to be counted",
+        lambda t: metric(t, "clawbot_requests_total", route="/v1/chat/completions", status="499") == gone + 1,
+        WAIT_S,
+    )
     return None
 
 
@@ -198,8 +251,12 @@ def test_a_key_that_hangs_up_is_charged_what_it_used_and_meets_its_budget(
     with srv.client() as c:
         again = c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys[key_id]))
         assert again.status_code == 429 and again.json()["error"]["code"] == "token_budget_exceeded", again.text
-        assert c.post("/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2},
-                      headers=bearer(keys["bob"])).status_code == 200
+        assert (
+            c.post(
+                "/v1/chat/completions", json={"messages": FRANCE, "max_tokens": 2}, headers=bearer(keys["bob"])
+            ).status_code
+            == 200
+        )
 
     # Each hang-up stayed a 499 and was charged the prompt it had read and the tokens generated before it.
     lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]

@@ -1,6 +1,7 @@
 """Hostile sampling parameters against the real server: none of them kills the engine. Each is served (a temperature
 too small to divide by is greedy) or refused with a 400 that names the field; a healthy request beside them is
 answered, /healthz stays 200 and the engine's failure counter stays at zero."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,12 @@ from tests.e2e.server import Server
 from tests.e2e.test_api import FRANCE, assert_error
 
 CHAT = "/v1/chat/completions"
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
 SERVED = [
     (CHAT, {"messages": FRANCE, "max_tokens": 8, "temperature": 1e-300}),
     (CHAT, {"messages": FRANCE, "max_tokens": 8, "temperature": 5e-324, "seed": 7}),
@@ -21,11 +27,25 @@ SERVED = [
     (CHAT, {"messages": FRANCE, "max_tokens": 8, "temperature": 2, "top_p": 1e-300}),
     ("/v1/responses", {"input": "What is the capital of France?", "max_output_tokens": 8, "temperature": 1e-300}),
     # ignore_eos with a grammar: the row ends where the grammar ends instead of asking it for one more mask.
-    (CHAT, {"messages": FRANCE, "max_tokens": 48, "ignore_eos": True,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}}}),
-    (CHAT, {"messages": FRANCE, "max_tokens": 48, "ignore_eos": True,
+    (
+        CHAT,
+        {
+            "messages": FRANCE,
+            "max_tokens": 48,
+            "ignore_eos": True,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": SCHEMA}},
+        },
+    ),
+    (
+        CHAT,
+        {
+            "messages": FRANCE,
+            "max_tokens": 48,
+            "ignore_eos": True,
             "tools": [{"type": "function", "function": {"name": "answer", "parameters": SCHEMA}}],
-            "tool_choice": {"type": "function", "function": {"name": "answer"}}}),
+            "tool_choice": {"type": "function", "function": {"name": "answer"}},
+        },
+    ),
 ]
 REFUSED = [
     ({"repetition_penalty": 1e-300, "temperature": 0.7}, "repetition_penalty"),
@@ -47,13 +67,18 @@ def test_hostile_parameters_beside_a_healthy_request(server: Server, token: str)
     with ThreadPoolExecutor(max_workers=len(SERVED) + 1) as pool:
         answer = pool.submit(_post, server, CHAT, healthy, auth)
         served = [pool.submit(_post, server, path, body, auth) for path, body in SERVED]
-        seed = pool.submit(_post, server, "/api/chat", {"messages": FRANCE, "max_tokens": 8, "temperature": 1e-300},
-                           {"Authorization": f"Bearer {token}"})
+        seed = pool.submit(
+            _post,
+            server,
+            "/api/chat",
+            {"messages": FRANCE, "max_tokens": 8, "temperature": 1e-300},
+            {"Authorization": f"Bearer {token}"},
+        )
         results = [f.result() for f in served]
         r = answer.result()
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"], r.text
     assert seed.result().status_code == 200, seed.result().text
-    for (path, body), r in zip(SERVED, results):
+    for (_path, body), r in zip(SERVED, results):
         assert r.status_code == 200, (body, r.text)
         if body.get("stream"):
             assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, r.text
@@ -66,4 +91,6 @@ def test_hostile_parameters_beside_a_healthy_request(server: Server, token: str)
     with server.client() as c:
         assert c.get("/healthz").status_code == 200
     metrics = server.metrics()
-    assert "clawbot_engine_failures_total{" not in metrics, [l for l in metrics.splitlines() if "engine_failures" in l]
+    assert "clawbot_engine_failures_total{" not in metrics, [
+        line for line in metrics.splitlines() if "engine_failures" in line
+    ]

@@ -1,5 +1,6 @@
 """Process lifecycle under load: SIGTERM lets accepted requests finish, or answers them with a clean 503 when the
 grace period is too short; a bad model path exits non-zero with a clear log."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -26,15 +27,21 @@ def _chat(url: str, key: str, max_tokens: int) -> httpx.Response:
 
 def _stream(url: str, key: str, max_tokens: int) -> tuple[int, list[str]]:
     body = {"messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
-                      timeout=300) as r:
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300
+    ) as r:
         return r.status_code, [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
 
 
 def _wait_inflight(srv: Server, n: int, timeout_s: float = 180) -> None:
     """Until the engine holds n requests (queued or generating): a gauge warm-up leaves at 0, unlike a counter."""
-    wait_until(f"{n} requests in flight", lambda: f"clawbot_inflight_requests {float(n)}" in srv.metrics(), timeout_s,
-               poll_s=0.05, detail=lambda: srv.log()[-3000:])
+    wait_until(
+        f"{n} requests in flight",
+        lambda: f"clawbot_inflight_requests {float(n)}" in srv.metrics(),
+        timeout_s,
+        poll_s=0.05,
+        detail=lambda: srv.log()[-3000:],
+    )
 
 
 def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ real server with the embedded model, through Chat Completions and through the Re
 OpenClaw runs with its own HOME and state directory, no update checks or downloads, and the documented config, which
 points only at the server on 127.0.0.1 (this server's port, its key through CLAWBOT_API_KEY).
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,8 +28,11 @@ def documented_config(base_url: str, api: str) -> str:
     blocks = fenced_blocks(section("api/clients.md", "OpenClaw"), "json5")
     assert blocks, "the clients docs have no OpenClaw config block"
     config = blocks[0]
-    for old, new in (("http://127.0.0.1:18789/v1", base_url), ('api: "openai-completions"', f'api: "{api}"'),
-                     ("maxTokens: 512", "maxTokens: 32")):
+    for old, new in (
+        ("http://127.0.0.1:18789/v1", base_url),
+        ('api: "openai-completions"', f'api: "{api}"'),
+        ("maxTokens: 512", "maxTokens: 32"),
+    ):
         assert old in config, f"the documented OpenClaw config no longer has {old!r}"
         config = config.replace(old, new)
     return config
@@ -57,14 +61,35 @@ def test_openclaw_agent_turn_gets_an_answer(claw_server: Server, tmp_path: Path,
     config = tmp_path / "openclaw.json"
     config.write_text(documented_config(claw_server.url + "/v1", api))
     env = {
-        "PATH": f"{NODE.parent}:/usr/bin:/bin", "HOME": str(home), "OPENCLAW_STATE_DIR": str(state),
+        "PATH": f"{NODE.parent}:/usr/bin:/bin",
+        "HOME": str(home),
+        "OPENCLAW_STATE_DIR": str(state),
         "CLAWBOT_API_KEY": claw_server.api_key,
-        "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1", "OPENCLAW_DISABLE_BONJOUR": "1", "NO_COLOR": "1",
+        "OPENCLAW_NO_AUTO_UPDATE": "1",
+        "OPENCLAW_OFFLINE": "1",
+        "OPENCLAW_DISABLE_BONJOUR": "1",
+        "NO_COLOR": "1",
     }
     done = subprocess.run(
-        [str(NODE), str(OPENCLAW), "agent", "exec", "What is the capital of France?", "--config", str(config),
-         "--cwd", str(work), "--timeout", str(TURN_TIMEOUT_S), "--json"],
-        env=env, cwd=work, capture_output=True, text=True, timeout=TURN_TIMEOUT_S + 60,
+        [
+            str(NODE),
+            str(OPENCLAW),
+            "agent",
+            "exec",
+            "What is the capital of France?",
+            "--config",
+            str(config),
+            "--cwd",
+            str(work),
+            "--timeout",
+            str(TURN_TIMEOUT_S),
+            "--json",
+        ],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=TURN_TIMEOUT_S + 60,
     )
     assert done.returncode == 0, f"openclaw exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     result = json.loads(done.stdout)

@@ -1,11 +1,12 @@
 """Two replicas on one PostgreSQL conversation store, as in production: real `python -m app` servers under load,
 PostgreSQL crashing and restarting under them, and a replica killed with -9. Nothing answered is ever lost."""
+
 from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import psycopg
@@ -36,8 +37,13 @@ def replicas(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """Two servers started together on an empty database: they migrate it once, under the lock, and share it."""
     servers = [
         # One torch thread each: two servers on a small machine, each spinning a thread per core, crawl.
-        start_server(Path(tmp_path_factory.mktemp(f"replica-{i}")), CONVERSATION_DATABASE_URL=database,
-                     RATE_LIMIT_PER_KEY="100000", RATE_LIMIT_PER_IP="100000", TORCH_THREADS="1")
+        start_server(
+            Path(tmp_path_factory.mktemp(f"replica-{i}")),
+            CONVERSATION_DATABASE_URL=database,
+            RATE_LIMIT_PER_KEY="100000",
+            RATE_LIMIT_PER_IP="100000",
+            TORCH_THREADS="1",
+        )
         for i in range(2)
     ]
     try:
@@ -55,15 +61,21 @@ def stored_ids(url: str) -> list[str]:
 
 
 def _chat(n: int, **extra: object) -> dict[str, object]:
-    return {"messages": [{"role": "user", "content": f"Outage question {n}: name a fruit."}], "max_tokens": 4,
-            "temperature": 0.8, "seed": n, **extra}
+    return {
+        "messages": [{"role": "user", "content": f"Outage question {n}: name a fruit."}],
+        "max_tokens": 4,
+        "temperature": 0.8,
+        "seed": n,
+        **extra,
+    }
 
 
 def test_while_the_database_is_down_requests_get_a_clear_503_and_nothing_unrecorded_is_answered(
     postgres_server: PostgresServer, database: str, tmp_path: Path
 ) -> None:
-    srv = start_server(tmp_path / "data", CONVERSATION_DATABASE_URL=database, CONVERSATION_DATABASE_WAIT_SECONDS="1",
-                       TORCH_THREADS="1")
+    srv = start_server(
+        tmp_path / "data", CONVERSATION_DATABASE_URL=database, CONVERSATION_DATABASE_WAIT_SECONDS="1", TORCH_THREADS="1"
+    )
     try:
         srv.wait_ready()
         with srv.client(headers={"Authorization": f"Bearer {srv.api_key}"}) as client:
@@ -75,7 +87,7 @@ def test_while_the_database_is_down_requests_get_a_clear_503_and_nothing_unrecor
 
             # Streaming: the text was sent as it came, but no finish_reason follows; an error event ends the stream.
             with client.stream("POST", "/v1/chat/completions", json=_chat(2, stream=True)) as stream:
-                events = [line[len("data: "):] for line in stream.iter_lines() if line.startswith("data: ")]
+                events = [line[len("data: ") :] for line in stream.iter_lines() if line.startswith("data: ")]
             assert events[-1] == "[DONE]"
             chunks = [json.loads(e) for e in events[:-1]]
             assert chunks[-1]["error"]["code"] == "conversation_store_unavailable"
@@ -83,6 +95,7 @@ def test_while_the_database_is_down_requests_get_a_clear_503_and_nothing_unrecor
             streamed_id = chunks[0]["id"]
 
             postgres_server.start()
+
             def past_503() -> httpx.Response | None:
                 r = client.post("/v1/chat/completions", json=_chat(3))
                 return None if r.status_code == 503 else r
@@ -149,4 +162,6 @@ def test_kill_9_of_a_replica_under_load_loses_no_answered_exchange(replicas: lis
         load.stop()
     stored = set(stored_ids(database))
     missing = [rid for rid in load.answered if rid not in stored]
-    assert missing == [], f"{len(missing)} of {len(load.answered)} answered exchanges are not in PostgreSQL: {missing[:5]}"
+    assert missing == [], (
+        f"{len(missing)} of {len(load.answered)} answered exchanges are not in PostgreSQL: {missing[:5]}"
+    )

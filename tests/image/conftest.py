@@ -1,4 +1,5 @@
 """The images the tests build once per session (and reuse across sessions while their inputs are unchanged)."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ Each image is kept in podman's store under a tag derived from a hash of its inpu
 podman's layer cache makes a rebuild after an app/ change take seconds. The last build's figures (seconds, bytes)
 are written to build/image/last-build.json.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,11 @@ REDIS_CONTAINERFILE = Path(__file__).with_name("redis.Containerfile")
 TOOLS = ("podman", "buildah", "runc", "debootstrap", "podman-compose")
 BUILD_TIMEOUT_S = 1800.0
 UID = 10001  # the image's user; mounted key files and data directories must be its own
-PARIS = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 32,
-         "temperature": 0}
+PARIS = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "max_tokens": 32,
+    "temperature": 0,
+}
 
 # crun fails on this kernel's hybrid cgroup layout, and podman's default ulimits (nofile 1048576) are above the hard
 # limits here, so every podman call the tests make reads this instead of the distribution's defaults.
@@ -65,8 +69,9 @@ class Podman:
     def logged(self, log: Path, *args: str, timeout: float = BUILD_TIMEOUT_S) -> None:
         """A long podman command (a build) with its output in `log`; a failure quotes the log's end."""
         with log.open("w") as out:
-            code = subprocess.run(["podman", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout).returncode
+            code = subprocess.run(
+                ["podman", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
         if code != 0:
             raise AssertionError(f"podman {args[0]} exited {code}; {log}:\n{log.read_text()[-6000:]}")
 
@@ -81,9 +86,11 @@ def podman() -> Podman:
     """Podman with the runtime settings above, or a failure that says how to install what is missing."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: the image tests build and run the container image with "
-                    "Debian's podman, buildah, runc, debootstrap and podman-compose; `scripts/setup dev` (part of "
-                    "scripts/test) installs them")
+        pytest.fail(
+            f"{', '.join(missing)} not installed: the image tests build and run the container image with "
+            "Debian's podman, buildah, runc, debootstrap and podman-compose; `scripts/setup dev` (part of "
+            "scripts/test) installs them"
+        )
     if os.geteuid() != 0:
         pytest.fail("the image tests need root: debootstrap assembles the base image, and podman runs rootful")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -127,9 +134,17 @@ def base_image(p: Podman) -> str:
         log = CACHE / "debootstrap.log"
         with log.open("w") as out:
             code = subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, str(rootfs),
-                 debian_mirror()],
-                stdout=out, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(BASE_PACKAGES)}",
+                    BASE_SUITE,
+                    str(rootfs),
+                    debian_mirror(),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=BUILD_TIMEOUT_S,
             ).returncode
         if code != 0:
             raise AssertionError(f"debootstrap exited {code}; {log}:\n{log.read_text()[-4000:]}")
@@ -137,9 +152,19 @@ def base_image(p: Podman) -> str:
         for leftover in [*rootfs.glob("var/cache/apt/archives/*.deb"), *rootfs.glob("var/lib/apt/lists/*_*")]:
             leftover.unlink()
         imported = subprocess.run(
-            ["sh", "-c", 'tar -C "$1" -c . | podman import --message "debootstrap $2 minbase" - "$3"', "sh",
-             str(rootfs), BASE_SUITE, tag],
-            env=p.env, capture_output=True, text=True, timeout=600,
+            [
+                "sh",
+                "-c",
+                'tar -C "$1" -c . | podman import --message "debootstrap $2 minbase" - "$3"',
+                "sh",
+                str(rootfs),
+                BASE_SUITE,
+                tag,
+            ],
+            env=p.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if imported.returncode != 0:
             raise AssertionError(f"podman import failed: {imported.stderr[-4000:]}")
@@ -158,9 +183,20 @@ def torch_wheels() -> Path:
     wheels = CACHE / "wheels"
     if not any(wheels.glob(f"torch-{pin.group(1)}*.whl")):
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
-             f"torch=={pin.group(1)}"],
-            check=True, timeout=BUILD_TIMEOUT_S,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(wheels),
+                f"torch=={pin.group(1)}",
+            ],
+            check=True,
+            timeout=BUILD_TIMEOUT_S,
         )
     return wheels
 
@@ -187,8 +223,16 @@ def app_image(p: Podman, base: str) -> BuiltImage:
     tag = f"localhost/clawbot-test:{_digest(*parts)}"
     seconds = None
     if not p.has_image(tag):
-        args = ["build", "--layers", "--build-arg", f"BASE_IMAGE={base}", "--build-context", f"wheels={wheels}",
-                "--tag", tag]
+        args = [
+            "build",
+            "--layers",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--build-context",
+            f"wheels={wheels}",
+            "--tag",
+            tag,
+        ]
         if CA_BUNDLE.is_file():  # outbound TLS here is re-signed by a proxy; the bundle is mounted, never copied in
             args += ["--secret", f"id=ca-certificates,src={CA_BUNDLE}"]
         started = time.monotonic()
@@ -203,8 +247,18 @@ def redis_image(p: Podman, base: str) -> str:
     """redis-server from Debian's package on the same base, standing in for the registry's redis image."""
     tag = f"localhost/clawbot-test-redis:{_digest(base, REDIS_CONTAINERFILE.read_bytes())}"
     if not p.has_image(tag):
-        p.logged(CACHE / "redis-build.log", "build", "--layers", "--build-arg", f"BASE_IMAGE={base}",
-                 "--file", str(REDIS_CONTAINERFILE), "--tag", tag, str(REDIS_CONTAINERFILE.parent))
+        p.logged(
+            CACHE / "redis-build.log",
+            "build",
+            "--layers",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--file",
+            str(REDIS_CONTAINERFILE),
+            "--tag",
+            tag,
+            str(REDIS_CONTAINERFILE.parent),
+        )
     return tag
 
 
@@ -232,8 +286,15 @@ class Container:
             state = self.state()
             return None if state in ("created", "running") else f"container {self.name} is {state or 'gone'}"
 
-        wait_until(f"{self.name} to be ready", lambda: httpx.get(self.url + "/readyz", timeout=3).status_code == 200,
-                   timeout, poll_s=0.5, ignoring=(httpx.HTTPError,), give_up=stopped, detail=self.logs)
+        wait_until(
+            f"{self.name} to be ready",
+            lambda: httpx.get(self.url + "/readyz", timeout=3).status_code == 200,
+            timeout,
+            poll_s=0.5,
+            ignoring=(httpx.HTTPError,),
+            give_up=stopped,
+            detail=self.logs,
+        )
 
     def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
         return self.p("exec", self.name, *command, check=False)

@@ -1,5 +1,6 @@
 """The chat image, built from this checkout and run the way production runs it: read-only root filesystem, UID 10001,
 tini as PID 1, production mode with mounted key files (API_KEY_PATH, KEK_PATH)."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,14 @@ import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
 from tests.e2e.server import free_port
-from tests.image.podman import (CACHE, PARIS, ROOT, BuiltImage, Container, Podman, own_by_service_user,
-                                printed_key)
+from tests.image.podman import CACHE, PARIS, ROOT, BuiltImage, Container, Podman, own_by_service_user, printed_key
 
 KEYS_IN_CONTAINER = "/run/clawbot/keys"
 EMBEDDED = "embedded:smollm2-135m-instruct"
@@ -27,9 +27,24 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     keys = tmp_path_factory.mktemp("image-keys")
     cli = [sys.executable, "-m", "app.keys"]
     subprocess.run([*cli, "init-kek", "--kek-file", str(keys / "kek")], cwd=ROOT, check=True, capture_output=True)
-    added = subprocess.run([*cli, "add", "--id", "image-test", "--key-file", str(keys / "api-keys"),
-                            "--kek-file", str(keys / "kek"), "--scopes", "chat,benchmark"],  # benchmark: ignore_eos
-                           cwd=ROOT, check=True, capture_output=True, text=True)
+    added = subprocess.run(
+        [
+            *cli,
+            "add",
+            "--id",
+            "image-test",
+            "--key-file",
+            str(keys / "api-keys"),
+            "--kek-file",
+            str(keys / "kek"),
+            "--scopes",
+            "chat,benchmark",
+        ],  # benchmark: ignore_eos
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     keys.chmod(0o700)
     own_by_service_user(keys, keys / "kek", keys / "api-keys")
     return keys, printed_key(added.stdout)
@@ -40,18 +55,48 @@ def data_dir(pm: Podman, image: BuiltImage, tmp_path_factory: pytest.TempPathFac
     """/app/data with the embedded model converted by the image itself, with no network at all."""
     data = tmp_path_factory.mktemp("image-data")
     own_by_service_user(data)
-    pm("run", "--rm", "--network", "none", "--read-only", "--volume", f"{data}:/app/data", image.tag,
-       "python", "-m", "app.load_model", "--model-path", EMBEDDED, timeout=900)
+    pm(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--volume",
+        f"{data}:/app/data",
+        image.tag,
+        "python",
+        "-m",
+        "app.load_model",
+        "--model-path",
+        EMBEDDED,
+        timeout=900,
+    )
     return data
 
 
 def start(pm: Podman, image: BuiltImage, keys: Path, data: Path, *env: str) -> Container:
     c = Container(pm, f"clawbot-image-test-{uuid.uuid4().hex[:8]}", free_port())
-    settings = [f"API_KEY_PATH={KEYS_IN_CONTAINER}/api-keys", f"KEK_PATH={KEYS_IN_CONTAINER}/kek", "MAX_TOKENS=256",
-                *env]
-    pm("run", "--detach", "--name", c.name, "--read-only", "--publish", f"127.0.0.1:{c.port}:18789",
-       "--volume", f"{keys}:{KEYS_IN_CONTAINER}:ro", "--volume", f"{data}:/app/data",
-       *(arg for setting in settings for arg in ("--env", setting)), image.tag)
+    settings = [
+        f"API_KEY_PATH={KEYS_IN_CONTAINER}/api-keys",
+        f"KEK_PATH={KEYS_IN_CONTAINER}/kek",
+        "MAX_TOKENS=256",
+        *env,
+    ]
+    pm(
+        "run",
+        "--detach",
+        "--name",
+        c.name,
+        "--read-only",
+        "--publish",
+        f"127.0.0.1:{c.port}:18789",
+        "--volume",
+        f"{keys}:{KEYS_IN_CONTAINER}:ro",
+        "--volume",
+        f"{data}:/app/data",
+        *(arg for setting in settings for arg in ("--env", setting)),
+        image.tag,
+    )
     return c
 
 
@@ -83,8 +128,17 @@ def test_the_embedded_model_converts_inside_the_image_with_no_network(data_dir: 
 def test_nothing_from_the_build_stays_in_the_image(pm: Podman, image: BuiltImage) -> None:
     # The CA bundle was a build secret, the wheels a bind mount, the pip cache a cache mount: none may
     # leave a file behind (buildah keeps the empty mount points).
-    leftovers = pm("run", "--rm", "--user", "0", "--entrypoint", "sh", image.tag, "-c",
-                   "find /run/secrets /run/build /root/.cache -type f 2>/dev/null; true").stdout
+    leftovers = pm(
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        "--entrypoint",
+        "sh",
+        image.tag,
+        "-c",
+        "find /run/secrets /run/build /root/.cache -type f 2>/dev/null; true",
+    ).stdout
     assert leftovers.strip() == ""
     env = pm("image", "inspect", "--format", "{{json .Config.Env}}", image.tag).stdout
     assert not re.search(r"(KEY|KEK|TOKEN|PASSWORD|SECRET)\w*=", env), env
@@ -115,12 +169,22 @@ def test_sigterm_during_a_generation_lets_it_finish_and_the_container_exits_0(
     c = start(pm, image, keys[0], data_dir, "SHUTDOWN_GRACE_SECONDS=600")
     try:
         c.wait_ready()
-        body = {"messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
-                "max_tokens": 32, "temperature": 0, "ignore_eos": True, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}],
+            "max_tokens": 32,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         events: list[str] = []
-        with httpx.stream("POST", c.url + "/v1/chat/completions", json=body, timeout=120,
-                          headers={"Authorization": f"Bearer {keys[1]}"}) as r:
+        with httpx.stream(
+            "POST",
+            c.url + "/v1/chat/completions",
+            json=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {keys[1]}"},
+        ) as r:
             assert r.status_code == 200
             lines = (line for line in r.iter_lines() if line.startswith("data: "))
             for line in lines:  # wait for the first generated text: the generation is under way

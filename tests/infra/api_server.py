@@ -4,15 +4,17 @@ No API server runs here, so these scripts talk HTTPS to this one: a real TLS lis
 client must verify, a ServiceAccount token it must present, and a handler the test supplies. The directory
 `account_dir` is laid out as the kubelet mounts a ServiceAccount (token, ca.crt, namespace).
 """
+
 from __future__ import annotations
 
 import json
 import ssl
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -62,8 +64,11 @@ def stand_in_api_server(handle: Handle, directory: Path, *, token: str, namespac
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(server.server_address[1]),
-               "SERVICE_ACCOUNT_DIR": str(account)}
+        yield {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(server.server_address[1]),
+            "SERVICE_ACCOUNT_DIR": str(account),
+        }
     finally:
         server.shutdown()
         server.server_close()
@@ -72,5 +77,10 @@ def stand_in_api_server(handle: Handle, directory: Path, *, token: str, namespac
 
 def allowed(role: dict[str, Any], verb: str, group: str, resource: str, name: str | None) -> bool:
     """Whether a Role's rules grant one request (verb on a resource of an API group, by name where given)."""
-    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
-               and ("resourceNames" not in r or name in r["resourceNames"]) for r in role["rules"])
+    return any(
+        group in r["apiGroups"]
+        and resource in r["resources"]
+        and verb in r["verbs"]
+        and ("resourceNames" not in r or name in r["resourceNames"])
+        for r in role["rules"]
+    )

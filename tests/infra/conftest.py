@@ -1,4 +1,5 @@
 """Synthesizes the dev and prod stacks once per session under Pulumi's mocks; tests read the objects and outputs."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,14 +10,16 @@ Two layers, both from the CRD's `openAPIV3Schema` of the served version:
   needs the old object (`oldSelf`) only runs on update and is reported as such; a rule the evaluator cannot run
   (a Kubernetes CEL library function it lacks) is reported as skipped by name, never passed silently.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import celpy
 import jsonschema
@@ -68,20 +70,25 @@ class Report:
     skipped: list[SkippedRule] = field(default_factory=list)  # the evaluator lacks a function the rule uses
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_crds() -> dict[tuple[str, str], CrdVersion]:
     """(apiVersion, kind) -> the served version's schema, from every vendored CRD file."""
     out: dict[tuple[str, str], CrdVersion] = {}
     for path in sorted(CRD_DIR.glob("*/*.yaml")):
-        doc = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        doc = yaml.load(path.read_text(), Loader=_Loader)
         if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
             continue
         spec = doc["spec"]
         for v in spec["versions"]:
             crd = CrdVersion(
-                group=spec["group"], version=v["name"], kind=spec["names"]["kind"], namespaced=spec["scope"] == "Namespaced",
-                served=bool(v.get("served")), deprecated=bool(v.get("deprecated")),
-                schema=v["schema"]["openAPIV3Schema"], source=str(path.relative_to(CRD_DIR)),
+                group=spec["group"],
+                version=v["name"],
+                kind=spec["names"]["kind"],
+                namespaced=spec["scope"] == "Namespaced",
+                served=bool(v.get("served")),
+                deprecated=bool(v.get("deprecated")),
+                schema=v["schema"]["openAPIV3Schema"],
+                source=str(path.relative_to(CRD_DIR)),
             )
             out[(crd.api_version, crd.kind)] = crd
     return out
@@ -97,9 +104,24 @@ def crd_for(manifest: dict[str, Any]) -> CrdVersion | None:
 def structural_json_schema(node: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI v3 CRD schema node as JSON Schema in which unknown fields are errors."""
     out: dict[str, Any] = {}
-    for key in ("type", "enum", "pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
-                "exclusiveMaximum", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties",
-                "required", "multipleOf"):
+    for key in (
+        "type",
+        "enum",
+        "pattern",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "required",
+        "multipleOf",
+    ):
         if key in node:
             out[key] = node[key]
     if node.get("x-kubernetes-int-or-string"):
@@ -132,8 +154,24 @@ def structural_json_schema(node: dict[str, Any]) -> dict[str, Any]:
 
 def _value_constraints(node: dict[str, Any]) -> dict[str, Any]:
     """A junctor branch (anyOf/allOf/oneOf/not) keeps only value validations, as the structural-schema rules say."""
-    out = {k: v for k, v in node.items() if k in ("required", "enum", "pattern", "minLength", "maxLength", "minimum",
-                                                  "maximum", "minItems", "maxItems", "format", "type")}
+    out = {
+        k: v
+        for k, v in node.items()
+        if k
+        in (
+            "required",
+            "enum",
+            "pattern",
+            "minLength",
+            "maxLength",
+            "minimum",
+            "maximum",
+            "minItems",
+            "maxItems",
+            "format",
+            "type",
+        )
+    }
     for key in ("allOf", "anyOf", "oneOf"):
         if key in node:
             out[key] = [_value_constraints(s) for s in node[key]]
@@ -146,15 +184,17 @@ def _value_constraints(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _object_meta_validator() -> jsonschema.protocols.Validator:
-    schema_dir = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{OBJECT_META_VERSION}-local-strict"
+    schema_dir = (
+        Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{OBJECT_META_VERSION}-local-strict"
+    )
     schema = json.loads((schema_dir / "objectmeta-meta-v1.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator_for(api_version: str, kind: str) -> jsonschema.protocols.Validator:
     crd = load_crds()[(api_version, kind)]
     schema = structural_json_schema(crd.schema)
@@ -279,7 +319,7 @@ def _run_rule(rule: dict[str, Any], value: Any, path: str, report: Report) -> No
     try:
         program = _ENV.program(_ENV.compile(text), functions=KUBERNETES_FUNCTIONS)
         result = program.evaluate({"self": _cel_value(value)})
-    except Exception as exc:  # noqa: BLE001 (celpy raises several types; the message tells them apart)
+    except Exception as exc:
         result = exc
     if isinstance(result, Exception):
         message = str(result.args[0] if result.args else result)
@@ -308,11 +348,15 @@ def validate(manifest: dict[str, Any], report: Report | None = None) -> Report:
         report.errors.append(f"{what}: no vendored CRD serves {manifest.get('apiVersion')} {manifest.get('kind')}")
         return report
     if not crd.served or crd.deprecated:
-        report.errors.append(f"{what}: {crd.api_version} is {'not served' if not crd.served else 'deprecated'} in {crd.source}")
+        report.errors.append(
+            f"{what}: {crd.api_version} is {'not served' if not crd.served else 'deprecated'} in {crd.source}"
+        )
     namespace = (manifest.get("metadata") or {}).get("namespace")
     if crd.namespaced != bool(namespace):
-        report.errors.append(f"{what}: {crd.kind} is {'namespaced' if crd.namespaced else 'cluster-scoped'} "
-                             f"but metadata.namespace is {namespace!r}")
+        report.errors.append(
+            f"{what}: {crd.kind} is {'namespaced' if crd.namespaced else 'cluster-scoped'} "
+            f"but metadata.namespace is {namespace!r}"
+        )
     manifest = with_defaults(crd.schema, manifest)
     for err in _validator_for(crd.api_version, crd.kind).iter_errors(manifest):
         report.errors.append(f"{what} {_where(err.absolute_path)}: {err.message}")

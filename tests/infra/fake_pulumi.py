@@ -13,6 +13,7 @@ made them, `config set|rm` edit <dir>/Pulumi.<stack>.yaml (`--secret` stores a `
 command line is read from stdin), and `up`/`preview` refuse a stack that lacks a key Pulumi.yaml declares without a
 default, or holds a declared secret in plain text, before running the program on that stack file.
 """
+
 from __future__ import annotations
 
 import json
@@ -128,8 +129,11 @@ def _stack_dir(name: str) -> Path:
 
 
 def _current(options: dict[str, str]) -> str:
-    name = options.get("-s") or options.get("--stack") or ((_state() / "current").read_text().strip()
-                                                          if (_state() / "current").exists() else "")
+    name = (
+        options.get("-s")
+        or options.get("--stack")
+        or ((_state() / "current").read_text().strip() if (_state() / "current").exists() else "")
+    )
     if not name:
         raise Usage("no stack selected; please use `pulumi stack select`")
     if not (_stack_dir(name) / "created").exists():
@@ -172,7 +176,9 @@ def project_main(argv: list[str], project: Path) -> int:
                 *parents, leaf = rest.split(".")
                 for part in parents:
                     node = node.setdefault(part, {})
-                node[leaf] = raw == "true" if raw in ("true", "false") else int(raw) if raw.lstrip("-").isdigit() else raw
+                node[leaf] = (
+                    raw == "true" if raw in ("true", "false") else int(raw) if raw.lstrip("-").isdigit() else raw
+                )
             else:
                 doc["config"][full] = {"secure": SECURE_PREFIX + raw} if "--secret" in flags else raw
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -196,9 +202,11 @@ def project_main(argv: list[str], project: Path) -> int:
             previous = json.loads(outputs_path.read_text()) if outputs_path.exists() else {}
             # The program gets the secrets' values, as the CLI decrypts them for it.
             _, doc = _stack_file(project, stack)
-            secrets = {key.partition(":")[2]: value["secure"].removeprefix(SECURE_PREFIX)
-                       for key, value in doc["config"].items()
-                       if key.startswith(f"{PROJECT}:") and isinstance(value, dict) and "secure" in value}
+            secrets = {
+                key.partition(":")[2]: value["secure"].removeprefix(SECURE_PREFIX)
+                for key, value in doc["config"].items()
+                if key.startswith(f"{PROJECT}:") and isinstance(value, dict) and "secure" in value
+            }
             try:
                 synthesis = synthesize(stack, project_dir=project, stack_outputs=previous, overrides=secrets)
             except SynthError as exc:
@@ -206,8 +214,11 @@ def project_main(argv: list[str], project: Path) -> int:
                 return 255
             if command == "up":
                 write(synthesis, _stack_dir(stack) / "manifests")
-                outputs_path.write_text(json.dumps(
-                    {k: v for k, v in synthesis.outputs.items() if k not in synthesis.secret_outputs}, indent=2))
+                outputs_path.write_text(
+                    json.dumps(
+                        {k: v for k, v in synthesis.outputs.items() if k not in synthesis.secret_outputs}, indent=2
+                    )
+                )
             print(f"{'Update' if command == 'up' else 'Preview'} succeeded: {len(synthesis.objects)} objects")
         case _:
             raise Usage(f"unsupported: pulumi {' '.join(argv)}")

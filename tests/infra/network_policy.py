@@ -15,11 +15,13 @@ cluster) to a destination on a port is allowed, the way the API documents it:
 `ipBlock` is applied to pod addresses too: the API leaves that to the plugin, and the common ones (the AWS VPC CNI,
 Calico, Cilium) match pod addresses inside a block, so that is the case a proof of isolation must assume.
 """
+
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
@@ -81,7 +83,9 @@ def _in_block(ip: str, block: Mapping[str, Any]) -> bool:
 class Cluster:
     """The policies of a cluster and the labels of its namespaces (each carries its kubernetes.io/metadata.name)."""
 
-    def __init__(self, policies: Iterable[Mapping[str, Any]], namespace_labels: Mapping[str, Mapping[str, str]] | None = None):
+    def __init__(
+        self, policies: Iterable[Mapping[str, Any]], namespace_labels: Mapping[str, Mapping[str, str]] | None = None
+    ):
         self.policies = [p for p in policies if p.get("kind", "NetworkPolicy") == "NetworkPolicy"]
         self._namespace_labels = {k: dict(v) for k, v in (namespace_labels or {}).items()}
 
@@ -90,10 +94,13 @@ class Cluster:
 
     def selecting(self, pod: Pod, direction: str) -> list[Mapping[str, Any]]:
         """The policies that select `pod` for `direction` (Ingress or Egress)."""
-        return [p for p in self.policies
-                if (p.get("metadata") or {}).get("namespace") == pod.namespace
-                and selector_matches(p["spec"].get("podSelector"), pod.labels)
-                and direction in policy_types(p["spec"])]
+        return [
+            p
+            for p in self.policies
+            if (p.get("metadata") or {}).get("namespace") == pod.namespace
+            and selector_matches(p["spec"].get("podSelector"), pod.labels)
+            and direction in policy_types(p["spec"])
+        ]
 
     def peer_matches(self, peer: Mapping[str, Any], policy_namespace: str, other: Endpoint) -> bool:
         if "ipBlock" in peer:

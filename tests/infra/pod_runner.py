@@ -6,6 +6,7 @@ mount path in a container's command, args and env is rewritten to that directory
 order, and the pod stops at the first that fails. What the cluster would add (an IAM role's credentials, the tools
 of the image) comes from the test: `env` and `PATH`.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,25 +48,38 @@ def _materialize(s: Synthesis, volume: dict[str, Any], where: Path, claims: dict
     return where
 
 
-def run_pod(s: Synthesis, pod: dict[str, Any], root: Path, *, env: dict[str, str], claims: dict[str, Path] | None = None,
-            timeout: float = 300) -> PodRun:
+def run_pod(
+    s: Synthesis,
+    pod: dict[str, Any],
+    root: Path,
+    *,
+    env: dict[str, str],
+    claims: dict[str, Path] | None = None,
+    timeout: float = 300,
+) -> PodRun:
     volumes = {v["name"]: _materialize(s, v, root / "volumes" / v["name"], claims or {}) for v in pod["volumes"]}
     results: list[tuple[str, subprocess.CompletedProcess[str]]] = []
     for container in [*pod.get("initContainers", []), *pod["containers"]]:
         # Longest mount path first, so /a/b maps before /a.
-        mounts = sorted(((m["mountPath"], volumes[m["name"]]) for m in container.get("volumeMounts", [])),
-                        key=lambda m: -len(m[0]))
+        mounts = sorted(
+            ((m["mountPath"], volumes[m["name"]]) for m in container.get("volumeMounts", [])), key=lambda m: -len(m[0])
+        )
 
-        def local(value: str) -> str:
+        def local(value: str, mounts: list[tuple[str, Any]] = mounts) -> str:
             for path, there in mounts:
                 if value == path or value.startswith(path + "/"):
-                    return str(there) + value[len(path):]
+                    return str(there) + value[len(path) :]
             return value
 
         argv = [local(a) for a in [*container.get("command", []), *container.get("args", [])]]
         container_env = {e["name"]: local(e["value"]) for e in container.get("env", []) if "value" in e}
-        done = subprocess.run(argv, env={"PATH": os.environ["PATH"], **env, **container_env}, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            argv,
+            env={"PATH": os.environ["PATH"], **env, **container_env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         results.append((container["name"], done))
         if done.returncode != 0:
             break

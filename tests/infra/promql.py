@@ -1,10 +1,24 @@
 """Reads the series names out of a PromQL expression, for checks that alerts and panels name real series."""
+
 from __future__ import annotations
 
 import re
 
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                "offset", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -17,7 +31,7 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = match.group(0)
-        if text[match.end():].lstrip().startswith("(") or word.lower() in PROMQL_WORDS:
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in PROMQL_WORDS:
             continue  # a function call or a keyword, not a series
         names.add(word)
     return names

@@ -1,4 +1,5 @@
 """Every custom resource the program emits validates against its upstream CRD, vendored with its source and version."""
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,17 @@ VARIANTS = {
     "prod-gateway-canary": ("prod", {**BEHIND_GATEWAY, "canary": {"image": NEXT_IMAGE}}),
     "prod-cilium": ("prod", {"ciliumPolicies": True, "modelHubEgressCidrs": []}),
 }
-EMITTED_KINDS = {"NodePool", "EC2NodeClass", "PrometheusRule", "ServiceMonitor", "AlertmanagerConfig", "Certificate", "Issuer",
-                 "CiliumNetworkPolicy", "HTTPRoute"}
+EMITTED_KINDS = {
+    "NodePool",
+    "EC2NodeClass",
+    "PrometheusRule",
+    "ServiceMonitor",
+    "AlertmanagerConfig",
+    "Certificate",
+    "Issuer",
+    "CiliumNetworkPolicy",
+    "HTTPRoute",
+}
 BUILTIN_GROUPS = {"v1", "apps", "policy", "autoscaling", "networking.k8s.io", "batch", "rbac.authorization.k8s.io"}
 
 
@@ -43,14 +53,17 @@ def test_vendored_crds_are_the_upstream_files_named_in_source() -> None:
         listed = [line.split() for line in text.splitlines() if line.startswith("  ")]
         assert listed, f"{source} lists no files"
         for name, digest in listed:
-            assert hashlib.sha256((source.parent / name).read_bytes()).hexdigest() == digest, f"{source.parent / name} was edited"
+            assert hashlib.sha256((source.parent / name).read_bytes()).hexdigest() == digest, (
+                f"{source.parent / name} was edited"
+            )
     kinds = {kind for _, kind in load_crds()}
     assert EMITTED_KINDS <= kinds
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_custom_resource_validates_against_its_upstream_crd(variant: str, syntheses: dict[str, Synthesis],
-                                                                  crd_report: Report) -> None:
+def test_every_custom_resource_validates_against_its_upstream_crd(
+    variant: str, syntheses: dict[str, Synthesis], crd_report: Report
+) -> None:
     s = syntheses[variant]
     objects = [o.manifest for o in s.objects if o.kind in EMITTED_KINDS]
     report = Report()
@@ -63,11 +76,17 @@ def test_every_custom_resource_validates_against_its_upstream_crd(variant: str, 
 
 
 def test_the_variants_cover_every_custom_kind_the_program_emits(syntheses: dict[str, Synthesis]) -> None:
-    custom = {(o.api_version, o.kind) for s in syntheses.values() for o in s.objects
-              if o.api_version.split("/")[0] not in BUILTIN_GROUPS}
+    custom = {
+        (o.api_version, o.kind)
+        for s in syntheses.values()
+        for o in s.objects
+        if o.api_version.split("/")[0] not in BUILTIN_GROUPS
+    }
     assert {kind for _, kind in custom} == EMITTED_KINDS
     for api_version, kind in custom:
-        assert crd_for({"apiVersion": api_version, "kind": kind}) is not None, f"{kind} {api_version} has no vendored CRD"
+        assert crd_for({"apiVersion": api_version, "kind": kind}) is not None, (
+            f"{kind} {api_version} has no vendored CRD"
+        )
 
 
 def test_cel_rules_ran_and_none_was_skipped_silently(syntheses: dict[str, Synthesis]) -> None:

@@ -1,4 +1,5 @@
 """The conversation database in the program: a secret URL delivered through a Secret, or none (SQLite, one replica)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,9 +9,9 @@ import pytest
 
 from app.settings import Settings, load_settings
 from infra.components.chat_pod import CHECKSUM_ANNOTATION
-from infra.tools.synth import SHAPED_STAND_INS, Synthesis, SynthError, synthesize
-from tests.infra.conftest import chat_container
+from infra.tools.synth import SHAPED_STAND_INS, SynthError, Synthesis, synthesize
 from tests.infra.components.test_chat_service import env_of
+from tests.infra.conftest import chat_container
 
 URL = "postgresql://clawbot:s3cret-Pa55word@db.internal.example:6432/clawbot"
 
@@ -28,8 +29,10 @@ def test_the_url_reaches_the_pods_from_a_secret_never_the_configmap() -> None:
     s = synthesize("prod", overrides={"conversationDatabaseUrl": URL})
     assert s.one("Secret", "clawbot-database").manifest["stringData"] == {"url": URL}
     (entry,) = chat_container(s)["env"]
-    assert entry == {"name": "CONVERSATION_DATABASE_URL",
-                     "valueFrom": {"secretKeyRef": {"name": "clawbot-database", "key": "url"}}}
+    assert entry == {
+        "name": "CONVERSATION_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "clawbot-database", "key": "url"}},
+    }
     assert read_url(load_settings(env_of(s))) == URL  # what the app reads, as the kubelet builds it
     config = s.one("ConfigMap", "clawbot-config").manifest["data"]
     assert "CONVERSATION_DATABASE_URL" not in config and "CONVERSATION_JOURNAL" not in config  # no SQLite here
@@ -62,14 +65,19 @@ def test_one_replica_keeps_sqlite_by_default(dev: Synthesis) -> None:
 @pytest.mark.parametrize(
     "url, changes, message",
     [
-        ("mysql://clawbot:s3cret-Pa55word@db:3306/x", {},
-         "must be a postgresql://USER:PASSWORD@HOST:5432/DB URL, got scheme 'mysql'"),
+        (
+            "mysql://clawbot:s3cret-Pa55word@db:3306/x",
+            {},
+            "must be a postgresql://USER:PASSWORD@HOST:5432/DB URL, got scheme 'mysql'",
+        ),
         ("s3cret-Pa55word", {}, "got a value without a scheme"),
         ("postgresql://clawbot:s3cret-Pa55word@db:99999/x", {}, "has a port that is not a number 1..65535"),
         (URL, {"databaseEgressCidrs": []}, "clawbot:databaseEgressCidrs must list the CIDRs the database listens on"),
     ],
 )
-def test_a_bad_database_setting_is_refused_without_echoing_the_url(url: str, changes: dict[str, object], message: str) -> None:
+def test_a_bad_database_setting_is_refused_without_echoing_the_url(
+    url: str, changes: dict[str, object], message: str
+) -> None:
     with pytest.raises(SynthError) as err:
         synthesize("prod", overrides={"conversationDatabaseUrl": url, **changes})
     assert message in str(err.value) and "s3cret-Pa55word" not in str(err.value)
@@ -77,4 +85,7 @@ def test_a_bad_database_setting_is_refused_without_echoing_the_url(url: str, cha
 
 def test_synth_stands_in_a_url_of_the_right_shape(prod: Synthesis) -> None:
     assert "conversationDatabaseUrl" in prod.stand_ins
-    assert prod.one("Secret", "clawbot-database").manifest["stringData"]["url"] == SHAPED_STAND_INS["conversationDatabaseUrl"]
+    assert (
+        prod.one("Secret", "clawbot-database").manifest["stringData"]["url"]
+        == SHAPED_STAND_INS["conversationDatabaseUrl"]
+    )

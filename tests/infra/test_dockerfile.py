@@ -1,5 +1,6 @@
 """The image recipe, read: the properties the Deployment and the deploy workflow rely on. tests/image/ builds and runs
 it; these checks say quickly, without podman, which promise a change broke."""
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,10 @@ def test_no_secret_goes_into_the_image() -> None:
     # The CA bundle for a TLS-inspecting proxy is a build secret (mounted for one step), never COPY'd.
     assert "--mount=type=secret,id=ca-certificates" in DOCKERFILE
     assert not any("cert" in c.lower() for c in instructions("COPY") + instructions("ADD"))
-    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ignore[0] == "*"  # everything is excluded unless listed after it
     assert "!app/" in ignore and not any(p.startswith("!Pulumi") or "data" in p for p in ignore if p.startswith("!"))

@@ -1,4 +1,5 @@
 """What a first `pulumi up` on a real EKS cluster needs, one behaviour per test (issue 12, items 1-8)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,13 @@ from typing import Any
 import pytest
 
 from infra.components.chat_pod import CHECKSUM_ANNOTATION
-from infra.components.rollout import POD_TURNOVER_S, PROVISIONING_BUDGET_S
-from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
 from infra.components.load_balancer import AWS_LB
+from infra.components.rollout import POD_TURNOVER_S, PROVISIONING_BUDGET_S
 from infra.components.secret_store import DAY_S, next_schedule, rotation_schedule
+from infra.contract import TLS_CERT_PATH, TLS_DIR, TLS_KEY_PATH
 from infra.settings import ConfigError, parse_settings
 from infra.settings.pod import TERMINATION_MARGIN_S
-from infra.tools.synth import Synthesis, SynthError, read_stack_config, synthesize
+from infra.tools.synth import SynthError, Synthesis, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
 PROD = read_stack_config("prod")
@@ -52,12 +53,21 @@ def test_the_load_balancer_is_an_internal_nlb_that_keeps_client_addresses(prod: 
     # Health checks ask whether the model is loaded, and the NetworkPolicy admits the NLB's subnets for them.
     assert a[f"{AWS_LB}healthcheck-path"] == "/readyz" and a[f"{AWS_LB}healthcheck-port"] == "traffic-port"
     # Pods count as Ready only once the target group says so: rollouts never outrun the NLB.
-    assert prod.one("Namespace", "clawbot").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
+    assert (
+        prod.one("Namespace", "clawbot").manifest["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"]
+        == "enabled"
+    )
 
 
 def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> None:
-    s = synthesize("prod", overrides={"loadBalancerScheme": "internet-facing", "loadBalancerTargetType": "instance",
-                                      "loadBalancerSubnetCidrs": []})
+    s = synthesize(
+        "prod",
+        overrides={
+            "loadBalancerScheme": "internet-facing",
+            "loadBalancerTargetType": "instance",
+            "loadBalancerSubnetCidrs": [],
+        },
+    )
     a = annotations(s)
     assert a[f"{AWS_LB}scheme"] == "internet-facing" and a[f"{AWS_LB}nlb-target-type"] == "instance"
     # Instance targets go through kube-proxy with externalTrafficPolicy Local: client address kept, and the
@@ -70,11 +80,15 @@ def test_internet_facing_and_instance_targets_are_choices_made_on_purpose() -> N
 def test_combinations_that_cannot_work_are_refused() -> None:
     refused("clawbot:preserveClientIp false cannot work with clawbot:allowedCidrs", preserveClientIp=False)
     refused("clawbot:preserveClientIp false cannot work", preserveClientIp=False, loadBalancerTargetType="instance")
-    refused("clawbot:loadBalancerSubnetCidrs must list the CIDRs of the subnets the NLB sits in", loadBalancerSubnetCidrs=[])
+    refused(
+        "clawbot:loadBalancerSubnetCidrs must list the CIDRs of the subnets the NLB sits in", loadBalancerSubnetCidrs=[]
+    )
     refused("clawbot:loadBalancerClass must be one of service.k8s.aws/nlb", loadBalancerClass="")
     refused("clawbot:loadBalancerScheme must be one of internal, internet-facing", loadBalancerScheme="public")
     # A load balancer open to everyone on purpose has no addresses to keep.
-    s = parse_settings(prod_with(allowedCidrs=["0.0.0.0/0"], allowPublicIngress=True, preserveClientIp=False), stack="prod")
+    s = parse_settings(
+        prod_with(allowedCidrs=["0.0.0.0/0"], allowPublicIngress=True, preserveClientIp=False), stack="prod"
+    )
     assert not s.network.load_balancer.preserve_client_ip
 
 
@@ -103,8 +117,14 @@ def test_tls_settings_are_checked() -> None:
     refused("clawbot:podTlsIssuer must be ClusterIssuer/NAME or Issuer/NAME", podTlsIssuer="letsencrypt")
     refused("two sources of the pod certificate", podTlsIssuer="ClusterIssuer/ca", podTlsSecret="clawbot-tls")
     with pytest.raises(ConfigError, match="needs clawbot:serviceType LoadBalancer"):
-        parse_settings({"storageClass": "gp3", "tlsCertificateArn": PROD["tlsCertificateArn"], "endpointHostname": "x.example.com"},
-                       stack="dev")
+        parse_settings(
+            {
+                "storageClass": "gp3",
+                "tlsCertificateArn": PROD["tlsCertificateArn"],
+                "endpointHostname": "x.example.com",
+            },
+            stack="dev",
+        )
 
 
 def test_tls_in_the_pod_mounts_a_cert_manager_certificate_and_serves_https_end_to_end() -> None:
@@ -135,7 +155,9 @@ def test_tls_in_the_pod_alone_makes_a_cluster_internal_endpoint_https() -> None:
 
 
 @pytest.mark.parametrize("stack", ["prod", "dev"])
-def test_pulumi_waits_for_the_model_to_load_plus_node_and_image_time(stack: str, request: pytest.FixtureRequest) -> None:
+def test_pulumi_waits_for_the_model_to_load_plus_node_and_image_time(
+    stack: str, request: pytest.FixtureRequest
+) -> None:
     s: Synthesis = request.getfixturevalue(stack)
     startup = chat_container(s)["startupProbe"]
     probe_budget = startup["periodSeconds"] * startup["failureThreshold"]
@@ -185,7 +207,10 @@ def test_a_rollout_at_max_replicas_always_has_a_gpu_for_the_surge_pod(prod: Synt
     hpa = prod.one("HorizontalPodAutoscaler").manifest["spec"]
     gpus = int(chat_container(prod)["resources"]["limits"]["nvidia.com/gpu"])
     assert limit >= gpus * (hpa["maxReplicas"] + rolling["maxSurge"])
-    refused("clawbot:gpuLimit (10) is below clawbot:gpusPerPod x (clawbot:maxReplicas + 1 rollout surge pod) = 11", gpuLimit=10)
+    refused(
+        "clawbot:gpuLimit (10) is below clawbot:gpusPerPod x (clawbot:maxReplicas + 1 rollout surge pod) = 11",
+        gpuLimit=10,
+    )
     refused("= 22", gpuLimit=21, gpusPerPod=2)
 
 
@@ -212,10 +237,18 @@ def test_both_stacks_name_their_storage_class(prod: Synthesis, dev: Synthesis) -
 
 
 def test_data_volumes_survive_destroy_and_prod_refuses_to_delete_them(prod: Synthesis, dev: Synthesis) -> None:
-    assert prod.one("PersistentVolumeClaim", "clawbot-data").options.protect and prod.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
-    assert dev.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete and not dev.one("PersistentVolumeClaim", "clawbot-data").options.protect
+    assert (
+        prod.one("PersistentVolumeClaim", "clawbot-data").options.protect
+        and prod.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
+    )
+    assert (
+        dev.one("PersistentVolumeClaim", "clawbot-data").options.retain_on_delete
+        and not dev.one("PersistentVolumeClaim", "clawbot-data").options.protect
+    )
     # Deleting the namespace would delete the claim in it, so the namespace is retained too.
-    assert prod.one("Namespace").options.retain_on_delete and dev.one("Namespace", "clawbot-dev").options.retain_on_delete
+    assert (
+        prod.one("Namespace").options.retain_on_delete and dev.one("Namespace", "clawbot-dev").options.retain_on_delete
+    )
 
 
 # -- 8. the smaller ones ---------------------------------------------------------------------------------------------------
@@ -235,12 +268,17 @@ def test_drain_timing_fits_inside_the_termination_grace_period(prod: Synthesis, 
         sleep = chat_container(s).get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         grace = pod_spec(s)["terminationGracePeriodSeconds"]
         assert grace == sleep + int(env["SHUTDOWN_GRACE_SECONDS"]) + TERMINATION_MARGIN_S
-    assert f"deregistration_delay.timeout_seconds={pod_spec(prod)['terminationGracePeriodSeconds']}" in \
-        annotations(prod)[f"{AWS_LB}target-group-attributes"]
+    assert (
+        f"deregistration_delay.timeout_seconds={pod_spec(prod)['terminationGracePeriodSeconds']}"
+        in annotations(prod)[f"{AWS_LB}target-group-attributes"]
+    )
 
 
 def test_an_smtp_user_without_its_password_is_refused_before_anything_is_created() -> None:
-    with pytest.raises(SynthError, match="clawbot:alertSmtpUsername is 'clawbot-alerts' but the secret clawbot:alertSmtpPassword is empty"):
+    with pytest.raises(
+        SynthError,
+        match="clawbot:alertSmtpUsername is 'clawbot-alerts' but the secret clawbot:alertSmtpPassword is empty",
+    ):
         synthesize("prod", overrides={"alertSmtpPassword": ""})
     with pytest.raises(SynthError, match="clawbot:alertSmtpPassword is set but clawbot:alertSmtpUsername is empty"):
         synthesize("prod", overrides={"alertSmtpUsername": "", "alertSmtpPassword": "pw"})

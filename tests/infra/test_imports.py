@@ -1,5 +1,6 @@
 """infra/'s imports follow its layers: nothing imports in a circle, settings never reach up into components, and the
 program never depends on its tooling (infra/tools), which only the `python -m infra.synth` entry module may run."""
+
 from __future__ import annotations
 
 import ast
@@ -26,19 +27,27 @@ def test_no_import_cycle() -> None:
 
 
 def test_the_program_never_imports_its_tooling() -> None:
-    offenders = {name: sorted(t for t in targets if t.startswith("infra.tools"))
-                 for name, targets in GRAPH.items()
-                 if not name.startswith("infra.tools") and name not in ENTRY_MODULES}
+    offenders = {
+        name: sorted(t for t in targets if t.startswith("infra.tools"))
+        for name, targets in GRAPH.items()
+        if not name.startswith("infra.tools") and name not in ENTRY_MODULES
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
-    main = {node.module for node in ast.walk(ast.parse((ROOT / "__main__.py").read_text()))
-            if isinstance(node, ast.ImportFrom) and node.module}
+    main = {
+        node.module
+        for node in ast.walk(ast.parse((ROOT / "__main__.py").read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not {m for m in main if m.startswith("infra.tools")}
 
 
 def test_settings_never_import_components() -> None:
     """Settings are the layer below: components read them, never the other way."""
-    offenders = {name: sorted(t for t in targets if t.startswith("infra.components"))
-                 for name, targets in GRAPH.items() if name.startswith("infra.settings")}
+    offenders = {
+        name: sorted(t for t in targets if t.startswith("infra.components"))
+        for name, targets in GRAPH.items()
+        if name.startswith("infra.settings")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -2,6 +2,7 @@
 that is not the stack's, and preview refuses an update that would replace the namespace, the stable Deployment, the
 data claim or the chat Service, naming the migration, unless `allowReplace` is set. A refused preview declares
 nothing at all."""
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ import pytest
 import infra.tools.mocks as mocks
 from infra.contract import CHAT_LABELS
 from infra.preflight import MIGRATIONS, UPGRADES_DOC_PAGE
-from infra.tools.synth import Synthesis, SynthError, read_provider_config, read_stack_config, synthesize
+from infra.tools.synth import SynthError, Synthesis, read_provider_config, read_stack_config, synthesize
 from tests.docs.pages import headings, page
 from tests.infra.conftest import BEHIND_GATEWAY
 
@@ -41,8 +42,12 @@ class Declared:
 
     @property
     def resources(self) -> list[str]:
-        return [f"{r.type}::{r.name}" for engine in self.engines for r in engine.resources
-                if not r.read and r.type != mocks.STACK_REFERENCE]
+        return [
+            f"{r.type}::{r.name}"
+            for engine in self.engines
+            for r in engine.resources
+            if not r.read and r.type != mocks.STACK_REFERENCE
+        ]
 
 
 # -- 11. each stack names its cluster ---------------------------------------------------------------------------------
@@ -81,8 +86,9 @@ def test_without_a_cluster_id_the_first_update_records_its_cluster_and_later_one
     with pytest.raises(SynthError, match=r"cluster is .*from the last update\), but kubernetes:context 'clawbot-dev'"):
         synthesize("dev", stack_outputs=last_update(dev), cluster_uid=OTHER_CLUSTER)
     # A rebuilt cluster, on purpose: the stack names the new one.
-    moved = synthesize("dev", overrides={"clusterId": OTHER_CLUSTER}, stack_outputs=last_update(dev),
-                       cluster_uid=OTHER_CLUSTER)
+    moved = synthesize(
+        "dev", overrides={"clusterId": OTHER_CLUSTER}, stack_outputs=last_update(dev), cluster_uid=OTHER_CLUSTER
+    )
     assert moved.outputs["clusterId"] == OTHER_CLUSTER
 
 
@@ -103,17 +109,23 @@ def test_an_update_that_changes_nothing_immutable_goes_through(prod: Synthesis) 
 
 
 def test_a_stack_deployed_before_the_track_selector_is_told_its_deployment_would_be_replaced(
-        monkeypatch: pytest.MonkeyPatch, prod: Synthesis) -> None:
+    monkeypatch: pytest.MonkeyPatch, prod: Synthesis
+) -> None:
     """The upgrade of issue 21 item 10: a stack deployed before the stable Deployment's selector gained track: stable
     exported endpointUrl and namespace but no imageHistory (which came with the selector)."""
-    before_canaries = {k: v for k, v in last_update(prod).items()
-                       if k in ("endpointUrl", "loadBalancerHostname", "namespace", "apiKeyIds", "keyRotation", "alertRules")}
+    before_canaries = {
+        k: v
+        for k, v in last_update(prod).items()
+        if k in ("endpointUrl", "loadBalancerHostname", "namespace", "apiKeyIds", "keyRotation", "alertRules")
+    }
     declared = Declared(monkeypatch)
     with pytest.raises(SynthError) as err:
         synthesize("prod", stack_outputs=before_canaries)
     message = str(err.value)
     selector = {**CHAT_LABELS}
-    assert f"stableDeployment clawbot/clawbot (selector {selector!r} -> {({**selector, 'track': 'stable'})!r})" in message
+    assert (
+        f"stableDeployment clawbot/clawbot (selector {selector!r} -> { ({**selector, 'track': 'stable'})!r})" in message
+    )
     assert "every stable chat pod stops before the new ones have loaded the model" in message
     assert f"Migration: {UPGRADES_DOC_PAGE}#a-new-deployment-selector" in message
     assert declared.resources == []
@@ -148,7 +160,6 @@ def test_moving_prod_behind_a_gateway_would_replace_its_load_balancer(prod: Synt
 
 def test_every_migration_the_refusals_name_is_written_down() -> None:
     text = page(UPGRADES_DOC_PAGE.removeprefix("docs/"))
-    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
-               for _, _, h in headings(text)}
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for _, _, h in headings(text)}
     for role, (_, anchor) in MIGRATIONS.items():
         assert anchor in anchors, f"{UPGRADES_DOC_PAGE} has no section #{anchor} for {role}"

@@ -4,6 +4,7 @@ The runbooks of docs/operations/releases.md are run as written, in bash, against
 stand-in `pulumi` (tests/infra/fake_pulumi.py) keeps config and outputs between commands and runs infra.synth for
 `up`.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ import yaml
 
 from infra.contract import CHAT_LABELS, VERSION_LABEL
 from infra.images import ImageReferenceError, image_history, parse_image
-from infra.settings.release import canary_replicas
 from infra.settings import ConfigError, parse_settings
+from infra.settings.release import canary_replicas
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.docs.pages import page
 from tests.infra.conftest import BEHIND_GATEWAY
@@ -30,8 +31,10 @@ from tests.infra.test_stacks import NEWEST, OLDEST
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = "operations/releases.md"  # the docs page whose `<!-- runbook: NAME -->` blocks are run here
 REPO = "ghcr.io/acme/clawbot"
-A, B, C, D = (f"{REPO}:{sha}@sha256:{digit * 64}" for sha, digit in (("aaa111", "a"), ("bbb222", "b"), ("ccc333", "c"),
-                                                                        ("ddd444", "d")))
+A, B, C, D = (
+    f"{REPO}:{sha}@sha256:{digit * 64}"
+    for sha, digit in (("aaa111", "a"), ("bbb222", "b"), ("ccc333", "c"), ("ddd444", "d"))
+)
 PROD = read_stack_config("prod")
 
 
@@ -57,13 +60,18 @@ def test_the_canary_is_a_second_deployment_of_the_new_image_behind_the_same_serv
     s = with_canary()
     stable, canary = s.one("Deployment", "clawbot").manifest, s.one("Deployment", "clawbot-canary").manifest
     assert image_of(s) == A and image_of(s, "clawbot-canary") == D
-    stable_pods, canary_pods = stable["spec"]["template"]["metadata"]["labels"], canary["spec"]["template"]["metadata"]["labels"]
+    stable_pods, canary_pods = (
+        stable["spec"]["template"]["metadata"]["labels"],
+        canary["spec"]["template"]["metadata"]["labels"],
+    )
     assert (stable_pods["track"], canary_pods["track"]) == ("stable", "canary")
     assert (stable_pods[VERSION_LABEL], canary_pods[VERSION_LABEL]) == ("aaa111", "ddd444")  # the commit tags CI pushes
     # One Service (and the metrics Service, the PDB, the firewall) selects both; each Deployment only its own pods.
-    for selector in (s.one("Service", "clawbot").manifest["spec"]["selector"],
-                     s.one("Service", "clawbot-metrics").manifest["spec"]["selector"],
-                     s.one("NetworkPolicy", "clawbot-chat-ingress").manifest["spec"]["podSelector"]["matchLabels"]):
+    for selector in (
+        s.one("Service", "clawbot").manifest["spec"]["selector"],
+        s.one("Service", "clawbot-metrics").manifest["spec"]["selector"],
+        s.one("NetworkPolicy", "clawbot-chat-ingress").manifest["spec"]["podSelector"]["matchLabels"],
+    ):
         assert selector.items() <= stable_pods.items() and selector.items() <= canary_pods.items()
     assert stable["spec"]["selector"]["matchLabels"] == {**CHAT_LABELS, "track": "stable"}
     assert canary["spec"]["selector"]["matchLabels"] == {**CHAT_LABELS, "track": "canary"}
@@ -89,12 +97,17 @@ def test_both_tracks_are_scraped_with_their_release_labels(prod: Synthesis) -> N
 def test_the_canary_share_follows_from_the_weight_and_is_reported_honestly() -> None:
     assert canary_replicas(10, 2) == 1 and canary_replicas(10, 9) == 1 and canary_replicas(10, 18) == 2
     assert canary_replicas(50, 2) == 2 and canary_replicas(25, 6) == 2 and canary_replicas(1, 1) == 1
-    s = synthesize("prod", overrides={**BEHIND_GATEWAY, "image": A, "gpuLimit": 14, "canary": {"image": D, "weight": 25}})
+    s = synthesize(
+        "prod", overrides={**BEHIND_GATEWAY, "image": A, "gpuLimit": 14, "canary": {"image": D, "weight": 25}}
+    )
     assert s.outputs["canary"] == {
-        "image": D, "version": "ddd444", "weightPercent": 25,
+        "image": D,
+        "version": "ddd444",
+        "weightPercent": 25,
         # Behind the Gateway the share is the route's weight; the canary gets pods for its part of the load at
         # maxReplicas: 25 x 10 / 75, three pods.
-        "replicas": 3, "splitBy": "HTTPRoute weight",
+        "replicas": 3,
+        "splitBy": "HTTPRoute weight",
         "shareOfRequestsPercent": {"atMinReplicas": 25.0, "atMaxReplicas": 25.0},
     }
     # Behind the Service the share is a count of pods: one canary pod beside nine stable ones is 10%.
@@ -110,7 +123,9 @@ def test_on_a_readwriteonce_volume_the_canary_runs_on_the_stable_pods_node() -> 
     (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["labelSelector"]["matchLabels"] == {**CHAT_LABELS, "track": "stable"}
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert "podAffinity" not in template(with_canary(), "clawbot-canary")["spec"].get("affinity", {})  # prod: EFS, any node
+    assert "podAffinity" not in template(with_canary(), "clawbot-canary")["spec"].get(
+        "affinity", {}
+    )  # prod: EFS, any node
 
 
 def test_a_canary_needs_gpus_of_its_own() -> None:
@@ -127,7 +142,10 @@ def test_a_canary_needs_gpus_of_its_own() -> None:
         ({"image": D, "weight": "half"}, "clawbot:canary.weight must be an integer between 1 and 50, got 'half'"),
         ({"image": D, "promote": True}, "clawbot:canary has unknown field(s) promote; allowed: image, weight"),
         ({"weight": 10}, "clawbot:canary.image must name the release to try"),
-        ({"image": "ghcr.io/Acme/clawbot:1"}, "clawbot:canary.image: 'ghcr.io/Acme/clawbot:1' is not an image reference"),
+        (
+            {"image": "ghcr.io/Acme/clawbot:1"},
+            "clawbot:canary.image: 'ghcr.io/Acme/clawbot:1' is not an image reference",
+        ),
         ({"image": f"{REPO}:latest"}, "clawbot:canary.image must pin a tag or digest in production"),
         ("ghcr.io/acme/clawbot:2", "clawbot:canary must be an object like {image: <ref>, weight: 10}"),
     ],
@@ -194,12 +212,17 @@ class Stack:
         shim = bin_dir / "pulumi"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.infra.fake_pulumi "$@"\n')
         shim.chmod(0o755)
-        self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-                    "FAKE_PULUMI_STATE": str(self.state)}
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT),
+            "FAKE_PULUMI_STATE": str(self.state),
+        }
 
     def run(self, command: str, **env: str) -> None:
-        done = subprocess.run(["bash", "-c", command], cwd=ROOT, env={**self.env, **env}, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
 
     @property
@@ -250,6 +273,7 @@ def test_stopping_a_canary_leaves_the_stable_set_as_it_was(tmp_path: Path) -> No
 def test_the_rollback_runbook_stops_when_there_is_nothing_to_go_back_to(tmp_path: Path) -> None:
     stack = Stack(tmp_path, "prod", {"image": A}, {})
     stack.run("pulumi up --yes")
-    done = subprocess.run(["bash", "-c", runbook("rollback")], cwd=ROOT, env=stack.env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", runbook("rollback")], cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0 and stack.image() == A

@@ -5,6 +5,7 @@ The program runs under mocks with its clock pinned (infra.secret_store reads `ti
 one's outputs as the stack reference to itself would; the service is a real `python -m app` process in production
 mode, reading the key file the program sealed and asking KMS (moto's server, a real local KMS) to unwrap its key.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,17 @@ START = 20_000 * DAY_S + 3 * 3600  # a Monday-ish moment well inside some period
 
 
 def up_at(monkeypatch: pytest.MonkeyPatch, now: float, last: dict[str, Any] | None, **config: Any) -> Synthesis:
-    monkeypatch.setattr(infra.components.secret_store, "time", SimpleNamespace(time=lambda: now, strftime=time.strftime, gmtime=time.gmtime))
+    monkeypatch.setattr(
+        infra.components.secret_store,
+        "time",
+        SimpleNamespace(time=lambda: now, strftime=time.strftime, gmtime=time.gmtime),
+    )
     return synthesize("prod", stack_outputs=last or {}, overrides=config)
 
 
-def test_weekly_runs_rotate_one_slot_per_period_and_the_old_key_stays_one_period(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weekly_runs_rotate_one_slot_per_period_and_the_old_key_stays_one_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     last = up_at(monkeypatch, START, None)
     seen = set(last.outputs["apiKeyIds"])
     rotations = 0
@@ -53,8 +60,9 @@ def test_weekly_runs_rotate_one_slot_per_period_and_the_old_key_stays_one_period
     assert rotations == 2  # 26 weeks = 182 days: two 90-day periods ended, one new key each
 
 
-def test_the_new_key_id_reaches_the_metrics_and_the_audit_log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                              aws_env: dict[str, str]) -> None:
+def test_the_new_key_id_reaches_the_metrics_and_the_audit_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, aws_env: dict[str, str]
+) -> None:
     # The rotating run is now, so the service's own clock finds the new key current and the old one not yet expired.
     now = time.time()
     arn = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
@@ -65,16 +73,20 @@ def test_the_new_key_id_reaches_the_metrics_and_the_audit_log(monkeypatch: pytes
     assert old_id == before.outputs["apiKeyIds"][0] and new_id not in before.outputs["apiKeyIds"]
     keys = tmp_path / "keys.json"
     keys.write_text(after.one("Secret", "clawbot-keys").manifest["stringData"]["keys.json"])
-    srv = start_server(tmp_path / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(keys), KEY_ENCRYPTION="kms",
-                       **aws_env)
+    srv = start_server(
+        tmp_path / "data", APP_ENV="production", DEV_API_KEY="", API_KEY_PATH=str(keys), KEY_ENCRYPTION="kms", **aws_env
+    )
     try:
         srv.wait_ready()
         with srv.client() as c:
             for key in (after.outputs["apiKey"], before.outputs["apiKey"]):  # the new key, and the old one, still valid
                 assert c.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
             assert c.post("/api/auth", json={"api_key": after.outputs["apiKey"]}).status_code == 200
-        series = {line.split(" ")[0]: float(line.split(" ")[1]) for line in srv.metrics().splitlines()
-                  if line.startswith("clawbot_key_requests_total{")}
+        series = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in srv.metrics().splitlines()
+            if line.startswith("clawbot_key_requests_total{")
+        }
         # ClawbotKeyAbuse sums this by key_id: the alert names the key that is new since the rotation.
         assert series[f'clawbot_key_requests_total{{key_id="{new_id}"}}'] == 2
         assert series[f'clawbot_key_requests_total{{key_id="{old_id}"}}'] == 1

@@ -1,4 +1,5 @@
 """Both stacks end to end: kubernetes-validate on the built-in kinds, CRD essentials, one namespace."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ CRD_KINDS = {"NodePool", "EC2NodeClass", "ServiceMonitor", "PrometheusRule", "Al
 
 @pytest.mark.parametrize("version", [OLDEST, NEWEST])
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_builtin_kinds_validate_strictly_at_the_oldest_and_newest_kubernetes(stack: str, version: str,
-                                                                            request: pytest.FixtureRequest) -> None:
+def test_builtin_kinds_validate_strictly_at_the_oldest_and_newest_kubernetes(
+    stack: str, version: str, request: pytest.FixtureRequest
+) -> None:
     s: Synthesis = request.getfixturevalue(stack)
     assert s.objects
     major, minor = parse_settings(s.config, stack=stack).kubernetes_version
@@ -61,7 +63,9 @@ def test_crd_objects_carry_their_essential_fields(prod: Synthesis) -> None:
     assert found["NodePool"]["apiVersion"] == "karpenter.sh/v1"
     assert {"template", "limits", "disruption"} <= set(found["NodePool"]["spec"])
     assert found["EC2NodeClass"]["apiVersion"] == "karpenter.k8s.aws/v1"
-    assert {"role", "amiSelectorTerms", "subnetSelectorTerms", "securityGroupSelectorTerms"} <= set(found["EC2NodeClass"]["spec"])
+    assert {"role", "amiSelectorTerms", "subnetSelectorTerms", "securityGroupSelectorTerms"} <= set(
+        found["EC2NodeClass"]["spec"]
+    )
     assert found["ServiceMonitor"]["apiVersion"] == found["PrometheusRule"]["apiVersion"] == "monitoring.coreos.com/v1"
     for rule in found["PrometheusRule"]["spec"]["groups"][0]["rules"]:
         assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule)

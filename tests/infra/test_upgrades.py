@@ -1,6 +1,7 @@
 """Upgrading a stack keeps its resources: every URN a stack held before infra/ was regrouped by topic is still a
 resource's URN or one of its aliases, so `pulumi up` moves nothing on the cluster (no delete and create of the data
 volume, the Deployments or the ServiceMonitor). The URNs are recorded in urns_before_regrouping.json."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import pytest
 
 from infra.tools.synth import Synthesis, synthesize
 
-RECORDED = {k: v for k, v in json.loads(Path(__file__).with_name("urns_before_regrouping.json").read_text()).items()
-            if not k.startswith("_")}
+RECORDED = {
+    k: v
+    for k, v in json.loads(Path(__file__).with_name("urns_before_regrouping.json").read_text()).items()
+    if not k.startswith("_")
+}
 # Resources a later change removes on purpose, by name, where the stack's config (key, value; None: any) asks for it;
 # docs/operations/ says what an upgrade does with each.
 REMOVED_ON_PURPOSE: dict[str, tuple[str, str | None]] = {
@@ -52,13 +56,19 @@ def test_moved_resources_answer_to_their_old_urn(prod: Synthesis) -> None:
     """The data claim moved under DataVolume and the ServiceMonitor from AlertRules to Monitoring; both alias back."""
     claim = next(r for r in prod.resources if r.name == "chat-data" and r.type.endswith("PersistentVolumeClaim"))
     assert "clawbot:infra:DataVolume$" in claim.options.urn
-    assert claim.options.aliases == ("urn:pulumi:prod::clawbot::clawbot:infra:ChatService$kubernetes:core/v1:PersistentVolumeClaim::chat-data",)
+    assert claim.options.aliases == (
+        "urn:pulumi:prod::clawbot::clawbot:infra:ChatService$kubernetes:core/v1:PersistentVolumeClaim::chat-data",
+    )
     monitor = next(r for r in prod.resources if r.type.endswith("ServiceMonitor"))
     assert monitor.options.aliases == (
-        "urn:pulumi:prod::clawbot::clawbot:infra:AlertRules$kubernetes:monitoring.coreos.com/v1:ServiceMonitor::alerts-servicemonitor",)
+        "urn:pulumi:prod::clawbot::clawbot:infra:AlertRules$kubernetes:monitoring.coreos.com/v1:ServiceMonitor::alerts-servicemonitor",
+    )
     assert claim.options.protect and claim.options.retain_on_delete  # still protected where it now sits
 
 
 def test_a_lost_urn_would_be_caught(prod: Synthesis) -> None:
     known = known_urns(prod)
-    assert "urn:pulumi:prod::clawbot::clawbot:infra:ChatService$kubernetes:core/v1:PersistentVolumeClaim::chat-gone" not in known
+    assert (
+        "urn:pulumi:prod::clawbot::clawbot:infra:ChatService$kubernetes:core/v1:PersistentVolumeClaim::chat-gone"
+        not in known
+    )

@@ -1,9 +1,11 @@
 """Puts policy/ on sys.path the way the Pulumi policy host does, and builds the args the engine would pass."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policy"
 if str(POLICY_DIR) not in sys.path:
@@ -46,16 +48,19 @@ def urn(kind: str, name: str) -> str:
     return f"urn:pulumi:dev::clawbot::{token_of(kind)}::{name}"
 
 
-def resource_args(kind: str, props: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                  name: str = "res") -> ResourceValidationArgs:
+def resource_args(
+    kind: str, props: Mapping[str, Any], config: Mapping[str, Any] | None = None, name: str = "res"
+) -> ResourceValidationArgs:
     """What the engine hands a resource policy: the props behind the SDK's unknown-checking proxy."""
-    return ResourceValidationArgs(token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name,
-                                  policy_options(), None, config)
+    return ResourceValidationArgs(
+        token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name, policy_options(), None, config
+    )
 
 
 def stack_resource(kind: str, props: Mapping[str, Any], name: str = "res") -> PolicyResource:
-    return PolicyResource(token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name, policy_options(),
-                          None, None, [], {})
+    return PolicyResource(
+        token_of(kind), unknown_checking_proxy(dict(props)), urn(kind, name), name, policy_options(), None, None, [], {}
+    )
 
 
 def stack_args(*resources: PolicyResource) -> StackValidationArgs:

@@ -1,4 +1,5 @@
 """Small Kubernetes objects for policy tests: a compliant chat Deployment and ways to break it."""
+
 from __future__ import annotations
 
 import copy
@@ -20,9 +21,13 @@ def container(**overrides: Any) -> dict[str, Any]:
     return c
 
 
-def deployment(*containers: dict[str, Any], labels: dict[str, str] | None = None,
-               pod_security: dict[str, Any] | None = None, tolerations: list[dict[str, Any]] | None = None,
-               init_containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def deployment(
+    *containers: dict[str, Any],
+    labels: dict[str, str] | None = None,
+    pod_security: dict[str, Any] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    init_containers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {"containers": list(containers) or [container()]}
     if pod_security is not None:
         pod_spec["securityContext"] = pod_security

@@ -1,4 +1,5 @@
 """no-public-ingress: a LoadBalancer or NetworkPolicy open to 0.0.0.0/0 or ::/0 stops the preview."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,10 @@ def lb_service(ranges: list[str] | None = None, annotations: dict[str, str] | No
 
 
 def netpol(*rules: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": "allow-chat", "namespace": "clawbot"},
-            "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": list(rules)}}
+    return {
+        "metadata": {"name": "allow-chat", "namespace": "clawbot"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": list(rules)},
+    }
 
 
 def port_rule(*peers: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """stack-has-prometheus-rule and stack-has-autoscaler: a stack without alerts or an HPA stops the preview."""
+
 from __future__ import annotations
 
 from guardrails.observability import has_autoscaler, has_prometheus_rule
@@ -6,11 +7,20 @@ from guardrails.observability import has_autoscaler, has_prometheus_rule
 from .conftest import Violations, stack_args, stack_resource
 from .objects import deployment
 
-RULE = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "clawbot"},
-        "spec": {"groups": []}}
-HPA = {"metadata": {"name": "clawbot"},
-       "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "clawbot"},
-                "minReplicas": 2, "maxReplicas": 10}}
+RULE = {
+    "apiVersion": "monitoring.coreos.com/v1",
+    "kind": "PrometheusRule",
+    "metadata": {"name": "clawbot"},
+    "spec": {"groups": []},
+}
+HPA = {
+    "metadata": {"name": "clawbot"},
+    "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "clawbot"},
+        "minReplicas": 2,
+        "maxReplicas": 10,
+    },
+}
 
 
 def run_both(*kinds_and_props: tuple[str, dict]) -> tuple[Violations, Violations]:
@@ -22,7 +32,10 @@ def run_both(*kinds_and_props: tuple[str, dict]) -> tuple[Violations, Violations
 
 
 def test_stack_with_rule_and_hpa_passes() -> None:
-    assert run_both(("Deployment", deployment()), ("PrometheusRule", RULE), ("HorizontalPodAutoscaler", HPA)) == ([], [])
+    assert run_both(("Deployment", deployment()), ("PrometheusRule", RULE), ("HorizontalPodAutoscaler", HPA)) == (
+        [],
+        [],
+    )
 
 
 def test_stack_without_prometheus_rule_fails() -> None:

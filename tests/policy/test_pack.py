@@ -1,4 +1,5 @@
 """The pack as the Pulumi CLI loads it: every policy mandatory, uniquely named, and the manifest valid."""
+
 from __future__ import annotations
 
 import yaml
@@ -16,13 +17,25 @@ def test_every_policy_is_mandatory_and_uniquely_named() -> None:
 
 def test_pack_covers_each_guardrail_of_the_issue() -> None:
     names = {p.name for p in POLICIES}
-    assert {"no-public-ingress", "containers-run-as-non-root", "containers-unprivileged", "containers-have-limits",
-            "gpu-pods-tolerate-and-limit", "chat-deployment-has-readiness-probe",
-            "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler",
-            "production-endpoint-uses-tls"} <= names
+    assert {
+        "no-public-ingress",
+        "containers-run-as-non-root",
+        "containers-unprivileged",
+        "containers-have-limits",
+        "gpu-pods-tolerate-and-limit",
+        "chat-deployment-has-readiness-probe",
+        "no-secret-values-in-plain-config",
+        "stack-has-prometheus-rule",
+        "stack-has-autoscaler",
+        "production-endpoint-uses-tls",
+    } <= names
     assert {p.name for p in POLICIES if isinstance(p, StackValidationPolicy)} == {
-        "no-secret-values-in-plain-config", "stack-has-prometheus-rule", "stack-has-autoscaler", "production-endpoint-uses-tls",
-        "canary-weight-within-ceiling"}
+        "no-secret-values-in-plain-config",
+        "stack-has-prometheus-rule",
+        "stack-has-autoscaler",
+        "production-endpoint-uses-tls",
+        "canary-weight-within-ceiling",
+    }
 
 
 def test_pulumi_policy_manifest_and_requirements() -> None:
@@ -40,8 +53,9 @@ def test_pack_starts_as_the_policy_host_runs_it() -> None:
     import sys
 
     code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(POLICY_DIR)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(POLICY_DIR)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         first_line = proc.stdout.readline().strip()

@@ -1,5 +1,6 @@
 """canary-weight-within-ceiling: every canary, one pod or many, is served the share it asked for (within 2 points) and no
 more of the requests than the stack's ceiling (prod: 25%)."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from guardrails.releases import CANARY_WEIGHT_ANNOTATION, TRACK_LABEL, canary_weight
+from pulumi_policy import StackValidationArgs
+
 from infra.contract import CANARY_WEIGHT_ANNOTATION as INFRA_WEIGHT_ANNOTATION
 from infra.contract import TRACK_LABEL as INFRA_TRACK_LABEL
 from infra.tools.synth import synthesize
-from pulumi_policy import StackValidationArgs
-
 from tests.infra.conftest import BEHIND_GATEWAY
 
 from .conftest import Violations, stack_resource
@@ -23,8 +24,9 @@ NEW = "ghcr.io/clawbot/clawbot:0.2.0@sha256:" + "b" * 64
 
 
 def check(objects: list[tuple[str, dict[str, Any]]], config: dict[str, Any] | None = None) -> list[str]:
-    args = StackValidationArgs([stack_resource(kind, props, name=f"r{i}") for i, (kind, props) in enumerate(objects)],
-                               dict(config or {}))
+    args = StackValidationArgs(
+        [stack_resource(kind, props, name=f"r{i}") for i, (kind, props) in enumerate(objects)], dict(config or {})
+    )
     v = Violations()
     canary_weight.validate(args, v)
     return v.messages
@@ -60,17 +62,21 @@ def test_prod_takes_a_default_canary_and_refuses_one_above_its_ceiling() -> None
 
 def test_a_canary_is_held_to_the_share_its_pods_get_at_every_stable_count() -> None:
     stable = track(deployment(), "clawbot", "stable", 4)
-    hpa = {"metadata": {"name": "clawbot"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "clawbot"},
-                                                     "minReplicas": 4, "maxReplicas": 20}}
+    hpa = {
+        "metadata": {"name": "clawbot"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "clawbot"}, "minReplicas": 4, "maxReplicas": 20},
+    }
     canary = track(deployment(), "clawbot-canary", "canary", 3, weight=20)
-    above, off = check([("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)],
-                       {"maxWeightPercent": 25})
+    above, off = check(
+        [("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)], {"maxWeightPercent": 25}
+    )
     assert "3 pods beside 4..20 stable pods take 43% to 13% of the requests, above this stack's ceiling of 25%" in above
     assert "asks for 20% but 3 pods beside 4..20 stable pods take 43% to 13%" in off and "more than 2 points off" in off
     # One pod is held to the same rule: 20% at four stable pods, 5% at twenty.
     canary["spec"]["replicas"] = 1
-    (off,) = check([("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)],
-                   {"maxWeightPercent": 25})
+    (off,) = check(
+        [("Deployment", stable), ("HorizontalPodAutoscaler", hpa), ("Deployment", canary)], {"maxWeightPercent": 25}
+    )
     assert "asks for 20% but 1 pod beside 4..20 stable pods take 20% to 5%" in off
     # Without the HPA the count is fixed: one pod beside four is the 20% asked.
     assert check([("Deployment", stable), ("Deployment", canary)], {"maxWeightPercent": 25}) == []
@@ -79,14 +85,26 @@ def test_a_canary_is_held_to_the_share_its_pods_get_at_every_stable_count() -> N
 def test_a_canary_behind_an_http_route_is_held_to_the_routes_weights() -> None:
     stable = track(deployment(), "clawbot", "stable", 2)
     canary = track(deployment(), "clawbot-canary", "canary", 1, weight=10)
-    services = [("Service", {"metadata": {"name": f"clawbot-{t}"}, "spec": {"selector": {"app.kubernetes.io/name": "clawbot", "track": t}}})
-                for t in ("stable", "canary")]
+    services = [
+        (
+            "Service",
+            {
+                "metadata": {"name": f"clawbot-{t}"},
+                "spec": {"selector": {"app.kubernetes.io/name": "clawbot", "track": t}},
+            },
+        )
+        for t in ("stable", "canary")
+    ]
 
     def route(canary_weight: int) -> tuple[str, dict[str, Any]]:
-        refs = [{"name": "clawbot-stable", "port": 18789, "weight": 100 - canary_weight},
-                {"name": "clawbot-canary", "port": 18789, "weight": canary_weight}]
-        return ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
-                {"metadata": {"name": "clawbot"}, "spec": {"rules": [{"backendRefs": refs}]}})
+        refs = [
+            {"name": "clawbot-stable", "port": 18789, "weight": 100 - canary_weight},
+            {"name": "clawbot-canary", "port": 18789, "weight": canary_weight},
+        ]
+        return (
+            "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
+            {"metadata": {"name": "clawbot"}, "spec": {"rules": [{"backendRefs": refs}]}},
+        )
 
     objects = [("Deployment", stable), ("Deployment", canary), *services]
     assert check([*objects, route(10)]) == []  # 10% routed, whatever the pod counts say (1 of 3 pods)

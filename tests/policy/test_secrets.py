@@ -1,4 +1,5 @@
 """no-secret-values-in-plain-config: a Secret's value copied into a ConfigMap or env literal stops the preview."""
+
 from __future__ import annotations
 
 import base64
@@ -33,13 +34,18 @@ def run(*resources: Any) -> Violations:
 
 
 def test_secret_referenced_by_name_only_passes() -> None:
-    env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "model-hub", "key": "token"}}},
-           {"name": "MAX_TOKENS", "value": "2048"}]
-    assert run(
-        stack_resource("Secret", secret({"token": TOKEN})),
-        stack_resource("ConfigMap", config_map({"MODEL_PATH": "/app/data/models/x", "QUANTIZATION": "nf4"})),
-        stack_resource("Deployment", deployment(container(env=env))),
-    ) == []
+    env = [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "model-hub", "key": "token"}}},
+        {"name": "MAX_TOKENS", "value": "2048"},
+    ]
+    assert (
+        run(
+            stack_resource("Secret", secret({"token": TOKEN})),
+            stack_resource("ConfigMap", config_map({"MODEL_PATH": "/app/data/models/x", "QUANTIZATION": "nf4"})),
+            stack_resource("Deployment", deployment(container(env=env))),
+        )
+        == []
+    )
 
 
 def test_secret_value_in_config_map_fails_without_echoing_the_value() -> None:
@@ -54,25 +60,35 @@ def test_secret_value_in_config_map_fails_without_echoing_the_value() -> None:
 
 def test_base64_data_is_decoded_before_comparing() -> None:
     encoded = base64.b64encode(TOKEN.encode()).decode()
-    v = run(stack_resource("Secret", secret(data={"token": encoded})),
-            stack_resource("ConfigMap", config_map({"token": TOKEN})))
+    v = run(
+        stack_resource("Secret", secret(data={"token": encoded})),
+        stack_resource("ConfigMap", config_map({"token": TOKEN})),
+    )
     assert len(v) == 1
 
 
 def test_secret_value_as_env_literal_fails() -> None:
     env = [{"name": "HF_TOKEN", "value": TOKEN}]
-    v = run(stack_resource("Secret", secret({"token": TOKEN})),
-            stack_resource("Deployment", deployment(container(env=env))))
+    v = run(
+        stack_resource("Secret", secret({"token": TOKEN})), stack_resource("Deployment", deployment(container(env=env)))
+    )
     assert len(v) == 1 and "env 'HF_TOKEN'" in v.messages[0] and "'chat'" in v.messages[0]
 
 
 def test_short_values_are_not_compared() -> None:
     # "true" in a Secret would otherwise match every boolean in every ConfigMap.
-    assert run(stack_resource("Secret", secret({"enabled": "true"})),
-               stack_resource("ConfigMap", config_map({"FEATURE": "true"}))) == []
+    assert (
+        run(
+            stack_resource("Secret", secret({"enabled": "true"})),
+            stack_resource("ConfigMap", config_map({"FEATURE": "true"})),
+        )
+        == []
+    )
 
 
 def test_unknown_values_during_preview_are_skipped_not_fatal() -> None:
-    v = run(stack_resource("Secret", secret({"generated": UNKNOWN_STRING_VALUE, "token": TOKEN})),
-            stack_resource("ConfigMap", config_map({"a": UNKNOWN_STRING_VALUE, "b": TOKEN})))
+    v = run(
+        stack_resource("Secret", secret({"generated": UNKNOWN_STRING_VALUE, "token": TOKEN})),
+        stack_resource("ConfigMap", config_map({"a": UNKNOWN_STRING_VALUE, "b": TOKEN})),
+    )
     assert len(v) == 1 and "'b'" in v.messages[0]

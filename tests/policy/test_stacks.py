@@ -1,4 +1,5 @@
 """The real stacks under the pack: what `pulumi preview --policy-pack policy` would say about dev and prod."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ from typing import Any
 
 import pytest
 from guardrails import POLICIES
-from infra.tools.synth import synthesize
 from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
+from infra.tools.synth import synthesize
 from tests.infra.conftest import BEHIND_GATEWAY, NEXT_IMAGE
 
 from .conftest import Violations, resource_args, stack_args, stack_resource
@@ -47,7 +48,9 @@ def type_token(api_version: str, kind: str) -> str:
 
 def test_type_token_matches_pulumi_kubernetes() -> None:
     assert type_token("v1", "Service") == "kubernetes:core/v1:Service"
-    assert type_token("monitoring.coreos.com/v1", "PrometheusRule") == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+    assert (
+        type_token("monitoring.coreos.com/v1", "PrometheusRule") == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+    )
 
 
 # prod behind a Gateway with a 10% canary (issue 21): the HTTPRoute carries the TLS listener and the canary's share.

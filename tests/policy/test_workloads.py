@@ -1,4 +1,5 @@
 """Container policies: non-root, unprivileged, bounded, GPU pods schedulable, chat pods probed."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +18,12 @@ from .conftest import Violations, resource_args
 from .objects import container, deployment, without
 
 
-def check(policy: ResourceValidationPolicy, props: dict[str, Any], kind: str = "Deployment",
-          config: dict[str, Any] | None = None) -> Violations:
+def check(
+    policy: ResourceValidationPolicy,
+    props: dict[str, Any],
+    kind: str = "Deployment",
+    config: dict[str, Any] | None = None,
+) -> Violations:
     v = Violations()
     policy.validate(resource_args(kind, props, config), v)
     return v
@@ -33,6 +38,7 @@ def test_compliant_chat_deployment_passes_every_workload_policy(policy: Resource
 
 
 # --- non-root -------------------------------------------------------------------------------------------
+
 
 def test_container_without_run_as_non_root_fails() -> None:
     c = container(securityContext={"allowPrivilegeEscalation": False})
@@ -64,16 +70,17 @@ def test_init_containers_are_checked_too() -> None:
 
 def test_cron_job_pods_are_checked() -> None:
     pod = {"containers": [container(name="rotate", securityContext={})]}
-    cron = {"metadata": {"name": "rotate-keys"},
-            "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": pod}}}}}
+    cron = {
+        "metadata": {"name": "rotate-keys"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": pod}}}},
+    }
     v = check(non_root_containers, cron, kind="CronJob")
     assert len(v) == 1 and "CronJob rotate-keys" in v.messages[0]
 
 
 def device_plugin(name: str = "nvidia-device-plugin") -> dict[str, Any]:
     c = container(name="nvidia-device-plugin", securityContext={"allowPrivilegeEscalation": False})
-    return {"metadata": {"name": name, "namespace": "kube-system"},
-            "spec": {"template": {"spec": {"containers": [c]}}}}
+    return {"metadata": {"name": name, "namespace": "kube-system"}, "spec": {"template": {"spec": {"containers": [c]}}}}
 
 
 def test_only_the_listed_device_plugin_may_run_as_root() -> None:
@@ -87,6 +94,7 @@ def test_only_the_listed_device_plugin_may_run_as_root() -> None:
 
 
 # --- unprivileged ---------------------------------------------------------------------------------------
+
 
 def test_privileged_container_fails() -> None:
     c = container(securityContext={"runAsNonRoot": True, "privileged": True, "allowPrivilegeEscalation": False})
@@ -102,6 +110,7 @@ def test_privilege_escalation_must_be_explicitly_off() -> None:
 
 
 # --- limits ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("missing", ["cpu", "memory"])
 def test_missing_cpu_or_memory_limit_fails_naming_it(missing: str) -> None:
@@ -172,6 +181,7 @@ def test_cpu_pod_needs_no_gpu_toleration() -> None:
 
 
 # --- readiness ------------------------------------------------------------------------------------------
+
 
 def test_chat_deployment_without_readiness_probe_fails() -> None:
     v = check(chat_readiness, deployment(without(container(), "readinessProbe")))

@@ -1,4 +1,5 @@
 """checkov over the manifests both stacks would apply: any failed check not in checkov-skips.yaml fails the build."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -21,9 +22,20 @@ SKIP_FILE = Path(__file__).with_name("checkov-skips.yaml")
 STACKS = ("dev", "prod")
 # Scanned in the same checkov run as the stacks: proof that the scan as configured catches a privileged root pod.
 CANARY = "canary"
-CANARY_POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad", "namespace": "clawbot"},
-              "spec": {"containers": [{"name": "c", "image": "busybox@sha256:" + "0" * 64,
-                                       "securityContext": {"privileged": True, "runAsUser": 0}}]}}
+CANARY_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "bad", "namespace": "clawbot"},
+    "spec": {
+        "containers": [
+            {
+                "name": "c",
+                "image": "busybox@sha256:" + "0" * 64,
+                "securityContext": {"privileged": True, "runAsUser": 0},
+            }
+        ]
+    },
+}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ uploads, or a Content-Length that lies) the body is read up to the cap before th
 and replayed to it; one byte more and the request is refused. Buffering the capped body
 first means the app never sees a half-read request, and the cap bounds the memory used.
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ contract's shape, is counted in `clawbot_auth_failures{reason}` and written to t
 Kubernetes probes come from the kubelet on the node's address, which is not a client CIDR, so the API
 listener exempts exactly the probe paths (`PROBE_PATHS`); they answer "ok"/"ready" and nothing else.
 """
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,7 +22,9 @@ PROBE_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz"})
 
 
 class NetworkRulesMiddleware:
-    def __init__(self, app: ASGIApp, rules: NetRules, metrics: Metrics, exempt_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, app: ASGIApp, rules: NetRules, metrics: Metrics, exempt_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.rules = rules
         self.metrics = metrics

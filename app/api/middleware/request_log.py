@@ -4,6 +4,7 @@ A client that disconnects before its response is complete is recorded with statu
 "client closed request"), whether a handler noticed and raised ClientDisconnected or a stream
 was cut off mid-way: it is the client's doing, so it never counts as a 5xx.
 """
+
 from __future__ import annotations
 
 import logging

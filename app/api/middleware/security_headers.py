@@ -8,6 +8,7 @@ would leave them blank. Rather than weaken the console's policy for everyone, th
 their own, named policy that allows exactly that CDN and inline bootstrap; they hold no
 credentials of their own and can still not be framed.
 """
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

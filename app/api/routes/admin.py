@@ -1,4 +1,5 @@
 """Admin API (needs the `admin` scope): the conversation store, paged and exported as NDJSON, and the API keys' metadata."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.auth import Caller, access_of
-from app.storage.stores import Storage
 from app.storage.conversations import MAX_PAGE_SIZE
+from app.storage.stores import Storage
 
 # Left out of the public OpenAPI schema: docs/api/index.md documents the admin API for operators.
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)

@@ -3,12 +3,13 @@
 The figures come from the same registry `/metrics` exports, so the console and the dashboards never
 disagree. They are per replica and since process start; fleet-wide figures belong to Prometheus.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from collections import defaultdict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request
 from prometheus_client.metrics import MetricWrapperBase
@@ -69,9 +70,7 @@ def _samples(metric: MetricWrapperBase, suffix: str) -> Iterator[Sample]:
 
 
 def _total(metric: MetricWrapperBase, suffix: str = "_total", **labels: str) -> float:
-    return sum(
-        s.value for s in _samples(metric, suffix) if all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return sum(s.value for s in _samples(metric, suffix) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:

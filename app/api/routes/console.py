@@ -1,4 +1,5 @@
 """The web console: `/` serves its page, `/console/<asset>` its script and stylesheet, from app/console/."""
+
 from __future__ import annotations
 
 from pathlib import Path

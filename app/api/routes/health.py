@@ -3,6 +3,7 @@
 /healthz fails only when the engine's worker has died: that state never heals, so Kubernetes
 should restart the pod. Load never fails it (a busy replica is alive, just not fast).
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -19,12 +20,17 @@ def _engine_failure(request: Request) -> str | None:
     return None if engine is None else engine.failure
 
 
-@router.get("/healthz", response_model=Health, summary="Process is alive and its engine works (never fails because of load)")
+@router.get(
+    "/healthz", response_model=Health, summary="Process is alive and its engine works (never fails because of load)"
+)
 async def healthz(request: Request) -> Health | JSONResponse:
     if _engine_failure(request) is not None:
         # The cause is in the log (and clawbot_engine_failures_total); the probe only needs the verdict.
-        return JSONResponse(error_body(503, "engine_failed", "the generation engine failed; restart this replica"),
-                            status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            error_body(503, "engine_failed", "the generation engine failed; restart this replica"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
     return Health(status="ok")
 
 

@@ -2,6 +2,7 @@
 
 The route parses the body and formats the answer; the serving layer (app.api.serving) runs the request.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,21 @@ from app.api.deps import JsonBody, Runner
 from app.api.errors import ApiError, error_body
 from app.api.openapi import event_stream
 from app.api.schemas import (
-    AssistantMessage, ChatCompletion, ChatCompletionChoice, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice,
-    ChunkDelta, ErrorResponse, FunctionCallDelta, FunctionCallOut, ModelCard, ModelList, ToolCallDelta, ToolCallOut, Usage,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    ChunkDelta,
+    ErrorResponse,
+    FunctionCallDelta,
+    FunctionCallOut,
+    ModelCard,
+    ModelList,
+    ToolCallDelta,
+    ToolCallOut,
+    Usage,
 )
 from app.api.serving import ChatJob, ChatResult, OutputRequest
 from app.api.tools import Delta
@@ -25,12 +39,18 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 EVENT_STREAM = event_stream(
     "With `stream: true`: server-sent events, each `data:` a ChatCompletionChunk (or, after a failure, an error in "
     "the error shape), ending with `data: [DONE]`",
-    ChatCompletionChunk.__name__, ErrorResponse.__name__, done=True,
+    ChatCompletionChunk.__name__,
+    ErrorResponse.__name__,
+    done=True,
 )
 
 
-@router.get("/models", response_model=ModelList, response_model_exclude_unset=True,
-            summary="The served model, with its context window")
+@router.get(
+    "/models",
+    response_model=ModelList,
+    response_model_exclude_unset=True,
+    summary="The served model, with its context window",
+)
 async def models(request: Request, principal: Caller) -> ModelList:
     state = request.app.state
     window = state.model.context_window if state.model is not None else None
@@ -39,22 +59,34 @@ async def models(request: Request, principal: Caller) -> ModelList:
     return ModelList(object="list", data=[card])
 
 
-@router.post("/chat/completions", dependencies=[JsonBody], response_model=ChatCompletion,
-             response_model_exclude_unset=True, responses={200: EVENT_STREAM},
-             summary="Chat completion, optionally streamed as SSE")
+@router.post(
+    "/chat/completions",
+    dependencies=[JsonBody],
+    response_model=ChatCompletion,
+    response_model_exclude_unset=True,
+    responses={200: EVENT_STREAM},
+    summary="Chat completion, optionally streamed as SSE",
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, response: Response, principal: Caller, runner: Runner
 ) -> Any:
     runner.check_model(body.model)
     output = OutputRequest(
         tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
-        tool_choice=body.tool_choice if isinstance(body.tool_choice, (str, type(None))) else body.tool_choice.model_dump(),
+        tool_choice=body.tool_choice
+        if isinstance(body.tool_choice, (str, type(None)))
+        else body.tool_choice.model_dump(),
         parallel_tool_calls=body.parallel_tool_calls,
         json_schema=body.response_format.output_schema() if body.response_format else None,
     )
     job = await runner.prepare(
-        "/v1/chat/completions", principal, body.messages, body, max_tokens=body.requested_max_tokens(),
-        ignore_eos=body.ignore_eos, output=output,
+        "/v1/chat/completions",
+        principal,
+        body.messages,
+        body,
+        max_tokens=body.requested_max_tokens(),
+        ignore_eos=body.ignore_eos,
+        output=output,
     )
     created = int(time.time())
     if body.stream:
@@ -66,7 +98,10 @@ async def chat_completions(
     if result.parsed.calls:
         message.tool_calls = [tool_call(c.id, c.name, c.arguments) for c in result.parsed.calls]
     return ChatCompletion(
-        id=job.request_id, object="chat.completion", created=created, model=runner.model_name,
+        id=job.request_id,
+        object="chat.completion",
+        created=created,
+        model=runner.model_name,
         choices=[ChatCompletionChoice(index=0, message=message, finish_reason=result.finish_reason)],  # type: ignore[arg-type]
         usage=usage_of(result),
     )
@@ -102,8 +137,13 @@ class ChatChunks:
         self.job, self.model, self.created, self.include_usage = job, model, created, include_usage
 
     def chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-        out = ChatCompletionChunk(id=self.job.request_id, object="chat.completion.chunk", created=self.created,
-                                  model=self.model, choices=choices)
+        out = ChatCompletionChunk(
+            id=self.job.request_id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=choices,
+        )
         if self.include_usage:
             out.usage = usage
         return sse_event(out.model_dump(mode="json", exclude_unset=True))

@@ -5,6 +5,7 @@ items as an assistant's tool calls and tool results), so tools, structured outpu
 exactly as on /v1/chat/completions. Nothing is stored: `store` is always false, `previous_response_id` is refused,
 and the exchange goes only to the conversation log every route writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ from app.api.deps import JsonBody, Runner
 from app.api.errors import ApiError
 from app.api.openapi import event_stream
 from app.api.schemas import (
-    ChatMessage, FunctionCallItem, GenerationFields, MessageItem, OutputText, ResponseError, ResponseObject,
-    ResponsesRequest, ResponseUsage,
+    ChatMessage,
+    FunctionCallItem,
+    GenerationFields,
+    MessageItem,
+    OutputText,
+    ResponseError,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
 )
 from app.api.schemas.responses_events import ResponseStreamEvent
 from app.api.schemas.responses_response import IncompleteDetails, InputTokensDetails, OutputTokensDetails
@@ -52,7 +60,8 @@ def _text(where: str, content: Any, model: str) -> str:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_image", "input_file", "input_audio"):
             raise ApiError(
-                400, "unsupported_content",
+                400,
+                "unsupported_content",
                 f"{where}.content[{j}] is an {kind!r} part, but the model {model!r} is text-only; send input_text parts only",
             )
         if kind not in TEXT_PARTS or not isinstance(part.get("text"), str):
@@ -72,18 +81,28 @@ def _messages(body: ResponsesRequest, model: str) -> list[ChatMessage]:
         if kind == "message":
             raw.append({"role": item.get("role"), "content": _text(where, item.get("content"), model)})
         elif kind == "function_call":
-            call = {"id": item.get("call_id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
+            }
             last = raw[-1] if raw else None
             if last is not None and last["role"] == "assistant" and "tool_call_id" not in last:
                 last.setdefault("tool_calls", []).append(call)  # parallel calls (and the text before them) are one turn
             else:
                 raw.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            raw.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _text(where, item.get("output"), model)})
+            raw.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item.get("call_id"),
+                    "content": _text(where, item.get("output"), model),
+                }
+            )
         elif kind != "reasoning":  # reasoning items carry nothing this model can use
             raise ApiError(
-                400, "invalid_input",
+                400,
+                "invalid_input",
                 f"{where} has type {kind!r}; served item types: message, function_call, function_call_output",
             )
     try:
@@ -91,7 +110,9 @@ def _messages(body: ResponsesRequest, model: str) -> list[ChatMessage]:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(400, "invalid_input", f"input: {field + ': ' if field else ''}{first.get('msg', 'invalid item')}") from None
+        raise ApiError(
+            400, "invalid_input", f"input: {field + ': ' if field else ''}{first.get('msg', 'invalid item')}"
+        ) from None
 
 
 def _output_request(body: ResponsesRequest) -> OutputRequest:
@@ -99,7 +120,9 @@ def _output_request(body: ResponsesRequest) -> OutputRequest:
     for i, tool in enumerate(body.tools or ()):
         if tool.type != "function" or not tool.name:
             raise ApiError(
-                400, "unsupported_tool", f"tools[{i}] has type {tool.type!r}; only function tools with a name are served here"
+                400,
+                "unsupported_tool",
+                f"tools[{i}] has type {tool.type!r}; only function tools with a name are served here",
             )
         function = {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
         tools.append({"type": "function", "function": {k: v for k, v in function.items() if v is not None}})
@@ -114,24 +137,37 @@ def _output_request(body: ResponsesRequest) -> OutputRequest:
         if text_format.schema_ is None:
             raise ApiError(400, "invalid_request", "text.format of type 'json_schema' needs a schema")
         schema = text_format.schema_
-    return OutputRequest(tools=tools, tool_choice=choice, parallel_tool_calls=body.parallel_tool_calls, json_schema=schema)
+    return OutputRequest(
+        tools=tools, tool_choice=choice, parallel_tool_calls=body.parallel_tool_calls, json_schema=schema
+    )
 
 
-@router.post("/responses", dependencies=[JsonBody], response_model=ResponseObject, response_model_exclude_unset=True,
-             responses={200: EVENT_STREAM}, summary="Responses API (text and function tools), optionally streamed")
+@router.post(
+    "/responses",
+    dependencies=[JsonBody],
+    response_model=ResponseObject,
+    response_model_exclude_unset=True,
+    responses={200: EVENT_STREAM},
+    summary="Responses API (text and function tools), optionally streamed",
+)
 async def create_response(
     body: ResponsesRequest, request: Request, response: Response, principal: Caller, runner: Runner
 ) -> Any:
     runner.check_model(body.model)
     if body.previous_response_id:
         raise ApiError(
-            400, "unsupported_parameter",
+            400,
+            "unsupported_parameter",
             "previous_response_id is not supported: responses are never stored here; send the whole conversation in input",
         )
     job = await runner.prepare(
-        "/v1/responses", principal, _messages(body, runner.model_name),
+        "/v1/responses",
+        principal,
+        _messages(body, runner.model_name),
         GenerationFields(temperature=body.temperature, top_p=body.top_p),
-        max_tokens=body.max_output_tokens, request_id=_new_id("resp"), output=_output_request(body),
+        max_tokens=body.max_output_tokens,
+        request_id=_new_id("resp"),
+        output=_output_request(body),
     )
     shape = ResponseShape(body, job, runner.model_name)
     if body.stream:
@@ -150,21 +186,37 @@ class ResponseShape:
     model: str
     created_at: int = field(default_factory=lambda: int(time.time()))
 
-    def response(self, status: str, output: list[MessageItem | FunctionCallItem], result: ChatResult | None = None,
-                 error: ResponseError | None = None) -> ResponseObject:
+    def response(
+        self,
+        status: str,
+        output: list[MessageItem | FunctionCallItem],
+        result: ChatResult | None = None,
+        error: ResponseError | None = None,
+    ) -> ResponseObject:
         body = self.body
         text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text else {"type": "text"}
         choice = body.tool_choice
         tool_choice = choice.model_dump() if choice is not None and not isinstance(choice, str) else (choice or "auto")
         return ResponseObject(
-            id=self.job.request_id, object="response", created_at=self.created_at, status=status,  # type: ignore[arg-type]
+            id=self.job.request_id,
+            object="response",
+            created_at=self.created_at,
+            status=status,  # type: ignore[arg-type]
             error=error,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
-            instructions=body.instructions, max_output_tokens=self.job.max_tokens, model=self.model,
-            output=output, parallel_tool_calls=self.job.plan.parallel, previous_response_id=None,
-            store=False, temperature=self.job.params.temperature, top_p=self.job.params.top_p,
-            text={"format": text_format}, tool_choice=tool_choice,
-            tools=[t.model_dump(exclude_none=True) for t in body.tools or ()], truncation="disabled",
+            instructions=body.instructions,
+            max_output_tokens=self.job.max_tokens,
+            model=self.model,
+            output=output,
+            parallel_tool_calls=self.job.plan.parallel,
+            previous_response_id=None,
+            store=False,
+            temperature=self.job.params.temperature,
+            top_p=self.job.params.top_p,
+            text={"format": text_format},
+            tool_choice=tool_choice,
+            tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
+            truncation="disabled",
             metadata=body.metadata or {},
             usage=None if result is None else usage_of(result),
         )
@@ -187,7 +239,8 @@ def usage_of(result: ChatResult) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=answer.prompt_tokens,
         input_tokens_details=InputTokensDetails(cached_tokens=answer.cached_tokens, cache_write_tokens=0),
-        output_tokens=answer.completion_tokens, output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        output_tokens=answer.completion_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
         total_tokens=answer.prompt_tokens + answer.completion_tokens,
     )
 
@@ -202,8 +255,9 @@ def message_item(item_id: str, text: str | None, status: str) -> MessageItem:
 
 
 def call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> FunctionCallItem:
-    return FunctionCallItem(type="function_call", id=item_id, call_id=call.id, name=call.name, arguments=arguments,
-                            status=status)  # type: ignore[arg-type]
+    return FunctionCallItem(
+        type="function_call", id=item_id, call_id=call.id, name=call.name, arguments=arguments, status=status
+    )  # type: ignore[arg-type]
 
 
 def dumped(model: Any) -> dict[str, Any]:
@@ -233,8 +287,10 @@ class ResponseEvents:
         return len(self.output) - 1
 
     def start(self) -> list[str]:
-        return [self.event(kind, response=dumped(self.shape.response("in_progress", [])))
-                for kind in ("response.created", "response.in_progress")]
+        return [
+            self.event(kind, response=dumped(self.shape.response("in_progress", [])))
+            for kind in ("response.created", "response.in_progress")
+        ]
 
     def piece(self, piece: Delta) -> list[str]:
         events = []
@@ -244,12 +300,26 @@ class ResponseEvents:
         item = self.output[-1]
         if piece.call_index is None and piece.text:
             self.text += piece.text
-            events.append(self.event("response.output_text.delta", item_id=item.id, output_index=self.index,
-                                     content_index=0, delta=piece.text, logprobs=[]))
+            events.append(
+                self.event(
+                    "response.output_text.delta",
+                    item_id=item.id,
+                    output_index=self.index,
+                    content_index=0,
+                    delta=piece.text,
+                    logprobs=[],
+                )
+            )
         elif piece.call_index is not None and piece.arguments:
             self.arguments += piece.arguments
-            events.append(self.event("response.function_call_arguments.delta", item_id=item.id,
-                                     output_index=self.index, delta=piece.arguments))
+            events.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item.id,
+                    output_index=self.index,
+                    delta=piece.arguments,
+                )
+            )
         return events
 
     def open(self, piece: Delta) -> list[str]:
@@ -262,8 +332,13 @@ class ResponseEvents:
         item_id = self.output[-1].id
         return [
             self.event("response.output_item.added", output_index=self.index, item=dumped(self.output[-1])),
-            self.event("response.content_part.added", item_id=item_id, output_index=self.index, content_index=0,
-                       part=dumped(output_text(""))),
+            self.event(
+                "response.content_part.added",
+                item_id=item_id,
+                output_index=self.index,
+                content_index=0,
+                part=dumped(output_text("")),
+            ),
         ]
 
     def end_of_output(self) -> list[str]:
@@ -274,15 +349,33 @@ class ResponseEvents:
         if isinstance(item, MessageItem):
             part = output_text(self.text)
             events += [
-                self.event("response.output_text.done", item_id=item.id, output_index=self.index, content_index=0,
-                           text=self.text, logprobs=[]),
-                self.event("response.content_part.done", item_id=item.id, output_index=self.index, content_index=0,
-                           part=dumped(part)),
+                self.event(
+                    "response.output_text.done",
+                    item_id=item.id,
+                    output_index=self.index,
+                    content_index=0,
+                    text=self.text,
+                    logprobs=[],
+                ),
+                self.event(
+                    "response.content_part.done",
+                    item_id=item.id,
+                    output_index=self.index,
+                    content_index=0,
+                    part=dumped(part),
+                ),
             ]
             item.status, item.content = "completed", [part]
         else:
-            events.append(self.event("response.function_call_arguments.done", item_id=item.id, output_index=self.index,
-                                     name=item.name, arguments=self.arguments))
+            events.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item.id,
+                    output_index=self.index,
+                    name=item.name,
+                    arguments=self.arguments,
+                )
+            )
             item.status, item.arguments = "completed", self.arguments
         events.append(self.event("response.output_item.done", output_index=self.index, item=dumped(item)))
         self.open_kind = None
@@ -294,8 +387,10 @@ class ResponseEvents:
 
     def error(self, error: ApiError) -> list[str]:
         failed = self.shape.response("failed", self.output, error=ResponseError(code=error.code, message=error.message))
-        return [self.event("error", code=error.code, message=error.message, param=None),
-                self.event("response.failed", response=dumped(failed))]
+        return [
+            self.event("error", code=error.code, message=error.message, param=None),
+            self.event("response.failed", response=dumped(failed)),
+        ]
 
     def done(self) -> list[str]:
         return []

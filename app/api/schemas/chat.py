@@ -1,4 +1,5 @@
 """The Chat Completions request: messages (with tool calls and results), tools, tool_choice, response_format."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from app.api.schemas.common import GenerationFields
 from app.api.schemas.limits import (
-    MAX_ARGUMENT_DEPTH, MAX_FUNCTION_NAME_CHARS, MAX_TOOL_CALL_ID_CHARS, MAX_TOOL_CALLS, MAX_TOOLS, json_text_depth,
+    MAX_ARGUMENT_DEPTH,
+    MAX_FUNCTION_NAME_CHARS,
+    MAX_TOOL_CALL_ID_CHARS,
+    MAX_TOOL_CALLS,
+    MAX_TOOLS,
+    json_text_depth,
     json_value_depth,
 )
 
@@ -49,17 +55,23 @@ def required_when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, 
 
 
 # _shape_fits_role below, as the published schema states it.
-MESSAGE_RULES = {"allOf": [
-    required_when(  # content is null (or left out) only in an assistant's message that has tool calls
-        {"not": {"required": ["role", "tool_calls"],
-                 "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}}}},
-        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
-    ),
-    required_when(  # a tool result names the call it answers
-        {"required": ["role"], "properties": {"role": {"const": "tool"}}},
-        {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}},
-    ),
-]}
+MESSAGE_RULES = {
+    "allOf": [
+        required_when(  # content is null (or left out) only in an assistant's message that has tool calls
+            {
+                "not": {
+                    "required": ["role", "tool_calls"],
+                    "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
+                }
+            },
+            {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        ),
+        required_when(  # a tool result names the call it answers
+            {"required": ["role"], "properties": {"role": {"const": "tool"}}},
+            {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}},
+        ),
+    ]
+}
 
 
 class ChatMessage(BaseModel):
@@ -79,9 +91,11 @@ class ChatMessage(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _shape_fits_role(self) -> "ChatMessage":
+    def _shape_fits_role(self) -> ChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"content is required for a {self.role!r} message (null only for an assistant's tool_calls)")
+            raise ValueError(
+                f"content is required for a {self.role!r} message (null only for an assistant's tool_calls)"
+            )
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a 'tool' message needs the tool_call_id of the call it answers")
         return self
@@ -117,15 +131,17 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(json_schema_extra=required_when(
-        {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
-        {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
-    ))
+    model_config = ConfigDict(
+        json_schema_extra=required_when(
+            {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+            {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+        )
+    )
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "ResponseFormat":
+    def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format of type 'json_schema' needs a json_schema object with a schema")
         return self

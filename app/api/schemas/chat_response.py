@@ -4,6 +4,7 @@ Routes that return these set `response_model_exclude_unset=True`: a field the ro
 optional extension such as `tool_calls` or `usage` in a chunk) is left out of the body, while a field set
 to None is sent as null, as OpenAI's own answers do.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -27,13 +28,21 @@ class Usage(BaseModel):
     )
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int, max_completion_tokens: int | None = None,
-           cached_tokens: int = 0) -> "Usage":
+    def of(
+        cls,
+        prompt_tokens: int,
+        completion_tokens: int,
+        max_completion_tokens: int | None = None,
+        cached_tokens: int = 0,
+    ) -> Usage:
         """OpenAI's usage object; `max_completion_tokens` is the output cap that applied, after clamping;
         `cached_tokens` the prompt tokens read from the prefix cache (`prompt_tokens_details`, as OpenAI reports it)."""
-        usage = cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                    prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+        usage = cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
         if max_completion_tokens is not None:
             usage.max_completion_tokens = max_completion_tokens
         return usage
@@ -127,7 +136,9 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Usage | None = Field(default=None, description="with stream_options.include_usage: null, then set in the last chunk")
+    usage: Usage | None = Field(
+        default=None, description="with stream_options.include_usage: null, then set in the last chunk"
+    )
 
 
 # -- /v1/models and the probes ---------------------------------------------------------------------
@@ -137,7 +148,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str
     quantization: str | None = Field(
-        default=None, description="the weights' format once the model has loaded: gguf:q4_1 (the file's own blocks), nf4, int8, none")
+        default=None,
+        description="the weights' format once the model has loaded: gguf:q4_1 (the file's own blocks), nf4, int8, none",
+    )
     # vLLM names the window max_model_len; other clients read context_window or context_length.
     max_model_len: int | None = Field(default=None, description="the context window, once the model has loaded")
     context_window: int | None = None
@@ -145,8 +158,14 @@ class ModelCard(BaseModel):
     max_output_tokens: int = Field(description="MAX_TOKENS: the most tokens one answer may generate")
 
     @classmethod
-    def of(cls, name: str, created: int, context_window: int | None, max_output_tokens: int,
-           quantization: str | None = None) -> "ModelCard":
+    def of(
+        cls,
+        name: str,
+        created: int,
+        context_window: int | None,
+        max_output_tokens: int,
+        quantization: str | None = None,
+    ) -> ModelCard:
         """The /v1/models entry; the context window and the quantization are known once the model has loaded."""
         card = cls(id=name, object="model", created=created, owned_by="clawbot", max_output_tokens=max_output_tokens)
         if quantization is not None:

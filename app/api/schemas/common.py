@@ -1,4 +1,5 @@
 """Fields and shapes every API shares: sampling parameters, the auth body, the error shape."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, field_validator
@@ -34,7 +35,9 @@ class GenerationFields(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, description=TEMPERATURE_DOC)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="nucleus sampling mass, in (0, 1]")
     repetition_penalty: float | None = Field(
-        default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+        default=None,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
         description=f"vLLM-style extension, {MIN_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g}; 1 = off",
     )
     stop: str | list[str] | None = None

@@ -2,6 +2,7 @@
 
 docs/api/limits.md states them for clients. OpenAI's own API holds tools to 128 and function names to 64 characters.
 """
+
 from __future__ import annotations
 
 import re

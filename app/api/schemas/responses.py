@@ -1,4 +1,5 @@
 """The Responses API request (POST /v1/responses): text input items, instructions, function tools, text.format."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -90,10 +91,13 @@ class FunctionToolChoice(BaseModel):
 
 
 class TextFormat(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, json_schema_extra=required_when(
-        {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
-        {"required": ["schema"], "properties": {"schema": {"type": "object"}}},
-    ))
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra=required_when(
+            {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+            {"required": ["schema"], "properties": {"schema": {"type": "object"}}},
+        ),
+    )
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str | None = None
     description: str | None = None

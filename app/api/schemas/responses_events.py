@@ -3,6 +3,7 @@
 Each is the JSON of one server-sent event's `data:`, whose `event:` line repeats its `type`; the published schema
 (app.api.openapi) documents the stream as these events.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -13,8 +14,9 @@ from app.api.schemas.responses_response import OutputItem, OutputText, ResponseO
 
 
 class ResponseLifecycleEvent(BaseModel):
-    type: Literal["response.created", "response.in_progress", "response.completed", "response.incomplete",
-                  "response.failed"]
+    type: Literal[
+        "response.created", "response.in_progress", "response.completed", "response.incomplete", "response.failed"
+    ]
     sequence_number: int
     response: ResponseObject
 
@@ -82,9 +84,19 @@ class StreamErrorEvent(BaseModel):
     param: None
 
 
-class ResponseStreamEvent(RootModel[Annotated[
-    ResponseLifecycleEvent | OutputItemEvent | ContentPartEvent | OutputTextDeltaEvent | OutputTextDoneEvent
-    | FunctionCallArgumentsDeltaEvent | FunctionCallArgumentsDoneEvent | StreamErrorEvent,
-    Field(discriminator="type"),
-]]):
+class ResponseStreamEvent(
+    RootModel[
+        Annotated[
+            ResponseLifecycleEvent
+            | OutputItemEvent
+            | ContentPartEvent
+            | OutputTextDeltaEvent
+            | OutputTextDoneEvent
+            | FunctionCallArgumentsDeltaEvent
+            | FunctionCallArgumentsDoneEvent
+            | StreamErrorEvent,
+            Field(discriminator="type"),
+        ]
+    ]
+):
     """One event of a streamed Response."""

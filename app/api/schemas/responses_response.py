@@ -1,4 +1,5 @@
 """The Responses API's Response object (POST /v1/responses), its output items and usage, as OpenAI defines them."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal

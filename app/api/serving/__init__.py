@@ -4,7 +4,17 @@
 prompt; engine_calls.py submits to the engine and maps its refusals to HTTP errors; jobs.py holds what passes
 between them. See docs/architecture/request-flow.md.
 """
+
 from app.api.serving.jobs import DEADLINE_HEADER, MAX_TOKENS_HEADER, Answer, ChatJob, ChatResult, OutputRequest
 from app.api.serving.runner import ChatRunner, StreamFormat
 
-__all__ = ["DEADLINE_HEADER", "MAX_TOKENS_HEADER", "Answer", "ChatJob", "ChatResult", "ChatRunner", "OutputRequest", "StreamFormat"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "MAX_TOKENS_HEADER",
+    "Answer",
+    "ChatJob",
+    "ChatResult",
+    "ChatRunner",
+    "OutputRequest",
+    "StreamFormat",
+]

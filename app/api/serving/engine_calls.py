@@ -5,6 +5,7 @@ a 500 (the replica stays healthy). Only an InvalidRequestError (a prompt or para
 any other ValueError is the service's own fault and a 500. A client that goes away while it waits cancels its generation and raises
 ClientDisconnected, which the request log records as 499.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
 DISCONNECT_POLL_S = 0.25
 
 
-def submit(engine: "Engine", job: ChatJob, metrics: "Metrics") -> "GenerationHandle":
+def submit(engine: Engine, job: ChatJob, metrics: Metrics) -> GenerationHandle:
     try:
         return engine.submit(job.prompt_ids, job.params, prefix_scope=job.key_id)
     except QueueFullError as exc:
         metrics.rate_limited.labels(scope="queue").inc()
         raise ApiError(
-            429, "queue_full", "the service is at capacity; retry shortly", headers={"Retry-After": str(exc.retry_after_s)}
+            429,
+            "queue_full",
+            "the service is at capacity; retry shortly",
+            headers={"Retry-After": str(exc.retry_after_s)},
         ) from None
     except (EngineClosedError, EngineFailedError) as exc:
         raise unavailable(exc) from None
@@ -47,7 +51,7 @@ def submit(engine: "Engine", job: ChatJob, metrics: "Metrics") -> "GenerationHan
         raise ApiError(400, "invalid_request", str(exc)) from None
 
 
-async def completion(handle: "GenerationHandle") -> Completion:
+async def completion(handle: GenerationHandle) -> Completion:
     """The engine's answer; a request the engine could not finish becomes a 503 ApiError, one whose own step
     failed a 500 (the replica stays healthy)."""
     try:
@@ -58,7 +62,7 @@ async def completion(handle: "GenerationHandle") -> Completion:
         raise ApiError(500, "generation_failed", f"{exc}; retry the request or change its parameters") from None
 
 
-async def wait(handle: "GenerationHandle", request: Request) -> Completion:
+async def wait(handle: GenerationHandle, request: Request) -> Completion:
     """Wait for the result; if the client goes away, cancel the generation and raise ClientDisconnected."""
     result = asyncio.ensure_future(completion(handle))
     try:
@@ -80,6 +84,10 @@ def unavailable(exc: Exception) -> ApiError:
         return ApiError(503, "shutting_down", f"{exc}", headers={"Retry-After": "1"})
     if isinstance(exc, EngineFailedError):
         # The cause is in this replica's log; the client only needs to know to go elsewhere.
-        return ApiError(503, "engine_failed", "the generation engine failed and this replica is restarting; retry",
-                        headers={"Retry-After": "1"})
+        return ApiError(
+            503,
+            "engine_failed",
+            "the generation engine failed and this replica is restarting; retry",
+            headers={"Retry-After": "1"},
+        )
     return ApiError(503, "insufficient_memory", f"{exc}", headers={"Retry-After": "30"})

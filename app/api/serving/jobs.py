@@ -1,4 +1,5 @@
 """What the serving layer passes along a request's life: the prepared job, the engine's answer, the finished result."""
+
 from __future__ import annotations
 
 import time
@@ -37,7 +38,7 @@ class ChatJob:
     key_id: str
     messages: list[dict[str, Any]]
     prompt_ids: list[int]
-    params: "SamplingParams"
+    params: SamplingParams
     cache_key: str | None
     plan: ToolPlan
     started: float = field(default_factory=time.perf_counter)

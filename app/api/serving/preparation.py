@@ -3,6 +3,7 @@
 Prompts are rendered and tokenized off the event loop (`app.inference.prompts`). Every refusal here is a
 400 (or a 403 for a scope) that names the field and what is allowed.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -36,14 +37,14 @@ class JobBuilder:
     def __init__(
         self,
         *,
-        settings: "Settings",
+        settings: Settings,
         tokenizer: Any,
         model_name: str,
         model_identity: str,
         context_window: int,
-        storage: "Storage | None",
+        storage: Storage | None,
         defaults: SamplingDefaults,
-        grammars: "Grammars | None",
+        grammars: Grammars | None,
         max_tokens: int,
     ) -> None:
         self.settings = settings
@@ -72,13 +73,15 @@ class JobBuilder:
         for j, part in enumerate(message.content):
             if part.type in IMAGE_PARTS:
                 raise ApiError(
-                    400, "unsupported_content",
+                    400,
+                    "unsupported_content",
                     f"messages[{i}].content[{j}] is an {part.type!r} part, but the model {self.model_name!r} is "
                     "text-only; send text parts only",
                 )
             if part.type not in TEXT_PARTS or part.text is None:
                 raise ApiError(
-                    400, "unsupported_content",
+                    400,
+                    "unsupported_content",
                     f"messages[{i}].content[{j}] has type {part.type!r}; content parts must be "
                     f"{', '.join(repr(t) for t in TEXT_PARTS)} with a text field",
                 )
@@ -94,11 +97,16 @@ class JobBuilder:
             raise ApiError(400, "invalid_messages", "messages must contain at least one message")
         if len(messages) > self.settings.max_messages:
             raise ApiError(
-                400, "too_many_messages", f"messages has {len(messages)} entries; at most {self.settings.max_messages} are allowed"
+                400,
+                "too_many_messages",
+                f"messages has {len(messages)} entries; at most {self.settings.max_messages} are allowed",
             )
         out: list[dict[str, Any]] = []
         for i, m in enumerate(messages):
-            message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": self._text_of(i, m)}
+            message: dict[str, Any] = {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": self._text_of(i, m),
+            }
             if m.tool_calls:
                 message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             if m.role == "tool":
@@ -108,7 +116,9 @@ class JobBuilder:
             raise ApiError(400, "invalid_messages", "messages must contain at least one message with role 'user'")
         return out
 
-    async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> list[int]:
+    async def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()
+    ) -> list[int]:
         """Token ids of the prompt, tools included (by the chat template where it can, else in the parser's format)."""
         if self.native_tools:
             template_messages, template_tools = for_native_template(messages), (list(tools) or None)
@@ -117,7 +127,9 @@ class JobBuilder:
         try:
             return await self.renderer.render(template_messages, template_tools)
         except TemplateError as exc:
-            raise ApiError(400, "invalid_messages", f"the model's chat template refused these messages: {exc}") from None
+            raise ApiError(
+                400, "invalid_messages", f"the model's chat template refused these messages: {exc}"
+            ) from None
 
     async def _constraint(self, plan: ToolPlan, output: OutputRequest, owner: str) -> Any:
         """The grammar a forced tool call or response_format imposes on the output, or None."""
@@ -137,13 +149,15 @@ class JobBuilder:
         except GrammarError as exc:
             raise ApiError(400, "invalid_schema", f"{what} cannot be enforced: {exc}") from None
         except CompilerUnavailable as exc:
-            raise ApiError(503, "grammar_compiler_unavailable", f"{exc}; retry shortly", headers={"Retry-After": "5"}) from None
+            raise ApiError(
+                503, "grammar_compiler_unavailable", f"{exc}; retry shortly", headers={"Retry-After": "5"}
+            ) from None
 
     # -- the job -----------------------------------------------------------------------------
     async def prepare(
         self,
         route: str,
-        principal: "Principal",
+        principal: Principal,
         messages: list[ChatMessage],
         gen: GenerationFields,
         *,
@@ -156,7 +170,8 @@ class JobBuilder:
         in the context window is clamped (ChatJob.max_tokens); only a prompt that alone fills the window is refused."""
         if ignore_eos and not principal.scopes & IGNORE_EOS_SCOPES:
             raise ApiError(
-                403, "insufficient_scope",
+                403,
+                "insufficient_scope",
                 f"ignore_eos needs a key with the {' or '.join(repr(s) for s in sorted(IGNORE_EOS_SCOPES))} scope; "
                 f"key {principal.key_id!r} has neither",
             )
@@ -200,8 +215,14 @@ class JobBuilder:
                 owner=principal.key_id,
                 model=self.model_identity,
                 prompt_ids=prompt_ids,
-                params={"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
-                        "repetition_penalty": params.repetition_penalty, "stop": list(params.stop), "seed": params.seed},
+                params={
+                    "max_tokens": params.max_tokens,
+                    "temperature": params.temperature,
+                    "top_p": params.top_p,
+                    "repetition_penalty": params.repetition_penalty,
+                    "stop": list(params.stop),
+                    "seed": params.seed,
+                },
             )
         return ChatJob(
             request_id=request_id or f"chatcmpl-{uuid.uuid4().hex}",

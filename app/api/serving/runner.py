@@ -9,11 +9,13 @@ goes away, records the exchange in the conversation store (and the cache), and l
 request's context (app.access.context) for the key's token budget and the request log. A stream that fails after its 200 went out
 ends with the format's error events, and the request is logged with the status it really ended with.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Protocol
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -68,16 +70,16 @@ class ChatRunner:
     def __init__(
         self,
         *,
-        settings: "Settings",
-        metrics: "Metrics",
-        engine: "Engine",
+        settings: Settings,
+        metrics: Metrics,
+        engine: Engine,
         tokenizer: Any,
         model_name: str,
         model_identity: str,
         context_window: int,
-        storage: "Storage | None",
+        storage: Storage | None,
         defaults: SamplingDefaults | None = None,
-        grammars: "Grammars | None" = None,
+        grammars: Grammars | None = None,
         max_tokens: int | None = None,
     ) -> None:
         self.settings = settings
@@ -88,8 +90,14 @@ class ChatRunner:
         self.model_name = model_name
         self.storage = storage
         self.jobs = JobBuilder(
-            settings=settings, tokenizer=tokenizer, model_name=model_name, model_identity=model_identity,
-            context_window=context_window, storage=storage, defaults=defaults or SamplingDefaults(), grammars=grammars,
+            settings=settings,
+            tokenizer=tokenizer,
+            model_name=model_name,
+            model_identity=model_identity,
+            context_window=context_window,
+            storage=storage,
+            defaults=defaults or SamplingDefaults(),
+            grammars=grammars,
             max_tokens=self.max_tokens,
         )
         self.prepare = self.jobs.prepare  # route, principal, messages, generation fields, limits -> ChatJob
@@ -101,7 +109,11 @@ class ChatRunner:
     # -- preparing ---------------------------------------------------------------------------
     def check_model(self, requested: str | None) -> None:
         if requested not in (None, "", self.model_name):
-            raise ApiError(404, "model_not_found", f"model {requested!r} is not served here; GET /v1/models lists {self.model_name!r}")
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"model {requested!r} is not served here; GET /v1/models lists {self.model_name!r}",
+            )
 
     # -- running -----------------------------------------------------------------------------
     async def complete(self, job: ChatJob, request: Request) -> ChatResult:
@@ -123,7 +135,7 @@ class ChatRunner:
         )
 
     async def _events(
-        self, job: ChatJob, request: Request, fmt: StreamFormat, handle: "GenerationHandle | None", cached: Answer | None
+        self, job: ChatJob, request: Request, fmt: StreamFormat, handle: GenerationHandle | None, cached: Answer | None
     ) -> AsyncIterator[str]:
         shaper = job.plan.shaper()
         try:
@@ -150,7 +162,7 @@ class ChatRunner:
             result = await self._record(job, answer, parsed, request)
             for event in fmt.finish(result):
                 yield event
-        except Exception as exc:  # noqa: BLE001 - whatever broke (engine, drain, timeout, store), the client sees an error
+        except Exception as exc:
             for event in fmt.error(self._stream_failed(request, exc)):
                 yield event
         finally:
@@ -159,14 +171,16 @@ class ChatRunner:
         for event in fmt.done():
             yield event
 
-    def _submit(self, job: ChatJob, request: Request) -> "GenerationHandle":
+    def _submit(self, job: ChatJob, request: Request) -> GenerationHandle:
         """Hand `job` to the engine. Until the request ends, its context can stop the generation and say what it used
         (a client that hangs up is charged for the prompt read and the tokens generated)."""
         handle = engine_calls.submit(self.engine, job, self.metrics)
 
         def stop() -> TokenUsage:
             used = handle.stop()
-            return TokenUsage(prompt=used.prompt_tokens, completion=used.completion_tokens, cached_tokens=used.cached_tokens)
+            return TokenUsage(
+                prompt=used.prompt_tokens, completion=used.completion_tokens, cached_tokens=used.cached_tokens
+            )
 
         context_of(request).stop_generation = stop
         return handle
@@ -204,7 +218,8 @@ class ChatRunner:
             deadline_s = self.settings.generation_timeout_s
             if not completion.completion_tokens:
                 raise ApiError(
-                    504, "generation_timeout",
+                    504,
+                    "generation_timeout",
                     f"generation did not start within GENERATION_TIMEOUT_SECONDS ({deadline_s:g} seconds); retry shortly",
                 )
             finish_reason = "length"
@@ -219,17 +234,29 @@ class ChatRunner:
 
     async def _record(self, job: ChatJob, answer: Answer, parsed: ParsedOutput, request: Request) -> ChatResult:
         """Record the exchange durably (and fill the cache) before the response completes."""
-        context_of(request).usage = TokenUsage(prompt=answer.prompt_tokens, completion=answer.completion_tokens,
-                                               cached=answer.cached, cached_tokens=answer.cached_tokens)
+        context_of(request).usage = TokenUsage(
+            prompt=answer.prompt_tokens,
+            completion=answer.completion_tokens,
+            cached=answer.cached,
+            cached_tokens=answer.cached_tokens,
+        )
         result = ChatResult(job=job, answer=answer, parsed=parsed)
         if self.storage is None:
             return result
         # An answer the deadline cut short depends on how busy the replica was: the next ask may get further.
-        if (job.cache_key is not None and not answer.cached and answer.finish_reason in ("stop", "length")
-                and answer.deadline_s is None):
+        if (
+            job.cache_key is not None
+            and not answer.cached
+            and answer.finish_reason in ("stop", "length")
+            and answer.deadline_s is None
+        ):
             await self.storage.cache.put(
                 job.cache_key,
-                {"text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.completion_tokens},
+                {
+                    "text": answer.text,
+                    "finish_reason": answer.finish_reason,
+                    "completion_tokens": answer.completion_tokens,
+                },
             )
         from app.storage.conversations import Exchange, StoreUnavailable
 
@@ -239,7 +266,11 @@ class ChatRunner:
             route=job.route,
             messages=job.messages,
             answer=answer.text,
-            usage={"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens, "cached": answer.cached},
+            usage={
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "cached": answer.cached,
+            },
             latency_s=time.perf_counter() - job.started,
             created_at=time.time(),
         )
@@ -250,7 +281,8 @@ class ChatRunner:
             # then come from the response cache, and is recorded then).
             log.error("exchange not recorded", extra={"request_id": job.request_id, "error": str(exc)})
             raise ApiError(
-                503, "conversation_store_unavailable",
+                503,
+                "conversation_store_unavailable",
                 "the conversation store is unreachable, so the answer was not recorded; retry the request",
                 headers={"Retry-After": "5"},
             ) from exc

@@ -1,4 +1,5 @@
 """Tool calls as the API hands them out, and what a model's output holds once parsed."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Hermes 2 Pro / Qwen 2.5+ tool calls: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one per call."""
+
 from __future__ import annotations
 
 import json

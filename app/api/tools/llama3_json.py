@@ -1,5 +1,6 @@
 """Llama 3.1-3.3 JSON tool calls: `{"name": ..., "parameters": {...}}` (several joined by `;`), optionally after
 `<|python_tag|>`, which is a special token and usually already gone from the decoded text."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ them, how its calls and their results are written back into the conversation, an
 
 One subclass per family, registered by name (the TOOL_CALL_PARSER setting), as vLLM's tool_parsers/ does.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 from app.api.tools.calls import ParsedOutput, ToolCall
 
-PARSERS: dict[str, type["ToolCallParser"]] = {}
+PARSERS: dict[str, type[ToolCallParser]] = {}
 P = TypeVar("P", bound=type["ToolCallParser"])
 
 

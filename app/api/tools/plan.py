@@ -5,6 +5,7 @@ enforced by grammar (app.inference.constraints): the output is then the JSON its
 call's arguments object, or for `required` an array of `{"name", "arguments"}` objects — so it is valid against
 the tools' parameter schemas whatever the model, and needs no parsing by format.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ class ToolPlan:
     parallel: bool = True
 
     @classmethod
-    def of(cls, tools: list[dict[str, Any]], choice: str | dict[str, Any] | None, parallel: bool | None,
-           parser: ToolCallParser) -> "ToolPlan":
+    def of(
+        cls,
+        tools: list[dict[str, Any]],
+        choice: str | dict[str, Any] | None,
+        parallel: bool | None,
+        parser: ToolCallParser,
+    ) -> ToolPlan:
         names = [t["function"]["name"] for t in tools]
         if choice is None:
             choice = "auto" if tools else "none"
@@ -69,12 +75,23 @@ class ToolPlan:
         if self.mode != "required":
             return None
         one_call = [
-            {"type": "object", "properties": {"name": {"const": t["function"]["name"]},
-                                              "arguments": self._parameters(t["function"]["name"])},
-             "required": ["name", "arguments"], "additionalProperties": False}
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t["function"]["name"]},
+                    "arguments": self._parameters(t["function"]["name"]),
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
             for t in self.tools
         ]
-        return {"type": "array", "items": {"anyOf": one_call}, "minItems": 1, **({} if self.parallel else {"maxItems": 1})}
+        return {
+            "type": "array",
+            "items": {"anyOf": one_call},
+            "minItems": 1,
+            **({} if self.parallel else {"maxItems": 1}),
+        }
 
     def parse(self, text: str) -> ParsedOutput:
         """A complete output as content and calls."""
@@ -87,7 +104,7 @@ class ToolPlan:
             return parsed if self.parallel or len(parsed.calls) <= 1 else ParsedOutput(parsed.content, parsed.calls[:1])
         return ParsedOutput(content=text)
 
-    def shaper(self) -> "OutputShaper":
+    def shaper(self) -> OutputShaper:
         return OutputShaper(self)
 
 
@@ -133,7 +150,7 @@ class OutputShaper:
         limit = self.plan.parser.hold_from(self.text) if mode == "auto" else len(self.text)
         if limit <= self.sent:
             return []
-        piece, self.sent = self.text[self.sent:limit], limit
+        piece, self.sent = self.text[self.sent : limit], limit
         return [Delta(text=piece)]
 
     def finish(self) -> tuple[list[Delta], ParsedOutput]:
@@ -143,9 +160,9 @@ class OutputShaper:
             assert self.named is not None
             call = ToolCall(name=self.named.name, arguments=self.text, id=self.named.id)
             return out, ParsedOutput(content=None, calls=(call,))
-        held = self.text[self.sent:]
+        held = self.text[self.sent :]
         parsed = self.plan.parse(held) if self.plan.mode != "none" else ParsedOutput(content=held)
         out = [Delta(text=parsed.content)] if parsed.content else []
         out += [Delta(call_index=i, call=c, arguments=c.arguments) for i, c in enumerate(parsed.calls)]
-        content = self.text[:self.sent] + (parsed.content or "")
+        content = self.text[: self.sent] + (parsed.content or "")
         return out, ParsedOutput(content=content or None, calls=parsed.calls)

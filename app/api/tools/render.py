@@ -5,6 +5,7 @@ transformers' shape (tool-call arguments as objects). Where it does not (the emb
 format is written into the text: the tools into the system message, an assistant's calls into its content, tool
 results into user turns, so the model sees one consistent format and the parser reads the same one back.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,11 @@ def for_native_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m = dict(m)
         if m.get("tool_calls"):
             m["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments_object(c.arguments)}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _arguments_object(c.arguments)},
+                }
                 for c in _calls_of(m)
             ]
         out.append(m)

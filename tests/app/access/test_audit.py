@@ -1,16 +1,17 @@
 """The audit trail: one JSON line per decision with key id, route, status and client address, and nothing else."""
+
 from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.access.audit import AUDIT_LOGGER, AuditLog
-from app.observability.logs import JsonFormatter
 from app.access.control import Principal
+from app.observability.logs import JsonFormatter
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, build_security_app
 
@@ -20,8 +21,15 @@ def test_a_line_is_json_with_exactly_the_audit_fields(caplog: pytest.LogCaptureF
         AuditLog().log(Principal("alice", frozenset({"chat"}), "jwt"), "/api/chat", 200, "10.0.0.7")
     (record,) = caplog.records
     doc = json.loads(record.getMessage())
-    assert doc == {"event": "key_usage", "ts": doc["ts"], "key_id": "alice", "via": "jwt", "route": "/api/chat",
-                   "status": 200, "client": "10.0.0.7"}
+    assert doc == {
+        "event": "key_usage",
+        "ts": doc["ts"],
+        "key_id": "alice",
+        "via": "jwt",
+        "route": "/api/chat",
+        "status": 200,
+        "client": "10.0.0.7",
+    }
     formatted = json.loads(JsonFormatter().format(record))  # the service's log format keeps it one parseable line
     assert formatted["audit"]["key_id"] == "alice"
 
@@ -37,7 +45,10 @@ def test_refusals_are_audited_without_the_credential(
     make_settings: Callable[..., Settings], keyfiles: KeyFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
     presented = keyfiles.raw["alice"][:-4] + "AAAA"  # a near miss: shares most of a real key
-    with caplog.at_level(logging.DEBUG), TestClient(build_security_app(make_settings()), client=("10.1.2.3", 4000)) as c:
+    with (
+        caplog.at_level(logging.DEBUG),
+        TestClient(build_security_app(make_settings()), client=("10.1.2.3", 4000)) as c,
+    ):
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {presented}"}).status_code == 401
         assert c.post("/api/auth", json={"api_key": keyfiles.raw["gone"]}).status_code == 401
         assert c.post("/api/chat", json={}, headers={"Authorization": "Bearer a.b.c"}).status_code == 401

@@ -1,9 +1,10 @@
 """Per-key concurrency slots: capped per key, shared by replicas through a real redis-server, leases that end by
 themselves, idempotent under RedisLink's retry, and a service that keeps serving other keys while one is at its cap."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -98,8 +99,9 @@ def test_a_key_at_its_cap_gets_429_while_other_keys_are_served_and_slots_free_on
         app.state.access = await AccessControl.create(settings, metrics, link)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             held = [asyncio.create_task(c.post("/work/alice")) for _ in range(2)]
-            await wait_until_async("the first two requests to get their slots", lambda: entered.count("alice") >= 2, 30,
-                                   poll_s=0.01)
+            await wait_until_async(
+                "the first two requests to get their slots", lambda: entered.count("alice") >= 2, 30, poll_s=0.01
+            )
             refused = await c.post("/work/alice")
             assert refused.status_code == 429 and refused.json()["error"]["code"] == "key_concurrency_limit"
             assert refused.headers["retry-after"] == "1"

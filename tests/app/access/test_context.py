@@ -1,4 +1,5 @@
 """The request context: a request that ends without an answer is charged what its generation used."""
+
 from __future__ import annotations
 
 from app.access.context import RequestContext, TokenUsage

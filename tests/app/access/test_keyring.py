@@ -1,4 +1,5 @@
 """The key ring: decrypts the envelope, keeps only hashes, follows the file as it changes, refuses placeholders."""
+
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.access import keyring as keyring_module
-from app.access.keyfile import KeyFileError, now_iso
+from app.access.keyfile import KeyFileError, new_secret, now_iso
 from app.access.keyring import KeyRing, digest
-from app.access.keyfile import new_secret
 from tests.app.conftest import KeyFiles
 
 
@@ -71,7 +71,7 @@ def test_sighup_style_request_reloads_even_without_an_mtime_change(keyfiles: Key
     carol = keyfiles.add("carol")
     keyfiles.write()
     os.utime(keyfiles.key_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    ring._mtime = ring._stat()  # noqa: SLF001 - make the change invisible to polling
+    ring._mtime = ring._stat()
     assert ring.verify(carol)[0] is None
     ring.request_reload()
     assert ring.verify(carol)[0] is not None
@@ -81,7 +81,9 @@ def test_newest_jwt_key_signs_and_the_previous_still_verifies(keyfiles: KeyFiles
     from app.access.keyfile import JwtKeyRecord
 
     keyfiles.jwt.append(JwtKeyRecord(kid="jwt-2", secret=new_secret(), not_before=now_iso(-10)))
-    keyfiles.jwt.append(JwtKeyRecord(kid="jwt-0", secret=new_secret(), not_before=now_iso(-7200), expires_at=now_iso(-3600)))
+    keyfiles.jwt.append(
+        JwtKeyRecord(kid="jwt-0", secret=new_secret(), not_before=now_iso(-7200), expires_at=now_iso(-3600))
+    )
     keyfiles.write()
     ring = KeyRing(keyfiles.key_path, keyfiles.kek_path, strict=True)
     assert ring.signing_key().kid == "jwt-2"

@@ -1,4 +1,5 @@
 """`python -m app.keys`: the operator's tool for the KEK and the key file; prints a secret only when it makes one."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def test_full_lifecycle_from_a_shell(tmp_path: Path) -> None:
     env = {**os.environ, "API_KEY_PATH": str(tmp_path / "keys.json"), "KEK_PATH": str(tmp_path / "kek")}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "app.keys", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "app.keys", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
 
     assert cli("init-kek").returncode == 0
     assert (tmp_path / "kek").stat().st_mode & 0o777 == 0o600
@@ -58,11 +61,15 @@ def test_init_kek_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], files
     assert Path(kek).read_text() == before
 
 
-def test_rotate_keeps_both_keys_live_then_retires_the_old(capsys: pytest.CaptureFixture[str], files: tuple[str, str]) -> None:
+def test_rotate_keeps_both_keys_live_then_retires_the_old(
+    capsys: pytest.CaptureFixture[str], files: tuple[str, str]
+) -> None:
     keys, kek = files
     _run(capsys, "init-kek", "--kek-file", kek)
     _, old_raw, _ = _run(capsys, "add", "--key-file", keys, "--kek-file", kek, "--id", "primary")
-    code, new_raw, err = _run(capsys, "rotate", "--key-file", keys, "--kek-file", kek, "--id", "primary", "--new-id", "secondary")
+    code, new_raw, err = _run(
+        capsys, "rotate", "--key-file", keys, "--kek-file", kek, "--id", "primary", "--new-id", "secondary"
+    )
     assert code == 0 and "keeps working until" in err
     ring = KeyRing(Path(keys), Path(kek), strict=True)
     old_entry, new_entry = ring.verify(old_raw.strip())[0], ring.verify(new_raw.strip())[0]
@@ -70,7 +77,9 @@ def test_rotate_keeps_both_keys_live_then_retires_the_old(capsys: pytest.Capture
     assert old_entry.state(ring.clock()) == new_entry.state(ring.clock()) == "active"  # the overlap: both work
     assert old_entry.expires_at is not None and new_entry.expires_at is None
     # After the grace period only the new key works.
-    assert old_entry.state(old_entry.expires_at + 1) == "expired" and new_entry.state(old_entry.expires_at + 1) == "active"
+    assert (
+        old_entry.state(old_entry.expires_at + 1) == "expired" and new_entry.state(old_entry.expires_at + 1) == "active"
+    )
 
 
 def test_jwt_rotation_adds_a_newer_signing_key(capsys: pytest.CaptureFixture[str], files: tuple[str, str]) -> None:
@@ -107,7 +116,9 @@ def test_revoke_and_list(capsys: pytest.CaptureFixture[str], files: tuple[str, s
         (["rotate"], "rotate needs --id"),
     ],
 )
-def test_mistakes_get_one_clear_line(capsys: pytest.CaptureFixture[str], files: tuple[str, str], args: list[str], message: str) -> None:
+def test_mistakes_get_one_clear_line(
+    capsys: pytest.CaptureFixture[str], files: tuple[str, str], args: list[str], message: str
+) -> None:
     keys, kek = files
     _run(capsys, "init-kek", "--kek-file", kek)
     _run(capsys, "add", "--key-file", keys, "--kek-file", kek, "--id", "dup")
@@ -122,7 +133,9 @@ def test_missing_paths_are_named(capsys: pytest.CaptureFixture[str], monkeypatch
     assert code == 2 and "API_KEY_PATH" in err
 
 
-def test_jwt_rotation_retires_the_old_key_and_now_ends_it_at_once(capsys: pytest.CaptureFixture[str], files: tuple[str, str]) -> None:
+def test_jwt_rotation_retires_the_old_key_and_now_ends_it_at_once(
+    capsys: pytest.CaptureFixture[str], files: tuple[str, str]
+) -> None:
     keys, kek = files
     _run(capsys, "init-kek", "--kek-file", kek)
     _run(capsys, "add", "--key-file", keys, "--kek-file", kek, "--id", "a")

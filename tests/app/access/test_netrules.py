@@ -1,17 +1,20 @@
 """Network rules in the app: the client address (X-Forwarded-For only via trusted proxies) and ALLOWED/BLOCKED_CIDRS."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.observability.metrics import Metrics
 from app.access.netrules import NetRules
+from app.observability.metrics import Metrics
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, build_security_app, metric_value
 
-RULES = NetRules(allowed_cidrs=["10.0.0.0/8", "2001:db8::/32"], blocked_cidrs=["10.66.0.0/16"], trusted_proxies=["192.168.1.0/24"])
+RULES = NetRules(
+    allowed_cidrs=["10.0.0.0/8", "2001:db8::/32"], blocked_cidrs=["10.66.0.0/16"], trusted_proxies=["192.168.1.0/24"]
+)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +64,9 @@ def test_bad_cidr_is_named() -> None:
 def test_service_refuses_blocked_addresses_before_looking_at_credentials(
     make_settings: Callable[..., Settings], keyfiles: KeyFiles, metrics: Metrics
 ) -> None:
-    settings = make_settings(allowed_cidrs=("10.0.0.0/8",), blocked_cidrs=("10.66.0.0/16",), trusted_proxies=("127.0.0.0/8",))
+    settings = make_settings(
+        allowed_cidrs=("10.0.0.0/8",), blocked_cidrs=("10.66.0.0/16",), trusted_proxies=("127.0.0.0/8",)
+    )
     app = build_security_app(settings, metrics)
     bearer = {"Authorization": f"Bearer {keyfiles.raw['alice']}"}
     with TestClient(app, client=("127.0.0.1", 5000)) as c:
@@ -78,8 +83,12 @@ def test_service_refuses_blocked_addresses_before_looking_at_credentials(
     assert metric_value(metrics, "clawbot_auth_failures_total", reason="ip_not_allowed") == 2
 
 
-def test_forwarded_for_from_an_untrusted_peer_is_ignored(make_settings: Callable[..., Settings], keyfiles: KeyFiles) -> None:
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    make_settings: Callable[..., Settings], keyfiles: KeyFiles
+) -> None:
     settings = make_settings(allowed_cidrs=("10.0.0.0/8",), trusted_proxies=("192.168.0.0/16",))
     with TestClient(build_security_app(settings), client=("8.8.8.8", 5000)) as c:
-        r = c.get("/v1/models", headers={"Authorization": f"Bearer {keyfiles.raw['alice']}", "X-Forwarded-For": "10.1.1.1"})
+        r = c.get(
+            "/v1/models", headers={"Authorization": f"Bearer {keyfiles.raw['alice']}", "X-Forwarded-For": "10.1.1.1"}
+        )
         assert r.status_code == 403 and "8.8.8.8" in r.json()["error"]["message"]

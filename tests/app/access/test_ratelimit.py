@@ -1,23 +1,25 @@
 """Rate limits per key, per address and per key's token budget: token buckets on Redis' clock, shared through a real
 redis-server, idempotent under retries, surviving its loss; failed authentications slow an address down."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.storage import redis_link
-from app.observability.metrics import Metrics, build_metrics
 from app.access.ratelimit import RateLimiter
 from app.api.errors import rate_limit_headers
-from app.storage.redis_link import RedisLink
+from app.observability.metrics import Metrics, build_metrics
 from app.settings import Settings
+from app.storage import redis_link
+from app.storage.redis_link import RedisLink
 from tests.app.conftest import KeyFiles, build_security_app, metric_value
 from tests.redis_server import RedisServer
 
@@ -41,8 +43,12 @@ def test_bucket_refuses_past_the_limit_and_refills_at_the_limit_rate() -> None:
         refused = decisions[-1]
         # 5 per minute: one token every 12 s
         assert (refused.limit, refused.remaining, refused.reset_s, refused.retry_after_s) == (5, 0, 60, 12)
-        assert rate_limit_headers(refused) == {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
-                                               "X-RateLimit-Reset": "60", "Retry-After": "12"}
+        assert rate_limit_headers(refused) == {
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": "60",
+            "Retry-After": "12",
+        }
         assert "Retry-After" not in rate_limit_headers(decisions[0])
         clock.t += 12
         assert (await limiter.hit("key", "alice", 5)).allowed
@@ -71,7 +77,9 @@ def test_replicas_share_counts_through_redis(redis_server: RedisServer) -> None:
     asyncio.run(run())
 
 
-def test_redis_stopping_mid_run_falls_back_then_reconnects(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_stopping_mid_run_falls_back_then_reconnects(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     async def run() -> None:
         m = build_metrics()
         link = RedisLink(redis_server.url, m, retry_s=0.0)
@@ -91,7 +99,9 @@ def test_redis_stopping_mid_run_falls_back_then_reconnects(redis_server: RedisSe
         redis_server.start()
         await limiter.hit("key", "carol", 100)
         assert link.up  # back without a restart
-        assert (await limiter.hit("key", "carol", 100)).remaining == 98  # shared state again (fresh server: fresh bucket)
+        assert (
+            await limiter.hit("key", "carol", 100)
+        ).remaining == 98  # shared state again (fresh server: fresh bucket)
         await link.close()
 
     asyncio.run(run())
@@ -123,7 +133,9 @@ def test_abnormal_count_is_fleet_wide_with_redis(redis_server: RedisServer) -> N
     assert asyncio.run(_flag_counts([a, b, a, b, a], "bot", 3)) == [0, 0, 0, 1, 1]
 
 
-def test_service_answers_429_with_headers_per_key(make_settings: Callable[..., Settings], keyfiles: KeyFiles, metrics: Metrics) -> None:
+def test_service_answers_429_with_headers_per_key(
+    make_settings: Callable[..., Settings], keyfiles: KeyFiles, metrics: Metrics
+) -> None:
     with TestClient(build_security_app(make_settings(rate_limit_per_key=3), metrics)) as c:
         token = c.post("/api/auth", json={"api_key": keyfiles.raw["alice"]}).json()["token"]  # 1 of 3
         bearer = {"Authorization": f"Bearer {token}"}
@@ -133,8 +145,11 @@ def test_service_answers_429_with_headers_per_key(make_settings: Callable[..., S
         assert c.post("/api/chat", json={}, headers=bearer).status_code == 200
         refused = c.post("/api/chat", json={}, headers=bearer)
         assert refused.status_code == 429
-        assert refused.json()["error"] == {"type": "rate_limit_error", "code": "rate_limited",
-                                           "message": "rate limit for key 'alice' is 3 requests per minute; retry in 20 s"}
+        assert refused.json()["error"] == {
+            "type": "rate_limit_error",
+            "code": "rate_limited",
+            "message": "rate limit for key 'alice' is 3 requests per minute; retry in 20 s",
+        }
         assert refused.headers["Retry-After"] == "20" and refused.headers["X-RateLimit-Remaining"] == "0"
         # Another key is not affected.
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {keyfiles.raw['root']}"}).status_code == 200
@@ -163,7 +178,10 @@ def test_service_starts_and_serves_when_redis_is_down_at_start(
 
 
 def test_service_keeps_answering_when_redis_dies_mid_run(
-    make_settings: Callable[..., Settings], keyfiles: KeyFiles, metrics: Metrics, redis_server: RedisServer,
+    make_settings: Callable[..., Settings],
+    keyfiles: KeyFiles,
+    metrics: Metrics,
+    redis_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(redis_link, "REDIS_RETRY_S", 0.0)
@@ -262,10 +280,13 @@ def test_token_budget_is_fleet_wide_with_redis(redis_server: RedisServer) -> Non
     asyncio.run(run())
 
 
-def test_ipv6_clients_are_limited_per_64_and_ipv4_per_address(make_settings: Callable[..., Settings], keyfiles: KeyFiles) -> None:
+def test_ipv6_clients_are_limited_per_64_and_ipv4_per_address(
+    make_settings: Callable[..., Settings], keyfiles: KeyFiles
+) -> None:
     settings = make_settings(rate_limit_per_ip=2, trusted_proxies=("127.0.0.0/8",))
     bearer = {"Authorization": f"Bearer {keyfiles.raw['alice']}"}
     with TestClient(build_security_app(settings), client=("127.0.0.1", 5000)) as c:
+
         def status(address: str) -> int:
             return c.get("/v1/models", headers={**bearer, "X-Forwarded-For": address}).status_code
 
@@ -281,7 +302,9 @@ def test_failed_authentications_get_the_address_429_even_for_a_good_key(
     settings = make_settings(auth_failures_per_minute=3, trusted_proxies=("127.0.0.0/8",))
     guesser, other = {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "198.51.100.1"}
     with TestClient(build_security_app(settings, metrics), client=("127.0.0.1", 5000)) as c:
-        guesses = [c.post("/api/auth", json={"api_key": f"ck-guess-{i}"}, headers=guesser).status_code for i in range(3)]
+        guesses = [
+            c.post("/api/auth", json={"api_key": f"ck-guess-{i}"}, headers=guesser).status_code for i in range(3)
+        ]
         assert guesses == [401, 401, 401]
         for attempt in (
             c.post("/api/auth", json={"api_key": keyfiles.raw["alice"]}, headers=guesser),

@@ -1,11 +1,13 @@
 """Bearer tokens: what /api/auth issues, and every forged or stale token a hostile client might send, refused with 401."""
+
 from __future__ import annotations
 
 import base64
 import json
 import logging
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -13,8 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from app.access.keyfile import JwtKeyRecord, now_iso
-from app.access.keyfile import new_secret
+from app.access.keyfile import JwtKeyRecord, new_secret, now_iso
 from app.observability.metrics import Metrics
 from app.settings import Settings
 from tests.app.conftest import KeyFiles, build_security_app, metric_value
@@ -62,12 +63,19 @@ def test_issued_token_has_the_contract_claims_and_works(client: TestClient, keyf
 
 
 @pytest.mark.parametrize("which", ["gone", "stale", "later", "unknown"])
-def test_auth_refuses_revoked_expired_future_and_unknown_keys(client: TestClient, keyfiles: KeyFiles, which: str) -> None:
+def test_auth_refuses_revoked_expired_future_and_unknown_keys(
+    client: TestClient, keyfiles: KeyFiles, which: str
+) -> None:
     raw = keyfiles.raw.get(which, "ck-" + "z" * 43)
     r = client.post("/api/auth", json={"api_key": raw})
     assert r.status_code == 401
-    assert r.json() == {"error": {"type": "authentication_error", "code": "invalid_api_key",
-                                  "message": "the API key is invalid, expired or revoked"}}
+    assert r.json() == {
+        "error": {
+            "type": "authentication_error",
+            "code": "invalid_api_key",
+            "message": "the API key is invalid, expired or revoked",
+        }
+    }
 
 
 def _forgeries(kf: KeyFiles) -> dict[str, tuple[str, str]]:
@@ -75,7 +83,9 @@ def _forgeries(kf: KeyFiles) -> dict[str, tuple[str, str]]:
     secret = kf.jwt_secret("jwt-1")
     hs = lambda claims, **kw: jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "jwt-1", **kw})  # noqa: E731
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    rsa_pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    rsa_pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     good = hs(_claims())
     head, payload, sig = good.split(".")
     now = int(time.time())
@@ -86,8 +96,14 @@ def _forgeries(kf: KeyFiles) -> dict[str, tuple[str, str]]:
         "rs256": (jwt.encode(_claims(), rsa_pem, algorithm="RS256", headers={"kid": "jwt-1"}), "bad_algorithm"),
         # RS256 header over an HMAC made with the shared secret: the classic key-confusion forgery.
         "rs256_header_hmac_sig": (_b64({"alg": "RS256", "kid": "jwt-1"}) + "." + payload + "." + sig, "bad_algorithm"),
-        "wrong_signature": (jwt.encode(_claims(), new_secret(), algorithm="HS256", headers={"kid": "jwt-1"}), "bad_signature"),
-        "tampered_payload": (head + "." + _b64(_claims(sub="root", scopes=["chat", "admin"])) + "." + sig, "bad_signature"),
+        "wrong_signature": (
+            jwt.encode(_claims(), new_secret(), algorithm="HS256", headers={"kid": "jwt-1"}),
+            "bad_signature",
+        ),
+        "tampered_payload": (
+            head + "." + _b64(_claims(sub="root", scopes=["chat", "admin"])) + "." + sig,
+            "bad_signature",
+        ),
         "expired": (hs(_claims(iat=now - 900, nbf=now - 900, exp=now - 300)), "token_expired"),
         "nbf_future": (hs(_claims(nbf=now + 600, exp=now + 900)), "token_not_yet_valid"),
         "iat_future": (hs(_claims(iat=now + 600, nbf=now, exp=now + 900)), "token_not_yet_valid"),
@@ -114,7 +130,9 @@ def test_every_forged_or_stale_token_is_refused_with_the_error_shape(
     for name, (token, reason) in _forgeries(keyfiles).items():
         before = metric_value(metrics, "clawbot_auth_failures_total", reason=reason)
         for path, method in (("/api/chat", "post"), ("/v1/models", "get")):
-            r = getattr(client, method)(path, headers={"Authorization": f"Bearer {token}"}, **({"json": {}} if method == "post" else {}))
+            r = getattr(client, method)(
+                path, headers={"Authorization": f"Bearer {token}"}, **({"json": {}} if method == "post" else {})
+            )
             assert r.status_code == 401, (name, path, r.text)
             err = r.json()["error"]
             assert set(r.json()) == {"error"} and set(err) == {"type", "message", "code"}, name
@@ -142,8 +160,9 @@ def test_a_token_dies_with_its_key(client: TestClient, keyfiles: KeyFiles) -> No
 
 def test_jwt_rotation_keeps_old_tokens_valid_and_signs_with_the_new_key(client: TestClient, keyfiles: KeyFiles) -> None:
     old = _token(client, keyfiles.raw["alice"])
-    keyfiles.jwt[0] = JwtKeyRecord(kid="jwt-1", secret=keyfiles.jwt[0].secret, not_before=keyfiles.jwt[0].not_before,
-                                   expires_at=now_iso(3600))
+    keyfiles.jwt[0] = JwtKeyRecord(
+        kid="jwt-1", secret=keyfiles.jwt[0].secret, not_before=keyfiles.jwt[0].not_before, expires_at=now_iso(3600)
+    )
     keyfiles.jwt.append(JwtKeyRecord(kid="jwt-2", secret=new_secret(), not_before=now_iso()))
     keyfiles.write()
     new = _token(client, keyfiles.raw["alice"])
@@ -180,11 +199,18 @@ def _signed(kf: KeyFiles, kid: str, **claims: Any) -> str:
     return jwt.encode(_claims(**claims), kf.jwt_secret(kid), algorithm="HS256", headers={"kid": kid})
 
 
-def test_a_retired_key_verifies_only_tokens_it_signed_before_its_retirement(client: TestClient, keyfiles: KeyFiles) -> None:
+def test_a_retired_key_verifies_only_tokens_it_signed_before_its_retirement(
+    client: TestClient, keyfiles: KeyFiles
+) -> None:
     now = int(time.time())
     # jwt-1 was rotated out ten minutes ago but is still inside its grace window; jwt-2 signs now.
-    keyfiles.jwt[0] = JwtKeyRecord(kid="jwt-1", secret=keyfiles.jwt_secret("jwt-1"), not_before=now_iso(-7200),
-                                   retired_at=now_iso(-600), expires_at=now_iso(3600))
+    keyfiles.jwt[0] = JwtKeyRecord(
+        kid="jwt-1",
+        secret=keyfiles.jwt_secret("jwt-1"),
+        not_before=now_iso(-7200),
+        retired_at=now_iso(-600),
+        expires_at=now_iso(3600),
+    )
     keyfiles.jwt.append(JwtKeyRecord(kid="jwt-2", secret=new_secret(), not_before=now_iso(-600)))
     keyfiles.write()
     before = _signed(keyfiles, "jwt-1", iat=now - 900, nbf=now - 900, exp=now + 600)
@@ -203,7 +229,12 @@ def test_emergency_jwt_rotation_stops_the_old_keys_tokens_in_the_running_service
     old = _token(client, keyfiles.raw["alice"])
     bearer = {"Authorization": f"Bearer {old}"}
     assert client.post("/api/chat", json={}, headers=bearer).status_code == 200
-    assert keys_cli(["rotate", "--jwt", "--now", "--key-file", str(keyfiles.key_path), "--kek-file", str(keyfiles.kek_path)]) == 0
+    assert (
+        keys_cli(
+            ["rotate", "--jwt", "--now", "--key-file", str(keyfiles.key_path), "--kek-file", str(keyfiles.kek_path)]
+        )
+        == 0
+    )
     assert "retired now" in capsys.readouterr().out
     r = client.post("/api/chat", json={}, headers=bearer)  # the service reloads the changed file on this request
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"

@@ -1,8 +1,10 @@
 """The real app (create_app) with production key files and no model (its load fails at once): every route,
 middleware and rule as served, without paying for a model; the chat routes answer 503 past authentication."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -14,7 +16,9 @@ from tests.app.conftest import KeyFiles
 
 
 @pytest.fixture
-def modelless_app(make_settings: Callable[..., Settings], keyfiles: KeyFiles, monkeypatch: pytest.MonkeyPatch) -> Callable[..., FastAPI]:
+def modelless_app(
+    make_settings: Callable[..., Settings], keyfiles: KeyFiles, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., FastAPI]:
     """`build(**settings)`: create_app with the test key files (plus `ops`: admin only, `bench`: chat and benchmark)."""
 
     def no_model(settings: Settings, hub_token: Any) -> Any:

@@ -1,4 +1,5 @@
 """GET /admin/stats: figures read from the metrics registry, percentiles estimated from histogram buckets."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,9 @@ from fastapi.testclient import TestClient
 import app.factory as main
 from app.api.auth import route_caller
 from app.api.errors import install_error_handlers
-from app.observability.metrics import LATENCY_BUCKETS, Metrics, build_metrics
 from app.api.routes import admin_stats
 from app.api.routes.admin_stats import collect_stats, histogram_quantile
+from app.observability.metrics import LATENCY_BUCKETS, Metrics, build_metrics
 from app.settings import load_settings
 
 INF = math.inf
@@ -27,7 +28,9 @@ def test_quantiles_interpolate_inside_the_bucket_holding_the_rank() -> None:
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.3)  # rank 20: half-way through (0.1, 0.5]
     assert histogram_quantile(0.95, buckets) == pytest.approx(0.9)  # rank 38: 8 of 10 into (0.5, 1]
     assert histogram_quantile(0.05, buckets) == pytest.approx(0.02)  # first bucket starts at 0
-    assert histogram_quantile(0.5, [(1.0, 0.0), (2.0, 0.0), (5.0, 4.0), (INF, 4.0)]) == pytest.approx(3.5)  # empty buckets skipped
+    assert histogram_quantile(0.5, [(1.0, 0.0), (2.0, 0.0), (5.0, 4.0), (INF, 4.0)]) == pytest.approx(
+        3.5
+    )  # empty buckets skipped
 
 
 def test_quantile_edges() -> None:
@@ -68,7 +71,12 @@ def test_figures_come_from_the_registry() -> None:
     _observe(metrics)
     stats = collect_stats(metrics, model="clawbot", ready=True, started_at=1000.0, now=1090.5)
     assert stats.requests.model_dump() == {
-        "total": 50 + 8 + 4, "chat": 8 + 3, "errors": 3, "client_errors": 2, "server_errors": 1, "rate_limited": 1,
+        "total": 50 + 8 + 4,
+        "chat": 8 + 3,
+        "errors": 3,
+        "client_errors": 2,
+        "server_errors": 1,
+        "rate_limited": 1,
     }
     lat = stats.latency_seconds
     assert lat.count == 9  # chat routes only: 8 + 1 observed durations
@@ -133,4 +141,3 @@ def test_the_service_refuses_stats_without_an_admin_credential(tmp_path: Path, m
             assert r.json()["ready"] is False  # still loading: the figures say so instead of failing
         finally:
             release.set()
-

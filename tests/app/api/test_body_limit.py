@@ -1,15 +1,17 @@
 """Request body cap: 413 in the contract's shape, whether the size is declared or the body arrives chunked."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.errors import install_error_handlers
+from app.api.middleware.body_limit import BodyLimitMiddleware
 
 LIMIT = 2048
 
@@ -31,8 +33,13 @@ def _app() -> tuple[FastAPI, list[int]]:
 
 def _assert_413(r: Any) -> None:
     assert r.status_code == 413
-    assert r.json() == {"error": {"type": "request_too_large", "code": "request_too_large",
-                                  "message": f"the request body is larger than the {LIMIT}-byte limit (MAX_BODY_BYTES)"}}
+    assert r.json() == {
+        "error": {
+            "type": "request_too_large",
+            "code": "request_too_large",
+            "message": f"the request body is larger than the {LIMIT}-byte limit (MAX_BODY_BYTES)",
+        }
+    }
 
 
 def test_bodies_up_to_the_limit_pass_intact() -> None:
@@ -66,8 +73,10 @@ def test_chunked_body_without_content_length_is_refused() -> None:
 
 
 def test_a_lying_content_length_does_not_get_past_the_cap() -> None:
-    messages = [{"type": "http.request", "body": b"z" * 1500, "more_body": True},
-                {"type": "http.request", "body": b"z" * 1500, "more_body": False}]
+    messages = [
+        {"type": "http.request", "body": b"z" * 1500, "more_body": True},
+        {"type": "http.request", "body": b"z" * 1500, "more_body": False},
+    ]
     sent: list[dict[str, Any]] = []
     called: list[bool] = []
 

@@ -4,11 +4,13 @@ with a lone surrogate, gets a 400 `invalid_unicode` naming its JSON path, before
 The string fields come from the request models' own JSON schemas, so a field added later is covered without
 touching this test. The modelless app is enough: the check runs before the route needs a model.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -86,8 +88,12 @@ def cases(model: type[BaseModel]) -> list[tuple[Any, str, bool]]:
     return out
 
 
-ROUTES = {"/v1/chat/completions": ChatCompletionRequest, "/v1/responses": ResponsesRequest,
-          "/api/chat": SeedChatRequest, "/api/auth": AuthRequest}
+ROUTES = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/responses": ResponsesRequest,
+    "/api/chat": SeedChatRequest,
+    "/api/auth": AuthRequest,
+}
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
@@ -104,25 +110,40 @@ def test_every_string_field_poisoned_in_turn_is_a_400_naming_its_path(
         error = r.json()["error"]
         assert error["code"] == "invalid_unicode" and error["type"] == "invalid_request_error", error
         named = f"a key of {path or 'the body'}" if is_key else path
-        assert error["message"].startswith(f"{named} is not valid Unicode text: it holds a lone surrogate (\\ud800)"), error
+        assert error["message"].startswith(f"{named} is not valid Unicode text: it holds a lone surrogate (\\ud800)"), (
+            error
+        )
         checked.add(path)
     assert len(checked) >= {"/api/auth": 1, "/api/chat": 10, "/v1/chat/completions": 25, "/v1/responses": 15}[route]
 
 
 def test_the_fields_the_campaign_found_are_among_them() -> None:
     paths = {path for model in (ChatCompletionRequest, ResponsesRequest) for _, path, _ in cases(model)}
-    for field in ("tools[0].function.description", "messages[0].tool_call_id", "messages[0].tool_calls[0].id",
-                  "messages[0].tool_calls[0].function.name", "messages[0].tool_calls[0].function.arguments",
-                  "text.format.name", "text.format.description", "tools[0].description", "metadata"):
+    for field in (
+        "tools[0].function.description",
+        "messages[0].tool_call_id",
+        "messages[0].tool_calls[0].id",
+        "messages[0].tool_calls[0].function.name",
+        "messages[0].tool_calls[0].function.arguments",
+        "text.format.name",
+        "text.format.description",
+        "tools[0].description",
+        "metadata",
+    ):
         assert field in paths, (field, sorted(paths))
 
 
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        ({"a": ["ok", {"b": "x\udc00\ud800"}]}, "a[1].b is not valid Unicode text: it holds a lone surrogate (\\udc00) at character 1"),
-        ({"tools": [{"function": {"parameters": {"properties": {"\udfff": {}}}}}]},
-         "a key of tools[0].function.parameters.properties is not valid"),
+        (
+            {"a": ["ok", {"b": "x\udc00\ud800"}]},
+            "a[1].b is not valid Unicode text: it holds a lone surrogate (\\udc00) at character 1",
+        ),
+        (
+            {"tools": [{"function": {"parameters": {"properties": {"\udfff": {}}}}}]},
+            "a key of tools[0].function.parameters.properties is not valid",
+        ),
         ("\ud800", "the body is not valid Unicode text"),
     ],
 )
@@ -132,4 +153,7 @@ def test_reversed_pairs_keys_and_the_path_named(body: Any, reason: str) -> None:
 
 
 def test_valid_text_passes() -> None:
-    assert invalid_text({"messages": [{"content": "emoji \U0001F600, accents é, CJK 漢字"}], "n": [1, 2.5, None, True]}) is None
+    assert (
+        invalid_text({"messages": [{"content": "emoji \U0001f600, accents é, CJK 漢字"}], "n": [1, 2.5, None, True]})
+        is None
+    )

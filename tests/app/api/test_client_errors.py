@@ -1,5 +1,6 @@
 """Only the errors the code means as the client's become 400s: the engine's InvalidRequestError keeps its message;
 any other ValueError raised while serving is the service's fault, a logged 500 whose body says nothing of it."""
+
 from __future__ import annotations
 
 import logging
@@ -24,10 +25,26 @@ class RaisingEngine:
 
 
 def client_for(exc: Exception) -> TestClient:
-    runner = ChatRunner(settings=Settings(), metrics=build_metrics(), engine=RaisingEngine(exc),  # type: ignore[arg-type]
-                        tokenizer=None, model_name="clawbot", model_identity="test", context_window=64, storage=None)
-    job = ChatJob(request_id="r1", route="/v1/chat/completions", key_id="k1", messages=[], prompt_ids=[1],
-                  params=SamplingParams(max_tokens=4), cache_key=None, plan=None)  # type: ignore[arg-type]
+    runner = ChatRunner(
+        settings=Settings(),
+        metrics=build_metrics(),
+        engine=RaisingEngine(exc),  # type: ignore[arg-type]
+        tokenizer=None,
+        model_name="clawbot",
+        model_identity="test",
+        context_window=64,
+        storage=None,
+    )
+    job = ChatJob(
+        request_id="r1",
+        route="/v1/chat/completions",
+        key_id="k1",
+        messages=[],
+        prompt_ids=[1],
+        params=SamplingParams(max_tokens=4),
+        cache_key=None,
+        plan=None,
+    )  # type: ignore[arg-type]
     app = FastAPI()
     install_error_handlers(app)
 
@@ -41,15 +58,22 @@ def client_for(exc: Exception) -> TestClient:
 def test_an_invalid_request_is_a_400_naming_the_problem() -> None:
     reply = client_for(InvalidRequestError("the prompt is empty; at least one token is needed")).post("/submit")
     assert reply.status_code == 400
-    assert reply.json()["error"] == {"type": "invalid_request_error", "code": "invalid_request",
-                                     "message": "the prompt is empty; at least one token is needed"}
+    assert reply.json()["error"] == {
+        "type": "invalid_request_error",
+        "code": "invalid_request",
+        "message": "the prompt is empty; at least one token is needed",
+    }
 
 
 def test_any_other_value_error_is_a_500_that_leaks_nothing_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="clawbot.errors"):
         reply = client_for(ValueError("internal detail: tensor shape (3, 7)")).post("/submit")
     assert reply.status_code == 500
-    assert reply.json()["error"] == {"type": "server_error", "code": "internal_error", "message": "internal server error"}
+    assert reply.json()["error"] == {
+        "type": "server_error",
+        "code": "internal_error",
+        "message": "internal server error",
+    }
     assert "internal detail" not in reply.text
     (record,) = [r for r in caplog.records if r.name == "clawbot.errors"]
     assert record.exc_info and "internal detail" in str(record.exc_info[1])

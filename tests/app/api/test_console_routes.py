@@ -1,4 +1,5 @@
 """The console is served from the service: the page and its two assets, with no inline code or third-party URLs."""
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.errors import install_error_handlers
-from app.api.routes import console
 from app.api.middleware.security_headers import STRICT_CSP, SecurityHeadersMiddleware
+from app.api.routes import console
 
 CONSOLE = Path(console.CONSOLE_DIR)
 
@@ -110,8 +111,17 @@ def test_page_has_no_inline_code_and_no_third_party_urls() -> None:
 
 def test_script_keeps_the_token_out_of_storage_and_html() -> None:
     js = (CONSOLE / "app.js").read_text()
-    for banned in ("localStorage", "sessionStorage", "document.cookie", "indexedDB", "innerHTML", "outerHTML",
-                   "insertAdjacentHTML", "eval(", "new Function"):
+    for banned in (
+        "localStorage",
+        "sessionStorage",
+        "document.cookie",
+        "indexedDB",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "eval(",
+        "new Function",
+    ):
         assert banned not in js, banned
     assert 'credentials: "omit"' in js  # no ambient cookies ride along either
 

@@ -3,13 +3,15 @@
 Both tests run a real uvicorn server in this process (so they can see inside it) and call it over
 HTTP like a probe would: a blocked loop shows as a probe that does not answer.
 """
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -44,8 +46,12 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
 
         def ask(i: int) -> httpx.Response:
             text = (f"Prompt {i}. " + sentence * (BIG_PROMPT_CHARS // len(sentence) + 1))[:BIG_PROMPT_CHARS]
-            return httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]},
-                              headers=bearer, timeout=300)
+            return httpx.post(
+                url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": text}]},
+                headers=bearer,
+                timeout=300,
+            )
 
         samples: list[float] = []
         with ThreadPoolExecutor(4) as pool:
@@ -63,7 +69,9 @@ def test_healthz_answers_within_50ms_p99_while_four_1mb_prompts_are_tokenized(
     assert len(samples) >= 20, f"only {len(samples)} probes fitted in the tokenization"
     samples.sort()
     p99 = samples[int(0.99 * (len(samples) - 1))]
-    assert p99 < HEALTHZ_P99_S, f"/healthz p99 {p99 * 1000:.1f} ms over {len(samples)} probes (max {samples[-1] * 1000:.1f} ms)"
+    assert p99 < HEALTHZ_P99_S, (
+        f"/healthz p99 {p99 * 1000:.1f} ms over {len(samples)} probes (max {samples[-1] * 1000:.1f} ms)"
+    )
 
 
 def test_a_slow_key_file_reload_never_stalls_the_event_loop(

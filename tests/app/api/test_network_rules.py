@@ -1,9 +1,11 @@
 """Network rules as middleware: BLOCKED_CIDRS/ALLOWED_CIDRS on every route of the API port (probes exempt, for the
 kubelet), BLOCKED_CIDRS and METRICS_ALLOWED_CIDRS on the metrics port, and no redirect towards a forged Host."""
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -38,11 +40,17 @@ def test_a_blocked_address_is_refused_on_every_route_but_the_probes(
     with TestClient(app, client=("10.66.0.9", 5000)) as c:
         routes = _every_route(app)
         for method, url in routes:
-            r = c.request(method, url, headers=bearer, json={"api_key": keyfiles.raw["root"]} if method == "POST" else None)
+            r = c.request(
+                method, url, headers=bearer, json={"api_key": keyfiles.raw["root"]} if method == "POST" else None
+            )
             if url in PROBE_PATHS:
                 assert r.status_code != 403, url  # the kubelet probes from the node's address
             else:
-                assert r.status_code == 403 and r.json()["error"]["code"] == "address_not_allowed", (method, url, r.text)
+                assert r.status_code == 403 and r.json()["error"]["code"] == "address_not_allowed", (
+                    method,
+                    url,
+                    r.text,
+                )
         assert c.get("/no/such/route").status_code == 403  # refused before routing: nothing is learnt about paths
     refused = len(routes) - len(PROBE_PATHS) + 1
     assert metric_value(app.state.metrics, "clawbot_auth_failures_total", reason="ip_blocked") == refused
@@ -50,14 +58,19 @@ def test_a_blocked_address_is_refused_on_every_route_but_the_probes(
 
 def test_allowed_cidrs_cover_the_console_docs_and_schema(modelless_app: Callable[..., FastAPI]) -> None:
     app = modelless_app(allowed_cidrs=("192.168.1.0/24",))
-    with TestClient(app, client=("8.8.8.8", 5000)) as outsider, TestClient(app, client=("192.168.1.20", 5000)) as insider:
+    with (
+        TestClient(app, client=("8.8.8.8", 5000)) as outsider,
+        TestClient(app, client=("192.168.1.20", 5000)) as insider,
+    ):
         for url in ("/", "/console/app.js", "/docs", "/redoc", "/openapi.json"):
             assert outsider.get(url).status_code == 403, url
             assert insider.get(url).status_code == 200, url
         assert outsider.get("/healthz").status_code == 200
 
 
-def test_the_metrics_port_has_its_own_allow_list_and_the_shared_block_list(make_settings: Callable[..., Settings]) -> None:
+def test_the_metrics_port_has_its_own_allow_list_and_the_shared_block_list(
+    make_settings: Callable[..., Settings],
+) -> None:
     metrics = build_metrics()
     settings = make_settings(
         allowed_cidrs=("192.168.1.0/24",),  # the API's clients: Prometheus is not among them
@@ -104,9 +117,16 @@ def test_the_metrics_listener_judges_the_tcp_peer_and_no_header(
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
-            wait_until("the metrics listener to start", lambda: server.started, 30, poll_s=0.02,
-                       give_up=lambda: None if thread.is_alive() else "its thread ended")
-            return httpx.get(f"http://127.0.0.1:{settings.metrics_port}/metrics", headers=headers, timeout=10).status_code
+            wait_until(
+                "the metrics listener to start",
+                lambda: server.started,
+                30,
+                poll_s=0.02,
+                give_up=lambda: None if thread.is_alive() else "its thread ended",
+            )
+            return httpx.get(
+                f"http://127.0.0.1:{settings.metrics_port}/metrics", headers=headers, timeout=10
+            ).status_code
         finally:
             server.should_exit = True
             thread.join(30)

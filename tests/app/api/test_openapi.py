@@ -1,5 +1,6 @@
 """/openapi.json tells the truth: each route's error statuses in the one named error shape, no 422 the service never
 sends, no admin routes; and a route that documents 401 or 415 does answer them."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,10 +20,14 @@ def _errors(schema: dict[str, Any], path: str, method: str) -> dict[str, Any]:
 
 def test_each_route_documents_the_errors_it_can_answer_in_the_error_shape(service: TestClient) -> None:
     schema = service.get("/openapi.json").json()
-    assert schema["components"]["schemas"]["ErrorResponse"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert schema["components"]["schemas"]["ErrorResponse"]["properties"]["error"] == {
+        "$ref": "#/components/schemas/ErrorDetail"
+    }
     assert set(schema["components"]["schemas"]["ErrorDetail"]["required"]) == {"type", "message", "code"}
     for path, method in (("/api/chat", "post"), ("/v1/chat/completions", "post")):
-        assert set(_errors(schema, path, method)) == ALL_ERRORS | {"504"} | ({"404"} if path.startswith("/v1") else set()), path
+        assert set(_errors(schema, path, method)) == ALL_ERRORS | {"504"} | (
+            {"404"} if path.startswith("/v1") else set()
+        ), path
     assert set(_errors(schema, "/api/auth", "post")) == {"400", "401", "403", "413", "415", "429", "503"}
     assert set(_errors(schema, "/v1/models", "get")) == {"401", "403", "429", "503"}
     assert set(_errors(schema, "/readyz", "get")) == {"503"}  # probes: exempt from the network rules
@@ -68,8 +73,13 @@ def _body_validator(schema: dict[str, Any], path: str) -> Any:
 # schemathesis reported (issue 22, item 7).
 REFUSED_BODIES = {
     "no messages": ("/v1/chat/completions", {"messages": []}),
-    "strict as 0": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [
-        {"type": "function", "function": {"name": "f", "strict": 0}}]}),
+    "strict as 0": (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "strict": 0}}],
+        },
+    ),
     "stream as 1": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": 1}),
     "an unknown role": ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}),
     "no input items": ("/v1/responses", {"input": []}),
@@ -77,14 +87,22 @@ REFUSED_BODIES = {
     "an unknown item type": ("/v1/responses", {"input": [{"type": "item_reference", "id": "x"}]}),
     "text.format strict as 0": ("/v1/responses", {"input": "hi", "text": {"format": {"type": "text", "strict": 0}}}),
     "a user message without content": ("/v1/chat/completions", {"messages": [{"role": "user"}]}),
-    "an assistant message without content or calls": ("/v1/chat/completions", {"messages": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": []}]}),
-    "a tool result without tool_call_id": ("/v1/chat/completions", {"messages": [
-        {"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]}),
-    "a json_schema response_format without its schema": ("/v1/chat/completions", {
-        "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}}),
-    "a json_schema text.format without its schema": ("/v1/responses", {
-        "input": "hi", "text": {"format": {"type": "json_schema", "name": "r"}}}),
+    "an assistant message without content or calls": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": []}]},
+    ),
+    "a tool result without tool_call_id": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]},
+    ),
+    "a json_schema response_format without its schema": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}},
+    ),
+    "a json_schema text.format without its schema": (
+        "/v1/responses",
+        {"input": "hi", "text": {"format": {"type": "json_schema", "name": "r"}}},
+    ),
 }
 
 
@@ -107,16 +125,24 @@ def test_served_responses_items_are_valid_in_the_published_schema(service: TestC
     assert validator.is_valid({"input": items, "stream": True})
     chat = _body_validator(service.get("/openapi.json").json(), "/v1/chat/completions")
     call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
-    assert chat.is_valid({"messages": [{"role": "user", "content": "Weather?"},
-                                       {"role": "assistant", "content": None, "tool_calls": [call]},
-                                       {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
-                          "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {}}}})
+    assert chat.is_valid(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            ],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {}}},
+        }
+    )
 
 
 def test_streams_are_documented_as_events_of_the_published_shapes(service: TestClient) -> None:
     schema = service.get("/openapi.json").json()
-    for path, payloads in (("/v1/chat/completions", {"ChatCompletionChunk", "ErrorResponse"}),
-                           ("/v1/responses", {"ResponseStreamEvent"})):
+    for path, payloads in (
+        ("/v1/chat/completions", {"ChatCompletionChunk", "ErrorResponse"}),
+        ("/v1/responses", {"ResponseStreamEvent"}),
+    ):
         event = schema["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
         data = event["properties"]["data"]
         json_data = data.get("else", data)
@@ -133,10 +159,16 @@ def test_every_200_body_is_a_named_model_and_a_stream_is_documented_as_server_se
         for method, operation in operations.items():
             content = operation["responses"]["200"]["content"]
             ref = content["application/json"]["schema"].get("$ref", "")
-            assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, (path, method, content)
+            assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, (
+                path,
+                method,
+                content,
+            )
             if "text/event-stream" in content:
                 streams.add(path)
     assert streams == {"/v1/chat/completions", "/v1/responses"}
     # What each `data:` of a chat completion stream carries is documented too.
-    assert "ChatCompletionChunk" in components and "ChatCompletionChunk" in schema["paths"]["/v1/chat/completions"][
-        "post"]["responses"]["200"]["description"]
+    assert (
+        "ChatCompletionChunk" in components
+        and "ChatCompletionChunk" in schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["description"]
+    )

@@ -1,8 +1,10 @@
 """Scopes on every route: one table decides them (app.api.auth.ROUTE_RULES), and a walk over the app's routes holds
 each to its rule: anonymous 401, a key without the scope 403, a key with it gets past authentication."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -55,12 +57,17 @@ def test_every_route_asks_for_its_scope(service: TestClient, keyfiles: KeyFiles)
         for method in sorted((route.methods or set()) - {"HEAD"}):
             walked.add((method, path))
 
-            def call(key_id: str | None = None) -> int:
-                credential = None if key_id is None else tokens[key_id] if rule.credentials == "jwt" else keyfiles.raw[key_id]
+            def call(key_id: str | None = None, method: str = method, url: str = url, rule: Any = rule) -> int:
+                credential = (
+                    None if key_id is None else tokens[key_id] if rule.credentials == "jwt" else keyfiles.raw[key_id]
+                )
                 headers = {} if credential is None else {"Authorization": f"Bearer {credential}"}
                 r = service.request(method, url, json=CHAT_BODY if method == "POST" else None, headers=headers)
                 if r.status_code == 403:
-                    assert r.json()["error"]["code"] == "insufficient_scope" and repr(rule.scope) in r.json()["error"]["message"]
+                    assert (
+                        r.json()["error"]["code"] == "insufficient_scope"
+                        and repr(rule.scope) in r.json()["error"]["message"]
+                    )
                 return r.status_code
 
             if rule.scope is None:
@@ -69,14 +76,18 @@ def test_every_route_asks_for_its_scope(service: TestClient, keyfiles: KeyFiles)
             assert call() == 401, (method, path)
             assert call(LACKING[rule.scope]) == 403, (method, path, "a key without the scope got in")
             assert call(HOLDER[rule.scope]) not in (401, 403), (method, path)
-    assert ("POST", "/v1/chat/completions") in walked and ("GET", "/admin/keys") in walked and ("GET", "/docs") in walked
+    assert (
+        ("POST", "/v1/chat/completions") in walked and ("GET", "/admin/keys") in walked and ("GET", "/docs") in walked
+    )
 
 
 def test_an_admin_only_key_cannot_chat_with_a_token_either(service: TestClient, keyfiles: KeyFiles) -> None:
     token = service.post("/api/auth", json={"api_key": keyfiles.raw["ops"]}).json()["token"]
     bearer = {"Authorization": f"Bearer {token}"}
-    for r in (service.post("/api/chat", json=CHAT_BODY, headers=bearer),
-              service.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer),
-              service.get("/v1/models", headers=bearer)):
+    for r in (
+        service.post("/api/chat", json=CHAT_BODY, headers=bearer),
+        service.post("/v1/chat/completions", json=CHAT_BODY, headers=bearer),
+        service.get("/v1/models", headers=bearer),
+    ):
         assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
     assert service.get("/admin/keys", headers=bearer).status_code == 200

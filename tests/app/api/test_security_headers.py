@@ -1,8 +1,9 @@
 """Security headers: the strict CSP and anti-framing headers on every response, the docs' own policy on /docs."""
+
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -22,7 +23,9 @@ def _app() -> FastAPI:
     @app.get("/page")
     async def page() -> HTMLResponse:
         # An app-set policy must not survive next to (or instead of) the middleware's.
-        return HTMLResponse("<p>hi</p>", headers={"Content-Security-Policy": "default-src *", "X-Frame-Options": "ALLOWALL"})
+        return HTMLResponse(
+            "<p>hi</p>", headers={"Content-Security-Policy": "default-src *", "X-Frame-Options": "ALLOWALL"}
+        )
 
     @app.get("/stream")
     async def stream() -> StreamingResponse:
@@ -85,7 +88,9 @@ def test_docs_policy_lets_fastapis_own_docs_pages_load() -> None:
         html = r.text
         for src in re.findall(r'<script[^>]+src="([^"]+)"', html):
             assert _allowed(DOCS_CSP, "script-src", src), (path, src)
-        for href in re.findall(r'<link[^>]+rel="stylesheet"[^>]*href="([^"]+)"|<link[^>]+href="([^"]+)"[^>]*rel="stylesheet"', html):
+        for href in re.findall(
+            r'<link[^>]+rel="stylesheet"[^>]*href="([^"]+)"|<link[^>]+href="([^"]+)"[^>]*rel="stylesheet"', html
+        ):
             url = next(h for h in href if h)
             assert _allowed(DOCS_CSP, "style-src", url), (path, url)
         if needs_inline_script:

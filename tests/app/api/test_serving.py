@@ -1,11 +1,13 @@
 """ChatRunner.prepare with the embedded model's tokenizer: limits that fit real clients, the model's sampling
 defaults, the message shapes agent clients send, and the requests it refuses with a reason."""
+
 from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,8 +20,13 @@ from app.observability.metrics import build_metrics
 from app.settings import Settings
 
 WINDOW = 400
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @dataclass
@@ -31,8 +38,14 @@ class Caller:
 def runner(embedded: Any) -> Iterator[ChatRunner]:
     tokenizer = embedded.tokenizer
     runner = ChatRunner(
-        settings=Settings(max_tokens=128), metrics=build_metrics(), engine=None,  # type: ignore[arg-type]
-        tokenizer=tokenizer, model_name="clawbot", model_identity="test-model", context_window=WINDOW, storage=None,
+        settings=Settings(max_tokens=128),
+        metrics=build_metrics(),
+        engine=None,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        model_name="clawbot",
+        model_identity="test-model",
+        context_window=WINDOW,
+        storage=None,
         defaults=SamplingDefaults(temperature=0.0, top_p=0.9, repetition_penalty=1.1),
         grammars=Grammars(tokenizer, embedded.model.config.vocab_size, {tokenizer.eos_token_id}),
     )
@@ -47,10 +60,23 @@ def messages(*items: dict[str, Any]) -> list[ChatMessage]:
 ASK = messages({"role": "user", "content": "What is the capital of France?"})
 
 
-def prepare(runner: ChatRunner, msgs: list[ChatMessage] = ASK, max_tokens: int | None = None,
-            gen: GenerationFields | None = None, **output: Any) -> Any:
-    return asyncio.run(runner.prepare("/v1/chat/completions", Caller(), msgs, gen or GenerationFields(),  # type: ignore[arg-type]
-                                      max_tokens=max_tokens, output=OutputRequest(**output)))
+def prepare(
+    runner: ChatRunner,
+    msgs: list[ChatMessage] = ASK,
+    max_tokens: int | None = None,
+    gen: GenerationFields | None = None,
+    **output: Any,
+) -> Any:
+    return asyncio.run(
+        runner.prepare(
+            "/v1/chat/completions",
+            Caller(),
+            msgs,
+            gen or GenerationFields(),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            output=OutputRequest(**output),
+        )
+    )
 
 
 def refused(fn: Any, code: str) -> str:
@@ -70,7 +96,9 @@ def test_output_caps_are_clamped_not_refused(runner: ChatRunner) -> None:
 
 
 def test_only_a_prompt_that_fills_the_window_is_refused(runner: ChatRunner) -> None:
-    message = refused(lambda: prepare(runner, messages({"role": "user", "content": "Paris. " * 400})), "context_length_exceeded")
+    message = refused(
+        lambda: prepare(runner, messages({"role": "user", "content": "Paris. " * 400})), "context_length_exceeded"
+    )
     assert f"context window is {WINDOW} tokens" in message
 
 
@@ -84,13 +112,29 @@ def test_left_out_sampling_parameters_come_from_the_model(runner: ChatRunner) ->
 
 
 def test_agent_message_shapes_are_accepted(runner: ChatRunner) -> None:
-    job = prepare(runner, messages(
-        {"role": "developer", "content": "You are terse."},
-        {"role": "user", "content": [{"type": "text", "text": "Weather "}, {"type": "input_text", "text": "in Paris?"}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
-    ), tools=[WEATHER])
+    job = prepare(
+        runner,
+        messages(
+            {"role": "developer", "content": "You are terse."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Weather "}, {"type": "input_text", "text": "in Paris?"}],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        ),
+        tools=[WEATHER],
+    )
     assert [m["role"] for m in job.messages] == ["system", "user", "assistant", "tool"]
     assert job.messages[1]["content"] == "Weather in Paris?"
     prompt = runner.jobs.renderer._tokenizer.decode(job.prompt_ids)
@@ -99,8 +143,15 @@ def test_agent_message_shapes_are_accepted(runner: ChatRunner) -> None:
 
 
 def test_image_parts_are_refused_naming_the_text_only_model(runner: ChatRunner) -> None:
-    image = messages({"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                                  {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]})
+    image = messages(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+            ],
+        }
+    )
     message = refused(lambda: prepare(runner, image), "unsupported_content")
     assert "messages[0].content[1]" in message and "'clawbot' is text-only" in message
 
@@ -114,17 +165,23 @@ def test_forced_calls_and_schemas_get_a_grammar(runner: ChatRunner) -> None:
 
 
 def test_bad_tool_choice_and_schemas_say_why(runner: ChatRunner) -> None:
-    message = refused(lambda: prepare(runner, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "x"}}),
-                      "invalid_tool_choice")
+    message = refused(
+        lambda: prepare(runner, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "x"}}),
+        "invalid_tool_choice",
+    )
     assert "'x', which is not in tools (get_weather)" in message
     message = refused(lambda: prepare(runner, json_schema={"type": "objectx"}), "invalid_schema")
     assert message == "the response format's JSON schema cannot be enforced: Unsupported type \"objectx\""
-    message = refused(lambda: prepare(runner, json_schema={"type": "string", "pattern": "(a{1,100}){1,100}"}),
-                      "schema_too_complex")
+    message = refused(
+        lambda: prepare(runner, json_schema={"type": "string", "pattern": "(a{1,100}){1,100}"}), "schema_too_complex"
+    )
     assert message.startswith("the response format's JSON schema is refused: the pattern at #/pattern repeats 10000")
     weird = {**WEATHER, "function": {**WEATHER["function"], "parameters": {"not": {}}}}
     message = refused(lambda: prepare(runner, tools=[weird], tool_choice="required"), "unsupported_schema")
-    assert "the parameters schema of the tools in tool_choice is refused: 'not' at #/items/anyOf/0/properties/arguments" in message
+    assert (
+        "the parameters schema of the tools in tool_choice is refused: 'not' at #/items/anyOf/0/properties/arguments"
+        in message
+    )
 
 
 # The parts of Qwen 2.5's chat template that handle tools, enough to show what a template that renders tools receives.
@@ -139,16 +196,36 @@ TOOL_TEMPLATE = (
 def test_a_template_that_renders_tools_gets_them(embedded: Any) -> None:
     tokenizer = copy.deepcopy(embedded.tokenizer)
     tokenizer.chat_template = TOOL_TEMPLATE
-    native = ChatRunner(settings=Settings(), metrics=build_metrics(), engine=None,  # type: ignore[arg-type]
-                        tokenizer=tokenizer, model_name="clawbot", model_identity="test-model", context_window=WINDOW,
-                        storage=None)
+    native = ChatRunner(
+        settings=Settings(),
+        metrics=build_metrics(),
+        engine=None,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        model_name="clawbot",
+        model_identity="test-model",
+        context_window=WINDOW,
+        storage=None,
+    )
     assert native.jobs.native_tools and native.jobs.parser.name == "hermes"
-    job = prepare(native, messages(
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
-    ), tools=[WEATHER])
+    job = prepare(
+        native,
+        messages(
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+        ),
+        tools=[WEATHER],
+    )
     prompt = tokenizer.decode(job.prompt_ids)
     assert prompt.startswith('<tools>{"type": "function", "function": {"name": "get_weather"')
     assert '<tool_call>get_weather {"city": "Paris"}</tool_call><|tool|>18C<|assistant|>' in prompt

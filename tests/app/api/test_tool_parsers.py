@@ -7,6 +7,7 @@ families each format belongs to:
 - Llama 3.x JSON: vllm-project/vllm tests/tool_parsers/test_llama3_json_tool_parser.py
   (commit e761a18556be6e7e80a81c8bc4b443ac52b2ba69; Llama-3.2-1B-Instruct outputs)
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,9 @@ def test_hermes_holds_back_a_call_while_streaming() -> None:
 
 # -- Llama 3.x JSON ---------------------------------------------------------------------------------------------------
 def test_llama3_call_inside_text() -> None:
-    parsed = llama.extract('Here is the result: {"name": "getOpenIncidentsTool", "parameters": {}} Would you like to know more?')
+    parsed = llama.extract(
+        'Here is the result: {"name": "getOpenIncidentsTool", "parameters": {}} Would you like to know more?'
+    )
     assert parsed.content is None
     assert [(c.name, c.arguments) for c in parsed.calls] == [("getOpenIncidentsTool", "{}")]
 

@@ -1,4 +1,5 @@
 """tool_choice into a plan, and a streamed generation into text and tool-call pieces (what clients reassemble)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,13 @@ from app.api.tools import Delta, ToolChoiceError, ToolPlan
 from app.api.tools.hermes import HermesParser
 from app.api.tools.render import for_native_template, for_plain_template
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 TIME = {"type": "function", "function": {"name": "get_time"}}
 
 
@@ -54,12 +60,17 @@ def test_grammar_schemas_for_forced_calls() -> None:
     assert plan({"type": "function", "function": {"name": "get_time"}}).schema() == {"type": "object", "properties": {}}
     required = plan("required", parallel=False).schema()
     assert required is not None and required["maxItems"] == 1 and required["minItems"] == 1
-    assert [o["properties"]["name"] for o in required["items"]["anyOf"]] == [{"const": "get_weather"}, {"const": "get_time"}]
+    assert [o["properties"]["name"] for o in required["items"]["anyOf"]] == [
+        {"const": "get_weather"},
+        {"const": "get_time"},
+    ]
     assert plan("auto").schema() is None
 
 
 def test_named_call_streams_its_arguments_as_they_come() -> None:
-    deltas, parsed = stream(plan({"type": "function", "function": {"name": "get_weather"}}), ['{"city', '": "Par', 'is"}'])
+    deltas, parsed = stream(
+        plan({"type": "function", "function": {"name": "get_weather"}}), ['{"city', '": "Par', 'is"}']
+    )
     assert deltas[0].call is not None and deltas[0].call.name == "get_weather" and deltas[0].arguments == ""
     assert [d.arguments for d in deltas[1:]] == ['{"city', '": "Par', 'is"}']
     text, calls = reassemble(deltas)
@@ -69,8 +80,9 @@ def test_named_call_streams_its_arguments_as_they_come() -> None:
 
 def test_required_calls_come_whole_at_the_end() -> None:
     p = plan("required")
-    deltas, parsed = stream(p, ['[{"name": "get_time", ', '"arguments": {}}, ',
-                                '{"name": "get_weather", "arguments": {"city": "Oslo"}}]'])
+    deltas, parsed = stream(
+        p, ['[{"name": "get_time", ', '"arguments": {}}, ', '{"name": "get_weather", "arguments": {"city": "Oslo"}}]']
+    )
     text, calls = reassemble(deltas)
     assert text == "" and [c["name"] for c in calls.values()] == ["get_time", "get_weather"]
     assert json.loads(calls[1]["arguments"]) == {"city": "Oslo"}
@@ -97,9 +109,14 @@ def test_auto_without_parallel_calls_keeps_the_first() -> None:
 FOLLOW_UP = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_1", "content": "18C, sunny"},
     {"role": "tool", "tool_call_id": "call_2", "content": "14:05"},
 ]
@@ -109,9 +126,13 @@ def test_plain_templates_get_the_family_format_in_text() -> None:
     out = for_plain_template(FOLLOW_UP, [WEATHER], HermesParser())
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
     assert out[0]["content"].startswith("Be brief.\n\n# Tools") and '"name": "get_weather"' in out[0]["content"]
-    assert out[2]["content"] == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-                                 '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
-    assert out[3]["content"] == "<tool_response>\n18C, sunny\n</tool_response>\n<tool_response>\n14:05\n</tool_response>"
+    assert out[2]["content"] == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    )
+    assert (
+        out[3]["content"] == "<tool_response>\n18C, sunny\n</tool_response>\n<tool_response>\n14:05\n</tool_response>"
+    )
     assert all(set(m) == {"role", "content"} for m in out)
 
 

@@ -1,4 +1,5 @@
 """The tiny random Llama the engine tests share (built once per session: it is the same model every time)."""
+
 from __future__ import annotations
 
 import pytest

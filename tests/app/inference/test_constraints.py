@@ -1,6 +1,7 @@
 """Grammar-constrained rows in the batching engine, on the embedded model: JSON valid against the schema, the end of
 sequence only once the JSON is complete, and the rows beside them unchanged. And the compile itself: off the event
 loop, under a budget that kills an overrunning compile without leaking its process, cached in bytes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,21 +9,25 @@ import json
 import os
 import signal
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 
 from app.inference.constraints import GrammarError, Grammars, SchemaRefused
+from app.inference.engine import Completion, Engine, SamplingParams
 from app.inference.grammar_sandbox import WARM_UP_SCHEMA
 from app.inference.schema_limits import SchemaLimits, SchemaTooComplex
-from app.inference.engine import Completion, Engine, SamplingParams
 from bench.waiting import wait_until
 
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
-                   "languages": {"type": "array", "items": {"type": "string", "enum": ["en", "fr", "de"]}, "maxItems": 3}},
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer"},
+        "languages": {"type": "array", "items": {"type": "string", "enum": ["en", "fr", "de"]}, "maxItems": 3},
+    },
     "required": ["name", "age", "languages"],
 }
 
@@ -39,8 +44,9 @@ def constraint(grammars: Grammars, schema: Any) -> Any:
 
 
 def prompt_ids(embedded: Any, question: str) -> list[int]:
-    encoded = embedded.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                                     tokenize=True, return_dict=True)
+    encoded = embedded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     return list(encoded["input_ids"])
 
 
@@ -49,14 +55,23 @@ def test_constrained_and_free_rows_share_a_batch(embedded: Any, grammars: Gramma
     france = prompt_ids(embedded, "What is the capital of France?")
 
     async def go() -> tuple[Completion, Completion, Completion]:
-        engine = Engine(embedded.model, embedded.tokenizer, device=embedded.device, batch_wait_ms=50,
-                        context_window=embedded.context_window)
+        engine = Engine(
+            embedded.model,
+            embedded.tokenizer,
+            device=embedded.device,
+            batch_wait_ms=50,
+            context_window=embedded.context_window,
+        )
         await engine.start()
         alone = await engine.submit(france, SamplingParams(max_tokens=12)).result()
-        handles = [engine.submit(question, SamplingParams(max_tokens=80, constraint=await grammars.constraint(PERSON))),
-                   engine.submit(france, SamplingParams(max_tokens=12)),
-                   engine.submit(question, SamplingParams(max_tokens=80, temperature=1.0, seed=3,
-                                                          constraint=await grammars.constraint(PERSON)))]
+        handles = [
+            engine.submit(question, SamplingParams(max_tokens=80, constraint=await grammars.constraint(PERSON))),
+            engine.submit(france, SamplingParams(max_tokens=12)),
+            engine.submit(
+                question,
+                SamplingParams(max_tokens=80, temperature=1.0, seed=3, constraint=await grammars.constraint(PERSON)),
+            ),
+        ]
         greedy, free, sampled = [await h.result() for h in handles]
         await engine.shutdown()
         assert free.text == alone.text  # a constrained neighbour changes nothing for an unconstrained row
@@ -98,8 +113,14 @@ def wait_ended(pid: int, which: str = "the compile process") -> None:
 
 def test_a_compile_over_budget_is_killed_and_its_process_replaced(embedded: Any) -> None:
     # Without the pattern limit, `a{1,10000}` takes xgrammar about a minute; the budget allows a fifth of a second.
-    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id},
-                        compile_timeout_s=0.2, workers=1, limits=SchemaLimits(max_repetition=10**6))
+    grammars = Grammars(
+        embedded.tokenizer,
+        embedded.model.config.vocab_size,
+        {embedded.tokenizer.eos_token_id},
+        compile_timeout_s=0.2,
+        workers=1,
+        limits=SchemaLimits(max_repetition=10**6),
+    )
     try:
         constraint(grammars, {"type": "string"})  # the child is up
         (child,) = grammars._sandbox._children
@@ -120,8 +141,13 @@ def test_a_compile_over_budget_is_killed_and_its_process_replaced(embedded: Any)
 
 
 def test_the_event_loop_runs_while_a_schema_compiles(embedded: Any) -> None:
-    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id},
-                        compile_timeout_s=120, workers=1)
+    grammars = Grammars(
+        embedded.tokenizer,
+        embedded.model.config.vocab_size,
+        {embedded.tokenizer.eos_token_id},
+        compile_timeout_s=120,
+        workers=1,
+    )
     slow = {"type": "string", "maxLength": 100}  # a second or more of compile, twice (in the child, then in the server)
 
     async def go() -> int:
@@ -140,8 +166,13 @@ def test_the_event_loop_runs_while_a_schema_compiles(embedded: Any) -> None:
 
 
 def test_compiled_grammars_are_cached_in_bytes_and_shared(embedded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id},
-                        workers=2, cache_bytes=2_000_000)
+    grammars = Grammars(
+        embedded.tokenizer,
+        embedded.model.config.vocab_size,
+        {embedded.tokenizer.eos_token_id},
+        workers=2,
+        cache_bytes=2_000_000,
+    )
     trials: list[str] = []
     trial = grammars._sandbox.trial
 
@@ -175,16 +206,22 @@ def test_compiled_grammars_are_cached_in_bytes_and_shared(embedded: Any, monkeyp
 
 def test_a_compile_process_that_dies_fails_that_schema_alone(embedded: Any) -> None:
     # As a compiler crash would: the process is gone when the schema reaches it.
-    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=1)
+    grammars = Grammars(
+        embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=1
+    )
     try:
         constraint(grammars, {"type": "string"})
         (child,) = grammars._sandbox._children
         pid = child.process.pid
         os.kill(pid, signal.SIGKILL)
         wait_ended(pid)
-        with pytest.raises(GrammarError, match=r"the grammar compiler failed on this schema \(its process exited with -9\)"):
+        with pytest.raises(
+            GrammarError, match=r"the grammar compiler failed on this schema \(its process exited with -9\)"
+        ):
             constraint(grammars, {"type": "boolean"})
-        assert constraint(grammars, {"type": "boolean"}) is not None  # not remembered as refused: a new process compiles it
+        assert (
+            constraint(grammars, {"type": "boolean"}) is not None
+        )  # not remembered as refused: a new process compiles it
     finally:
         grammars.close()
 
@@ -192,7 +229,9 @@ def test_a_compile_process_that_dies_fails_that_schema_alone(embedded: Any) -> N
 def test_a_key_with_slow_schemas_holds_one_compile_worker_and_other_keys_get_the_rest(
     embedded: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    grammars = Grammars(embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=2)
+    grammars = Grammars(
+        embedded.tokenizer, embedded.model.config.vocab_size, {embedded.tokenizer.eos_token_id}, workers=2
+    )
     release = threading.Event()
     trial = grammars._sandbox.trial
 
@@ -204,8 +243,10 @@ def test_a_key_with_slow_schemas_holds_one_compile_worker_and_other_keys_get_the
     monkeypatch.setattr(grammars._sandbox, "trial", held)
 
     async def go() -> None:
-        hostile = [asyncio.create_task(grammars.constraint({"type": "string", "description": f"slow {i}"}, "hostile"))
-                   for i in range(3)]
+        hostile = [
+            asyncio.create_task(grammars.constraint({"type": "string", "description": f"slow {i}"}, "hostile"))
+            for i in range(3)
+        ]
         other = asyncio.create_task(grammars.constraint({"type": "integer"}, "victim"))
         done, _ = await asyncio.wait({other, *hostile}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
         assert done == {other}  # served by the second worker while the first is held by the hostile key

@@ -4,6 +4,7 @@ Most tests drive a tiny random Llama (2 layers, hidden 64) with a byte-level toy
 so they run in seconds; one test checks batched == unbatched greedy output on the real
 embedded model through app.inference.loader.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,9 @@ def test_batch_never_exceeds_max_batch_size_and_metrics_see_it(tiny: LlamaForCau
     async def go() -> list[Completion]:
         engine = engine_for(spy, max_batch_size=3, metrics=metrics, batch_wait_ms=50)
         await engine.start()
-        handles = [engine.submit(p, SamplingParams(max_tokens=4 + i, ignore_eos=True)) for i, p in enumerate(PROMPTS * 2)]
+        handles = [
+            engine.submit(p, SamplingParams(max_tokens=4 + i, ignore_eos=True)) for i, p in enumerate(PROMPTS * 2)
+        ]
         results = await asyncio.gather(*(h.result() for h in handles))
         await engine.shutdown()
         return list(results)
@@ -333,25 +336,42 @@ def test_shutdown_fails_what_the_grace_period_does_not_cover(tiny: LlamaForCausa
 def test_embedded_model_greedy_output_is_the_same_batched_as_alone(embedded: Any) -> None:
     questions = ["What is the capital of France?", "Name three colours.", "hi", "Write a haiku about the sea, please."]
     tokenizer = embedded.tokenizer
-    prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]) for q in questions]
+    prompts = [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        for q in questions
+    ]
     n = 16
     expected = []
     for prompt in prompts:
         with torch.inference_mode():
             out = embedded.model.generate(
-                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                do_sample=False, max_new_tokens=n, pad_token_id=tokenizer.pad_token_id,
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=n,
+                pad_token_id=tokenizer.pad_token_id,
             )
-        ids = out[0, len(prompt):].tolist()
+        ids = out[0, len(prompt) :].tolist()
         expected.append(tokenizer.decode(ids, skip_special_tokens=True))
 
     async def go() -> list[Completion]:
-        engine = Engine(embedded.model, tokenizer, device=embedded.device, max_batch_size=3, batch_wait_ms=0,
-                        context_window=embedded.context_window)
+        engine = Engine(
+            embedded.model,
+            tokenizer,
+            device=embedded.device,
+            max_batch_size=3,
+            batch_wait_ms=0,
+            context_window=embedded.context_window,
+        )
         await engine.start()
-        handles = [engine.submit(prompts[0], SamplingParams(max_tokens=n)),
-                   engine.submit(prompts[1], SamplingParams(max_tokens=n))]
+        handles = [
+            engine.submit(prompts[0], SamplingParams(max_tokens=n)),
+            engine.submit(prompts[1], SamplingParams(max_tokens=n)),
+        ]
         async for _ in handles[0]:
             break  # the next two join a batch that is already decoding; the 4th waits for a free row
         handles += [engine.submit(p, SamplingParams(max_tokens=n)) for p in prompts[2:]]

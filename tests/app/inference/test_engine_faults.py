@@ -3,6 +3,7 @@
 Every test drives the tiny random Llama; "the same greedy output" is always checked against
 `model.generate` on the prompt alone.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,7 +68,9 @@ def test_a_dead_worker_fails_every_waiter_says_why_and_refuses_new_work(
     assert "my secret prompt" not in caplog.text
 
 
-def test_out_of_memory_in_prefill_splits_the_group_and_every_request_completes_unchanged(tiny: LlamaForCausalLM) -> None:
+def test_out_of_memory_in_prefill_splits_the_group_and_every_request_completes_unchanged(
+    tiny: LlamaForCausalLM,
+) -> None:
     lengths = [12, 3, 20, 7, 15, 9]
     expected = [tok.decode(reference(tiny, p, n)) for p, n in zip(PROMPTS, lengths)]
     spy = Spy(tiny, fail=oom_above(rows=2))
@@ -87,7 +90,9 @@ def test_out_of_memory_in_prefill_splits_the_group_and_every_request_completes_u
     assert spy.failures >= 2  # 6 rows failed, then 3, then a single row ran
     assert max(spy.batch_sizes) <= 2
     assert budget < initial
-    counted = sum(metrics.registry.get_sample_value("clawbot_engine_oom_total", {"phase": p}) or 0 for p in ("prefill", "decode"))
+    counted = sum(
+        metrics.registry.get_sample_value("clawbot_engine_oom_total", {"phase": p}) or 0 for p in ("prefill", "decode")
+    )
     assert counted == spy.failures
     assert metrics.registry.get_sample_value("clawbot_engine_oom_total", {"phase": "prefill"}) >= 2
     assert metrics.registry.get_sample_value("clawbot_kv_budget_tokens") == budget

@@ -1,5 +1,6 @@
 """Hostile sampling parameters and failing per-request work beside a healthy request: the healthy one completes
 unchanged, the engine stays up, and each hostile request is refused at submit or fails alone with its own error."""
+
 from __future__ import annotations
 
 import asyncio
@@ -74,11 +75,16 @@ FAILING = {
     "detokenization raises": (SamplingParams(max_tokens=8, constraint=Forces(BAD_TOKEN)), "detokenization"),
 }
 REFUSED = {
-    "temperature NaN": dict(temperature=math.nan), "temperature inf": dict(temperature=math.inf),
-    "temperature 3": dict(temperature=3.0), "temperature -1e-300": dict(temperature=-1e-300),
-    "penalty 1e-300": dict(repetition_penalty=1e-300, temperature=0.7), "penalty 0": dict(repetition_penalty=0.0),
-    "penalty NaN": dict(repetition_penalty=math.nan), "penalty 1e30": dict(repetition_penalty=1e30),
-    "top_p 0": dict(top_p=0.0), "top_p NaN": dict(top_p=math.nan),
+    "temperature NaN": dict(temperature=math.nan),
+    "temperature inf": dict(temperature=math.inf),
+    "temperature 3": dict(temperature=3.0),
+    "temperature -1e-300": dict(temperature=-1e-300),
+    "penalty 1e-300": dict(repetition_penalty=1e-300, temperature=0.7),
+    "penalty 0": dict(repetition_penalty=0.0),
+    "penalty NaN": dict(repetition_penalty=math.nan),
+    "penalty 1e30": dict(repetition_penalty=1e30),
+    "top_p 0": dict(top_p=0.0),
+    "top_p NaN": dict(top_p=math.nan),
 }
 
 
@@ -100,8 +106,9 @@ def test_every_family_of_bad_parameters_beside_a_healthy_request(tiny: LlamaForC
         results = {
             "healthy": await healthy.result(),
             "accepted": {n: await h.result() for n, h in accepted.items()},
-            "failing": dict(zip(failing, await asyncio.gather(*(h.result() for h in failing.values()),
-                                                             return_exceptions=True))),
+            "failing": dict(
+                zip(failing, await asyncio.gather(*(h.result() for h in failing.values()), return_exceptions=True))
+            ),
             "refused": refused,
         }
         after = engine.submit(PROMPT, SamplingParams(max_tokens=4, ignore_eos=True))
@@ -139,7 +146,9 @@ def test_a_grammar_that_ends_stops_its_row_even_with_ignore_eos(tiny: LlamaForCa
     async def go() -> tuple[Completion, Completion, str | None]:
         engine = engine_for(tiny, max_batch_size=4)
         await engine.start()
-        bound = engine.submit(PROMPT, SamplingParams(max_tokens=20, ignore_eos=True, constraint=Forces(forced, ends_after=3)))
+        bound = engine.submit(
+            PROMPT, SamplingParams(max_tokens=20, ignore_eos=True, constraint=Forces(forced, ends_after=3))
+        )
         free = engine.submit(PROMPT, SamplingParams(max_tokens=20, ignore_eos=True))
         out = await bound.result(), await free.result(), engine.failure
         await engine.shutdown(grace_s=5)

@@ -1,11 +1,12 @@
 """The engine's parts, each without the others and without a model (vLLM v1's split): the request queue (submit,
 cancel, expire, admit, requeue, close, stop, fail), the output sink (delivery on the event loop, failing every
 waiter) and a handle's progress, frozen when it is cancelled."""
+
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,15 +15,26 @@ from app.inference.output_sink import OutputSink
 from app.inference.request_queue import RequestQueue
 from app.inference.request_state import RequestState
 from app.inference.requests import (
-    EngineClosedError, EngineFailedError, Progress, QueueFullError, RequestFailedError, SamplingParams,
+    EngineClosedError,
+    EngineFailedError,
+    Progress,
+    QueueFullError,
+    RequestFailedError,
+    SamplingParams,
 )
 
 
 def state(loop: asyncio.AbstractEventLoop, *, deadline: float | None = None, on_cancel=lambda h: None) -> RequestState:
     request: RequestState
     handle = GenerationHandle(loop, on_cancel, lambda: request.progress())
-    request = RequestState(handle=handle, prompt_ids=[1, 2, 3], params=SamplingParams(max_tokens=4), max_new=4,
-                           submitted_at=time.perf_counter(), deadline=deadline)
+    request = RequestState(
+        handle=handle,
+        prompt_ids=[1, 2, 3],
+        params=SamplingParams(max_tokens=4),
+        max_new=4,
+        submitted_at=time.perf_counter(),
+        deadline=deadline,
+    )
     return request
 
 

@@ -6,6 +6,7 @@ memory-mapped reader, as the loader reads a model. Q4_0, Q4_1, Q5_0, Q5_1 and Q8
 package itself; it has no quantizer for the K-quants, so Q4_K and Q5_K blocks are random bytes with sane fp16
 super-block scales (every byte pattern is a valid block).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,16 @@ from gguf import GGUFReader, GGUFWriter, quants
 
 from app.inference.gguf_blocks import PLANES, int4_groups
 from app.inference.int4_linear import (
-    CpuPackLayout, DenseLinear, FusedLinears, FusedPart, Int4Embedding, Int4Linear, cpu_pack_layout, cuda_inner_k_tiles,
-    fuse, nibble_pairs,
+    CpuPackLayout,
+    DenseLinear,
+    FusedLinears,
+    FusedPart,
+    Int4Embedding,
+    Int4Linear,
+    cpu_pack_layout,
+    cuda_inner_k_tiles,
+    fuse,
+    nibble_pairs,
 )
 
 ROWS, K = 112, 512  # 112 rows: full packing blocks and a partial last one, on every CPU layout
@@ -32,7 +41,9 @@ def _k_quant_blocks(qtype: Q, rng: np.random.Generator) -> np.ndarray:
     block, size = quants.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(ROWS, K // block, size), dtype=np.uint8)
     for offset in FP16_FIELDS[qtype]:
-        raw[..., offset:offset + 2] = (rng.standard_normal((ROWS, K // block, 1)) * 0.01).astype(np.float16).view(np.uint8)
+        raw[..., offset : offset + 2] = (
+            (rng.standard_normal((ROWS, K // block, 1)) * 0.01).astype(np.float16).view(np.uint8)
+        )
     return raw.reshape(ROWS, -1)
 
 
@@ -82,7 +93,7 @@ def test_int4_matmul_equals_the_gguf_dequantized_matmul(qtype: Q, tensors: dict[
     served = Int4Linear.from_groups([int4_groups(qtype, raw)], CPU, torch.bfloat16)
     out = served(x)
     assert out.dtype == torch.float32
-    assert ((out - expected).abs() <= 2 ** -7 * _bound(x, reference) + 1e-6).all()
+    assert ((out - expected).abs() <= 2**-7 * _bound(x, reference) + 1e-6).all()
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q4_K], ids=lambda q: q.name)
@@ -141,7 +152,7 @@ def test_a_type_without_int4_form_stays_dense_in_the_kernel_dtype(tensors: dict[
     layer = DenseLinear(weight)
     assert layer.weight.dtype == torch.bfloat16
     x = torch.randn(2, K)
-    assert ((layer(x) - x @ weight.T).abs() <= 2 ** -7 * _bound(x, weight) + 1e-6).all()
+    assert ((layer(x) - x @ weight.T).abs() <= 2**-7 * _bound(x, weight) + 1e-6).all()
     with pytest.raises(ValueError, match="no int4 form"):
         int4_groups(Q.Q6_K, np.zeros((1, 210), dtype=np.uint8))
 

@@ -4,6 +4,7 @@ SmolLM2-135M-Instruct (Q4_1, llama architecture, the embedded model) answers a c
 Q4_K, Q5_0, Q6_K and Q8_0 tensors, a second architecture, a base model without a chat template) completes text.
 The packed int4 result is cached under build/test-data, so only the first run on a machine pays for packing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,7 @@ def _generate(loaded: LoadedModel, messages: list[dict[str, str]], tokens: int, 
     enc: Any = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
         out = loaded.model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kw)
-    return str(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return str(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,9 @@ def test_smollm2_gguf_keeps_its_own_q4_1_blocks(smollm2: LoadedModel) -> None:
 
 def test_smollm2_gguf_answers_paris(smollm2: LoadedModel) -> None:
     # The embedded model's own default penalty (loader.EMBEDDED_SAMPLING); plain greedy loops on this 135M model.
-    answer = _generate(smollm2, [{"role": "user", "content": "What is the capital of France?"}], 20,
-                       repetition_penalty=1.1)
+    answer = _generate(
+        smollm2, [{"role": "user", "content": "What is the capital of France?"}], 20, repetition_penalty=1.1
+    )
     assert "Paris" in answer
 
 
@@ -73,7 +75,9 @@ def test_a_restart_loads_the_packed_cache(
         again = load_model(str(embedded_gguf_path()), DATA_DIR, "gguf", device="cpu", progress=False)
     [placed] = [r for r in caplog.records if r.getMessage() == "gguf tensors placed"]
     assert placed.placement == {  # type: ignore[attr-defined]
-        "F32 -> dense float32": 61, "Q4_1 -> int4": 210, "Q8_0 -> int4 x2 planes (output head, tied embedding)": 1,
+        "F32 -> dense float32": 61,
+        "Q4_1 -> int4": 210,
+        "Q8_0 -> int4 x2 planes (output head, tied embedding)": 1,
     }
     [loaded_line] = [r for r in caplog.records if r.getMessage() == "model loaded"]
     assert loaded_line.quantization == "gguf:q4_1"  # type: ignore[attr-defined]

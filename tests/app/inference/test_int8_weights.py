@@ -1,4 +1,5 @@
 """Weight-only int8 Linear: per-row scales, the same outputs as the full-precision layer within int8's rounding."""
+
 from __future__ import annotations
 
 import torch

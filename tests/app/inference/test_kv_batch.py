@@ -1,4 +1,5 @@
 """KV batch surgery: merging never holds two copies of the cache, a failed merge leaves a valid batch, select allocates nothing."""
+
 from __future__ import annotations
 
 import weakref
@@ -54,7 +55,9 @@ def test_merge_stacks_rows_left_padded_and_keeps_the_running_cache_object() -> N
 
 def test_merge_releases_each_old_layer_before_building_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
     running, fresh = batch(4, 32, seed=3), batch(4, 32, seed=4)
-    originals = [weakref.ref(t) for b in (running, fresh) for layer in b.cache.layers for t in (layer.keys, layer.values)]
+    originals = [
+        weakref.ref(t) for b in (running, fresh) for layer in b.cache.layers for t in (layer.keys, layer.values)
+    ]
     per_layer = 4  # keys and values of the running and of the fresh batch
     alive_at_call: list[int] = []
     stacked = kv._stacked

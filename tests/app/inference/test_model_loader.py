@@ -1,4 +1,5 @@
 """Model loading with the real embedded SmolLM2: GGUF converted once and reused, loaded plain and NF4 on CPU, answering Paris."""
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,7 @@ def _answer(loaded: LoadedModel, question: str = QUESTION) -> str:
         out = loaded.model.generate(  # type: ignore[operator]
             **enc, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id
         )
-    return str(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return str(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
 def test_embedded_gguf_is_found_without_importing_the_package() -> None:
@@ -142,7 +143,9 @@ def test_fp32_on_cpu_is_not_packed() -> None:
     assert can_pack(torch.device("cpu"), torch.bfloat16) == (torch.backends.mkldnn.is_available() and native)
 
 
-def test_int8_on_cpu_is_torchs_weight_only_kernel_and_answers_paris(converted: Path, data_dir: Path, no_conversion: None) -> None:
+def test_int8_on_cpu_is_torchs_weight_only_kernel_and_answers_paris(
+    converted: Path, data_dir: Path, no_conversion: None
+) -> None:
     from app.inference.int8_weights import Int8Linear
 
     loaded = load_model(EMBEDDED_MODEL, data_dir, "int8", device="cpu", dtype="bfloat16", progress=False)
@@ -259,9 +262,23 @@ def test_unknown_quantization_is_refused_before_any_work(tmp_path: Path) -> None
 def test_cli_converts_to_out_and_prints_where(tmp_path: Path) -> None:
     out = tmp_path / "smollm"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.load_model", "--model-path", EMBEDDED_MODEL, "--out", str(out), "--no-load",
-         "--data-dir", str(tmp_path / "data")],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "app.load_model",
+            "--model-path",
+            EMBEDDED_MODEL,
+            "--out",
+            str(out),
+            "--no-load",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(out) in proc.stdout
@@ -270,8 +287,20 @@ def test_cli_converts_to_out_and_prints_where(tmp_path: Path) -> None:
 
 def test_cli_reports_a_bad_path_and_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "app.load_model", "--model-path", str(tmp_path / "nope.gguf"), "--data-dir", str(tmp_path)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "app.load_model",
+            "--model-path",
+            str(tmp_path / "nope.gguf"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert f"error: MODEL_PATH '{tmp_path / 'nope.gguf'}' does not exist" in proc.stderr

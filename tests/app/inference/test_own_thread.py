@@ -1,4 +1,5 @@
 """run_in_own_thread: the result or the exception comes back, and the thread (with its OpenMP pool) is gone."""
+
 from __future__ import annotations
 
 import os

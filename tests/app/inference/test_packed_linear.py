@@ -1,4 +1,5 @@
 """PackedLinear: an nn.Linear with its weight in oneDNN's layout, the same outputs for any input shape."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,10 @@ from torch import nn
 
 from app.inference.packed_linear import PackedLinear, can_pack, pack_linears
 
-pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="this CPU has no native bf16 for oneDNN to prepack (AVX512-BF16 or AVX-NE-CONVERT)")
+pytestmark = pytest.mark.skipif(
+    not can_pack(torch.device("cpu"), torch.bfloat16),
+    reason="this CPU has no native bf16 for oneDNN to prepack (AVX512-BF16 or AVX-NE-CONVERT)",
+)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])

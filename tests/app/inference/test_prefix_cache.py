@@ -1,5 +1,6 @@
 """The prefix cache: longest block-aligned head, per-scope keys, LRU under a token bound; and through the engine,
 greedy outputs that are the same with and without it while later prompts skip the head they share."""
+
 from __future__ import annotations
 
 import asyncio
@@ -85,12 +86,15 @@ SYSTEM = tok.encode("You are a careful assistant. " * 6)  # 174 tokens: two whol
 def drive(engine: Engine, waves: list[list[tuple[list[int], str]]], n: int) -> list[list[Completion]]:
     """Run each wave's prompts (prompt, scope) together, one wave after another; the i-th of a wave gets n + i
     tokens, so rows leave the batch one by one (and the batch is compacted around the rest)."""
+
     async def go() -> list[list[Completion]]:
         await engine.start()
         out = []
         for wave in waves:
-            handles = [engine.submit(p, SamplingParams(max_tokens=n + i, ignore_eos=True), prefix_scope=s)
-                       for i, (p, s) in enumerate(wave)]
+            handles = [
+                engine.submit(p, SamplingParams(max_tokens=n + i, ignore_eos=True), prefix_scope=s)
+                for i, (p, s) in enumerate(wave)
+            ]
             out.append(list(await asyncio.gather(*(h.result() for h in handles))))
         await engine.shutdown()
         return out
@@ -98,7 +102,9 @@ def drive(engine: Engine, waves: list[list[tuple[list[int], str]]], n: int) -> l
     return run(go)
 
 
-def test_greedy_outputs_are_the_same_with_the_cache_and_later_turns_skip_the_shared_head(tiny: LlamaForCausalLM) -> None:
+def test_greedy_outputs_are_the_same_with_the_cache_and_later_turns_skip_the_shared_head(
+    tiny: LlamaForCausalLM,
+) -> None:
     spy = Spy(tiny)
     metrics = build_metrics()
     turn1 = SYSTEM + tok.encode("User: hi")
@@ -137,12 +143,20 @@ def test_embedded_model_answers_the_same_with_and_without_the_cache(embedded: An
     system = {"role": "system", "content": "You are a geography tutor. Answer in one short sentence. " * 12}
     first = [system, {"role": "user", "content": "What is the capital of France?"}]
     second = [*first, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
-    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
-               for m in (first, second, first)]
+    prompts = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+        for m in (first, second, first)
+    ]
 
     def answers(prefix_cache_tokens: int) -> list[Completion]:
-        engine = Engine(embedded.model, tokenizer, device=embedded.device, batch_wait_ms=0,
-                        context_window=embedded.context_window, prefix_cache_tokens=prefix_cache_tokens)
+        engine = Engine(
+            embedded.model,
+            tokenizer,
+            device=embedded.device,
+            batch_wait_ms=0,
+            context_window=embedded.context_window,
+            prefix_cache_tokens=prefix_cache_tokens,
+        )
         return [wave[0] for wave in drive(engine, [[(p, "k")] for p in prompts], 12)]
 
     plain, cached = answers(0), answers(8192)

@@ -1,4 +1,5 @@
 """The sampler's per-row hooks: the repetition penalty and grammar constraints touch only the rows that ask for them."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,14 @@ from app.inference.sampler import StageError, _penalize_repeats, sample
 
 
 def row(prompt: list[int] | None = None, **params: Any) -> RequestState:
-    return RequestState(handle=None, prompt_ids=prompt or [1, 2], params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
-               max_new=8, submitted_at=0.0, deadline=None)
+    return RequestState(
+        handle=None,
+        prompt_ids=prompt or [1, 2],
+        params=SamplingParams(max_tokens=8, **params),  # type: ignore[arg-type]
+        max_new=8,
+        submitted_at=0.0,
+        deadline=None,
+    )
 
 
 class OnlyToken:
@@ -57,7 +64,7 @@ def test_rows_with_other_penalties_and_lengths_each_get_their_own() -> None:
     ours = logits.clone()
     _penalize_repeats(ours, [a, plain, b], {})
     for i, (r, p) in ((0, (a, 1.3)), (2, (b, 0.8))):
-        expected = RepetitionPenaltyLogitsProcessor(p)(torch.tensor([r.generated]), logits[i:i + 1].clone())
+        expected = RepetitionPenaltyLogitsProcessor(p)(torch.tensor([r.generated]), logits[i : i + 1].clone())
         assert torch.allclose(ours[i], expected[0])
     assert torch.equal(ours[1], logits[1])
 
@@ -87,8 +94,9 @@ def test_constraint_masks_and_advances_its_own_row_only() -> None:
 
 def test_sampled_rows_also_obey_the_constraint() -> None:
     only = OnlyToken(2)
-    picks = [sample(torch.randn(1, 10), [row(temperature=1.5, top_p=0.9, constraint=only)], GEN).tokens[0]
-             for _ in range(20)]
+    picks = [
+        sample(torch.randn(1, 10), [row(temperature=1.5, top_p=0.9, constraint=only)], GEN).tokens[0] for _ in range(20)
+    ]
     assert set(picks) == {2} and only.advanced == [2] * 20
 
 
@@ -107,8 +115,12 @@ class Forbids(OnlyToken):
 def test_extreme_accepted_parameters_cannot_overflow() -> None:
     """The smallest temperature is greedy and the smallest penalty stays finite, on logits as large as models give."""
     logits = torch.tensor([[900.0, 850.0, -900.0, 3.0] * 4] * 4)
-    rows = [row(temperature=1e-300), row(temperature=5e-324, seed=3), row(temperature=2.0, repetition_penalty=0.01),
-            row(temperature=1e-5, top_p=1e-9, repetition_penalty=0.01)]
+    rows = [
+        row(temperature=1e-300),
+        row(temperature=5e-324, seed=3),
+        row(temperature=2.0, repetition_penalty=0.01),
+        row(temperature=1e-5, top_p=1e-9, repetition_penalty=0.01),
+    ]
     for r in rows[2:]:
         r.generated = [0, 1, 2]
     for _ in range(3):

@@ -1,5 +1,6 @@
 """Sampling defaults: what model.generate() would use per the model's generation_config.json, or the embedded
 model's own settings."""
+
 from __future__ import annotations
 
 from transformers import GenerationConfig

@@ -1,4 +1,5 @@
 """The scheduler alone (no model): the worst-case KV peak, FIFO admission under a row cap and a token budget."""
+
 from __future__ import annotations
 
 import random

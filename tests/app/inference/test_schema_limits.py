@@ -1,16 +1,21 @@
 """Schema, regex and enum bombs, and schemas the grammar would not enforce, are refused before any compile, with a
 message that names the limit or the keyword; the schemas real clients send (pydantic models, OpenAI tools) pass."""
+
 from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
 from app.inference.schema_limits import (
-    SchemaLimits, SchemaTooComplex, UnenforceableSchema, check_schema, repetition_weight,
+    SchemaLimits,
+    SchemaTooComplex,
+    UnenforceableSchema,
+    check_schema,
+    repetition_weight,
 )
 
 
@@ -27,12 +32,22 @@ BOMBS = {
     "nesting depth 300": (nested(300), "levels"),
     "an enum of 10,000 strings": ({"enum": [f"value-{i}" for i in range(10_000)]}, "per enum"),
     "maxLength 10^9": ({"type": "string", "maxLength": 10**9}, "'maxLength'"),
-    "anyOf with 2,000 branches": ({"anyOf": [{"type": "object", "properties": {f"k{i}": {"type": "integer"}}}
-                                             for i in range(2_000)]}, "subschemas"),
-    "5,000 required properties": ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(5_000)},
-                                   "required": [f"p{i}" for i in range(5_000)]}, "characters as JSON"),
-    "2,500 small properties": ({"type": "object", "properties": {f"{i}": {"type": "integer"} for i in range(2_500)}},
-                               "subschemas"),
+    "anyOf with 2,000 branches": (
+        {"anyOf": [{"type": "object", "properties": {f"k{i}": {"type": "integer"}}} for i in range(2_000)]},
+        "subschemas",
+    ),
+    "5,000 required properties": (
+        {
+            "type": "object",
+            "properties": {f"p{i}": {"type": "integer"} for i in range(5_000)},
+            "required": [f"p{i}" for i in range(5_000)],
+        },
+        "characters as JSON",
+    ),
+    "2,500 small properties": (
+        {"type": "object", "properties": {f"{i}": {"type": "integer"} for i in range(2_500)}},
+        "subschemas",
+    ),
     "(a{1,100}){1,100}": ({"type": "string", "pattern": "(a{1,100}){1,100}"}, "repeats 10000 times"),
     "a{1,10000}": ({"type": "string", "pattern": "^a{1,10000}$"}, "repeats 10000 times"),
     "500 enum values of 100 characters": ({"enum": ["x" * 100 + str(i) for i in range(500)]}, "characters of JSON"),
@@ -55,20 +70,29 @@ UNENFORCEABLE = {
     "a lookahead": ({"type": "string", "pattern": "(?=a)b"}, "lookaround"),
     "multipleOf on numbers": ({"type": "number", "multipleOf": 0.5}, "'multipleOf'"),
     "a large multipleOf": ({"type": "integer", "multipleOf": 4096}, "up to 1024"),
-    "required without a property": ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
-                                    "names 'b'"),
-    "a constraint beside $ref": ({"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 3},
-                                 "'maxLength' at #/maxLength sits beside '$ref'"),
+    "required without a property": (
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
+        "names 'b'",
+    ),
+    "a constraint beside $ref": (
+        {"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 3},
+        "'maxLength' at #/maxLength sits beside '$ref'",
+    ),
     "a type beside anyOf": ({"type": "string", "anyOf": [{"type": "string", "maxLength": 1}]}, "sits beside 'anyOf'"),
     "maxLength without a type": ({"maxLength": 1}, "declares no 'type'"),
     "an enum value of another type": ({"type": "integer", "enum": [1, "two"]}, "not of the declared type integer"),
     "an empty anyOf": ({"anyOf": []}, "non-empty"),
-    "unevaluatedProperties as a schema": ({"type": "object", "unevaluatedProperties": {"type": "string"}}, "true or false"),
+    "unevaluatedProperties as a schema": (
+        {"type": "object", "unevaluatedProperties": {"type": "string"}},
+        "true or false",
+    ),
 }
 
 
-REFUSED = {**{name: (SchemaTooComplex, *case) for name, case in BOMBS.items()},
-           **{name: (UnenforceableSchema, *case) for name, case in UNENFORCEABLE.items()}}
+REFUSED = {
+    **{name: (SchemaTooComplex, *case) for name, case in BOMBS.items()},
+    **{name: (UnenforceableSchema, *case) for name, case in UNENFORCEABLE.items()},
+}
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
@@ -77,7 +101,9 @@ def test_bombs_and_unenforceable_schemas_are_refused_before_compiling_naming_why
     with pytest.raises(error) as refused:
         check_schema(schema)
     assert named in str(refused.value), str(refused.value)
-    assert refused.value.code == {SchemaTooComplex: "schema_too_complex", UnenforceableSchema: "unsupported_schema"}[error]
+    assert (
+        refused.value.code == {SchemaTooComplex: "schema_too_complex", UnenforceableSchema: "unsupported_schema"}[error]
+    )
 
 
 class Colour(enum.Enum):
@@ -103,23 +129,39 @@ class Dog(BaseModel):
 class Person(BaseModel):
     name: str
     born: datetime.date
-    email: Optional[str] = None
+    email: str | None = None
     colour: Colour
     addresses: list[Address] = Field(max_length=3)
-    pet: Union[Cat, Dog] = Field(discriminator="kind")
+    pet: Cat | Dog = Field(discriminator="kind")
     score: float = Field(gt=0)
     tags: dict[str, int] = {}
 
 
 REAL_SCHEMAS = {
     "a pydantic model": Person.model_json_schema(),
-    "an OpenAI tool": {"type": "object", "properties": {
-        "city": {"type": "string", "description": "the city"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 14}}, "required": ["city"], "additionalProperties": False},
+    "an OpenAI tool": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "the city"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14},
+        },
+        "required": ["city"],
+        "additionalProperties": False,
+    },
     "a nullable enum": {"type": ["string", "null"], "enum": ["a", None]},
-    "a recursive tree": {"$defs": {"node": {"type": "object", "properties": {
-        "value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
-        "$ref": "#/$defs/node"},
+    "a recursive tree": {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {
+                    "value": {"type": "integer"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                },
+            }
+        },
+        "$ref": "#/$defs/node",
+    },
     "a date pattern": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "format": "date"},
     "json_object": {"type": "object"},
     "annotations and extensions": {"type": "string", "title": "T", "examples": ["x"], "x-order": 1, "nullable": True},
@@ -140,8 +182,19 @@ def test_limits_are_configurable() -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "weight"),
-    [("abc", 0), (r"^\d{3}-\d{4}$", 7), ("a{2}b{3}", 5), ("(a{1,30}){1,30}", 900), ("((a{10}){10}){10}", 1000),
-     ("(ab)*c+", 0), ("[{]{3}", 3), (r"\{5}", 0), ("a{,5}", 0), ("x{2,}", 2), ("(a|b{4}){2}", 8)],
+    [
+        ("abc", 0),
+        (r"^\d{3}-\d{4}$", 7),
+        ("a{2}b{3}", 5),
+        ("(a{1,30}){1,30}", 900),
+        ("((a{10}){10}){10}", 1000),
+        ("(ab)*c+", 0),
+        ("[{]{3}", 3),
+        (r"\{5}", 0),
+        ("a{,5}", 0),
+        ("x{2,}", 2),
+        ("(a|b{4}){2}", 8),
+    ],
 )
 def test_repetition_weight(pattern: str, weight: int) -> None:
     assert repetition_weight(pattern) == weight

@@ -1,10 +1,12 @@
 """A toy world for engine tests: a byte-level tokenizer, a tiny random Llama, a spying model wrapper, a reference decoder."""
+
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -69,10 +71,14 @@ def reference(model: Any, prompt: list[int], n: int) -> list[int]:
     """model.generate on the prompt alone (no padding), greedy, exactly n new tokens."""
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=PAD,
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=PAD,
         )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 class Spy:

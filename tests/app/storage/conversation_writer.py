@@ -1,4 +1,5 @@
 """A process recording exchanges as fast as it can, for the kill -9 tests: it prints each request_id once record() returned."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,11 @@ asyncio.run(main())
 
 def start_writer(settings: Settings) -> subprocess.Popen[str]:
     """A process recording exchanges as fast as it can, printing each request_id once record() has returned."""
-    env = {**os.environ, "DATA_DIR": str(settings.data_dir), "CONVERSATION_DATABASE_URL": url.get_secret_value() if (url := settings.conversation_database_url) else ""}
+    env = {
+        **os.environ,
+        "DATA_DIR": str(settings.data_dir),
+        "CONVERSATION_DATABASE_URL": url.get_secret_value() if (url := settings.conversation_database_url) else "",
+    }
     return subprocess.Popen(
         [sys.executable, "-c", WRITER], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

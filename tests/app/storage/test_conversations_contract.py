@@ -3,6 +3,7 @@
 Durable once record() returns (even through kill -9), idempotent by request_id, exact text (NUL included), paged
 newest first, exported oldest first across batches, purged by age, and never blocking the event loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -112,7 +114,9 @@ def test_retention_purges_old_exchanges(open_store: Callable[..., ConversationSt
     assert store.purge_sync(now) == 0
 
 
-def test_writing_a_request_id_again_keeps_one_row_with_the_last_write(open_store: Callable[..., ConversationStore]) -> None:
+def test_writing_a_request_id_again_keeps_one_row_with_the_last_write(
+    open_store: Callable[..., ConversationStore],
+) -> None:
     # A retried write (its acknowledgement lost) must not duplicate the exchange.
     store = open_store()
     store.record_sync(_ex(1, answer="first"))
@@ -126,8 +130,16 @@ def test_text_comes_back_exactly_nul_and_all(open_store: Callable[..., Conversat
     odd = "nul\x00 tab\t quote\" backslash\\ emoji 🦀 rtl \u202e cjk 漢字"
     store = open_store()
     store.record_sync(
-        Exchange("req-odd", "alice", "/v1/chat/completions", [{"role": "system", "content": odd}, {"role": "user", "content": ""}],
-                 odd, {"prompt_tokens": 3, "cached": True}, 0.5, time.time())
+        Exchange(
+            "req-odd",
+            "alice",
+            "/v1/chat/completions",
+            [{"role": "system", "content": odd}, {"role": "user", "content": ""}],
+            odd,
+            {"prompt_tokens": 3, "cached": True},
+            0.5,
+            time.time(),
+        )
     )
     got = store.list_sync().items[0]
     assert got.messages == [{"role": "system", "content": odd}, {"role": "user", "content": ""}]
@@ -144,10 +156,13 @@ def test_two_writers_at_once_lose_nothing_and_duplicate_nothing(open_store: Call
         try:
             for i in ids:
                 store.record_sync(_ex(i))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(a, range(0, 120))), threading.Thread(target=write, args=(b, range(80, 200)))]
+    threads = [
+        threading.Thread(target=write, args=(a, range(0, 120))),
+        threading.Thread(target=write, args=(b, range(80, 200))),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -187,7 +202,9 @@ def _write_lock_held(settings: Settings) -> Iterator[Callable[[], None]]:
         closer()
 
 
-def test_a_waiting_write_never_blocks_the_event_loop(store_settings: Settings, open_store: Callable[..., ConversationStore]) -> None:
+def test_a_waiting_write_never_blocks_the_event_loop(
+    store_settings: Settings, open_store: Callable[..., ConversationStore]
+) -> None:
     store = open_store()
     with _write_lock_held(store_settings) as let_go:
         watchdog = threading.Timer(60, let_go)  # only so a failing (blocking) store cannot hang the test
@@ -212,7 +229,9 @@ def test_a_waiting_write_never_blocks_the_event_loop(store_settings: Settings, o
     assert store.count() == 1
 
 
-def test_every_recorded_exchange_survives_kill_9(store_settings: Settings, open_store: Callable[..., ConversationStore]) -> None:
+def test_every_recorded_exchange_survives_kill_9(
+    store_settings: Settings, open_store: Callable[..., ConversationStore]
+) -> None:
     open_store()  # creates the schema first, so the writer starts writing at once
     proc = start_writer(store_settings)
     try:

@@ -1,5 +1,6 @@
 """The PostgreSQL conversation store against a real server: migrations, crashes and restarts, the retention job,
 backups, and the database URL's password kept out of every log and error."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -27,8 +28,16 @@ from tests.postgres_server import PostgresServer
 
 
 def _ex(i: int, at: float | None = None) -> Exchange:
-    return Exchange(f"req-{i:04d}", "alice", "/api/chat", [{"role": "user", "content": f"q{i}"}], f"a{i}", {}, 0.1,
-                    time.time() if at is None else at)
+    return Exchange(
+        f"req-{i:04d}",
+        "alice",
+        "/api/chat",
+        [{"role": "user", "content": f"q{i}"}],
+        f"a{i}",
+        {},
+        0.1,
+        time.time() if at is None else at,
+    )
 
 
 @pytest.fixture
@@ -40,8 +49,14 @@ def store(postgres_url: str) -> Iterator[PostgresConversationStore]:
 
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "CONVERSATION_DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "app.storage.migrate", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "app.storage.migrate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _waiting_for_lock(url: str, lock: int) -> int:
@@ -62,9 +77,11 @@ def test_a_fresh_database_is_migrated_and_a_second_run_changes_nothing(postgres_
         assert apply_migrations(conn) == []
         rows = conn.execute("SELECT version, name, checksum FROM schema_migrations").fetchall()
         assert rows == [(1, "initial", known_migrations()[0].checksum)]
-        columns: dict[str, str] = dict(conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'exchanges'"
-        ).fetchall())
+        columns: dict[str, str] = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'exchanges'"
+            ).fetchall()
+        )
     assert columns["messages"] == "json" and columns["created_at"] == "timestamp with time zone"
 
     shown = _cli(postgres_url, "status")
@@ -80,8 +97,14 @@ def test_the_cli_applies_pending_migrations_and_names_what_it_did(postgres_url: 
     assert "pending" in before.stdout and "schema at version 0 of 1; 1 pending" in before.stdout
     done = _cli(postgres_url, "apply")
     assert done.returncode == 0 and "applied 0001_initial" in done.stdout, done.stderr
-    unset = subprocess.run([sys.executable, "-m", "app.storage.migrate", "status"], cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
-                           capture_output=True, text=True, timeout=60)
+    unset = subprocess.run(
+        [sys.executable, "-m", "app.storage.migrate", "status"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unset.returncode == 2 and "CONVERSATION_DATABASE_URL is not set" in unset.stderr
 
 
@@ -95,15 +118,19 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
     def start_replica() -> None:
         try:
             opened.append(PostgresConversationStore(postgres_url, retention_days=7))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     replicas = [threading.Thread(target=start_replica) for _ in range(2)]
     try:
         for t in replicas:
             t.start()
-        wait_until("the replicas to wait for the migration lock",
-                   lambda: _waiting_for_lock(postgres_url, MIGRATION_LOCK) >= 2, 60, poll_s=0.05)
+        wait_until(
+            "the replicas to wait for the migration lock",
+            lambda: _waiting_for_lock(postgres_url, MIGRATION_LOCK) >= 2,
+            60,
+            poll_s=0.05,
+        )
         assert _waiting_for_lock(postgres_url, MIGRATION_LOCK) == 2, "the replicas did not wait for the migration lock"
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
@@ -122,11 +149,15 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
             s.close()
 
 
-def test_a_database_with_a_newer_schema_is_refused(postgres_server: PostgresServer, postgres_url: str, tmp_path: Path) -> None:
+def test_a_database_with_a_newer_schema_is_refused(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         apply_migrations(conn)
         conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (2, 'from_the_future', 'x')")
-    with pytest.raises(SchemaError, match=r"schema is at version 2 \(from_the_future\), newer than this build knows \(up to 1\)"):
+    with pytest.raises(
+        SchemaError, match=r"schema is at version 2 \(from_the_future\), newer than this build knows \(up to 1\)"
+    ):
         PostgresConversationStore(postgres_url, retention_days=7)
     shown = _cli(postgres_url, "status")
     assert shown.returncode == 1 and "newer than this build knows" in shown.stderr
@@ -210,7 +241,9 @@ def test_an_outage_past_the_retry_window_is_store_unavailable_then_the_store_rec
 
 
 # -- retention ------------------------------------------------------------------------------------------------
-def test_purge_deletes_in_bounded_batches_one_replica_at_a_time(store: PostgresConversationStore, postgres_url: str) -> None:
+def test_purge_deletes_in_bounded_batches_one_replica_at_a_time(
+    store: PostgresConversationStore, postgres_url: str
+) -> None:
     now = time.time()
     for i in range(30):
         store.record_sync(_ex(i, at=now - 9 * 86400))
@@ -242,7 +275,9 @@ def test_purge_deletes_in_bounded_batches_one_replica_at_a_time(store: PostgresC
     assert store.count() == 5
 
 
-def test_purge_skips_a_row_a_writer_holds_instead_of_waiting(store: PostgresConversationStore, postgres_url: str) -> None:
+def test_purge_skips_a_row_a_writer_holds_instead_of_waiting(
+    store: PostgresConversationStore, postgres_url: str
+) -> None:
     now = time.time()
     for i in range(5):
         store.record_sync(_ex(i, at=now - 9 * 86400))
@@ -254,18 +289,26 @@ def test_purge_skips_a_row_a_writer_holds_instead_of_waiting(store: PostgresConv
 
 # -- wiring ---------------------------------------------------------------------------------------------------
 def test_storage_opens_postgres_when_the_url_is_set_and_runs_the_retention_job(
-    postgres_server: PostgresServer, store: PostgresConversationStore, postgres_url: str, tmp_path: Path,
+    postgres_server: PostgresServer,
+    store: PostgresConversationStore,
+    postgres_url: str,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store.record_sync(_ex(1, at=time.time() - 8 * 86400))
     store.record_sync(_ex(2))
 
     async def run() -> list[str]:
-        storage = await Storage.open(Settings(data_dir=tmp_path, conversation_database_url=postgres_url, retention_days=7), build_metrics())
+        storage = await Storage.open(
+            Settings(data_dir=tmp_path, conversation_database_url=postgres_url, retention_days=7), build_metrics()
+        )
         try:
             assert isinstance(storage.conversations, PostgresConversationStore)
-            await wait_until_async("the retention job, which runs at start, to delete the old exchange",
-                                   lambda: storage.conversations.count() <= 1, 60)
+            await wait_until_async(
+                "the retention job, which runs at start, to delete the old exchange",
+                lambda: storage.conversations.count() <= 1,
+                60,
+            )
             return [e.request_id for e in (await storage.conversations.list()).items]
         finally:
             await storage.close()
@@ -303,13 +346,36 @@ def test_a_pg_dump_backup_restores_into_an_empty_database(
         store.record_sync(_ex(i))
     dump = tmp_path / "conversations.dump"
     bin_dir = postgres_server.bin_dir
-    subprocess.run([str(bin_dir / "pg_dump"), "--format=custom", "--no-owner", "--no-acl", f"--file={dump}",
-                    f"--dbname={postgres_url}"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(bin_dir / "pg_dump"),
+            "--format=custom",
+            "--no-owner",
+            "--no-acl",
+            f"--file={dump}",
+            f"--dbname={postgres_url}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     restored_db = postgres_server.create_database()
     restored = postgres_server.url(restored_db)
     try:
-        subprocess.run([str(bin_dir / "pg_restore"), "--no-owner", "--no-acl", "--exit-on-error", "--single-transaction",
-                        f"--dbname={restored}", str(dump)], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                str(bin_dir / "pg_restore"),
+                "--no-owner",
+                "--no-acl",
+                "--exit-on-error",
+                "--single-transaction",
+                f"--dbname={restored}",
+                str(dump),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         back = PostgresConversationStore(restored, retention_days=7)  # already at the current schema: nothing to apply
         try:
             assert back.count() == 20

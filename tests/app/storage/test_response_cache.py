@@ -1,4 +1,5 @@
 """The response cache: exact match on what decides the answer, per key, temperature 0 only, bounded, shared via a real Redis."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,9 @@ P = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "stop": [], "seed": Non
 MODEL = "sha256-of-the-loaded-weights"
 
 
-def key(cache: ResponseCache, prompt: list[int] = Q, params: dict | None = None, owner: str = "alice", model: str = MODEL) -> str | None:
+def key(
+    cache: ResponseCache, prompt: list[int] = Q, params: dict | None = None, owner: str = "alice", model: str = MODEL
+) -> str | None:
     return cache.key_for(owner=owner, model=model, prompt_ids=prompt, params=P if params is None else params)
 
 
@@ -91,9 +94,17 @@ def test_replicas_share_the_cache_through_redis_and_survive_its_loss(redis_serve
         paris = key(a)
         assert paris is not None
         await a.put(paris, {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2})
-        assert await b.get(paris) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # b never saw the put
+        assert await b.get(paris) == {
+            "text": "Paris",
+            "finish_reason": "stop",
+            "completion_tokens": 2,
+        }  # b never saw the put
         redis_server.stop()
-        assert await a.get(paris) == {"text": "Paris", "finish_reason": "stop", "completion_tokens": 2}  # from its own copy
+        assert await a.get(paris) == {
+            "text": "Paris",
+            "finish_reason": "stop",
+            "completion_tokens": 2,
+        }  # from its own copy
         other = key(a, prompt=[17, 18])
         assert other is not None
         await a.put(other, {"text": "4"})  # no exception while Redis is away
@@ -134,9 +145,18 @@ def test_the_model_identity_follows_the_weights_not_the_display_name(tmp_path: P
     (weights / "model.safetensors").write_bytes(b"\x01" * 4096)
 
     def identity(quantization: str = "none", name: str = "clawbot") -> str:
-        loaded = LoadedModel(model=None, tokenizer=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
-                             quantization=quantization, memory_bytes=0, source=weights, context_window=8192, name=name,
-                             sampling_defaults=SamplingDefaults())
+        loaded = LoadedModel(
+            model=None,
+            tokenizer=None,
+            device=torch.device("cpu"),
+            dtype=torch.float32,  # type: ignore[arg-type]
+            quantization=quantization,
+            memory_bytes=0,
+            source=weights,
+            context_window=8192,
+            name=name,
+            sampling_defaults=SamplingDefaults(),
+        )
         return model_identity(loaded)
 
     first = identity()

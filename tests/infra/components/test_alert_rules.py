@@ -1,5 +1,6 @@
 """Alerts as synthesized: seed thresholds and windows, config overrides, selector labels, every series real, the
 documented alert table in step with the rules. What the rules do is evaluated by promtool and amtool in tests/infra/components/alerts."""
+
 from __future__ import annotations
 
 import re
@@ -83,11 +84,23 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook(prod: Synthesis) -> 
 
 
 def test_thresholds_and_windows_come_from_config() -> None:
-    s = synthesize("prod", overrides={
-        "alertCpuPercent": 70, "alertCpuFor": "10m", "alertFirstTokenMs": 1500, "alertTokenLatencyMs": 100,
-        "alertLatencyFor": "2m", "alertKeyRequestsPerMinute": 250, "alertKeyWindow": "30s", "alertErrorRatePercent": 2,
-        "alertErrorRateWindow": "5m", "alertQueueDepth": 10, "alertClockOffsetMs": 200, "alertGroupWait": "5s",
-    })
+    s = synthesize(
+        "prod",
+        overrides={
+            "alertCpuPercent": 70,
+            "alertCpuFor": "10m",
+            "alertFirstTokenMs": 1500,
+            "alertTokenLatencyMs": 100,
+            "alertLatencyFor": "2m",
+            "alertKeyRequestsPerMinute": 250,
+            "alertKeyWindow": "30s",
+            "alertErrorRatePercent": 2,
+            "alertErrorRateWindow": "5m",
+            "alertQueueDepth": 10,
+            "alertClockOffsetMs": 200,
+            "alertGroupWait": "5s",
+        },
+    )
     r = rules(s)
     assert r["ClawbotHighCpu"]["expr"].endswith("> 0.7") and r["ClawbotHighCpu"]["for"] == "10m"
     assert r["ClawbotSlowFirstToken"]["expr"].endswith("> 1.5") and r["ClawbotSlowFirstToken"]["for"] == "2m"
@@ -101,11 +114,18 @@ def test_thresholds_and_windows_come_from_config() -> None:
     assert s.one("ConfigMap", "clawbot-config").manifest["data"]["ABNORMAL_KEY_PER_MINUTE"] == "250"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("alertErrorRateWindow", "10 minutes", "clawbot:alertErrorRateWindow must be a duration like 30s, 5m or 1h30m, got '10 minutes'"),
-    ("alertKeyWindow", "0s", "clawbot:alertKeyWindow must be between 1s and 86400s, got '0s'"),
-    ("alertSelectorLabels", ["release"], "clawbot:alertSelectorLabels must hold key=value pairs"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (
+            "alertErrorRateWindow",
+            "10 minutes",
+            "clawbot:alertErrorRateWindow must be a duration like 30s, 5m or 1h30m, got '10 minutes'",
+        ),
+        ("alertKeyWindow", "0s", "clawbot:alertKeyWindow must be between 1s and 86400s, got '0s'"),
+        ("alertSelectorLabels", ["release"], "clawbot:alertSelectorLabels must hold key=value pairs"),
+    ],
+)
 def test_bad_alert_config_names_the_key(key: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_settings({key: value}, stack="test")
@@ -155,7 +175,9 @@ def test_service_monitor_scrapes_the_metrics_service_and_not_the_load_balancer(p
     selects = lambda svc: all(svc["metadata"]["labels"].get(k) == v for k, v in sm["selector"]["matchLabels"].items())  # noqa: E731
     assert selects(metrics_svc) and not selects(public_svc)
     assert metrics_svc["spec"]["type"] == "ClusterIP"
-    assert metrics_svc["spec"]["ports"] == [{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}]
+    assert metrics_svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}
+    ]
     assert [p["port"] for p in public_svc["spec"]["ports"]] == [18789]
     container = prod.one("Deployment", "clawbot").manifest["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]

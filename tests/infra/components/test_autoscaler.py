@@ -1,4 +1,5 @@
 """The HPA: bounds and targets from config, in-flight requests named as the app exports them."""
+
 from __future__ import annotations
 
 from app.observability.metrics import METRIC_NAMES

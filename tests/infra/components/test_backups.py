@@ -8,6 +8,7 @@ memory, plays the snapshot controller, and records every request; each request i
 the program grants, and every object the script creates against the upstream VolumeSnapshot CRD. The dump and copy
 jobs run here as the synthesized CronJob says (tests/infra/pod_runner.py): its commands, env, scripts and Secrets.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -64,19 +66,39 @@ def test_a_daily_snapshot_job_runs_restricted_with_a_role_that_allows_only_snaps
     pod = cron_job_pod(dev, "clawbot-snapshots")
     (c,) = pod["containers"]
     assert pod["serviceAccountName"] == "clawbot-snapshots" and pod["automountServiceAccountToken"] is True
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False and "limits" in c["resources"]
-    assert c["image"].startswith("python:3.13-alpine@sha256:") and c["command"] == ["python", "/opt/clawbot/volume_snapshot.py"]
-    assert env_of(c) == {"PVC_NAME": "clawbot-data", "SNAPSHOT_CLASS": "csi-aws-vsc", "RETENTION": "7", "WAIT_SECONDS": "3600",
-                         "STUCK_AFTER_SECONDS": "3600", "PYTHONDONTWRITEBYTECODE": "1"}
+    assert c["image"].startswith("python:3.13-alpine@sha256:") and c["command"] == [
+        "python",
+        "/opt/clawbot/volume_snapshot.py",
+    ]
+    assert env_of(c) == {
+        "PVC_NAME": "clawbot-data",
+        "SNAPSHOT_CLASS": "csi-aws-vsc",
+        "RETENTION": "7",
+        "WAIT_SECONDS": "3600",
+        "STUCK_AFTER_SECONDS": "3600",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     # The script the pod runs is the file the tests below run.
     shipped = dev.one("ConfigMap", "clawbot-backup-scripts").manifest["data"]["volume_snapshot.py"]
     assert shipped == (JOBS_DIR / "volume_snapshot.py").read_text()
     role = dev.one("Role", "clawbot-snapshots").manifest
     assert role["rules"] == [
-        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "list", "delete"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "resourceNames": ["clawbot-data"], "verbs": ["get"]},
+        {
+            "apiGroups": ["snapshot.storage.k8s.io"],
+            "resources": ["volumesnapshots"],
+            "verbs": ["create", "list", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["persistentvolumeclaims"],
+            "resourceNames": ["clawbot-data"],
+            "verbs": ["get"],
+        },
     ]
     binding = dev.one("RoleBinding", "clawbot-snapshots").manifest
     assert binding["roleRef"]["name"] == "clawbot-snapshots"
@@ -95,28 +117,48 @@ def test_the_deadline_for_a_snapshot_is_a_setting() -> None:
 
 
 def test_every_backup_image_is_pinned_by_digest(prod: Synthesis, dev: Synthesis) -> None:
-    images = {c["image"] for s in (prod, dev) for cron in s.find("CronJob") for c in containers(cron_job_pod(s, cron.name))}
+    images = {
+        c["image"] for s in (prod, dev) for cron in s.find("CronJob") for c in containers(cron_job_pod(s, cron.name))
+    }
     assert len(images) == 3 and all(parse_image(i).digest for i in images), images  # python, postgres, aws-cli
 
 
 def test_the_nightly_dump_reads_a_password_file_and_goes_to_the_bucket(prod: Synthesis) -> None:
     pod = cron_job_pod(prod, "clawbot-database-backups")
     (dump,), (copy,) = pod["initContainers"], pod["containers"]
-    assert dump["image"].startswith("postgres:17-alpine@sha256:") and dump["command"] == ["sh", "/opt/clawbot/database_dump.sh"]
+    assert dump["image"].startswith("postgres:17-alpine@sha256:") and dump["command"] == [
+        "sh",
+        "/opt/clawbot/database_dump.sh",
+    ]
     env = env_of(dump)
-    assert (env["DATABASE_DSN_FILE"], env["DATABASE_PASSFILE"]) == ("/var/run/clawbot/database/dsn", "/var/run/clawbot/database/pgpass")
+    assert (env["DATABASE_DSN_FILE"], env["DATABASE_PASSFILE"]) == (
+        "/var/run/clawbot/database/dsn",
+        "/var/run/clawbot/database/pgpass",
+    )
     credentials = prod.one("Secret", "clawbot-database-backups-credentials").manifest["stringData"]
     url = prod.one("Secret", "clawbot-database").manifest["stringData"]["url"]
     password = urlsplit(url).password
     assert password and password not in credentials["dsn"] and credentials["pgpass"].endswith(f":clawbot:{password}\n")
     assert password not in json.dumps(pod)
     # Then the copy, with the IAM role of the backups' own account and no Kubernetes token.
-    assert copy["image"].startswith("amazon/aws-cli:") and copy["command"] == ["sh", "/opt/clawbot/bucket_copy.sh", "dumps"]
-    assert env_of(copy) | {"HOME": "-"} == {"BUCKET": "acme-clawbot-backups", "AWS_REGION": "us-east-1", "RETENTION_DAYS": "30",
-                                            "HOME": "-", "BACKUP_DIR": "/backups", "DUMPS_PREFIX": "prod/database/"}
+    assert copy["image"].startswith("amazon/aws-cli:") and copy["command"] == [
+        "sh",
+        "/opt/clawbot/bucket_copy.sh",
+        "dumps",
+    ]
+    assert env_of(copy) | {"HOME": "-"} == {
+        "BUCKET": "acme-clawbot-backups",
+        "AWS_REGION": "us-east-1",
+        "RETENTION_DAYS": "30",
+        "HOME": "-",
+        "BACKUP_DIR": "/backups",
+        "DUMPS_PREFIX": "prod/database/",
+    }
     assert pod["serviceAccountName"] == "clawbot-backups" and pod["automountServiceAccountToken"] is False
     account = prod.one("ServiceAccount", "clawbot-backups").manifest
-    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/clawbot-prod-backups"}
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/clawbot-prod-backups"
+    }
     # Tonight's dump waits in scratch space only: the dumps no longer sit on the data's file system.
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["backups"] and prod.find("PersistentVolumeClaim", "clawbot-database-backups") == []
@@ -124,8 +166,10 @@ def test_the_nightly_dump_reads_a_password_file_and_goes_to_the_bucket(prod: Syn
         assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
     egress = prod.one("NetworkPolicy", "clawbot-database-backups-egress").manifest["spec"]
     assert egress["podSelector"]["matchLabels"] == DUMP_LABELS
-    assert egress["egress"][1:] == [{"to": [{"ipBlock": {"cidr": "10.0.64.0/20"}}], "ports": [{"protocol": "TCP", "port": 5432}]},
-                                    {"ports": [{"protocol": "TCP", "port": 443}]}]
+    assert egress["egress"][1:] == [
+        {"to": [{"ipBlock": {"cidr": "10.0.64.0/20"}}], "ports": [{"protocol": "TCP", "port": 5432}]},
+        {"ports": [{"protocol": "TCP", "port": 443}]},
+    ]
     assert prod.find("CronJob", "clawbot-snapshots") == []  # EFS has no CSI snapshots (Pulumi.prod.yaml says why)
 
 
@@ -139,18 +183,27 @@ def test_the_data_volumes_files_are_copied_daily_from_a_read_only_mount(prod: Sy
     assert {m["name"]: m.get("readOnly") for m in copy["volumeMounts"]}["data"] is True
     assert "affinity" not in pod  # EFS: any node
     egress = prod.one("NetworkPolicy", "clawbot-data-backups-egress").manifest["spec"]
-    assert egress["podSelector"]["matchLabels"] == DATA_COPY_LABELS and egress["egress"][1] == {"ports": [{"protocol": "TCP", "port": 443}]}
+    assert egress["podSelector"]["matchLabels"] == DATA_COPY_LABELS and egress["egress"][1] == {
+        "ports": [{"protocol": "TCP", "port": 443}]
+    }
     # On a ReadWriteOnce volume the copy runs on the chat pods' node; egress to the configured ranges only.
     s = synthesize("dev", overrides={**BUCKET_CONFIG, "backupEgressCidrs": ["52.216.0.0/15"]})
-    affinity = cron_job_pod(s, "clawbot-data-backups")["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    affinity = cron_job_pod(s, "clawbot-data-backups")["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert affinity[0]["topologyKey"] == "kubernetes.io/hostname"
     assert s.one("NetworkPolicy", "clawbot-data-backups-egress").manifest["spec"]["egress"][1] == {
-        "to": [{"ipBlock": {"cidr": "52.216.0.0/15"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+        "to": [{"ipBlock": {"cidr": "52.216.0.0/15"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
 
 
 def test_the_backups_output_spells_what_the_bucket_and_its_role_must_carry(prod: Synthesis) -> None:
     out = prod.outputs["backups"]
-    assert (out["databaseDumps"], out["dataFiles"]) == ("s3://acme-clawbot-backups/prod/database/", "s3://acme-clawbot-backups/prod/data/")
+    assert (out["databaseDumps"], out["dataFiles"]) == (
+        "s3://acme-clawbot-backups/prod/database/",
+        "s3://acme-clawbot-backups/prod/data/",
+    )
     dumps, data = out["lifecycle"]["Rules"]
     assert dumps["Filter"] == {"Prefix": "prod/database/"} and dumps["Expiration"] == {"Days": 30}
     assert data["Filter"] == {"Prefix": "prod/data/"} and "Expiration" not in data  # the mirror's current files stay
@@ -161,17 +214,28 @@ def test_the_backups_output_spells_what_the_bucket_and_its_role_must_carry(prod:
 
 
 def test_without_a_bucket_dumps_stay_on_a_claim_of_their_own() -> None:
-    s = synthesize("dev", overrides={"conversationDatabaseUrl": "postgresql://u:pw@10.1.2.3:5432/db",
-                                     "databaseEgressCidrs": ["10.1.2.0/24"]})
+    s = synthesize(
+        "dev",
+        overrides={
+            "conversationDatabaseUrl": "postgresql://u:pw@10.1.2.3:5432/db",
+            "databaseEgressCidrs": ["10.1.2.0/24"],
+        },
+    )
     pod = cron_job_pod(s, "clawbot-database-backups")
     assert [c["name"] for c in containers(pod)] == ["pg-dump"] and "serviceAccountName" not in pod
-    assert {v["name"]: v for v in pod["volumes"]}["backups"]["persistentVolumeClaim"]["claimName"] == "clawbot-database-backups"
+    assert {v["name"]: v for v in pod["volumes"]}["backups"]["persistentVolumeClaim"][
+        "claimName"
+    ] == "clawbot-database-backups"
     assert s.find("CronJob", "clawbot-data-backups") == [] and s.outputs["backups"] is None
 
 
 def test_without_a_snapshot_class_or_a_database_there_is_nothing_to_back_up() -> None:
     s = synthesize("dev", overrides={"backupSnapshotClass": ""})
-    assert s.find("CronJob") == [] and s.find("Role", "clawbot-snapshots") == [] and s.find("ConfigMap", "clawbot-backup-scripts") == []
+    assert (
+        s.find("CronJob") == []
+        and s.find("Role", "clawbot-snapshots") == []
+        and s.find("ConfigMap", "clawbot-backup-scripts") == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,7 +269,7 @@ def test_bad_backup_settings_are_refused_naming_the_key(changes: dict[str, Any],
 
 
 def ago(seconds: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -220,13 +284,16 @@ class FakeApi:
     polls: dict[str, int] = field(default_factory=dict)
     age: int = 48 * 3600  # seeded snapshots are made one after another, the first this long ago
 
-    def seed(self, name: str, *, ready: bool = True, error: bool = False, labelled: bool = True,
-             age_s: int | None = None) -> None:
+    def seed(
+        self, name: str, *, ready: bool = True, error: bool = False, labelled: bool = True, age_s: int | None = None
+    ) -> None:
         self.age -= 60
         labels = {**SNAPSHOT_LABELS, "clawbot.dev/snapshot-of": "clawbot-data"} if labelled else {"made-by": "hand"}
         status = {"error": {"message": "driver failed"}} if error else {"readyToUse": ready}
-        self.snapshots[name] = {"metadata": {"name": name, "labels": labels, "creationTimestamp": ago(age_s or self.age)},
-                                "status": status}
+        self.snapshots[name] = {
+            "metadata": {"name": name, "labels": labels, "creationTimestamp": ago(age_s or self.age)},
+            "status": status,
+        }
 
     def handle(self, method: str, url: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(url)
@@ -238,7 +305,10 @@ class FakeApi:
             assert body is not None
             self.requests.append(("create", "snapshot.storage.k8s.io", "volumesnapshots", None))
             self.created.append(body)
-            self.snapshots[body["metadata"]["name"]] = {**body, "metadata": {**body["metadata"], "creationTimestamp": ago(0)}}
+            self.snapshots[body["metadata"]["name"]] = {
+                **body,
+                "metadata": {**body["metadata"], "creationTimestamp": ago(0)},
+            }
             return 201, body
         if parts.path == SNAPSHOTS and method == "GET":
             self.requests.append(("list", "snapshot.storage.k8s.io", "volumesnapshots", None))
@@ -248,8 +318,11 @@ class FakeApi:
                 items = [s for s in items if s["metadata"]["name"] == name]
                 self.polls[name] = self.polls.get(name, 0) + 1
                 if items and self.polls[name] >= 2 and self.outcome != "stuck":  # the controller got to it
-                    items[0]["status"] = ({"readyToUse": True, "restoreSize": "10Gi"} if self.outcome == "ready"
-                                          else {"readyToUse": False, "error": {"message": "the EBS snapshot failed"}})
+                    items[0]["status"] = (
+                        {"readyToUse": True, "restoreSize": "10Gi"}
+                        if self.outcome == "ready"
+                        else {"readyToUse": False, "error": {"message": "the EBS snapshot failed"}}
+                    )
             if "labelSelector" in query:
                 wanted = dict(pair.split("=", 1) for pair in query["labelSelector"].split(","))
                 items = [s for s in items if wanted.items() <= s["metadata"]["labels"].items()]
@@ -265,18 +338,34 @@ class FakeApi:
 def api_server(tmp_path: Path) -> Iterator[tuple[FakeApi, dict[str, str]]]:
     api = FakeApi()
     with stand_in_api_server(api.handle, tmp_path, token=TOKEN, namespace=NAMESPACE) as server_env:
-        yield api, {**server_env, "PVC_NAME": "clawbot-data", "SNAPSHOT_CLASS": "csi-aws-vsc", "RETENTION": "3",
-                    "WAIT_SECONDS": "60", "STUCK_AFTER_SECONDS": "3600", "POLL_SECONDS": "0.01"}
+        yield (
+            api,
+            {
+                **server_env,
+                "PVC_NAME": "clawbot-data",
+                "SNAPSHOT_CLASS": "csi-aws-vsc",
+                "RETENTION": "3",
+                "WAIT_SECONDS": "60",
+                "STUCK_AFTER_SECONDS": "3600",
+                "POLL_SECONDS": "0.01",
+            },
+        )
 
 
 def run_snapshot_job(env: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
-    done = subprocess.run([sys.executable, str(JOBS_DIR / "volume_snapshot.py")], env={"PATH": os.environ["PATH"], **env},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(JOBS_DIR / "volume_snapshot.py")],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def test_the_job_snapshots_the_claim_waits_for_it_and_keeps_the_newest(api_server: tuple[FakeApi, dict[str, str]],
-                                                                       dev: Synthesis) -> None:
+def test_the_job_snapshots_the_claim_waits_for_it_and_keeps_the_newest(
+    api_server: tuple[FakeApi, dict[str, str]], dev: Synthesis
+) -> None:
     api, env = api_server
     api.seed("clawbot-data-failed", ready=False, error=True)
     for i in range(4):
@@ -287,14 +376,21 @@ def test_the_job_snapshots_the_claim_waits_for_it_and_keeps_the_newest(api_serve
     (created,) = api.created
     new = created["metadata"]["name"]
     assert re.fullmatch(r"clawbot-data-\d{8}-\d{6}", new)
-    assert [e["event"] for e in events] == ["snapshot-created", "stuck-snapshots-pruned", "snapshot-ready", "snapshots-pruned"]
+    assert [e["event"] for e in events] == [
+        "snapshot-created",
+        "stuck-snapshots-pruned",
+        "snapshot-ready",
+        "snapshots-pruned",
+    ]
     # Three kept (the new one and the two newest old ones); the two oldest go, and so does the failed one, never ready
     # in a deadline long past; a snapshot someone made by hand (without the job's labels) is never touched.
     assert sorted(api.snapshots) == sorted([new, "clawbot-data-old-2", "clawbot-data-old-3", "by-hand"])
     # What the API server would accept: the object against the upstream CRD, every request against the Role.
     report = validate({**created, "metadata": {**created["metadata"], "namespace": NAMESPACE}})
-    assert report.errors == [] and created["spec"] == {"volumeSnapshotClassName": "csi-aws-vsc",
-                                                       "source": {"persistentVolumeClaimName": "clawbot-data"}}
+    assert report.errors == [] and created["spec"] == {
+        "volumeSnapshotClassName": "csi-aws-vsc",
+        "source": {"persistentVolumeClaimName": "clawbot-data"},
+    }
     role = dev.one("Role", "clawbot-snapshots").manifest
     assert all(allowed(role, *r) for r in api.requests), [r for r in api.requests if not allowed(role, *r)]
 
@@ -310,7 +406,9 @@ def test_a_failed_snapshot_fails_the_job_and_prunes_no_ready_one(api_server: tup
     assert len(api.snapshots) == 6 and not any(r[0] == "delete" for r in api.requests)
 
 
-def test_snapshots_stuck_past_the_deadline_are_pruned_even_by_a_failed_run(api_server: tuple[FakeApi, dict[str, str]]) -> None:
+def test_snapshots_stuck_past_the_deadline_are_pruned_even_by_a_failed_run(
+    api_server: tuple[FakeApi, dict[str, str]],
+) -> None:
     api, env = api_server
     api.outcome = "stuck"
     api.seed("clawbot-data-ready")
@@ -323,7 +421,9 @@ def test_snapshots_stuck_past_the_deadline_are_pruned_even_by_a_failed_run(api_s
     assert {"clawbot-data-ready", "clawbot-data-stuck-recent", api.created[0]["metadata"]["name"]} <= set(api.snapshots)
 
 
-def test_a_missing_claim_or_a_wrong_token_fails_before_anything_is_made(api_server: tuple[FakeApi, dict[str, str]]) -> None:
+def test_a_missing_claim_or_a_wrong_token_fails_before_anything_is_made(
+    api_server: tuple[FakeApi, dict[str, str]],
+) -> None:
     api, env = api_server
     api.pvc_exists = False
     code, events = run_snapshot_job(env)
@@ -338,13 +438,22 @@ def test_a_missing_claim_or_a_wrong_token_fails_before_anything_is_made(api_serv
 
 
 def psql(bin_dir: Path, target: str, sql: str) -> str:
-    return subprocess.run([bin_dir / "psql", target, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], check=True,
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        [bin_dir / "psql", target, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
 
 
 def seed_conversations(bin_dir: Path, url: str, rows: int = 50) -> None:
-    psql(bin_dir, url, "CREATE TABLE conversations (id serial PRIMARY KEY, body text); "
-                       f"INSERT INTO conversations (body) SELECT 'turn ' || g FROM generate_series(1, {rows}) g")
+    psql(
+        bin_dir,
+        url,
+        "CREATE TABLE conversations (id serial PRIMARY KEY, body text); "
+        f"INSERT INTO conversations (body) SELECT 'turn ' || g FROM generate_series(1, {rows}) g",
+    )
 
 
 def make_bucket(s: Synthesis) -> Any:
@@ -367,24 +476,31 @@ def pg_dump_recording_its_argv(bin_dir: Path, shim_dir: Path) -> Path:
 
 
 def wait_for_the_next_second() -> None:
-    start = datetime.now(timezone.utc).replace(microsecond=0)
-    wait_until("the next second", lambda: datetime.now(timezone.utc).replace(microsecond=0) != start, 5, poll_s=0.02)
+    start = datetime.now(UTC).replace(microsecond=0)
+    wait_until("the next second", lambda: datetime.now(UTC).replace(microsecond=0) != start, 5, poll_s=0.02)
 
 
 def prod_with_database(url: str, **more: Any) -> Synthesis:
-    return synthesize("prod", overrides={**BUCKET_CONFIG, "conversationDatabaseUrl": url, "databaseEgressCidrs": ["127.0.0.0/8"],
-                                         **more})
+    return synthesize(
+        "prod",
+        overrides={**BUCKET_CONFIG, "conversationDatabaseUrl": url, "databaseEgressCidrs": ["127.0.0.0/8"], **more},
+    )
 
 
 def test_the_nightly_job_dumps_with_a_password_file_and_the_copy_lands_in_the_bucket(
-        postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
     bin_dir = postgres_server.bin_dir
     seed_conversations(bin_dir, postgres_url)
     s = prod_with_database(postgres_url)
     s3 = make_bucket(s)
     seen = pg_dump_recording_its_argv(bin_dir, tmp_path / "shim")
-    run = run_pod(s, cron_job_pod(s, "clawbot-database-backups"), tmp_path / "pod",
-                  env={**aws_env, "PATH": f"{tmp_path / 'shim'}:{bin_dir}:{AWS_BIN}:{os.environ['PATH']}"})
+    run = run_pod(
+        s,
+        cron_job_pod(s, "clawbot-database-backups"),
+        tmp_path / "pod",
+        env={**aws_env, "PATH": f"{tmp_path / 'shim'}:{bin_dir}:{AWS_BIN}:{os.environ['PATH']}"},
+    )
     assert run.ok, run.output()
     # The password was in neither pg_dump's argv nor its environment (scram-sha-256 auth: it came from the file).
     assert postgres_server.password not in seen.read_text() and "PGPASSFILE=" in seen.read_text()
@@ -396,15 +512,28 @@ def test_the_nightly_job_dumps_with_a_password_file_and_the_copy_lands_in_the_bu
     restored_db = postgres_server.create_database()
     try:
         restored = postgres_server.url(restored_db)
-        subprocess.run([bin_dir / "pg_restore", "--no-owner", "--no-acl", "--exit-on-error", "--single-transaction",
-                        f"--dbname={restored}", dump], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                bin_dir / "pg_restore",
+                "--no-owner",
+                "--no-acl",
+                "--exit-on-error",
+                "--single-transaction",
+                f"--dbname={restored}",
+                dump,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert psql(bin_dir, restored, "SELECT count(*) FROM conversations").strip() == "50"
     finally:
         postgres_server.drop_database(restored_db)
 
 
 def test_a_bucket_without_its_retention_gets_nothing_and_the_job_says_what_is_missing(
-        postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
     bin_dir = postgres_server.bin_dir
     s = prod_with_database(postgres_url)
     s3 = boto3.client("s3")
@@ -417,12 +546,15 @@ def test_a_bucket_without_its_retention_gets_nothing_and_the_job_says_what_is_mi
     shorter = [{**rules[0], "Expiration": {"Days": 3}}, rules[1]]  # someone's rule that drops dumps after 3 days
     s3.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": shorter})
     run = run_pod(s, cron_job_pod(s, "clawbot-database-backups"), tmp_path / "b", env={**aws_env, "PATH": path})
-    assert not run.ok and "no enabled lifecycle rule for prod/database/ that expires dumps after 30 days" in run.output()
+    assert (
+        not run.ok and "no enabled lifecycle rule for prod/database/ that expires dumps after 30 days" in run.output()
+    )
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
 
 
-def test_the_data_files_are_mirrored_and_what_a_day_removes_stays_as_a_version(aws_env: dict[str, str],
-                                                                                tmp_path: Path) -> None:
+def test_the_data_files_are_mirrored_and_what_a_day_removes_stays_as_a_version(
+    aws_env: dict[str, str], tmp_path: Path
+) -> None:
     s = synthesize("prod", overrides=BUCKET_CONFIG)
     s3 = make_bucket(s)
     data = tmp_path / "data"
@@ -444,26 +576,52 @@ def test_the_data_files_are_mirrored_and_what_a_day_removes_stays_as_a_version(a
     # And the mirror comes back into an empty volume.
     restored = tmp_path / "restored"
     restored.mkdir()
-    done = subprocess.run(["sh", str(JOBS_DIR / "bucket_copy.sh"), "restore-data"], capture_output=True, text=True, timeout=120,
-                          env={**env, "BUCKET": BUCKET, "AWS_REGION": "us-east-1", "DATA_DIR": str(restored),
-                               "DATA_PREFIX": "prod/data/", "HOME": str(tmp_path)})
+    done = subprocess.run(
+        ["sh", str(JOBS_DIR / "bucket_copy.sh"), "restore-data"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **env,
+            "BUCKET": BUCKET,
+            "AWS_REGION": "us-east-1",
+            "DATA_DIR": str(restored),
+            "DATA_PREFIX": "prod/data/",
+            "HOME": str(tmp_path),
+        },
+    )
     assert done.returncode == 0, done.stderr
-    assert (restored / "models" / "qwen" / "model.safetensors").read_bytes() == (data / "models" / "qwen" / "model.safetensors").read_bytes()
+    assert (restored / "models" / "qwen" / "model.safetensors").read_bytes() == (
+        data / "models" / "qwen" / "model.safetensors"
+    ).read_bytes()
 
 
-def dump_script(postgres_server: PostgresServer, dsn: str, backups: Path, retention: int) -> subprocess.CompletedProcess[str]:
+def dump_script(
+    postgres_server: PostgresServer, dsn: str, backups: Path, retention: int
+) -> subprocess.CompletedProcess[str]:
     """infra/jobs/database_dump.sh as the pod runs it: the URL without its password and a password file, as mounted."""
     (backups.parent / "dsn").write_text(dsn)
     (backups.parent / "pgpass").write_text(f"*:*:*:postgres:{postgres_server.password}\n")
-    return subprocess.run(["sh", str(JOBS_DIR / "database_dump.sh")], capture_output=True, text=True, timeout=120,
-                          env={"PATH": f"{postgres_server.bin_dir}:{os.environ['PATH']}",
-                               "DATABASE_DSN_FILE": str(backups.parent / "dsn"), "DATABASE_PASSFILE": str(backups.parent / "pgpass"),
-                               "BACKUP_DIR": str(backups), "RETENTION": str(retention), "PGCONNECT_TIMEOUT": "5",
-                               "TMPDIR": str(backups.parent)})
+    return subprocess.run(
+        ["sh", str(JOBS_DIR / "database_dump.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": f"{postgres_server.bin_dir}:{os.environ['PATH']}",
+            "DATABASE_DSN_FILE": str(backups.parent / "dsn"),
+            "DATABASE_PASSFILE": str(backups.parent / "pgpass"),
+            "BACKUP_DIR": str(backups),
+            "RETENTION": str(retention),
+            "PGCONNECT_TIMEOUT": "5",
+            "TMPDIR": str(backups.parent),
+        },
+    )
 
 
-def test_on_a_claim_the_dump_keeps_the_newest_and_touches_nothing_else(postgres_server: PostgresServer, postgres_url: str,
-                                                                       tmp_path: Path) -> None:
+def test_on_a_claim_the_dump_keeps_the_newest_and_touches_nothing_else(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
     seed_conversations(postgres_server.bin_dir, postgres_url, rows=7)
     backups = tmp_path / "backups"
     backups.mkdir()
@@ -477,8 +635,9 @@ def test_on_a_claim_the_dump_keeps_the_newest_and_touches_nothing_else(postgres_
     assert (backups / "notes.txt").exists() and "removed clawbot-20250101T031700Z.dump" in done.stdout
 
 
-def test_a_failed_dump_leaves_no_file_and_the_old_dumps(postgres_server: PostgresServer, postgres_url: str,
-                                                         tmp_path: Path) -> None:
+def test_a_failed_dump_leaves_no_file_and_the_old_dumps(
+    postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
     (backups / "clawbot-20250101T031700Z.dump").write_text("an older dump")
@@ -495,20 +654,32 @@ def test_a_failed_dump_leaves_no_file_and_the_old_dumps(postgres_server: Postgre
 def test_restoring_makes_a_new_claim_from_the_snapshot_and_points_everything_at_it(dev: Synthesis) -> None:
     s = synthesize("dev", overrides={"dataRestoreSnapshot": "clawbot-data-20260101-031700"})
     restored = s.one("PersistentVolumeClaim", "clawbot-data-20260101-031700-restored").manifest["spec"]
-    assert restored["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                                      "name": "clawbot-data-20260101-031700"}
+    assert restored["dataSource"] == {
+        "apiGroup": "snapshot.storage.k8s.io",
+        "kind": "VolumeSnapshot",
+        "name": "clawbot-data-20260101-031700",
+    }
     assert restored["resources"] == dev.one("PersistentVolumeClaim", "clawbot-data").manifest["spec"]["resources"]
-    assert s.one("PersistentVolumeClaim", "clawbot-data").manifest == dev.one("PersistentVolumeClaim", "clawbot-data").manifest
+    assert (
+        s.one("PersistentVolumeClaim", "clawbot-data").manifest
+        == dev.one("PersistentVolumeClaim", "clawbot-data").manifest
+    )
     volumes = {v["name"]: v for v in pod_spec(s)["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "clawbot-data-20260101-031700-restored"
     # From now on the nightly snapshot is of the claim in use, and the Role reaches that claim only.
-    assert env_of(cron_job_pod(s, "clawbot-snapshots")["containers"][0])["PVC_NAME"] == "clawbot-data-20260101-031700-restored"
-    assert s.one("Role", "clawbot-snapshots").manifest["rules"][1]["resourceNames"] == ["clawbot-data-20260101-031700-restored"]
+    assert (
+        env_of(cron_job_pod(s, "clawbot-snapshots")["containers"][0])["PVC_NAME"]
+        == "clawbot-data-20260101-031700-restored"
+    )
+    assert s.one("Role", "clawbot-snapshots").manifest["rules"][1]["resourceNames"] == [
+        "clawbot-data-20260101-031700-restored"
+    ]
     assert "chat-data-restored" in s.one("Deployment", "clawbot").depends_on
 
 
 def test_the_restore_runbook_brings_the_newest_dump_back_into_a_new_database(
-        postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path) -> None:
+    postgres_server: PostgresServer, postgres_url: str, aws_env: dict[str, str], tmp_path: Path
+) -> None:
     bin_dir = postgres_server.bin_dir
     seed_conversations(bin_dir, postgres_url, rows=42)
     config = {**BUCKET_CONFIG, "conversationDatabaseUrl": postgres_url, "databaseEgressCidrs": ["127.0.0.0/8"]}
@@ -526,8 +697,12 @@ def test_the_restore_runbook_brings_the_newest_dump_back_into_a_new_database(
     target_db = postgres_server.create_database()  # the docs' step before the runbook: a new, empty database
     try:
         restore_url = postgres_server.url(target_db)
-        stack.run(runbook("restore-database", "operations/backups.md"),
-                  **aws_env, RESTORE_URL=restore_url, PATH=f"{path}:{stack.env['PATH']}")
+        stack.run(
+            runbook("restore-database", "operations/backups.md"),
+            **aws_env,
+            RESTORE_URL=restore_url,
+            PATH=f"{path}:{stack.env['PATH']}",
+        )
         assert psql(bin_dir, restore_url, "SELECT count(*) FROM conversations").strip() == "43"
         # The stack now points at the restored database, and its last `up` rolled that in.
         assert json.loads((stack.state / "config.json").read_text())["conversationDatabaseUrl"] == restore_url

@@ -1,12 +1,13 @@
 """The chat Deployment: env and mounts exactly what app/ reads, restricted security, probes, no secret in plain sight."""
+
 from __future__ import annotations
 
 import json
 from pathlib import PurePosixPath
 
 from app.settings import ENV_VARS, load_settings
-from infra.tools.mocks import LOAD_BALANCER_HOSTNAME
 from infra.contract import CHAT_LABELS, HUB_OFFLINE_ENV
+from infra.tools.mocks import LOAD_BALANCER_HOSTNAME
 from infra.tools.synth import Synthesis, synthesize
 from tests.infra.conftest import chat_container, pod_spec
 
@@ -36,7 +37,10 @@ def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synt
     assert settings.app_env == "production" and settings.port == 18789 and settings.host == "0.0.0.0"
     assert settings.quantization == "nf4" and settings.max_tokens == 2048 and settings.max_batch_size == 32
     assert settings.dtype == "auto" and settings.prefix_cache_tokens == 8192  # stack defaults reach the app
-    assert settings.redis_url and settings.redis_url.get_secret_value() == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
+    assert (
+        settings.redis_url
+        and settings.redis_url.get_secret_value() == "redis://clawbot-redis.clawbot.svc.cluster.local:6379/0"
+    )
     mounts = {m["mountPath"]: m for m in chat_container(prod)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(prod)["volumes"]}
     # The key file is a mounted Secret; KMS unwraps its data key, so no KEK file is named or mounted.
@@ -44,7 +48,9 @@ def test_env_parses_with_the_app_settings_and_points_at_mounted_files(prod: Synt
     mount = mounts[str(PurePosixPath(settings.api_key_path).parent)]
     items = volumes[mount["name"]]["secret"]["items"]
     assert [i["path"] for i in items] == [PurePosixPath(settings.api_key_path).name]
-    assert str(settings.data_dir) in mounts and "persistentVolumeClaim" in volumes[mounts[str(settings.data_dir)]["name"]]
+    assert (
+        str(settings.data_dir) in mounts and "persistentVolumeClaim" in volumes[mounts[str(settings.data_dir)]["name"]]
+    )
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
 
 
@@ -63,7 +69,9 @@ def test_pod_runs_restricted(prod: Synthesis) -> None:
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = container["securityContext"]
-    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert (
+        sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    )
     assert pod["automountServiceAccountToken"] is False
     ns = prod.one("Namespace").manifest["metadata"]["labels"]
     assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -84,7 +92,9 @@ def test_rollout_never_drops_capacity_and_consolidation_leaves_loading_pods_alon
     spec = prod.one("Deployment", "clawbot").manifest["spec"]
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     # Karpenter leaves the node alone for the start-up budget (the model load), then may drain it gracefully.
-    assert spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "12m"  # startupTimeoutSeconds 720
+    assert (
+        spec["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "12m"
+    )  # startupTimeoutSeconds 720
     assert pod_spec(prod)["terminationGracePeriodSeconds"] >= 30
     pdb = prod.one("PodDisruptionBudget").manifest["spec"]
     # One budget over every chat pod, stable and canary alike: a drain never takes two serving pods at once.

@@ -1,4 +1,5 @@
 """The Grafana dashboard: shipped as a sidecar-labelled ConfigMap, with one panel per signal, naming only real metrics."""
+
 from __future__ import annotations
 
 import json
@@ -52,24 +53,29 @@ def test_a_misspelt_metric_is_caught(dashboard: dict[str, Any]) -> None:
 
 
 def test_metric_name_extraction_ignores_functions_labels_and_groupings() -> None:
-    expr = ('clamp_min(1e-9, 2) + histogram_quantile(0.99, sum by (le, route) (rate(clawbot_request_duration_seconds_bucket'
-            '{namespace="$namespace", route!~"/(healthz)"}[$__rate_interval]))) / on (pod) group_left up')
+    expr = (
+        'clamp_min(1e-9, 2) + histogram_quantile(0.99, sum by (le, route) (rate(clawbot_request_duration_seconds_bucket'
+        '{namespace="$namespace", route!~"/(healthz)"}[$__rate_interval]))) / on (pod) group_left up'
+    )
     assert metric_names(expr) == {"clawbot_request_duration_seconds_bucket", "up"}
 
 
-@pytest.mark.parametrize("title_word, series", [
-    ("Request rate", "clawbot_requests_total"),
-    ("Error rate", "clawbot_requests_total"),
-    ("Request latency", "clawbot_request_duration_seconds_bucket"),
-    ("Time to first token", "clawbot_time_to_first_token_seconds_bucket"),
-    ("Time per output token", "clawbot_time_per_output_token_seconds_bucket"),
-    ("Tokens per second", "clawbot_generated_tokens_total"),
-    ("Queue depth", "clawbot_queue_depth"),
-    ("Batch size", "clawbot_batch_size_sum"),
-    ("Cache hit rate", "clawbot_cache_lookups_total"),
-    ("Rate-limited", "clawbot_rate_limited_total"),
-    ("GPU utilization", "DCGM_FI_DEV_GPU_UTIL"),
-])
+@pytest.mark.parametrize(
+    "title_word, series",
+    [
+        ("Request rate", "clawbot_requests_total"),
+        ("Error rate", "clawbot_requests_total"),
+        ("Request latency", "clawbot_request_duration_seconds_bucket"),
+        ("Time to first token", "clawbot_time_to_first_token_seconds_bucket"),
+        ("Time per output token", "clawbot_time_per_output_token_seconds_bucket"),
+        ("Tokens per second", "clawbot_generated_tokens_total"),
+        ("Queue depth", "clawbot_queue_depth"),
+        ("Batch size", "clawbot_batch_size_sum"),
+        ("Cache hit rate", "clawbot_cache_lookups_total"),
+        ("Rate-limited", "clawbot_rate_limited_total"),
+        ("GPU utilization", "DCGM_FI_DEV_GPU_UTIL"),
+    ],
+)
 def test_each_signal_has_its_panel(dashboard: dict[str, Any], title_word: str, series: str) -> None:
     panels = [p for p in dashboard["panels"] if p["title"].startswith(title_word)]
     assert panels, f"no panel titled {title_word!r}"
@@ -102,6 +108,7 @@ def test_panels_do_not_overlap_and_use_the_datasource_variable(dashboard: dict[s
 
 # --- the Dashboard component under Pulumi's mocks ----------------------------------------------------------
 
+
 class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.created: list[pulumi.runtime.MockResourceArgs] = []
@@ -127,7 +134,7 @@ def test_config_map_carries_the_sidecar_label_and_the_dashboard(mocks: Recording
     dash = Dashboard("clawbot", DashboardArgs(namespace="monitoring", labels={"app.kubernetes.io/part-of": "clawbot"}))
 
     def check(args: list[Any]) -> None:
-        name, = args
+        (name,) = args
         assert name == "clawbot-grafana-dashboard"
         config_maps = [r for r in mocks.created if r.typ == "kubernetes:core/v1:ConfigMap"]
         assert len(config_maps) == 1
@@ -155,7 +162,15 @@ def test_a_broken_dashboard_file_is_refused_with_its_name(tmp_path: Path) -> Non
 
 
 def test_prod_stack_ships_the_dashboard_and_dev_without_alerts_does_not(prod, dev) -> None:  # type: ignore[no-untyped-def]
-    maps = [o for o in prod.objects if o.kind == "ConfigMap" and o.manifest["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    maps = [
+        o
+        for o in prod.objects
+        if o.kind == "ConfigMap" and o.manifest["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
     assert len(maps) == 1 and maps[0].namespace == prod.config["namespace"]
     assert json.loads(next(iter(maps[0].manifest["data"].values())))["panels"]
-    assert not [o for o in dev.objects if o.kind == "ConfigMap" and "grafana_dashboard" in o.manifest["metadata"].get("labels", {})]
+    assert not [
+        o
+        for o in dev.objects
+        if o.kind == "ConfigMap" and "grafana_dashboard" in o.manifest["metadata"].get("labels", {})
+    ]

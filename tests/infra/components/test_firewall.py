@@ -1,6 +1,7 @@
 """The firewall, proved over the synthesized NetworkPolicies with an evaluator of their semantics: TCP 18789 admits the
 clients and the NLB's subnets and nothing else in the VPC, /metrics admits Prometheus' namespace, the chat pods reach
 only DNS, Redis, the database and the services named for them, and only the model download Job reaches the hub."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra.components.firewall import EgressTarget, ServiceFirewallArgs, chat_egress_rules
-from infra.contract import CHAT_LABELS, MODEL_DOWNLOAD_LABELS, REDIS_LABELS
+from infra.contract import CHAT_LABELS, MODEL_DOWNLOAD_LABELS
 from infra.settings import ConfigError, parse_settings
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.infra.network_policy import Address, Cluster, Pod
@@ -41,7 +42,9 @@ def cluster(s: Synthesis) -> Cluster:
 
 
 def _pod(template: dict[str, Any], namespace: str, ip: str) -> Pod:
-    ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
+    ports = {
+        p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", []) if "name" in p
+    }
     return Pod(namespace, template["metadata"]["labels"], ip, ports)
 
 
@@ -75,7 +78,9 @@ def test_18789_admits_the_clients_and_the_nlb_subnets_and_no_other_address_of_th
     for intruder in (OTHER_NAMESPACE_POD, IMPOSTOR, VPC_HOST, NEIGHBOUR, KUBE_DNS):
         assert not c.connects(intruder, chat, 18789), intruder
     # The canary pods are the same service behind the same policy (9..10 stable pods: one canary pod serves ~10%).
-    canary = synthesize("prod", overrides={"minReplicas": 9, "canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}})
+    canary = synthesize(
+        "prod", overrides={"minReplicas": 9, "canary": {"image": "ghcr.io/clawbot/clawbot:0.2.0", "weight": 10}}
+    )
     assert not cluster(canary).connects(OTHER_NAMESPACE_POD, chat_pod(canary, "clawbot-canary"), 18789)
     assert cluster(canary).connects(NLB_HEALTH_CHECK, chat_pod(canary, "clawbot-canary"), 18789)
 
@@ -87,8 +92,12 @@ def test_metrics_admit_prometheus_namespace_alone_which_the_program_writes(prod:
         assert not c.connects(other, chat, 9464), other
     assert not c.connects(PROMETHEUS, chat, 18789)
     metrics_rules = [r for r in policies(prod)["clawbot-chat-ingress"]["ingress"] if r["ports"][0]["port"] == 9464]
-    assert metrics_rules == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-                              "ports": [{"protocol": "TCP", "port": 9464}]}]
+    assert metrics_rules == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"protocol": "TCP", "port": 9464}],
+        }
+    ]
 
 
 def test_load_balancer_source_ranges_are_the_same_cidrs(prod: Synthesis) -> None:
@@ -106,7 +115,14 @@ def test_chat_pods_reach_dns_redis_and_the_database_and_nothing_outside_the_clus
     assert c.connects(chat, KUBE_DNS, 53, "UDP") and c.connects(chat, KUBE_DNS, 53, "TCP")
     assert c.connects(chat, redis_pod(prod), 6379)
     assert c.connects(chat, DATABASE, 5432)
-    for destination, port in ((HUB, 443), (HUB, 80), (METADATA, 80), (VPC_HOST, 443), (DATABASE, 443), (OFFICE_CLIENT, 443)):
+    for destination, port in (
+        (HUB, 443),
+        (HUB, 80),
+        (METADATA, 80),
+        (VPC_HOST, 443),
+        (DATABASE, 443),
+        (OFFICE_CLIENT, 443),
+    ):
         assert not c.connects(chat, destination, port), (destination, port)
     assert not c.connects(chat, download_pod(prod), 443)
 
@@ -121,7 +137,9 @@ def test_in_kms_mode_chat_pods_reach_the_kms_endpoint_on_443_and_nothing_else_th
     # With EKS Pod Identity (no kmsRoleArn) the credentials come from the node's agent: that, on its port, too.
     s = synthesize("prod", overrides={"kmsRoleArn": ""})
     assert cluster(s).connects(chat_pod(s), POD_IDENTITY_AGENT, 80)
-    assert not cluster(s).connects(chat_pod(s), METADATA, 80) and not cluster(s).connects(chat_pod(s), POD_IDENTITY_AGENT, 443)
+    assert not cluster(s).connects(chat_pod(s), METADATA, 80) and not cluster(s).connects(
+        chat_pod(s), POD_IDENTITY_AGENT, 443
+    )
 
 
 def test_the_only_way_to_the_hub_is_the_download_job_and_it_reaches_nothing_else(prod: Synthesis) -> None:
@@ -137,7 +155,9 @@ def test_the_only_way_to_the_hub_is_the_download_job_and_it_reaches_nothing_else
 
 
 def test_a_proxy_is_the_download_jobs_only_way_out_on_the_proxys_port() -> None:
-    s = synthesize("prod", overrides={"modelHubProxy": "http://10.0.50.10:3128", "modelHubEgressCidrs": ["10.0.50.10/32"]})
+    s = synthesize(
+        "prod", overrides={"modelHubProxy": "http://10.0.50.10:3128", "modelHubEgressCidrs": ["10.0.50.10/32"]}
+    )
     c, job = cluster(s), download_pod(s)
     assert c.connects(job, Address("10.0.50.10"), 3128)
     assert not c.connects(job, HUB, 443) and not c.connects(job, Address("10.0.50.10"), 443)
@@ -154,7 +174,11 @@ def test_with_cilium_the_download_job_reaches_the_hub_by_name_only() -> None:
     assert cnp["spec"]["endpointSelector"] == {"matchLabels": MODEL_DOWNLOAD_LABELS}
     dns, fqdns = cnp["spec"]["egress"]
     assert dns["toPorts"][0]["rules"] == {"dns": [{"matchPattern": "*"}]}  # the DNS proxy learns the names' addresses
-    assert fqdns["toFQDNs"] == [{"matchName": "huggingface.co"}, {"matchPattern": "*.huggingface.co"}, {"matchPattern": "*.hf.co"}]
+    assert fqdns["toFQDNs"] == [
+        {"matchName": "huggingface.co"},
+        {"matchPattern": "*.huggingface.co"},
+        {"matchPattern": "*.hf.co"},
+    ]
     assert fqdns["toPorts"] == [{"ports": [{"port": "443", "protocol": "TCP"}]}]
     assert set(cnp) == {"apiVersion", "kind", "metadata", "spec"}  # no ingress section: the chat policies stand
 
@@ -163,8 +187,15 @@ def test_the_egress_list_other_settings_extend_reaches_chat_pods_policy_and_noth
     """The hook the KMS endpoint uses: each EgressTarget opens its CIDRs on its port, no more."""
     kms = EgressTarget("kms", ("10.0.200.0/24",), 443)
     rules = chat_egress_rules(ServiceFirewallArgs(namespace=NAMESPACE, allowed_cidrs=(), service_egress=(kms,)))
-    c = Cluster([{"kind": "NetworkPolicy", "metadata": {"namespace": NAMESPACE},
-                  "spec": {"podSelector": {"matchLabels": CHAT_LABELS}, "policyTypes": ["Egress"], "egress": rules}}])
+    c = Cluster(
+        [
+            {
+                "kind": "NetworkPolicy",
+                "metadata": {"namespace": NAMESPACE},
+                "spec": {"podSelector": {"matchLabels": CHAT_LABELS}, "policyTypes": ["Egress"], "egress": rules},
+            }
+        ]
+    )
     chat = Pod(NAMESPACE, dict(CHAT_LABELS), "10.0.110.10")
     assert c.connects(chat, Address("10.0.200.9"), 443)
     assert not c.connects(chat, Address("10.0.200.9"), 80) and not c.connects(chat, HUB, 443)
@@ -200,5 +231,7 @@ def test_subnet_sized_ranges_pass_and_instance_targets_need_none() -> None:
     s = parse_settings({**PROD, "loadBalancerSubnetCidrs": ["10.0.0.0/19", "10.0.32.0/20"]}, stack="prod")
     assert s.network.health_check_cidrs == ("10.0.0.0/19", "10.0.32.0/20")
     # Instance targets: health checks go to kube-proxy's node port, not 18789, so the VPC range is never admitted.
-    s = parse_settings({**PROD, "loadBalancerTargetType": "instance", "loadBalancerSubnetCidrs": ["10.0.0.0/16"]}, stack="prod")
+    s = parse_settings(
+        {**PROD, "loadBalancerTargetType": "instance", "loadBalancerSubnetCidrs": ["10.0.0.0/16"]}, stack="prod"
+    )
     assert s.network.health_check_cidrs == ()

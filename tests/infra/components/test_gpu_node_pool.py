@@ -1,4 +1,5 @@
 """GPU capacity: the node taint, the chat pods' toleration and GPU limit come from one place and agree."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,9 +8,9 @@ from infra.components.gpu_node_pool import GPU_RESOURCE, placement_for
 from infra.settings import parse_settings
 from infra.settings.gpu import Taint
 from infra.settings.values import duration_seconds
-from tests.infra.crd_validation import load_crds
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.infra.conftest import chat_container, pod_spec
+from tests.infra.crd_validation import load_crds
 
 
 def tolerates(tolerations: list[dict[str, str]], taint: dict[str, str]) -> bool:
@@ -36,7 +37,9 @@ def test_prod_chat_pod_asks_for_one_gpu_on_nodes_with_the_pool_labels(prod: Synt
     assert resources["limits"]["cpu"] == "4" and resources["limits"]["memory"] == "8Gi"
     assert resources["requests"]["cpu"] == "2" and resources["requests"]["memory"] == "4Gi"
     pool_labels = prod.one("NodePool").manifest["spec"]["template"]["metadata"]["labels"]
-    terms = pod_spec(prod)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms = pod_spec(prod)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     required = {e["key"]: e["values"] for e in terms[0]["matchExpressions"]}
     assert required and all(pool_labels.get(k) in v for k, v in required.items())
 
@@ -63,10 +66,19 @@ def test_existing_node_class_is_referenced_not_created() -> None:
 
 
 def test_existing_gpu_nodes_mode_creates_no_pool_but_keeps_placement() -> None:
-    s = synthesize("prod", overrides={"gpuMode": "existing", "gpuTaintValue": "present",
-                                      "gpuNodeLabels": ["nvidia.com/gpu.present=true"], "gpuOperator": True})
+    s = synthesize(
+        "prod",
+        overrides={
+            "gpuMode": "existing",
+            "gpuTaintValue": "present",
+            "gpuNodeLabels": ["nvidia.com/gpu.present=true"],
+            "gpuOperator": True,
+        },
+    )
     assert s.find("NodePool") == [] and s.find("EC2NodeClass") == [] and s.find("DaemonSet") == []
-    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in pod_spec(s)["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in pod_spec(s)[
+        "tolerations"
+    ]
     assert chat_container(s)["resources"]["limits"][GPU_RESOURCE] == "1"
 
 
@@ -80,8 +92,16 @@ def test_toleration_follows_a_changed_taint_value() -> None:
     gpu = parse_settings(read_stack_config("prod"), stack="prod").gpu
     changed = replace(gpu, taint=Taint("nvidia.com/gpu", "present", "NoExecute"))
     (tol,) = placement_for(changed).tolerations
-    assert (tol["key"], tol["value"], tol["effect"], tol["operator"]) == ("nvidia.com/gpu", "present", "NoExecute", "Equal")
-    assert not tolerates([dict(t) for t in placement_for(gpu).tolerations], {"key": "nvidia.com/gpu", "value": "present", "effect": "NoExecute"})
+    assert (tol["key"], tol["value"], tol["effect"], tol["operator"]) == (
+        "nvidia.com/gpu",
+        "present",
+        "NoExecute",
+        "Equal",
+    )
+    assert not tolerates(
+        [dict(t) for t in placement_for(gpu).tolerations],
+        {"key": "nvidia.com/gpu", "value": "present", "effect": "NoExecute"},
+    )
 
 
 def test_the_ami_is_a_pinned_release_so_nodes_roll_only_when_the_stack_bumps_it(prod: Synthesis) -> None:
@@ -99,7 +119,9 @@ def test_drift_and_expiry_can_replace_nodes_without_cutting_a_stream_or_a_model_
     assert node_spec["terminationGracePeriod"] == "1h" and node_spec["expireAfter"] == "720h"
     pod = prod.one("Deployment", "clawbot").manifest["spec"]["template"]
     protected = duration_seconds(pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"])
-    assert protected == prod.config["startupTimeoutSeconds"] == 720  # the start-up budget: "true" would block drift for good
+    assert (
+        protected == prod.config["startupTimeoutSeconds"] == 720
+    )  # the start-up budget: "true" would block drift for good
     # The node waits out a loading pod's protection and then its whole termination grace before anything is forced.
     assert grace is not None and protected is not None
     assert grace >= protected + pod["spec"]["terminationGracePeriodSeconds"]

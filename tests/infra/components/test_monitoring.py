@@ -1,5 +1,6 @@
 """Monitoring: the ServiceMonitor exists whenever Prometheus must scrape the chat pods (the alerts, or the HPA's
 in-flight target through prometheus-adapter), whether alerts are on or off, and scrapes the metrics Service."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,10 @@ def test_with_alerts_off_the_hpa_metric_is_still_scraped(prod_without_alerts: Sy
     """prod scales on clawbot_inflight_requests, which prometheus-adapter reads from Prometheus: without the
     ServiceMonitor the HPA would lack the metric and never scale down."""
     s = prod_without_alerts
-    assert s.one("HorizontalPodAutoscaler").manifest["spec"]["metrics"][1]["pods"]["metric"]["name"] == "clawbot_inflight_requests"
+    assert (
+        s.one("HorizontalPodAutoscaler").manifest["spec"]["metrics"][1]["pods"]["metric"]["name"]
+        == "clawbot_inflight_requests"
+    )
     assert s.one("ServiceMonitor", "clawbot").manifest["spec"]["endpoints"][0]["port"] == METRICS_PORT_NAME
     assert not s.find("PrometheusRule") and not s.find("AlertmanagerConfig") and s.outputs["alertRules"] == []
 

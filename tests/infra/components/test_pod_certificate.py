@@ -1,5 +1,6 @@
 """TLS in the pod from cert-manager: the issuer is checked (created by the program, or read and required Ready), the
 Service's .svc names go only on a private CA's certificate, and the Deployment waits for the Certificate to be Ready."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,12 +9,19 @@ import pytest
 
 from infra.tools.synth import SynthError, Synthesis, synthesize
 
-ACME_SPEC = {"acme": {"server": "https://acme-v02.api.letsencrypt.org/directory", "privateKeySecretRef": {"name": "le"}}}
+ACME_SPEC = {
+    "acme": {"server": "https://acme-v02.api.letsencrypt.org/directory", "privateKeySecretRef": {"name": "le"}}
+}
 CA_SPEC = {"ca": {"secretName": "corp-root"}}
 
 
-def issuer(spec: dict[str, Any], ready: str = "True", reason: str = "KeyPairVerified", message: str = "") -> dict[str, Any]:
-    return {"spec": spec, "status": {"conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": message}]}}
+def issuer(
+    spec: dict[str, Any], ready: str = "True", reason: str = "KeyPairVerified", message: str = ""
+) -> dict[str, Any]:
+    return {
+        "spec": spec,
+        "status": {"conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": message}]},
+    }
 
 
 def certificates(s: Synthesis) -> dict[str, dict[str, Any]]:
@@ -21,8 +29,11 @@ def certificates(s: Synthesis) -> dict[str, dict[str, Any]]:
 
 
 def test_a_public_acme_issuer_gets_the_endpoint_hostname_alone_and_is_read_not_created() -> None:
-    s = synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/letsencrypt"},
-                   existing={"ClusterIssuer/letsencrypt": issuer(ACME_SPEC)})
+    s = synthesize(
+        "prod",
+        overrides={"podTlsIssuer": "ClusterIssuer/letsencrypt"},
+        existing={"ClusterIssuer/letsencrypt": issuer(ACME_SPEC)},
+    )
     cert = certificates(s)["clawbot-tls"]["spec"]
     assert cert["dnsNames"] == ["chat.example.com"]  # an ACME CA would refuse clawbot.clawbot.svc
     assert cert["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": "letsencrypt"}
@@ -32,18 +43,29 @@ def test_a_public_acme_issuer_gets_the_endpoint_hostname_alone_and_is_read_not_c
 
 
 def test_a_namespaced_issuer_is_read_in_the_apps_namespace() -> None:
-    s = synthesize("prod", overrides={"podTlsIssuer": "Issuer/corp-ca", "podTlsIssuerPrivate": True},
-                   existing={"Issuer/clawbot/corp-ca": issuer(CA_SPEC)})
+    s = synthesize(
+        "prod",
+        overrides={"podTlsIssuer": "Issuer/corp-ca", "podTlsIssuerPrivate": True},
+        existing={"Issuer/clawbot/corp-ca": issuer(CA_SPEC)},
+    )
     assert certificates(s)["clawbot-tls"]["spec"]["dnsNames"] == [
-        "chat.example.com", "clawbot.clawbot.svc", "clawbot.clawbot.svc.cluster.local"]
+        "chat.example.com",
+        "clawbot.clawbot.svc",
+        "clawbot.clawbot.svc.cluster.local",
+    ]
 
 
-@pytest.mark.parametrize("existing, message", [
-    ({}, 'clusterissuers.cert-manager.io "letsencrypt" not found'),
-    ({"ClusterIssuer/letsencrypt": issuer(ACME_SPEC, "False", "ErrRegisterACMEAccount", "no such host")},
-     "ClusterIssuer/letsencrypt, named by clawbot:podTlsIssuer, is not Ready: ErrRegisterACMEAccount: no such host"),
-    ({"ClusterIssuer/letsencrypt": {"spec": ACME_SPEC}}, "is not Ready (it has no Ready condition yet)"),
-])
+@pytest.mark.parametrize(
+    "existing, message",
+    [
+        ({}, 'clusterissuers.cert-manager.io "letsencrypt" not found'),
+        (
+            {"ClusterIssuer/letsencrypt": issuer(ACME_SPEC, "False", "ErrRegisterACMEAccount", "no such host")},
+            "ClusterIssuer/letsencrypt, named by clawbot:podTlsIssuer, is not Ready: ErrRegisterACMEAccount: no such host",
+        ),
+        ({"ClusterIssuer/letsencrypt": {"spec": ACME_SPEC}}, "is not Ready (it has no Ready condition yet)"),
+    ],
+)
 def test_preview_stops_on_an_issuer_that_is_missing_or_not_ready(existing: dict[str, Any], message: str) -> None:
     with pytest.raises(SynthError) as err:
         synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/letsencrypt"}, existing=existing)
@@ -51,10 +73,16 @@ def test_preview_stops_on_an_issuer_that_is_missing_or_not_ready(existing: dict[
 
 
 def test_svc_names_from_an_issuer_that_is_a_public_ca_are_refused_with_what_to_set() -> None:
-    with pytest.raises(SynthError, match=r"ClusterIssuer/letsencrypt is an ACME issuer, a public CA, but "
-                                         r"clawbot:podTlsIssuerPrivate is true"):
-        synthesize("prod", overrides={"podTlsIssuer": "ClusterIssuer/letsencrypt", "podTlsIssuerPrivate": True},
-                   existing={"ClusterIssuer/letsencrypt": issuer(ACME_SPEC)})
+    with pytest.raises(
+        SynthError,
+        match=r"ClusterIssuer/letsencrypt is an ACME issuer, a public CA, but "
+        r"clawbot:podTlsIssuerPrivate is true",
+    ):
+        synthesize(
+            "prod",
+            overrides={"podTlsIssuer": "ClusterIssuer/letsencrypt", "podTlsIssuerPrivate": True},
+            existing={"ClusterIssuer/letsencrypt": issuer(ACME_SPEC)},
+        )
 
 
 def test_private_ca_is_created_by_the_program_root_then_issuer_then_the_pod_certificate() -> None:
@@ -63,7 +91,11 @@ def test_private_ca_is_created_by_the_program_root_then_issuer_then_the_pod_cert
     assert set(issuers) == {"clawbot-selfsigned", "clawbot-ca"} and set(certs) == {"clawbot-ca", "clawbot-tls"}
     assert issuers["clawbot-selfsigned"].manifest["spec"] == {"selfSigned": {}}
     root = certs["clawbot-ca"]["spec"]
-    assert root["isCA"] is True and root["issuerRef"]["name"] == "clawbot-selfsigned" and root["secretName"] == "clawbot-ca"
+    assert (
+        root["isCA"] is True
+        and root["issuerRef"]["name"] == "clawbot-selfsigned"
+        and root["secretName"] == "clawbot-ca"
+    )
     assert issuers["clawbot-ca"].manifest["spec"] == {"ca": {"secretName": "clawbot-ca"}}
     pod_cert = certs["clawbot-tls"]["spec"]
     assert pod_cert["issuerRef"] == {"group": "cert-manager.io", "kind": "Issuer", "name": "clawbot-ca"}
@@ -78,7 +110,8 @@ def test_private_ca_is_created_by_the_program_root_then_issuer_then_the_pod_cert
 
 @pytest.mark.parametrize("overrides", [{"podTlsIssuer": "private-ca"}, {"podTlsIssuer": "ClusterIssuer/letsencrypt"}])
 def test_pulumi_waits_for_every_certificate_and_issuer_to_be_ready_and_the_deployment_for_the_certificate(
-        overrides: dict[str, str]) -> None:
+    overrides: dict[str, str],
+) -> None:
     s = synthesize("prod", overrides=overrides)
     for obj in s.find("Certificate") + s.find("Issuer"):
         assert obj.manifest["metadata"]["annotations"]["pulumi.com/waitFor"] == "condition=Ready", obj.name

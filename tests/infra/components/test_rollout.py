@@ -1,6 +1,7 @@
 """Start-up and rollout budgets (issue 21 items 2 and 3): start-up is judged on readiness to serve and bounded by the
 stack's start-up budget, the Deployments' progress deadline covers one pod's provisioning and start-up, and `pulumi up`
 waits as long as a rollout takes to walk through every replica, one pod at a time."""
+
 from __future__ import annotations
 
 import threading
@@ -31,9 +32,9 @@ def test_start_up_is_judged_on_readiness_to_serve_within_the_start_up_budget(pro
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"  # once started: is the process alive
 
 
-def test_a_stalled_model_load_fails_the_start_up_probe_where_the_old_one_passed(tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                                  prod: Synthesis) -> None:
+def test_a_stalled_model_load_fails_the_start_up_probe_where_the_old_one_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prod: Synthesis
+) -> None:
     """The real app, its model load stalled (a download that never ends): the synthesized start-up probe fails on
     every try, so the kubelet restarts the pod after failureThreshold tries, the start-up budget. The liveness path,
     which the start-up probe used before, answered 200 throughout and bounded nothing."""

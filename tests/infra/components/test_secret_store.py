@@ -6,6 +6,7 @@ made by the key CLI there, the program seals to it, and the key file opens only 
 (dev) is checked by running the init step the pod spec names against a stand-in API server that serves the KEK
 Secret the program made, and answers only what the program's Role allows.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,14 @@ def secret_file(s: Synthesis, secret: str, key: str) -> str:
 def kms_data_key(env: dict[str, str]) -> str:
     """What an operator runs once: a KMS key, and `python -m app.keys kms-data-key` for the stack's kmsDataKey."""
     arn = boto3.client("kms").create_key(Description="clawbot prod")["KeyMetadata"]["Arn"]
-    made = subprocess.run([sys.executable, "-m", "app.keys", "kms-data-key", "--kms-key-id", arn], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [sys.executable, "-m", "app.keys", "kms-data-key", "--kms-key-id", arn],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert made.returncode == 0, made.stderr
     return made.stdout.strip()
 
@@ -65,13 +72,17 @@ def kek_of(s: Synthesis) -> str:
 def test_the_prod_key_file_opens_only_through_kms_and_holds_the_output_api_key(kms_prod: Synthesis) -> None:
     ring = kms_open(kms_prod)
     api_key = kms_prod.outputs["apiKey"]
-    assert [k.id for k in ring.api_keys] == kms_prod.outputs["apiKeyIds"] and api_key in {k.secret for k in ring.api_keys}
+    assert [k.id for k in ring.api_keys] == kms_prod.outputs["apiKeyIds"] and api_key in {
+        k.secret for k in ring.api_keys
+    }
     contents = contents_of(ring, source="keys.json", strict=True)  # what the service does at start
     primary = next(e for e in contents.api_keys if e.digest == digest(api_key))
     assert primary.expires_at is None and primary.scopes >= {"chat"}
     assert len(contents.jwt_keys) == 2 and ring.hub_token is None
     # No KEK exists: not as a Secret, not as a value the program generates; the file names the KMS key it needs.
-    assert kms_prod.find("Secret", "clawbot-kek") == [] and not [r for r in kms_prod.resources if r.name == "secrets-kek"]
+    assert kms_prod.find("Secret", "clawbot-kek") == [] and not [
+        r for r in kms_prod.resources if r.name == "secrets-kek"
+    ]
     doc = json.loads(secret_file(kms_prod, "clawbot-keys", "keys.json"))
     assert doc["kms"]["key_id"] == json.loads(kms_prod.config["kmsDataKey"])["keyId"] and "kek_id" not in doc
     with pytest.raises(KeyFileError, match="sealed for the KMS key"):
@@ -96,20 +107,33 @@ def test_kms_pods_run_as_their_own_account_with_the_iam_role_and_reach_kms_only(
     assert "initContainers" not in pod and {v["name"] for v in pod["volumes"]} >= {"keys"}
     assert not any("kek" in v["name"] for v in pod["volumes"])
     account = prod.one("ServiceAccount", "clawbot").manifest
-    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/clawbot-prod-chat"}
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/clawbot-prod-chat"
+    }
     assert account["automountServiceAccountToken"] is False
     config = prod.one("ConfigMap", "clawbot-config").manifest["data"]
-    assert config["KEY_ENCRYPTION"] == "kms" and "KEK_PATH" not in config and "keys" in {m["name"] for m in chat["volumeMounts"]}
+    assert (
+        config["KEY_ENCRYPTION"] == "kms"
+        and "KEK_PATH" not in config
+        and "keys" in {m["name"] for m in chat["volumeMounts"]}
+    )
     # The chat pods' egress policy opens the KMS endpoint's CIDRs on 443 (test_firewall proves what that admits).
     egress = prod.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
     assert {"to": [{"ipBlock": {"cidr": "10.0.96.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]} in egress
     assert prod.find("NetworkPolicy", "clawbot-key-egress") == []  # no policy of its own beside the firewall's
     # The operator makes the role from the output: Decrypt on the one key, for key files only.
     policy = prod.outputs["keyStore"]["policy"]["Statement"]
-    assert policy == [{"Sid": "UnwrapTheKeyFilesDataKey", "Effect": "Allow", "Action": "kms:Decrypt",
-                       "Resource": prod.outputs["keyStore"]["kmsKeyArn"],
-                       "Condition": {"StringEquals": {"kms:EncryptionContext:app": "clawbot",
-                                                      "kms:EncryptionContext:purpose": "key-file"}}}]
+    assert policy == [
+        {
+            "Sid": "UnwrapTheKeyFilesDataKey",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": prod.outputs["keyStore"]["kmsKeyArn"],
+            "Condition": {
+                "StringEquals": {"kms:EncryptionContext:app": "clawbot", "kms:EncryptionContext:purpose": "key-file"}
+            },
+        }
+    ]
     assert prod.outputs["keyStore"]["serviceAccount"] == "system:serviceaccount:clawbot:clawbot"
 
 
@@ -117,16 +141,24 @@ def test_with_pod_identity_the_pods_may_reach_the_node_agent_too() -> None:
     s = synthesize("prod", overrides={"kmsRoleArn": ""})
     assert "annotations" not in s.one("ServiceAccount", "clawbot").manifest["metadata"]
     rules = s.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
-    assert {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
-            "ports": [{"protocol": "TCP", "port": 80}]} in rules
+    assert {
+        "to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+        "ports": [{"protocol": "TCP", "port": 80}],
+    } in rules
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"kmsDataKey": ""}, "clawbot:keyEncryption kms needs clawbot:kmsDataKey: run `python -m app.keys kms-data-key"),
+        (
+            {"kmsDataKey": ""},
+            "clawbot:keyEncryption kms needs clawbot:kmsDataKey: run `python -m app.keys kms-data-key",
+        ),
         ({"kmsDataKey": "{}"}, "clawbot:kmsDataKey: a KMS data key names its KMS key by ARN"),
-        ({"kmsDataKey": "not json"}, "clawbot:kmsDataKey: a KMS data key must be the JSON `python -m app.keys kms-data-key` prints"),
+        (
+            {"kmsDataKey": "not json"},
+            "clawbot:kmsDataKey: a KMS data key must be the JSON `python -m app.keys kms-data-key` prints",
+        ),
         ({"kmsRoleArn": "clawbot-role"}, "clawbot:kmsRoleArn must be an IAM role ARN"),
         ({"keyEncryption": "vault"}, "clawbot:keyEncryption must be one of kms, namespace, got 'vault'"),
         ({"clusterSecretsKeyArn": "alias/eks"}, "clawbot:clusterSecretsKeyArn must be a KMS key ARN"),
@@ -153,7 +185,9 @@ def test_the_kek_lives_in_a_namespace_of_its_own_that_runs_no_pods(dev: Synthesi
     assert quota.namespace == "clawbot-dev-kek" and quota.manifest["spec"] == {"hard": {"pods": "0"}}
     role = dev.one("Role", "clawbot-kek-reader")
     assert role.namespace == "clawbot-dev-kek"
-    assert role.manifest["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["clawbot-kek"], "verbs": ["get"]}]
+    assert role.manifest["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["clawbot-kek"], "verbs": ["get"]}
+    ]
     binding = dev.one("RoleBinding", "clawbot-kek-reader").manifest
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "clawbot", "namespace": "clawbot-dev"}]
     # Nothing in the app's namespace holds or mounts it.
@@ -179,12 +213,14 @@ def test_only_the_init_step_carries_a_token_and_the_chat_container_gets_only_the
     egress = dev.one("NetworkPolicy", "clawbot-chat-egress").manifest["spec"]["egress"]
     api = [r for r in egress if r["ports"][0]["port"] in (443, 6443)]
     assert [r["ports"] for r in api] == [[{"protocol": "TCP", "port": 443}], [{"protocol": "TCP", "port": 6443}]]
-    assert all([b["ipBlock"]["cidr"] for b in r["to"]] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-               for r in api)
+    assert all(
+        [b["ipBlock"]["cidr"] for b in r["to"]] == ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] for r in api
+    )
 
 
-def test_the_init_step_reads_the_kek_as_the_role_allows_and_the_service_opens_the_key_file(dev: Synthesis,
-                                                                                              tmp_path: Path) -> None:
+def test_the_init_step_reads_the_kek_as_the_role_allows_and_the_service_opens_the_key_file(
+    dev: Synthesis, tmp_path: Path
+) -> None:
     role = dev.one("Role", "clawbot-kek-reader").manifest
     kek_secret = dev.one("Secret", "clawbot-kek")
     requests: list[tuple[str, str, str, str | None]] = []
@@ -206,8 +242,14 @@ def test_the_init_step_reads_the_kek_as_the_role_allows_and_the_service_opens_th
     args = [{API_KEY_PATH: str(keys), DATA_KEY_PATH: str(out)}.get(a, a) for a in init["args"]]
     assert args[:4] == ["python", "-m", "app.keys", "unseal-data-key"]
     with stand_in_api_server(handle, tmp_path, token="init-step-token", namespace="clawbot-dev") as env:
-        done = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, *args[1:]],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 0, done.stderr
     assert requests == [("get", "", "secrets", "clawbot-kek")]
     assert kek_of(dev) not in out.read_text() and kek_of(dev) not in done.stdout + done.stderr
@@ -220,9 +262,17 @@ def test_an_init_step_refused_by_the_api_server_stops_the_pod(dev: Synthesis, tm
     keys = tmp_path / "keys.json"
     keys.write_text(secret_file(dev, "clawbot-keys", "keys.json"))
     args = [{API_KEY_PATH: str(keys), DATA_KEY_PATH: str(tmp_path / "dek")}.get(a, a) for a in init["args"]]
-    with stand_in_api_server(lambda *_: (403, {"reason": "Forbidden"}), tmp_path, token="t", namespace="clawbot-dev") as env:
-        done = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                              text=True, timeout=120)
+    with stand_in_api_server(
+        lambda *_: (403, {"reason": "Forbidden"}), tmp_path, token="t", namespace="clawbot-dev"
+    ) as env:
+        done = subprocess.run(
+            [sys.executable, *args[1:]],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 2 and "reading Secret clawbot-dev-kek/clawbot-kek answered 403" in done.stderr
     assert "needs `get` on it" in done.stderr and not (tmp_path / "dek").exists()
 

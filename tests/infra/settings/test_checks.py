@@ -1,5 +1,6 @@
 """The rules that tie two topics together (infra/settings/checks.py): each refuses a stack with a message naming the
 keys involved, and lets the same values through where the other topic makes them safe."""
+
 from __future__ import annotations
 
 import pytest
@@ -55,25 +56,46 @@ ARN = PROD["tlsCertificateArn"]
 VIOLATIONS: dict[str, tuple[dict[str, object], tuple[str, ...]]] = {
     "public_ingress_is_deliberate": (prod_with(allowedCidrs=["0.0.0.0/0"]), ("allowedCidrs", "allowPublicIngress")),
     "load_balancer_certificate_has_a_load_balancer": (
-        {**DEV, "tlsCertificateArn": ARN, "endpointHostname": "chat.example.com"}, ("tlsCertificateArn", "serviceType")),
-    "production_serves_tls": (prod_with(tlsCertificateArn="", endpointHostname=""), ("tlsCertificateArn", "allowPlaintext")),
+        {**DEV, "tlsCertificateArn": ARN, "endpointHostname": "chat.example.com"},
+        ("tlsCertificateArn", "serviceType"),
+    ),
+    "production_serves_tls": (
+        prod_with(tlsCertificateArn="", endpointHostname=""),
+        ("tlsCertificateArn", "allowPlaintext"),
+    ),
     "gpu_limit_covers_a_rollout": (prod_with(gpuLimit=5), ("gpuLimit", "gpusPerPod", "maxReplicas")),
     "data_volume_reaches_every_replica": (prod_with(dataAccessMode="ReadWriteOnce"), ("dataAccessMode", "maxReplicas")),
     "quantization_has_a_gpu": ({**DEV, "quantization": "nf4"}, ("quantization", "gpuMode")),
     # issue 21 item 1: the canary's share, and the Gateway in front of the pods
     "canary_share_is_served": (prod_with(canary={"image": "ghcr.io/clawbot/clawbot:0.2.0"}), ("canary", "gateway")),
-    "gateway_is_the_only_way_in": (prod_with(**{**BEHIND_GATEWAY, "serviceType": "LoadBalancer", "tlsCertificateArn": ARN}),
-                                   ("gateway", "serviceType")),
-    "gateway_routes_a_hostname": (prod_with(**{**BEHIND_GATEWAY, "endpointHostname": ""}), ("gateway", "endpointHostname")),
-    "gateway_forwards_client_addresses": (prod_with(**{**BEHIND_GATEWAY, "trustedProxies": []}),
-                                          ("gateway", "allowedCidrs", "trustedProxies")),
-    "gateway_speaks_http_to_the_pods": (prod_with(**{**BEHIND_GATEWAY, "podTlsIssuer": "ClusterIssuer/ca"}),
-                                        ("gateway", "podTlsIssuer")),
-    "production_gateway_names_its_https_listener": (prod_with(**{**BEHIND_GATEWAY, "gatewayListener": ""}),
-                                                    ("gateway", "gatewayListener")),
-    "node_drain_outlasts_pod_restarts": (prod_with(nodeTerminationGracePeriod="10m"),
-                                         ("nodeTerminationGracePeriod", "disruptionBudget", "startupTimeoutSeconds")),
-    "model_download_has_egress": (prod_with(modelHubEgressCidrs=[]), ("modelPath", "modelHubEgressCidrs", "ciliumPolicies")),
+    "gateway_is_the_only_way_in": (
+        prod_with(**{**BEHIND_GATEWAY, "serviceType": "LoadBalancer", "tlsCertificateArn": ARN}),
+        ("gateway", "serviceType"),
+    ),
+    "gateway_routes_a_hostname": (
+        prod_with(**{**BEHIND_GATEWAY, "endpointHostname": ""}),
+        ("gateway", "endpointHostname"),
+    ),
+    "gateway_forwards_client_addresses": (
+        prod_with(**{**BEHIND_GATEWAY, "trustedProxies": []}),
+        ("gateway", "allowedCidrs", "trustedProxies"),
+    ),
+    "gateway_speaks_http_to_the_pods": (
+        prod_with(**{**BEHIND_GATEWAY, "podTlsIssuer": "ClusterIssuer/ca"}),
+        ("gateway", "podTlsIssuer"),
+    ),
+    "production_gateway_names_its_https_listener": (
+        prod_with(**{**BEHIND_GATEWAY, "gatewayListener": ""}),
+        ("gateway", "gatewayListener"),
+    ),
+    "node_drain_outlasts_pod_restarts": (
+        prod_with(nodeTerminationGracePeriod="10m"),
+        ("nodeTerminationGracePeriod", "disruptionBudget", "startupTimeoutSeconds"),
+    ),
+    "model_download_has_egress": (
+        prod_with(modelHubEgressCidrs=[]),
+        ("modelPath", "modelHubEgressCidrs", "ciliumPolicies"),
+    ),
     # -- the key store and backups --
     "production_keeps_the_kek_in_kms": (prod_with(keyEncryption="namespace"), ("keyEncryption", "kmsDataKey")),
     "production_reaches_kms_privately": (prod_with(kmsEgressCidrs=[]), ("kmsEgressCidrs", "kmsRoleArn")),
@@ -110,9 +132,14 @@ def test_a_drain_must_outlast_every_restart_the_budget_walks_through() -> None:
 
 
 def test_a_hub_model_needs_a_way_out_for_the_download_and_a_local_one_none() -> None:
-    for way_out in ({"modelHubEgressCidrs": ["0.0.0.0/0"]}, {"ciliumPolicies": True},
-                    {"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": ["10.0.50.0/28"]}):
-        parse_settings(prod_with(**way_out, **({"modelHubEgressCidrs": []} if "ciliumPolicies" in way_out else {})), stack="prod")
+    for way_out in (
+        {"modelHubEgressCidrs": ["0.0.0.0/0"]},
+        {"ciliumPolicies": True},
+        {"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": ["10.0.50.0/28"]},
+    ):
+        parse_settings(
+            prod_with(**way_out, **({"modelHubEgressCidrs": []} if "ciliumPolicies" in way_out else {})), stack="prod"
+        )
     with pytest.raises(ConfigError, match="clawbot:modelHubHosts is empty"):
         parse_settings(prod_with(modelHubEgressCidrs=[], ciliumPolicies=True, modelHubHosts=[]), stack="prod")
     # A model already on the volume (or embedded) needs no egress at all.

@@ -1,5 +1,6 @@
 """The key table: Pulumi.yaml declares exactly CONFIG_KEYS (type, default, description) and the secret keys, and the
 stack files set only declared keys and no plain secrets."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Reading a stack's config: both stack files parse, and bad values are refused with a message naming the key, the
 value and what is allowed."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,7 +18,10 @@ def prod_with(**changes: object) -> dict[str, object]:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"allowedCidrs": ["192.168.1.300/24"]}, "clawbot:allowedCidrs must hold CIDRs like 192.168.1.0/24, got '192.168.1.300/24'"),
+        (
+            {"allowedCidrs": ["192.168.1.300/24"]},
+            "clawbot:allowedCidrs must hold CIDRs like 192.168.1.0/24, got '192.168.1.300/24'",
+        ),
         ({"allowedCidrs": ["192.168.1.5/24"]}, "got '192.168.1.5/24'"),  # host bits set: almost always a typo
         ({"minReplicas": 5, "maxReplicas": 3}, "clawbot:minReplicas (5) must not exceed clawbot:maxReplicas (3)"),
         ({"maxTokens": 0}, "clawbot:maxTokens must be between 1 and 8192, got 0"),
@@ -45,13 +49,21 @@ def prod_with(**changes: object) -> dict[str, object]:
         ({"nodeTerminationGracePeriod": "an hour"}, "clawbot:nodeTerminationGracePeriod must be a duration"),
         ({"modelHubProxy": "proxy:3128"}, "clawbot:modelHubProxy must be a proxy URL like http://proxy.internal:3128"),
         ({"modelHubProxy": "http://proxy.internal"}, "clawbot:modelHubProxy must be a proxy URL"),
-        ({"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": []}, "clawbot:modelHubProxy needs clawbot:modelHubEgressCidrs"),
+        (
+            {"modelHubProxy": "http://proxy.internal:3128", "modelHubEgressCidrs": []},
+            "clawbot:modelHubProxy needs clawbot:modelHubEgressCidrs",
+        ),
         ({"ciliumPolicies": True}, "clawbot:modelHubEgressCidrs ['0.0.0.0/0'] would open TCP 443"),
         ({"modelHubHosts": ["https://huggingface.co"]}, "clawbot:modelHubHosts must hold host names"),
         ({"modelDownloadTimeoutSeconds": 10}, "clawbot:modelDownloadTimeoutSeconds must be between 60 and 86400"),
-        ({"podTlsIssuer": "ClusterIssuer/letsencrypt", "endpointHostname": "", "tlsCertificateArn": ""},
-         "is taken for a public CA (ACME)"),
-        ({"podTlsIssuerPrivate": True}, "clawbot:podTlsIssuerPrivate says what the issuer named by clawbot:podTlsIssuer is"),
+        (
+            {"podTlsIssuer": "ClusterIssuer/letsencrypt", "endpointHostname": "", "tlsCertificateArn": ""},
+            "is taken for a public CA (ACME)",
+        ),
+        (
+            {"podTlsIssuerPrivate": True},
+            "clawbot:podTlsIssuerPrivate says what the issuer named by clawbot:podTlsIssuer is",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_a_message_naming_them(changes: dict[str, object], message: str) -> None:
@@ -86,7 +98,11 @@ def test_the_hub_id_pattern_is_the_apps() -> None:
     from app.inference import loader
     from infra.settings.model import HUB_ID
 
-    assert HUB_ID.pattern == loader._HUB_ID.pattern  # noqa: SLF001  (the two must agree on what gets downloaded)
-    for path, from_hub in (("Qwen/Qwen3-8B", True), ("embedded:smollm2-135m-instruct", False),
-                           ("/app/data/models/qwen3-8b", False), ("org/model.gguf", False)):
+    assert HUB_ID.pattern == loader._HUB_ID.pattern
+    for path, from_hub in (
+        ("Qwen/Qwen3-8B", True),
+        ("embedded:smollm2-135m-instruct", False),
+        ("/app/data/models/qwen3-8b", False),
+        ("org/model.gguf", False),
+    ):
         assert parse_settings({**prod_with(modelPath=path)}, stack="prod").model.from_hub is from_hub, path

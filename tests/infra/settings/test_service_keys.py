@@ -1,5 +1,6 @@
 """The stack keys that set a service setting take its bounds, choices and default from the service's declaration
 (app/settings.py), so a stack can never hand the pods a value the service would refuse at start."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,18 @@ NARROWED = {"shutdownGraceSeconds": (5, 600)}
 
 def test_the_mirroring_keys_are_declared_as_such() -> None:
     assert {k.name for k in SERVICE_KEYS} >= {
-        "environment", "modelPath", "quantization", "dtype", "prefixCacheTokens", "maxTokens", "maxBatchSize",
-        "jwtTtlSeconds", "rateLimitPerKey", "shutdownGraceSeconds", "alertKeyRequestsPerMinute"}
+        "environment",
+        "modelPath",
+        "quantization",
+        "dtype",
+        "prefixCacheTokens",
+        "maxTokens",
+        "maxBatchSize",
+        "jwtTtlSeconds",
+        "rateLimitPerKey",
+        "shutdownGraceSeconds",
+        "alertKeyRequestsPerMinute",
+    }
     assert all(k.setting in ENV_VARS for k in SERVICE_KEYS)
 
 

@@ -4,6 +4,7 @@ The stand-in answers what a cluster and Prometheus would: the canary Deployment,
 so a restart can happen mid-soak), and instant queries through the service proxy. It also checks the PromQL
 selects by the labels the program gives the pods.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,18 @@ else:
 
 
 def deployment(ready: int, wanted: int = 1) -> dict[str, Any]:
-    return {"metadata": {"name": "clawbot-canary", "generation": 2}, "spec": {"replicas": wanted},
-            "status": {"observedGeneration": 2, "updatedReplicas": ready, "readyReplicas": ready}}
+    return {
+        "metadata": {"name": "clawbot-canary", "generation": 2},
+        "spec": {"replicas": wanted},
+        "status": {"observedGeneration": 2, "updatedReplicas": ready, "readyReplicas": ready},
+    }
 
 
 def pods(*restarts: int) -> list[dict[str, Any]]:
-    return [{"metadata": {"name": f"clawbot-canary-{i}"}, "status": {"containerStatuses": [{"restartCount": n}]}}
-            for i, n in enumerate(restarts)]
+    return [
+        {"metadata": {"name": f"clawbot-canary-{i}"}, "status": {"containerStatuses": [{"restartCount": n}]}}
+        for i, n in enumerate(restarts)
+    ]
 
 
 @pytest.fixture()
@@ -72,27 +78,54 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
 
 
 def test_a_healthy_canary_with_traffic_may_be_promoted(cluster, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    code = cluster({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 200, "stable": 1800},
-                       "errors": {"canary": 1, "stable": 9}}, "--soak-seconds", "0")
+    code = cluster(
+        {
+            "deployment": deployment(1),
+            "pods": [pods(0)],
+            "requests": {"canary": 200, "stable": 1800},
+            "errors": {"canary": 1, "stable": 9},
+        },
+        "--soak-seconds",
+        "0",
+    )
     assert code == 0 and "canary-check: promote: canary: 0.5% 5xx of 200 requests" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "state, soak, reason",
     [
-        ({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 200, "stable": 1800},
-          "errors": {"canary": 30, "stable": 9}}, 0, "answered 15.0% of 200 requests with 5xx, above 5.0%"),
-        ({"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 5, "stable": 1800}, "errors": {}},
-         0, "served 5 requests during the soak, fewer than 20"),
+        (
+            {
+                "deployment": deployment(1),
+                "pods": [pods(0)],
+                "requests": {"canary": 200, "stable": 1800},
+                "errors": {"canary": 30, "stable": 9},
+            },
+            0,
+            "answered 15.0% of 200 requests with 5xx, above 5.0%",
+        ),
+        (
+            {"deployment": deployment(1), "pods": [pods(0)], "requests": {"canary": 5, "stable": 1800}, "errors": {}},
+            0,
+            "served 5 requests during the soak, fewer than 20",
+        ),
         # A long soak, cut short by the restart the second look sees.
-        ({"deployment": deployment(1), "pods": [pods(0), pods(1)], "requests": {}, "errors": {}},
-         3600, "canary pod(s) restarted during the soak: clawbot-canary-0"),
-        ({"deployment": deployment(0), "pods": [pods(0)], "requests": {}, "errors": {}},
-         3600, "the canary had 0 of 1 pods ready after 0s"),
+        (
+            {"deployment": deployment(1), "pods": [pods(0), pods(1)], "requests": {}, "errors": {}},
+            3600,
+            "canary pod(s) restarted during the soak: clawbot-canary-0",
+        ),
+        (
+            {"deployment": deployment(0), "pods": [pods(0)], "requests": {}, "errors": {}},
+            3600,
+            "the canary had 0 of 1 pods ready after 0s",
+        ),
     ],
     ids=["errors", "idle", "restart", "never-ready"],
 )
-def test_a_canary_that_fails_the_soak_is_not_promoted(cluster, capsys, state: dict[str, Any], soak: int, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_canary_that_fails_the_soak_is_not_promoted(
+    cluster, capsys, state: dict[str, Any], soak: int, reason: str
+) -> None:  # type: ignore[no-untyped-def]
     code = cluster(state, "--soak-seconds", str(soak), "--ready-timeout", "0")
     assert code == 1 and reason in capsys.readouterr().out
 
@@ -102,7 +135,9 @@ def test_an_outage_of_the_stable_set_too_is_not_blamed_on_the_canary() -> None:
     assert "canary: 8.0% 5xx" in judge(both_bad, max_error_percent=5, min_requests=20)
 
 
-def test_a_broken_cluster_connection_is_neither_a_pass_nor_a_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_cluster_connection_is_neither_a_pass_nor_a_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "kubectl").write_text("#!/bin/sh\necho 'Unable to connect to the server' >&2\nexit 1\n")

@@ -1,5 +1,6 @@
 """The offline synth's command, `python -m infra.synth` (infra/synth.py runs infra/tools/synth.py): one file per
 object, a summary, and no secret in either."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,21 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_cli_writes_one_file_per_object_a_summary_and_no_secret(tmp_path: Path, prod: Synthesis) -> None:
     out = tmp_path / "manifests"
-    run = subprocess.run([sys.executable, "-m", "infra.synth", "--stack", "prod", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.synth", "--stack", "prod", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     files = sorted(p.name for p in out.glob("*.yaml"))
     assert files == sorted(o["file"] for o in summary["objects"]) and len(files) == len(prod.objects)
-    assert summary["outputs"]["apiKey"] == "[secret]" and summary["outputs"]["endpointUrl"] == "https://chat.example.com:18789"
+    assert (
+        summary["outputs"]["apiKey"] == "[secret]"
+        and summary["outputs"]["endpointUrl"] == "https://chat.example.com:18789"
+    )
     everything = "".join(p.read_text() for p in out.iterdir())
     assert prod.outputs["apiKey"] not in everything
     assert prod.one("Secret", "clawbot-keys").manifest["stringData"]["keys.json"] not in everything
@@ -34,6 +43,11 @@ def test_cli_writes_one_file_per_object_a_summary_and_no_secret(tmp_path: Path, 
 
 
 def test_cli_names_an_unknown_stack(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "infra.synth", "--stack", "staging", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "infra.synth", "--stack", "staging", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Pulumi.staging.yaml does not exist" in run.stderr

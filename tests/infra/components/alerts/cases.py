@@ -1,4 +1,5 @@
 """The promtool unit-test files of this folder (`*.test.yaml`), read as data: which alerts fire, with which labels."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

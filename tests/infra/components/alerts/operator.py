@@ -17,6 +17,7 @@ prometheus-operator does (read in its source, pkg/alertmanager/amcfg.go and pkg/
   0.22), sets `continue: true` (`continueToNextRoute`) and puts the route first under the base config's root
   route; receivers get the same prefix (`convertReceiver`, `convertEmailConfig`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,12 @@ BASE_ALERTMANAGER_CONFIG: dict[str, Any] = {
     "receivers": [{"name": "null"}],
 }
 EMAIL_FIELDS = {  # AlertmanagerConfig emailConfigs field -> alertmanager.yml email_configs key
-    "to": "to", "from": "from", "smarthost": "smarthost", "authUsername": "auth_username",
-    "requireTLS": "require_tls", "sendResolved": "send_resolved",
+    "to": "to",
+    "from": "from",
+    "smarthost": "smarthost",
+    "authUsername": "auth_username",
+    "requireTLS": "require_tls",
+    "sendResolved": "send_resolved",
 }
 
 
@@ -62,7 +67,9 @@ def _label_name(key: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
-def scrape_config(monitor: Mapping[str, Any], service: Mapping[str, Any], endpoint: Endpoint, interval: str | None = None) -> dict[str, Any]:
+def scrape_config(
+    monitor: Mapping[str, Any], service: Mapping[str, Any], endpoint: Endpoint, interval: str | None = None
+) -> dict[str, Any]:
     """The scrape job for the ServiceMonitor's first endpoint. `interval` shortens the scrape for a quick test."""
     meta, spec = monitor["metadata"], monitor["spec"]
     (ep,) = spec["endpoints"]
@@ -82,7 +89,11 @@ def scrape_config(monitor: Mapping[str, Any], service: Mapping[str, Any], endpoi
     }
     # Older operators select the Service with these keep rules, newer ones with a discovery selector: same effect.
     selects = [
-        {"action": "keep", "source_labels": [f"__meta_kubernetes_service_label_{_label_name(k)}"], "regex": f"(?:{re.escape(v)})"}
+        {
+            "action": "keep",
+            "source_labels": [f"__meta_kubernetes_service_label_{_label_name(k)}"],
+            "regex": f"(?:{re.escape(v)})",
+        }
         for k, v in spec["selector"]["matchLabels"].items()
     ]
     interval = interval or ep["interval"]
@@ -96,10 +107,26 @@ def scrape_config(monitor: Mapping[str, Any], service: Mapping[str, Any], endpoi
         "relabel_configs": [
             *selects,
             {"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": port_name},
-            {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"],
-             "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"},
-            {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"],
-             "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"},
+            {
+                "source_labels": [
+                    "__meta_kubernetes_endpoint_address_target_kind",
+                    "__meta_kubernetes_endpoint_address_target_name",
+                ],
+                "separator": ";",
+                "regex": "Node;(.*)",
+                "replacement": "${1}",
+                "target_label": "node",
+            },
+            {
+                "source_labels": [
+                    "__meta_kubernetes_endpoint_address_target_kind",
+                    "__meta_kubernetes_endpoint_address_target_name",
+                ],
+                "separator": ";",
+                "regex": "Pod;(.*)",
+                "replacement": "${1}",
+                "target_label": "pod",
+            },
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
@@ -117,8 +144,12 @@ def _matcher(m: Mapping[str, Any]) -> str:
 
 def _route(route: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {"receiver": prefix + route["receiver"]}
-    for source, target in (("groupBy", "group_by"), ("groupWait", "group_wait"), ("groupInterval", "group_interval"),
-                           ("repeatInterval", "repeat_interval")):
+    for source, target in (
+        ("groupBy", "group_by"),
+        ("groupWait", "group_wait"),
+        ("groupInterval", "group_interval"),
+        ("repeatInterval", "repeat_interval"),
+    ):
         if source in route:
             out[target] = route[source]
     out["matchers"] = [_matcher(m) for m in route.get("matchers", [])]
@@ -138,7 +169,8 @@ def _email(config: Mapping[str, Any], namespace: str, secrets: Mapping[tuple[str
 
 
 def alertmanager_config(
-    amc: Mapping[str, Any], secrets: Mapping[tuple[str, str, str], str] | None = None,
+    amc: Mapping[str, Any],
+    secrets: Mapping[tuple[str, str, str], str] | None = None,
     base: Mapping[str, Any] = BASE_ALERTMANAGER_CONFIG,
 ) -> dict[str, Any]:
     """alertmanager.yml as the operator generates it from `base` plus one AlertmanagerConfig object."""

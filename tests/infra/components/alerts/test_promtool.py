@@ -1,6 +1,7 @@
 """promtool on the synthesized PrometheusRule: the rule file loads, and every alert fires at its threshold once its
 window has passed and stays silent just below it, carrying the labels its route needs (namespace, severity,
 service; key_id for a key)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """amtool on the alertmanager.yml the Prometheus Operator would generate from the synthesized AlertmanagerConfig:
 it is valid, and every alert the promtool tests fire, with exactly those labels, reaches the e-mail receiver."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,17 +17,20 @@ EMAIL = "clawbot/clawbot/email"  # <namespace>/<AlertmanagerConfig name>/<receiv
 
 @pytest.fixture(scope="module")
 def config_path(prod: Synthesis, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_yaml(tmp_path_factory.mktemp("amtool") / "alertmanager.yml",
-                      operator_config(prod))
+    return write_yaml(tmp_path_factory.mktemp("amtool") / "alertmanager.yml", operator_config(prod))
 
 
 def operator_config(s: Synthesis) -> dict:
     """The operator reads the SMTP password from the Secret the AlertmanagerConfig names, in its namespace."""
-    return alertmanager_config(s.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in s.find("Secret")))
+    return alertmanager_config(
+        s.one("AlertmanagerConfig").manifest, stack_secrets(o.manifest for o in s.find("Secret"))
+    )
 
 
 def routes_to(config: Path, labels: dict[str, str]) -> str:
-    run = run_tool("amtool", "config", "routes", "test", f"--config.file={config}", *(f"{k}={v}" for k, v in labels.items()))
+    run = run_tool(
+        "amtool", "config", "routes", "test", f"--config.file={config}", *(f"{k}={v}" for k, v in labels.items())
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout.strip()
 
@@ -46,8 +50,15 @@ def test_the_operator_scopes_the_route_to_the_namespace(prod: Synthesis) -> None
 
 @pytest.mark.parametrize("labels", firing_labels(), ids=lambda labels: "-".join(sorted(labels.values())))
 def test_each_alert_reaches_the_email_receiver(config_path: Path, labels: dict[str, str]) -> None:
-    run = run_tool("amtool", "config", "routes", "test", f"--config.file={config_path}", f"--verify.receivers={EMAIL}",
-                   *(f"{k}={v}" for k, v in labels.items()))
+    run = run_tool(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={config_path}",
+        f"--verify.receivers={EMAIL}",
+        *(f"{k}={v}" for k, v in labels.items()),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -62,8 +73,10 @@ def test_an_alert_without_the_namespace_label_is_mailed_to_nobody(config_path: P
 def test_the_smtp_password_is_read_from_its_secret(tmp_path: Path) -> None:
     s = synthesize("prod", overrides={"alertSmtpPassword": "smtp-pass-Zk39fQ"})
     secret = s.one("Secret", "clawbot-alert-smtp").manifest
-    config = alertmanager_config(s.one("AlertmanagerConfig").manifest,
-                                 secrets={("clawbot", secret["metadata"]["name"], "password"): secret["stringData"]["password"]})
+    config = alertmanager_config(
+        s.one("AlertmanagerConfig").manifest,
+        secrets={("clawbot", secret["metadata"]["name"], "password"): secret["stringData"]["password"]},
+    )
     (email,) = config["receivers"][1]["email_configs"]
     assert email["auth_username"] == "clawbot-alerts" and email["auth_password"] == "smtp-pass-Zk39fQ"
     run = run_tool("amtool", "check-config", str(write_yaml(tmp_path / "alertmanager.yml", config)))
