@@ -10,10 +10,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.errors import install_error_handlers
-from app.api.serving import ChatJob, ChatRunner
+from app.api.serving import ChatJob, engine_calls
 from app.inference.requests import InvalidRequestError, SamplingParams
 from app.observability.metrics import build_metrics
-from app.settings import Settings
 
 
 class RaisingEngine:
@@ -25,16 +24,8 @@ class RaisingEngine:
 
 
 def client_for(exc: Exception) -> TestClient:
-    runner = ChatRunner(
-        settings=Settings(),
-        metrics=build_metrics(),
-        engine=RaisingEngine(exc),  # type: ignore[arg-type]
-        tokenizer=None,
-        model_name="clawbot",
-        model_identity="test",
-        context_window=64,
-        storage=None,
-    )
+    engine = RaisingEngine(exc)
+    metrics = build_metrics()
     job = ChatJob(
         request_id="r1",
         route="/v1/chat/completions",
@@ -50,7 +41,7 @@ def client_for(exc: Exception) -> TestClient:
 
     @app.post("/submit")
     def submit() -> None:
-        runner.submit(job)
+        engine_calls.submit(engine, job, metrics)  # type: ignore[arg-type]
 
     return TestClient(app, raise_server_exceptions=False)
 
