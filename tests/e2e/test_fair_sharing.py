@@ -217,16 +217,23 @@ def hang_up(srv: Server, key: str, *, stream: bool) -> int | None:
                 if received.startswith(b"HTTP/1.1 4"):
                     return int(received.split()[1])
         else:
-            sock.settimeout(0.05)
-            deadline = time.monotonic() + WAIT_S
-            while metric(srv.metrics(), "clawbot_time_to_first_token_seconds_count") <= started:
+            sock.settimeout(0.05)  # the recv below is the poll's pause
+            refused: list[int] = []
+
+            def started_or_refused() -> bool:
+                if metric(srv.metrics(), "clawbot_time_to_first_token_seconds_count") > started:
+                    return True
                 try:
                     answer = sock.recv(4096)
-                    if answer:
-                        return int(answer.split()[1])  # refused before any token
                 except TimeoutError:
-                    pass
-                assert time.monotonic() < deadline, "the generation never started"
+                    return False
+                if answer:
+                    refused.append(int(answer.split()[1]))  # refused before any token
+                return bool(answer)
+
+            wait_until("the generation to start", started_or_refused, WAIT_S, poll_s=0)
+            if refused:
+                return refused[0]
     wait_for(
         srv,
         "the hang-up to be counted",
