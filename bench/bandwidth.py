@@ -18,7 +18,7 @@ def matvec_bandwidth_gb_s(
     """
     matrix = torch.randn(rows, cols).to(dtype)
     vector = torch.randn(cols).to(dtype)
-    nbytes = matrix.numel() * matrix.element_size()
+    nbytes: int = matrix.numel() * matrix.element_size()
     best = float("inf")
     with torch.inference_mode():
         torch.mv(matrix, vector)  # first touch and thread-pool start-up out of the timing
@@ -34,7 +34,7 @@ def parameter_bytes(model: Any) -> int:
     stored; tied weights once), less the input embedding table when the output head does not share it (a lookup
     reads one row of it, not the table)."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    total: int = sum(t.numel() * t.element_size() for t in tensors.values())
     embedding = getattr(model.get_input_embeddings(), "weight", None)  # None: rows read from the int4 output head
     if embedding is not None and getattr(model.get_output_embeddings(), "weight", None) is not embedding:
         total -= embedding.numel() * embedding.element_size()

@@ -121,8 +121,8 @@ def tree_rss_mb(pid: int) -> float:
 class Prober(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.url, self.samples, self.errors, self.stop = url, [], 0, threading.Event()
-        self.samples: list[float]
+        self.samples: list[float] = []
+        self.url, self.errors, self.stop = url, 0, threading.Event()
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as c:

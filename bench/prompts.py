@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench.raw_generate import QUESTIONS
+from bench.raw_generate import QUESTIONS as QUESTIONS  # re-exported: bench.peer reads prompts.QUESTIONS
 
 Messages = list[dict[str, str]]
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,7 @@ def wait_ready(
     proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 600, path: str = "/readyz"
 ) -> None:
     """Poll `path` until it answers 200; fail with the log's tail if the process exits first."""
+    program = proc.args[0] if isinstance(proc.args, Sequence) else proc.args
     try:
         wait_until(
             f"{url}{path} to answer 200",
@@ -89,7 +91,7 @@ def wait_ready(
             timeout,
             poll_s=0.5,
             ignoring=(httpx.HTTPError,),
-            give_up=exited(proc, str(proc.args[0])),
+            give_up=exited(proc, str(program)),
             detail=lambda: f"{log_path}:\n{log_path.read_text(errors='replace')[-3000:]}",
         )
     except WaitTimedOut as e:

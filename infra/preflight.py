@@ -152,6 +152,7 @@ class Preflight:
 def preflight(s: StackSettings, previous: pulumi.StackReference, prefix: str) -> Preflight:
     # Read, not managed: the provider reads the namespace at preview too, through the stack's kubernetes:context.
     kube_system = k8s.core.v1.Namespace.get("cluster-identity", "kube-system")
+    identity: pulumi.Resource = kube_system
     live_uid = kube_system.metadata.apply(lambda m: str(_get(m, "uid") or ""))
     fields = immutable_fields(s, prefix)
 
@@ -160,7 +161,7 @@ def preflight(s: StackSettings, previous: pulumi.StackReference, prefix: str) ->
         outputs = dict(outputs or {})
         check_cluster(uid, s.target.cluster_id, outputs.get(CLUSTER_ID_OUTPUT), s.target.context)
         check_replacements(s, outputs, prefix)
-        return kube_system
+        return identity
 
     gate = pulumi.Output.all(live_uid, previous.outputs).apply(check)
     return Preflight(gate=pulumi.Output.unsecret(gate), cluster_id=live_uid, immutable_fields=fields)

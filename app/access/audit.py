@@ -16,7 +16,9 @@ MAX_FIELD_CHARS = 200
 
 
 class HasKeyId(Protocol):
-    key_id: str
+    # Read-only, so that frozen dataclasses (Principal) match it.
+    @property
+    def key_id(self) -> str: ...
 
 
 def _clip(value: Any) -> str | None:

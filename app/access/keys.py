@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
 
 from app.access.kek_secret import read_secret_key
 from app.access.keyfile import (
@@ -185,21 +186,21 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     if grace_s < 0:
         raise CliError(f"--grace-days must be zero or more, got {args.grace_days}")
     if args.jwt:
-        fresh = JwtKeyRecord(kid=f"jwt-{int(time.time() * 1000)}", secret=new_secret(), not_before=now_iso())
+        fresh_jwt = JwtKeyRecord(kid=f"jwt-{int(time.time() * 1000)}", secret=new_secret(), not_before=now_iso())
         if args.now:
             retire_at = expire_at = now_iso()
         else:
             retire_at, expire_at = now_iso(JWT_RETIRE_DELAY_S), now_iso(max(grace_s, MIN_JWT_GRACE_S))
         kept = tuple(_retire_jwt_key(k, retire_at, expire_at) for k in ring.jwt_keys)
-        _save(key_path, wrap, replace(ring, jwt_keys=(*kept, fresh)))
+        _save(key_path, wrap, replace(ring, jwt_keys=(*kept, fresh_jwt)))
         if args.now:
             print(
-                f"new JWT signing key {fresh.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
+                f"new JWT signing key {fresh_jwt.kid!r}; older keys are retired now: their tokens stop verifying as soon as "
                 "the service reloads the key file (within a second, or on SIGHUP)"
             )
         else:
             print(
-                f"new JWT signing key {fresh.kid!r}; older keys sign nothing after {retire_at} and verify the tokens "
+                f"new JWT signing key {fresh_jwt.kid!r}; older keys sign nothing after {retire_at} and verify the tokens "
                 f"they issued before it until {expire_at}"
             )
         return 0
@@ -242,10 +243,20 @@ def _status(not_before: str | None, expires_at: str | None, revoked: bool, now: 
     return key_state(False, parse_time(not_before, "not_before"), parse_time(expires_at, "expires_at"), now)
 
 
+class _ApiKeyRow(TypedDict):
+    """One API key as `list` shows it (and prints it with --json)."""
+
+    id: str
+    scopes: list[str]
+    not_before: str | None
+    expires_at: str | None
+    status: str
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     _, _, ring = _open(args)
     now = time.time()
-    api = [
+    api: list[_ApiKeyRow] = [
         {
             "id": k.id,
             "scopes": list(k.scopes),

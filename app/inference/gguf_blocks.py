@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
+from gguf.constants import GGML_QUANT_SIZES
 
 GROUP = 32  # weights per scale and zero in torch's int4 kernels, and in every block type unpacked here
 # Block types whose weights become int4 groups, and how many 4-bit planes each needs.
@@ -95,7 +96,7 @@ def int4_groups(qtype: Q, raw: np.ndarray) -> Int4Groups:
     """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> their int4 groups. Codes are copied unchanged."""
     if qtype not in PLANES:
         raise ValueError(f"{qtype.name} blocks have no int4 form; dequantize them with dense_rows")
-    block, size = quants.GGML_QUANT_SIZES[qtype]
+    block, size = GGML_QUANT_SIZES[qtype]
     rows = raw.shape[0]
     b = raw.reshape(rows, -1, size)
     if qtype == Q.Q4_0:

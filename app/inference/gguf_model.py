@@ -115,11 +115,12 @@ def _fuse_layers(model: nn.Module) -> int:
     count = 0
     for module in list(model.modules()):
         for fused_name, names in FUSED.items():
-            parts = [getattr(module, n, None) for n in names]
-            if not all(isinstance(p, Int4Linear) for p in parts):
+            found = [getattr(module, n, None) for n in names]
+            parts = [p for p in found if isinstance(p, Int4Linear)]
+            if len(parts) != len(found):
                 continue
             try:
-                owner = FusedLinears(fuse(parts), [p.out_features for p in parts])  # type: ignore[misc]
+                owner = FusedLinears(fuse(parts), [p.out_features for p in parts])
             except ValueError:
                 continue
             setattr(module, fused_name, owner)

@@ -49,6 +49,14 @@ def _fused(module: nn.Module, name: str) -> Int4Linear | None:
     return owner.fused if isinstance(owner, FusedLinears) else None
 
 
+def _installed_fused(module: nn.Module, name: str) -> Int4Linear:
+    """The fused weights that can_install found (LeanLlama is built only after it said yes)."""
+    fused = _fused(module, name)
+    if fused is None:
+        raise ValueError(f"{name} is not fused: LeanLlama needs a model that can_install accepts")
+    return fused
+
+
 def can_install(model: nn.Module) -> bool:
     """Whether every layer has the fused int4 weights this forward calls, and no part it does not know."""
     config = model.config
@@ -89,12 +97,12 @@ class LeanLlama:
         self.layers = [
             _Layer(
                 layer.input_layernorm.weight,
-                _fused(layer.self_attn, "qkv_proj"),
-                layer.self_attn.o_proj,  # type: ignore[arg-type]
+                _installed_fused(layer.self_attn, "qkv_proj"),
+                layer.self_attn.o_proj,
                 layer.post_attention_layernorm.weight,
-                _fused(layer.mlp, "gate_up_proj"),
+                _installed_fused(layer.mlp, "gate_up_proj"),
                 layer.mlp.down_proj,
-            )  # type: ignore[arg-type]
+            )
             for layer in inner.layers
         ]
         self.final_norm = inner.norm.weight
@@ -206,5 +214,5 @@ def install(model: nn.Module) -> bool:
     """Make `model(...)` run the lean forward where the model supports it; returns whether it did."""
     if not can_install(model):
         return False
-    model.forward = LeanLlama(model)  # type: ignore[method-assign]
+    model.forward = LeanLlama(model)
     return True

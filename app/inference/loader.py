@@ -98,7 +98,10 @@ def sampling_defaults(generation_config: Any, embedded: str | None = None) -> Sa
     """What model.generate() would use for this model (its generation_config.json), or the embedded model's settings."""
     if embedded in EMBEDDED_SAMPLING:
         return EMBEDDED_SAMPLING[embedded]
-    get = lambda name, default: getattr(generation_config, name, None) or default  # noqa: E731
+
+    def get(name: str, default: float) -> Any:
+        return getattr(generation_config, name, None) or default
+
     sampled = bool(getattr(generation_config, "do_sample", False))
     return SamplingDefaults(
         temperature=float(get("temperature", 1.0)) if sampled else 0.0,
@@ -252,7 +255,7 @@ def _build_cache(target: Path, fingerprint: str, source: str, build: Any) -> Pat
 
 def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
     """Dequantize a GGUF into a safetensors model directory, tokenizer and chat template included."""
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     with tqdm(total=3, desc=f"Converting {gguf.name} to safetensors", unit="step", disable=not progress) as bar:
@@ -276,7 +279,7 @@ def _convert_gguf(gguf: Path, out_dir: Path, *, progress: bool) -> None:
         bar.update()
         bar.set_postfix_str("safetensors")
         # The weights are now plain tensors; detach the GGUF quantizer, which refuses save_pretrained on principle.
-        model.hf_quantizer = None  # type: ignore[assignment]
+        model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(out_dir, safe_serialization=True)

@@ -26,7 +26,7 @@ def kv_bytes_per_token(model: Any) -> int:
     heads = int(text.num_attention_heads)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-    element = torch.empty((), dtype=model.dtype).element_size()
+    element: int = torch.empty((), dtype=model.dtype).element_size()
     return 2 * int(text.num_hidden_layers) * kv_heads * head_dim * element
 
 

@@ -20,18 +20,18 @@ T = TypeVar("T")
 
 def run_in_own_thread(fn: Callable[..., T], *args: Any, name: str = "clawbot-torch") -> T:
     """fn(*args) in a new thread, joined before returning; its exception is re-raised here."""
-    outcome: list[Any] = []
+    results: list[T] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            outcome.append((True, fn(*args)))
+            results.append(fn(*args))
         except BaseException as exc:  # handed to the caller, which decides
-            outcome.append((False, exc))
+            errors.append(exc)
 
     worker = threading.Thread(target=target, name=name, daemon=True)
     worker.start()
     worker.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+    if errors:
+        raise errors[0]
+    return results[0]

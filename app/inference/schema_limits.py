@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +215,9 @@ class _Walk:
                 stack.extend((child, where + path, depth + 1) for child, path in _children(node))
 
     def check_node(self, node: dict[str, Any], where: tuple[str, ...]) -> None:
-        at = lambda *keys: _pointer(where + keys)  # noqa: E731
+        def at(*keys: str) -> str:
+            return _pointer(where + keys)
+
         for keyword, why in DROPPED.items():
             if keyword in node:
                 raise UnenforceableSchema(f"'{keyword}' at {at(keyword)} is not enforced: {why}")
@@ -260,7 +262,8 @@ class _Walk:
         self.check_format_and_numbers(node, at)
         required = node.get("required")
         if isinstance(required, list):
-            defined = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            properties = node.get("properties")
+            defined: dict[str, Any] = properties if isinstance(properties, dict) else {}
             missing = [name for name in required if name not in defined]
             if missing:
                 raise UnenforceableSchema(
@@ -273,7 +276,7 @@ class _Walk:
             for key in node["patternProperties"]:
                 self.check_pattern(key, at("patternProperties", key))
 
-    def check_exclusive(self, node: dict[str, Any], at: Any) -> None:
+    def check_exclusive(self, node: dict[str, Any], at: Callable[..., str]) -> None:
         present = [k for k in EXCLUSIVE if k in node]
         if not present:
             return
@@ -287,7 +290,7 @@ class _Walk:
                 f"there; move '{others[0]}' into the schema that '{first}' leads to"
             )
 
-    def check_typed(self, node: dict[str, Any], at: Any) -> None:
+    def check_typed(self, node: dict[str, Any], at: Callable[..., str]) -> None:
         if any(k in node for k in EXCLUSIVE):
             return
         types = _types(node)
@@ -298,7 +301,7 @@ class _Walk:
                     f"would let any JSON through; add \"type\": \"{'integer' if kind == 'number' else kind}\""
                 )
 
-    def check_values(self, node: dict[str, Any], keyword: str, at: Any) -> None:
+    def check_values(self, node: dict[str, Any], keyword: str, at: Callable[..., str]) -> None:
         values = node[keyword] if keyword == "enum" else [node[keyword]]
         if keyword == "enum" and isinstance(values, list) and len(values) > self.limits.max_enum_values:
             raise SchemaTooComplex(
@@ -319,7 +322,7 @@ class _Walk:
                         f"{'/'.join(sorted(types))}: the grammar would generate it anyway"
                     )
 
-    def check_format_and_numbers(self, node: dict[str, Any], at: Any) -> None:
+    def check_format_and_numbers(self, node: dict[str, Any], at: Callable[..., str]) -> None:
         types = _types(node) or set()
         fmt = node.get("format")
         if fmt is not None and "string" in types and fmt not in FORMATS:

@@ -75,7 +75,10 @@ class BackupsArgs:
 def passfile_line(url: str) -> str:
     """The libpq password file line for a postgresql:// URL (fields escaped as libpq reads them)."""
     parts = urlsplit(url)
-    escape = lambda v: v.replace("\\", "\\\\").replace(":", "\\:")  # noqa: E731
+
+    def escape(v: str) -> str:
+        return v.replace("\\", "\\\\").replace(":", "\\:")
+
     fields = [
         parts.hostname or "",
         str(parts.port or POSTGRES_PORT),
@@ -373,14 +376,13 @@ class Backups(pulumi.ComponentResource):
     def _dumps(self, object_name: str, database_url: pulumi.Output[str]) -> None:
         """pg_dump daily; with a bucket, into a scratch volume and then to S3, else onto a claim of its own."""
         a, b = self.args, self.args.backups
+        dsn: pulumi.Output[str] = pulumi.Output.secret(database_url.apply(url_without_password))
+        passfile: pulumi.Output[str] = pulumi.Output.secret(database_url.apply(passfile_line))
         credentials = k8s.core.v1.Secret(
             f"{self.name}-database-credentials",
             metadata=self._meta(f"{object_name}-credentials", DUMP_LABELS),
             type="Opaque",
-            string_data={
-                DSN_KEY: pulumi.Output.secret(database_url.apply(url_without_password)),
-                PASSFILE_KEY: pulumi.Output.secret(database_url.apply(passfile_line)),
-            },
+            string_data={DSN_KEY: dsn, PASSFILE_KEY: passfile},
             opts=self.child,
         )
         waits: list[pulumi.Resource] = [credentials, self.scripts]

@@ -74,8 +74,10 @@ def _ip_block(cidr: str) -> dict[str, Any]:
     excepts = [
         p
         for p in PRIVATE_RANGES
-        if net.version == 4 and ipaddress.ip_network(p).subnet_of(net) and ipaddress.ip_network(p) != net
-    ]  # type: ignore[arg-type]
+        if isinstance(net, ipaddress.IPv4Network)
+        and ipaddress.IPv4Network(p).subnet_of(net)
+        and ipaddress.IPv4Network(p) != net
+    ]
     block: dict[str, Any] = {"cidr": cidr}
     if excepts:
         block["except"] = excepts
@@ -237,7 +239,7 @@ class ServiceFirewall(pulumi.ComponentResource):
                 },
             )
             policies.append(self.redis_ingress)
-        self.policy_names = pulumi.Output.all(*[p.metadata["name"] for p in policies])  # type: ignore[assignment]
+        self.policy_names = pulumi.Output.all(*[p.metadata["name"] for p in policies])
         self.register_outputs(
             {
                 "policies": self.policy_names,

@@ -102,7 +102,7 @@ class GpuNodePool(pulumi.ComponentResource):
         if gpu.enabled and not gpu.gpu_operator:
             self.device_plugin = _device_plugin(name, gpu, self.placement, child)
 
-        self.node_pool_name = self.node_pool.metadata["name"] if self.node_pool else None  # type: ignore[index]
+        self.node_pool_name = self.node_pool.metadata["name"] if self.node_pool else None
         self.register_outputs({"mode": gpu.mode, "nodePool": self.node_pool_name})
 
 

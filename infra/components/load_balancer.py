@@ -97,7 +97,8 @@ def load_balancer_hostname(service: k8s.core.v1.Service, s: StackSettings) -> pu
     """The NLB's DNS name (point endpointHostname at it); empty for a ClusterIP Service."""
     if not s.network.load_balanced:
         return pulumi.Output.from_input("")
-    return service.status.apply(_address)
+    hostname: pulumi.Output[str] = service.status.apply(_address)
+    return hostname
 
 
 def endpoint_url(service: k8s.core.v1.Service, s: StackSettings) -> pulumi.Output[str]:
@@ -114,7 +115,8 @@ def endpoint_url(service: k8s.core.v1.Service, s: StackSettings) -> pulumi.Outpu
         address = _address(status)
         return f"{scheme}://{address}:{PORT}" if address else "pending: the load balancer has no address yet"
 
-    return service.status.apply(from_status)
+    url: pulumi.Output[str] = service.status.apply(from_status)
+    return url
 
 
 def _plain(value: Any) -> Any:

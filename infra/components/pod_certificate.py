@@ -157,7 +157,7 @@ class PodCertificate(pulumi.ComponentResource):
         def issuer(
             suffix: str, object_name: str, spec: dict[str, Any], depends_on: list[pulumi.Resource]
         ) -> pulumi.Resource:
-            return k8s.apiextensions.CustomResource(
+            resource: pulumi.Resource = k8s.apiextensions.CustomResource(
                 f"{name}-{suffix}",
                 api_version=CERT_MANAGER_API,
                 kind="Issuer",
@@ -170,6 +170,7 @@ class PodCertificate(pulumi.ComponentResource):
                 spec=spec,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on, custom_timeouts=ISSUE_TIMEOUT),
             )
+            return resource
 
         root_issuer = issuer("selfsigned", f"{prefix}-selfsigned", {"selfSigned": {}}, [])
         root = k8s.apiextensions.CustomResource(

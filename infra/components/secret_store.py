@@ -286,6 +286,7 @@ class SecretStore(pulumi.ComponentResource):
     api_key: pulumi.Output[str]
     api_key_ids: pulumi.Output[list[str]]
     key_file: pulumi.Output[str]
+    kek: pulumi.Output[str] | None  # None with KMS: no KEK in the cluster then
     digest_key: pulumi.Output[str]
     rotation: pulumi.Output[dict[str, Any]]
     content_digest: pulumi.Output[str]
@@ -318,13 +319,16 @@ class SecretStore(pulumi.ComponentResource):
         iv_seed = random.RandomBytes(f"{name}-iv-seed", length=32, keepers=epoch_keepers, opts=child)
         wrap: pulumi.Output[str | KmsDataKey] = pulumi.Output.from_input(kms.data_key) if kms else kek.result  # type: ignore[union-attr]
 
+        def generation(slot: str) -> pulumi.Output[str]:
+            return schedule.apply(lambda sc: str(sc.slot(slot).generation))
+
         def slot_keys(kind: str, length: int) -> dict[str, random.RandomPassword]:
             return {
                 slot: random.RandomPassword(
                     f"{name}-{kind}-key-{slot}",
                     length=length,
                     special=False,
-                    keepers={"generation": schedule.apply(lambda sc, slot=slot: str(sc.slot(slot).generation))},
+                    keepers={"generation": generation(slot)},
                     opts=child,
                 )
                 for slot in ("a", "b")
@@ -448,11 +452,12 @@ class SecretStore(pulumi.ComponentResource):
             spec={"hard": {"pods": "0"}},
             opts=in_ns,
         )
+        kek_file: pulumi.Output[str] = pulumi.Output.secret(kek)
         secret = k8s.core.v1.Secret(
             f"{self.name}-kek-secret",
             metadata={"name": self.names.kek, "namespace": kek_ns, "labels": labels},
             type="Opaque",
-            string_data={KEK_FILE: pulumi.Output.secret(kek)},
+            string_data={KEK_FILE: kek_file},
             opts=in_ns,
         )
         reader = f"{a.name_prefix}-kek-reader"

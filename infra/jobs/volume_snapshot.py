@@ -73,7 +73,8 @@ class Api:
         )
         try:
             with urllib.request.urlopen(request, context=self.tls, timeout=30) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
             raise JobError(f"{method} {path} answered {exc.code}: {detail}") from None
@@ -97,7 +98,8 @@ def wait_until_ready(api: Api, name: str, wait_s: float) -> dict[str, Any]:
         found = api.call("GET", api.snapshots_path(), fieldSelector=f"metadata.name={name}").get("items") or []
         status = (found[0].get("status") or {}) if found else {}
         if status.get("readyToUse") is True:
-            return found[0]
+            snapshot: dict[str, Any] = found[0]
+            return snapshot
         if status.get("error"):
             raise JobError(f"snapshot {name} failed: {status['error'].get('message', status['error'])}")
         if time.monotonic() >= deadline:

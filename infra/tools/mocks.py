@@ -16,6 +16,7 @@ import base64
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,11 +200,13 @@ class RecordingMonitor(MockMonitor):
             replace_on_changes=tuple(request.replaceOnChanges),
         )
         self.clawbot_mocks.pending_options[(request.type, request.name)] = seen
-        return super().RegisterResource(request)
+        register: Callable[[Any], Any] = super().RegisterResource  # unannotated in pulumi
+        return register(request)
 
     def ReadResource(self, request: Any) -> Any:
         self.clawbot_mocks.pending_reads[(request.type, request.name)] = str(request.id)
-        return super().ReadResource(request)
+        read: Callable[[Any], Any] = super().ReadResource  # unannotated in pulumi
+        return read(request)
 
     def _alias_urn(self, request: Any, alias: Any) -> str:
         """The URN an alias names, as the engine resolves it: what the spec leaves out is the resource's own."""

@@ -288,7 +288,7 @@ def _config_refusal(exc: BaseException) -> BaseException | None:
 
 
 def redacted(obj: K8sObject) -> dict[str, Any]:
-    manifest = json.loads(json.dumps(obj.manifest))
+    manifest: dict[str, Any] = json.loads(json.dumps(obj.manifest))
     if obj.kind == "Secret":
         for section in ("stringData", "data"):
             if isinstance(manifest.get(section), dict):

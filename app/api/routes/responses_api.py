@@ -33,7 +33,13 @@ from app.api.schemas import (
     ResponseUsage,
 )
 from app.api.schemas.responses_events import ResponseStreamEvent
-from app.api.schemas.responses_response import IncompleteDetails, InputTokensDetails, OutputTokensDetails
+from app.api.schemas.responses_response import (
+    IncompleteDetails,
+    InputTokensDetails,
+    ItemStatus,
+    OutputTokensDetails,
+    ResponseStatus,
+)
 from app.api.serving import ChatJob, ChatResult, OutputRequest
 from app.api.tools import Delta, ToolCall
 
@@ -188,7 +194,7 @@ class ResponseShape:
 
     def response(
         self,
-        status: str,
+        status: ResponseStatus,
         output: list[MessageItem | FunctionCallItem],
         result: ChatResult | None = None,
         error: ResponseError | None = None,
@@ -201,7 +207,7 @@ class ResponseShape:
             id=self.job.request_id,
             object="response",
             created_at=self.created_at,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             error=error,
             incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
             instructions=body.instructions,
@@ -230,7 +236,7 @@ class ResponseShape:
         return self.response(status_of(result), output, result)
 
 
-def status_of(result: ChatResult) -> str:
+def status_of(result: ChatResult) -> ItemStatus:
     return "incomplete" if result.answer.finish_reason == "length" else "completed"
 
 
@@ -249,15 +255,15 @@ def output_text(text: str) -> OutputText:
     return OutputText(type="output_text", text=text, annotations=[])
 
 
-def message_item(item_id: str, text: str | None, status: str) -> MessageItem:
+def message_item(item_id: str, text: str | None, status: ItemStatus) -> MessageItem:
     content = [] if text is None else [output_text(text)]
-    return MessageItem(type="message", id=item_id, status=status, role="assistant", content=content)  # type: ignore[arg-type]
+    return MessageItem(type="message", id=item_id, status=status, role="assistant", content=content)
 
 
-def call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> FunctionCallItem:
+def call_item(item_id: str, call: ToolCall, arguments: str, status: ItemStatus) -> FunctionCallItem:
     return FunctionCallItem(
         type="function_call", id=item_id, call_id=call.id, name=call.name, arguments=arguments, status=status
-    )  # type: ignore[arg-type]
+    )
 
 
 def dumped(model: Any) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def required_when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, 
 
 
 # _shape_fits_role below, as the published schema states it.
-MESSAGE_RULES = {
+MESSAGE_RULES: dict[str, Any] = {
     "allOf": [
         required_when(  # content is null (or left out) only in an assistant's message that has tool calls
             {
