@@ -3,7 +3,8 @@
 - `image`: tests/image (builds the container with podman);
 - `e2e`: tests/e2e (a real server process with the embedded model);
 - `integration`: the modules in INTEGRATION, which start a real component (Redis, PostgreSQL, Prometheus,
-  Alertmanager, a scanner or linter, the docs build, the policy pack's Node runtime) or load a real model;
+  Alertmanager, a scanner or linter, the docs build, the policy pack's Node runtime, a grammar-compiling child
+  process, the Pulumi program in a subprocess) or load a real model;
 - `unit`: the rest, under 2 minutes together on two cores.
 
 A test that names a tier itself keeps it. tests/test_tiers.py checks the list below names real files.
@@ -25,17 +26,21 @@ INTEGRATION = frozenset(
         "app/access/test_ratelimit.py",
         "app/api/test_event_loop.py",
         "app/api/test_hostile_input.py",
+        "app/inference/test_constraints.py",
         "app/inference/test_gguf_models.py",
         "app/inference/test_model_loader.py",
         "app/storage/test_conversations_postgres.py",
         "app/storage/test_response_cache.py",
         "app/test_factory.py",
         "bench/test_gpu_check.py",
+        "ci/test_deploy_steps.py",
         "ci/test_workflows.py",
         "docs/test_site.py",
         "infra/components/alerts/test_promtool.py",
         "infra/components/alerts/test_routing.py",
         "infra/components/test_backups.py",
+        "infra/test_releases.py",
+        "infra/test_scheduled_rotation.py",
         "policy/test_pack.py",
         "scan/test_checkov.py",
         "test_habits.py",
