@@ -126,14 +126,14 @@ class Settings(BaseSettings):
         ge=1,
         le=65535,
         validation_alias=env("PORT"),
-        description=("The API port (HTTPS when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set)"),
+        description="The API port (HTTPS when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set)",
     )
     metrics_port: int = Field(
         METRICS_PORT,
         ge=1,
         le=65535,
         validation_alias=env("METRICS_PORT"),
-        description=("`/metrics` on a port of its own, never the API's (the LoadBalancer does not expose it)"),
+        description="`/metrics` on a port of its own, never the API's (the LoadBalancer does not expose it)",
     )
     model_path: str = Field(
         EMBEDDED_MODEL,
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         ),
     )
     model_name: str = Field(
-        "clawbot", validation_alias=env("MODEL_NAME"), description=("The model's name in `/v1/models` and in answers")
+        "clawbot", validation_alias=env("MODEL_NAME"), description="The model's name in `/v1/models` and in answers"
     )
     quantization: Quantization = Field(
         "auto",
@@ -177,21 +177,21 @@ class Settings(BaseSettings):
         ),
     )
     max_batch_size: int = Field(
-        32, ge=1, le=256, validation_alias=env("MAX_BATCH_SIZE"), description=("Rows in each decode step")
+        32, ge=1, le=256, validation_alias=env("MAX_BATCH_SIZE"), description="Rows in each decode step"
     )
     batch_wait_ms: int = Field(
         10,
         ge=0,
         le=10_000,
         validation_alias=env("BATCH_WAIT_MS"),
-        description=("How long an idle engine waits for more arrivals to form a batch"),
+        description="How long an idle engine waits for more arrivals to form a batch",
     )
     max_queue: int = Field(
         256,
         ge=1,
         le=100_000,
         validation_alias=env("MAX_QUEUE"),
-        description=("Requests that may wait for the engine; beyond it 429 `queue_full`"),
+        description="Requests that may wait for the engine; beyond it 429 `queue_full`",
     )
     kv_cache_tokens: int = Field(
         0,
@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         ge=16,
         le=1_048_576,
         validation_alias=env("PREFILL_CHUNK_TOKENS"),
-        description=("Prompt tokens per prefill pass; longer prompts are read in chunks between decode steps"),
+        description="Prompt tokens per prefill pass; longer prompts are read in chunks between decode steps",
     )
     prefix_cache_tokens: int = Field(
         8192,
@@ -225,17 +225,17 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("/app/data"),
         validation_alias=env("DATA_DIR"),
-        description=("Converted models, the SQLite conversation store, development keys"),
+        description="Converted models, the SQLite conversation store, development keys",
     )
     api_key_path: Path | None = Field(
         None,
         validation_alias=env("API_KEY_PATH"),
-        description=("The envelope-encrypted API key file (reloaded on change or SIGHUP)"),
+        description="The envelope-encrypted API key file (reloaded on change or SIGHUP)",
     )
     kek_path: Path | None = Field(
         None,
         validation_alias=env("KEK_PATH"),
-        description=("The key-encryption key of `API_KEY_PATH` (`KEY_ENCRYPTION=kek-file`)"),
+        description="The key-encryption key of `API_KEY_PATH` (`KEY_ENCRYPTION=kek-file`)",
     )
     key_encryption: KeyEncryption = Field(
         "kek-file",
@@ -249,12 +249,12 @@ class Settings(BaseSettings):
     data_key_path: Path | None = Field(
         None,
         validation_alias=env("DATA_KEY_PATH"),
-        description=("The key file's data key, unwrapped by an init step (`KEY_ENCRYPTION=data-key-file`)"),
+        description="The key file's data key, unwrapped by an init step (`KEY_ENCRYPTION=data-key-file`)",
     )
     dev_api_key: SecretStr | None = Field(
         None,
         validation_alias=env("DEV_API_KEY"),
-        description=("Development only: use this API key instead of a generated one"),
+        description="Development only: use this API key instead of a generated one",
     )
     # A URL may carry a password (redis://:PASSWORD@HOST:6379).
     redis_url: SecretStr | None = Field(
@@ -275,12 +275,12 @@ class Settings(BaseSettings):
     blocked_cidrs: Cidrs = Field(
         (),
         validation_alias=env("BLOCKED_CIDRS"),
-        description=("Client CIDRs refused on every path of the API port but the probes, and on the metrics port"),
+        description="Client CIDRs refused on every path of the API port but the probes, and on the metrics port",
     )
     trusted_proxies: Cidrs = Field(
         (),
         validation_alias=env("TRUSTED_PROXIES"),
-        description=("Proxies whose `X-Forwarded-For` is read; from anyone else it is ignored"),
+        description="Proxies whose `X-Forwarded-For` is read; from anyone else it is ignored",
     )
     metrics_allowed_cidrs: Cidrs = Field(
         (),
@@ -295,31 +295,31 @@ class Settings(BaseSettings):
         ge=30,
         le=3600,
         validation_alias=env("JWT_TTL_SECONDS"),
-        description=("Lifetime of the tokens `/api/auth` issues (at most 3600 s)"),
+        description="Lifetime of the tokens `/api/auth` issues (at most 3600 s)",
     )
     jwt_audience: str = Field(
-        "clawbot", validation_alias=env("JWT_AUDIENCE"), description=("The tokens' audience (`aud`)")
+        "clawbot", validation_alias=env("JWT_AUDIENCE"), description="The tokens' audience (`aud`)"
     )
     rate_limit_per_key: int = Field(
         600,
         ge=1,
         le=1_000_000,
         validation_alias=env("RATE_LIMIT_PER_KEY"),
-        description=("Requests a minute per API key (429 `rate_limited`)"),
+        description="Requests a minute per API key (429 `rate_limited`)",
     )
     rate_limit_per_ip: int = Field(
         1200,
         ge=1,
         le=1_000_000,
         validation_alias=env("RATE_LIMIT_PER_IP"),
-        description=("Requests a minute per client address (IPv4 by /32, IPv6 by /64)"),
+        description="Requests a minute per client address (IPv4 by /32, IPv6 by /64)",
     )
     rate_limit_tokens_per_key: int = Field(
         200_000,
         ge=1,
         le=1_000_000_000,
         validation_alias=env("RATE_LIMIT_TOKENS_PER_KEY"),
-        description=("Prompt + completion tokens a key may use a minute (429 `token_budget_exceeded`)"),
+        description="Prompt + completion tokens a key may use a minute (429 `token_budget_exceeded`)",
     )
     max_concurrent_per_key: int = Field(
         32,
@@ -346,21 +346,21 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         validation_alias=env("ABNORMAL_KEY_PER_MINUTE"),
-        description=("Requests a minute above which a key is flagged (`clawbot_abnormal_key_usage_total`)"),
+        description="Requests a minute above which a key is flagged (`clawbot_abnormal_key_usage_total`)",
     )
     max_body_bytes: int = Field(
         MIB,
         ge=1024,
         le=64 * MIB,
         validation_alias=env("MAX_BODY_BYTES"),
-        description=("Largest request body, 1 MiB by default (413 beyond)"),
+        description="Largest request body, 1 MiB by default (413 beyond)",
     )
     max_messages: int = Field(
         256,
         ge=1,
         le=10_000,
         validation_alias=env("MAX_MESSAGES"),
-        description=("Most messages in one request (400 `too_many_messages` beyond)"),
+        description="Most messages in one request (400 `too_many_messages` beyond)",
     )
     generation_timeout_s: float = Field(
         120.0,
@@ -387,14 +387,14 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000_000,
         validation_alias=env("CACHE_MAX_ENTRIES"),
-        description=("Most entries the response cache holds (`0` turns it off, as does a TTL of `0`)"),
+        description="Most entries the response cache holds (`0` turns it off, as does a TTL of `0`)",
     )
     retention_days: int = Field(
         30,
         ge=1,
         le=3650,
         validation_alias=env("RETENTION_DAYS"),
-        description=("Conversation store retention (an hourly job deletes older exchanges)"),
+        description="Conversation store retention (an hourly job deletes older exchanges)",
     )
     conversation_journal: JournalMode = Field(
         "wal",
@@ -416,7 +416,7 @@ class Settings(BaseSettings):
         ge=1,
         le=100,
         validation_alias=env("CONVERSATION_DATABASE_POOL_SIZE"),
-        description=("Connections per replica to the conversation database"),
+        description="Connections per replica to the conversation database",
     )
     conversation_database_wait_s: float = Field(
         15.0,
@@ -431,10 +431,10 @@ class Settings(BaseSettings):
     warmup_prompts: Prompts = Field(
         ("Hello!",),
         validation_alias=env("WARMUP_PROMPTS"),
-        description=("Prompts run once before `/readyz` turns 200, separated by `|`"),
+        description="Prompts run once before `/readyz` turns 200, separated by `|`",
     )
     torch_threads: int = Field(
-        0, ge=0, le=1024, validation_alias=env("TORCH_THREADS"), description=("CPU threads for torch; `0`: all cores")
+        0, ge=0, le=1024, validation_alias=env("TORCH_THREADS"), description="CPU threads for torch; `0`: all cores"
     )
     shutdown_grace_s: float = Field(
         25.0,
@@ -456,7 +456,7 @@ class Settings(BaseSettings):
         ),
     )
     tls_key_file: Path | None = Field(
-        None, validation_alias=env("TLS_KEY_FILE"), description=("PEM private key of `TLS_CERT_FILE`")
+        None, validation_alias=env("TLS_KEY_FILE"), description="PEM private key of `TLS_CERT_FILE`"
     )
     tls_reload_s: float = Field(
         60.0,

@@ -13,11 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.infra.fake_pulumi import command_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a checkout of the repository holds that the deploy steps read.
@@ -69,11 +70,7 @@ class Runner:
         self.state.mkdir()
         self.temp = tmp / "runner-temp"
         self.temp.mkdir()
-        bin_dir = tmp / "bin"
-        bin_dir.mkdir()
-        shim = bin_dir / "pulumi"
-        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.infra.fake_pulumi "$@"\n')
-        shim.chmod(0o755)
+        bin_dir = command_dir(tmp)
         self.env = {
             "PATH": f"{bin_dir}:{os.environ['PATH']}",
             "PYTHONPATH": str(ROOT),

@@ -28,6 +28,16 @@ VALUE_FLAGS = {"-s", "--stack", "--policy-pack", "--policy-pack-config", "--mess
 SECURE_PREFIX = "fake-ciphertext:"
 
 
+def command_dir(parent: Path) -> Path:
+    """parent/bin holding a `pulumi` that runs this module, for a test to put first on PATH."""
+    bin_dir = parent / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "pulumi"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.infra.fake_pulumi "$@"\n')
+    shim.chmod(0o755)
+    return bin_dir
+
+
 class Usage(Exception):
     pass
 

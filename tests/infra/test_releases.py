@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from infra.settings.release import canary_replicas
 from infra.tools.synth import Synthesis, read_stack_config, synthesize
 from tests.docs.pages import page
 from tests.infra.conftest import BEHIND_GATEWAY
+from tests.infra.fake_pulumi import command_dir
 from tests.infra.test_stacks import NEWEST, OLDEST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,11 +207,7 @@ class Stack:
         (self.state / "stack").write_text(stack)
         (self.state / "config.json").write_text(json.dumps(config))
         (self.state / "outputs.json").write_text(json.dumps(outputs))
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        shim = bin_dir / "pulumi"
-        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.infra.fake_pulumi "$@"\n')
-        shim.chmod(0o755)
+        bin_dir = command_dir(tmp_path)
         self.env = {
             **os.environ,
             "PATH": f"{bin_dir}:{os.environ['PATH']}",

@@ -53,6 +53,19 @@ def runner(embedded: Any) -> Iterator[ChatRunner]:
     runner.close()
 
 
+# An assistant turn that called get_weather, and the tool's answer.
+WEATHER_CALL_AND_RESULT: tuple[dict[str, Any], ...] = (
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+)
+
+
 def messages(*items: dict[str, Any]) -> list[ChatMessage]:
     return [ChatMessage.model_validate(m) for m in items]
 
@@ -120,18 +133,7 @@ def test_agent_message_shapes_are_accepted(runner: ChatRunner) -> None:
                 "role": "user",
                 "content": [{"type": "text", "text": "Weather "}, {"type": "input_text", "text": "in Paris?"}],
             },
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            *WEATHER_CALL_AND_RESULT,
         ),
         tools=[WEATHER],
     )
@@ -211,18 +213,7 @@ def test_a_template_that_renders_tools_gets_them(embedded: Any) -> None:
         native,
         messages(
             {"role": "user", "content": "Weather in Paris?"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            *WEATHER_CALL_AND_RESULT,
         ),
         tools=[WEATHER],
     )
