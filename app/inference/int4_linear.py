@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.inference.block_linear import BlockLinear
 from app.inference.gguf_blocks import GROUP, Int4Groups
 
 # Rows packed per conversion call on CPU: a multiple of every kernel block (32 or 64 rows), and small enough that
@@ -212,9 +213,9 @@ class Int4Linear(nn.Module):
 
 
 class Int4Embedding(nn.Module):
-    """A tied embedding table read from the output head's int4 weight; holds no tensor of its own."""
+    """A tied embedding table read from the output head's int4 or block weight; holds no tensor of its own."""
 
-    def __init__(self, head: Int4Linear, dtype: torch.dtype, scale: float | None = None) -> None:
+    def __init__(self, head: Int4Linear | BlockLinear, dtype: torch.dtype, scale: float | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "head", head)  # not a submodule: its buffers are the head's, saved once
         self.embedding_dim = head.in_features
@@ -231,13 +232,13 @@ class Int4Embedding(nn.Module):
 
 
 class FusedLinears(nn.Module):
-    """Several Linears over the same input (q/k/v, gate/up) as one Int4Linear: one kernel call instead of several.
+    """Several Linears over the same input (q/k/v, gate/up) as one quantized linear: one kernel call, not several.
 
     The parts stay in the model as `FusedPart`s, so a forward that calls q_proj(x), k_proj(x), v_proj(x) in turn gets
     the three slices of one matmul: the first part called with a tensor computes, the others reuse its output.
     """
 
-    def __init__(self, fused: Int4Linear, sizes: list[int]) -> None:
+    def __init__(self, fused: Int4Linear | BlockLinear, sizes: list[int]) -> None:
         super().__init__()
         self.fused = fused
         self.sizes = sizes

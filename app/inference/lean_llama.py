@@ -5,10 +5,11 @@ is hundreds of small ops, each a few microseconds of Python and dispatch. transf
 on things a served decode step does not need (mask construction through several helpers, per-projection calls,
 dtype round trips, output bookkeeping). This forward computes the same function with the fewest ops it can:
 
-- q/k/v and gate/up are one int4 kernel call each (the fused weights gguf_model builds), 4 calls a layer;
-- rotary embedding is applied to q and k together, in bf16, as one multiply-add over both;
-- the residual stream and the norms stay in the model's dtype (fp32 on CPUs without bf16, as llama.cpp keeps
-  them); what enters a matmul is bf16, the dtype the int4 kernels compute in, and so are the keys and values;
+- q/k/v and gate/up are one kernel call each (the fused weights gguf_model builds), 4 calls a layer;
+- the steps around them (norm, rotary on q and k together, residual adds, silu-gate) are folded into those calls:
+  on ClawBot's block kernel each is one C++ op, fp32 throughout; on torch's int4 kernels, torch ops with bf16 at
+  the matmuls and the residual stream in the model's dtype (app/inference/decode_steps.py);
+- keys and values are appended into room kept after them, not concatenated (app/inference/kv_room.py);
 - the attention mask is built once per step, not once per layer.
 
 It keeps transformers' calling convention (input_ids, attention_mask, position_ids, a DynamicCache, logits_to_keep)
@@ -28,7 +29,13 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from app.inference.int4_linear import FusedLinears, Int4Embedding, Int4Linear
+from app.inference.block_linear import BlockLinear
+from app.inference.decode_steps import steps_for
+from app.inference.int4_linear import FusedLinears, Int4Linear
+from app.inference.kv_room import append
+
+QuantizedLinear = BlockLinear | Int4Linear
+QUANTIZED = (BlockLinear, Int4Linear)
 
 SUPPORTED = ("llama",)
 _PASS_THROUGH = {"return_dict", "cache_position", "output_attentions", "output_hidden_states"}
@@ -37,19 +44,19 @@ _PASS_THROUGH = {"return_dict", "cache_position", "output_attentions", "output_h
 @dataclass(frozen=True)
 class _Layer:
     norm1: torch.Tensor
-    qkv: Int4Linear
-    out: Int4Linear
+    qkv: QuantizedLinear
+    out: QuantizedLinear
     norm2: torch.Tensor
-    gate_up: Int4Linear
-    down: Int4Linear
+    gate_up: QuantizedLinear
+    down: QuantizedLinear
 
 
-def _fused(module: nn.Module, name: str) -> Int4Linear | None:
+def _fused(module: nn.Module, name: str) -> QuantizedLinear | None:
     owner = getattr(module, name, None)
     return owner.fused if isinstance(owner, FusedLinears) else None
 
 
-def _installed_fused(module: nn.Module, name: str) -> Int4Linear:
+def _installed_fused(module: nn.Module, name: str) -> QuantizedLinear:
     """The fused weights that can_install found (LeanLlama is built only after it said yes)."""
     fused = _fused(module, name)
     if fused is None:
@@ -62,8 +69,9 @@ def can_install(model: nn.Module) -> bool:
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED or getattr(model, "lm_head", None) is None:
         return False
-    if not isinstance(model.lm_head, Int4Linear) or model.lm_head.bias is not None:
+    if not isinstance(model.lm_head, QUANTIZED) or model.lm_head.bias is not None:
         return False
+    kind = type(model.lm_head)  # one kind of weight throughout: the head's decides the steps
     for layer in model.model.layers:
         parts = (
             _fused(layer.self_attn, "qkv_proj"),
@@ -71,7 +79,7 @@ def can_install(model: nn.Module) -> bool:
             _fused(layer.mlp, "gate_up_proj"),
             layer.mlp.down_proj,
         )
-        if not all(isinstance(p, Int4Linear) and p.bias is None for p in parts):
+        if not all(type(p) is kind and p.bias is None for p in parts):
             return False
     rope = getattr(config, "rope_scaling", None) or {}
     return getattr(config, "hidden_act", "silu") == "silu" and rope.get("rope_type", "default") == "default"
@@ -93,20 +101,21 @@ class LeanLlama:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.heads
         self.scaling = self.head_dim**-0.5
-        self.kernel_dtype = model.lm_head.kernel_dtype
+        self.steps = steps_for(model.lm_head, inner.norm.weight.dtype)
+        norm = self.steps.norm
         self.layers = [
             _Layer(
-                layer.input_layernorm.weight,
+                norm(layer.input_layernorm.weight),
                 _installed_fused(layer.self_attn, "qkv_proj"),
                 layer.self_attn.o_proj,
-                layer.post_attention_layernorm.weight,
+                norm(layer.post_attention_layernorm.weight),
                 _installed_fused(layer.mlp, "gate_up_proj"),
                 layer.mlp.down_proj,
             )
             for layer in inner.layers
         ]
-        self.final_norm = inner.norm.weight
-        self.head: Int4Linear = model.lm_head
+        self.final_norm = norm(inner.norm.weight)
+        self.head: QuantizedLinear = model.lm_head
 
     def __call__(
         self,
@@ -156,37 +165,32 @@ class LeanLlama:
         cache_position: torch.Tensor | None,
     ) -> torch.Tensor:
         rows, width = ids.shape
+        tokens = rows * width
         past = cache.get_seq_length()
-        kd = self.kernel_dtype
+        steps = self.steps
         if position_ids is None:
             start = int(cache_position[0]) if cache_position is not None else past
             position_ids = torch.arange(start, start + width, device=ids.device)[None].expand(rows, -1)
-        h = self.embed(ids)
-        if not isinstance(self.embed, Int4Embedding):
-            h = h.to(self.final_norm.dtype)
-        cos, sin = self.rotary(h, position_ids)
-        cos, sin = cos.to(kd)[:, :, None], sin.to(kd)[:, :, None]  # [rows, width, 1, head_dim]
+        h = self.embed(ids).to(steps.dtype).reshape(tokens, self.hidden)
+        cos, sin = self.rotary(h, position_ids)  # [rows, width, head_dim]
+        cos = cos.to(steps.rope_dtype).reshape(tokens, -1).contiguous()
+        sin = sin.to(steps.rope_dtype).reshape(tokens, -1).contiguous()
         mask = _mask(attention_mask, rows, width, past, ids.device)
-        nq, nk, d, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
+        nq, nk, d = self.heads, self.kv_heads, self.head_dim
         for index, layer in enumerate(self.layers):
-            x = F.rms_norm(h, (self.hidden,), layer.norm1, self.eps).to(kd)
-            qkv = layer.qkv.mm(x.view(rows * width, self.hidden)).view(rows, width, nq + 2 * nk, d)
-            qk = qkv[:, :, : nq + nk]
-            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
-            qk = torch.addcmul(qk * cos, rotated, sin)
-            q = qk[:, :, :nq].transpose(1, 2)
-            k, v = cache.update(qk[:, :, nq:].transpose(1, 2), qkv[:, :, nq + nk :].transpose(1, 2), index)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=nk != nq)
-            a = a.transpose(1, 2).reshape(rows * width, nq * d)
-            h = h + layer.out.mm(a).view(rows, width, self.hidden)
-            x = F.rms_norm(h, (self.hidden,), layer.norm2, self.eps).to(kd)
-            gate, up = layer.gate_up.mm(x.view(rows * width, self.hidden)).chunk(2, dim=-1)
-            h = h + layer.down.mm(F.silu(gate) * up).view(rows, width, self.hidden)
+            qkv = steps.normed(layer.qkv, h, layer.norm1, self.eps)
+            steps.rope(qkv, cos, sin, nq + nk, d)
+            heads = qkv.view(rows, width, nq + 2 * nk, d).transpose(1, 2)
+            k, v = append(cache, index, heads[:, nq : nq + nk], heads[:, nq + nk :])
+            a = F.scaled_dot_product_attention(
+                heads[:, :nq], k, v, attn_mask=mask, scale=self.scaling, enable_gqa=nk != nq
+            )
+            h = steps.residual(layer.out, a.transpose(1, 2).reshape(tokens, nq * d), h)
+            h = steps.gated(layer.down, steps.normed(layer.gate_up, h, layer.norm2, self.eps), h)
         if keep:
-            h = h[:, -keep:]
-        x = F.rms_norm(h, (self.hidden,), self.final_norm, self.eps).to(kd)
-        kept = x.shape[1]
-        return self.head.mm(x.reshape(rows * kept, self.hidden)).view(rows, kept, -1).to(h.dtype)
+            h = h.view(rows, width, self.hidden)[:, -keep:].reshape(-1, self.hidden)
+        logits = steps.normed(self.head, h.contiguous(), self.final_norm, self.eps)
+        return logits.view(rows, h.shape[0] // rows, -1).to(steps.dtype)
 
 
 def _plain(cache: Any) -> bool:

@@ -522,11 +522,18 @@ def _prepared_tokenizer(tokenizer: Any, source: Path) -> Any:
 
 
 def _int4_fingerprint(gguf: Path, target: torch.device, dtype: torch.dtype) -> str:
-    """The GGUF's content plus everything the packed layout depends on: torch's version, the CPU capability the CPU
-    kernel was packed for (AVX2 and AVX-512 lay rows out differently) or CUDA, and the model dtype."""
+    """The GGUF's content plus everything the packed layout depends on: torch's version, which kernel the weights
+    were laid out for (ClawBot's block kernel; torch's CPU int4 kernel, whose rows are laid out differently on AVX2
+    and AVX-512; or CUDA), and the model dtype."""
     from app.inference.gguf_model import CACHE_FORMAT as INT4_FORMAT
+    from app.inference.gguf_model import uses_blocks
 
-    kernel = "cuda" if target.type == "cuda" else f"cpu-{torch.backends.cpu.get_cpu_capability()}"
+    if target.type == "cuda":
+        kernel = "cuda"
+    elif uses_blocks(target):
+        kernel = "cpu-blocks"
+    else:
+        kernel = f"cpu-{torch.backends.cpu.get_cpu_capability()}"
     return f"{_file_fingerprint(gguf)}|int4-v{INT4_FORMAT}|torch-{torch.__version__}|{kernel}|{dtype}"
 
 

@@ -1,21 +1,17 @@
 """GGUF blocks served through torch's int4 kernels: for each block type, the int4 matmul equals a matmul with the
 `gguf` package's own dequantized weight, within the rounding of the compute dtype.
 
-The tensors are small synthetic ones written to a real GGUF file (gguf.GGUFWriter) and read back through the
-memory-mapped reader, as the loader reads a model. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are quantized by the gguf
-package itself; it has no quantizer for the K-quants, so Q4_K and Q5_K blocks are random bytes with sane fp16
-super-block scales (every byte pattern is a valid block).
+The tensors are the `tensors` fixture's (tests/app/inference/gguf_tensors.py): small synthetic ones written to a
+real GGUF file and read back through the memory-mapped reader, as the loader reads a model.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFReader, GGUFWriter, quants
+from gguf import quants
 
 from app.inference.gguf_blocks import PLANES, int4_groups
 from app.inference.int4_linear import (
@@ -30,47 +26,9 @@ from app.inference.int4_linear import (
     fuse,
     nibble_pairs,
 )
+from tests.app.inference.gguf_tensors import ROWS, K
 
-ROWS, K = 112, 512  # 112 rows: full packing blocks and a partial last one, on every CPU layout
-QUANTIZED_BY_GGUF = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)
-FP16_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2)}  # byte offsets of d and dmin in a K-quant super-block
 CPU = torch.device("cpu")
-
-
-def _k_quant_blocks(qtype: Q, rng: np.random.Generator) -> np.ndarray:
-    block, size = quants.GGML_QUANT_SIZES[qtype]
-    raw = rng.integers(0, 256, size=(ROWS, K // block, size), dtype=np.uint8)
-    for offset in FP16_FIELDS[qtype]:
-        raw[..., offset : offset + 2] = (
-            (rng.standard_normal((ROWS, K // block, 1)) * 0.01).astype(np.float16).view(np.uint8)
-        )
-    return raw.reshape(ROWS, -1)
-
-
-@pytest.fixture(scope="module")
-def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(7)
-    path = tmp_path_factory.mktemp("gguf") / "blocks.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    for qtype in PLANES:
-        if qtype in QUANTIZED_BY_GGUF:
-            weights = rng.standard_normal((ROWS, K)).astype(np.float32) * 0.05
-            data = quants.quantize(weights, qtype)
-        else:
-            data = _k_quant_blocks(qtype, rng)
-        writer.add_tensor(f"w.{qtype.name}", data, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-@pytest.fixture(scope="module")
-def tensors(gguf_file: Path) -> dict[Q, np.ndarray]:
-    reader = GGUFReader(str(gguf_file))
-    assert isinstance(reader.tensors[0].data, np.memmap)  # read through mmap, never copied whole
-    return {t.tensor_type: t.data for t in reader.tensors}
 
 
 def _bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import app.inference.gguf_model as gguf_model
+from app.inference.block_linear import Q8_HALF, BlockLinear
 from app.inference.int4_linear import Int4Embedding, Int4Linear
+from app.inference.kernels.build import supported_cpu
 from app.inference.loader import LoadedModel, ModelLoadError, embedded_gguf_path, load_model
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,13 +49,32 @@ def smollm2() -> LoadedModel:
 def test_smollm2_gguf_keeps_its_own_q4_1_blocks(smollm2: LoadedModel) -> None:
     model = smollm2.model
     assert smollm2.quantization == "gguf:q4_1" and smollm2.source.name == "smollm2-135m-instruct.q4_1-int4-cpu"
-    int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
-    # 30 layers x (fused qkv, o, fused gate/up, down) + the output head; nothing dense is left among the Linears.
-    assert len(int4) == 30 * 4 + 1 and not [m for m in model.modules() if type(m) is torch.nn.Linear]
-    assert model.lm_head.planes == 2  # the Q8_0 table as two exact 4-bit planes
-    assert isinstance(model.get_input_embeddings(), Int4Embedding)  # the tied table is the head's weight
     file_size = embedded_gguf_path().stat().st_size
     assert smollm2.memory_bytes <= 1.3 * file_size
+    assert isinstance(model.get_input_embeddings(), Int4Embedding)  # the tied table is the head's weight
+    assert not [m for m in model.modules() if type(m) is torch.nn.Linear]
+    if supported_cpu() is not None:  # no AVX2 here: torch's int4 kernel serves the blocks
+        assert len([m for m in model.modules() if isinstance(m, Int4Linear)]) == 30 * 4 + 1
+        return
+    blocks = [m for m in model.modules() if isinstance(m, BlockLinear)]
+    # 30 layers x (fused qkv, o, fused gate/up, down) + the output head; nothing dense is left among the Linears.
+    assert len(blocks) == 30 * 4 + 1 and not [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert model.lm_head.format == Q8_HALF  # the Q8_0 table with its own codes and fp16 scales
+    assert smollm2.memory_bytes <= 1.05 * file_size
+
+
+def test_without_the_block_kernel_torchs_int4_kernel_serves_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gguf_model, "uses_blocks", lambda device: False)
+    loaded = load_model(str(embedded_gguf_path()), DATA_DIR, device="cpu", progress=False)
+    model = loaded.model
+    int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    assert len(int4) == 30 * 4 + 1 and not [m for m in model.modules() if isinstance(m, BlockLinear)]
+    assert model.lm_head.planes == 2  # the Q8_0 table as two exact 4-bit planes
+    assert loaded.memory_bytes <= 1.3 * embedded_gguf_path().stat().st_size
+    answer = _generate(
+        loaded, [{"role": "user", "content": "What is the capital of France?"}], 20, repetition_penalty=1.1
+    )
+    assert "Paris" in answer
 
 
 def test_smollm2_gguf_answers_paris(smollm2: LoadedModel) -> None:
@@ -74,10 +95,11 @@ def test_a_restart_loads_the_packed_cache(
     with caplog.at_level(logging.INFO, logger="clawbot.model"):
         again = load_model(str(embedded_gguf_path()), DATA_DIR, "gguf", device="cpu", progress=False)
     [placed] = [r for r in caplog.records if r.getMessage() == "gguf tensors placed"]
+    int4 = supported_cpu() is not None
     assert placed.placement == {  # type: ignore[attr-defined]
         "F32 -> dense float32": 61,
-        "Q4_1 -> int4": 210,
-        "Q8_0 -> int4 x2 planes (output head, tied embedding)": 1,
+        "Q4_1 -> int4" if int4 else "Q4_1 -> blocks (q4 fp16)": 210,
+        ("Q8_0 -> int4 x2 planes" if int4 else "Q8_0 -> blocks (q8 fp16)") + " (output head, tied embedding)": 1,
     }
     [loaded_line] = [r for r in caplog.records if r.getMessage() == "model loaded"]
     assert loaded_line.quantization == "gguf:q4_1"  # type: ignore[attr-defined]
@@ -98,10 +120,11 @@ def test_gemma3_q4_k_m_completes_text(gemma_gguf: Path) -> None:
     assert loaded.quantization == "gguf:q4_k_m"
     assert loaded.model.config.model_type == "gemma3_text"
     forms = {type(m).__name__ for m in loaded.model.modules()}
-    assert {"Int4Linear", "DenseLinear", "Int4Embedding"} <= forms  # Q4_K/Q5_0/Q8_0 int4, Q6_K dense
-    # 1.30x: its 262144-row Q8_0 table as two int4 planes costs 1.25 bytes a weight against Q8_0's 1.06, and Q6_K's
-    # 16-weight scales fit no 32-weight group, so ffn_down is dense bf16.
-    assert loaded.memory_bytes <= 1.31 * gemma_gguf.stat().st_size
+    quantized = "Int4Linear" if supported_cpu() else "BlockLinear"
+    assert {quantized, "DenseLinear", "Int4Embedding"} <= forms  # Q4_K/Q5_0/Q8_0 quantized, Q6_K dense
+    # Q6_K's 16-weight scales fit no 32-weight group, so ffn_down is dense bf16. With torch's int4 kernel the
+    # 262144-row Q8_0 table is two int4 planes (1.25 bytes a weight against Q8_0's 1.06): 1.30x; as blocks, 1.125.
+    assert loaded.memory_bytes <= (1.31 if supported_cpu() else 1.25) * gemma_gguf.stat().st_size
     # A base model: no chat template, so the message is the text to complete.
     text = "The capital of France is Paris. The capital of Germany is"
     assert "Berlin" in _generate(loaded, [{"role": "user", "content": text}], 6)

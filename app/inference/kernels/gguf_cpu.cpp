@@ -1,0 +1,359 @@
+// GGUF-style blocks of 32 weights times float32 activations on x86-64 CPUs with AVX2, FMA and F16C, as torch ops.
+//
+// A weight row is K / 32 blocks. Each block has a scale d and an offset m (fp16 where the file's constants are
+// fp16 numbers, fp32 where the file's arithmetic makes a finer one: Q4_K's d * sc) and 32 codes q, and its weights
+// are w[j] = d * q[j] + m:
+//   Q4 (4-bit codes, 0..15): 16 bytes, byte j's low nibble is q[j] and its high nibble q[j + 16] (GGUF's Q4_0/Q4_1
+//      order). Q4_0 (m = -8d), Q4_1 and Q4_K's sub-blocks are this with the file's own codes.
+//   Q8 (8-bit codes, -128..127): 32 bytes: Q8_0's own codes (m = 0), Q5_x's 5-bit codes.
+//
+// Every weight is dequantized in registers exactly as the gguf package dequantizes it (d * q is exact in fp32, so
+// fma(d, q, m) is the one rounding of d * q + m), then multiplied with float32 activations by FMA. So the result is
+// the dense fp32 matmul with the file's dequantized weight, up to fp32 summation order: no bf16 constants, no int8
+// activations. A weight block is unpacked once per tile of input rows and used for all of them, so a batch of 32
+// rows costs a fraction of 32 single-row products (torch's int4 CPU kernel unpacks the weight again every 4 rows).
+//
+// gguf_mm(x [M, K] float32, blocks [N, K / 32 * block bytes] uint8, format, N) -> [M, N] float32
+// gguf_dequantize(blocks, format, N, K) -> [N, K] float32, exactly d * q + m (embedding rows, and for checks)
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include "gguf_cpu.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kGroup = 32;
+enum Format : int64_t { kQ4Half = 0, kQ4Float = 1, kQ8Half = 2, kQ8Float = 3 };
+
+// A row is laid out as arrays, not as blocks side by side: every block's codes, then every block's d, then every
+// block's m. So each block's codes start at a fixed stride. Bytes per block stay the file's: Q4_1 is 16 + 2 + 2.
+template <bool Wide, bool Byte> struct Layout {
+  static constexpr int64_t kCodes = Byte ? 32 : 16;  // code bytes per block
+  static constexpr int64_t kConst = Wide ? 4 : 2;    // bytes of one constant (d or m)
+  static constexpr int64_t kBytes = kCodes + 2 * kConst;
+  static inline const uint8_t* codes(const uint8_t* row, int64_t g) { return row + g * kCodes; }
+  static inline const uint8_t* scales(const uint8_t* row, int64_t groups) { return row + groups * kCodes; }
+  static inline const uint8_t* offsets(const uint8_t* row, int64_t groups) { return row + groups * (kCodes + kConst); }
+  static inline float load1(const uint8_t* p) {
+    if constexpr (Wide) { float v; std::memcpy(&v, p, 4); return v; }
+    else { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
+  }
+};
+
+int64_t block_bytes(int64_t format) {
+  switch (format) {
+    case kQ4Half: return Layout<false, false>::kBytes;
+    case kQ4Float: return Layout<true, false>::kBytes;
+    case kQ8Half: return Layout<false, true>::kBytes;
+    case kQ8Float: return Layout<true, true>::kBytes;
+  }
+  TORCH_CHECK(false, "unknown GGUF block format ", format);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Block g of a row as 32 float weights in four registers: w[j] = fma(d, q[j], m), exactly d * q[j] + m.
+template <bool Wide, bool Byte>
+__attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t groups, int64_t g, __m256 w[4]) {
+  using L = Layout<Wide, Byte>;
+  const __m256 d = _mm256_set1_ps(L::load1(L::scales(row, groups) + g * L::kConst));
+  const __m256 m = _mm256_set1_ps(L::load1(L::offsets(row, groups) + g * L::kConst));
+  const uint8_t* c = L::codes(row, g);
+  __m256i q[4];
+  if constexpr (Byte) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16));
+    q[0] = _mm256_cvtepi8_epi32(a);
+    q[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(a, 8));
+    q[2] = _mm256_cvtepi8_epi32(b);
+    q[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8));
+  } else {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    q[0] = _mm256_cvtepu8_epi32(lo);
+    q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+    q[2] = _mm256_cvtepu8_epi32(hi);
+    q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+  }
+  #pragma GCC unroll 16
+  for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[j]), m);
+}
+
+// KN weight rows (from `row`, `row_bytes` apart) against RM input rows starting at x0 (row stride k). Each (weight
+// row, input row) pair keeps A accumulators, so a single input row still has several independent FMA chains.
+// The unpacked blocks and the accumulators stay in registers (KN * 4 + KN * RM * A of AVX2's 16).
+template <bool Wide, bool Byte, int KN, int RM, int A>
+__attribute__((always_inline)) inline void tile(const uint8_t* row, int64_t row_bytes, int64_t groups, const float* x0, int64_t k, float* out,
+                 int64_t n_total) {
+  __m256 acc[KN][RM][A];
+  #pragma GCC unroll 16
+  for (int n = 0; n < KN; ++n)
+    #pragma GCC unroll 16
+    for (int r = 0; r < RM; ++r)
+      #pragma GCC unroll 16
+      for (int a = 0; a < A; ++a) acc[n][r][a] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* xg = x0 + g * kGroup;
+    #pragma GCC unroll 16
+    for (int n = 0; n < KN; ++n) {
+      __m256 w[4];
+      weights<Wide, Byte>(row + n * row_bytes, groups, g, w);
+      #pragma GCC unroll 16
+      for (int r = 0; r < RM; ++r)
+        #pragma GCC unroll 16
+        for (int j = 0; j < 4; ++j)
+          acc[n][r][j % A] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xg + r * k + 8 * j), acc[n][r][j % A]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int n = 0; n < KN; ++n)
+    #pragma GCC unroll 16
+    for (int r = 0; r < RM; ++r) {
+      __m256 s = acc[n][r][0];
+      #pragma GCC unroll 16
+      for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[n][r][a]);
+      out[r * n_total + n] = hsum(s);
+    }
+}
+
+constexpr int kRowsM = 8;  // input rows per tile: each weight block is unpacked once for up to this many rows
+
+// Weight rows [n0, n0 + count) against all m_rows input rows.
+template <bool Wide, bool Byte>
+void rows_times(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, const float* x, int64_t m_rows,
+                int64_t k, float* out, int64_t n_total) {
+  int64_t r = 0;
+  for (; r + kRowsM <= m_rows; r += kRowsM)
+    for (int64_t n = 0; n < count; ++n)
+      tile<Wide, Byte, 1, kRowsM, 1>(w + n * row_bytes, row_bytes, groups, x + r * k, k, out + r * n_total + n, n_total);
+  const int64_t left = m_rows - r;
+  const float* xr = x + r * k;
+  float* o = out + r * n_total;
+  for (int64_t n = 0; n < count;) {
+    const uint8_t* wn = w + n * row_bytes;
+    if (left == 1 && n + 2 <= count) {  // one stream's decode step: two weight rows at a time, eight chains
+      tile<Wide, Byte, 2, 1, 4>(wn, row_bytes, groups, xr, k, o + n, n_total);
+      n += 2;
+      continue;
+    }
+    switch (left) {  // the remainder as one tile of its own size
+      case 0: break;
+      case 1: tile<Wide, Byte, 1, 1, 4>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      case 2: tile<Wide, Byte, 1, 2, 4>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      case 3: tile<Wide, Byte, 1, 3, 2>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      case 4: tile<Wide, Byte, 1, 4, 2>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      case 5: tile<Wide, Byte, 1, 5, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      case 6: tile<Wide, Byte, 1, 6, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+      default: tile<Wide, Byte, 1, 7, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
+    }
+    ++n;
+  }
+}
+
+// From kPanelRows input rows on, weights are unpacked a panel at a time and multiplied as a small GEMM: a panel is
+// kPanelN weight rows over all of K, dequantized into a thread's scratch as [K][kPanelN] floats, then every tile of
+// kTileM input rows runs a kTileM x kPanelN register tile (12 accumulators) over it: for each k, two panel loads, one
+// broadcast per input row, twelve independent FMAs. The panel is unpacked once for all input rows.
+constexpr int kPanelRows = 8;
+constexpr int kPanelN = 16;
+constexpr int kTileM = 6;
+
+// Eight registers (rows) of eight floats -> eight registers (columns): r[i][j] becomes r[j][i].
+__attribute__((always_inline)) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  #pragma GCC unroll 16
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  #pragma GCC unroll 16
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  #pragma GCC unroll 16
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// Weight rows [0, count) of a panel, every block dequantized and laid out [K][kPanelN]; missing rows are zeros.
+template <bool Wide, bool Byte>
+void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, float* panel) {
+  for (int64_t half = 0; half < kPanelN; half += 8)
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 v[8][4];
+      for (int64_t i = 0; i < 8; ++i) {
+        if (half + i < count) weights<Wide, Byte>(w + (half + i) * row_bytes, groups, g, v[i]);
+        else v[i][0] = v[i][1] = v[i][2] = v[i][3] = _mm256_setzero_ps();
+      }
+      #pragma GCC unroll 16
+      for (int j = 0; j < 4; ++j) {  // k = g * 32 + 8 * j .. + 7
+        __m256 r[8];
+        #pragma GCC unroll 16
+        for (int i = 0; i < 8; ++i) r[i] = v[i][j];
+        transpose8(r);
+        float* dst = panel + (g * kGroup + 8 * j) * kPanelN + half;
+        #pragma GCC unroll 16
+        for (int i = 0; i < 8; ++i) _mm256_store_ps(dst + i * kPanelN, r[i]);
+      }
+    }
+}
+
+template <int RM>
+__attribute__((always_inline)) inline void panel_tile(const float* panel, const float* x, int64_t k, float* out,
+                                                      int64_t n_total, int64_t count) {
+  __m256 acc[RM][2];
+  #pragma GCC unroll 16
+  for (int r = 0; r < RM; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 w0 = _mm256_load_ps(panel + kk * kPanelN);
+    const __m256 w1 = _mm256_load_ps(panel + kk * kPanelN + 8);
+    #pragma GCC unroll 16
+    for (int r = 0; r < RM; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * k + kk);
+      acc[r][0] = _mm256_fmadd_ps(w0, xv, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(w1, xv, acc[r][1]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < RM; ++r) {
+    alignas(32) float o[kPanelN];
+    _mm256_store_ps(o, acc[r][0]);
+    _mm256_store_ps(o + 8, acc[r][1]);
+    std::memcpy(out + r * n_total, o, count * sizeof(float));
+  }
+}
+
+void panel_rows(const float* panel, const float* x, int64_t m_rows, int64_t k, float* out, int64_t n_total,
+                int64_t count) {
+  // Tiles of 6 rows, and the last 7..9 rows as 4 plus the rest: a tile of 1..3 rows has too few independent FMA
+  // chains to keep the units busy (32 rows run as 6+6+6+6+4+4).
+  int64_t r = 0;
+  while (r < m_rows) {
+    const int64_t left = m_rows - r;
+    const int64_t rows = left >= 10 ? kTileM : (left >= 7 ? 4 : left);
+    const float* xr = x + r * k;
+    float* o = out + r * n_total;
+    switch (rows) {
+      case 1: panel_tile<1>(panel, xr, k, o, n_total, count); break;
+      case 2: panel_tile<2>(panel, xr, k, o, n_total, count); break;
+      case 3: panel_tile<3>(panel, xr, k, o, n_total, count); break;
+      case 4: panel_tile<4>(panel, xr, k, o, n_total, count); break;
+      case 5: panel_tile<5>(panel, xr, k, o, n_total, count); break;
+      default: panel_tile<kTileM>(panel, xr, k, o, n_total, count); break;
+    }
+    r += rows;
+  }
+}
+
+template <bool Wide, bool Byte>
+void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
+  using L = Layout<Wide, Byte>;
+  const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
+  const int64_t panels = (n_total + kPanelN - 1) / kPanelN;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    float* panel = static_cast<float*>(std::aligned_alloc(32, k * kPanelN * sizeof(float)));
+    TORCH_CHECK(panel != nullptr, "out of memory for a ", k, "-wide weight panel");
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n0 = p * kPanelN, count = std::min<int64_t>(kPanelN, n_total - n0);
+      unpack_panel<Wide, Byte>(blocks + n0 * row_bytes, row_bytes, groups, count, panel);
+      panel_rows(panel, x, m_rows, k, out + n0, n_total, count);
+    }
+    std::free(panel);
+  });
+}
+
+template <bool Wide, bool Byte>
+void matmul(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
+  using L = Layout<Wide, Byte>;
+  const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
+  if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte>(x, m_rows, k, blocks, n_total, out);
+  // Small grains: one stream's decode step has few rows per weight, and both cores should share them.
+  at::parallel_for(0, n_total, 16, [&](int64_t begin, int64_t end) {
+    rows_times<Wide, Byte>(blocks + begin * row_bytes, row_bytes, groups, end - begin, x, m_rows, k, out + begin, n_total);
+  });
+}
+
+void check(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {
+  TORCH_CHECK(blocks.device().is_cpu() && blocks.scalar_type() == at::kByte && blocks.is_contiguous(),
+              "gguf blocks must be a contiguous uint8 CPU tensor");
+  TORCH_CHECK(k % kGroup == 0, "K must be a multiple of 32, got ", k);
+  TORCH_CHECK(blocks.numel() == n * (k / kGroup) * block_bytes(format), "gguf blocks hold ", blocks.numel(),
+              " bytes; ", n, " rows of ", k, " weights in format ", format, " need ", n * (k / kGroup) * block_bytes(format));
+}
+
+template <bool Wide, bool Byte>
+void dequantize_rows(const uint8_t* blocks, int64_t n, int64_t k, float* out) {
+  using L = Layout<Wide, Byte>;
+  const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      for (int64_t g = 0; g < groups; ++g) {
+        __m256 w[4];
+        weights<Wide, Byte>(blocks + row * row_bytes, groups, g, w);
+        float* dst = out + row * k + g * kGroup;
+        #pragma GCC unroll 16
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + 8 * j, w[j]);
+      }
+  });
+}
+
+at::Tensor gguf_dequantize(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {
+  check(blocks, format, n, k);
+  auto out = at::empty({n, k}, at::TensorOptions().dtype(at::kFloat));
+  const uint8_t* b = blocks.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  switch (format) {
+    case kQ4Half: dequantize_rows<false, false>(b, n, k, o); break;
+    case kQ4Float: dequantize_rows<true, false>(b, n, k, o); break;
+    case kQ8Half: dequantize_rows<false, true>(b, n, k, o); break;
+    case kQ8Float: dequantize_rows<true, true>(b, n, k, o); break;
+    default: TORCH_CHECK(false, "unknown GGUF block format ", format);
+  }
+  return out;
+}
+
+}  // namespace
+
+at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& blocks, int64_t format, int64_t n) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, "x must be a 2-D float32 CPU tensor");
+  const auto xc = x.contiguous();
+  const int64_t m_rows = xc.size(0), k = xc.size(1);
+  check(blocks, format, n, k);
+  auto out = at::empty({m_rows, n}, xc.options());
+  if (m_rows == 0 || n == 0) return out;
+  const float* xp = xc.data_ptr<float>();
+  const uint8_t* b = blocks.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  switch (format) {
+    case kQ4Half: matmul<false, false>(xp, m_rows, k, b, n, o); break;
+    case kQ4Float: matmul<true, false>(xp, m_rows, k, b, n, o); break;
+    case kQ8Half: matmul<false, true>(xp, m_rows, k, b, n, o); break;
+    case kQ8Float: matmul<true, true>(xp, m_rows, k, b, n, o); break;
+    default: TORCH_CHECK(false, "unknown GGUF block format ", format);
+  }
+  return out;
+}
+
+TORCH_LIBRARY(clawbot_gguf, m) {
+  m.def("mm(Tensor x, Tensor blocks, int format, int n) -> Tensor", gguf_mm);
+  m.def("dequantize(Tensor blocks, int format, int n, int k) -> Tensor", gguf_dequantize);
+  m.def("block_bytes(int format) -> int", block_bytes);
+}

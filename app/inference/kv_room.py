@@ -1,0 +1,50 @@
+"""Appending a decode step's keys and values to a transformers DynamicCache without copying what it holds.
+
+transformers' DynamicLayer.update concatenates: every step copies each layer's whole cache, which at 32 rows was a
+fifth of a decode step. `append` keeps each layer's keys and values as views of buffers with room after them, and a
+step writes its columns into that room. A buffer is reallocated, with a quarter of its length (at least
+HEADROOM_COLUMNS) to spare, only when the room runs out or something else has set the layer's tensors.
+
+Anything else that sets a layer's keys or values (the batch's merge, select and truncate in kv_batch.py, a prefix
+hit, transformers' own update or crop) replaces the view `append` left there, and the next append then copies into
+a new buffer. So a tensor handed out earlier (a prefix-cache entry, a cropped cache) is never written to.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+HEADROOM_COLUMNS = 16
+_ROOM = "_clawbot_room"  # on a DynamicLayer: (keys buffer, values buffer, keys view, values view) it last set
+
+
+def append(cache: DynamicCache, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cache.update(k, v, index): layer `index`'s keys and values with k and v ([rows, heads, width, dim]) after them."""
+    layers = cache.layers
+    if index >= len(layers) or not layers[index].is_initialized:
+        keys, values = cache.update(k, v, index)  # the layer's first columns: transformers creates it
+        return keys, values
+    layer = layers[index]
+    held, width = layer.keys.shape[2], k.shape[2]
+    room = getattr(layer, _ROOM, None)
+    if (
+        room is None
+        or room[2] is not layer.keys
+        or room[3] is not layer.values
+        or room[0].shape[2] < held + width
+        or room[0].shape[0] != k.shape[0]
+    ):
+        size = held + width
+        columns = size + max(HEADROOM_COLUMNS, size // 4)
+        kb = k.new_empty((k.shape[0], k.shape[1], columns, k.shape[3]))
+        vb = v.new_empty((v.shape[0], v.shape[1], columns, v.shape[3]))
+        kb[:, :, :held].copy_(layer.keys)
+        vb[:, :, :held].copy_(layer.values)
+    else:
+        kb, vb = room[0], room[1]
+    kb[:, :, held : held + width].copy_(k)
+    vb[:, :, held : held + width].copy_(v)
+    layer.keys, layer.values = kb[:, :, : held + width], vb[:, :, : held + width]
+    setattr(layer, _ROOM, (kb, vb, layer.keys, layer.values))
+    return layer.keys, layer.values
