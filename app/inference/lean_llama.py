@@ -208,7 +208,8 @@ def _mask(
         attention_mask = torch.ones((rows, past + width), dtype=torch.bool, device=device)
     keys = attention_mask.bool()[:, None, None, :]
     if width == 1:
-        return keys
+        # No padding anywhere (one stream, or rows of one length): no mask, which spares SDPA a conversion a layer.
+        return None if bool(keys.all()) else keys
     columns = torch.arange(past + width, device=device)
     query_at = torch.arange(past, past + width, device=device)[:, None]
     return (keys & (columns <= query_at)) | (columns == query_at)

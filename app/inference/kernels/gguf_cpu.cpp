@@ -63,33 +63,42 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Block g's 32 codes as floats in four registers (exact: small integers).
+template <bool Wide, bool Byte>
+__attribute__((always_inline)) inline void codes(const uint8_t* row, int64_t g, __m256 q[4]) {
+  using L = Layout<Wide, Byte>;
+  const uint8_t* c = L::codes(row, g);
+  __m256i v[4];
+  if constexpr (Byte) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16));
+    v[0] = _mm256_cvtepi8_epi32(a);
+    v[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(a, 8));
+    v[2] = _mm256_cvtepi8_epi32(b);
+    v[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8));
+  } else {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    v[0] = _mm256_cvtepu8_epi32(lo);
+    v[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
+    v[2] = _mm256_cvtepu8_epi32(hi);
+    v[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtepi32_ps(v[j]);
+}
+
 // Block g of a row as 32 float weights in four registers: w[j] = fma(d, q[j], m), exactly d * q[j] + m.
 template <bool Wide, bool Byte>
 __attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t groups, int64_t g, __m256 w[4]) {
   using L = Layout<Wide, Byte>;
   const __m256 d = _mm256_set1_ps(L::load1(L::scales(row, groups) + g * L::kConst));
   const __m256 m = _mm256_set1_ps(L::load1(L::offsets(row, groups) + g * L::kConst));
-  const uint8_t* c = L::codes(row, g);
-  __m256i q[4];
-  if constexpr (Byte) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16));
-    q[0] = _mm256_cvtepi8_epi32(a);
-    q[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(a, 8));
-    q[2] = _mm256_cvtepi8_epi32(b);
-    q[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8));
-  } else {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c));
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(raw, mask);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-    q[0] = _mm256_cvtepu8_epi32(lo);
-    q[1] = _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8));
-    q[2] = _mm256_cvtepu8_epi32(hi);
-    q[3] = _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8));
-  }
-  #pragma GCC unroll 16
-  for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q[j]), m);
+  codes<Wide, Byte>(row, g, w);
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, w[j], m);
 }
 
 // KN weight rows (from `row`, `row_bytes` apart) against RM input rows starting at x0 (row stride k). Each (weight
@@ -129,37 +138,26 @@ __attribute__((always_inline)) inline void tile(const uint8_t* row, int64_t row_
     }
 }
 
-constexpr int kRowsM = 8;  // input rows per tile: each weight block is unpacked once for up to this many rows
-
-// Weight rows [n0, n0 + count) against all m_rows input rows.
+// Weight rows [0, count) against m_rows (1..7) input rows; from 8 rows on, matmul_panels runs instead.
 template <bool Wide, bool Byte>
 void rows_times(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, const float* x, int64_t m_rows,
                 int64_t k, float* out, int64_t n_total) {
-  int64_t r = 0;
-  for (; r + kRowsM <= m_rows; r += kRowsM)
-    for (int64_t n = 0; n < count; ++n)
-      tile<Wide, Byte, 1, kRowsM, 1>(w + n * row_bytes, row_bytes, groups, x + r * k, k, out + r * n_total + n, n_total);
-  const int64_t left = m_rows - r;
-  const float* xr = x + r * k;
-  float* o = out + r * n_total;
-  for (int64_t n = 0; n < count;) {
+  if (m_rows == 1) {  // one stream's decode step: two weight rows at a time, eight FMA chains
+    int64_t n = 0;
+    for (; n + 2 <= count; n += 2) tile<Wide, Byte, 2, 1, 4>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
+    for (; n < count; ++n) tile<Wide, Byte, 1, 1, 4>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
+    return;
+  }
+  for (int64_t n = 0; n < count; ++n) {
     const uint8_t* wn = w + n * row_bytes;
-    if (left == 1 && n + 2 <= count) {  // one stream's decode step: two weight rows at a time, eight chains
-      tile<Wide, Byte, 2, 1, 4>(wn, row_bytes, groups, xr, k, o + n, n_total);
-      n += 2;
-      continue;
+    switch (m_rows) {  // all rows as one tile
+      case 2: tile<Wide, Byte, 1, 2, 4>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 3: tile<Wide, Byte, 1, 3, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 4: tile<Wide, Byte, 1, 4, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 5: tile<Wide, Byte, 1, 5, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 6: tile<Wide, Byte, 1, 6, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      default: tile<Wide, Byte, 1, 7, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
     }
-    switch (left) {  // the remainder as one tile of its own size
-      case 0: break;
-      case 1: tile<Wide, Byte, 1, 1, 4>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      case 2: tile<Wide, Byte, 1, 2, 4>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      case 3: tile<Wide, Byte, 1, 3, 2>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      case 4: tile<Wide, Byte, 1, 4, 2>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      case 5: tile<Wide, Byte, 1, 5, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      case 6: tile<Wide, Byte, 1, 6, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-      default: tile<Wide, Byte, 1, 7, 1>(wn, row_bytes, groups, xr, k, o + n, n_total); break;
-    }
-    ++n;
   }
 }
 
@@ -287,7 +285,8 @@ void matmul(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, in
   if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte>(x, m_rows, k, blocks, n_total, out);
   // Small grains: one stream's decode step has few rows per weight, and both cores should share them.
   at::parallel_for(0, n_total, 16, [&](int64_t begin, int64_t end) {
-    rows_times<Wide, Byte>(blocks + begin * row_bytes, row_bytes, groups, end - begin, x, m_rows, k, out + begin, n_total);
+    rows_times<Wide, Byte>(blocks + begin * row_bytes, row_bytes, groups, end - begin, x, m_rows, k, out + begin,
+                           n_total);
   });
 }
 
