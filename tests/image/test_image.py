@@ -144,6 +144,27 @@ def test_nothing_from_the_build_stays_in_the_image(pm: Podman, image: BuiltImage
     assert not re.search(r"(KEY|KEK|TOKEN|PASSWORD|SECRET)\w*=", env), env
 
 
+def test_the_gguf_kernel_is_built_in_and_the_compiler_is_gone(pm: Podman, image: BuiltImage) -> None:
+    # The service never compiles: the kernel the image built is found by name, and g++ left with its layer.
+    out = pm(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        image.tag,
+        "-c",
+        "ls /opt/clawbot/kernels; command -v g++ cc gcc || echo no-compiler; ls /opt/clawbot",
+    ).stdout
+    assert re.search(r"^clawbot_gguf-[0-9a-f]{16}\.so$", out, re.M), out
+    assert "no-compiler" in out and "kernel-src" not in out, out
+
+
+def test_the_service_serves_the_blocks_with_the_built_in_kernel(service: Container) -> None:
+    placed = [line for line in service.logs().splitlines() if "gguf tensors placed" in line]
+    assert placed and "blocks (q4 fp16)" in placed[-1], placed
+    assert "kernels are not available" not in service.logs()
+
+
 def test_runs_as_uid_10001_under_tini_with_only_data_and_tmp_writable(service: Container) -> None:
     assert service.exec("id", "-u").stdout.strip() == "10001"
     pid1 = service.exec("cat", "/proc/1/cmdline").stdout.split("\0")

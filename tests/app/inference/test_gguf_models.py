@@ -65,7 +65,8 @@ def test_smollm2_gguf_keeps_its_own_q4_1_blocks(smollm2: LoadedModel) -> None:
 
 def test_without_the_block_kernel_torchs_int4_kernel_serves_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gguf_model, "uses_blocks", lambda device: False)
-    loaded = load_model(str(embedded_gguf_path()), DATA_DIR, device="cpu", progress=False)
+    # A data dir of its own: the int4 layout's cache would replace the block layout's the other tests reuse.
+    loaded = load_model(str(embedded_gguf_path()), DATA_DIR.with_name("gguf-int4"), device="cpu", progress=False)
     model = loaded.model
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
     assert len(int4) == 30 * 4 + 1 and not [m for m in model.modules() if isinstance(m, BlockLinear)]
