@@ -29,7 +29,7 @@ class BlockSteps:
     def __init__(self) -> None:
         self.ops: Any = kernels.ops()
         self.dtype = torch.float32  # the residual stream, keys and values
-        self.rope_dtype = torch.float32
+        self.qkv_dtype = torch.float32
 
     def norm(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().float().contiguous()
@@ -53,7 +53,7 @@ class TorchSteps:
     def __init__(self, kernel_dtype: torch.dtype, dtype: torch.dtype) -> None:
         self.kernel_dtype = kernel_dtype
         self.dtype = dtype
-        self.rope_dtype = kernel_dtype  # q, k and v come out of the kernel in its dtype
+        self.qkv_dtype = kernel_dtype  # q, k and v come out of the kernel in its dtype
 
     def norm(self, weight: torch.Tensor) -> torch.Tensor:
         return weight

@@ -173,9 +173,9 @@ class LeanLlama:
             position_ids = torch.arange(start, start + width, device=ids.device)[None].expand(rows, -1)
         h = self.embed(ids).to(steps.dtype).reshape(tokens, self.hidden)
         cos, sin = self.rotary(h, position_ids)  # [rows, width, head_dim]
-        cos = cos.to(steps.rope_dtype).reshape(tokens, -1).contiguous()
-        sin = sin.to(steps.rope_dtype).reshape(tokens, -1).contiguous()
-        mask = _mask(attention_mask, rows, width, past, ids.device)
+        cos = cos.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
+        sin = sin.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
+        mask = _mask(attention_mask, rows, width, past, ids.device, steps.qkv_dtype)
         nq, nk, d = self.heads, self.kv_heads, self.head_dim
         for index, layer in enumerate(self.layers):
             qkv = steps.normed(layer.qkv, h, layer.norm1, self.eps)
@@ -198,21 +198,25 @@ def _plain(cache: Any) -> bool:
 
 
 def _mask(
-    attention_mask: torch.Tensor | None, rows: int, width: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None, rows: int, width: int, past: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """Boolean [rows, 1, width, past + width]: padding masked, causal within the new tokens. A query always sees
-    itself, so a padding query (left padding) has one key and never a row of nothing, which would make NaNs."""
+    """Additive [rows, 1, width, past + width] in `dtype` (0 or -inf): padding masked, causal within the new tokens.
+    A query always sees itself, so a padding query (left padding) has one key and never a row of nothing, which
+    would make NaNs. Additive once per step, because SDPA converts a boolean mask again in every layer."""
     if attention_mask is None:
         if width == 1:
             return None
         attention_mask = torch.ones((rows, past + width), dtype=torch.bool, device=device)
     keys = attention_mask.bool()[:, None, None, :]
     if width == 1:
-        # No padding anywhere (one stream, or rows of one length): no mask, which spares SDPA a conversion a layer.
-        return None if bool(keys.all()) else keys
-    columns = torch.arange(past + width, device=device)
-    query_at = torch.arange(past, past + width, device=device)[:, None]
-    return (keys & (columns <= query_at)) | (columns == query_at)
+        if bool(keys.all()):  # no padding anywhere (one stream, or rows of one length): no mask at all
+            return None
+        seen = keys
+    else:
+        columns = torch.arange(past + width, device=device)
+        query_at = torch.arange(past, past + width, device=device)[:, None]
+        seen = (keys & (columns <= query_at)) | (columns == query_at)
+    return torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
 
 
 def install(model: nn.Module) -> bool:
