@@ -28,6 +28,7 @@ INTEGRATION = frozenset(
         "app/api/test_hostile_input.py",
         "app/inference/test_constraints.py",
         "app/inference/test_gguf_models.py",
+        "app/inference/test_lean_llama.py",
         "app/inference/test_model_loader.py",
         "app/storage/test_conversations_postgres.py",
         "app/storage/test_response_cache.py",

@@ -92,13 +92,18 @@ def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.reshape(*lead, 8).astype(np.float32), mn.reshape(*lead, 8).astype(np.float32)
 
 
+def _blocks(qtype: Q, raw: np.ndarray, form: str) -> tuple[int, np.ndarray]:
+    """Rows of raw blocks of a type PLANES lists -> (rows, [rows, blocks, bytes per block])."""
+    if qtype not in PLANES:
+        raise ValueError(f"{qtype.name} blocks have no {form} form; dequantize them with dense_rows")
+    _, size = GGML_QUANT_SIZES[qtype]
+    rows = raw.shape[0]
+    return rows, raw.reshape(rows, -1, size)
+
+
 def int4_groups(qtype: Q, raw: np.ndarray) -> Int4Groups:
     """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> their int4 groups. Codes are copied unchanged."""
-    if qtype not in PLANES:
-        raise ValueError(f"{qtype.name} blocks have no int4 form; dequantize them with dense_rows")
-    block, size = GGML_QUANT_SIZES[qtype]
-    rows = raw.shape[0]
-    b = raw.reshape(rows, -1, size)
+    rows, b = _blocks(qtype, raw, "int4")
     if qtype == Q.Q4_0:
         d = _f16(b[..., 0:2])
         return _join(rows, [(_nibbles(b[..., 2:]), d, np.zeros_like(d))])
@@ -150,11 +155,7 @@ def _five_bits(low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 def code_blocks(qtype: Q, raw: np.ndarray) -> CodeBlocks:
     """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> CodeBlocks, for every type PLANES lists."""
-    if qtype not in PLANES:
-        raise ValueError(f"{qtype.name} blocks have no code-block form; dequantize them with dense_rows")
-    block, size = GGML_QUANT_SIZES[qtype]
-    rows = raw.shape[0]
-    b = raw.reshape(rows, -1, size)
+    rows, b = _blocks(qtype, raw, "code-block")
     if qtype in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q5_1):
         d = _f16(b[..., 0:2])
         m = _f16(b[..., 2:4]) if qtype in (Q.Q4_1, Q.Q5_1) else np.zeros_like(d)
