@@ -1,7 +1,7 @@
 """Where one decode step's time goes at batch 1: how many ops it dispatches, the matmul kernels' time, the rest.
 
 `decode_step_profile` prefills a short prompt, then runs decode steps of one row through the model's forward (what
-the engine calls) under torch.profiler. Ops are the top-level aten calls (what Python dispatches); matmul time is
+the engine calls) under torch.profiler. Ops are the top-level aten and clawbot_gguf calls (what Python dispatches); matmul time is
 the self time of the kernels that read weights (int4, int8, oneDNN/MKL matmuls); everything else is the profiled
 step's wall time less that: small ops, dispatch, Python, and the profiler's own cost. `wall_ms` is a step without
 the profiler.
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+OP_NAMESPACES = ("aten::", "clawbot_gguf::")  # what Python dispatches: torch's ops and ClawBot's C++ ones
 MATMUL_KERNELS = (
     "_weight_int4pack_mm",
     "clawbot_gguf::mm",
@@ -60,7 +61,7 @@ def decode_step_profile(loaded: Any, steps: int = 16, prompt: str = "Tell me abo
             for _ in range(steps):
                 step()
             profiled_ms = (time.perf_counter() - started) * 1000 / steps
-    events = [e for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None]
+    events = [e for e in prof.events() if e.name.startswith(OP_NAMESPACES) and e.cpu_parent is None]
     matmul_us = sum(e.self_cpu_time_total for e in prof.events() if any(k in e.name for k in MATMUL_KERNELS))
     matmul_ms = matmul_us / 1000 / steps
     top: dict[str, float] = {}

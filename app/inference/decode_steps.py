@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from app.inference import kernels
 from app.inference.block_linear import BlockLinear
-from app.inference.int4_linear import Int4Linear
+from app.inference.int4_linear import QuantizedLinear
 
 
 class BlockSteps:
@@ -78,7 +78,7 @@ class TorchSteps:
         x[:, :heads] = torch.addcmul(qk * cos[:, None], rotated, sin[:, None])
 
 
-def steps_for(head: BlockLinear | Int4Linear, dtype: torch.dtype) -> BlockSteps | TorchSteps:
+def steps_for(head: QuantizedLinear, dtype: torch.dtype) -> BlockSteps | TorchSteps:
     """The steps for a model whose output head (and so every fused Linear) is `head`; `dtype` is the model's."""
     if isinstance(head, BlockLinear):
         return BlockSteps()

@@ -38,11 +38,13 @@ from app.inference.block_linear import FORMAT_NAMES, BlockLinear, fuse_blocks
 from app.inference.gguf_blocks import GROUP, code_blocks, dense_rows, int4_groups, is_int4
 from app.inference.int4_linear import (
     PACK_ROWS,
+    QUANTIZED,
     DenseLinear,
     FusedLinears,
     FusedPart,
     Int4Embedding,
     Int4Linear,
+    QuantizedLinear,
     can_pack,
     fuse,
 )
@@ -52,8 +54,6 @@ log = logging.getLogger("clawbot.model")
 LAYOUT_FILE = "layout.json"
 # Bumped when the packed layout or the layout file changes shape, so old caches are rebuilt rather than misread.
 CACHE_FORMAT = 3
-# The two forms a GGUF's quantized Linear takes: ClawBot's block kernel on AVX2 CPUs, torch's int4 kernels elsewhere.
-QUANTIZED = (BlockLinear, Int4Linear)
 WEIGHTS_FILE = "model.safetensors"
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -110,7 +110,7 @@ def _fits(out_features: int, in_features: int, device: torch.device) -> bool:
     return in_features % GROUP == 0 if uses_blocks(device) else can_pack(out_features, in_features)
 
 
-def _int4(raw: np.ndarray, qtype: Any, device: torch.device, kernel_dtype: torch.dtype) -> BlockLinear | Int4Linear:
+def _int4(raw: np.ndarray, qtype: Any, device: torch.device, kernel_dtype: torch.dtype) -> QuantizedLinear:
     starts = range(0, raw.shape[0], PACK_ROWS)
     if uses_blocks(device):
         return BlockLinear.from_code_blocks(code_blocks(qtype, raw[s : s + PACK_ROWS]) for s in starts)
@@ -135,7 +135,7 @@ def _fuse_layers(model: nn.Module) -> int:
             int4 = [p for p in found if isinstance(p, Int4Linear)]
             try:
                 if len(blocks) == len(found):
-                    joined: BlockLinear | Int4Linear = fuse_blocks(blocks)
+                    joined: QuantizedLinear = fuse_blocks(blocks)
                 elif len(int4) == len(found):
                     joined = fuse(int4)
                 else:
@@ -253,7 +253,7 @@ def _file_type(reader: Any) -> str | None:
         return None
 
 
-def _form(layer: BlockLinear | Int4Linear) -> str:
+def _form(layer: QuantizedLinear) -> str:
     if isinstance(layer, BlockLinear):
         return f"blocks ({FORMAT_NAMES[layer.format]})"
     return "int4" if layer.planes == 1 else "int4 x2 planes"
@@ -397,7 +397,7 @@ def load(
     for name, spec in modules.items():
         if spec["kind"] == "fused":
             parent, child = _module(model, name)
-            fused: BlockLinear | Int4Linear
+            fused: QuantizedLinear
             if "format" in spec:
                 fused = BlockLinear(spec["in"], sum(spec["sizes"]), spec["format"], empty=True)
             else:

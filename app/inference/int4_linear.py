@@ -212,10 +212,15 @@ class Int4Linear(nn.Module):
         )
 
 
+# A GGUF's quantized Linear, either kind: ClawBot's block kernel (block_linear.py) or torch's int4 kernels (above).
+QuantizedLinear = Int4Linear | BlockLinear
+QUANTIZED = (Int4Linear, BlockLinear)
+
+
 class Int4Embedding(nn.Module):
     """A tied embedding table read from the output head's int4 or block weight; holds no tensor of its own."""
 
-    def __init__(self, head: Int4Linear | BlockLinear, dtype: torch.dtype, scale: float | None = None) -> None:
+    def __init__(self, head: QuantizedLinear, dtype: torch.dtype, scale: float | None = None) -> None:
         super().__init__()
         object.__setattr__(self, "head", head)  # not a submodule: its buffers are the head's, saved once
         self.embedding_dim = head.in_features
@@ -238,7 +243,7 @@ class FusedLinears(nn.Module):
     the three slices of one matmul: the first part called with a tensor computes, the others reuse its output.
     """
 
-    def __init__(self, fused: Int4Linear | BlockLinear, sizes: list[int]) -> None:
+    def __init__(self, fused: QuantizedLinear, sizes: list[int]) -> None:
         super().__init__()
         self.fused = fused
         self.sizes = sizes

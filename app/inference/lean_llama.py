@@ -29,13 +29,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from app.inference.block_linear import BlockLinear
 from app.inference.decode_steps import steps_for
-from app.inference.int4_linear import FusedLinears, Int4Linear
+from app.inference.int4_linear import QUANTIZED, FusedLinears, QuantizedLinear
 from app.inference.kv_room import append
-
-QuantizedLinear = BlockLinear | Int4Linear
-QUANTIZED = (BlockLinear, Int4Linear)
 
 SUPPORTED = ("llama",)
 _PASS_THROUGH = {"return_dict", "cache_position", "output_attentions", "output_hidden_states"}

@@ -1,4 +1,5 @@
-"""Small synthetic GGUF tensors of every block type with a 32-weight form, in a real GGUF file.
+"""Small synthetic GGUF tensors of every block type with a 32-weight form, in a real GGUF file; where the GGUF model
+tests keep their packed models; and the rounding bound the quantized-linear tests hold matmuls to.
 
 Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are quantized by the `gguf` package itself; it has no quantizer for the K-quants,
 so Q4_K and Q5_K blocks are random bytes with sane fp16 super-block scales (every byte pattern is a valid block).
@@ -11,11 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader, GGUFWriter, quants
 
 from app.inference.gguf_blocks import PLANES
 
+# The packed embedded model, cached across runs (gguf_model's cache): the conftest's `smollm2` fixture loads it.
+GGUF_DATA_DIR = Path(__file__).resolve().parents[3] / "build" / "test-data" / "gguf"
 ROWS, K = 112, 512  # 112 rows: full packing blocks and a partial last one, on every CPU layout
 QUANTIZED_BY_GGUF = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)
 FP16_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2)}  # byte offsets of d and dmin in a K-quant super-block
@@ -53,3 +57,8 @@ def read_tensors(path: Path) -> dict[Q, np.ndarray]:
     reader = GGUFReader(str(path))
     assert isinstance(reader.tensors[0].data, np.memmap)  # read through mmap, never copied whole
     return {t.tensor_type: t.data for t in reader.tensors}
+
+
+def rounding_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """|x| @ |W|.T: the scale of each output's rounding error (a sum of products)."""
+    return x.abs() @ weight.abs().T

@@ -29,7 +29,7 @@ from app.inference.block_linear import (
 from app.inference.gguf_blocks import PLANES, code_blocks
 from app.inference.int4_linear import FusedLinears, FusedPart, Int4Embedding
 from app.inference.kernels import build
-from tests.app.inference.gguf_tensors import ROWS, K
+from tests.app.inference.gguf_tensors import ROWS, K, rounding_bound
 
 pytestmark = pytest.mark.skipif(build.supported_cpu() is not None, reason=f"{build.supported_cpu()}")
 
@@ -53,11 +53,6 @@ def _reference(qtype: Q, raw: np.ndarray) -> torch.Tensor:
 
 def _layer(qtype: Q, raw: np.ndarray) -> BlockLinear:
     return BlockLinear.from_code_blocks([code_blocks(qtype, raw)])
-
-
-def _bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """|x| @ |W|.T: the scale of each output's rounding error (a sum of products)."""
-    return x.abs() @ weight.abs().T
 
 
 def test_the_kernels_load_on_this_machine() -> None:
@@ -86,7 +81,7 @@ def test_block_matmul_equals_the_gguf_dequantized_matmul(qtype: Q, tensors: dict
         assert out.shape == (rows, ROWS) and out.dtype == torch.float32
         # fp32 end to end: only the summation order differs from the dense matmul.
         error = (out - x @ reference.T).abs()
-        assert (error <= 1e-5 * _bound(x, reference) + 1e-7).all(), (rows, error.max())
+        assert (error <= 1e-5 * rounding_bound(x, reference) + 1e-7).all(), (rows, error.max())
 
 
 def test_a_q4_1_layer_holds_the_files_own_bytes(tensors: dict[Q, np.ndarray]) -> None:
@@ -102,7 +97,7 @@ def test_rows_that_fill_no_whole_tile_or_panel(tensors: dict[Q, np.ndarray]) -> 
     layer = _layer(Q.Q4_1, raw)
     for rows in (1, 9, 32):
         x = torch.randn(rows, K)
-        assert ((layer(x) - x @ reference.T).abs() <= 1e-5 * _bound(x, reference) + 1e-7).all()
+        assert ((layer(x) - x @ reference.T).abs() <= 1e-5 * rounding_bound(x, reference) + 1e-7).all()
 
 
 def test_bias_and_leading_dimensions(tensors: dict[Q, np.ndarray]) -> None:

@@ -26,14 +26,9 @@ from app.inference.int4_linear import (
     fuse,
     nibble_pairs,
 )
-from tests.app.inference.gguf_tensors import ROWS, K
+from tests.app.inference.gguf_tensors import ROWS, K, rounding_bound
 
 CPU = torch.device("cpu")
-
-
-def _bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """|x| @ |W|.T: the scale of each output's rounding error (a sum of products)."""
-    return x.abs() @ weight.abs().T
 
 
 @pytest.mark.parametrize("qtype", list(PLANES), ids=lambda q: q.name)
@@ -46,12 +41,12 @@ def test_int4_matmul_equals_the_gguf_dequantized_matmul(qtype: Q, tensors: dict[
     # fp32 end to end: the codes are carried exactly, so only fp32 summation order differs.
     exact = Int4Linear.from_groups([int4_groups(qtype, raw)], CPU, torch.float32)
     assert exact.planes == PLANES[qtype]
-    assert ((exact(x) - expected).abs() <= 1e-5 * _bound(x, reference) + 1e-7).all()
+    assert ((exact(x) - expected).abs() <= 1e-5 * rounding_bound(x, reference) + 1e-7).all()
     # bf16, what the service runs: activations, scales and zeros rounded to bf16 (8 significant bits).
     served = Int4Linear.from_groups([int4_groups(qtype, raw)], CPU, torch.bfloat16)
     out = served(x)
     assert out.dtype == torch.float32
-    assert ((out - expected).abs() <= 2**-7 * _bound(x, reference) + 1e-6).all()
+    assert ((out - expected).abs() <= 2**-7 * rounding_bound(x, reference) + 1e-6).all()
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q4_K], ids=lambda q: q.name)
@@ -110,7 +105,7 @@ def test_a_type_without_int4_form_stays_dense_in_the_kernel_dtype(tensors: dict[
     layer = DenseLinear(weight)
     assert layer.weight.dtype == torch.bfloat16
     x = torch.randn(2, K)
-    assert ((layer(x) - x @ weight.T).abs() <= 2**-7 * _bound(x, weight) + 1e-6).all()
+    assert ((layer(x) - x @ weight.T).abs() <= 2**-7 * rounding_bound(x, weight) + 1e-6).all()
     with pytest.raises(ValueError, match="no int4 form"):
         int4_groups(Q.Q6_K, np.zeros((1, 210), dtype=np.uint8))
 

@@ -19,9 +19,9 @@ from app.inference.block_linear import Q8_HALF, BlockLinear
 from app.inference.int4_linear import Int4Embedding, Int4Linear
 from app.inference.kernels.build import supported_cpu
 from app.inference.loader import LoadedModel, ModelLoadError, embedded_gguf_path, load_model
+from tests.app.inference.gguf_tensors import GGUF_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[3]
-DATA_DIR = REPO / "build" / "test-data" / "gguf"
 GEMMA_FILE = REPO / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
@@ -39,11 +39,6 @@ def _generate(loaded: LoadedModel, messages: list[dict[str, str]], tokens: int, 
     with torch.inference_mode():
         out = loaded.model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kw)
     return str(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> LoadedModel:
-    return load_model(str(embedded_gguf_path()), DATA_DIR, device="cpu", progress=False)
 
 
 def test_smollm2_gguf_keeps_its_own_q4_1_blocks(smollm2: LoadedModel) -> None:
@@ -66,7 +61,7 @@ def test_smollm2_gguf_keeps_its_own_q4_1_blocks(smollm2: LoadedModel) -> None:
 def test_without_the_block_kernel_torchs_int4_kernel_serves_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gguf_model, "uses_blocks", lambda device: False)
     # A data dir of its own: the int4 layout's cache would replace the block layout's the other tests reuse.
-    loaded = load_model(str(embedded_gguf_path()), DATA_DIR.with_name("gguf-int4"), device="cpu", progress=False)
+    loaded = load_model(str(embedded_gguf_path()), GGUF_DATA_DIR.with_name("gguf-int4"), device="cpu", progress=False)
     model = loaded.model
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
     assert len(int4) == 30 * 4 + 1 and not [m for m in model.modules() if isinstance(m, BlockLinear)]
@@ -94,7 +89,7 @@ def test_a_restart_loads_the_packed_cache(
 
     monkeypatch.setattr(gguf_model, "build", refuse)
     with caplog.at_level(logging.INFO, logger="clawbot.model"):
-        again = load_model(str(embedded_gguf_path()), DATA_DIR, "gguf", device="cpu", progress=False)
+        again = load_model(str(embedded_gguf_path()), GGUF_DATA_DIR, "gguf", device="cpu", progress=False)
     [placed] = [r for r in caplog.records if r.getMessage() == "gguf tensors placed"]
     int4 = supported_cpu() is not None
     assert placed.placement == {  # type: ignore[attr-defined]
@@ -117,7 +112,7 @@ def test_gguf_mode_needs_a_gguf(tmp_path: Path) -> None:
 
 
 def test_gemma3_q4_k_m_completes_text(gemma_gguf: Path) -> None:
-    loaded = load_model(str(gemma_gguf), DATA_DIR, device="cpu", progress=False)
+    loaded = load_model(str(gemma_gguf), GGUF_DATA_DIR, device="cpu", progress=False)
     assert loaded.quantization == "gguf:q4_k_m"
     assert loaded.model.config.model_type == "gemma3_text"
     forms = {type(m).__name__ for m in loaded.model.modules()}

@@ -3,22 +3,11 @@ prefill of a left-padded batch, then decode steps, with the cache the engine use
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 from transformers import DynamicCache
 
 from app.inference.lean_llama import LeanLlama, can_install
-from app.inference.loader import LoadedModel, embedded_gguf_path, load_model
-
-REPO = Path(__file__).resolve().parents[3]
-DATA_DIR = REPO / "build" / "test-data" / "gguf"  # shared with test_gguf_models: the packed model is cached there
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> LoadedModel:
-    return load_model(str(embedded_gguf_path()), DATA_DIR, device="cpu", progress=False)
+from app.inference.loader import LoadedModel
 
 
 def _steps(forward: object, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> list[torch.Tensor]:
