@@ -13,6 +13,7 @@ four matmuls that is a dozen small ops, each several microseconds of dispatch in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,26 @@ import torch.nn.functional as F
 from app.inference import kernels
 from app.inference.block_linear import BlockLinear
 from app.inference.int4_linear import QuantizedLinear
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A model's layers as decode_layers takes them: six tensors and four (format, rows) pairs a layer."""
+
+    weights: list[torch.Tensor]
+    formats: list[int]
+    sizes: list[int]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """The attention's shape and the norms' epsilon."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scaling: float
+    eps: float
 
 
 class BlockSteps:
@@ -45,6 +66,50 @@ class BlockSteps:
 
     def rope(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, head_dim: int) -> None:
         self.ops.rope_(qkv, cos, sin, heads, head_dim)
+
+    def stack(self, layers: list[Any]) -> Stack:
+        """What `decode` passes for these layers (lean_llama's _Layer), flattened once."""
+        weights: list[torch.Tensor] = []
+        formats: list[int] = []
+        sizes: list[int] = []
+        for layer in layers:
+            weights += [layer.norm1, layer.qkv.blocks, layer.out.blocks, layer.norm2, layer.gate_up.blocks]
+            weights.append(layer.down.blocks)
+            for linear in (layer.qkv, layer.out, layer.gate_up, layer.down):
+                formats.append(linear.format)
+                sizes.append(linear.out_features)
+        return Stack(weights, formats, sizes)
+
+    def decode(
+        self,
+        stack: Stack,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        shape: Heads,
+        cache: tuple[list[torch.Tensor], list[torch.Tensor], int],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Every layer of a decode step (one new token a row) in one C++ op (kernels/decode_layers.cpp): h after the
+        last layer. cache: each layer's key and value buffers from kv_room.reserve, and the columns they hold."""
+        keys, values, held = cache
+        out: torch.Tensor = self.ops.decode_layers(
+            h,
+            stack.weights,
+            stack.formats,
+            stack.sizes,
+            shape.eps,
+            rope[0],
+            rope[1],
+            shape.heads,
+            shape.kv_heads,
+            shape.head_dim,
+            keys,
+            values,
+            held,
+            mask,
+            shape.scaling,
+        )
+        return out
 
 
 class TorchSteps:

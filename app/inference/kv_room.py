@@ -25,26 +25,36 @@ def append(cache: DynamicCache, index: int, k: torch.Tensor, v: torch.Tensor) ->
     if index >= len(layers) or not layers[index].is_initialized:
         keys, values = cache.update(k, v, index)  # the layer's first columns: transformers creates it
         return keys, values
-    layer = layers[index]
-    held, width = layer.keys.shape[2], k.shape[2]
-    room = getattr(layer, _ROOM, None)
-    if (
-        room is None
-        or room[2] is not layer.keys
-        or room[3] is not layer.values
-        or room[0].shape[2] < held + width
-        or room[0].shape[0] != k.shape[0]
-    ):
-        size = held + width
-        columns = size + max(HEADROOM_COLUMNS, size // 4)
-        kb = k.new_empty((k.shape[0], k.shape[1], columns, k.shape[3]))
-        vb = v.new_empty((v.shape[0], v.shape[1], columns, v.shape[3]))
-        kb[:, :, :held].copy_(layer.keys)
-        vb[:, :, :held].copy_(layer.values)
-    else:
-        kb, vb = room[0], room[1]
+    kb, vb, held = reserve(cache, index, k.shape[2])
+    width = k.shape[2]
     kb[:, :, held : held + width].copy_(k)
     vb[:, :, held : held + width].copy_(v)
-    layer.keys, layer.values = kb[:, :, : held + width], vb[:, :, : held + width]
+    return commit(cache, index, kb, vb, held + width)
+
+
+def reserve(cache: DynamicCache, index: int, width: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Buffers for initialized layer `index` with room for `width` more columns: (keys, values, columns held). The
+    held columns are already in them; write the new ones after, then `commit`."""
+    layer = cache.layers[index]
+    keys, values = layer.keys, layer.values
+    held = keys.shape[2]
+    room = getattr(layer, _ROOM, None)
+    if room is not None and room[2] is keys and room[3] is values and room[0].shape[2] >= held + width:
+        return room[0], room[1], held
+    size = held + width
+    columns = size + max(HEADROOM_COLUMNS, size // 4)
+    kb = keys.new_empty((keys.shape[0], keys.shape[1], columns, keys.shape[3]))
+    vb = values.new_empty((values.shape[0], values.shape[1], columns, values.shape[3]))
+    kb[:, :, :held].copy_(keys)
+    vb[:, :, :held].copy_(values)
+    return kb, vb, held
+
+
+def commit(
+    cache: DynamicCache, index: int, kb: torch.Tensor, vb: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer `index` now holds the first `length` columns of the buffers `reserve` gave."""
+    layer = cache.layers[index]
+    layer.keys, layer.values = kb[:, :, :length], vb[:, :, :length]
     setattr(layer, _ROOM, (kb, vb, layer.keys, layer.values))
     return layer.keys, layer.values

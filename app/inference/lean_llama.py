@@ -29,9 +29,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from app.inference.decode_steps import steps_for
+from app.inference.decode_steps import BlockSteps, Heads, Stack, steps_for
 from app.inference.int4_linear import QUANTIZED, FusedLinears, QuantizedLinear
-from app.inference.kv_room import append
+from app.inference.kv_room import append, commit, reserve
 
 SUPPORTED = ("llama",)
 _PASS_THROUGH = {"return_dict", "cache_position", "output_attentions", "output_hidden_states"}
@@ -112,6 +112,8 @@ class LeanLlama:
         ]
         self.final_norm = norm(inner.norm.weight)
         self.head: QuantizedLinear = model.lm_head
+        self.shape = Heads(self.heads, self.kv_heads, self.head_dim, self.scaling, self.eps)
+        self.stack = self.steps.stack(self.layers) if isinstance(self.steps, BlockSteps) else None
 
     def __call__(
         self,
@@ -172,10 +174,30 @@ class LeanLlama:
         cos = cos.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
         sin = sin.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
         mask = _mask(attention_mask, rows, width, past, ids.device, steps.qkv_dtype)
+        if self.stack is not None and width == 1 and past and len(cache.layers) == len(self.layers):
+            h = self._decode(self.stack, h, (cos, sin), cache, past, mask)
+        else:
+            h = self._layers(h, (cos, sin), cache, mask, rows, width)
+        if keep:
+            h = h.view(rows, width, self.hidden)[:, -keep:].reshape(-1, self.hidden)
+        logits = steps.normed(self.head, h.contiguous(), self.final_norm, self.eps)
+        return logits.view(rows, h.shape[0] // rows, -1).to(steps.dtype)
+
+    def _layers(
+        self,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: DynamicCache,
+        mask: torch.Tensor | None,
+        rows: int,
+        width: int,
+    ) -> torch.Tensor:
+        """Layer by layer, a few ops each: prefill, and every step on torch's int4 kernels."""
+        steps, tokens = self.steps, rows * width
         nq, nk, d = self.heads, self.kv_heads, self.head_dim
         for index, layer in enumerate(self.layers):
             qkv = steps.normed(layer.qkv, h, layer.norm1, self.eps)
-            steps.rope(qkv, cos, sin, nq + nk, d)
+            steps.rope(qkv, rope[0], rope[1], nq + nk, d)
             heads = qkv.view(rows, width, nq + 2 * nk, d).transpose(1, 2)
             k, v = append(cache, index, heads[:, nq : nq + nk], heads[:, nq + nk :])
             a = F.scaled_dot_product_attention(
@@ -183,10 +205,27 @@ class LeanLlama:
             )
             h = steps.residual(layer.out, a.transpose(1, 2).reshape(tokens, nq * d), h)
             h = steps.gated(layer.down, steps.normed(layer.gate_up, h, layer.norm2, self.eps), h)
-        if keep:
-            h = h.view(rows, width, self.hidden)[:, -keep:].reshape(-1, self.hidden)
-        logits = steps.normed(self.head, h.contiguous(), self.final_norm, self.eps)
-        return logits.view(rows, h.shape[0] // rows, -1).to(steps.dtype)
+        return h
+
+    def _decode(
+        self,
+        stack: Stack,
+        h: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: DynamicCache,
+        past: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """A decode step on ClawBot's block kernel: every layer in one C++ op, its keys and values written into the
+        room kv_room keeps after the cache."""
+        rooms = [reserve(cache, index, 1) for index in range(len(self.layers))]
+        keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
+        flat = None if mask is None else mask.reshape(h.shape[0], past + 1)
+        assert isinstance(self.steps, BlockSteps)
+        h = self.steps.decode(stack, h, rope, self.shape, (keys, values, past), flat)
+        for index, (kb, vb, _) in enumerate(rooms):
+            commit(cache, index, kb, vb, past + 1)
+        return h
 
 
 def _plain(cache: Any) -> bool:

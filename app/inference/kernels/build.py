@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "gguf_cpu.cpp", HERE / "decode_ops.cpp")
-HEADERS = (HERE / "gguf_cpu.h",)
+SOURCES = (HERE / "gguf_cpu.cpp", HERE / "gguf_rows.cpp", HERE / "decode_ops.cpp", HERE / "decode_layers.cpp")
+HEADERS = (HERE / "gguf_cpu.h", HERE / "gguf_layout.h", HERE / "decode_ops.h")
 IMAGE_DIR = Path("/opt/clawbot/kernels")
 # -ffp-contract=off: a * b + c stays two roundings where the C++ writes it so (dequantize is exact d * q + m); the
 # kernel's fused multiply-adds are written as intrinsics. -fopenmp: at::parallel_for is header code, and without

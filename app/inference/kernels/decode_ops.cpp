@@ -13,9 +13,8 @@
 
 #include <cmath>
 
+#include "decode_ops.h"
 #include "gguf_cpu.h"
-
-namespace {
 
 void check_rows(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(), name,
@@ -50,6 +49,8 @@ at::Tensor mm_normed(const at::Tensor& x, const at::Tensor& blocks, int64_t form
   return gguf_mm(rms_norm_rows(x, norm, eps), blocks, format, n);
 }
 
+namespace {
+
 void add_residual(at::Tensor& out, const at::Tensor& residual) {
   check_rows(residual, "residual");
   TORCH_CHECK(residual.sizes() == out.sizes(), "the residual must have the output's shape ", out.sizes(), ", got ",
@@ -59,6 +60,8 @@ void add_residual(at::Tensor& out, const at::Tensor& residual) {
   const int64_t total = out.numel();
   for (int64_t i = 0; i < total; ++i) o[i] = r[i] + o[i];
 }
+
+}  // namespace
 
 at::Tensor mm_residual(const at::Tensor& x, const at::Tensor& blocks, int64_t format, int64_t n,
                        const at::Tensor& residual) {
@@ -117,8 +120,6 @@ at::Tensor& rope_(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
   });
   return qkv;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(clawbot_gguf, m) {
   m.def("mm_normed(Tensor x, Tensor blocks, int format, int n, Tensor norm, float eps) -> Tensor", mm_normed);

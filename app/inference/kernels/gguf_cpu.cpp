@@ -21,30 +21,13 @@
 #include <immintrin.h>
 
 #include "gguf_cpu.h"
+#include "gguf_layout.h"
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 namespace {
-
-constexpr int64_t kGroup = 32;
-enum Format : int64_t { kQ4Half = 0, kQ4Float = 1, kQ8Half = 2, kQ8Float = 3 };
-
-// A row is laid out as arrays, not as blocks side by side: every block's codes, then every block's d, then every
-// block's m. So each block's codes start at a fixed stride. Bytes per block stay the file's: Q4_1 is 16 + 2 + 2.
-template <bool Wide, bool Byte> struct Layout {
-  static constexpr int64_t kCodes = Byte ? 32 : 16;  // code bytes per block
-  static constexpr int64_t kConst = Wide ? 4 : 2;    // bytes of one constant (d or m)
-  static constexpr int64_t kBytes = kCodes + 2 * kConst;
-  static inline const uint8_t* codes(const uint8_t* row, int64_t g) { return row + g * kCodes; }
-  static inline const uint8_t* scales(const uint8_t* row, int64_t groups) { return row + groups * kCodes; }
-  static inline const uint8_t* offsets(const uint8_t* row, int64_t groups) { return row + groups * (kCodes + kConst); }
-  static inline float load1(const uint8_t* p) {
-    if constexpr (Wide) { float v; std::memcpy(&v, p, 4); return v; }
-    else { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
-  }
-};
 
 int64_t block_bytes(int64_t format) {
   switch (format) {
@@ -54,13 +37,6 @@ int64_t block_bytes(int64_t format) {
     case kQ8Float: return Layout<true, true>::kBytes;
   }
   TORCH_CHECK(false, "unknown GGUF block format ", format);
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // Block g's 32 codes as floats in four registers (exact: small integers).
@@ -99,66 +75,6 @@ __attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t g
   codes<Wide, Byte>(row, g, w);
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, w[j], m);
-}
-
-// KN weight rows (from `row`, `row_bytes` apart) against RM input rows starting at x0 (row stride k). Each (weight
-// row, input row) pair keeps A accumulators, so a single input row still has several independent FMA chains.
-// The unpacked blocks and the accumulators stay in registers (KN * 4 + KN * RM * A of AVX2's 16).
-template <bool Wide, bool Byte, int KN, int RM, int A>
-__attribute__((always_inline)) inline void tile(const uint8_t* row, int64_t row_bytes, int64_t groups, const float* x0, int64_t k, float* out,
-                 int64_t n_total) {
-  __m256 acc[KN][RM][A];
-  #pragma GCC unroll 16
-  for (int n = 0; n < KN; ++n)
-    #pragma GCC unroll 16
-    for (int r = 0; r < RM; ++r)
-      #pragma GCC unroll 16
-      for (int a = 0; a < A; ++a) acc[n][r][a] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* xg = x0 + g * kGroup;
-    #pragma GCC unroll 16
-    for (int n = 0; n < KN; ++n) {
-      __m256 w[4];
-      weights<Wide, Byte>(row + n * row_bytes, groups, g, w);
-      #pragma GCC unroll 16
-      for (int r = 0; r < RM; ++r)
-        #pragma GCC unroll 16
-        for (int j = 0; j < 4; ++j)
-          acc[n][r][j % A] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(xg + r * k + 8 * j), acc[n][r][j % A]);
-    }
-  }
-  #pragma GCC unroll 16
-  for (int n = 0; n < KN; ++n)
-    #pragma GCC unroll 16
-    for (int r = 0; r < RM; ++r) {
-      __m256 s = acc[n][r][0];
-      #pragma GCC unroll 16
-      for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[n][r][a]);
-      out[r * n_total + n] = hsum(s);
-    }
-}
-
-// Weight rows [0, count) against m_rows (1..7) input rows; from 8 rows on, matmul_panels runs instead.
-template <bool Wide, bool Byte>
-void rows_times(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, const float* x, int64_t m_rows,
-                int64_t k, float* out, int64_t n_total) {
-  if (m_rows == 1) {  // one stream's decode step: two weight rows at a time, eight FMA chains
-    int64_t n = 0;
-    for (; n + 2 <= count; n += 2) tile<Wide, Byte, 2, 1, 4>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
-    for (; n < count; ++n) tile<Wide, Byte, 1, 1, 4>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
-    return;
-  }
-  for (int64_t n = 0; n < count; ++n) {
-    const uint8_t* wn = w + n * row_bytes;
-    switch (m_rows) {  // all rows as one tile
-      case 2: tile<Wide, Byte, 1, 2, 4>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 3: tile<Wide, Byte, 1, 3, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 4: tile<Wide, Byte, 1, 4, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 5: tile<Wide, Byte, 1, 5, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 6: tile<Wide, Byte, 1, 6, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      default: tile<Wide, Byte, 1, 7, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-    }
-  }
 }
 
 // From kPanelRows input rows on, weights are unpacked a panel at a time and multiplied as a small GEMM: a panel is
@@ -283,11 +199,8 @@ void matmul(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, in
   using L = Layout<Wide, Byte>;
   const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
   if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte>(x, m_rows, k, blocks, n_total, out);
-  // Small grains: one stream's decode step has few rows per weight, and both cores should share them.
-  at::parallel_for(0, n_total, 16, [&](int64_t begin, int64_t end) {
-    rows_times<Wide, Byte>(blocks + begin * row_bytes, row_bytes, groups, end - begin, x, m_rows, k, out + begin,
-                           n_total);
-  });
+  // A decode step's few rows: integer products with the inputs rounded to int16 (gguf_rows.cpp).
+  few_rows_mm(Layout<Wide, Byte>::kFormat, x, m_rows, k, blocks, n_total, out);
 }
 
 void check(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {

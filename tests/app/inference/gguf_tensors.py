@@ -62,3 +62,18 @@ def read_tensors(path: Path) -> dict[Q, np.ndarray]:
 def rounding_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """|x| @ |W|.T: the scale of each output's rounding error (a sum of products)."""
     return x.abs() @ weight.abs().T
+
+
+FEW_ROWS = 8  # below this many input rows the block kernel rounds its inputs to int16 (kernels/gguf_rows.cpp)
+
+
+def kernel_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """How far the block kernel's x @ W.T may be from the dense fp32 one: fp32 summation order, and, for fewer than
+    FEW_ROWS rows, each input rounded to a step of its block's max|x| / 32767 (half a step, and fp32's rounding of
+    the step)."""
+    bound = 1e-5 * rounding_bound(x, weight) + 1e-7
+    if x.shape[0] >= FEW_ROWS:
+        return bound
+    top = x.abs().view(x.shape[0], -1, 32).amax(-1, keepdim=True)
+    step = (top * (0.502 / 32767)).expand(-1, -1, 32).reshape(x.shape)
+    return bound + step @ weight.abs().T

@@ -1,0 +1,143 @@
+// A whole decode step of a llama stack in one torch op, for the lean llama forward (app/inference/lean_llama.py):
+// every layer's norm and q/k/v, rotary, the new keys and values written into the cache's room, attention over the
+// cache, the output projection, and the gated MLP, with no Python between them. One stream's decode step was about
+// 600 ops called from Python, a few microseconds of dispatch each, around 4 ms of its 15.
+//
+//   decode_layers(h [rows, hidden], weights, formats, sizes, eps, cos, sin, heads, kv_heads, head_dim,
+//                 keys, values, held, mask, scaling) -> h after the last layer
+//
+// weights: six tensors a layer (input norm, q/k/v blocks, output blocks, post-attention norm, gate/up blocks, down
+// blocks); formats and sizes: four a layer (block format and output rows of q/k/v, output, gate/up, down).
+// keys and values: a layer's cache buffers [rows, kv_heads, columns, head_dim] (kv_room.py), whose first `held`
+// columns are the cache and where column `held` receives this step's key and value. mask: None, or additive
+// [rows, held + 1] (0 or -inf; padding). Each step is the op decode_ops.cpp defines for it, so the result is what
+// calling them one by one from Python computes; attention is the softmax of q.k * scaling + mask over the held
+// columns and the new one, in fp32, as torch's SDPA computes it (up to summation order).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "decode_ops.h"
+#include "gguf_layout.h"
+
+namespace {
+
+constexpr int64_t kWeightsPerLayer = 6, kMatmulsPerLayer = 4;
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 s = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s);
+  return hsum(s);
+}
+
+struct Shape {
+  int64_t rows, heads, kv_heads, head_dim, held, columns;
+};
+
+void check_cache(const at::Tensor& t, const Shape& s, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 4 &&
+                  t.size(0) == s.rows && t.size(1) == s.kv_heads && t.size(3) == s.head_dim && t.size(2) > s.held,
+              "decode_layers: each layer's ", name, " must be a contiguous float32 buffer [", s.rows, ", ", s.kv_heads,
+              ", columns > ", s.held, ", ", s.head_dim, "], got ", t.sizes());
+}
+
+// Writes the new key and value of every row into column `held` and returns the attention output [rows, heads * d].
+at::Tensor attend(const at::Tensor& qkv, at::Tensor& keys, at::Tensor& values, const Shape& s,
+                  const c10::optional<at::Tensor>& mask, double scaling) {
+  const int64_t d = s.head_dim, width = qkv.size(1), length = s.held + 1, group = s.heads / s.kv_heads;
+  const int64_t row_stride = s.kv_heads * s.columns * d, head_stride = s.columns * d;
+  const float* src = qkv.data_ptr<float>();
+  float* kb = keys.data_ptr<float>();
+  float* vb = values.data_ptr<float>();
+  for (int64_t r = 0; r < s.rows; ++r)
+    for (int64_t h = 0; h < s.kv_heads; ++h) {
+      const float* k = src + r * width + (s.heads + h) * d;
+      std::copy(k, k + d, kb + r * row_stride + h * head_stride + s.held * d);
+      std::copy(k + s.kv_heads * d, k + s.kv_heads * d + d, vb + r * row_stride + h * head_stride + s.held * d);
+    }
+  const float* add = mask.has_value() ? mask->data_ptr<float>() : nullptr;
+  auto out = at::empty({s.rows, s.heads * d}, qkv.options());
+  float* dst = out.data_ptr<float>();
+  const float scale = static_cast<float>(scaling);
+  // A row's heads stay on one thread unless there are many rows: one head over a short cache is a few microseconds.
+  at::parallel_for(0, s.rows * s.heads, s.heads, [&](int64_t begin, int64_t end) {
+    std::vector<float> p(length);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / s.heads, h = i % s.heads;
+      const float* q = src + r * width + h * d;
+      const float* kh = kb + r * row_stride + (h / group) * head_stride;
+      const float* vh = vb + r * row_stride + (h / group) * head_stride;
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < length; ++j) {
+        p[j] = dot(q, kh + j * d, d) * scale + (add ? add[r * length + j] : 0.0f);
+        top = std::max(top, p[j]);
+      }
+      float total = 0.0f;
+      for (int64_t j = 0; j < length; ++j) total += (p[j] = std::exp(p[j] - top));
+      float* o = dst + r * s.heads * d + h * d;
+      for (int64_t c = 0; c < d; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t j = 0; j < length; ++j)
+          acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vh + j * d + c), acc);
+        _mm256_storeu_ps(o + c, _mm256_div_ps(acc, _mm256_set1_ps(total)));
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor decode_layers(const at::Tensor& h0, at::TensorList weights, at::IntArrayRef formats, at::IntArrayRef sizes,
+                         double eps, const at::Tensor& cos, const at::Tensor& sin, int64_t heads, int64_t kv_heads,
+                         int64_t head_dim, at::TensorList keys, at::TensorList values, int64_t held,
+                         const c10::optional<at::Tensor>& mask, double scaling) {
+  check_rows(h0, "h");
+  const int64_t layers = static_cast<int64_t>(keys.size());
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == kWeightsPerLayer * layers &&
+                  static_cast<int64_t>(formats.size()) == kMatmulsPerLayer * layers &&
+                  static_cast<int64_t>(sizes.size()) == kMatmulsPerLayer * layers &&
+                  static_cast<int64_t>(values.size()) == layers,
+              "decode_layers: ", layers, " layers need ", kWeightsPerLayer * layers, " weights, ",
+              kMatmulsPerLayer * layers, " formats and sizes and as many value buffers as key buffers");
+  TORCH_CHECK(head_dim % 8 == 0 && kv_heads > 0 && heads % kv_heads == 0,
+              "decode_layers: head_dim must be a multiple of 8 and heads a multiple of kv_heads");
+  Shape s{h0.size(0), heads, kv_heads, head_dim, held, 0};
+  if (mask.has_value()) {
+    check_rows(*mask, "mask");
+    TORCH_CHECK(mask->size(0) == s.rows && mask->size(1) == held + 1, "decode_layers: the mask must be [", s.rows,
+                ", ", held + 1, "], got ", mask->sizes());
+  }
+  at::Tensor h = h0;
+  for (int64_t l = 0; l < layers; ++l) {
+    const at::Tensor* w = weights.data() + kWeightsPerLayer * l;
+    const int64_t* f = formats.data() + kMatmulsPerLayer * l;
+    const int64_t* n = sizes.data() + kMatmulsPerLayer * l;
+    at::Tensor k = keys[l], v = values[l];
+    s.columns = k.size(2);
+    check_cache(k, s, "keys");
+    check_cache(v, s, "values");
+    TORCH_CHECK(v.size(2) == s.columns, "decode_layers: a layer's keys and values must have as many columns");
+    at::Tensor qkv = mm_normed(h, w[1], f[0], n[0], w[0], eps);
+    TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * head_dim, "decode_layers: layer ", l, "'s q/k/v has ",
+                qkv.size(1), " columns, not (heads + 2 kv_heads) * head_dim");
+    rope_(qkv, cos, sin, heads + kv_heads, head_dim);
+    const at::Tensor a = attend(qkv, k, v, s, mask, scaling);
+    h = mm_residual(a, w[2], f[1], n[1], h);
+    h = mm_gated(mm_normed(h, w[4], f[2], n[2], w[3], eps), w[5], f[3], n[3], h);
+  }
+  return h;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(clawbot_gguf, m) {
+  m.def(
+      "decode_layers(Tensor h, Tensor[] weights, int[] formats, int[] sizes, float eps, Tensor cos, Tensor sin, "
+      "int heads, int kv_heads, int head_dim, Tensor(a!)[] keys, Tensor(b!)[] values, int held, Tensor? mask, "
+      "float scaling) -> Tensor",
+      decode_layers);
+}
