@@ -195,6 +195,9 @@ class CompileSandbox:
         threading.Thread(target=self._warm, args=(self._children,), name="grammar-compile-start", daemon=True).start()
 
     def _warm(self, children: list[_Child]) -> None:
+        # The fork server is started from this thread and inherits its priority: its start imports xgrammar (and
+        # torch), seconds of CPU that would otherwise take a core from the first requests' decode steps.
+        lower_priority()
         try:
             for _ in children:  # the idle queue is first-in first-out: each trial takes the next child
                 self.trial(WARM_UP_SCHEMA)

@@ -116,11 +116,10 @@ def _penalize(logits: torch.Tensor, penalized: list[tuple[int, RequestState]]) -
         dtype=torch.long,
         device=logits.device,
     )
-    which = torch.tensor([i for i, _ in penalized], dtype=torch.long, device=logits.device)
+    which = torch.tensor([[i] for i, _ in penalized], dtype=torch.long, device=logits.device).expand_as(ids)
     penalty = torch.tensor(
         [[row.params.repetition_penalty] for _, row in penalized], dtype=logits.dtype, device=logits.device
     )
-    sub = logits.index_select(0, which)
-    seen = sub.gather(1, ids)
-    sub.scatter_(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
-    logits.index_copy_(0, which, sub)
+    # Only the seen tokens' logits are read and written: copying whole vocabulary rows cost more than the rest.
+    seen = logits[which, ids]
+    logits[which, ids] = torch.where(seen > 0, seen / penalty, seen * penalty)

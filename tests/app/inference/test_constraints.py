@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing.forkserver
 import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,7 +19,7 @@ import pytest
 
 from app.inference.constraints import GrammarError, Grammars, SchemaRefused
 from app.inference.engine import Completion, Engine, SamplingParams
-from app.inference.grammar_sandbox import WARM_UP_SCHEMA
+from app.inference.grammar_sandbox import NICENESS, WARM_UP_SCHEMA
 from app.inference.schema_limits import SchemaLimits, SchemaTooComplex
 from bench.waiting import wait_until
 
@@ -258,3 +260,19 @@ def test_a_key_with_slow_schemas_holds_one_compile_worker_and_other_keys_get_the
     finally:
         release.set()
         grammars.close()
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads priorities from Linux's /proc")
+def test_the_fork_server_and_compile_processes_run_below_the_engine(grammars: Grammars) -> None:
+    """The fork server's start imports xgrammar and torch, seconds of CPU: started from the sandbox's warm-up thread
+    at its lowered priority, it and the compile processes forked from it yield the cores to the engine."""
+    constraint(grammars, {"type": "string"})  # the warm-up is over and a child has compiled
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert server is not None and _nice(server) == NICENESS
+    for child in grammars._sandbox._children:
+        if child.process is not None:
+            assert _nice(child.process.pid) == NICENESS
