@@ -1,10 +1,11 @@
 """Where one decode step's time goes at batch 1: how many ops it dispatches, the matmul kernels' time, the rest.
 
 `decode_step_profile` prefills a short prompt, then runs decode steps of one row through the model's forward (what
-the engine calls) under torch.profiler. Ops are the top-level aten and clawbot_gguf calls (what Python dispatches); matmul time is
-the self time of the kernels that read weights (int4, int8, oneDNN/MKL matmuls); everything else is the profiled
-step's wall time less that: small ops, dispatch, Python, and the profiler's own cost. `wall_ms` is a step without
-the profiler.
+the engine calls) under torch.profiler. Ops are the top-level aten and clawbot_gguf calls (what Python dispatches:
+on ClawBot's block kernel a whole decode step of the layers is one op, decode_layers); matmul time is the self time
+of the kernels that read weights (int4, int8, oneDNN/MKL matmuls, and ClawBot's, including the profiler scopes
+decode_layers opens around its matmuls); everything else is the profiled step's wall time less that: attention,
+small ops, dispatch, Python, and the profiler's own cost. `wall_ms` is a step without the profiler.
 """
 
 from __future__ import annotations

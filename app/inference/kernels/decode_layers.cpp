@@ -15,6 +15,7 @@
 // columns and the new one, in fp32, as torch's SDPA computes it (up to summation order).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 #include <immintrin.h>
 
@@ -121,13 +122,31 @@ at::Tensor decode_layers(const at::Tensor& h0, at::TensorList weights, at::IntAr
     check_cache(k, s, "keys");
     check_cache(v, s, "values");
     TORCH_CHECK(v.size(2) == s.columns, "decode_layers: a layer's keys and values must have as many columns");
-    at::Tensor qkv = mm_normed(h, w[1], f[0], n[0], w[0], eps);
+    // Each step is a profiler scope of its own (bench/decode_profile.py tells the matmuls from the rest by name).
+    at::Tensor qkv;
+    {
+      RECORD_FUNCTION("clawbot_gguf::mm_normed", c10::ArrayRef<const c10::IValue>{});
+      qkv = mm_normed(h, w[1], f[0], n[0], w[0], eps);
+    }
     TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * head_dim, "decode_layers: layer ", l, "'s q/k/v has ",
                 qkv.size(1), " columns, not (heads + 2 kv_heads) * head_dim");
-    rope_(qkv, cos, sin, heads + kv_heads, head_dim);
-    const at::Tensor a = attend(qkv, k, v, s, mask, scaling);
-    h = mm_residual(a, w[2], f[1], n[1], h);
-    h = mm_gated(mm_normed(h, w[4], f[2], n[2], w[3], eps), w[5], f[3], n[3], h);
+    at::Tensor a;
+    {
+      RECORD_FUNCTION("clawbot_gguf::attention", c10::ArrayRef<const c10::IValue>{});
+      rope_(qkv, cos, sin, heads + kv_heads, head_dim);
+      a = attend(qkv, k, v, s, mask, scaling);
+    }
+    {
+      RECORD_FUNCTION("clawbot_gguf::mm_residual", c10::ArrayRef<const c10::IValue>{});
+      h = mm_residual(a, w[2], f[1], n[1], h);
+    }
+    at::Tensor gate_up;
+    {
+      RECORD_FUNCTION("clawbot_gguf::mm_normed", c10::ArrayRef<const c10::IValue>{});
+      gate_up = mm_normed(h, w[4], f[2], n[2], w[3], eps);
+    }
+    RECORD_FUNCTION("clawbot_gguf::mm_gated", c10::ArrayRef<const c10::IValue>{});
+    h = mm_gated(gate_up, w[5], f[3], n[3], h);
   }
   return h;
 }
