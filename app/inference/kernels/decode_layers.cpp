@@ -19,6 +19,7 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -30,10 +31,78 @@ namespace {
 
 constexpr int64_t kWeightsPerLayer = 6, kMatmulsPerLayer = 4;
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  __m256 s = _mm256_setzero_ps();
-  for (int64_t j = 0; j < n; j += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s);
-  return hsum(s);
+// exp(x) for x <= 0 (a softmax's scores less their maximum), Cephes' single-precision polynomial (about 1 ulp, as
+// torch's vectorized exp); below -87.3, -inf included, exactly 0.
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 low = _mm256_set1_ps(-87.3f);
+  const __m256 underflow = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, low);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n ln 2, ln 2 in two parts
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(two_n)));
+}
+
+// scores[j] = q . keys[j] * scale + add[j] for j < length; four keys at a time, so four FMA chains run side by side.
+void scores(const float* q, const float* keys, int64_t length, int64_t d, float scale, const float* add,
+            float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= length; j += 4) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t c = 0; c < d; c += 8) {
+      const __m256 qc = _mm256_loadu_ps(q + c);
+      #pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) a[t] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(keys + (j + t) * d + c), a[t]);
+    }
+    #pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) out[j + t] = hsum(a[t]) * scale + (add ? add[j + t] : 0.0f);
+  }
+  for (; j < length; ++j) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(keys + j * d + c), a);
+    out[j] = hsum(a) * scale + (add ? add[j] : 0.0f);
+  }
+}
+
+// p[0, length) := exp(p - max p), in place; p has room for `length` rounded up to 8. Returns the sum.
+float softmax_numerators(float* p, int64_t length) {
+  const int64_t padded = (length + 7) / 8 * 8;
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < length; ++j) top = std::max(top, p[j]);
+  for (int64_t j = length; j < padded; ++j) p[j] = -std::numeric_limits<float>::infinity();
+  const __m256 shift = _mm256_set1_ps(top);
+  __m256 total = _mm256_setzero_ps();
+  for (int64_t j = 0; j < padded; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), shift));
+    _mm256_storeu_ps(p + j, e);
+    total = _mm256_add_ps(total, e);
+  }
+  return hsum(total);
+}
+
+// out[0, d) = sum_j p[j] values[j] / total; eight columns of registers at a time, independent FMA chains.
+void weighted_sum(const float* p, const float* values, int64_t length, int64_t d, float total, float* out) {
+  const __m256 inv = _mm256_set1_ps(1.0f / total);
+  for (int64_t c0 = 0; c0 < d; c0 += 64) {
+    const int64_t chunks = std::min<int64_t>(64, d - c0) / 8;
+    __m256 acc[8];
+    for (int64_t t = 0; t < 8; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < length; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const float* v = values + j * d + c0;
+      for (int64_t t = 0; t < chunks; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * t), acc[t]);
+    }
+    for (int64_t t = 0; t < chunks; ++t) _mm256_storeu_ps(out + c0 + 8 * t, _mm256_mul_ps(acc[t], inv));
+  }
 }
 
 struct Shape {
@@ -67,26 +136,12 @@ at::Tensor attend(const at::Tensor& qkv, at::Tensor& keys, at::Tensor& values, c
   const float scale = static_cast<float>(scaling);
   // A row's heads stay on one thread unless there are many rows: one head over a short cache is a few microseconds.
   at::parallel_for(0, s.rows * s.heads, s.heads, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(length);
+    std::vector<float> p((length + 7) / 8 * 8);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = i / s.heads, h = i % s.heads;
-      const float* q = src + r * width + h * d;
-      const float* kh = kb + r * row_stride + (h / group) * head_stride;
-      const float* vh = vb + r * row_stride + (h / group) * head_stride;
-      float top = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < length; ++j) {
-        p[j] = dot(q, kh + j * d, d) * scale + (add ? add[r * length + j] : 0.0f);
-        top = std::max(top, p[j]);
-      }
-      float total = 0.0f;
-      for (int64_t j = 0; j < length; ++j) total += (p[j] = std::exp(p[j] - top));
-      float* o = dst + r * s.heads * d + h * d;
-      for (int64_t c = 0; c < d; c += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t j = 0; j < length; ++j)
-          acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vh + j * d + c), acc);
-        _mm256_storeu_ps(o + c, _mm256_div_ps(acc, _mm256_set1_ps(total)));
-      }
+      const int64_t r = i / s.heads, h = i % s.heads, kv = r * row_stride + (h / group) * head_stride;
+      scores(src + r * width + h * d, kb + kv, length, d, scale, add ? add + r * length : nullptr, p.data());
+      const float total = softmax_numerators(p.data(), length);
+      weighted_sum(p.data(), vb + kv, length, d, total, dst + r * s.heads * d + h * d);
     }
   });
   return out;
