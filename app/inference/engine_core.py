@@ -32,6 +32,7 @@ from app.inference.request_state import RequestState
 from app.inference.requests import InsufficientMemoryError, RequestFailedError
 from app.inference.sampler import sample
 from app.inference.scheduler import Demand, KVBudget
+from app.inference.shared_head import shared_heads
 from app.inference.stops import append_token
 
 if TYPE_CHECKING:
@@ -127,12 +128,24 @@ class EngineCore:
     # -- prefill and decode ------------------------------------------------------------------
     def _start_prefill(self, group: list[RequestState]) -> None:
         hits = [self.prefix_cache.lookup(r.context_ids, r.prefix_scope) for r in group]
+        shared = None
+        if self.prefix_cache.enabled and not any(hits):
+            try:
+                shared = shared_heads(self.model, group, self.device)  # a head the group shares, read once
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                release_cached_memory(self.device)  # the plain prefill below splits the group if it must
         self._prefill = PrefillJob(
-            group, pad_id=self.pad_id, device=self.device, chunk_tokens=self.prefill_chunk_tokens, hits=hits
+            group,
+            pad_id=self.pad_id,
+            device=self.device,
+            chunk_tokens=self.prefill_chunk_tokens,
+            hits=shared if shared is not None else hits,
         )
         for request, cached in zip(group, self._prefill.cached_tokens):
             if not request.generated:  # a preempted request's usage keeps what its first prefill found
-                request.cached_tokens = min(cached, len(request.prompt_ids))
+                request.cached_tokens = 0 if shared is not None else min(cached, len(request.prompt_ids))
         self._note_prompt_read(self._prefill)
 
     def _prefill_step(self, out: StepOutput) -> None:
