@@ -217,7 +217,8 @@ class Settings(BaseSettings):
         validation_alias=env("PREFIX_CACHE_TOKENS"),
         description=(
             "Prompt heads (64-token blocks) whose KV is kept for a key's later prompts that start the same way "
-            "(system prompt, earlier turns), least recently used out first; `0` turns it off. Reported as "
+            "(system prompt, earlier turns), least recently used out first; `0` turns it off, and with it the "
+            "one-time read of a head that a key's requests admitted together share. Reported as "
             "`usage.prompt_tokens_details.cached_tokens` (`input_tokens_details` on `/v1/responses`). A derived "
             "`KV_CACHE_TOKENS` leaves it room"
         ),
