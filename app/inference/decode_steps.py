@@ -6,7 +6,8 @@ four matmuls that is a dozen small ops, each several microseconds of dispatch in
 
 - `BlockSteps`, for `BlockLinear` weights (ClawBot's AVX2 kernel), calls one C++ op per step
   (app/inference/kernels/decode_ops.cpp): norm and matmul, matmul and residual, silu-gate, matmul and residual,
-  rotary in place. Everything is fp32, as the kernel computes.
+  rotary in place. Everything is fp32, as the kernel computes. Its `decode` runs a whole decode step of the
+  layers, attention included, as one op (app/inference/kernels/decode_layers.cpp).
 - `TorchSteps`, for `Int4Linear` weights (torch's int4 kernels: CUDA, or a CPU without AVX2), does the same with
   torch ops; what enters a matmul is the kernel dtype (bf16), the residual stream stays in the model's dtype.
 """

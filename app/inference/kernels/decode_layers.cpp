@@ -12,7 +12,7 @@
 // columns are the cache and where column `held` receives this step's key and value. mask: None, or additive
 // [rows, held + 1] (0 or -inf; padding). Each step is the op decode_ops.cpp defines for it, so the result is what
 // calling them one by one from Python computes; attention is the softmax of q.k * scaling + mask over the held
-// columns and the new one, in fp32, as torch's SDPA computes it (up to summation order).
+// columns and the new one, in fp32, as torch's SDPA computes it up to summation order and a 1-ulp exp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>

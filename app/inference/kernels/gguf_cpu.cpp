@@ -7,11 +7,12 @@
 //      order). Q4_0 (m = -8d), Q4_1 and Q4_K's sub-blocks are this with the file's own codes.
 //   Q8 (8-bit codes, -128..127): 32 bytes: Q8_0's own codes (m = 0), Q5_x's 5-bit codes.
 //
-// Every weight is dequantized in registers exactly as the gguf package dequantizes it (d * q is exact in fp32, so
-// fma(d, q, m) is the one rounding of d * q + m), then multiplied with float32 activations by FMA. So the result is
-// the dense fp32 matmul with the file's dequantized weight, up to fp32 summation order: no bf16 constants, no int8
-// activations. A weight block is unpacked once per tile of input rows and used for all of them, so a batch of 32
-// rows costs a fraction of 32 single-row products (torch's int4 CPU kernel unpacks the weight again every 4 rows).
+// From 8 input rows on (prefill, a batched decode step) every weight is dequantized in registers exactly as the gguf
+// package dequantizes it (d * q is exact in fp32, so fma(d, q, m) is the one rounding of d * q + m), into fp32 panels
+// of 16 weight rows that a 6-row register tile multiplies with float32 activations: the dense fp32 matmul with the
+// file's dequantized weight, up to fp32 summation order, no bf16 constants. A panel is unpacked once for all the
+// input rows (torch's int4 CPU kernel unpacks the weight again every 4 rows). Fewer rows (a decode step's 1..7) go
+// to gguf_rows.cpp, which multiplies the codes as integers with the inputs rounded to 16 bits.
 //
 // gguf_mm(x [M, K] float32, blocks [N, K / 32 * block bytes] uint8, format, N) -> [M, N] float32
 // gguf_dequantize(blocks, format, N, K) -> [N, K] float32, exactly d * q + m (embedding rows, and for checks)
