@@ -74,8 +74,14 @@ class BlockSteps:
         formats: list[int] = []
         sizes: list[int] = []
         for layer in layers:
-            weights += [layer.norm1, layer.qkv.blocks, layer.out.blocks, layer.norm2, layer.gate_up.blocks]
-            weights.append(layer.down.blocks)
+            weights += [
+                layer.norm1,
+                layer.qkv.blocks,
+                layer.out.blocks,
+                layer.norm2,
+                layer.gate_up.blocks,
+                layer.down.blocks,
+            ]
             for linear in (layer.qkv, layer.out, layer.gate_up, layer.down):
                 formats.append(linear.format)
                 sizes.append(linear.out_features)

@@ -25,8 +25,8 @@ def append(cache: DynamicCache, index: int, k: torch.Tensor, v: torch.Tensor) ->
     if index >= len(layers) or not layers[index].is_initialized:
         keys, values = cache.update(k, v, index)  # the layer's first columns: transformers creates it
         return keys, values
-    kb, vb, held = reserve(cache, index, k.shape[2])
     width = k.shape[2]
+    kb, vb, held = reserve(cache, index, width)
     kb[:, :, held : held + width].copy_(k)
     vb[:, :, held : held + width].copy_(v)
     return commit(cache, index, kb, vb, held + width)

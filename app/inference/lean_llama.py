@@ -92,11 +92,9 @@ class LeanLlama:
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
         self.hidden = config.hidden_size
-        self.eps = config.rms_norm_eps
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or self.hidden // self.heads
-        self.scaling = self.head_dim**-0.5
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or self.hidden // heads
+        self.shape = Heads(heads, config.num_key_value_heads, head_dim, head_dim**-0.5, config.rms_norm_eps)
         self.steps = steps_for(model.lm_head, inner.norm.weight.dtype)
         norm = self.steps.norm
         self.layers = [
@@ -112,7 +110,6 @@ class LeanLlama:
         ]
         self.final_norm = norm(inner.norm.weight)
         self.head: QuantizedLinear = model.lm_head
-        self.shape = Heads(self.heads, self.kv_heads, self.head_dim, self.scaling, self.eps)
         self.stack = self.steps.stack(self.layers) if isinstance(self.steps, BlockSteps) else None
 
     def __call__(
@@ -174,13 +171,14 @@ class LeanLlama:
         cos = cos.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
         sin = sin.to(steps.qkv_dtype).reshape(tokens, -1).contiguous()
         mask = _mask(attention_mask, rows, width, past, ids.device, steps.qkv_dtype)
-        if self.stack is not None and width == 1 and past and len(cache.layers) == len(self.layers):
-            h = self._decode(self.stack, h, (cos, sin), cache, past, mask)
+        whole = width == 1 and past and len(cache.layers) == len(self.layers)
+        if isinstance(steps, BlockSteps) and self.stack is not None and whole:
+            h = self._decode(steps, self.stack, h, (cos, sin), cache, past, mask)
         else:
             h = self._layers(h, (cos, sin), cache, mask, rows, width)
         if keep:
             h = h.view(rows, width, self.hidden)[:, -keep:].reshape(-1, self.hidden)
-        logits = steps.normed(self.head, h.contiguous(), self.final_norm, self.eps)
+        logits = steps.normed(self.head, h.contiguous(), self.final_norm, self.shape.eps)
         return logits.view(rows, h.shape[0] // rows, -1).to(steps.dtype)
 
     def _layers(
@@ -194,21 +192,22 @@ class LeanLlama:
     ) -> torch.Tensor:
         """Layer by layer, a few ops each: prefill, and every step on torch's int4 kernels."""
         steps, tokens = self.steps, rows * width
-        nq, nk, d = self.heads, self.kv_heads, self.head_dim
+        nq, nk, d, eps = self.shape.heads, self.shape.kv_heads, self.shape.head_dim, self.shape.eps
         for index, layer in enumerate(self.layers):
-            qkv = steps.normed(layer.qkv, h, layer.norm1, self.eps)
+            qkv = steps.normed(layer.qkv, h, layer.norm1, eps)
             steps.rope(qkv, rope[0], rope[1], nq + nk, d)
             heads = qkv.view(rows, width, nq + 2 * nk, d).transpose(1, 2)
             k, v = append(cache, index, heads[:, nq : nq + nk], heads[:, nq + nk :])
             a = F.scaled_dot_product_attention(
-                heads[:, :nq], k, v, attn_mask=mask, scale=self.scaling, enable_gqa=nk != nq
+                heads[:, :nq], k, v, attn_mask=mask, scale=self.shape.scaling, enable_gqa=nk != nq
             )
             h = steps.residual(layer.out, a.transpose(1, 2).reshape(tokens, nq * d), h)
-            h = steps.gated(layer.down, steps.normed(layer.gate_up, h, layer.norm2, self.eps), h)
+            h = steps.gated(layer.down, steps.normed(layer.gate_up, h, layer.norm2, eps), h)
         return h
 
     def _decode(
         self,
+        steps: BlockSteps,
         stack: Stack,
         h: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
@@ -221,8 +220,7 @@ class LeanLlama:
         rooms = [reserve(cache, index, 1) for index in range(len(self.layers))]
         keys, values = [room[0] for room in rooms], [room[1] for room in rooms]
         flat = None if mask is None else mask.reshape(h.shape[0], past + 1)
-        assert isinstance(self.steps, BlockSteps)
-        h = self.steps.decode(stack, h, rope, self.shape, (keys, values, past), flat)
+        h = steps.decode(stack, h, rope, self.shape, (keys, values, past), flat)
         for index, (kb, vb, _) in enumerate(rooms):
             commit(cache, index, kb, vb, past + 1)
         return h

@@ -18,6 +18,7 @@ each reads its head itself (to the arithmetic's summation order; tests/app/infer
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -31,14 +32,7 @@ MIN_SHARED_TOKENS = 16
 
 def common_head(contexts: list[list[int]]) -> int:
     """How many leading tokens every context shares, leaving each at least one token after them."""
-    n = min(len(c) for c in contexts) - 1
-    first = contexts[0]
-    for context in contexts[1:]:
-        same = 0
-        while same < n and context[same] == first[same]:
-            same += 1
-        n = same
-    return max(n, 0)
+    return max(min(len(os.path.commonprefix(contexts)), min(len(c) for c in contexts) - 1), 0)
 
 
 def shared_heads(model: Any, rows: list[RequestState], device: torch.device) -> list[PrefixHit | None] | None:
