@@ -9,9 +9,9 @@
 //
 // From 8 input rows on (prefill, a batched decode step) every weight is dequantized in registers exactly as the gguf
 // package dequantizes it (d * q is exact in fp32, so fma(d, q, m) is the one rounding of d * q + m), into fp32 panels
-// of 16 weight rows that a 6-row register tile multiplies with float32 activations: the dense fp32 matmul with the
-// file's dequantized weight, up to fp32 summation order, no bf16 constants. A panel is unpacked once for all the
-// input rows (torch's int4 CPU kernel unpacks the weight again every 4 rows). Fewer rows (a decode step's 1..7) go
+// of 12 weight rows that a register tile of 6 weight rows x 16 input rows multiplies with float32 activations: the
+// dense fp32 matmul with the file's dequantized weight, up to fp32 summation order, no bf16 constants. A panel is
+// unpacked once for all the input rows (torch's int4 CPU kernel unpacks the weight again every 4 rows). Fewer rows (a decode step's 1..7) go
 // to gguf_rows.cpp, which multiplies the codes as integers with the inputs rounded to 16 bits.
 //
 // gguf_mm(x [M, K] float32, blocks [N, K / 32 * block bytes] uint8, format, N) -> [M, N] float32
@@ -78,13 +78,16 @@ __attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t g
   for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, w[j], m);
 }
 
-// From kPanelRows input rows on, weights are unpacked a panel at a time and multiplied as a small GEMM: a panel is
-// kPanelN weight rows over all of K, dequantized into a thread's scratch as [K][kPanelN] floats, then every tile of
-// kTileM input rows runs a kTileM x kPanelN register tile (12 accumulators) over it: for each k, two panel loads, one
-// broadcast per input row, twelve independent FMAs. The panel is unpacked once for all input rows.
+// From kPanelRows input rows on, a matmul is a small fp32 GEMM. The input rows are packed once a call into tiles of
+// 16 rows (the last 1..8 rows: a tile of 8), each laid out [K][16] so that one load gives 8 rows' inputs at one k;
+// rows past the last are zeros. The weight is dequantized kPanelN rows at a time into a thread's scratch, each row
+// as it lies in the file's order ([kPanelN][K], no transpose), and a register tile of 6 weight rows x 16 input rows
+// (12 x 8 for a tile of 8) runs over it: for each k, two input loads, one broadcast per weight row, twelve
+// independent FMAs. A panel is dequantized once for all the input rows. Every output is one chain of FMAs in k order,
+// so the result does not depend on the tiling.
 constexpr int kPanelRows = 8;
-constexpr int kPanelN = 16;
-constexpr int kTileM = 6;
+constexpr int kPanelN = 12;
+constexpr int64_t kTileM = 16;
 
 // Eight registers (rows) of eight floats -> eight registers (columns): r[i][j] becomes r[j][i].
 __attribute__((always_inline)) inline void transpose8(__m256 r[8]) {
@@ -108,88 +111,102 @@ __attribute__((always_inline)) inline void transpose8(__m256 r[8]) {
   }
 }
 
-// Weight rows [0, count) of a panel, every block dequantized and laid out [K][kPanelN]; missing rows are zeros.
+// Input rows [r0, r0 + width) of x as width / 8 vectors a k: xp[kk * width + i] = x[r0 + i][kk] (0 past m_rows).
+void pack_tile(const float* x, int64_t m_rows, int64_t k, int64_t r0, int64_t width, float* xp) {
+  for (int64_t h = 0; h < width; h += 8)
+    for (int64_t kk = 0; kk < k; kk += 8) {
+      __m256 r[8];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i)
+        r[i] = r0 + h + i < m_rows ? _mm256_loadu_ps(x + (r0 + h + i) * k + kk) : _mm256_setzero_ps();
+      transpose8(r);
+      #pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) _mm256_store_ps(xp + (kk + j) * width + h, r[j]);
+    }
+}
+
+// Weight rows [0, count) of a panel dequantized as they lie, [kPanelN][K]; rows past count are zeros.
 template <bool Wide, bool Byte>
 void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, float* panel) {
-  for (int64_t half = 0; half < kPanelN; half += 8)
+  const int64_t k = groups * kGroup;
+  for (int64_t i = 0; i < count; ++i)
     for (int64_t g = 0; g < groups; ++g) {
-      __m256 v[8][4];
-      for (int64_t i = 0; i < 8; ++i) {
-        if (half + i < count) weights<Wide, Byte>(w + (half + i) * row_bytes, groups, g, v[i]);
-        else v[i][0] = v[i][1] = v[i][2] = v[i][3] = _mm256_setzero_ps();
-      }
-      #pragma GCC unroll 16
-      for (int j = 0; j < 4; ++j) {  // k = g * 32 + 8 * j .. + 7
-        __m256 r[8];
-        #pragma GCC unroll 16
-        for (int i = 0; i < 8; ++i) r[i] = v[i][j];
-        transpose8(r);
-        float* dst = panel + (g * kGroup + 8 * j) * kPanelN + half;
-        #pragma GCC unroll 16
-        for (int i = 0; i < 8; ++i) _mm256_store_ps(dst + i * kPanelN, r[i]);
-      }
+      __m256 v[4];
+      weights<Wide, Byte>(w + i * row_bytes, groups, g, v);
+      #pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) _mm256_store_ps(panel + i * k + g * kGroup + 8 * j, v[j]);
     }
+  std::memset(panel + count * k, 0, (kPanelN - count) * k * sizeof(float));
 }
 
-template <int RM>
-__attribute__((always_inline)) inline void panel_tile(const float* panel, const float* x, int64_t k, float* out,
-                                                      int64_t n_total, int64_t count) {
-  __m256 acc[RM][2];
+// NJ weight rows (stride k) times a packed tile of 8 * XV input rows -> o[j][i]. Not inlined: inlined into the
+// panel loop, GCC spilled an accumulator to the stack, a store and a load in every k's chain (half the speed).
+template <int NJ, int XV>
+__attribute__((noinline)) void tile_kernel(const float* w, const float* xp, int64_t k, float* o) {
+  __m256 acc[NJ][XV];
   #pragma GCC unroll 16
-  for (int r = 0; r < RM; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int j = 0; j < NJ; ++j)
+    #pragma GCC unroll 4
+    for (int i = 0; i < XV; ++i) acc[j][i] = _mm256_setzero_ps();
+  const float* wr[NJ];
+  #pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j) wr[j] = w + j * k;
   for (int64_t kk = 0; kk < k; ++kk) {
-    const __m256 w0 = _mm256_load_ps(panel + kk * kPanelN);
-    const __m256 w1 = _mm256_load_ps(panel + kk * kPanelN + 8);
+    __m256 xv[XV];
+    #pragma GCC unroll 4
+    for (int i = 0; i < XV; ++i) xv[i] = _mm256_load_ps(xp + kk * (8 * XV) + 8 * i);
     #pragma GCC unroll 16
-    for (int r = 0; r < RM; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * k + kk);
-      acc[r][0] = _mm256_fmadd_ps(w0, xv, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(w1, xv, acc[r][1]);
+    for (int j = 0; j < NJ; ++j) {
+      const __m256 wv = _mm256_broadcast_ss(wr[j] + kk);
+      #pragma GCC unroll 4
+      for (int i = 0; i < XV; ++i) acc[j][i] = _mm256_fmadd_ps(wv, xv[i], acc[j][i]);
     }
   }
   #pragma GCC unroll 16
-  for (int r = 0; r < RM; ++r) {
-    alignas(32) float o[kPanelN];
-    _mm256_store_ps(o, acc[r][0]);
-    _mm256_store_ps(o + 8, acc[r][1]);
-    std::memcpy(out + r * n_total, o, count * sizeof(float));
-  }
+  for (int j = 0; j < NJ; ++j)
+    #pragma GCC unroll 4
+    for (int i = 0; i < XV; ++i) _mm256_store_ps(o + j * 8 * XV + 8 * i, acc[j][i]);
 }
 
-void panel_rows(const float* panel, const float* x, int64_t m_rows, int64_t k, float* out, int64_t n_total,
-                int64_t count) {
-  // Tiles of 6 rows, and the last 7..9 rows as 4 plus the rest: a tile of 1..3 rows has too few independent FMA
-  // chains to keep the units busy (32 rows run as 6+6+6+6+4+4).
-  int64_t r = 0;
-  while (r < m_rows) {
-    const int64_t left = m_rows - r;
-    const int64_t rows = left >= 10 ? kTileM : (left >= 7 ? 4 : left);
-    const float* xr = x + r * k;
-    float* o = out + r * n_total;
-    switch (rows) {
-      case 1: panel_tile<1>(panel, xr, k, o, n_total, count); break;
-      case 2: panel_tile<2>(panel, xr, k, o, n_total, count); break;
-      case 3: panel_tile<3>(panel, xr, k, o, n_total, count); break;
-      case 4: panel_tile<4>(panel, xr, k, o, n_total, count); break;
-      case 5: panel_tile<5>(panel, xr, k, o, n_total, count); break;
-      default: panel_tile<kTileM>(panel, xr, k, o, n_total, count); break;
-    }
-    r += rows;
-  }
+// The tile's products into out[i][j] for its first rows x cols.
+template <int NJ, int XV>
+inline void panel_tile(const float* w, const float* xp, int64_t k, float* out, int64_t n_total, int64_t rows,
+                       int64_t cols) {
+  alignas(32) float o[NJ][8 * XV];
+  tile_kernel<NJ, XV>(w, xp, k, &o[0][0]);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[i * n_total + j] = o[j][i];
 }
 
 template <bool Wide, bool Byte>
 void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
   using L = Layout<Wide, Byte>;
   const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
+  // Tiles of 16 input rows; a rest of 1..8 rows is a tile of 8, of 9..15 one more of 16.
+  const int64_t rest = m_rows % kTileM;
+  const int64_t padded = m_rows - rest + (rest == 0 ? 0 : (rest <= 8 ? 8 : kTileM));
+  auto packed = at::empty({padded * k}, at::TensorOptions().dtype(at::kFloat));
+  float* xp = packed.data_ptr<float>();
+  for (int64_t r0 = 0; r0 < padded; r0 += kTileM) pack_tile(x, m_rows, k, r0, std::min(kTileM, padded - r0), xp + r0 * k);
   const int64_t panels = (n_total + kPanelN - 1) / kPanelN;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-    float* panel = static_cast<float*>(std::aligned_alloc(32, k * kPanelN * sizeof(float)));
+    float* panel = static_cast<float*>(std::aligned_alloc(32, kPanelN * k * sizeof(float)));
     TORCH_CHECK(panel != nullptr, "out of memory for a ", k, "-wide weight panel");
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n0 = p * kPanelN, count = std::min<int64_t>(kPanelN, n_total - n0);
       unpack_panel<Wide, Byte>(blocks + n0 * row_bytes, row_bytes, groups, count, panel);
-      panel_rows(panel, x, m_rows, k, out + n0, n_total, count);
+      for (int64_t r0 = 0; r0 < padded; r0 += kTileM) {
+        const int64_t rows = std::min(kTileM, m_rows - r0);
+        float* o = out + r0 * n_total + n0;
+        if (padded - r0 == 8) {
+          panel_tile<kPanelN, 1>(panel, xp + r0 * k, k, o, n_total, rows, count);
+        } else {
+          panel_tile<kPanelN / 2, 2>(panel, xp + r0 * k, k, o, n_total, rows, std::min<int64_t>(count, kPanelN / 2));
+          if (count > kPanelN / 2)
+            panel_tile<kPanelN / 2, 2>(panel + kPanelN / 2 * k, xp + r0 * k, k, o + kPanelN / 2, n_total, rows,
+                                       count - kPanelN / 2);
+        }
+      }
     }
     std::free(panel);
   });

@@ -34,7 +34,7 @@ from tests.app.inference.gguf_tensors import ROWS, K, kernel_bound
 pytestmark = pytest.mark.skipif(build.supported_cpu() is not None, reason=f"{build.supported_cpu()}")
 
 # Input rows: one stream (two weight rows at a time), the small tiles 2..7, the panel path from 8 on with its
-# 6-row tiles and remainders, and a prefill chunk.
+# 16-row tiles, a tile of 8 (8, 100 = 6 x 16 + 4) and a padded tile of 16 (13), and a prefill chunk.
 ROW_COUNTS = (1, 2, 3, 5, 7, 8, 13, 32, 100)
 EXPECTED_FORMAT = {
     Q.Q4_0: Q4_HALF,  # d and -8d: fp16 numbers
@@ -92,7 +92,7 @@ def test_a_q4_1_layer_holds_the_files_own_bytes(tensors: dict[Q, np.ndarray]) ->
 
 
 def test_rows_that_fill_no_whole_tile_or_panel(tensors: dict[Q, np.ndarray]) -> None:
-    raw = tensors[Q.Q4_1][:37]  # 37 output rows: odd, and two 16-row panels plus 5
+    raw = tensors[Q.Q4_1][:37]  # 37 output rows: odd, three 12-row panels and one row (half a tile)
     reference = _reference(Q.Q4_1, raw)
     layer = _layer(Q.Q4_1, raw)
     for rows in (1, 9, 32):
