@@ -7,8 +7,11 @@
 
 llama-server serves the embedded GGUF itself; ClawBot serves the same file as `python -m app` does (by default its
 own 4-bit blocks, QUANTIZATION=auto). Besides the scenarios it prints the resident model memory against the file's
-size and a profile of one decode step (ops, matmul kernels, the rest); `--no-llama` runs the ClawBot side alone. Both get the same chat messages, `max_tokens`, greedy decoding and `ignore_eos`. Prints the issue's table
-(bench/report.py) and writes bench/results/peer-*.json. See bench/README.md.
+size and a profile of one decode step (ops, matmul kernels, the rest); `--no-llama` runs the ClawBot side alone.
+Both get the same chat messages, `max_tokens`, greedy decoding and `ignore_eos`. The one-stream and 32-client
+scenarios run `--rounds` times (default 3), sides alternating, and the table shows the median of the rounds' ratios
+with their range. Prints the issue's table (bench/report.py) and writes bench/results/peer-*.json. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ from bench.bandwidth import matvec_bandwidth_gb_s, parameter_bytes  # noqa: E402
 from bench.decode_profile import decode_step_profile  # noqa: E402
 from bench.llama_build import VERSION, build_seconds, ensure_llama_server  # noqa: E402
 from bench.raw_generate import messages_for, raw_generate  # noqa: E402
-from bench.report import build_rows, format_table, ms_per_token, percentile  # noqa: E402
+from bench.report import build_rows, format_table, median_round, ms_per_token, percentile, rounds_key  # noqa: E402
 from bench.results_file import write_results  # noqa: E402
 from bench.server_process import DEV_KEY, bench_settings, free_port, start_server, stop_server, wait_ready  # noqa: E402
 
 SCENARIOS = ("one", "batch", "stream", "conversations", "prefix")
+# The throughput scenarios run --rounds times, sides alternating; the table shows the median round and ratio.
+REPEATED = ("one", "batch")
 LLAMA_SLOT_CONTEXT = 2560  # tokens per llama-server slot: room for the 2,000-token prefix scenario and its answer
 # A benchmark is one client sending hundreds of requests on purpose; the limits meant for tenants would cut it off.
 BENCH_ENV_DEFAULTS = {
@@ -296,13 +301,22 @@ async def run_scenarios(
     async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
         for side in sides:
             await post(client, side, messages_for(0), 4)  # warm-up: first-request paths out of the timing
-        for index, name in enumerate(args.scenarios):
-            # Alternate which side goes first, so neither always runs right after the other's burst.
-            for side in sides if index % 2 == 0 else list(reversed(sides)):
-                print(f"[{name}] {side.name} ...", flush=True)
-                figures = await RUNNERS[name](client, side, args, ctx)
-                results[side.name][RESULT_KEYS[name]] = figures
-                print(f"[{name}] {side.name}: {_summary(figures)}", flush=True)
+        turn = 0
+        for name in args.scenarios:
+            key = RESULT_KEYS[name]
+            for round_ in range(args.rounds if name in REPEATED else 1):
+                # Alternate which side goes first, so neither always runs right after the other's burst.
+                for side in sides if turn % 2 == 0 else list(reversed(sides)):
+                    label = f"[{name}{f' {round_ + 1}/{args.rounds}' if name in REPEATED else ''}] {side.name}"
+                    print(f"{label} ...", flush=True)
+                    figures = await RUNNERS[name](client, side, args, ctx)
+                    if name in REPEATED:
+                        rounds = results[side.name].setdefault(rounds_key(key), [])
+                        rounds.append(figures)
+                        figures = median_round(rounds)
+                    results[side.name][key] = figures
+                    print(f"{label}: {_summary(figures if name not in REPEATED else rounds[-1])}", flush=True)
+                turn += 1
 
 
 def _summary(figures: dict[str, Any]) -> str:
@@ -362,6 +376,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-requests", type=int, default=4, help="sequential requests for the one-stream figure"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the one and batch scenarios, sides alternating; the table shows the median (default 3)",
+    )
     parser.add_argument("--conversations", type=int, default=200, help="concurrent streaming conversations")
     parser.add_argument("--conversation-tokens", type=int, default=32, help="new tokens per conversation turn")
     parser.add_argument("--prefix-tokens", type=int, default=2000, help="length of the shared agent system prompt")
@@ -381,6 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "concurrency",
         "max_tokens",
         "baseline_requests",
+        "rounds",
         "conversations",
         "conversation_tokens",
         "prefix_tokens",
@@ -415,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": args.max_tokens,
         "max_batch_size": settings.max_batch_size,
         "scenarios": args.scenarios,
+        "rounds": args.rounds,
         "llama_server": str(binary),
         "llama_version": args.llama_version,
         "llama_build_seconds": build_seconds(args.llama_version) if binary and args.llama_server is None else None,

@@ -84,28 +84,59 @@ def _p50_p99(side: dict[str, Any] | None) -> str:
     return f"{conv['ttft_p50_s']:.2f} / {conv['ttft_p99_s']:.2f} s, {conv['errors']} errors"
 
 
+def rounds_key(key: str) -> str:
+    """Where a repeated scenario's rounds are kept beside its median round (results[side][key])."""
+    return f"{key}_rounds"
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median tok/s (the lower middle of an even count)."""
+    ordered = sorted(rounds, key=lambda figures: figures["tok_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def round_ratios(c: dict[str, Any], ll: dict[str, Any], key: str) -> list[float]:
+    """ClawBot / llama-server tok/s of each round both sides ran (round i of one beside round i of the other)."""
+    pairs = zip(c.get(rounds_key(key)) or [], ll.get(rounds_key(key)) or [], strict=False)
+    return [a["tok_s"] / b["tok_s"] for a, b in pairs if b["tok_s"] > 0]
+
+
+def _paired(c: dict[str, Any], ll: dict[str, Any], key: str) -> tuple[float | None, str]:
+    """The median of the rounds' ratios and, for several rounds, their range; a run without rounds, the one ratio."""
+    ratios = round_ratios(c, ll, key)
+    if not ratios:
+        return ratio(_get(c, key, "tok_s"), _get(ll, key, "tok_s")), ""
+    if len(ratios) == 1:
+        return ratios[0], ""
+    return percentile(ratios, 50), f" (rounds {min(ratios):.2f}–{max(ratios):.2f}, median of {len(ratios)})"
+
+
 def build_rows(results: dict[str, Any]) -> list[Row]:
-    """The issue's table from a peer run's results (scenarios that did not run show —)."""
+    """The issue's table from a peer run's results (scenarios that did not run show —).
+
+    A scenario run in several rounds (`--rounds`) shows each side's median round and the median of the rounds'
+    ratios, with their range: one ratio from one pair of bursts is at the mercy of the machine's neighbours.
+    """
     c, ll = results.get("clawbot", {}), results.get("llama", {})
     rows: list[Row] = []
-    one = ratio(_get(c, "one_at_a_time", "tok_s"), _get(ll, "one_at_a_time", "tok_s"))
+    one, spread = _paired(c, ll, "one_at_a_time")
     rows.append(
         Row(
             "one request at a time, tok/s",
             _one_stream(c),
             _one_stream(ll),
-            _fmt(one, ".2f"),
+            _fmt(one, ".2f") + spread,
             _target(one, ">=", ONE_STREAM_TARGET),
         )
     )
-    batch = ratio(_get(c, "concurrent", "tok_s"), _get(ll, "concurrent", "tok_s"))
+    batch, spread = _paired(c, ll, "concurrent")
     n, tokens = results.get("concurrency", 32), results.get("max_tokens", 48)
     rows.append(
         Row(
             f"{n} clients, tok/s ({tokens} tokens each)",
             _fmt(_get(c, "concurrent", "tok_s"), ".1f"),
             _fmt(_get(ll, "concurrent", "tok_s"), ".1f"),
-            _fmt(batch, ".2f"),
+            _fmt(batch, ".2f") + spread,
             _target(batch, ">=", BATCH_TARGET),
         )
     )

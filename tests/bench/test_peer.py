@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,6 +34,41 @@ def test_scenarios_option_takes_a_subset_and_names_the_allowed_ones() -> None:
     assert peer.parse_args(["--scenarios", "one,prefix"]).scenarios == ["one", "prefix"]
     with pytest.raises(SystemExit):
         peer.parse_args(["--scenarios", "one,warp"])
+    with pytest.raises(SystemExit):
+        peer.parse_args(["--rounds", "0"])
+
+
+def test_throughput_scenarios_run_in_rounds_that_alternate_the_first_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+    speeds = iter([10.0, 5.0, 30.0, 6.0, 20.0, 4.0, 100.0, 50.0, 90.0, 40.0, 80.0, 45.0, 7.0, 8.0])
+
+    async def measured(client: object, side: peer.Side, args: object, ctx: object) -> dict[str, float]:
+        order.append(side.name)
+        return {"tok_s": next(speeds)}
+
+    async def warm_up(*_: object) -> int:
+        return 4
+
+    monkeypatch.setattr(peer, "post", warm_up)
+    monkeypatch.setattr(peer, "RUNNERS", {"one": measured, "batch": measured, "stream": measured})
+    args = peer.parse_args(["--scenarios", "one,batch,stream", "--rounds", "3"])
+    results: dict[str, dict[str, Any]] = {"clawbot": {}, "llama": {}}
+    sides = [peer.clawbot_side("http://127.0.0.1:1"), peer.llama_side("http://127.0.0.1:2")]
+    asyncio.run(peer.run_scenarios(sides, args, {}, results))
+    # Three rounds of each throughput scenario and one of the rest; every turn swaps which side goes first.
+    assert order[::2] == ["clawbot", "llama", "clawbot", "llama", "clawbot", "llama", "clawbot"]
+    claw, llama = results["clawbot"], results["llama"]
+    assert [r["tok_s"] for r in claw["one_at_a_time_rounds"]] == [10.0, 6.0, 20.0]
+    assert [r["tok_s"] for r in llama["one_at_a_time_rounds"]] == [5.0, 30.0, 4.0]
+    assert [r["tok_s"] for r in claw["concurrent_rounds"]] == [50.0, 90.0, 45.0]
+    assert [r["tok_s"] for r in llama["concurrent_rounds"]] == [100.0, 40.0, 80.0]
+    # Each side's figure is its median round; the rest ran once and keep no rounds.
+    assert (claw["one_at_a_time"], llama["one_at_a_time"]) == ({"tok_s": 10.0}, {"tok_s": 5.0})
+    assert (claw["concurrent"], llama["concurrent"]) == ({"tok_s": 50.0}, {"tok_s": 80.0})
+    assert "streaming_rounds" not in claw and (claw["streaming"], llama["streaming"]) == (
+        {"tok_s": 7.0},
+        {"tok_s": 8.0},
+    )
 
 
 def test_conversations_share_the_system_prompt_and_earlier_turns() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,11 @@ from bench.report import (
     format_llama_agreement_table,
     format_quality_table,
     format_table,
+    median_round,
     ms_per_token,
     percentile,
     ratio,
+    round_ratios,
 )
 
 # The issue's figures (SmolLM2-135M on the 2-core machine), in the shape bench/peer.py writes.
@@ -175,3 +178,23 @@ def test_quality_table_lists_each_mode() -> None:
     lines = format_quality_table(modes).splitlines()
     assert lines[2] == "| fp32 | 1.00 | 1.00 | 24.0 | 538 MB | 540 MB | 8/8 |"
     assert lines[3] == "| nf4 | 0.25 | 0.40 | 9.5 | 90 MB | 150 MB | 6/8 |"
+
+
+def test_rounds_report_the_median_of_paired_ratios_and_their_range() -> None:
+    # Round 2 landed on a busy neighbour for ClawBot; round 3 for llama. The median pair is round 1's.
+    c: dict[str, Any] = {"concurrent_rounds": [{"tok_s": 200.0}, {"tok_s": 120.0}, {"tok_s": 210.0}]}
+    ll: dict[str, Any] = {"concurrent_rounds": [{"tok_s": 95.0}, {"tok_s": 100.0}, {"tok_s": 60.0}]}
+    assert round_ratios(c, ll, "concurrent") == pytest.approx([200 / 95, 1.2, 3.5])
+    c["concurrent"], ll["concurrent"] = median_round(c["concurrent_rounds"]), median_round(ll["concurrent_rounds"])
+    assert c["concurrent"] == {"tok_s": 200.0} and ll["concurrent"] == {"tok_s": 95.0}
+    batch = by_label(build_rows({"clawbot": c, "llama": ll}), "32 clients, tok/s")
+    assert (batch.clawbot, batch.llama) == ("200.0", "95.0")
+    assert batch.ratio == "2.11 (rounds 1.20–3.50, median of 3)" and batch.target == ">= 2 met"
+    # Only rounds both sides ran are paired; one round is a plain ratio.
+    c["concurrent_rounds"] = c["concurrent_rounds"][:1]
+    assert by_label(build_rows({"clawbot": c, "llama": ll}), "32 clients, tok/s").ratio == "2.11"
+
+
+def test_median_round_of_an_even_count_is_the_lower_middle() -> None:
+    rounds = [{"tok_s": 4.0}, {"tok_s": 1.0}, {"tok_s": 3.0}, {"tok_s": 2.0}]
+    assert median_round(rounds) == {"tok_s": 2.0}
