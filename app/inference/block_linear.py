@@ -26,10 +26,17 @@ from torch import nn
 from app.inference import kernels
 from app.inference.gguf_blocks import GROUP, CodeBlocks
 
-# Block formats, as the kernel numbers them: 4- or 8-bit codes, fp16 or fp32 constants.
-Q4_HALF, Q4_FLOAT, Q8_HALF, Q8_FLOAT = 0, 1, 2, 3
-BLOCK_BYTES = {Q4_HALF: 20, Q4_FLOAT: 24, Q8_HALF: 36, Q8_FLOAT: 40}
-FORMAT_NAMES = {Q4_HALF: "q4 fp16", Q4_FLOAT: "q4 fp32", Q8_HALF: "q8 fp16", Q8_FLOAT: "q8 fp32"}
+# Block formats, as the kernel numbers them: 4- or 8-bit codes, fp16 or fp32 constants; Q8_PAIR has two fp32 scales
+# a block, one per 16 weights (Q6_K).
+Q4_HALF, Q4_FLOAT, Q8_HALF, Q8_FLOAT, Q8_PAIR = 0, 1, 2, 3, 4
+BLOCK_BYTES = {Q4_HALF: 20, Q4_FLOAT: 24, Q8_HALF: 36, Q8_FLOAT: 40, Q8_PAIR: 44}
+FORMAT_NAMES = {
+    Q4_HALF: "q4 fp16",
+    Q4_FLOAT: "q4 fp32",
+    Q8_HALF: "q8 fp16",
+    Q8_FLOAT: "q8 fp32",
+    Q8_PAIR: "q8 fp32, a scale per 16",
+}
 
 
 def _fp16_exact(values: np.ndarray) -> bool:
@@ -37,27 +44,32 @@ def _fp16_exact(values: np.ndarray) -> bool:
         return bool(np.array_equal(values.astype(np.float16).astype(np.float32), values))
 
 
-def _format(byte: bool, half: bool) -> int:
+def _format(byte: bool, half: bool, pair: bool = False) -> int:
+    if pair:
+        return Q8_PAIR
     return (Q8_HALF if half else Q8_FLOAT) if byte else (Q4_HALF if half else Q4_FLOAT)
 
 
 def pack_blocks(blocks: CodeBlocks, half: bool | None = None) -> tuple[np.ndarray, int]:
     """CodeBlocks -> (rows [N, K / 32 * block bytes] uint8, format). A row is every block's codes, then every block's
-    d, then every block's m (gguf_cpu.cpp says why). `half` forces fp16 (must be exact) or fp32 constants."""
+    d (a pair's two side by side), then every block's m (gguf_layout.h says why). `half` forces fp16 (must be exact)
+    or fp32 constants; a pair's are fp32."""
     rows = blocks.codes.shape[0]
     if blocks.byte:
         codes = blocks.codes.astype(np.int8).view(np.uint8)
     else:
         codes = (blocks.codes[..., :16] | (blocks.codes[..., 16:] << 4)).astype(np.uint8)
-    if half is None:
+    if blocks.pair:
+        half = False
+    elif half is None:
         half = _fp16_exact(blocks.d) and _fp16_exact(blocks.m)
     kind = np.float16 if half else np.float32
     parts = [
         codes.reshape(rows, -1),
-        np.ascontiguousarray(blocks.d.astype(kind)).view(np.uint8),
+        np.ascontiguousarray(blocks.d.astype(kind)).view(np.uint8).reshape(rows, -1),
         np.ascontiguousarray(blocks.m.astype(kind)).view(np.uint8),
     ]
-    return np.ascontiguousarray(np.concatenate(parts, axis=1)), _format(blocks.byte, half)
+    return np.ascontiguousarray(np.concatenate(parts, axis=1)), _format(blocks.byte, half, blocks.pair)
 
 
 class BlockLinear(nn.Module):
@@ -82,8 +94,8 @@ class BlockLinear(nn.Module):
         """One layer from row chunks of one weight; fp16 constants only where every chunk's are exact in fp16."""
         chunks = list(chunks)
         half = all(_fp16_exact(c.d) and _fp16_exact(c.m) for c in chunks)
-        if len({c.byte for c in chunks}) > 1:
-            raise ValueError("the row chunks of one weight mix 4-bit and 8-bit codes")
+        if len({(c.byte, c.pair) for c in chunks}) > 1:
+            raise ValueError("the row chunks of one weight mix block forms")
         parts = [pack_blocks(c, half) for c in chunks]
         rows = np.concatenate([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
         fmt = parts[0][1]
@@ -124,7 +136,7 @@ class BlockLinear(nn.Module):
 
 def _widen(rows: torch.Tensor, fmt: int) -> torch.Tensor:
     """fp16 constants -> fp32 (the same values), so the parts of a fused weight share a format."""
-    if fmt in (Q4_FLOAT, Q8_FLOAT):
+    if fmt in (Q4_FLOAT, Q8_FLOAT, Q8_PAIR):
         return rows
     groups = rows.shape[1] // BLOCK_BYTES[fmt]
     code_bytes = groups * (BLOCK_BYTES[fmt] - 4)
@@ -137,11 +149,12 @@ def fuse_blocks(parts: list[BlockLinear]) -> BlockLinear:
     first = parts[0]
     if any(p.in_features != first.in_features or p.bias is not None for p in parts):
         raise ValueError("only block linears with the same input width, without bias, can be fused")
-    byte = {p.format in (Q8_HALF, Q8_FLOAT) for p in parts}
-    if len(byte) > 1:
-        raise ValueError("4-bit and 8-bit block weights cannot be fused into one")
+    byte = {p.format in (Q8_HALF, Q8_FLOAT, Q8_PAIR) for p in parts}
+    pair = {p.format == Q8_PAIR for p in parts}
+    if len(byte) > 1 or len(pair) > 1:
+        raise ValueError("block weights of 4-bit and 8-bit codes, or of one and two scales a block, cannot be fused")
     half = all(p.format in (Q4_HALF, Q8_HALF) for p in parts)
-    fmt = _format(byte.pop(), half)
+    fmt = _format(byte.pop(), half, pair.pop())
     out = BlockLinear(first.in_features, sum(p.out_features for p in parts), fmt, empty=True)
     out.blocks = torch.cat([p.blocks if half else _widen(p.blocks, p.format) for p in parts])
     return out

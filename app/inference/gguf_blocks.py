@@ -17,8 +17,10 @@ Int4Linear runs both planes in one kernel call over the input repeated twice (ap
     Q5_1   w = d * q + m             hi: s = 16d, z = 128d                     lo: s = d, z = 8d + m
     Q5_K   w = (d*sc) * q - dmin*mn  hi: s = 16 d sc, z = 128 d sc             lo: s = d sc, z = 8 d sc - dmin mn
 
-Q6_K keeps one scale per 16 weights, which no 32-weight group can hold, and the other formats (Q2_K, Q3_K, the IQ
-family) have no such split: those are dequantized by the `gguf` package and kept dense (`dense_rows`).
+Q6_K keeps one scale per 16 weights, which no 32-weight int4 group can hold. ClawBot's CPU kernel reads it as
+blocks of 32 8-bit codes (q - 32) with two scales, d * sc of each half (`code_blocks`, a `pair`); for torch's int4
+kernels it is dequantized and kept dense. The other formats (Q2_K, Q3_K, the IQ family) have no such form: those
+are dequantized by the `gguf` package and kept dense (`dense_rows`).
 
 Everything here works on row slices of the memory-mapped file (`GGUFReader` maps it), so a large table is unpacked
 a chunk of rows at a time and the file itself is never read whole into memory.
@@ -26,6 +28,7 @@ a chunk of rows at a time and the file itself is never read whole into memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +39,8 @@ from gguf.constants import GGML_QUANT_SIZES
 GROUP = 32  # weights per scale and zero in torch's int4 kernels, and in every block type unpacked here
 # Block types whose weights become int4 groups, and how many 4-bit planes each needs.
 PLANES = {Q.Q4_0: 1, Q.Q4_1: 1, Q.Q4_K: 1, Q.Q8_0: 2, Q.Q5_0: 2, Q.Q5_1: 2, Q.Q5_K: 2}
+# Block types with a code-block form (ClawBot's CPU kernel): every int4 type, and Q6_K with a scale per 16 weights.
+BLOCK_TYPES = (*PLANES, Q.Q6_K)
 DENSE_TYPES = (Q.F32, Q.F16, Q.BF16)
 
 
@@ -92,9 +97,9 @@ def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.reshape(*lead, 8).astype(np.float32), mn.reshape(*lead, 8).astype(np.float32)
 
 
-def _blocks(qtype: Q, raw: np.ndarray, form: str) -> tuple[int, np.ndarray]:
-    """Rows of raw blocks of a type PLANES lists -> (rows, [rows, blocks, bytes per block])."""
-    if qtype not in PLANES:
+def _blocks(qtype: Q, raw: np.ndarray, form: str, types: Iterable[Q] = PLANES) -> tuple[int, np.ndarray]:
+    """Rows of raw blocks of a type in `types` -> (rows, [rows, blocks, bytes per block])."""
+    if qtype not in types:
         raise ValueError(f"{qtype.name} blocks have no {form} form; dequantize them with dense_rows")
     _, size = GGML_QUANT_SIZES[qtype]
     rows = raw.shape[0]
@@ -141,12 +146,14 @@ class CodeBlocks:
     """A weight [rows, K] as blocks of 32 codes with one scale d and one offset m each, w = d * q + m: the form
     ClawBot's CPU kernel reads (app/inference/block_linear.py). codes [rows, K / 32, 32] (0..15, or -128..127 where
     `byte`), d and m [rows, K / 32] fp32. Every value is the file's own: a code as stored, a constant the fp16 field
-    or the exact fp32 product the format defines (Q4_K's d * sc), so d * q + m is the gguf package's dequantization."""
+    or the exact fp32 product the format defines (Q4_K's d * sc), so d * q + m is the gguf package's dequantization.
+    A `pair` (Q6_K) has two scales a block, d [rows, K / 32, 2]: the first 16 codes' and the last 16's."""
 
     codes: np.ndarray
     d: np.ndarray
     m: np.ndarray
     byte: bool
+    pair: bool = False
 
 
 def _five_bits(low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -154,8 +161,10 @@ def _five_bits(low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def code_blocks(qtype: Q, raw: np.ndarray) -> CodeBlocks:
-    """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> CodeBlocks, for every type PLANES lists."""
-    rows, b = _blocks(qtype, raw, "code-block")
+    """Rows of raw GGUF blocks ([rows, bytes per row], uint8) -> CodeBlocks, for every type BLOCK_TYPES lists."""
+    rows, b = _blocks(qtype, raw, "code-block", BLOCK_TYPES)
+    if qtype == Q.Q6_K:
+        return _q6_k_blocks(rows, b)
     if qtype in (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q5_1):
         d = _f16(b[..., 0:2])
         m = _f16(b[..., 2:4]) if qtype in (Q.Q4_1, Q.Q5_1) else np.zeros_like(d)
@@ -179,6 +188,21 @@ def code_blocks(qtype: Q, raw: np.ndarray) -> CodeBlocks:
         return CodeBlocks(low, scale, -offset, False)
     qh = b[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)
     return CodeBlocks(_five_bits(low, (qh & 1).reshape(rows, -1, 32)), scale, -offset, True)
+
+
+def _q6_k_blocks(rows: int, b: np.ndarray) -> CodeBlocks:
+    """Q6_K superblocks of 256 weights (ql[128] low nibbles, qh[64] high bit pairs, scales[16] int8, d fp16): 16
+    sub-blocks of 16 weights, w = (d * sc) * (q - 32). Bits unpacked as the gguf package's dequantization does."""
+    ql, qh = b[..., :128], b[..., 128:192]
+    sc = np.ascontiguousarray(b[..., 192:208]).view(np.int8).astype(np.float32)
+    d = _f16(b[..., 208:210])[..., None]
+    low = ql.reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2, 1)
+    low = (low & 0x0F).reshape(rows, -1, 2, 4, 32)
+    high = qh.reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 1, 4, 1)
+    high = (high & 0x03).reshape(rows, -1, 2, 4, 32)
+    q = (low | (high << 4)).astype(np.int16) - 32
+    scale = (d * sc).reshape(rows, -1, 2)  # exact products in fp32: an fp16 times an int8
+    return CodeBlocks(q.reshape(rows, -1, 32), scale, np.zeros(scale.shape[:2], np.float32), True, pair=True)
 
 
 def dense_rows(qtype: Q, raw: np.ndarray) -> np.ndarray:

@@ -3,10 +3,13 @@
 `build` reads the GGUF through the `gguf` package's memory-mapped reader, builds the architecture transformers
 knows for it (weights on the meta device, so nothing is allocated twice), and fills it tensor by tensor:
 
-- a Linear whose GGUF type has an int4 form (Q4_0, Q4_1, Q4_K, and Q8_0/Q5_x as two planes) becomes an
-  `Int4Linear` over the file's own codes (app/inference/gguf_blocks.py, app/inference/int4_linear.py);
-- any other Linear (Q6_K, Q2_K/Q3_K, F16/F32) is dequantized by the `gguf` package into a dense weight in the
-  model's dtype;
+- on a CPU with the block kernel, a Linear of a code-block type (Q4_0, Q4_1, Q4_K, Q5_x, Q8_0, and Q6_K with its
+  scale per 16 weights) becomes a `BlockLinear` over the file's own codes (app/inference/gguf_blocks.py,
+  app/inference/block_linear.py);
+- elsewhere, a Linear whose GGUF type has an int4 form (Q4_0, Q4_1, Q4_K, and Q8_0/Q5_x as two planes) becomes an
+  `Int4Linear` over the file's own codes (app/inference/int4_linear.py);
+- any other Linear (Q2_K/Q3_K, F16/F32, and Q6_K off the block kernel) is dequantized by the `gguf` package into a
+  dense weight (`DenseLinear`);
 - a tied embedding table is the output head's int4 weight, read a row at a time (`Int4Embedding`; on CUDA, whose
   packed layout is opaque, a dense bf16 copy);
 - norms and other small tensors go through transformers' own GGUF tensor processors (Gemma's norm offset).
@@ -35,7 +38,7 @@ from torch import nn
 
 from app.inference import kernels
 from app.inference.block_linear import FORMAT_NAMES, BlockLinear, fuse_blocks
-from app.inference.gguf_blocks import GROUP, code_blocks, dense_rows, int4_groups, is_int4
+from app.inference.gguf_blocks import BLOCK_TYPES, GROUP, code_blocks, dense_rows, int4_groups, is_int4
 from app.inference.int4_linear import (
     PACK_ROWS,
     QUANTIZED,
@@ -53,7 +56,7 @@ log = logging.getLogger("clawbot.model")
 
 LAYOUT_FILE = "layout.json"
 # Bumped when the packed layout or the layout file changes shape, so old caches are rebuilt rather than misread.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 WEIGHTS_FILE = "model.safetensors"
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -104,6 +107,12 @@ def _row_order(processor: Any, name: str, rows: int) -> np.ndarray | None:
 def uses_blocks(device: torch.device) -> bool:
     """Whether quantized weights take ClawBot's block kernel here (a CPU with AVX2), rather than torch's int4."""
     return device.type == "cpu" and kernels.available()
+
+
+def _quantized(qtype: Any, device: torch.device) -> bool:
+    """Whether a tensor of this block type keeps its codes here: any code-block type on the block kernel (Q6_K
+    included), an int4 type on torch's kernels."""
+    return qtype in BLOCK_TYPES if uses_blocks(device) else is_int4(qtype)
 
 
 def _fits(out_features: int, in_features: int, device: torch.device) -> bool:
@@ -187,9 +196,10 @@ def _check_materialized(model: nn.Module, source: str) -> None:
 def build(
     gguf: Path, config: Any, device: torch.device, dtype: torch.dtype, kernel_dtype: torch.dtype = torch.bfloat16
 ) -> tuple[nn.Module, Placement]:
-    """The model for `gguf` (config from transformers' GGUF reader), every Linear with an int4 form as a BlockLinear
-    (ClawBot's kernel, fp32) where `uses_blocks`, else as an Int4Linear computing in `kernel_dtype`; a Linear with
-    no such form (Q6_K) is a DenseLinear in `kernel_dtype`."""
+    """The model for `gguf` (config from transformers' GGUF reader), every Linear of a code-block type as a
+    BlockLinear (ClawBot's kernel, fp32) where `uses_blocks`, else every Linear with an int4 form as an Int4Linear
+    computing in `kernel_dtype`; a Linear with no such form (Q6_K off the block kernel) is a DenseLinear in
+    `kernel_dtype`."""
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
@@ -222,7 +232,7 @@ def build(
             if order is not None:
                 raw = raw[order]
             parent, child = _module(model, module_name)
-            if is_int4(qtype) and _fits(module.out_features, module.in_features, device):
+            if _quantized(qtype, device) and _fits(module.out_features, module.in_features, device):
                 layer = _int4(raw, qtype, device, kernel_dtype)
                 if module.bias is not None and not module.bias.is_meta:
                     layer.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
@@ -268,7 +278,7 @@ def _head_from(
     placement: Placement,
 ) -> nn.Module:
     rows = raw.shape[0]
-    if is_int4(qtype):
+    if _quantized(qtype, device):
         head = _int4(raw, qtype, device, kernel_dtype)
         if _fits(head.out_features, head.in_features, device):
             placement.add(qtype.name, _form(head) + " (output head, tied embedding)", True)

@@ -276,8 +276,9 @@ class FusedPart(nn.Module):
 
 
 class DenseLinear(nn.Module):
-    """A weight with no int4 form (Q6_K's 16-weight scales, Q2_K/Q3_K, F16): the gguf package's dequantized values,
-    held in the kernel dtype like the int4 layers' scales, so it costs 2 bytes a weight rather than fp32's 4."""
+    """A weight with no quantized form here (Q6_K off the block kernel, Q2_K/Q3_K, F16): the gguf package's
+    dequantized values, held in the kernel dtype like the int4 layers' scales, so it costs 2 bytes a weight rather
+    than fp32's 4."""
 
     def __init__(self, weight: torch.Tensor, kernel_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()

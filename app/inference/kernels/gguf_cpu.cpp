@@ -6,6 +6,8 @@
 //   Q4 (4-bit codes, 0..15): 16 bytes, byte j's low nibble is q[j] and its high nibble q[j + 16] (GGUF's Q4_0/Q4_1
 //      order). Q4_0 (m = -8d), Q4_1 and Q4_K's sub-blocks are this with the file's own codes.
 //   Q8 (8-bit codes, -128..127): 32 bytes: Q8_0's own codes (m = 0), Q5_x's 5-bit codes.
+//   Q8 Pair: Q8 codes with two fp32 scales, the first 16 weights' and the last 16's: Q6_K's codes q - 32 and the
+//      exact products d * sc of its 16-weight sub-blocks (m = 0).
 //
 // From 8 input rows on (prefill, a batched decode step) every weight is dequantized in registers exactly as the gguf
 // package dequantizes it (d * q is exact in fp32, so fma(d, q, m) is the one rounding of d * q + m), into fp32 panels
@@ -36,6 +38,7 @@ int64_t block_bytes(int64_t format) {
     case kQ4Float: return Layout<true, false>::kBytes;
     case kQ8Half: return Layout<false, true>::kBytes;
     case kQ8Float: return Layout<true, true>::kBytes;
+    case kQ8Pair: return Layout<true, true, true>::kBytes;
   }
   TORCH_CHECK(false, "unknown GGUF block format ", format);
 }
@@ -67,15 +70,20 @@ __attribute__((always_inline)) inline void codes(const uint8_t* row, int64_t g, 
   for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtepi32_ps(v[j]);
 }
 
-// Block g of a row as 32 float weights in four registers: w[j] = fma(d, q[j], m), exactly d * q[j] + m.
-template <bool Wide, bool Byte>
+// Block g of a row as 32 float weights in four registers: w[j] = fma(d, q[j], m), exactly d * q[j] + m (a Pair's
+// first 16 weights with its first d, the last 16 with its second).
+template <bool Wide, bool Byte, bool Pair = false>
 __attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t groups, int64_t g, __m256 w[4]) {
-  using L = Layout<Wide, Byte>;
-  const __m256 d = _mm256_set1_ps(L::load1(L::scales(row, groups) + g * L::kConst));
+  using L = Layout<Wide, Byte, Pair>;
+  const uint8_t* d_at = L::scales(row, groups) + g * L::kScales * L::kConst;
+  const __m256 d0 = _mm256_set1_ps(L::load1(d_at));
+  const __m256 d1 = Pair ? _mm256_set1_ps(L::load1(d_at + L::kConst)) : d0;
   const __m256 m = _mm256_set1_ps(L::load1(L::offsets(row, groups) + g * L::kConst));
   codes<Wide, Byte>(row, g, w);
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, w[j], m);
+  w[0] = _mm256_fmadd_ps(d0, w[0], m);
+  w[1] = _mm256_fmadd_ps(d0, w[1], m);
+  w[2] = _mm256_fmadd_ps(d1, w[2], m);
+  w[3] = _mm256_fmadd_ps(d1, w[3], m);
 }
 
 // From kPanelRows input rows on, a matmul is a small fp32 GEMM. The input rows are packed once a call into tiles of
@@ -126,13 +134,13 @@ void pack_tile(const float* x, int64_t m_rows, int64_t k, int64_t r0, int64_t wi
 }
 
 // Weight rows [0, count) of a panel dequantized as they lie, [kPanelN][K]; rows past count are zeros.
-template <bool Wide, bool Byte>
+template <bool Wide, bool Byte, bool Pair>
 void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, float* panel) {
   const int64_t k = groups * kGroup;
   for (int64_t i = 0; i < count; ++i)
     for (int64_t g = 0; g < groups; ++g) {
       __m256 v[4];
-      weights<Wide, Byte>(w + i * row_bytes, groups, g, v);
+      weights<Wide, Byte, Pair>(w + i * row_bytes, groups, g, v);
       #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) _mm256_store_ps(panel + i * k + g * kGroup + 8 * j, v[j]);
     }
@@ -178,9 +186,9 @@ inline void panel_tile(const float* w, const float* xp, int64_t k, float* out, i
     for (int64_t j = 0; j < cols; ++j) out[i * n_total + j] = o[j][i];
 }
 
-template <bool Wide, bool Byte>
+template <bool Wide, bool Byte, bool Pair>
 void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
-  using L = Layout<Wide, Byte>;
+  using L = Layout<Wide, Byte, Pair>;
   const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
   // Tiles of 16 input rows; a rest of 1..8 rows is a tile of 8, of 9..15 one more of 16.
   const int64_t rest = m_rows % kTileM;
@@ -194,7 +202,7 @@ void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blo
     TORCH_CHECK(panel != nullptr, "out of memory for a ", k, "-wide weight panel");
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n0 = p * kPanelN, count = std::min<int64_t>(kPanelN, n_total - n0);
-      unpack_panel<Wide, Byte>(blocks + n0 * row_bytes, row_bytes, groups, count, panel);
+      unpack_panel<Wide, Byte, Pair>(blocks + n0 * row_bytes, row_bytes, groups, count, panel);
       for (int64_t r0 = 0; r0 < padded; r0 += kTileM) {
         const int64_t rows = std::min(kTileM, m_rows - r0);
         float* o = out + r0 * n_total + n0;
@@ -212,13 +220,11 @@ void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blo
   });
 }
 
-template <bool Wide, bool Byte>
+template <bool Wide, bool Byte, bool Pair = false>
 void matmul(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
-  using L = Layout<Wide, Byte>;
-  const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
-  if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte>(x, m_rows, k, blocks, n_total, out);
+  if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte, Pair>(x, m_rows, k, blocks, n_total, out);
   // A decode step's few rows: integer products with the inputs rounded to int16 (gguf_rows.cpp).
-  few_rows_mm(Layout<Wide, Byte>::kFormat, x, m_rows, k, blocks, n_total, out);
+  few_rows_mm(Layout<Wide, Byte, Pair>::kFormat, x, m_rows, k, blocks, n_total, out);
 }
 
 void check(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {
@@ -229,15 +235,15 @@ void check(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {
               " bytes; ", n, " rows of ", k, " weights in format ", format, " need ", n * (k / kGroup) * block_bytes(format));
 }
 
-template <bool Wide, bool Byte>
+template <bool Wide, bool Byte, bool Pair = false>
 void dequantize_rows(const uint8_t* blocks, int64_t n, int64_t k, float* out) {
-  using L = Layout<Wide, Byte>;
+  using L = Layout<Wide, Byte, Pair>;
   const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row)
       for (int64_t g = 0; g < groups; ++g) {
         __m256 w[4];
-        weights<Wide, Byte>(blocks + row * row_bytes, groups, g, w);
+        weights<Wide, Byte, Pair>(blocks + row * row_bytes, groups, g, w);
         float* dst = out + row * k + g * kGroup;
         #pragma GCC unroll 16
         for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + 8 * j, w[j]);
@@ -255,6 +261,7 @@ at::Tensor gguf_dequantize(const at::Tensor& blocks, int64_t format, int64_t n, 
     case kQ4Float: dequantize_rows<true, false>(b, n, k, o); break;
     case kQ8Half: dequantize_rows<false, true>(b, n, k, o); break;
     case kQ8Float: dequantize_rows<true, true>(b, n, k, o); break;
+    case kQ8Pair: dequantize_rows<true, true, true>(b, n, k, o); break;
     default: TORCH_CHECK(false, "unknown GGUF block format ", format);
   }
   return out;
@@ -277,6 +284,7 @@ at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& blocks, int64_t format
     case kQ4Float: matmul<true, false>(xp, m_rows, k, b, n, o); break;
     case kQ8Half: matmul<false, true>(xp, m_rows, k, b, n, o); break;
     case kQ8Float: matmul<true, true>(xp, m_rows, k, b, n, o); break;
+    case kQ8Pair: matmul<true, true, true>(xp, m_rows, k, b, n, o); break;
     default: TORCH_CHECK(false, "unknown GGUF block format ", format);
   }
   return out;

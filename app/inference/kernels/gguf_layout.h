@@ -7,18 +7,25 @@
 #include <cstring>
 
 constexpr int64_t kGroup = 32;
-enum Format : int64_t { kQ4Half = 0, kQ4Float = 1, kQ8Half = 2, kQ8Float = 3 };
+// kQ8Pair: 8-bit codes with two fp32 scales a block, one per 16 weights (Q6_K's sub-blocks), and an offset.
+enum Format : int64_t { kQ4Half = 0, kQ4Float = 1, kQ8Half = 2, kQ8Float = 3, kQ8Pair = 4 };
 
-// A row is laid out as arrays, not as blocks side by side: every block's codes, then every block's d, then every
-// block's m. So each block's codes start at a fixed stride. Bytes per block stay the file's: Q4_1 is 16 + 2 + 2.
-template <bool Wide, bool Byte> struct Layout {
-  static constexpr int64_t kFormat = Byte ? (Wide ? kQ8Float : kQ8Half) : (Wide ? kQ4Float : kQ4Half);
+// A row is laid out as arrays, not as blocks side by side: every block's codes, then every block's d (two for a
+// Pair: the first 16 weights', then the last 16's), then every block's m. So each block's codes start at a fixed
+// stride. Bytes per block stay the file's where its constants fit: Q4_1 is 16 + 2 + 2.
+template <bool Wide, bool Byte, bool Pair = false> struct Layout {
+  static_assert(!Pair || (Wide && Byte), "a block with a scale per 16 weights has 8-bit codes and fp32 constants");
+  static constexpr int64_t kFormat =
+      Pair ? kQ8Pair : (Byte ? (Wide ? kQ8Float : kQ8Half) : (Wide ? kQ4Float : kQ4Half));
   static constexpr int64_t kCodes = Byte ? 32 : 16;  // code bytes per block
   static constexpr int64_t kConst = Wide ? 4 : 2;    // bytes of one constant (d or m)
-  static constexpr int64_t kBytes = kCodes + 2 * kConst;
+  static constexpr int64_t kScales = Pair ? 2 : 1;   // scales per block
+  static constexpr int64_t kBytes = kCodes + (kScales + 1) * kConst;
   static inline const uint8_t* codes(const uint8_t* row, int64_t g) { return row + g * kCodes; }
   static inline const uint8_t* scales(const uint8_t* row, int64_t groups) { return row + groups * kCodes; }
-  static inline const uint8_t* offsets(const uint8_t* row, int64_t groups) { return row + groups * (kCodes + kConst); }
+  static inline const uint8_t* offsets(const uint8_t* row, int64_t groups) {
+    return row + groups * (kCodes + kScales * kConst);
+  }
   static inline float load1(const uint8_t* p) {
     if constexpr (Wide) { float v; std::memcpy(&v, p, 4); return v; }
     else { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }

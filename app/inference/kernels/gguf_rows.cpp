@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -82,19 +83,31 @@ __attribute__((always_inline)) inline __m256 load8(const uint8_t* p, int64_t len
   return _mm256_load_ps(v);
 }
 
+// A Pair row's scales of blocks g0 .. g0 + len - 1, first halves' in d[0], second halves' in d[1]; past len, zeros.
+__attribute__((always_inline)) inline void load8_pairs(const uint8_t* p, int64_t len, __m256 d[2]) {
+  alignas(32) float v[2][8] = {};
+  for (int64_t i = 0; i < len; ++i) {
+    std::memcpy(&v[0][i], p + 8 * i, 4);
+    std::memcpy(&v[1][i], p + 8 * i + 4, 4);
+  }
+  d[0] = _mm256_load_ps(v[0]);
+  d[1] = _mm256_load_ps(v[1]);
+}
+
 // KN weight rows against RM rounded input rows. Eight blocks at a time: their d * s and m * sum x are computed
-// eight-wide, then each block's integer dot product is scaled by its d * s.
-template <bool Wide, bool Byte, int KN, int RM>
+// eight-wide, then each block's integer dot product is scaled by its d * s (a Pair's two halves each by their own).
+template <bool Wide, bool Byte, bool Pair, int KN, int RM>
 __attribute__((always_inline)) inline void tile_q16(const uint8_t* row, int64_t row_bytes, int64_t groups,
                                                     const RowsQ16& x, int64_t k, float* out, int64_t n_total) {
-  using L = Layout<Wide, Byte>;
+  using L = Layout<Wide, Byte, Pair>;
+  constexpr int H = Pair ? 2 : 1;           // scales per block
   const int64_t xg = (groups + 7) / 8 * 8;  // x.s and x.sum rows are padded to whole eights with zeros
   __m256 acc[KN][RM], offset[KN][RM];
   #pragma GCC unroll 16
   for (int n = 0; n < KN; ++n)
     #pragma GCC unroll 16
     for (int r = 0; r < RM; ++r) acc[n][r] = _mm256_setzero_ps(), offset[n][r] = _mm256_setzero_ps();
-  alignas(32) float ds[KN][RM][8];
+  alignas(32) float ds[KN][RM][H][8];
   {  // the tile after next: its rows' bytes, a cache line at a time (hardware prefetch alone leaves DRAM idle)
     const char* ahead = reinterpret_cast<const char*>(row + 2 * KN * row_bytes);
     for (int64_t b = 0; b < KN * row_bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
@@ -104,11 +117,15 @@ __attribute__((always_inline)) inline void tile_q16(const uint8_t* row, int64_t 
     #pragma GCC unroll 16
     for (int n = 0; n < KN; ++n) {
       const uint8_t* wn = row + n * row_bytes;
-      const __m256 d8 = load8<Wide, Byte>(L::scales(wn, groups) + g0 * L::kConst, len);
+      __m256 d8[H];
+      if constexpr (Pair) load8_pairs(L::scales(wn, groups) + g0 * 2 * L::kConst, len, d8);
+      else d8[0] = load8<Wide, Byte>(L::scales(wn, groups) + g0 * L::kConst, len);
       const __m256 m8 = load8<Wide, Byte>(L::offsets(wn, groups) + g0 * L::kConst, len);
       #pragma GCC unroll 16
       for (int r = 0; r < RM; ++r) {
-        _mm256_store_ps(ds[n][r], _mm256_mul_ps(d8, _mm256_loadu_ps(x.s + r * xg + g0)));
+        const __m256 s8 = _mm256_loadu_ps(x.s + r * xg + g0);
+        #pragma GCC unroll 2
+        for (int h = 0; h < H; ++h) _mm256_store_ps(ds[n][r][h], _mm256_mul_ps(d8[h], s8));
         offset[n][r] = _mm256_fmadd_ps(m8, _mm256_loadu_ps(x.sum + r * xg + g0), offset[n][r]);
       }
     }
@@ -121,10 +138,15 @@ __attribute__((always_inline)) inline void tile_q16(const uint8_t* row, int64_t 
         #pragma GCC unroll 16
         for (int r = 0; r < RM; ++r) {
           const int16_t* xq = x.q + r * k + g * kGroup;
-          const __m256i p = _mm256_add_epi32(
-              _mm256_madd_epi16(c[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq))),
-              _mm256_madd_epi16(c[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16))));
-          acc[n][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&ds[n][r][i]), acc[n][r]);
+          const __m256i p0 = _mm256_madd_epi16(c[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+          const __m256i p1 = _mm256_madd_epi16(c[1], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16)));
+          if constexpr (Pair) {
+            acc[n][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(&ds[n][r][0][i]), acc[n][r]);
+            acc[n][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(&ds[n][r][1][i]), acc[n][r]);
+          } else {
+            const __m256i p = _mm256_add_epi32(p0, p1);
+            acc[n][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&ds[n][r][0][i]), acc[n][r]);
+          }
         }
       }
     }
@@ -135,32 +157,32 @@ __attribute__((always_inline)) inline void tile_q16(const uint8_t* row, int64_t 
     for (int r = 0; r < RM; ++r) out[r * n_total + n] = hsum(_mm256_add_ps(acc[n][r], offset[n][r]));
 }
 
-template <bool Wide, bool Byte>
+template <bool Wide, bool Byte, bool Pair>
 void rows_times_q16(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t count, const RowsQ16& x,
                     int64_t m_rows, int64_t k, float* out, int64_t n_total) {
   int64_t n = 0;
   switch (m_rows) {
     case 1:
-      for (; n + 4 <= count; n += 4) tile_q16<Wide, Byte, 4, 1>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
+      for (; n + 4 <= count; n += 4) tile_q16<Wide, Byte, Pair, 4, 1>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
       break;
     case 2:
-      for (; n + 2 <= count; n += 2) tile_q16<Wide, Byte, 2, 2>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
+      for (; n + 2 <= count; n += 2) tile_q16<Wide, Byte, Pair, 2, 2>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
       break;
     case 3:
-      for (; n + 2 <= count; n += 2) tile_q16<Wide, Byte, 2, 3>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
+      for (; n + 2 <= count; n += 2) tile_q16<Wide, Byte, Pair, 2, 3>(w + n * row_bytes, row_bytes, groups, x, k, out + n, n_total);
       break;
     default: break;
   }
   for (; n < count; ++n) {
     const uint8_t* wn = w + n * row_bytes;
     switch (m_rows) {
-      case 1: tile_q16<Wide, Byte, 1, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 2: tile_q16<Wide, Byte, 1, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 3: tile_q16<Wide, Byte, 1, 3>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 4: tile_q16<Wide, Byte, 1, 4>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 5: tile_q16<Wide, Byte, 1, 5>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      case 6: tile_q16<Wide, Byte, 1, 6>(wn, row_bytes, groups, x, k, out + n, n_total); break;
-      default: tile_q16<Wide, Byte, 1, 7>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 1: tile_q16<Wide, Byte, Pair, 1, 1>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 2: tile_q16<Wide, Byte, Pair, 1, 2>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 3: tile_q16<Wide, Byte, Pair, 1, 3>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 4: tile_q16<Wide, Byte, Pair, 1, 4>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 5: tile_q16<Wide, Byte, Pair, 1, 5>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      case 6: tile_q16<Wide, Byte, Pair, 1, 6>(wn, row_bytes, groups, x, k, out + n, n_total); break;
+      default: tile_q16<Wide, Byte, Pair, 1, 7>(wn, row_bytes, groups, x, k, out + n, n_total); break;
     }
   }
 }
@@ -175,21 +197,22 @@ void few_rows_mm(int64_t format, const float* x, int64_t m_rows, int64_t k, cons
   const RowsQ16 rq{q.data(), s.data(), sum.data()};
   quantize_rows_q16(x, m_rows, k, rq);
   // Small grains: one stream's decode step has few rows per weight, and both cores should share them.
-  auto run = [&](auto wide, auto byte) {
-    constexpr bool Wide = decltype(wide)::value, Byte = decltype(byte)::value;
-    const int64_t row_bytes = groups * Layout<Wide, Byte>::kBytes;
+  auto run = [&](auto wide, auto byte, auto pair) {
+    constexpr bool Wide = decltype(wide)::value, Byte = decltype(byte)::value, Pair = decltype(pair)::value;
+    const int64_t row_bytes = groups * Layout<Wide, Byte, Pair>::kBytes;
     at::parallel_for(0, n_total, 16, [&](int64_t begin, int64_t end) {
-      rows_times_q16<Wide, Byte>(blocks + begin * row_bytes, row_bytes, groups, end - begin, rq, m_rows, k,
+      rows_times_q16<Wide, Byte, Pair>(blocks + begin * row_bytes, row_bytes, groups, end - begin, rq, m_rows, k,
                                  out + begin, n_total);
     });
   };
   using T = std::true_type;
   using F = std::false_type;
   switch (format) {
-    case kQ4Half: return run(F{}, F{});
-    case kQ4Float: return run(T{}, F{});
-    case kQ8Half: return run(F{}, T{});
-    case kQ8Float: return run(T{}, T{});
+    case kQ4Half: return run(F{}, F{}, F{});
+    case kQ4Float: return run(T{}, F{}, F{});
+    case kQ8Half: return run(F{}, T{}, F{});
+    case kQ8Float: return run(T{}, T{}, F{});
+    case kQ8Pair: return run(T{}, T{}, T{});
   }
   TORCH_CHECK(false, "unknown GGUF block format ", format);
 }

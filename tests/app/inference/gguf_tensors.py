@@ -2,7 +2,8 @@
 tests keep their packed models; and the rounding bound the quantized-linear tests hold matmuls to.
 
 Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 are quantized by the `gguf` package itself; it has no quantizer for the K-quants,
-so Q4_K and Q5_K blocks are random bytes with sane fp16 super-block scales (every byte pattern is a valid block).
+so Q4_K, Q5_K and Q6_K blocks are random bytes with sane fp16 super-block scales (every byte pattern is a valid
+block).
 The file is written with gguf.GGUFWriter and read back through the memory-mapped reader, as the loader reads a
 model (the `tensors` fixture in conftest.py).
 """
@@ -16,13 +17,13 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader, GGUFWriter, quants
 
-from app.inference.gguf_blocks import PLANES
+from app.inference.gguf_blocks import BLOCK_TYPES
 
 # The packed embedded model, cached across runs (gguf_model's cache): the conftest's `smollm2` fixture loads it.
 GGUF_DATA_DIR = Path(__file__).resolve().parents[3] / "build" / "test-data" / "gguf"
 ROWS, K = 112, 512  # 112 rows: full packing blocks and a partial last one, on every CPU layout
 QUANTIZED_BY_GGUF = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)
-FP16_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2)}  # byte offsets of d and dmin in a K-quant super-block
+FP16_FIELDS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}  # byte offsets of d (and dmin) in a super-block
 
 
 def _k_quant_blocks(qtype: Q, rng: np.random.Generator) -> np.ndarray:
@@ -36,10 +37,10 @@ def _k_quant_blocks(qtype: Q, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_gguf(path: Path) -> Path:
-    """One tensor `w.<TYPE>` [ROWS, K] per type in PLANES, written to `path`."""
+    """One tensor `w.<TYPE>` [ROWS, K] per type in BLOCK_TYPES (the int4 types and Q6_K), written to `path`."""
     rng = np.random.default_rng(7)
     writer = GGUFWriter(str(path), "llama")
-    for qtype in PLANES:
+    for qtype in BLOCK_TYPES:
         if qtype in QUANTIZED_BY_GGUF:
             weights = rng.standard_normal((ROWS, K)).astype(np.float32) * 0.05
             data = quants.quantize(weights, qtype)

@@ -23,10 +23,11 @@ from app.inference.block_linear import (
     Q4_HALF,
     Q8_FLOAT,
     Q8_HALF,
+    Q8_PAIR,
     BlockLinear,
     fuse_blocks,
 )
-from app.inference.gguf_blocks import PLANES, code_blocks
+from app.inference.gguf_blocks import BLOCK_TYPES, code_blocks
 from app.inference.int4_linear import FusedLinears, FusedPart, Int4Embedding
 from app.inference.kernels import build
 from tests.app.inference.gguf_tensors import ROWS, K, kernel_bound
@@ -44,6 +45,7 @@ EXPECTED_FORMAT = {
     Q.Q5_0: Q8_HALF,
     Q.Q5_1: Q8_HALF,
     Q.Q5_K: Q8_FLOAT,
+    Q.Q6_K: Q8_PAIR,  # d * sc per 16 weights
 }
 
 
@@ -59,18 +61,20 @@ def test_the_kernels_load_on_this_machine() -> None:
     assert kernels.load() is None
 
 
-@pytest.mark.parametrize("qtype", list(PLANES), ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", list(BLOCK_TYPES), ids=lambda q: q.name)
 def test_code_blocks_are_the_gguf_dequantization_exactly(qtype: Q, tensors: dict[Q, np.ndarray]) -> None:
     raw = tensors[qtype]
     blocks = code_blocks(qtype, raw)
-    weight = (blocks.d[..., None] * blocks.codes.astype(np.float32) + blocks.m[..., None]).reshape(ROWS, K)
+    halves = blocks.codes.astype(np.float32).reshape(ROWS, K // 32, -1, 32 // blocks.d[0, 0].size)
+    d = blocks.d.reshape(ROWS, K // 32, -1)  # one scale a block, or a pair's two: each for its half
+    weight = (d[..., None] * halves + blocks.m[..., None, None]).reshape(ROWS, K)
     assert np.array_equal(weight, quants.dequantize(raw, qtype))
     layer = _layer(qtype, raw)
     assert layer.format == EXPECTED_FORMAT[qtype]
     assert torch.equal(layer.dequantize(), _reference(qtype, raw))  # the kernel's own dequantization, bit for bit
 
 
-@pytest.mark.parametrize("qtype", list(PLANES), ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", list(BLOCK_TYPES), ids=lambda q: q.name)
 def test_block_matmul_equals_the_gguf_dequantized_matmul(qtype: Q, tensors: dict[Q, np.ndarray]) -> None:
     raw = tensors[qtype]
     reference = _reference(qtype, raw)
@@ -111,7 +115,7 @@ def test_bias_and_leading_dimensions(tensors: dict[Q, np.ndarray]) -> None:
     torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
 def test_embedding_rows_are_the_dequantized_rows(qtype: Q, tensors: dict[Q, np.ndarray]) -> None:
     raw = tensors[qtype]
     reference = _reference(qtype, raw)
@@ -135,6 +139,12 @@ def test_fused_parts_give_the_outputs_of_separate_layers(tensors: dict[Q, np.nda
     with pytest.raises(ValueError, match="4-bit and 8-bit"):
         fuse_blocks([q, _layer(Q.Q8_0, tensors[Q.Q8_0])])
     assert fuse_blocks([_layer(Q.Q8_0, tensors[Q.Q8_0]), _layer(Q.Q5_K, tensors[Q.Q5_K])]).format == Q8_FLOAT
+    # A scale per 16 weights joins only its own kind (llama.cpp's Q4_K_M mixes Q6_K into some layers' v).
+    six = _layer(Q.Q6_K, tensors[Q.Q6_K])
+    with pytest.raises(ValueError, match="one and two scales"):
+        fuse_blocks([_layer(Q.Q8_0, tensors[Q.Q8_0]), six])
+    both = fuse_blocks([six, six])
+    assert both.format == Q8_PAIR and torch.equal(both.dequantize(), torch.cat([six.dequantize()] * 2))
 
 
 def test_the_kernel_refuses_what_does_not_fit(tensors: dict[Q, np.ndarray]) -> None:

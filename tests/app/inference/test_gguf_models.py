@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import app.inference.gguf_model as gguf_model
-from app.inference.block_linear import Q8_HALF, BlockLinear
+from app.inference.block_linear import Q8_HALF, Q8_PAIR, BlockLinear
 from app.inference.int4_linear import Int4Embedding, Int4Linear
 from app.inference.kernels.build import supported_cpu
 from app.inference.loader import LoadedModel, ModelLoadError, embedded_gguf_path, load_model
@@ -116,11 +116,16 @@ def test_gemma3_q4_k_m_completes_text(gemma_gguf: Path) -> None:
     assert loaded.quantization == "gguf:q4_k_m"
     assert loaded.model.config.model_type == "gemma3_text"
     forms = {type(m).__name__ for m in loaded.model.modules()}
-    quantized = "Int4Linear" if supported_cpu() else "BlockLinear"
-    assert {quantized, "DenseLinear", "Int4Embedding"} <= forms  # Q4_K/Q5_0/Q8_0 quantized, Q6_K dense
-    # Q6_K's 16-weight scales fit no 32-weight group, so ffn_down is dense bf16. With torch's int4 kernel the
-    # 262144-row Q8_0 table is two int4 planes (1.25 bytes a weight against Q8_0's 1.06): 1.30x; as blocks, 1.125.
-    assert loaded.memory_bytes <= (1.31 if supported_cpu() else 1.25) * gemma_gguf.stat().st_size
+    if supported_cpu():  # torch's int4 kernels: Q6_K's 16-weight scales fit no int4 group, so ffn_down is dense
+        assert {"Int4Linear", "DenseLinear", "Int4Embedding"} <= forms
+    else:  # the block kernel: Q4_K/Q5_0/Q8_0 and Q6_K (a scale per 16 weights) all keep their codes
+        assert {"BlockLinear", "Int4Embedding"} <= forms and "DenseLinear" not in forms
+        six = [m for m in loaded.model.modules() if isinstance(m, BlockLinear) and m.format == Q8_PAIR]
+        assert len(six) == 9  # the nine Q6_K ffn_down weights of Llama.cpp's Q4_K_M mix
+    # With torch's int4 kernel the 262144-row Q8_0 table is two int4 planes (1.25 bytes a weight against Q8_0's
+    # 1.06) and ffn_down dense bf16: 1.30x. As blocks: the table 1.125 bytes a weight, Q5_0's 5-bit codes a byte
+    # each (1.125 against 0.69), Q6_K 1.375 against 0.82 (it was 2 as dense bf16): 1.17x.
+    assert loaded.memory_bytes <= (1.31 if supported_cpu() else 1.18) * gemma_gguf.stat().st_size
     # A base model: no chat template, so the message is the text to complete.
     text = "The capital of France is Paris. The capital of Germany is"
     assert "Berlin" in _generate(loaded, [{"role": "user", "content": text}], 6)
