@@ -303,19 +303,20 @@ async def run_scenarios(
             await post(client, side, messages_for(0), 4)  # warm-up: first-request paths out of the timing
         turn = 0
         for name in args.scenarios:
-            key = RESULT_KEYS[name]
-            for round_ in range(args.rounds if name in REPEATED else 1):
+            key, repeated = RESULT_KEYS[name], name in REPEATED
+            rounds = args.rounds if repeated else 1
+            for round_ in range(rounds):
                 # Alternate which side goes first, so neither always runs right after the other's burst.
                 for side in sides if turn % 2 == 0 else list(reversed(sides)):
-                    label = f"[{name}{f' {round_ + 1}/{args.rounds}' if name in REPEATED else ''}] {side.name}"
+                    label = f"[{name}{f' {round_ + 1}/{rounds}' if repeated else ''}] {side.name}"
                     print(f"{label} ...", flush=True)
                     figures = await RUNNERS[name](client, side, args, ctx)
-                    if name in REPEATED:
-                        rounds = results[side.name].setdefault(rounds_key(key), [])
-                        rounds.append(figures)
-                        figures = median_round(rounds)
+                    print(f"{label}: {_summary(figures)}", flush=True)
+                    if repeated:
+                        kept = results[side.name].setdefault(rounds_key(key), [])
+                        kept.append(figures)
+                        figures = median_round(kept)
                     results[side.name][key] = figures
-                    print(f"{label}: {_summary(figures if name not in REPEATED else rounds[-1])}", flush=True)
                 turn += 1
 
 

@@ -106,9 +106,8 @@ def _paired(c: dict[str, Any], ll: dict[str, Any], key: str) -> tuple[float | No
     ratios = round_ratios(c, ll, key)
     if not ratios:
         return ratio(_get(c, key, "tok_s"), _get(ll, key, "tok_s")), ""
-    if len(ratios) == 1:
-        return ratios[0], ""
-    return percentile(ratios, 50), f" (rounds {min(ratios):.2f}–{max(ratios):.2f}, median of {len(ratios)})"
+    spread = f" (rounds {min(ratios):.2f}–{max(ratios):.2f}, median of {len(ratios)})" if len(ratios) > 1 else ""
+    return percentile(ratios, 50), spread
 
 
 def build_rows(results: dict[str, Any]) -> list[Row]:

@@ -13,8 +13,9 @@
 // package dequantizes it (d * q is exact in fp32, so fma(d, q, m) is the one rounding of d * q + m), into fp32 panels
 // of 12 weight rows that a register tile of 6 weight rows x 16 input rows multiplies with float32 activations: the
 // dense fp32 matmul with the file's dequantized weight, up to fp32 summation order, no bf16 constants. A panel is
-// unpacked once for all the input rows (torch's int4 CPU kernel unpacks the weight again every 4 rows). Fewer rows (a decode step's 1..7) go
-// to gguf_rows.cpp, which multiplies the codes as integers with the inputs rounded to 16 bits.
+// unpacked once for all the input rows (torch's int4 CPU kernel unpacks the weight again every 4 rows). Fewer rows
+// (a decode step's 1..7) go to gguf_rows.cpp, which multiplies the codes as integers with the inputs rounded to
+// 16 bits.
 //
 // gguf_mm(x [M, K] float32, blocks [N, K / 32 * block bytes] uint8, format, N) -> [M, N] float32
 // gguf_dequantize(blocks, format, N, K) -> [N, K] float32, exactly d * q + m (embedding rows, and for checks)
@@ -33,14 +34,7 @@
 namespace {
 
 int64_t block_bytes(int64_t format) {
-  switch (format) {
-    case kQ4Half: return Layout<false, false>::kBytes;
-    case kQ4Float: return Layout<true, false>::kBytes;
-    case kQ8Half: return Layout<false, true>::kBytes;
-    case kQ8Float: return Layout<true, true>::kBytes;
-    case kQ8Pair: return Layout<true, true, true>::kBytes;
-  }
-  TORCH_CHECK(false, "unknown GGUF block format ", format);
+  return with_layout(format, [](auto layout) { return decltype(layout)::kBytes; });
 }
 
 // Block g's 32 codes as floats in four registers (exact: small integers).
@@ -72,7 +66,7 @@ __attribute__((always_inline)) inline void codes(const uint8_t* row, int64_t g, 
 
 // Block g of a row as 32 float weights in four registers: w[j] = fma(d, q[j], m), exactly d * q[j] + m (a Pair's
 // first 16 weights with its first d, the last 16 with its second).
-template <bool Wide, bool Byte, bool Pair = false>
+template <bool Wide, bool Byte, bool Pair>
 __attribute__((always_inline)) inline void weights(const uint8_t* row, int64_t groups, int64_t g, __m256 w[4]) {
   using L = Layout<Wide, Byte, Pair>;
   const uint8_t* d_at = L::scales(row, groups) + g * L::kScales * L::kConst;
@@ -220,7 +214,7 @@ void matmul_panels(const float* x, int64_t m_rows, int64_t k, const uint8_t* blo
   });
 }
 
-template <bool Wide, bool Byte, bool Pair = false>
+template <bool Wide, bool Byte, bool Pair>
 void matmul(const float* x, int64_t m_rows, int64_t k, const uint8_t* blocks, int64_t n_total, float* out) {
   if (m_rows >= kPanelRows) return matmul_panels<Wide, Byte, Pair>(x, m_rows, k, blocks, n_total, out);
   // A decode step's few rows: integer products with the inputs rounded to int16 (gguf_rows.cpp).
@@ -235,7 +229,7 @@ void check(const at::Tensor& blocks, int64_t format, int64_t n, int64_t k) {
               " bytes; ", n, " rows of ", k, " weights in format ", format, " need ", n * (k / kGroup) * block_bytes(format));
 }
 
-template <bool Wide, bool Byte, bool Pair = false>
+template <bool Wide, bool Byte, bool Pair>
 void dequantize_rows(const uint8_t* blocks, int64_t n, int64_t k, float* out) {
   using L = Layout<Wide, Byte, Pair>;
   const int64_t groups = k / kGroup, row_bytes = groups * L::kBytes;
@@ -256,14 +250,10 @@ at::Tensor gguf_dequantize(const at::Tensor& blocks, int64_t format, int64_t n, 
   auto out = at::empty({n, k}, at::TensorOptions().dtype(at::kFloat));
   const uint8_t* b = blocks.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
-  switch (format) {
-    case kQ4Half: dequantize_rows<false, false>(b, n, k, o); break;
-    case kQ4Float: dequantize_rows<true, false>(b, n, k, o); break;
-    case kQ8Half: dequantize_rows<false, true>(b, n, k, o); break;
-    case kQ8Float: dequantize_rows<true, true>(b, n, k, o); break;
-    case kQ8Pair: dequantize_rows<true, true, true>(b, n, k, o); break;
-    default: TORCH_CHECK(false, "unknown GGUF block format ", format);
-  }
+  with_layout(format, [&](auto layout) {
+    using L = decltype(layout);
+    dequantize_rows<L::kWide, L::kByte, L::kPair>(b, n, k, o);
+  });
   return out;
 }
 
@@ -279,14 +269,10 @@ at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& blocks, int64_t format
   const float* xp = xc.data_ptr<float>();
   const uint8_t* b = blocks.data_ptr<uint8_t>();
   float* o = out.data_ptr<float>();
-  switch (format) {
-    case kQ4Half: matmul<false, false>(xp, m_rows, k, b, n, o); break;
-    case kQ4Float: matmul<true, false>(xp, m_rows, k, b, n, o); break;
-    case kQ8Half: matmul<false, true>(xp, m_rows, k, b, n, o); break;
-    case kQ8Float: matmul<true, true>(xp, m_rows, k, b, n, o); break;
-    case kQ8Pair: matmul<true, true, true>(xp, m_rows, k, b, n, o); break;
-    default: TORCH_CHECK(false, "unknown GGUF block format ", format);
-  }
+  with_layout(format, [&](auto layout) {
+    using L = decltype(layout);
+    matmul<L::kWide, L::kByte, L::kPair>(xp, m_rows, k, b, n, o);
+  });
   return out;
 }
 

@@ -1,6 +1,7 @@
 // The block layout shared by the kernel's files (gguf_cpu.cpp: formats and the panel GEMM; gguf_rows.cpp: few
 // input rows).
 #pragma once
+#include <c10/util/Exception.h>
 #include <immintrin.h>
 
 #include <cstdint>
@@ -15,6 +16,7 @@ enum Format : int64_t { kQ4Half = 0, kQ4Float = 1, kQ8Half = 2, kQ8Float = 3, kQ
 // stride. Bytes per block stay the file's where its constants fit: Q4_1 is 16 + 2 + 2.
 template <bool Wide, bool Byte, bool Pair = false> struct Layout {
   static_assert(!Pair || (Wide && Byte), "a block with a scale per 16 weights has 8-bit codes and fp32 constants");
+  static constexpr bool kWide = Wide, kByte = Byte, kPair = Pair;
   static constexpr int64_t kFormat =
       Pair ? kQ8Pair : (Byte ? (Wide ? kQ8Float : kQ8Half) : (Wide ? kQ4Float : kQ4Half));
   static constexpr int64_t kCodes = Byte ? 32 : 16;  // code bytes per block
@@ -31,6 +33,19 @@ template <bool Wide, bool Byte, bool Pair = false> struct Layout {
     else { uint16_t h; std::memcpy(&h, p, 2); return _cvtsh_ss(h); }
   }
 };
+
+// f(Layout<...>{}) for the layout of `format`: the one place a format number becomes a layout type.
+template <typename F> decltype(auto) with_layout(int64_t format, F&& f) {
+  switch (format) {
+    case kQ4Half: return f(Layout<false, false>{});
+    case kQ4Float: return f(Layout<true, false>{});
+    case kQ8Half: return f(Layout<false, true>{});
+    case kQ8Float: return f(Layout<true, true>{});
+    case kQ8Pair: return f(Layout<true, true, true>{});
+    default: TORCH_CHECK(false, "unknown GGUF block format ", format);
+  }
+  __builtin_unreachable();
+}
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -12,7 +12,6 @@
 #include <ATen/Parallel.h>
 
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "gguf_layout.h"
@@ -197,22 +196,12 @@ void few_rows_mm(int64_t format, const float* x, int64_t m_rows, int64_t k, cons
   const RowsQ16 rq{q.data(), s.data(), sum.data()};
   quantize_rows_q16(x, m_rows, k, rq);
   // Small grains: one stream's decode step has few rows per weight, and both cores should share them.
-  auto run = [&](auto wide, auto byte, auto pair) {
-    constexpr bool Wide = decltype(wide)::value, Byte = decltype(byte)::value, Pair = decltype(pair)::value;
-    const int64_t row_bytes = groups * Layout<Wide, Byte, Pair>::kBytes;
+  with_layout(format, [&](auto layout) {
+    using L = decltype(layout);
+    const int64_t row_bytes = groups * L::kBytes;
     at::parallel_for(0, n_total, 16, [&](int64_t begin, int64_t end) {
-      rows_times_q16<Wide, Byte, Pair>(blocks + begin * row_bytes, row_bytes, groups, end - begin, rq, m_rows, k,
-                                 out + begin, n_total);
+      rows_times_q16<L::kWide, L::kByte, L::kPair>(blocks + begin * row_bytes, row_bytes, groups, end - begin, rq,
+                                                   m_rows, k, out + begin, n_total);
     });
-  };
-  using T = std::true_type;
-  using F = std::false_type;
-  switch (format) {
-    case kQ4Half: return run(F{}, F{}, F{});
-    case kQ4Float: return run(T{}, F{}, F{});
-    case kQ8Half: return run(F{}, T{}, F{});
-    case kQ8Float: return run(T{}, T{}, F{});
-    case kQ8Pair: return run(T{}, T{}, T{});
-  }
-  TORCH_CHECK(false, "unknown GGUF block format ", format);
+  });
 }
